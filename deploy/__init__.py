@@ -1,0 +1,1 @@
+"""Edge validation and packaging: runtimes, gates, manifests. Imports `rakd` only."""

@@ -1,0 +1,108 @@
+"""The pipeline config: one section per stage, loaded from YAML with `key=value` overrides.
+
+    run:            name, seed, run folder root
+    prep:           rakd.data.prep.PrepConfig
+
+Errors name the file and the dotted key, e.g.
+`configs/tiny.yaml: prep.generator.max_ops: Input should be a valid integer (got 'x')`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from rakd.data.prep import PrepConfig
+from rakd.schema import StageConfig
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used: names the file (or override) and the key."""
+
+
+class RunConfig(StageConfig):
+    name: str = Field("tiny", pattern=r"^[A-Za-z0-9_.-]+$")
+    root: Path = Path("runs")
+    seed: int = 0
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.name
+
+
+class PipelineConfig(StageConfig):
+    run: RunConfig = Field(default_factory=RunConfig)
+    prep: PrepConfig = Field(default_factory=PrepConfig)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a", "b", "c"], value parsed as a YAML scalar)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"--set {text!r}: expected key=value with a dotted key, e.g. prep.generator.n_items=100")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: value does not parse as YAML: {err}") from None
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, keys: list[str], value: Any, text: str) -> None:
+    node = data
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            where = ".".join(keys[: depth + 1])
+            raise ConfigError(f"--set {text!r}: {where} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top, found {type(data).__name__}")
+    return data
+
+
+def _describe(err: ValidationError, origin: str, overridden: set[str]) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        source = "--set" if key in overridden else origin
+        got = f" (got {item['input']!r:.60})" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
+        lines.append(f"{source}: {key}: {item['msg']}{got}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """The pipeline config from YAML `path` (None: built-in defaults) plus overrides."""
+    origin = str(path) if path is not None else "<defaults>"
+    data = read_yaml(Path(path)) if path is not None else {}
+    overridden = set()
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value, text)
+        overridden.add(".".join(keys))
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, origin, overridden)) from None
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    """YAML of a config, loadable again by `load_config`."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Reasoning tasks: the built-in generator, file loaders, prompt format, and the prep stage."""

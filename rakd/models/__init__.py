@@ -1,0 +1,1 @@
+"""Tokenizer, named tiny configs, loading/saving, and layer-subset initialisation."""

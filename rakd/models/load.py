@@ -1,0 +1,128 @@
+"""Load and save causal LMs: local HF folders, hub ids, and `.gguf` files.
+
+Weights load from safetensors only (pickled `.bin` checkpoints are refused), and
+`trust_remote_code` stays off unless the caller turns it on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from rakd.io import atomic_dir
+
+_GGUF_MAGIC = b"GGUF"
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer that cannot be loaded, naming the path and the reason."""
+
+
+def load_causal_lm(
+    source: str | Path, *, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) from a folder, a `.gguf` file, or a hub id."""
+    path = Path(source)
+    if str(source).endswith(".gguf"):
+        return _load_gguf(path, dtype)
+    if path.exists():
+        return _load_folder(path, trust_remote_code, dtype)
+    if str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
+        raise ModelLoadError(f"{source}: no such model folder or file")
+    return _load_hub(str(source), trust_remote_code, dtype)
+
+
+def _check_causal(config, where: str) -> None:
+    if not any(arch.endswith("ForCausalLM") for arch in (config.architectures or [])):
+        found = config.architectures or config.model_type
+        raise ModelLoadError(f"{where}: not a causal language model (architectures: {found})")
+
+
+def _load_folder(path: Path, trust_remote_code: bool, dtype: torch.dtype):
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: expected a model folder or a .gguf file")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path}: no config.json, not a Hugging Face model folder")
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.glob("*.bin"))
+        why = f"only pickled weights {pickled} (refused: load safetensors only)" if pickled else "no weights"
+        raise ModelLoadError(f"{path}: {why}")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    _check_causal(config, str(path))
+    model = AutoModelForCausalLM.from_pretrained(
+        path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - report which folder lacks a tokenizer
+        raise ModelLoadError(f"{path}: model loads but its tokenizer does not: {err}") from err
+    return model.eval(), tokenizer
+
+
+def _load_hub(repo_id: str, trust_remote_code: bool, dtype: torch.dtype):
+    try:
+        config = AutoConfig.from_pretrained(repo_id, trust_remote_code=trust_remote_code)
+        _check_causal(config, repo_id)
+        model = AutoModelForCausalLM.from_pretrained(
+            repo_id, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
+        )
+        tokenizer = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=trust_remote_code)
+    except ModelLoadError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(f"{repo_id}: not a local path, and loading it from the hub failed: {err}") from err
+    return model.eval(), tokenizer
+
+
+def gguf_metadata(path: Path) -> dict:
+    """Scalar metadata of a GGUF file (no tensors), after checking it is one."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such GGUF file")
+    with open(path, "rb") as handle:
+        if handle.read(4) != _GGUF_MAGIC:
+            raise ModelLoadError(f"{path}: not a GGUF file (bad magic bytes)")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+    except Exception as err:  # noqa: BLE001 - truncated or corrupt files raise anything
+        raise ModelLoadError(f"{path}: corrupt or truncated GGUF file: {err}") from err
+    meta = {}
+    for name, field in reader.fields.items():
+        if len(field.types) == 1 and len(field.data) == 1:
+            value = field.parts[field.data[0]]
+            meta[name] = bytes(value).decode("utf-8", "replace") if value.dtype == "uint8" else value.tolist()[0]
+    return meta
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    meta = gguf_metadata(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: transformers cannot load this GGUF: {err}") from err
+    _fix_gguf_special_tokens(tokenizer, meta)
+    return model.eval(), tokenizer
+
+
+def _fix_gguf_special_tokens(tokenizer: PreTrainedTokenizerBase, meta: dict) -> None:
+    """transformers 4.57 builds a GGUF tokenizer with a wrong eos; take ids from the file."""
+    for role in ("bos", "eos", "pad"):
+        token_id = meta.get(f"tokenizer.ggml.{role}_token_id")
+        if token_id is not None and token_id < len(tokenizer):
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Save model (safetensors) and tokenizer to `out_dir` atomically, plus optional JSON files."""
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        for name, payload in (extra or {}).items():
+            (staging / name).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return out_dir

@@ -1,0 +1,51 @@
+import pytest
+
+from rakd.config import ConfigError, dump_config, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_overrides_reach_nested_keys(tmp_path):
+    cfg = load_config(write(tmp_path, "run: {name: x}\n"), ["prep.generator.n_items=50", "prep.generator.operators=[+, '*']"])
+    assert cfg.run.name == "x"
+    assert cfg.prep.generator.n_items == 50
+    assert cfg.prep.generator.operators == ["+", "*"]
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "prep:\n  generator:\n    n_itemz: 5\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: prep\.generator\.n_itemz: Extra inputs"):
+        load_config(path)
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    with pytest.raises(ConfigError, match=r"--set: prep\.generator\.max_ops: .*integer.*'many'"):
+        load_config(write(tmp_path, ""), ["prep.generator.max_ops=many"])
+
+
+def test_missing_files_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"prep\.path: .*task file not found: .*gone\.jsonl"):
+        load_config(write(tmp_path, f"prep: {{source: jsonl, path: {tmp_path}/gone.jsonl}}\n"))
+
+
+def test_bad_yaml_and_bad_override(tmp_path):
+    with pytest.raises(ConfigError, match=r"c\.yaml:2: invalid YAML"):
+        load_config(write(tmp_path, "run:\n  name: a: b\n"))
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["prep.generator.n_items"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        load_config(None, ["run.name=a", "run.name.x=1"])
+
+
+def test_config_is_frozen_and_round_trips(tmp_path):
+    cfg = load_config("configs/tiny.yaml")
+    with pytest.raises(Exception):
+        cfg.run.name = "other"
+    again = load_config(write(tmp_path, dump_config(cfg)))
+    assert again == cfg
