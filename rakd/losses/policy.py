@@ -1,0 +1,136 @@
+"""Policy-gradient losses on sampled tokens: GRPO, GRPO+KL (KDRL), TRRD (RLAD), OPD.
+
+Inputs are log-probabilities of the *sampled* tokens, all (B, T):
+`logprobs` under the student being trained (π_θ, carries gradient),
+`old_logprobs` under the student that sampled the rollouts (π_old),
+`teacher_logprobs` under the frozen teacher (π_T); `advantages` is (B,), the
+same for every token of a rollout; `mask` is 1 on completion tokens.
+Every loss returns `(loss, metrics)` and is minimised.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rakd.losses.common import Aggregation, aggregate, masked_mean, masked_stat
+
+
+def clipped_surrogate(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    eps_low: float,
+    eps_high: float,
+    agg: Aggregation,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO's clipped objective −min(ρA, clip(ρ, 1−ε_lo, 1+ε_hi)A) with ρ = exp(log_ratio)."""
+    ratio = torch.exp(log_ratio)
+    adv = advantages.to(ratio.dtype).unsqueeze(-1).expand_as(ratio)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
+    loss = aggregate(-torch.minimum(unclipped, clipped), mask, agg)
+    metrics = {
+        # The clip binds (and the token gets no gradient) in these two regions.
+        "clip_low_frac": masked_stat((ratio < 1.0 - eps_low) & (adv < 0), mask, "mean"),
+        "clip_high_frac": masked_stat((ratio > 1.0 + eps_high) & (adv > 0), mask, "mean"),
+        "ratio_mean": masked_stat(ratio, mask, "mean"),
+        "ratio_max": masked_stat(ratio, mask, "max"),
+    }
+    return loss, metrics
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(π_θ ‖ π_ref) on tokens sampled from π_θ: e^d − d − 1, d = log π_ref − log π_θ."""
+    delta = ref_logprobs - logprobs
+    return torch.exp(delta) - delta - 1.0
+
+
+def grpo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    agg: Aggregation = "seq_mean",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """GRPO: clipped surrogate with ρ = π_θ / π_old."""
+    return clipped_surrogate(logprobs - old_logprobs.detach(), advantages, mask, eps_low=eps_low, eps_high=eps_high, agg=agg)
+
+
+def grpo_kl_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kl_coef: float = 0.1,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    agg: Aggregation = "seq_mean",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """KDRL: GRPO plus kl_coef · KL(π_θ ‖ π_T) (k3 estimator on the sampled tokens)."""
+    pg_loss, metrics = grpo_loss(logprobs, old_logprobs, advantages, mask, eps_low=eps_low, eps_high=eps_high, agg=agg)
+    kl = aggregate(k3_kl(logprobs, teacher_logprobs.detach()), mask, agg)
+    metrics.update(pg_loss=float(pg_loss.detach()), kl_student_teacher=float(kl.detach()))
+    return pg_loss + kl_coef * kl, metrics
+
+
+def trrd_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    alpha: float = 0.5,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    teacher_clamp: float = 1.0,
+    agg: Aggregation = "seq_mean",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Trust Region Ratio Distillation (RLAD, arXiv 2602.22495): the teacher joins the trust-region anchor.
+
+        log ρ_t = α (log π_θ − log π_old) + (1 − α) clamp(log π_θ − log π_T, −c, c)
+
+    i.e. ρ = π_θ / π_anchor with log π_anchor = α log π_old + (1 − α) log π_T,
+    and the clamp c (`teacher_clamp`) keeps ρ finite where the teacher finds a
+    sampled token very unlikely. α = 1 is exactly GRPO.
+    """
+    teacher_log_ratio = logprobs - teacher_logprobs.detach()  # the teacher is frozen
+    clamped = torch.clamp(teacher_log_ratio, -teacher_clamp, teacher_clamp)
+    log_ratio = alpha * (logprobs - old_logprobs.detach()) + (1.0 - alpha) * clamped
+    loss, metrics = clipped_surrogate(log_ratio, advantages, mask, eps_low=eps_low, eps_high=eps_high, agg=agg)
+    metrics.update(
+        teacher_clamp_frac=masked_stat(teacher_log_ratio.abs() > teacher_clamp, mask, "mean"),
+        kl_student_teacher=float(masked_mean(k3_kl(logprobs.detach(), teacher_logprobs.detach()), mask)),
+    )
+    return loss, metrics
+
+
+def opd_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    agg: Aggregation = "token_mean",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """On-policy distillation: policy gradient with per-token advantage sg[log π_T − log π_θ].
+
+    Importance-weighted by ρ = π_θ / π_old so several passes over one batch
+    stay on-policy in expectation; at π_θ = π_old the gradient is
+    −A_t ∇ log π_θ, which lowers the per-token reverse KL to the teacher.
+    """
+    token_adv = (teacher_logprobs - logprobs).detach()
+    ratio = torch.exp(logprobs - old_logprobs.detach())
+    loss = aggregate(-ratio * token_adv, mask, agg)
+    metrics = {
+        "reverse_kl": float(masked_mean(-token_adv, mask)),
+        "ratio_mean": masked_stat(ratio, mask, "mean"),
+        "ratio_max": masked_stat(ratio, mask, "max"),
+    }
+    return loss, metrics
