@@ -2,6 +2,8 @@
 
     run:            name, seed, run folder root
     prep:           rakd.data.prep.PrepConfig
+    teacher:        rakd.teacher.TeacherConfig
+    distill:        rakd.distill.DistillConfig
 
 Errors name the file and the dotted key, e.g.
 `configs/tiny.yaml: prep.generator.max_ops: Input should be a valid integer (got 'x')`.
@@ -17,6 +19,8 @@ import yaml
 from pydantic import Field, ValidationError
 
 from rakd.data.prep import PrepConfig
+from rakd.distill import DistillConfig
+from rakd.teacher import TeacherConfig
 from rakd.schema import StageConfig
 
 
@@ -37,6 +41,8 @@ class RunConfig(StageConfig):
 class PipelineConfig(StageConfig):
     run: RunConfig = Field(default_factory=RunConfig)
     prep: PrepConfig = Field(default_factory=PrepConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -7,6 +7,7 @@ Weights load from safetensors only (pickled `.bin` checkpoints are refused), and
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -117,12 +118,20 @@ def _fix_gguf_special_tokens(tokenizer: PreTrainedTokenizerBase, meta: dict) -> 
             setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, extra: dict | None = None) -> Path:
-    """Save model (safetensors) and tokenizer to `out_dir` atomically, plus optional JSON files."""
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    extra: dict | None = None,
+    copy_files: dict[str, Path] | None = None,
+) -> Path:
+    """Save model (safetensors), tokenizer, JSON `extra` files and copies of `copy_files` to `out_dir`, atomically."""
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         for name, payload in (extra or {}).items():
             (staging / name).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        for name, source in (copy_files or {}).items():
+            shutil.copyfile(source, staging / name)
     return out_dir

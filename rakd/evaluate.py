@@ -1,0 +1,68 @@
+"""Accuracy of a model on held-out problems: greedy pass@1 and sampled accuracy.
+
+RL moves sampled accuracy before greedy accuracy, so both are reported on the
+same problems, each with its standard error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rakd.rollout import sample
+from rakd.schema import StageConfig
+from rakd.verify import extract_answer, reward
+
+
+class EvalConfig(StageConfig):
+    n_problems: int = Field(500, ge=1, description="first N problems of the split")
+    k_samples: int = Field(4, ge=0, description="samples per problem at temperature 1 (0: greedy only)")
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(256, ge=1)
+    seed: int = 1234
+
+
+def _stderr(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def evaluate_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[dict], cfg: EvalConfig
+) -> dict:
+    """Greedy and sampled accuracy on `records[:cfg.n_problems]` with the project's verifier."""
+    records = records[: cfg.n_problems]
+    questions, answers = [r["question"] for r in records], [r["answer"] for r in records]
+    was_training = model.training
+    model.eval()
+    greedy = sample(model, tokenizer, questions, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
+                    batch_size=cfg.batch_size, seed=cfg.seed)
+    greedy_rewards = [reward(text, ans) for text, ans in zip(greedy.texts, answers)]
+    result = {
+        "n": len(records),
+        "greedy_accuracy": sum(greedy_rewards) / len(records),
+        "greedy_stderr": _stderr(greedy_rewards),
+        "no_answer_rate": sum(extract_answer(t) is None for t in greedy.texts) / len(records),
+        "mean_response_tokens": float(greedy.lengths.float().mean()),
+        "k_samples": cfg.k_samples,
+    }
+    if cfg.k_samples:
+        sampled = sample(model, tokenizer, [q for q in questions for _ in range(cfg.k_samples)],
+                         max_new_tokens=cfg.max_new_tokens, temperature=1.0, batch_size=cfg.batch_size, seed=cfg.seed)
+        rewards = torch.tensor([reward(t, a) for t, a in zip(sampled.texts, [a for a in answers for _ in range(cfg.k_samples)])])
+        per_problem = rewards.view(-1, cfg.k_samples).mean(-1).tolist()
+        result.update(sampled_accuracy=sum(per_problem) / len(records), sampled_stderr=_stderr(per_problem))
+    model.train(was_training)
+    return result
+
+
+def format_eval(name: str, result: dict) -> str:
+    line = f"{name:<22} greedy {100 * result['greedy_accuracy']:5.1f}% ± {100 * result['greedy_stderr']:.1f}"
+    if "sampled_accuracy" in result:
+        line += f"   sampled {100 * result['sampled_accuracy']:5.1f}% ± {100 * result['sampled_stderr']:.1f}"
+    return line + f"   (n={result['n']}, no answer {100 * result['no_answer_rate']:.1f}%)"

@@ -1,0 +1,57 @@
+"""Training checkpoints: `step-N/` folders written atomically, resumed from the latest.
+
+Model weights are safetensors; optimiser, scheduler and RNG states are plain
+tensors and numbers, read back with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rakd.io import atomic_dir
+
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, keep: int = 2) -> Path:
+    """Write `folder/step-<step>/` atomically and keep only the newest `keep` checkpoints."""
+    target = Path(folder) / f"step-{step}"
+    with atomic_dir(target) as staging:
+        # clone: tied weights share storage, which safetensors refuses to write twice
+        state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, staging / "model.safetensors")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
+            staging / "trainer_state.pt",
+        )
+        (staging / "step.json").write_text(json.dumps({"step": step}) + "\n")
+    for old in list_checkpoints(folder)[:-keep]:
+        for file in old.iterdir():
+            file.unlink()
+        old.rmdir()
+    return target
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints under `folder`, oldest first (staging folders never match)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP.match(p.name)) and (p / "step.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
+    """Restore states from checkpoint `path`; returns the step it was taken after."""
+    path = Path(path)
+    model.load_state_dict(load_file(path / "model.safetensors", device=str(next(model.parameters()).device)))
+    state = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(json.loads((path / "step.json").read_text())["step"])

@@ -1,0 +1,104 @@
+"""What every trainer shares: optimiser and schedule, device and precision, logs and progress."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from rakd.schema import StageConfig
+
+
+class OptimConfig(StageConfig):
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_lr_ratio` (or constant)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total: int, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, cfg))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; plain fp32 on CPU (same code path otherwise)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def step_seed(seed: int, step: int, salt: int = 0) -> int:
+    """A per-step seed derived from the run seed, so a resumed run samples what an unbroken one would."""
+    return (seed * 1_000_003 + step * 7919 + salt) % (2**31)
+
+
+class MetricsLog:
+    """Append-only JSONL of per-step metrics; truncated back to `step` on resume."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def append(self, row: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        kept = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows if r.get("step", 0) <= step)
+        self.path.write_text(kept)
+
+
+class Progress:
+    """One status line per `every` steps: step/total, chosen metrics and ETA."""
+
+    def __init__(self, name: str, total: int, start: int = 0, every: int = 10, stream=sys.stderr):
+        self.name, self.total, self.start, self.every, self.stream = name, total, start, every, stream
+        self.t0 = time.perf_counter()
+
+    def update(self, step: int, **metrics: float) -> None:
+        done = step + 1
+        if done % self.every and done != self.total:
+            return
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(1, done - self.start) * (self.total - done)
+        shown = " ".join(f"{k} {v:.3g}" for k, v in metrics.items())
+        print(f"[{self.name}] step {done}/{self.total} {shown} eta {eta:.0f}s", file=self.stream, flush=True)

@@ -1,0 +1,110 @@
+"""Supervised fine-tuning on (question, completion) pairs: next-token loss on completion tokens only.
+
+Trains the from-scratch teacher on chain-of-thought solutions, and warm-starts
+the student on the teacher's verified traces (the `sft`/SeqKD baseline).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from pydantic import Field
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rakd.losses import LOSSES
+from rakd.rollout import Rollouts, encode_prompts, forward_completion, token_logprobs
+from rakd.schema import StageConfig
+from rakd.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from rakd.train.common import MetricsLog, OptimConfig, Progress, autocast, make_optimizer, make_scheduler, step_seed
+
+
+class SFTConfig(StageConfig):
+    steps: int = Field(1000, ge=0)
+    batch_size: int = Field(64, ge=1)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
+    log_every: int = Field(25, ge=1)
+
+
+def pack_pairs(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> Rollouts:
+    """Left-padded prompts and right-padded completions (each ending in EOS) as a Rollouts batch."""
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, [q for q, _ in pairs])
+    encoded = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _, c in pairs]
+    width = max(len(ids) for ids in encoded)
+    completion_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids in encoded])
+    completion_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in encoded])
+    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, [c for _, c in pairs])
+
+
+def batch_tensors(model: PreTrainedModel, batch: Rollouts, *, need_logits: bool = False) -> dict[str, torch.Tensor]:
+    """The per-token tensors a loss may ask for, from one forward pass of `model` (with grad)."""
+    device = next(model.parameters()).device
+    ids = [t.to(device) for t in (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)]
+    logits = forward_completion(model, *ids)
+    tensors = {"logprobs": token_logprobs(logits, ids[2]), "mask": ids[3].float()}
+    if need_logits:
+        tensors["student_logits"] = logits.float()
+    return tensors
+
+
+class SFTTrainer:
+    """setup / step / save / resume for SFT on a fixed list of (prompt, completion) pairs."""
+
+    def __init__(self, model, tokenizer, pairs: list[tuple[str, str]], cfg: SFTConfig, out_dir: Path, *, seed: int, name: str):
+        if not pairs:
+            raise ValueError(f"{name}: no training pairs")
+        self.model, self.tokenizer, self.pairs, self.cfg, self.seed, self.name = model, tokenizer, pairs, cfg, seed, name
+        self.out_dir = Path(out_dir)
+        self.optimizer = make_optimizer(model, cfg.optim)
+        self.scheduler = make_scheduler(self.optimizer, cfg.steps, cfg.optim)
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl")
+        self.device = next(model.parameters()).device
+        self.start_step = 0
+
+    def batch_for(self, step: int) -> Rollouts:
+        """Batch `step` of a seeded shuffle, epoch by epoch: the same step always sees the same data."""
+        per_epoch = max(1, len(self.pairs) // self.cfg.batch_size)
+        epoch, index = divmod(step, per_epoch)
+        order = list(range(len(self.pairs)))
+        random.Random(step_seed(self.seed, epoch, salt=17)).shuffle(order)
+        chosen = order[index * self.cfg.batch_size : (index + 1) * self.cfg.batch_size] or order[: self.cfg.batch_size]
+        return pack_pairs(self.tokenizer, [self.pairs[i] for i in chosen])
+
+    def step(self, step: int) -> dict:
+        self.model.train()
+        with autocast(self.device):
+            tensors = batch_tensors(self.model, self.batch_for(step))
+            loss, metrics = LOSSES["sft"](tensors, {"agg": "token_mean"})
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return {**metrics, "loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0]}
+
+    def resume(self) -> int:
+        checkpoints = list_checkpoints(self.out_dir / "checkpoints")
+        if checkpoints:
+            self.start_step = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler)
+            self.log.truncate_after(self.start_step)
+        return self.start_step
+
+    def save(self, step: int) -> None:
+        save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer, self.scheduler)
+
+    def run(self, on_step: Callable[[int, dict], None] | None = None) -> None:
+        progress = Progress(self.name, self.cfg.steps, self.start_step, every=self.cfg.log_every)
+        for step in range(self.start_step, self.cfg.steps):
+            started = time.perf_counter()
+            metrics = self.step(step)
+            row = {"step": step + 1, "stage": self.name, **metrics, "seconds": time.perf_counter() - started}
+            self.log.append(row)
+            progress.update(step, loss=metrics["loss"])
+            if self.cfg.checkpoint_every and (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < self.cfg.steps:
+                self.save(step + 1)
+            if on_step:
+                on_step(step + 1, row)

@@ -1,0 +1,123 @@
+import json
+
+import pytest
+import torch
+
+from rakd.config import load_config
+from rakd.data.prep import run_prep
+from rakd.distill import InjectedFault, check_same_tokenizer, distill_records, run_distill
+from rakd.losses import LOSSES
+from rakd.models.zoo import build_model, preset_config
+from rakd.teacher import run_teacher
+from rakd.train.common import make_optimizer, make_scheduler
+from rakd.train.rl import LossParams, RLConfig, RLStep
+
+MICRO = ["teacher.model.preset=test-micro", "distill.student.model.preset=test-micro"]
+FAST = [
+    "prep.generator.n_items=200", "teacher.train.steps=4", "teacher.eval.n_problems=8", "teacher.eval.k_samples=1",
+    "distill.warmstart.n_prompts=16", "distill.warmstart.sft.steps=2", "distill.rl.steps=4",
+    "distill.rl.prompts_per_step=2", "distill.rl.group_size=4", "distill.rl.max_new_tokens=12",
+    "distill.eval.n_problems=8", "distill.eval.k_samples=1", "distill.eval.max_new_tokens=12",
+    "distill.checkpoint_every=2", "distill.method=opd", "distill.warmstart.max_new_tokens=12",
+]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A run folder with data, tokenizer and a (barely) trained micro teacher."""
+    root = tmp_path_factory.mktemp("runs")
+    cfg = load_config("configs/smoke.yaml", [f"run.root={root}", *MICRO, *FAST])
+    run_prep(cfg.prep, cfg.run.dir)
+    run_teacher(cfg.teacher, cfg.run.dir)
+    return cfg
+
+
+def fresh_run(prepared, tmp_path, name, extra=()):
+    import shutil
+
+    cfg = load_config("configs/smoke.yaml", [f"run.root={tmp_path}", f"run.name={name}", *MICRO, *FAST, *extra])
+    for part in ("data", "tokenizer", "teacher"):
+        shutil.copytree(prepared.run.dir / part, cfg.run.dir / part)
+    return cfg
+
+
+def test_distill_sees_no_solutions(prepared):
+    rows = distill_records(prepared.run.dir, "train")
+    assert rows and all(set(row) == {"id", "question", "answer"} for row in rows)
+
+
+def test_distill_stage_writes_outputs_with_finite_metrics(prepared, tmp_path, monkeypatch):
+    seen = {}
+    original = RLStep.__init__
+
+    def spy(self, student, teacher, tokenizer, records, *args, **kw):
+        seen["records"] = records
+        original(self, student, teacher, tokenizer, records, *args, **kw)
+
+    monkeypatch.setattr(RLStep, "__init__", spy)
+    cfg = fresh_run(prepared, tmp_path, "outputs")
+    result = run_distill(cfg.distill, cfg.run.dir, log=lambda *_: None)
+    assert all("solution" not in row for row in seen["records"])
+    out = cfg.run.dir / "student"
+    for name in ("model.safetensors", "tokenizer.json", "eval.json", "eval_warmstart.json", "metrics.jsonl", "traces.jsonl"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
+    assert not (cfg.run.dir / "student.work").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for row in rows:
+        assert all(v == v and abs(v) != float("inf") for v in row.values() if isinstance(v, float))
+        assert {"reward_mean", "accuracy", "loss", "entropy", "response_length", "tokens_per_s",
+                "seconds_sample", "seconds_teacher", "seconds_update", "reverse_kl"} <= set(row)
+    assert {"greedy_accuracy", "sampled_accuracy", "greedy_stderr", "no_answer_rate"} <= set(result.eval)
+
+
+def test_crash_and_resume_gives_the_same_weights(prepared, tmp_path):
+    straight = fresh_run(prepared, tmp_path, "straight")
+    run_distill(straight.distill, straight.run.dir, log=lambda *_: None)
+    broken = fresh_run(prepared, tmp_path, "broken", ["distill.fail_after_step=2"])
+    with pytest.raises(InjectedFault):
+        run_distill(broken.distill, broken.run.dir, log=lambda *_: None)
+    assert not (broken.run.dir / "student").exists()
+    resumed = fresh_run(prepared, tmp_path, "broken2")
+    (broken.run.dir / "student.work").rename(resumed.run.dir / "student.work")
+    run_distill(resumed.distill, resumed.run.dir, log=lambda *_: None)
+    from safetensors.torch import load_file
+
+    a = load_file(straight.run.dir / "student/model.safetensors")
+    b = load_file(resumed.run.dir / "student/model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    rows = (resumed.run.dir / "student/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("method", sorted(LOSSES))
+def test_one_step_changes_every_student_parameter_and_no_teacher_parameter(method, tokenizer, tiny_records, monkeypatch):
+    # Mixed rewards so that every group carries an RL signal.
+    monkeypatch.setattr("rakd.train.rl.reward", lambda text, answer: float(len(text) % 2))
+    teacher = build_model(preset_config("test-micro", tokenizer), seed=0).requires_grad_(False)
+    student = build_model(preset_config("test-micro", tokenizer), seed=1)
+    records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:8]]
+    traces = [{"question": r["question"], "answer": r["answer"], "completion": r["solution"]} for r in tiny_records[:32]]
+    cfg = RLConfig(prompts_per_step=4, group_size=8, max_new_tokens=16, minibatch_size=64)
+    optimizer = make_optimizer(student, cfg.optim)
+    scheduler = make_scheduler(optimizer, 10, cfg.optim)
+    before_s = {k: v.clone() for k, v in student.state_dict().items()}
+    before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
+    metrics = RLStep(student, teacher, tokenizer, records, traces, method, LossParams(), cfg, optimizer, scheduler, seed=0).run(0)
+    assert metrics["updates"] >= 1
+    unchanged = [k for k, v in student.state_dict().items() if torch.equal(v, before_s[k])]
+    assert unchanged == []
+    assert all(torch.equal(v, before_t[k]) for k, v in teacher.state_dict().items())
+
+
+def test_tokenizer_mismatch_names_both(tokenizer, tmp_path, tiny_records):
+    from rakd.models.tokenizer import TokenizerConfig, train_tokenizer
+
+    from transformers import AutoTokenizer
+
+    train_tokenizer(tiny_records[:50], TokenizerConfig(vocab_size=270), tmp_path / "other")
+    other = AutoTokenizer.from_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="teacher tokenizer .* and student tokenizer .*other.* differ"):
+        check_same_tokenizer(tokenizer, other)

@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from rakd.models.zoo import build_model, preset_config
+from rakd.rollout import completion_mask, encode_prompts, sample, score_completions, token_logprobs
+
+QUESTIONS = ["1+1=?", "12*13-4+7=?", "Ana has 3 coins. Then Ana gets 4 more. How many coins does Ana have now?", "9-2=?"]
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return build_model(preset_config("test-micro", tokenizer), seed=3).eval()
+
+
+def test_prompts_are_left_padded(tokenizer):
+    ids, mask = encode_prompts(tokenizer, QUESTIONS)
+    assert mask[:, -1].all() and not mask[0, 0]
+
+
+@pytest.mark.parametrize("backend", ["generate", "loop"])
+def test_batched_greedy_equals_one_by_one_with_mixed_lengths(model, tokenizer, backend):
+    batch = sample(model, tokenizer, QUESTIONS, max_new_tokens=12, temperature=0.0, backend=backend)
+    for i, question in enumerate(QUESTIONS):
+        alone = sample(model, tokenizer, [question], max_new_tokens=12, temperature=0.0, backend=backend)
+        n = int(alone.completion_mask.sum())
+        assert batch.completion_ids[i, :n].tolist() == alone.completion_ids[0, :n].tolist()
+        assert batch.texts[i] == alone.texts[0]
+
+
+def test_backends_agree_when_greedy(model, tokenizer):
+    a = sample(model, tokenizer, QUESTIONS, max_new_tokens=10, temperature=0.0, backend="generate")
+    b = sample(model, tokenizer, QUESTIONS, max_new_tokens=10, temperature=0.0, backend="loop")
+    assert a.texts == b.texts
+
+
+@pytest.mark.parametrize("backend", ["generate", "loop"])
+def test_sampling_is_seeded(model, tokenizer, backend):
+    kw = dict(max_new_tokens=10, temperature=1.0, backend=backend)
+    a = sample(model, tokenizer, QUESTIONS * 4, seed=5, **kw)
+    b = sample(model, tokenizer, QUESTIONS * 4, seed=5, **kw)
+    c = sample(model, tokenizer, QUESTIONS * 4, seed=6, **kw)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert not torch.equal(a.completion_ids, c.completion_ids)
+
+
+def test_completion_mask_stops_after_first_eos():
+    ids = torch.tensor([[5, 2, 9, 2], [5, 6, 7, 8]])
+    assert completion_mask(ids, eos_id=2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+def test_scores_match_unpadded_single_sequences(model, tokenizer):
+    batch = sample(model, tokenizer, QUESTIONS, max_new_tokens=8, temperature=1.0, seed=1)
+    scores = score_completions(model, batch)
+    for i, question in enumerate(QUESTIONS):
+        prompt = tokenizer(question + "\n", return_tensors="pt")["input_ids"]
+        n = int(batch.completion_mask[i].sum())
+        completion = batch.completion_ids[i : i + 1, :n]
+        with torch.no_grad():
+            logits = model(torch.cat([prompt, completion], dim=1)).logits[:, prompt.shape[1] - 1 : -1]
+        expected = token_logprobs(logits, completion)
+        assert torch.allclose(scores[i, :n], expected[0], atol=1e-5)
