@@ -16,7 +16,7 @@ from rakd.data.loaders import DataError
 from rakd.io import atomic_write_text
 from rakd.models.load import ModelLoadError
 
-USER_ERRORS = (ConfigError, DataError, ModelLoadError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (ConfigError, DataError, ModelLoadError, FileNotFoundError, FileExistsError, ValueError)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -41,24 +41,61 @@ def cmd_prep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from rakd.evaluate import format_eval
+    from rakd.teacher import run_teacher
+
+    cfg = _config(args)
+    result = run_teacher(cfg.teacher, cfg.run.dir)
+    print(format_eval("teacher", result.eval))
+    print(f"teacher written to {result.teacher_dir}/ in {result.seconds:.0f}s")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from rakd.distill import run_distill
+
+    cfg = _config(args)
+    result = run_distill(cfg.distill, cfg.run.dir)
+    print(f"student written to {result.student_dir}/ in {result.seconds['total']:.0f}s")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Every stage that exists so far, on the given config, with a summary at the end."""
     from rakd.data.prep import format_card, run_prep
+    from rakd.distill import run_distill
+    from rakd.evaluate import format_eval
+    from rakd.teacher import run_teacher
 
     cfg = _config(args)
     run_dir = cfg.run.dir
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    times = {}
     started = time.perf_counter()
     print(f"[prep] {cfg.prep.source} -> {run_dir / 'data'}")
-    result = run_prep(cfg.prep, run_dir)
-    print(format_card(result.card))
-    print(f"[prep] done in {time.perf_counter() - started:.1f}s")
-    print(f"\nresults are in {run_dir}/ (config.yaml, data/, tokenizer/)")
+    print(format_card(run_prep(cfg.prep, run_dir).card))
+    times["prep"] = time.perf_counter() - started
+    print(f"[teacher] training {cfg.teacher.model.preset or cfg.teacher.model.path}")
+    teacher = run_teacher(cfg.teacher, run_dir)
+    times["teacher"] = teacher.seconds
+    print(format_eval("teacher", teacher.eval))
+    print(f"[distill] warm start, then {cfg.distill.method} for {cfg.distill.rl.steps} steps")
+    student = run_distill(cfg.distill, run_dir)
+    times["warm start"], times[f"distill ({cfg.distill.method})"] = student.seconds["warmstart"], student.seconds["rl"]
+    print("\n== summary (test split) ==")
+    print(format_eval("teacher", teacher.eval))
+    print(format_eval("student (warm start)", student.eval_warmstart))
+    print(format_eval(f"student ({cfg.distill.method})", student.eval))
+    print("wall time: " + ", ".join(f"{name} {secs:.0f}s" for name, secs in times.items()))
+    print(f"\nresults are in {run_dir}/ (config.yaml, data/, tokenizer/, teacher/, student/)")
     return 0
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "prep": (cmd_prep, "prepare tasks: generate or load, deduplicate, split, write the data card"),
+    "teacher": (cmd_teacher, "train the from-scratch teacher on CoT traces (or load a checkpoint) and evaluate it"),
+    "distill": (cmd_distill, "warm-start the student on teacher traces, then RL-aware distillation"),
     "demo": (cmd_demo, "run the pipeline's stages on a config (default: the embedded tiny one)"),
 }
 
