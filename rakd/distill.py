@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
-from transformers import AutoTokenizer
 
 from rakd.evaluate import EvalConfig, evaluate_model, format_eval
 from rakd.io import atomic_dir, atomic_write_json, read_jsonl, to_jsonl

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from rakd.data.format import completion_text
 from rakd.evaluate import EvalConfig, evaluate_model
-from rakd.io import atomic_write_json, read_jsonl
+from rakd.io import read_jsonl
 from rakd.models.load import load_causal_lm, save_model
 from rakd.models.zoo import build_model, count_parameters, preset_config
 from rakd.schema import StageConfig

@@ -121,3 +121,21 @@ def test_tokenizer_mismatch_names_both(tokenizer, tmp_path, tiny_records):
     other = AutoTokenizer.from_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="teacher tokenizer .* and student tokenizer .*other.* differ"):
         check_same_tokenizer(tokenizer, other)
+
+
+@pytest.mark.parametrize("zero_adv, expect_update", [("skip", False), ("kd", True)])
+def test_all_equal_groups_are_skipped_or_distilled(zero_adv, expect_update, tokenizer, tiny_records, monkeypatch):
+    monkeypatch.setattr("rakd.train.rl.reward", lambda text, answer: 0.0)  # every group degenerate
+    teacher = build_model(preset_config("test-micro", tokenizer), seed=0).requires_grad_(False)
+    student = build_model(preset_config("test-micro", tokenizer), seed=1)
+    records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:4]]
+    cfg = RLConfig(prompts_per_step=4, group_size=4, max_new_tokens=8, zero_adv=zero_adv)
+    optimizer = make_optimizer(student, cfg.optim)
+    before = student.model.embed_tokens.weight.clone()
+    metrics = RLStep(student, teacher, tokenizer, records, [], "rakd", LossParams(), cfg, optimizer,
+                     make_scheduler(optimizer, 10, cfg.optim), seed=0).run(0)
+    assert metrics["degenerate_frac"] == 1.0
+    assert (metrics["updates"] > 0) == expect_update
+    assert (not torch.equal(before, student.model.embed_tokens.weight)) == expect_update
+    if expect_update:
+        assert metrics["kd/kl_student_teacher"] > 0

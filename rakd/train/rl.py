@@ -104,15 +104,18 @@ class RLStep:
 
     def run(self, step: int) -> dict:
         self.student.eval()
-        t0 = time.perf_counter()
-        batch, rewards, _ = self.collect(step)
-        t_sample = time.perf_counter() - t0
+        # Sampling and scoring run under the same precision as the update, so that
+        # π_old and π_θ agree exactly before the first optimiser step.
+        with autocast(self.device):
+            t0 = time.perf_counter()
+            batch, rewards, _ = self.collect(step)
+            t_sample = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            teacher_lp = score_completions(self.teacher, batch) if self.spec.needs_teacher or self.kd_spec else None
+            t_teacher = time.perf_counter() - t1
+            old_lp = score_completions(self.student, batch)
         group = self.cfg.group_size if self.spec.on_policy else 1
         advantages, degenerate = group_advantages(rewards, group)
-        t1 = time.perf_counter()
-        teacher_lp = score_completions(self.teacher, batch) if self.spec.needs_teacher or self.kd_spec else None
-        t_teacher = time.perf_counter() - t1
-        old_lp = score_completions(self.student, batch)
         uses_adv = "advantages" in self.spec.inputs
         main_rows = torch.nonzero(~degenerate if uses_adv else torch.ones_like(degenerate)).squeeze(-1)
         kd_rows = torch.nonzero(degenerate).squeeze(-1) if self.kd_spec else main_rows[:0]
@@ -135,24 +138,26 @@ class RLStep:
         }
 
     def update(self, batch, advantages, old_lp, teacher_lp, main_rows, kd_rows) -> dict:
+        """`ppo_epochs` passes of minibatch steps over the rows that carry a signal."""
         self.student.train()
+        rows = torch.cat([main_rows, kd_rows])
+        is_kd = torch.cat([torch.zeros(len(main_rows), dtype=torch.bool), torch.ones(len(kd_rows), dtype=torch.bool)])
         sums: dict[str, float] = defaultdict(float)
         updates = 0
-        for epoch in range(self.cfg.ppo_epochs):
-            for spec, rows in ((self.spec, main_rows), (self.kd_spec, kd_rows)):
-                if spec is None or len(rows) == 0:
-                    continue
-                order = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(epoch))]
-                for chunk in order.split(self.cfg.minibatch_size):
-                    metrics = self.minibatch(spec, subset(batch, chunk), advantages[chunk], old_lp[chunk],
-                                             None if teacher_lp is None else teacher_lp[chunk])
-                    for key, value in metrics.items():
-                        sums[f"{spec.name}/{key}" if spec is self.kd_spec else key] += value
-                    updates += 1
+        for epoch in range(self.cfg.ppo_epochs if len(rows) else 0):
+            order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(epoch))
+            for chunk in order.split(self.cfg.minibatch_size):
+                picked = rows[chunk]
+                metrics = self.minibatch(subset(batch, picked), is_kd[chunk], advantages[picked], old_lp[picked],
+                                         None if teacher_lp is None else teacher_lp[picked])
+                for key, value in metrics.items():
+                    sums[key] += value
+                updates += 1
         return {key: value / max(1, updates) for key, value in sums.items()} | {"updates": updates}
 
-    def minibatch(self, spec: LossSpec, batch: Rollouts, advantages, old_lp, teacher_lp) -> dict:
-        """One optimiser step of `spec` on a minibatch of rollouts."""
+    def minibatch(self, batch: Rollouts, is_kd: torch.Tensor, advantages, old_lp, teacher_lp) -> dict:
+        """One optimiser step on a minibatch: the method's loss on its rows, plus the KD term on
+        degenerate-group rows (zero_adv=kd), weighted by their share of the minibatch."""
         ids = [t.to(self.device) for t in (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)]
         with autocast(self.device):
             logits = forward_completion(self.student, *ids)
@@ -160,11 +165,17 @@ class RLStep:
                        "old_logprobs": old_lp.to(self.device), "advantages": advantages.to(self.device)}
             if teacher_lp is not None:
                 tensors["teacher_logprobs"] = teacher_lp.to(self.device)
-            if spec.needs_logits:
+            if self.spec.needs_logits:
                 with torch.no_grad():
                     tensors["teacher_logits"] = forward_completion(self.teacher, *ids).float()
                 tensors["student_logits"] = logits.float()
-            loss, metrics = spec(tensors, self.hparams)
+            loss, metrics = logits.sum() * 0.0, {}
+            for spec, rows, prefix in ((self.spec, ~is_kd, ""), (self.kd_spec, is_kd, "kd/")):
+                if spec is None or not rows.any():
+                    continue
+                part, part_metrics = spec({k: v[rows.to(v.device)] for k, v in tensors.items()}, self.hparams)
+                loss = loss + part * rows.float().mean().item()
+                metrics.update({prefix + k: v for k, v in part_metrics.items()})
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
