@@ -52,7 +52,7 @@ class RLConfig(StageConfig):
     ppo_epochs: int = Field(1, ge=1)
     minibatch_size: int = Field(64, ge=1, description="rollouts per optimiser step")
     zero_adv: Literal["skip", "kd"] = "skip"
-    backend: Backend = "generate"
+    backend: Backend = "loop"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=10, schedule="constant"))
 
 
