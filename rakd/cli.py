@@ -15,8 +15,10 @@ from rakd.config import ConfigError, PipelineConfig, dump_config, load_config
 from rakd.data.loaders import DataError
 from rakd.io import atomic_write_text
 from rakd.models.load import ModelLoadError
+from rakd.plugins import plugin_stages
+from rakd.schema import StageError
 
-USER_ERRORS = (ConfigError, DataError, ModelLoadError, FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (ConfigError, DataError, ModelLoadError, StageError, FileNotFoundError, FileExistsError, ValueError)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -83,12 +85,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"[distill] warm start, then {cfg.distill.method} for {cfg.distill.rl.steps} steps")
     student = run_distill(cfg.distill, run_dir)
     times["warm start"], times[f"distill ({cfg.distill.method})"] = student.seconds["warmstart"], student.seconds["rl"]
+    exported = {}
+    for stage in plugin_stages():
+        stage_started = time.perf_counter()
+        print(f"[{stage.name}]")
+        exported[stage.name] = stage.demo(cfg, run_dir)
+        times[stage.name] = time.perf_counter() - stage_started
+        print(exported[stage.name])
     print("\n== summary (test split) ==")
     print(format_eval("teacher", teacher.eval))
     print(format_eval("student (warm start)", student.eval_warmstart))
     print(format_eval(f"student ({cfg.distill.method})", student.eval))
-    print("wall time: " + ", ".join(f"{name} {secs:.0f}s" for name, secs in times.items()))
-    print(f"\nresults are in {run_dir}/ (config.yaml, data/, tokenizer/, teacher/, student/)")
+    for name, summary in exported.items():
+        print(f"\n{name}:\n{summary}")
+    print("\nwall time: " + ", ".join(f"{name} {secs:.0f}s" for name, secs in times.items()))
+    folders = ["config.yaml", "data/", "tokenizer/", "teacher/", "student/", *(f"{name}/" for name in exported)]
+    print(f"\nresults are in {run_dir}/ ({', '.join(folders)})")
     return 0
 
 
@@ -100,20 +112,27 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
 }
 
 
+def _plugin_commands() -> dict[str, tuple[Callable[[argparse.Namespace], int], str]]:
+    return {stage.name: (lambda args, stage=stage: stage.command(args, _config(args)), stage.help) for stage in plugin_stages()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rakd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in COMMANDS.items():
+    plugins = {stage.name: stage for stage in plugin_stages()}
+    for name, (_, help_text) in {**COMMANDS, **_plugin_commands()}.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         _add_config_args(command)
         if name == "prep":
             command.add_argument("--skip-invalid", action="store_true", help="skip bad rows and count them in the card")
+        if name in plugins:
+            plugins[name].add_arguments(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler, _ = COMMANDS[args.command]
+    handler, _ = {**COMMANDS, **_plugin_commands()}[args.command]
     try:
         return handler(args)
     except USER_ERRORS as err:

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, create_model
 
 from rakd.data.prep import PrepConfig
 from rakd.distill import DistillConfig
 from rakd.teacher import TeacherConfig
+from rakd.plugins import plugin_stages
 from rakd.schema import StageConfig
 
 
@@ -38,11 +39,21 @@ class RunConfig(StageConfig):
         return self.root / self.name
 
 
-class PipelineConfig(StageConfig):
+class CoreConfig(StageConfig):
+    """The sections of the core library's stages; plugin stages (export, ...) add theirs."""
+
     run: RunConfig = Field(default_factory=RunConfig)
     prep: PrepConfig = Field(default_factory=PrepConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+
+
+def _pipeline_config_class() -> type[CoreConfig]:
+    sections = {stage.name: (stage.config_class, Field(default_factory=stage.config_class)) for stage in plugin_stages()}
+    return create_model("PipelineConfig", __base__=CoreConfig, **sections) if sections else CoreConfig
+
+
+PipelineConfig = _pipeline_config_class()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

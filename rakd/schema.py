@@ -9,3 +9,7 @@ class StageConfig(BaseModel):
     """A stage's configuration: immutable, and unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageError(RuntimeError):
+    """A stage that ran but failed a check (parity, gates, ...): the message names the artefact and the numbers."""

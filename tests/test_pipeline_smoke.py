@@ -1,4 +1,4 @@
-"""The smoke config end to end through the CLI: prep -> teacher -> distill."""
+"""The smoke config end to end through the CLI: prep -> teacher -> distill -> export."""
 
 import json
 
@@ -23,3 +23,11 @@ def test_demo_on_smoke_config(tmp_path, capsys):
     assert teacher["parameters"] > 4 * student["parameters"]
     rows = [json.loads(line) for line in (run / "student/metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 6
+    parity = json.loads((run / "export/parity.json").read_text())
+    labels = {r["artefact"] for r in parity["artefacts"]}
+    assert {"onnx-fp32", "onnx-w8", "gguf-f16", "gguf-q8_0"} <= labels and any(a.startswith("gguf-q4") for a in labels)
+    assert all(r["passed"] for r in parity["artefacts"])
+    q8 = next(r for r in parity["artefacts"] if r["artefact"] == "gguf-q8_0")
+    assert q8["top1_agreement"] >= 0.9  # on a trained model
+    for path in ("export/model-f16.gguf", "export/model-q8_0.gguf", "export/onnx-w8/model.onnx"):
+        assert (run / path).is_file(), path

@@ -1,0 +1,146 @@
+"""Parity of every exported artefact with the PyTorch model it came from.
+
+For N prompts the reference is PyTorch fp32: the greedy continuation and the
+logits at every position of prompt + continuation. Each artefact is run by
+its own runtime (llama.cpp for GGUF, ONNX Runtime for ONNX) on the same token
+ids, and we record: tokenisation equal, last-prompt-token logits
+max-abs-diff, and top-1 agreement along the reference continuation (1.0 means
+its greedy continuation is the same tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rakd.data.format import prompt_text
+from rakd.rollout import sample
+from rakd.schema import StageError
+
+# Per-format limits: (max |Δlogit| at the last prompt token or None, minimum top-1 agreement).
+TOLERANCES: dict[str, tuple[float | None, float]] = {
+    "onnx-fp32": (1e-4, 1.0),
+    "gguf-f32": (1e-4, 1.0),
+    "gguf-f16": (1e-2, 1.0),
+    "onnx-w8": (None, 0.9),
+    "onnx-int8-dynamic": (None, 0.9),
+    "gguf-q8_0": (None, 0.9),
+    "onnx-w4": (None, 0.7),
+    "gguf-4bit": (None, 0.7),
+}
+
+
+class ParityError(StageError):
+    """An artefact outside its tolerance, naming it and the numbers."""
+
+
+@dataclass
+class Reference:
+    text: str
+    prompt_ids: list[int]
+    continuation: list[int]
+    logits: np.ndarray  # (len(prompt)+len(continuation)-1, V): predictions for every next token
+
+    @property
+    def sequence(self) -> list[int]:
+        return self.prompt_ids + self.continuation[:-1]
+
+
+def tolerance_for(label: str) -> tuple[float | None, float]:
+    if label.startswith("gguf-q4") or label.startswith("gguf-q5") or label.startswith("gguf-q3"):
+        return TOLERANCES["gguf-4bit"]
+    return TOLERANCES.get(label, (None, 0.9))
+
+
+def build_references(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[Reference]:
+    model.eval()
+    greedy = sample(model, tokenizer, questions, max_new_tokens=max_new_tokens, temperature=0.0)
+    refs = []
+    for i, question in enumerate(questions):
+        text = prompt_text(question)
+        prompt_ids = tokenizer(text)["input_ids"]
+        continuation = greedy.completion_ids[i][greedy.completion_mask[i].bool()].tolist() or [tokenizer.eos_token_id]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids + continuation[:-1]])).logits[0].float().numpy()
+        refs.append(Reference(text, prompt_ids, continuation, logits))
+    return refs
+
+
+def compare(label: str, path: Path, refs: list[Reference], runtime) -> dict:
+    """Run `runtime` (tokenize, logits) on every reference and check the tolerance of `label`."""
+    max_diff, agree, total, tokens_equal = 0.0, 0, 0, True
+    for ref in refs:
+        tokens_equal &= runtime.tokenize(ref.text) == ref.prompt_ids
+        logits = runtime.logits(ref.sequence)
+        last = len(ref.prompt_ids) - 1
+        max_diff = max(max_diff, float(np.abs(logits[last] - ref.logits[last]).max()))
+        predicted = logits[last:].argmax(-1)
+        agree += int((predicted == np.array(ref.continuation)).sum())
+        total += len(ref.continuation)
+    logit_tol, min_agree = tolerance_for(label)
+    agreement = agree / max(1, total)
+    failures = []
+    if not tokens_equal:
+        failures.append("tokenisation differs from the HF tokenizer")
+    if logit_tol is not None and max_diff > logit_tol:
+        failures.append(f"max |Δlogit| {max_diff:.3g} > {logit_tol:g}")
+    if agreement < min_agree:
+        failures.append(f"top-1 agreement {agreement:.3f} < {min_agree:g}")
+    return {
+        "artefact": label, "path": str(path), "size_bytes": _size(path), "tokenization_equal": tokens_equal,
+        "logits_max_abs_diff": max_diff, "top1_agreement": agreement, "tolerance_logits": logit_tol,
+        "min_top1_agreement": min_agree, "passed": not failures, "failures": failures,
+    }
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class LlamaCppRuntime:
+    """A GGUF file in llama.cpp with an F32 KV cache (exact comparison for F32/F16 files)."""
+
+    def __init__(self, path: Path, threads: int = 1, n_ctx: int = 0):  # 0: the model's own context
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
+                         type_k=0, type_v=0, n_threads=threads, n_threads_batch=threads)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        self.llm.reset()
+        self.llm.eval(ids)
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class OnnxRuntime:
+    """An optimum ONNX folder (model.onnx + config + tokenizer) in ONNX Runtime on CPU."""
+
+    def __init__(self, folder: Path, threads: int = 1):
+        import onnxruntime
+        from optimum.onnxruntime import ORTModelForCausalLM
+        from transformers import AutoTokenizer
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.model = ORTModelForCausalLM.from_pretrained(folder, session_options=options, provider="CPUExecutionProvider")
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        tensor = torch.tensor([ids])
+        with torch.no_grad():
+            return self.model(input_ids=tensor, attention_mask=torch.ones_like(tensor)).logits[0].float().numpy()
+
+    def close(self) -> None:
+        pass

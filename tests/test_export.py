@@ -1,0 +1,115 @@
+"""Exports checked against PyTorch (marker `parity`): ONNX via optimum, GGUF via our writer + llama.cpp."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from export.gguf import UnsupportedModelError, export_gguf, permute_rotary
+from export.parity import LlamaCppRuntime
+from export.quantize import QuantizeError, default_4bit, expected_fallbacks, gguf_row_lengths, quantize_gguf
+from export.run import ExportConfig, main_type, run_export
+from rakd.models.load import ModelLoadError, load_causal_lm, save_model
+from rakd.models.zoo import build_model, preset_config
+
+pytestmark = pytest.mark.parity
+
+QUESTIONS = ["1+1=?", "12*13-4+7=?", "Ana has 3 coins. Then Ana gets 4 more. How many coins does Ana have now?", "9-2=?"]
+
+
+@pytest.fixture(scope="module")
+def micro_dir(tokenizer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("micro") / "model"
+    save_model(build_model(preset_config("test-micro", tokenizer), seed=5), tokenizer, folder)
+    return folder
+
+
+def test_unquantised_exports_match_pytorch(micro_dir, tmp_path):
+    cfg = ExportConfig(onnx_quant=[], gguf_quant=[], gguf_f32=True, parity_prompts=4, parity_max_new_tokens=12)
+    result = run_export(cfg, micro_dir, tmp_path / "export", QUESTIONS)
+    records = {r["artefact"]: r for r in result.parity["artefacts"]}
+    assert set(records) == {"onnx-fp32", "gguf-f16", "gguf-f32"}
+    assert records["onnx-fp32"]["logits_max_abs_diff"] <= 1e-4
+    assert records["gguf-f32"]["logits_max_abs_diff"] <= 1e-4
+    assert records["gguf-f16"]["logits_max_abs_diff"] <= 1e-2
+    for record in records.values():
+        assert record["tokenization_equal"] and record["top1_agreement"] == 1.0 and record["passed"]
+    assert (tmp_path / "export/onnx-fp32/model.onnx").is_file()
+    assert (tmp_path / "export/onnx-fp32/tokenizer.json").is_file()
+    on_disk = json.loads((tmp_path / "export/parity.json").read_text())
+    assert on_disk["artefacts"][0]["size_bytes"] > 0
+
+
+def test_gguf_round_trip_into_transformers_is_identical(micro_dir, tmp_path):
+    model, tokenizer = load_causal_lm(micro_dir)
+    path = export_gguf(model, tokenizer, tmp_path / "m.gguf", "f32")
+    again, again_tok = load_causal_lm(path)
+    original, loaded = model.state_dict(), again.state_dict()
+    assert original.keys() == loaded.keys()
+    assert all(torch.equal(original[k], loaded[k]) for k in original)
+    assert again_tok.eos_token_id == tokenizer.eos_token_id  # fixed from the GGUF metadata
+
+
+def test_rotary_permutation_is_a_per_head_reordering():
+    weight = torch.arange(8 * 3, dtype=torch.float32).reshape(8, 3).numpy()
+    permuted = permute_rotary(weight, n_head=2)
+    # each head's 4 rows [a0 a1 b0 b1] become [a0 b0 a1 b1]
+    assert permuted[:4, 0].tolist() == [0.0, 6.0, 3.0, 9.0]
+    assert sorted(permuted.ravel().tolist()) == sorted(weight.ravel().tolist())
+
+
+@pytest.mark.parametrize("text", ["12*13-4=?\n", "  spaced   out 7 ", "Zoë paid 3€ — ok?", "A: 46<|eos|>", "<|bos|>x"])
+def test_llama_cpp_tokenises_like_hf(micro_dir, tmp_path_factory, text):
+    model, tokenizer = load_causal_lm(micro_dir)
+    path = tmp_path_factory.getbasetemp() / "tok.gguf"
+    if not path.exists():
+        export_gguf(model, tokenizer, path, "f16")
+    runtime = LlamaCppRuntime(path)
+    assert runtime.tokenize(text) == tokenizer(text)["input_ids"]
+    runtime.close()
+
+
+def test_dims_check_predicts_fallbacks_and_warns(tokenizer):
+    model = build_model(preset_config("test-micro", tokenizer), seed=0)  # width 32: Q8_0 fits, K-quants do not
+    rows = gguf_row_lengths(model)
+    assert expected_fallbacks(rows, "q8_0") == []
+    assert "model.embed_tokens.weight" in expected_fallbacks(rows, "q4_k_m")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert default_4bit(rows) == "q4_0"
+    assert any("multiples of 256" in str(w.message) for w in caught)
+    assert default_4bit({"w": 512}) == "q4_k_m"
+    assert main_type("q4_k_m") == "Q4_K" and main_type("q8_0") == "Q8_0"
+
+
+def test_quantised_file_reports_its_tensor_types(micro_dir, tmp_path):
+    model, tokenizer = load_causal_lm(micro_dir)
+    f16 = export_gguf(model, tokenizer, tmp_path / "m-f16.gguf", "f16")
+    q8 = quantize_gguf(f16, tmp_path / "m-q8_0.gguf", "q8_0")
+    from export.quantize import tensor_types
+
+    types = tensor_types(q8)
+    assert types["blk.0.attn_q.weight"] == "Q8_0" and types["blk.0.attn_norm.weight"] == "F32"
+    assert q8.stat().st_size < f16.stat().st_size
+
+
+def test_bad_inputs_are_clear_errors(micro_dir, tmp_path):
+    with pytest.raises(ModelLoadError, match="no such model folder"):
+        run_export(ExportConfig(), tmp_path / "missing", tmp_path / "out", QUESTIONS)
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF\x03\x00\x00\x00")
+    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+        quantize_gguf(broken, tmp_path / "q.gguf", "q8_0")
+    model, tokenizer = load_causal_lm(micro_dir)
+    with pytest.raises(QuantizeError, match="unknown llama.cpp quantisation type 'q9_9'"):
+        quantize_gguf(export_gguf(model, tokenizer, tmp_path / "ok.gguf"), tmp_path / "q.gguf", "q9_9")
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_architectures_are_not_supported_for_gguf(tokenizer, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tokenizer)))
+    with pytest.raises(UnsupportedModelError, match="not supported yet: gpt2"):
+        export_gguf(gpt2, tokenizer, tmp_path / "g.gguf")
