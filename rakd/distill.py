@@ -60,6 +60,8 @@ class DistillConfig(StageConfig):
     rl: RLConfig = Field(default_factory=RLConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint_every: int = Field(25, ge=1)
+    eval_every: int = Field(0, ge=0, description="evaluate on the val split every N RL steps (0: never)")
+    val_problems: int = Field(200, ge=1)
     threads: int = Field(1, ge=0, description="torch CPU threads during RL (1 was fastest here)")
     device: str = "auto"
     seed: int = 0
@@ -171,8 +173,12 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         metrics_log.truncate_after(start)
         log(f"[distill] resumed from {checkpoints[-1]} (step {start})")
     progress = Progress(f"distill:{cfg.method}", cfg.rl.steps, start, every=5)
+    val_cfg = cfg.eval.model_copy(update={"n_problems": cfg.val_problems})
     for step in range(start, cfg.rl.steps):
         row = {"step": step + 1, "method": cfg.method, **rl.run(step)}
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            val = evaluate_model(student, tokenizer, distill_records(run_dir, "val"), val_cfg)
+            row.update({f"val_{k}": v for k, v in val.items() if k.endswith(("accuracy", "stderr"))})
         metrics_log.append(row)
         progress.update(step, reward=row["reward_mean"], loss=row.get("loss", 0.0))
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.rl.steps:

@@ -19,6 +19,7 @@ FAST = [
     "distill.rl.prompts_per_step=2", "distill.rl.group_size=4", "distill.rl.max_new_tokens=12",
     "distill.eval.n_problems=8", "distill.eval.k_samples=1", "distill.eval.max_new_tokens=12",
     "distill.checkpoint_every=2", "distill.method=opd", "distill.warmstart.max_new_tokens=12",
+    "distill.eval_every=2", "distill.val_problems=4",
 ]
 
 
@@ -70,6 +71,7 @@ def test_distill_stage_writes_outputs_with_finite_metrics(prepared, tmp_path, mo
         assert {"reward_mean", "accuracy", "loss", "entropy", "response_length", "tokens_per_s",
                 "seconds_sample", "seconds_teacher", "seconds_update", "reverse_kl"} <= set(row)
     assert {"greedy_accuracy", "sampled_accuracy", "greedy_stderr", "no_answer_rate"} <= set(result.eval)
+    assert {"val_greedy_accuracy", "val_sampled_accuracy"} <= set(rows[1]) and "val_greedy_accuracy" not in rows[0]
 
 
 def test_crash_and_resume_gives_the_same_weights(prepared, tmp_path):

@@ -113,3 +113,24 @@ def test_other_architectures_are_not_supported_for_gguf(tokenizer, tmp_path):
     gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tokenizer)))
     with pytest.raises(UnsupportedModelError, match="not supported yet: gpt2"):
         export_gguf(gpt2, tokenizer, tmp_path / "g.gguf")
+
+
+def test_non_causal_model_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ModelLoadError, match="not a causal language model"):
+        run_export(ExportConfig(), tmp_path / "bert", tmp_path / "out", QUESTIONS)
+
+
+def test_export_command(micro_dir, tmp_path, capsys):
+    from rakd.cli import main
+
+    out = tmp_path / "cli-export"
+    code = main(["export", str(micro_dir), "--out", str(out), "--formats", "gguf", "--set", "export.gguf_quant=[]",
+                 "--set", f"run.root={tmp_path}"])
+    assert code == 0
+    assert "gguf-f16" in capsys.readouterr().out
+    assert (out / "model-f16.gguf").is_file() and (out / "parity.json").is_file()
+    assert main(["export", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "nope: no such model folder" in capsys.readouterr().err
