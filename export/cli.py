@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from export.run import ExportConfig, format_parity, run_export
 from rakd.data.generator import GeneratorConfig, generate
 from rakd.io import read_jsonl
 from rakd.plugins import Stage
+from rakd.schema import ConfigError
 
 
 def parity_questions(data: Path | None, run_dir: Path, n: int) -> list[str]:
@@ -35,7 +38,10 @@ def _overrides(args: argparse.Namespace, cfg: ExportConfig) -> ExportConfig:
         names = [q.strip() for q in args.quant.split(",") if q.strip()]
         update["onnx_quant"] = [q for q in names if q in ("w8", "w4", "int8-dynamic")]
         update["gguf_quant"] = [q for q in names if q not in ("w8", "w4", "int8-dynamic")]
-    return ExportConfig.model_validate({**cfg.model_dump(), **update})
+    try:
+        return ExportConfig.model_validate({**cfg.model_dump(), **update})
+    except ValidationError as err:
+        raise ConfigError(f"rakd export --formats/--quant: {err.errors()[0]['msg']} (got {update})") from None
 
 
 def command(args: argparse.Namespace, cfg) -> int:

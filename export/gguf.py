@@ -19,10 +19,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rakd.io import publish_mode
+from rakd.models.load import ModelLoadError
 
 
-
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(ModelLoadError):
     """A model this exporter cannot write (names the architecture or the setting)."""
 
 

@@ -18,7 +18,7 @@ from rakd.models.load import ModelLoadError
 from rakd.plugins import plugin_stages
 from rakd.schema import StageError
 
-USER_ERRORS = (ConfigError, DataError, ModelLoadError, StageError, FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (ConfigError, DataError, ModelLoadError, StageError, FileNotFoundError, FileExistsError)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -20,13 +20,11 @@ from pydantic import Field, ValidationError, create_model
 
 from rakd.data.prep import PrepConfig
 from rakd.distill import DistillConfig
-from rakd.teacher import TeacherConfig
 from rakd.plugins import plugin_stages
-from rakd.schema import StageConfig
+from rakd.schema import ConfigError, StageConfig
+from rakd.teacher import TeacherConfig
 
-
-class ConfigError(ValueError):
-    """A config that cannot be used: names the file (or override) and the key."""
+__all__ = ["ConfigError", "CoreConfig", "PipelineConfig", "RunConfig", "dump_config", "load_config"]
 
 
 class RunConfig(StageConfig):

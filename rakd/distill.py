@@ -22,7 +22,7 @@ from pydantic import Field
 
 from rakd.evaluate import EvalConfig, evaluate_model, format_eval
 from rakd.io import atomic_dir, atomic_write_json, read_jsonl, to_jsonl
-from rakd.models.load import load_causal_lm, save_model
+from rakd.models.load import ModelLoadError, load_causal_lm, save_model
 from rakd.models.subset import layer_subset
 from rakd.models.zoo import build_model, count_parameters, preset_config
 from rakd.rollout import sample
@@ -89,7 +89,7 @@ def check_same_tokenizer(teacher_tok, student_tok) -> None:
     same = teacher_tok.get_vocab() == student_tok.get_vocab() and all(
         getattr(teacher_tok, f"{r}_token_id") == getattr(student_tok, f"{r}_token_id") for r in ("bos", "eos", "pad"))
     if not same:
-        raise ValueError(
+        raise ModelLoadError(
             f"teacher tokenizer {teacher_tok.name_or_path!r} ({len(teacher_tok)} tokens) and student tokenizer "
             f"{student_tok.name_or_path!r} ({len(student_tok)} tokens) differ; token-level distillation needs one tokenizer"
         )

@@ -13,3 +13,7 @@ class StageConfig(BaseModel):
 
 class StageError(RuntimeError):
     """A stage that ran but failed a check (parity, gates, ...): the message names the artefact and the numbers."""
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used: names the file (or override) and the key."""

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from transformers import AutoTokenizer
 
 from rakd.data.format import completion_text
+from rakd.data.loaders import DataError
 from rakd.evaluate import EvalConfig, evaluate_model
 from rakd.io import read_jsonl
 from rakd.models.load import load_causal_lm, save_model
@@ -58,7 +59,7 @@ class TeacherResult:
 def sft_pairs(records: list[dict], split: str) -> list[tuple[str, str]]:
     missing = sum("solution" not in r for r in records)
     if missing:
-        raise ValueError(f"data/{split}.jsonl: {missing} records have no 'solution'; a from-scratch teacher needs CoT traces")
+        raise DataError(f"data/{split}.jsonl: {missing} records have no 'solution'; a from-scratch teacher needs CoT traces")
     return [(r["question"], completion_text(r["solution"])) for r in records]
 
 

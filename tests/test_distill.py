@@ -7,6 +7,7 @@ from rakd.config import load_config
 from rakd.data.prep import run_prep
 from rakd.distill import InjectedFault, check_same_tokenizer, distill_records, run_distill
 from rakd.losses import LOSSES
+from rakd.models.load import ModelLoadError
 from rakd.models.zoo import build_model, preset_config
 from rakd.teacher import run_teacher
 from rakd.train.common import make_optimizer, make_scheduler
@@ -115,13 +116,13 @@ def test_one_step_changes_every_student_parameter_and_no_teacher_parameter(metho
 
 
 def test_tokenizer_mismatch_names_both(tokenizer, tmp_path, tiny_records):
-    from rakd.models.tokenizer import TokenizerConfig, train_tokenizer
-
     from transformers import AutoTokenizer
+
+    from rakd.models.tokenizer import TokenizerConfig, train_tokenizer
 
     train_tokenizer(tiny_records[:50], TokenizerConfig(vocab_size=270), tmp_path / "other")
     other = AutoTokenizer.from_pretrained(tmp_path / "other")
-    with pytest.raises(ValueError, match="teacher tokenizer .* and student tokenizer .*other.* differ"):
+    with pytest.raises(ModelLoadError, match="teacher tokenizer .* and student tokenizer .*other.* differ"):
         check_same_tokenizer(tokenizer, other)
 
 

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from rakd.losses import (
-    LOSSES, fkl_loss, gkd_loss, group_advantages, grpo_kl_loss, grpo_loss, opd_loss, sft_loss, trrd_loss,
+    LOSSES,
+    fkl_loss,
+    gkd_loss,
+    group_advantages,
+    grpo_kl_loss,
+    grpo_loss,
+    opd_loss,
+    sft_loss,
+    trrd_loss,
 )
 
 L = math.log
