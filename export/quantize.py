@@ -8,8 +8,10 @@ model dims, and `tensor_types` reads what was really written.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -55,6 +57,23 @@ def _ftype(name: str) -> int:
     return value
 
 
+@contextlib.contextmanager
+def captured_stderr():
+    """Collect what C code writes to fd 2 (llama.cpp logs every tensor) instead of flooding the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        log: list[str] = []
+        try:
+            yield log
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            log.append(sink.read().decode("utf-8", "replace"))
+
+
 def quantize_gguf(source: str | Path, target: str | Path, ftype: str, threads: int = 0) -> Path:
     """Quantise GGUF `source` to `target` with llama.cpp (`llama_model_quantize`), atomically."""
     import llama_cpp
@@ -67,9 +86,11 @@ def quantize_gguf(source: str | Path, target: str | Path, ftype: str, threads: i
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        code = llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(), ctypes.byref(params))
+        with captured_stderr() as log:
+            code = llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(), ctypes.byref(params))
         if code != 0 or os.path.getsize(tmp) == 0:
-            raise QuantizeError(f"llama.cpp failed to quantise {source} to {ftype} (code {code})")
+            tail = "\n".join(log[0].strip().splitlines()[-5:])
+            raise QuantizeError(f"llama.cpp failed to quantise {source} to {ftype} (code {code}):\n{tail}")
         publish_mode(tmp)
         os.replace(tmp, target)
     finally:

@@ -9,6 +9,7 @@ artefact passed parity.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -92,6 +93,8 @@ def main_type(ftype: str) -> str:
 
 def run_export(cfg: ExportConfig, hf_dir: str | Path, out_dir: str | Path, questions: list[str]) -> ExportResult:
     """Export `hf_dir` to every configured artefact under `out_dir`; raises ParityError on a failure."""
+    for noisy in ("gguf", "onnxruntime.quantization.matmul_nbits_quantizer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)  # per-tensor INFO lines
     hf_dir, out_dir, started = Path(hf_dir), Path(out_dir), time.perf_counter()
     if not hf_dir.is_dir():
         raise ModelLoadError(f"{hf_dir}: no such model folder")
