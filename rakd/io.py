@@ -64,15 +64,13 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a fresh staging folder that replaces `target` only if the block succeeds.
 
     On an exception the staging folder is removed and `target` is left as it was.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists (pass force/overwrite to replace it)")
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         yield staging
@@ -103,14 +101,4 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
-    return digest.hexdigest()
-
-
-def fingerprint_dir(folder: str | Path) -> str:
-    """sha256 over the relative paths and contents of every file under `folder`."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode())
-        digest.update(sha256_file(path).encode())
     return digest.hexdigest()
