@@ -174,10 +174,11 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         log(f"[distill] resumed from {checkpoints[-1]} (step {start})")
     progress = Progress(f"distill:{cfg.method}", cfg.rl.steps, start, every=5)
     val_cfg = cfg.eval.model_copy(update={"n_problems": cfg.val_problems})
+    val_records = distill_records(run_dir, "val") if cfg.eval_every else []
     for step in range(start, cfg.rl.steps):
         row = {"step": step + 1, "method": cfg.method, **rl.run(step)}
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            val = evaluate_model(student, tokenizer, distill_records(run_dir, "val"), val_cfg)
+            val = evaluate_model(student, tokenizer, val_records, val_cfg)
             row.update({f"val_{k}": v for k, v in val.items() if k.endswith(("accuracy", "stderr"))})
         metrics_log.append(row)
         progress.update(step, reward=row["reward_mean"], loss=row.get("loss", 0.0))

@@ -64,13 +64,21 @@ class SFTTrainer:
         self.log = MetricsLog(self.out_dir / "metrics.jsonl")
         self.device = next(model.parameters()).device
         self.start_step = 0
+        self._order: tuple[int, list[int]] = (-1, [])
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The seeded shuffle of epoch `epoch` (kept for the epoch's steps)."""
+        if self._order[0] != epoch:
+            order = list(range(len(self.pairs)))
+            random.Random(step_seed(self.seed, epoch, salt=17)).shuffle(order)
+            self._order = (epoch, order)
+        return self._order[1]
 
     def batch_for(self, step: int) -> Rollouts:
         """Batch `step` of a seeded shuffle, epoch by epoch: the same step always sees the same data."""
         per_epoch = max(1, len(self.pairs) // self.cfg.batch_size)
         epoch, index = divmod(step, per_epoch)
-        order = list(range(len(self.pairs)))
-        random.Random(step_seed(self.seed, epoch, salt=17)).shuffle(order)
+        order = self.epoch_order(epoch)
         chosen = order[index * self.cfg.batch_size : (index + 1) * self.cfg.batch_size] or order[: self.cfg.batch_size]
         return pack_pairs(self.tokenizer, [self.pairs[i] for i in chosen])
 
