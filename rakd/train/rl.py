@@ -20,10 +20,10 @@ from pydantic import Field
 
 from rakd.losses import LOSSES, LossSpec, group_advantages
 from rakd.losses.common import Aggregation
-from rakd.rollout import Backend, Rollouts, forward_completion, sample, score_completions, token_logprobs
+from rakd.rollout import Backend, Rollouts, forward_completion, sample, score_completions
 from rakd.schema import StageConfig
 from rakd.train.common import OptimConfig, autocast, step_seed
-from rakd.train.sft import pack_pairs
+from rakd.train.sft import batch_ids, batch_tensors, pack_pairs
 from rakd.verify import reward
 
 Method = Literal["sft", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"]
@@ -158,17 +158,15 @@ class RLStep:
     def minibatch(self, batch: Rollouts, is_kd: torch.Tensor, advantages, old_lp, teacher_lp) -> dict:
         """One optimiser step on a minibatch: the method's loss on its rows, plus the KD term on
         degenerate-group rows (zero_adv=kd), weighted by their share of the minibatch."""
-        ids = [t.to(self.device) for t in (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)]
         with autocast(self.device):
-            logits = forward_completion(self.student, *ids)
-            tensors = {"logprobs": token_logprobs(logits, ids[2]), "mask": ids[3].float(),
-                       "old_logprobs": old_lp.to(self.device), "advantages": advantages.to(self.device)}
+            tensors = batch_tensors(self.student, batch)
+            tensors.update(old_logprobs=old_lp.to(self.device), advantages=advantages.to(self.device))
             if teacher_lp is not None:
                 tensors["teacher_logprobs"] = teacher_lp.to(self.device)
             if self.spec.needs_logits:
                 with torch.no_grad():
-                    tensors["teacher_logits"] = forward_completion(self.teacher, *ids).float()
-                tensors["student_logits"] = logits.float()
+                    tensors["teacher_logits"] = forward_completion(self.teacher, *batch_ids(batch, self.device)).float()
+            logits = tensors["student_logits"]
             loss, metrics = logits.sum() * 0.0, {}
             for spec, rows, prefix in ((self.spec, ~is_kd, ""), (self.kd_spec, is_kd, "kd/")):
                 if spec is None or not rows.any():

@@ -40,15 +40,17 @@ def pack_pairs(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]])
     return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, [c for _, c in pairs])
 
 
-def batch_tensors(model: PreTrainedModel, batch: Rollouts, *, need_logits: bool = False) -> dict[str, torch.Tensor]:
-    """The per-token tensors a loss may ask for, from one forward pass of `model` (with grad)."""
-    device = next(model.parameters()).device
-    ids = [t.to(device) for t in (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)]
+def batch_ids(batch: Rollouts, device: torch.device) -> list[torch.Tensor]:
+    """(prompt ids, prompt mask, completion ids, completion mask) on `device`."""
+    return [t.to(device) for t in (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)]
+
+
+def batch_tensors(model: PreTrainedModel, batch: Rollouts) -> dict[str, torch.Tensor]:
+    """The per-token tensors a loss may ask for, from one forward pass of `model` (with grad):
+    `logprobs` and `mask` (B, T), and `student_logits` (B, T, V)."""
+    ids = batch_ids(batch, next(model.parameters()).device)
     logits = forward_completion(model, *ids)
-    tensors = {"logprobs": token_logprobs(logits, ids[2]), "mask": ids[3].float()}
-    if need_logits:
-        tensors["student_logits"] = logits.float()
-    return tensors
+    return {"logprobs": token_logprobs(logits, ids[2]), "mask": ids[3].float(), "student_logits": logits.float()}
 
 
 class SFTTrainer:
