@@ -86,7 +86,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     student = run_distill(cfg.distill, run_dir)
     times["warm start"], times[f"distill ({cfg.distill.method})"] = student.seconds["warmstart"], student.seconds["rl"]
     exported = {}
-    for stage in plugin_stages():
+    for stage in (stage for stage in plugin_stages() if stage.demo is not None):
         stage_started = time.perf_counter()
         print(f"[{stage.name}]")
         exported[stage.name] = stage.demo(cfg, run_dir)

@@ -47,7 +47,8 @@ class CoreConfig(StageConfig):
 
 
 def _pipeline_config_class() -> type[CoreConfig]:
-    sections = {stage.name: (stage.config_class, Field(default_factory=stage.config_class)) for stage in plugin_stages()}
+    sections = {stage.config_key: (stage.config_class, Field(default_factory=stage.config_class)) for stage in plugin_stages()
+                if stage.config_class is not None}
     return create_model("PipelineConfig", __base__=CoreConfig, **sections) if sections else CoreConfig
 
 

@@ -6,7 +6,8 @@ packages declare entry points in pyproject.toml instead:
     [project.entry-points."rakd.stages"]
     export = "export.cli:STAGE"
 
-A `Stage` names its config section and class, its CLI command, and a demo step.
+A `Stage` names its CLI command, its config section and class (None: the
+command has no section), and its step in `rakd demo` (None: not a demo step).
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ from rakd.schema import StageConfig
 @dataclass(frozen=True)
 class Stage:
     name: str
-    config_class: type[StageConfig]
+    config_class: type[StageConfig] | None
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     command: Callable[[argparse.Namespace, object], int]  # (args, pipeline config) -> exit code
-    demo: Callable[[object, Path], str]  # (pipeline config, run dir) -> summary text
+    demo: Callable[[object, Path], str] | None = None  # (pipeline config, run dir) -> summary text
     order: int = 100
+    section: str | None = None  # config section name when it differs from the command (pydantic reserves some)
+
+    @property
+    def config_key(self) -> str:
+        return self.section or self.name
 
 
 @cache

@@ -17,3 +17,7 @@ class StageError(RuntimeError):
 
 class ConfigError(ValueError):
     """A config that cannot be used: names the file (or override) and the key."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer that cannot be loaded, naming the path and the reason."""

@@ -1,9 +1,10 @@
-"""The smoke config end to end through the CLI: prep -> teacher -> distill -> export."""
+"""The smoke config end to end through the CLI: prep -> teacher -> distill -> export -> validate -> package."""
 
 import json
 
 import pytest
 
+from deploy.package import verify_package
 from rakd.cli import main
 
 
@@ -31,3 +32,10 @@ def test_demo_on_smoke_config(tmp_path, capsys):
     assert q8["top1_agreement"] >= 0.9  # on a trained model
     for path in ("export/model-f16.gguf", "export/model-q8_0.gguf", "export/onnx-w8/model.onnx"):
         assert (run / path).is_file(), path
+    report = json.loads((run / "validate/report.json").read_text())
+    validated = {r["label"] for r in report["artefacts"]}
+    assert validated == {"pytorch"} | labels and report["reference"] == "pytorch"
+    assert "verify-package: ok" in out and "gguf-q8_0" in out
+    manifest = verify_package(run / "package")
+    assert manifest.models[0].format == "gguf" and manifest.configs["distill"]["method"] == "rakd"
+    assert manifest.teacher["parameters"] == teacher["parameters"]

@@ -14,12 +14,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rakd.io import atomic_dir
+from rakd.models.gguf_file import gguf_metadata
+from rakd.schema import ModelLoadError
 
-_GGUF_MAGIC = b"GGUF"
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer that cannot be loaded, naming the path and the reason."""
+__all__ = ["ModelLoadError", "gguf_metadata", "load_causal_lm", "save_model"]
 
 
 def load_causal_lm(
@@ -76,27 +74,6 @@ def _load_hub(repo_id: str, trust_remote_code: bool, dtype: torch.dtype):
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"{repo_id}: not a local path, and loading it from the hub failed: {err}") from err
     return model.eval(), tokenizer
-
-
-def gguf_metadata(path: Path) -> dict:
-    """Scalar metadata of a GGUF file (no tensors), after checking it is one."""
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: no such GGUF file")
-    with open(path, "rb") as handle:
-        if handle.read(4) != _GGUF_MAGIC:
-            raise ModelLoadError(f"{path}: not a GGUF file (bad magic bytes)")
-    try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(path))
-    except Exception as err:  # noqa: BLE001 - truncated or corrupt files raise anything
-        raise ModelLoadError(f"{path}: corrupt or truncated GGUF file: {err}") from err
-    meta = {}
-    for name, field in reader.fields.items():
-        if len(field.types) == 1 and len(field.data) == 1:
-            value = field.parts[field.data[0]]
-            meta[name] = bytes(value).decode("utf-8", "replace") if value.dtype == "uint8" else value.tolist()[0]
-    return meta
 
 
 def _load_gguf(path: Path, dtype: torch.dtype):

@@ -1,0 +1,175 @@
+"""Runtimes a device uses, behind one greedy `generate` that also times it.
+
+- `LlamaCppGenerator`: a `.gguf` file in llama.cpp (llama-cpp-python), CPU.
+- `OnnxGenerator`: an optimum ONNX folder (model + config + tokenizer) in ONNX Runtime, CPU.
+- `TorchGenerator`: a Hugging Face folder in PyTorch fp32: the reference the others are compared with.
+
+Every runtime formats the prompt the same way: the model's chat template when it
+has one, else `rakd.data.format.prompt_text` (how our models were taught), and
+decodes greedily one problem at a time, as an app on a device would. Heavy imports
+happen inside the constructors, so a llama.cpp run never loads torch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rakd.data.format import prompt_text
+from rakd.models.gguf_file import gguf_metadata
+from rakd.schema import ModelLoadError
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    new_tokens: int
+    ttft_s: float  # prompt submitted -> first new token available
+    total_s: float  # prompt submitted -> last token (or EOS) produced
+
+    @property
+    def decode_tok_s(self) -> float | None:
+        """Tokens per second after the first one; None when there was nothing to decode."""
+        decode_s = self.total_s - self.ttft_s
+        return (self.new_tokens - 1) / decode_s if self.new_tokens > 1 and decode_s > 0 else None
+
+
+def chat_messages(question: str) -> list[dict]:
+    return [{"role": "user", "content": question}]
+
+
+class LlamaCppGenerator:
+    format = "gguf"
+
+    def __init__(self, path: Path, threads: int = 1, seed: int = 0):
+        meta = gguf_metadata(path)  # a clear error for non-GGUF, corrupt or truncated files first
+        from llama_cpp import Llama
+
+        try:
+            self.llm = Llama(model_path=str(path), n_ctx=0, n_threads=threads, n_threads_batch=threads,
+                             seed=seed, verbose=False)
+        except Exception as err:  # noqa: BLE001 - llama.cpp reports failures as ValueError/RuntimeError
+            raise ModelLoadError(f"{path}: llama.cpp cannot load this GGUF: {err}") from err
+        self.template = meta.get("tokenizer.chat_template")
+
+    def prompt_ids(self, question: str) -> list[int]:
+        if self.template:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            vocab = lambda token: self.llm.detokenize([token], special=True).decode("utf-8", "replace")  # noqa: E731
+            formatter = Jinja2ChatFormatter(self.template, eos_token=vocab(self.llm.token_eos()),
+                                            bos_token=vocab(self.llm.token_bos()))
+            text = formatter(messages=chat_messages(question)).prompt
+            return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return self.llm.tokenize(prompt_text(question).encode("utf-8"), add_bos=True, special=True)
+
+    def generate(self, question: str, max_new_tokens: int) -> Generation:
+        import llama_cpp
+
+        ids = self.prompt_ids(question)
+        self.llm.reset()  # no KV prefix reuse between problems: every prompt is timed cold
+        started, first, out = time.perf_counter(), None, []
+        for token in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            first = first or time.perf_counter()
+            if llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token):  # EOS, EOT and the like
+                break
+            out.append(token)
+            if len(out) >= max_new_tokens:
+                break
+        done = time.perf_counter()
+        text = self.llm.detokenize(out).decode("utf-8", "replace")
+        return Generation(text, len(out), (first or done) - started, done - started)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class _Clock:
+    """A transformers streamer that records when each generated token arrives (the first `put` is the prompt)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+class _HFGenerator:
+    """Greedy `generate` of a transformers-style model (PyTorch, or ORT through optimum)."""
+
+    model = tokenizer = None
+
+    def prompt_ids(self, question: str) -> list[int]:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(chat_messages(question), add_generation_prompt=True, tokenize=True)
+        return self.tokenizer(prompt_text(question))["input_ids"]
+
+    def generate(self, question: str, max_new_tokens: int) -> Generation:
+        import torch
+
+        ids = torch.tensor([self.prompt_ids(question)])
+        clock = _Clock()
+        started = time.perf_counter()
+        with torch.no_grad():
+            output = self.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                streamer=clock, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+        done = time.perf_counter()
+        new = output[0, ids.shape[1]:].tolist()
+        if self.tokenizer.eos_token_id in new:
+            new = new[: new.index(self.tokenizer.eos_token_id)]
+        first = clock.times[1] if len(clock.times) > 1 else done
+        return Generation(self.tokenizer.decode(new, skip_special_tokens=True), len(new), first - started, done - started)
+
+    def close(self) -> None:
+        pass
+
+
+class OnnxGenerator(_HFGenerator):
+    format = "onnx"
+
+    def __init__(self, folder: Path, threads: int = 1, seed: int = 0):
+        if not any(folder.glob("*.onnx")):
+            raise ModelLoadError(f"{folder}: no .onnx model in this folder")
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"{folder}: ONNX folder without config.json (export it with optimum)")
+        if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+            raise ModelLoadError(f"{folder}: ONNX folder without a tokenizer (tokenizer.json / tokenizer_config.json)")
+        import onnxruntime
+        import torch
+        from optimum.onnxruntime import ORTModelForCausalLM
+        from transformers import AutoTokenizer
+
+        torch.manual_seed(seed)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        try:
+            self.model = ORTModelForCausalLM.from_pretrained(folder, session_options=options,
+                                                             provider="CPUExecutionProvider")
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        except Exception as err:  # noqa: BLE001 - ORT/optimum raise many kinds
+            raise ModelLoadError(f"{folder}: ONNX Runtime cannot load this model: {err}") from err
+
+
+class TorchGenerator(_HFGenerator):
+    format = "pytorch"
+
+    def __init__(self, folder: Path, threads: int = 1, seed: int = 0):
+        import torch
+
+        from rakd.models.load import load_causal_lm
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        self.model, self.tokenizer = load_causal_lm(folder)
+
+
+RUNTIMES = {"gguf": LlamaCppGenerator, "onnx": OnnxGenerator, "pytorch": TorchGenerator}
+
+
+def open_runtime(fmt: str, path: Path, threads: int = 1, seed: int = 0):
+    return RUNTIMES[fmt](Path(path), threads=threads, seed=seed)

@@ -1,0 +1,213 @@
+"""Edge validation and packaging on a tiny random model exported to ONNX and GGUF (marker `parity`)."""
+
+import json
+import shutil
+
+import pytest
+
+from deploy.package import PackageConfig, PackageError, build_package, load_package, verify_package
+from deploy.validate import REPORT_KEYS, Gates, ValidateConfig, apply_gates, discover, load_problems, validate
+from export.quantize import quantize_gguf
+from export.run import ExportConfig, run_export
+from rakd.data.generator import GeneratorConfig, generate
+from rakd.data.loaders import DataError
+from rakd.io import to_jsonl
+from rakd.models.load import ModelLoadError, save_model
+from rakd.models.zoo import build_model, preset_config
+
+pytestmark = pytest.mark.parity
+
+FAST = dict(n_problems=6, max_new_tokens=10, progress_every=3, isolate=False)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tokenizer, tmp_path_factory):
+    """A run directory as the pipeline leaves it: data/test.jsonl, student/, export/ (onnx-fp32, f16, q8_0)."""
+    run = tmp_path_factory.mktemp("run") / "micro"
+    save_model(build_model(preset_config("test-micro", tokenizer), seed=3), tokenizer, run / "student")
+    problems = generate(GeneratorConfig(n_items=8, seed=4))
+    (run / "data").mkdir()
+    (run / "data" / "test.jsonl").write_text(to_jsonl(problems))
+    (run / "config.yaml").write_text("distill:\n  method: rakd\n")
+    cfg = ExportConfig(onnx_quant=[], gguf_quant=["q8_0"], parity_prompts=2, parity_max_new_tokens=6)
+    run_export(cfg, run / "student", run / "export", [p["question"] for p in problems])
+    return run
+
+
+@pytest.fixture(scope="module")
+def report(run_dir):
+    """Validation of the whole run with one fresh process per artefact (the real isolation path)."""
+    cfg = ValidateConfig(**{**FAST, "isolate": True})
+    return validate(cfg, run_dir, run_dir / "data" / "test.jsonl", run_dir / "validate").report
+
+
+def test_validation_writes_every_key_with_sane_values(report, run_dir):
+    by_label = {r["label"]: r for r in report["artefacts"]}
+    assert set(by_label) == {"pytorch", "onnx-fp32", "gguf-f16", "gguf-q8_0"}
+    assert report["reference"] == "pytorch" and report["data"]["n"] == 6
+    for record in by_label.values():
+        assert set(REPORT_KEYS) <= set(record), record["label"]
+        assert record.get("error") is None, record.get("error")
+        assert 0 <= record["accuracy"] <= 1 and 0 <= record["no_answer_rate"] <= 1
+        assert 0 < record["ttft_ms_p50"] <= record["ttft_ms_p95"]
+        assert 0 < record["latency_ms_p50"] <= record["latency_ms_p95"]
+        assert record["ttft_ms_p50"] <= record["latency_ms_p50"]
+        assert record["peak_rss_mb"] > 10 and record["size_mb"] > 0 and record["threads"] == 1
+        assert record["passed"] is True and record["failed_gates"] == []
+    # The same greedy decoding everywhere: fp32 ONNX and F16 GGUF reproduce the PyTorch outputs.
+    reference = [s["output"] for s in by_label["pytorch"]["samples"]]
+    assert [s["output"] for s in by_label["onnx-fp32"]["samples"]] == reference
+    assert [s["output"] for s in by_label["gguf-f16"]["samples"]] == reference
+    assert by_label["gguf-q8_0"]["size_mb"] < by_label["gguf-f16"]["size_mb"]
+    # llama.cpp runs without torch in its process: far less memory than the PyTorch reference.
+    assert by_label["gguf-f16"]["peak_rss_mb"] < by_label["pytorch"]["peak_rss_mb"]
+    on_disk = json.loads((run_dir / "validate" / "report.json").read_text())
+    assert on_disk["artefacts"][0]["label"] == report["artefacts"][0]["label"]
+    markdown = (run_dir / "validate" / "report.md").read_text()
+    assert all(f"| {label} |" in markdown for label in by_label)
+    assert (run_dir / "validate" / "accuracy_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gates_name_what_failed():
+    record = {"accuracy": 0.70, "latency_ms_p95": 120.0, "size_mb": 3.0}
+    gates = Gates(min_accuracy=0.75, max_accuracy_drop=0.05, max_latency_ms_p95=100, max_size_mb=2.5)
+    failed = apply_gates(record, gates, reference_accuracy=0.80)
+    assert failed == ["min_accuracy: 0.700 < 0.75", "max_accuracy_drop: 0.100 > 0.05",
+                      "max_latency_ms_p95: 120.0 > 100", "max_size_mb: 3.00 > 2.5"]
+    assert apply_gates(record, Gates(min_accuracy=0.7, max_accuracy_drop=0.1), reference_accuracy=0.80) == []
+    assert apply_gates(record, Gates(max_accuracy_drop=0.0), reference_accuracy=None) == []  # no reference: no drop gate
+    assert apply_gates({"error": "boom"}, Gates(), 0.8) == ["loads"]
+
+
+def test_gates_fail_as_configured_and_require_pass_exits_non_zero(run_dir, tmp_path, capsys):
+    from rakd.cli import main
+
+    cfg = ValidateConfig(**FAST, gates=Gates(max_size_mb=0.01))
+    result = validate(cfg, run_dir, run_dir / "data" / "test.jsonl", tmp_path / "gated")
+    assert not result.passed
+    assert all(any(g.startswith("max_size_mb") for g in r["failed_gates"]) for r in result.report["artefacts"])
+    args = ["validate", str(run_dir / "export" / "model-q8_0.gguf"), "--data", str(run_dir / "data" / "test.jsonl"),
+            "--limit", "3", "--out", str(tmp_path / "cli"), "--set", "validation.isolate=false"]
+    assert main([*args, "--set", "validation.gates.max_latency_ms_p95=0.000001", "--require-pass"]) == 1
+    assert "max_latency_ms_p95" in capsys.readouterr().out
+    assert main(args) == 0
+    assert json.loads((tmp_path / "cli" / "report.json").read_text())["artefacts"][0]["label"] == "gguf-q8_0"
+
+
+def test_external_gguf_from_llama_cpp_quantiser_validates_like_ours(run_dir, tmp_path):
+    external = quantize_gguf(run_dir / "export" / "model-f16.gguf", tmp_path / "someone-elses-Q8_0.gguf", "q8_0")
+    data = run_dir / "data" / "test.jsonl"
+    theirs = validate(ValidateConfig(**FAST), external, data, tmp_path / "theirs").report["artefacts"]
+    ours = validate(ValidateConfig(**FAST), run_dir / "export" / "model-q8_0.gguf", data, tmp_path / "ours").report
+    assert [a["label"] for a in theirs] == ["gguf-someone-elses-Q8_0"]
+    assert theirs[0]["passed"] and theirs[0]["reference"] is False
+    assert [s["output"] for s in theirs[0]["samples"]] == [s["output"] for s in ours["artefacts"][0]["samples"]]
+    assert ours["reference"] is None  # a lone file has no fp32 reference
+
+
+def test_bad_inputs_give_clear_errors(run_dir, tmp_path):
+    data = run_dir / "data" / "test.jsonl"
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelLoadError, match="notes.txt: not a model"):
+        discover(tmp_path / "notes.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="empty: not a model"):
+        discover(tmp_path / "empty")
+    with pytest.raises(ModelLoadError, match="missing: no such file"):
+        discover(tmp_path / "missing")
+    (tmp_path / "blank.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="blank.jsonl: empty data file"):
+        load_problems(tmp_path / "blank.jsonl", 10)
+    (tmp_path / "bad.jsonl").write_text('{"question": "1+1=?"}\n')
+    with pytest.raises(DataError, match="bad.jsonl:1: field 'answer'"):
+        load_problems(tmp_path / "bad.jsonl", 10)
+    # GSM8K-style data works as is.
+    (tmp_path / "gsm.jsonl").write_text(json.dumps({"question": "2+2=?", "answer": "2+2=4\n#### 4"}) + "\n")
+    assert load_problems(tmp_path / "gsm.jsonl", 10) == [{"question": "2+2=?", "answer": "4", "solution": "2+2=4\n#### 4"}]
+    # An ONNX folder without its tokenizer, a corrupt GGUF: reported as failed, the rest still validated.
+    broken_run = tmp_path / "broken-run"
+    shutil.copytree(run_dir / "export", broken_run / "export")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (broken_run / "export" / "onnx-fp32" / name).unlink(missing_ok=True)
+    (broken_run / "export" / "model-bad.gguf").write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    records = {r["label"]: r for r in validate(ValidateConfig(**FAST), broken_run, data, tmp_path / "v").report["artefacts"]}
+    assert "onnx-fp32: ONNX folder without a tokenizer" in records["onnx-fp32"]["error"]
+    assert "model-bad.gguf: corrupt or truncated GGUF" in records["gguf-bad"]["error"]
+    assert records["gguf-bad"]["failed_gates"] == ["loads"] and records["gguf-bad"]["accuracy"] is None
+    assert records["gguf-f16"]["passed"] and records["gguf-q8_0"]["passed"]
+
+
+def test_a_crashing_runtime_fails_only_its_artefact(run_dir, tmp_path, monkeypatch):
+    import deploy.validate as validation
+
+    crashed = tmp_path / "crash.gguf"
+    shutil.copyfile(run_dir / "export" / "model-q8_0.gguf", crashed)
+    monkeypatch.setattr(validation.sys, "executable", "false")  # a child that dies without a result
+    record = validate(ValidateConfig(**{**FAST, "isolate": True}), crashed, run_dir / "data" / "test.jsonl",
+                      tmp_path / "v").report["artefacts"][0]
+    assert "crash.gguf: the gguf runtime crashed (exit code 1)" in record["error"] and not record["passed"]
+
+
+def test_package_is_built_verified_and_refuses_to_overwrite(report, run_dir, tmp_path):
+    result = build_package(PackageConfig(version="1.2.3"), run_dir)
+    package = result.out_dir
+    manifest = verify_package(package)
+    assert manifest.name == "micro" and manifest.version == "1.2.3" and manifest.schema_version == 1
+    assert [m.label for m in manifest.models] == [result.manifest["models"][0]["label"]]
+    assert manifest.models[0].format == "gguf"  # prefer gguf by default
+    assert {"README.md", "tokenizer/tokenizer.json", manifest.models[0].path} <= set(manifest.files)
+    assert manifest.student["parameters"] > 0 and manifest.teacher is None
+    readme = (package / "README.md").read_text()
+    assert "from llama_cpp import Llama" in readme and "## Limitations" in readme and "rakd" in readme
+    assert all(f"| {r['label']} |" in readme for r in report["artefacts"])
+    with pytest.raises(FileExistsError, match="--force"):
+        build_package(PackageConfig(), run_dir)
+    onnx = build_package(PackageConfig(prefer="onnx"), run_dir, tmp_path / "onnx-package").manifest
+    assert onnx["models"][0]["label"] == "onnx-fp32" and "onnx-fp32/model.onnx" in onnx["files"]
+    both = build_package(PackageConfig(include="best-per-format"), run_dir, tmp_path / "onnx-package", force=True)
+    assert {m["format"] for m in both.manifest["models"]} == {"gguf", "onnx"}
+    runtime = load_package(package)
+    assert runtime.generate("1+2=?", 4).new_tokens <= 4
+    runtime.close()
+
+
+def test_tampered_or_extra_files_are_detected(report, run_dir, tmp_path, capsys):
+    from rakd.cli import main
+
+    package = build_package(PackageConfig(), run_dir, tmp_path / "pkg").out_dir
+    assert main(["verify-package", str(package)]) == 0
+    model = next(p for p in package.iterdir() if p.suffix == ".gguf")
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(PackageError, match=f"{model.name}: sha256 differs"):
+        verify_package(package)
+    with pytest.raises(PackageError, match="sha256 differs"):
+        load_package(package)  # loading verifies first
+    assert main(["verify-package", str(package)]) == 2
+    assert f"{model.name}: sha256 differs" in capsys.readouterr().err
+    clean = build_package(PackageConfig(), run_dir, tmp_path / "pkg2").out_dir
+    (clean / "tokenizer" / "extra.txt").write_text("x")
+    with pytest.raises(PackageError, match="extra.txt: not listed"):
+        verify_package(clean)
+    (clean / "tokenizer" / "extra.txt").unlink()
+    (clean / "tokenizer" / "tokenizer.json").unlink()
+    with pytest.raises(PackageError, match="tokenizer.json: listed in the manifest but missing"):
+        verify_package(clean)
+    manifest = json.loads((clean / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (clean / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match="invalid manifest"):
+        verify_package(clean)
+
+
+def test_nothing_passed_means_no_package(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("package", "validate"))
+    validate(ValidateConfig(**FAST, gates=Gates(min_accuracy=1.0)), run, run / "data" / "test.jsonl",
+             run / "validate")
+    with pytest.raises(PackageError, match="no exported artefact passed validation"):
+        build_package(PackageConfig(), run)
+    assert not (run / "package").exists()
+    with pytest.raises(PackageError, match="no validation report"):
+        build_package(PackageConfig(), tmp_path / "elsewhere")
