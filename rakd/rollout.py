@@ -96,7 +96,7 @@ def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id
 
 @torch.no_grad()
 def _sample_generate(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id, pad_id, generator):
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     with torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(
@@ -125,7 +125,7 @@ def sample(
 ) -> Rollouts:
     """Sample one completion per question (repeat questions for G per prompt); temperature 0 is greedy."""
     device = next(model.parameters()).device
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)  # multinomial needs one on the probs' device
     parts = []
     for start in range(0, len(questions), batch_size):
         ids, mask = encode_prompts(tokenizer, questions[start : start + batch_size])

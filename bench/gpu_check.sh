@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The GPU check, for a CUDA host without our install (the lent H100/H200): carried wheels for what its
+# image lacks (.whl/: transformers 4.57, tokenizers, pydantic, math-verify, ...), then bench/gpu_check.py.
+# Usage: bash bench/gpu_check.sh OUT_DIR
+set -euo pipefail
+out=${1:-/tmp/gpu-check}
+mkdir -p "$out"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3 || echo "gpu tests FAILED"
+python3 bench/gpu_check.py "$out" 2>&1 | tee "$out/log.txt"

@@ -1,0 +1,31 @@
+"""CUDA paths (marker `gpu`): run where a GPU is present (bench/gpu_check.sh runs them), skipped elsewhere."""
+
+import pytest
+import torch
+
+from rakd.models.zoo import build_model, preset_config
+from rakd.rollout import sample
+from rakd.train.common import autocast
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+QUESTIONS = ["1+1=?", "12*13-4+7=?", "9-2=?"]
+
+
+@pytest.mark.parametrize("backend", ["generate", "loop"])
+def test_sampling_on_cuda_is_seeded_and_greedy_matches_cpu(tokenizer, backend):
+    model = build_model(preset_config("test-micro", tokenizer), seed=3).eval()
+    cpu = sample(model, tokenizer, QUESTIONS, max_new_tokens=10, temperature=0.0, backend=backend)
+    model.cuda()
+    greedy = sample(model, tokenizer, QUESTIONS, max_new_tokens=10, temperature=0.0, backend=backend)
+    assert greedy.texts == cpu.texts
+    kw = dict(max_new_tokens=10, temperature=1.0, backend=backend)
+    a, b = (sample(model, tokenizer, QUESTIONS * 4, seed=5, **kw) for _ in range(2))
+    assert torch.equal(a.completion_ids, b.completion_ids)
+
+
+def test_autocast_is_bf16_on_cuda(tokenizer):
+    model = build_model(preset_config("test-micro", tokenizer), seed=0).cuda()
+    with autocast(torch.device("cuda")):
+        logits = model(torch.tensor([[1, 2, 3]], device="cuda")).logits
+    assert logits.dtype == torch.bfloat16
