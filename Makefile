@@ -15,11 +15,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	rm -rf rakd.egg-info  # a stale one in the checkout would shadow the new entry points
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The pipeline as a Prefect flow run: against the server in PREFECT_API_URL when one is set
+# (then it shows in the UI), else Prefect's ephemeral local API.
 demo: $(STAMP)
-	$(VENV)/bin/rakd demo --config $(CONFIG)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/rakd run --config $(CONFIG)
 
 # pytest exits 5 when it collected no tests: that is a failure here, said plainly.
 test: $(STAMP)

@@ -11,6 +11,7 @@ Errors name the file and the dotted key, e.g.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,13 @@ def _describe(err: ValidationError, origin: str, overridden: set[str]) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
-    """The pipeline config from YAML `path` (None: built-in defaults) plus overrides."""
-    origin = str(path) if path is not None else "<defaults>"
-    data = read_yaml(Path(path)) if path is not None else {}
+def load_config(source: str | Path | dict | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """The pipeline config from YAML file `source`, a dict of sections, or None (built-in defaults), plus overrides."""
+    if isinstance(source, dict):
+        origin, data = "<config dict>", copy.deepcopy(source)
+    else:
+        origin = str(source) if source is not None else "<defaults>"
+        data = read_yaml(Path(source)) if source is not None else {}
     overridden = set()
     for text in overrides:
         keys, value = parse_override(text)

@@ -102,3 +102,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 of a JSON-able value in canonical form (sorted keys): the identity of a config or a chain of inputs."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, default=str).encode("utf-8"))
+
+
+def fingerprint_path(path: str | Path) -> str:
+    """sha256 of a file, or of a folder's (relative path, file sha256) list; 'missing' when it does not exist."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if path.is_dir():
+        return fingerprint([(p.relative_to(path).as_posix(), sha256_file(p)) for p in sorted(path.rglob("*")) if p.is_file()])
+    return "missing"

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -87,8 +88,22 @@ class MetricsLog:
         self.path.write_text(kept)
 
 
+ProgressListener = Callable[[str, int, int, dict], None]  # (name, steps done, total, metrics)
+_listeners: list[ProgressListener] = []
+
+
+@contextlib.contextmanager
+def progress_listener(listener: ProgressListener) -> Iterator[None]:
+    """Call `listener` on every training step while the block runs (an orchestrator's progress bar)."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+
+
 class Progress:
-    """One status line per `every` steps: step/total, chosen metrics and ETA."""
+    """One status line per `every` steps: step/total, chosen metrics and ETA; every step goes to the listeners."""
 
     def __init__(self, name: str, total: int, start: int = 0, every: int = 10, stream=sys.stderr):
         self.name, self.total, self.start, self.every, self.stream = name, total, start, every, stream
@@ -96,6 +111,8 @@ class Progress:
 
     def update(self, step: int, **metrics: float) -> None:
         done = step + 1
+        for listener in list(_listeners):
+            listener(self.name, done, self.total, metrics)
         if done % self.every and done != self.total:
             return
         elapsed = time.perf_counter() - self.t0

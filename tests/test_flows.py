@@ -1,0 +1,133 @@
+"""The Prefect pipeline on the smoke config under prefect_test_harness: stages, caching, resume, artifacts."""
+
+import pytest
+import torch
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.states import Failed
+from prefect.testing.utilities import prefect_test_harness
+from safetensors.torch import load_file
+
+from deploy.package import verify_package
+from flows.pipeline import rakd_pipeline, stage_keys
+from flows.stages import slug, transient_only
+from rakd.config import load_config
+from rakd.data.loaders import DataError
+from rakd.distill import InjectedFault
+from rakd.schema import ConfigError
+
+STAGES = ["prep", "teacher", "distill", "export", "validate", "package"]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("flows")
+
+
+def overrides(root, *extra):
+    return [f"run.root={root}", f"orchestration.result_storage={root / '.results'}", *extra]
+
+
+@pytest.fixture(scope="module")
+def first_run(harness, root):
+    return rakd_pipeline(config="configs/smoke.yaml", overrides=overrides(root))
+
+
+def read_artifacts(keys):
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    return {a.key: a for a in found}
+
+
+@pytest.mark.integration
+def test_pipeline_runs_every_stage_and_publishes_artifacts(first_run, root):
+    assert list(first_run["states"]) == STAGES
+    assert set(first_run["states"].values()) == {"Completed"}
+    manifest = verify_package(root / "smoke" / "package")
+    assert manifest.models[0].format == "gguf"
+    results = first_run["results"]
+    assert results["teacher"]["eval"]["n"] == 48 and len(results["export"]["parity"]["artefacts"]) == 5
+    assert {r["label"] for r in results["validate"]["report"]["artefacts"]} >= {"pytorch", "gguf-q8_0", "onnx-w8"}
+    keys = [f"smoke-{s}" for s in STAGES] + ["smoke-report", "smoke-teacher-progress", "smoke-distill-progress"]
+    artifacts = read_artifacts(keys)
+    assert set(artifacts) == set(keys)
+    assert artifacts["smoke-validate"].type == "table" and "gguf-q8_0" in str(artifacts["smoke-validate"].data)
+    assert artifacts["smoke-prep"].type == "table" and "train" in str(artifacts["smoke-prep"].data)
+    assert "RL step" in str(artifacts["smoke-distill"].data) or "final" in str(artifacts["smoke-distill"].data)
+    assert artifacts["smoke-report"].type == "markdown" and "package" in artifacts["smoke-report"].data.lower()
+    assert artifacts["smoke-distill-progress"].type == "progress" and artifacts["smoke-distill-progress"].data == 100.0
+
+
+@pytest.mark.integration
+def test_same_config_is_all_cached_and_export_change_reruns_downstream_only(first_run, root):
+    again = rakd_pipeline(config="configs/smoke.yaml", overrides=overrides(root))
+    assert set(again["states"].values()) == {"Cached"}
+    assert again["results"]["distill"]["eval"] == first_run["results"]["distill"]["eval"]
+    changed = rakd_pipeline(config="configs/smoke.yaml", overrides=overrides(root, "export.gguf_quant=[q8_0]"))
+    assert changed["states"] == {"prep": "Cached", "teacher": "Cached", "distill": "Cached",
+                                 "export": "Completed", "validate": "Completed", "package": "Completed"}
+    labels = {r["artefact"] for r in changed["results"]["export"]["parity"]["artefacts"]}
+    assert not any(label.startswith("gguf-q4") for label in labels)
+    # Back to the first config: its results are cached, but the outputs on disk are the other config's: re-run.
+    back = rakd_pipeline(config="configs/smoke.yaml", overrides=overrides(root))
+    assert back["states"]["distill"] == "Cached" and back["states"]["export"] == "Completed"
+    assert any(r["artefact"].startswith("gguf-q4") for r in back["results"]["export"]["parity"]["artefacts"])
+
+
+@pytest.mark.integration
+def test_crash_in_distill_resumes_from_checkpoint_with_the_same_weights(first_run, harness, root):
+    with pytest.raises(InjectedFault):
+        rakd_pipeline(config="configs/smoke.yaml", overrides=overrides(root, "distill.fail_after_step=3"),
+                      run_name="resumed")
+    run = root / "resumed"
+    assert (run / "student.work" / "checkpoints" / "step-3").is_dir() and not (run / "student").exists()
+    resumed = rakd_pipeline(config="configs/smoke.yaml", overrides=overrides(root), run_name="resumed")
+    assert resumed["states"]["prep"] == resumed["states"]["teacher"] == "Cached"
+    assert resumed["states"]["distill"] == "Completed"
+    ours, reference = load_file(run / "student" / "model.safetensors"), load_file(root / "smoke/student/model.safetensors")
+    assert ours.keys() == reference.keys()
+    assert all(torch.allclose(ours[k], reference[k], atol=1e-6) for k in ours)
+    assert len((run / "student" / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+@pytest.mark.integration
+def test_bad_input_fails_fast_with_the_library_message(harness, root):
+    bad = root / "bad.jsonl"
+    bad.write_text('{"question": "2+2=?", "answer": "4"}\n')  # GSM8K wants a worked answer ending in '#### 4'
+    with pytest.raises(DataError, match="bad.jsonl:1: field 'answer': no final"):
+        rakd_pipeline(config="configs/smoke.yaml", overrides=overrides(root, "prep.source=gsm8k", f"prep.path={bad}"),
+                      run_name="bad")
+    assert not (root / "bad" / "data").exists()
+    with pytest.raises(ConfigError, match="distill.methd"):
+        rakd_pipeline(config="configs/smoke.yaml", overrides=overrides(root, "distill.methd=rakd"))
+
+
+def test_retries_only_for_transient_failures():
+    assert transient_only(None, None, Failed(data=OSError("disk full"))) is True
+    assert transient_only(None, None, Failed(data=ConnectionError("reset"))) is True
+    assert transient_only(None, None, Failed(data=FileNotFoundError("x"))) is False
+    assert transient_only(None, None, Failed(data=DataError("f:1: field 'answer'"))) is False
+    assert transient_only(None, None, Failed(data=InjectedFault("after step 3"))) is False
+
+
+def test_stage_keys_follow_config_and_inputs(tmp_path):
+    base = load_config("configs/smoke.yaml", [f"run.root={tmp_path}"])
+    keys = stage_keys(base, base.run.dir)
+    export = stage_keys(load_config("configs/smoke.yaml", [f"run.root={tmp_path}", "export.parity_prompts=3"]), base.run.dir)
+    assert [s for s in keys if keys[s] != export[s]] == ["export", "validate", "package"]
+    fault = stage_keys(load_config("configs/smoke.yaml", [f"run.root={tmp_path}", "distill.fail_after_step=2"]), base.run.dir)
+    assert fault == keys  # fault injection never changes what a stage produces
+    data = tmp_path / "tasks.jsonl"
+    data.write_text('{"question": "1+1=?", "answer": "2"}\n')
+    from_file = load_config("configs/smoke.yaml", [f"run.root={tmp_path}", "prep.source=jsonl", f"prep.path={data}"])
+    before = stage_keys(from_file, base.run.dir)
+    data.write_text('{"question": "1+2=?", "answer": "3"}\n')
+    after = stage_keys(from_file, base.run.dir)
+    assert all(before[s] != after[s] for s in STAGES)  # a changed input file changes every stage after it
+    assert slug("My_Run.v2") == "my-run-v2"
