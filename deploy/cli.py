@@ -9,7 +9,7 @@ from pathlib import Path
 from deploy.package import PackageConfig, build_package, verify_package
 from deploy.validate import ValidateConfig, format_table, validate
 from rakd.plugins import Stage
-from rakd.schema import ConfigError
+from rakd.schema import ConfigError, ModelLoadError
 
 
 def is_run_dir(path: Path) -> bool:
@@ -47,6 +47,9 @@ def validate_command(args: argparse.Namespace, cfg) -> int:
     data, out = validate_paths(path, args.data, args.out, cfg.run.root)
     result = validate(vcfg, path, data, out)
     print(format_table(result.report))
+    errors = [r["error"] for r in result.report["artefacts"] if r.get("error")]
+    if errors and len(errors) == len(result.report["artefacts"]):
+        raise ModelLoadError("; ".join(errors) + f" (report: {out / 'report.json'})")
     print(f"\nreport written to {out}/ (report.json, report.md, accuracy_vs_latency.png)")
     shipped = [r for r in result.passed if not r["reference"]]
     if args.require_pass and not shipped:

@@ -262,7 +262,8 @@ def model_card(manifest: dict) -> str:
         rl, warm = distill.get("rl", {}), distill.get("warmstart", {})
         lines += [f"- Method: `{distill.get('method')}` (reinforcement-aware distillation; loss parameters "
                   f"{json.dumps(distill.get('loss', {}), sort_keys=True)})",
-                  f"- Warm start: SFT on {warm.get('n_prompts')} x {warm.get('samples_per_prompt')} verified teacher traces",
+                  f"- Warm start: SFT on the teacher's verified traces ({warm.get('n_prompts')} prompts x "
+                  f"{warm.get('samples_per_prompt')} samples, wrong answers dropped)",
                   f"- RL: {rl.get('steps')} steps, group size {rl.get('group_size')}, "
                   f"{rl.get('prompts_per_step')} prompts per step, lr {rl.get('optim', {}).get('lr')}",
                   f"- Data: {configs.get('prep', {}).get('source')} tasks "

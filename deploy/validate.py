@@ -296,7 +296,7 @@ def validate(cfg: ValidateConfig, path: str | Path, data: str | Path, out_dir: s
             runner = _isolated if cfg.isolate else run_artefact
             record.update(runner(artefact, problems, cfg))
         except Exception as err:  # noqa: BLE001 - one bad artefact must not stop the others
-            record["error"] = f"{type(err).__name__}: {err}"
+            record["error"] = str(err) if isinstance(err, (ModelLoadError, DataError)) else f"{type(err).__name__}: {err}"
             print(f"[validate] {artefact.label}: FAILED to run: {record['error']}", file=sys.stderr, flush=True)
         records.append(record)
     reference = reference_of(records)

@@ -10,6 +10,7 @@ from rakd.plugins import Stage
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-name", default=None, help="run name (default: run.name of the config)")
+    parser.add_argument("--refresh", action="store_true", help="run every stage even when its result is cached")
 
 
 def format_summary(outcome: dict) -> str:
@@ -38,7 +39,7 @@ def format_summary(outcome: dict) -> str:
 def command(args: argparse.Namespace, cfg) -> int:
     from flows.pipeline import rakd_pipeline
 
-    outcome = rakd_pipeline(config=cfg.model_dump(mode="json"), run_name=args.run_name)
+    outcome = rakd_pipeline(config=cfg.model_dump(mode="json"), run_name=args.run_name, refresh=args.refresh)
     print(format_summary(outcome))
     return 0
 

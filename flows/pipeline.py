@@ -68,8 +68,9 @@ def outputs_current(run_dir: Path, stage: str, key: str) -> bool:
     return (run_dir / DONE_FILES[stage]).is_file() and marker.is_file() and marker.read_text().strip() == key
 
 
-def _run_stage(stage_task, stage: str, run_dir: Path, storage: Path, orchestration, *args, key: str, **kwargs):
-    done = outputs_current(run_dir, stage, key)
+def _run_stage(stage_task, stage: str, run_dir: Path, storage: Path, orchestration, *args, key: str,
+               refresh: bool = False, **kwargs):
+    done = outputs_current(run_dir, stage, key) and not refresh
     training = stage in ("teacher", "distill")
     options = dict(result_storage=storage, refresh_cache=not done,
                    retries=orchestration.training_retries if training else orchestration.retries,
@@ -142,8 +143,10 @@ def final_report(cfg, results: dict, states: dict) -> str:
 
 @flow(name="rakd-pipeline", log_prints=True)
 def rakd_pipeline(config: str | dict | None = "configs/tiny.yaml", overrides: list[str] | None = None,
-                  run_name: str | None = None) -> dict:
-    """Every stage on one config; returns each stage's summary and state (Completed, or Cached when skipped)."""
+                  run_name: str | None = None, refresh: bool = False) -> dict:
+    """Every stage on one config; returns each stage's summary and state (Completed, or Cached when skipped).
+
+    `refresh=True` runs every stage even when its results are cached (the nightly deployment does)."""
     logger = get_run_logger()
     cfg = pipeline_config(config, overrides, run_name)
     run_dir = cfg.run.dir
@@ -165,7 +168,7 @@ def rakd_pipeline(config: str | dict | None = "configs/tiny.yaml", overrides: li
     for stage, stage_task, args, kwargs in plan:
         logger.info(f"[{stage}] key {keys[stage][:12]}")
         states[stage], results[stage] = _run_stage(stage_task, stage, run_dir, storage, cfg.orchestration,
-                                                   *args, key=keys[stage], **kwargs)
+                                                   *args, key=keys[stage], refresh=refresh, **kwargs)
         create_table_artifact(stage_table(stage, results[stage]), key=f"{name}-{stage}",
                               description=f"{stage} of run {cfg.run.name} ({states[stage].lower()})")
     report = final_report(cfg, results, states)

@@ -137,6 +137,22 @@ def test_bad_inputs_give_clear_errors(run_dir, tmp_path):
     assert records["gguf-f16"]["passed"] and records["gguf-q8_0"]["passed"]
 
 
+def test_a_lone_model_that_does_not_load_is_an_error(run_dir, tmp_path, capsys):
+    from rakd.cli import main
+
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
+    args = ["validate", str(corrupt), "--data", str(run_dir / "data" / "test.jsonl"), "--out", str(tmp_path / "v"),
+            "--set", "validation.isolate=false"]
+    assert main(args) == 2
+    assert "corrupt.gguf: llama.cpp cannot load this GGUF" in capsys.readouterr().err  # header parses, model does not
+    assert (tmp_path / "v" / "report.json").is_file()  # the failure is in the report too
+    assert main(["validate", str(tmp_path / "nowhere"), "--data", str(run_dir / "data" / "test.jsonl")]) == 2
+    assert "nowhere: no such file or folder" in capsys.readouterr().err
+    assert main(["validate", str(corrupt)]) == 2
+    assert "--data is required" in capsys.readouterr().err
+
+
 def test_a_crashing_runtime_fails_only_its_artefact(run_dir, tmp_path, monkeypatch):
     import deploy.validate as validation
 

@@ -78,6 +78,9 @@ def test_same_config_is_all_cached_and_export_change_reruns_downstream_only(firs
     back = rakd_pipeline(config="configs/smoke.yaml", overrides=overrides(root))
     assert back["states"]["distill"] == "Cached" and back["states"]["export"] == "Completed"
     assert any(r["artefact"].startswith("gguf-q4") for r in back["results"]["export"]["parity"]["artefacts"])
+    refreshed = rakd_pipeline(config="configs/smoke.yaml", overrides=overrides(root), refresh=True)
+    assert set(refreshed["states"].values()) == {"Completed"}
+    assert refreshed["results"]["distill"]["eval"] == first_run["results"]["distill"]["eval"]  # deterministic on CPU
 
 
 @pytest.mark.integration

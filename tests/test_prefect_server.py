@@ -90,6 +90,7 @@ def test_edge_deployment_runs_on_a_process_worker(server, tmp_path, tokenizer):
     assert set(deployments) == {"tiny-nightly", "gpu", "edge"}
     nightly = deployments["tiny-nightly"]
     assert nightly["work_pool_name"] == "cpu" and nightly["parameters"]["config"] == "configs/tiny.yaml"
+    assert nightly["parameters"]["refresh"] is True
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
     assert deployments["gpu"]["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
     assert deployments["edge"]["work_pool_name"] == "edge"
