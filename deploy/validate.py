@@ -11,6 +11,7 @@ Writes `report.json`, `report.md` and `accuracy_vs_latency.png` atomically.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import os
@@ -210,14 +211,23 @@ def _isolated(artefact: Artefact, problems: list[dict], cfg: ValidateConfig) -> 
         spec, result = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({"artefact": {**asdict(artefact), "path": str(artefact.path)},
                                     "problems": problems, "config": cfg.model_dump(mode="json")}))
-        proc = subprocess.run([sys.executable, "-m", "deploy.validate", str(spec), str(result)], check=False)
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.validate", str(spec), str(result)],
+                                stderr=subprocess.PIPE, text=True, errors="replace")
+        other: collections.deque[str] = collections.deque(maxlen=5)
+        for line in proc.stderr:  # progress lines are re-printed here, so an orchestrator's log sees them
+            if line.startswith("[validate]"):
+                print(line.rstrip(), file=sys.stderr, flush=True)
+            elif line.strip():
+                other.append(line.rstrip())
+        returncode = proc.wait()
         if result.is_file():
             payload = json.loads(result.read_text())
             if "error" in payload:
                 raise ModelLoadError(payload["error"])
             return payload
-        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-        raise ModelLoadError(f"{artefact.path}: the {artefact.format} runtime crashed ({how})")
+        how = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+        last = f"; last output: {' | '.join(other)}" if other else ""
+        raise ModelLoadError(f"{artefact.path}: the {artefact.format} runtime crashed ({how}){last}")
 
 
 def _worker(spec_path: str, result_path: str) -> int:

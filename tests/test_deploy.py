@@ -158,10 +158,14 @@ def test_a_crashing_runtime_fails_only_its_artefact(run_dir, tmp_path, monkeypat
 
     crashed = tmp_path / "crash.gguf"
     shutil.copyfile(run_dir / "export" / "model-q8_0.gguf", crashed)
-    monkeypatch.setattr(validation.sys, "executable", "false")  # a child that dies without a result
+    dying = tmp_path / "dying-python"
+    dying.write_text("#!/bin/sh\necho 'Segmentation fault in ggml_compute' >&2\nkill -SEGV $$\n")
+    dying.chmod(0o755)
+    monkeypatch.setattr(validation.sys, "executable", str(dying))  # a child that dies without a result
     record = validate(ValidateConfig(**{**FAST, "isolate": True}), crashed, run_dir / "data" / "test.jsonl",
                       tmp_path / "v").report["artefacts"][0]
-    assert "crash.gguf: the gguf runtime crashed (exit code 1)" in record["error"] and not record["passed"]
+    assert "crash.gguf: the gguf runtime crashed (signal 11); last output: Segmentation fault in ggml_compute" \
+        in record["error"] and not record["passed"]
 
 
 def test_package_is_built_verified_and_refuses_to_overwrite(report, run_dir, tmp_path):

@@ -134,3 +134,37 @@ def test_export_command(micro_dir, tmp_path, capsys):
     assert (out / "model-f16.gguf").is_file() and (out / "parity.json").is_file()
     assert main(["export", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "nope: no such model folder" in capsys.readouterr().err
+
+
+class _FakeRuntime:
+    def __init__(self, logits):
+        self.values = logits
+
+    def tokenize(self, text):
+        return [0, 5]
+
+    def logits(self, ids):
+        return self.values
+
+
+def test_a_flip_between_tokens_tied_within_the_bound_is_a_near_tie_not_a_failure(tmp_path):
+    import numpy as np
+
+    from export.parity import Reference, compare
+
+    # prompt [0, 5], greedy continuation [2, 3, 1]: logit rows 1..3 predict those three tokens
+    ref_logits = np.zeros((4, 4), dtype=np.float32)
+    ref_logits[1, 2], ref_logits[2, 3], ref_logits[3, 1] = 5.0, 5.0, 5.0
+    ref_logits[2, 0] = 5.0 - 1e-5  # at the second step token 0 is within 1e-4 of the reference's token 3
+    ref = Reference("q", [0, 5], [2, 3, 1], ref_logits)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"x")
+    flipped = ref_logits.copy()
+    flipped[2, 0], flipped[2, 3] = 5.0, 5.0 - 1e-5  # the artefact picks token 0 there
+    record = compare("onnx-fp32", path, [ref], _FakeRuntime(flipped))
+    assert record["near_ties"] == 1 and record["top1_agreement"] == 2 / 3 and record["passed"]
+    far = ref_logits.copy()
+    far[3, 2] = 9.0  # a clear disagreement: token 2 by 4 logits where the reference scored it 0
+    record = compare("onnx-fp32", path, [ref], _FakeRuntime(far))
+    assert record["near_ties"] == 0 and not record["passed"]
+    assert "top-1 agreement 0.667 (+0 near ties) < 1" in record["failures"][0]
