@@ -20,7 +20,7 @@ def format_summary(outcome: dict) -> str:
 
     results, states = outcome["results"], outcome["states"]
     lines = ["== pipeline (Prefect flow rakd-pipeline) ==",
-             f"{'stage':<10} {'state':<10} {'seconds':>8}"]
+             f"{'stage':<10} {'state':<10} {'seconds':>8}  (a cached stage shows the time of the run that made it)"]
     lines += [f"{s:<10} {states[s]:<10} {results[s].get('seconds', 0):8.0f}" for s in results]
     distill = results["distill"]
     lines += ["", "== accuracy (test split) ==", format_eval("teacher", results["teacher"]["eval"]),
