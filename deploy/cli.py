@@ -7,13 +7,9 @@ import sys
 from pathlib import Path
 
 from deploy.package import PackageConfig, build_package, verify_package
-from deploy.validate import ValidateConfig, format_table, validate
+from deploy.validate import ValidateConfig, format_table, is_run_dir, shippable, validate
 from rakd.plugins import Stage
 from rakd.schema import ConfigError, ModelLoadError
-
-
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "export").is_dir() or (path / "student").is_dir())
 
 
 def validate_paths(path: Path, data: Path | None, out: Path | None, root: Path) -> tuple[Path, Path]:
@@ -51,8 +47,7 @@ def validate_command(args: argparse.Namespace, cfg) -> int:
     if errors and len(errors) == len(result.report["artefacts"]):
         raise ModelLoadError("; ".join(errors) + f" (report: {out / 'report.json'})")
     print(f"\nreport written to {out}/ (report.json, report.md, accuracy_vs_latency.png)")
-    shipped = [r for r in result.passed if not r["reference"]]
-    if args.require_pass and not shipped:
+    if args.require_pass and not shippable(result.report):
         print("rakd validate: no artefact passed the gates (--require-pass)", file=sys.stderr)
         return 1
     return 0

@@ -19,7 +19,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from deploy.validate import Artefact
+from deploy.validate import Artefact, shippable
 from rakd.io import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
 from rakd.schema import StageConfig, StageError
 
@@ -77,7 +77,7 @@ class Manifest(_Strict):
 
 def choose(report: dict, cfg: PackageConfig) -> list[dict]:
     """The artefacts to ship: best accuracy among those that passed (ties: smaller file, then lower p95 latency)."""
-    candidates = [r for r in report["artefacts"] if r["passed"] and r["format"] in ("gguf", "onnx")]
+    candidates = shippable(report)
     if not candidates:
         summary = "; ".join(f"{r['label']}: {', '.join(r['failed_gates']) or 'reference only'}" for r in report["artefacts"])
         raise PackageError(f"no exported artefact passed validation, nothing to package ({summary})")

@@ -51,16 +51,17 @@ class LlamaCppGenerator:
                              seed=seed, verbose=False)
         except Exception as err:  # noqa: BLE001 - llama.cpp reports failures as ValueError/RuntimeError
             raise ModelLoadError(f"{path}: llama.cpp cannot load this GGUF: {err}") from err
-        self.template = meta.get("tokenizer.chat_template")
-
-    def prompt_ids(self, question: str) -> list[int]:
-        if self.template:
+        self.formatter = None  # the GGUF's chat template, compiled once
+        if template := meta.get("tokenizer.chat_template"):
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
             vocab = lambda token: self.llm.detokenize([token], special=True).decode("utf-8", "replace")  # noqa: E731
-            formatter = Jinja2ChatFormatter(self.template, eos_token=vocab(self.llm.token_eos()),
-                                            bos_token=vocab(self.llm.token_bos()))
-            text = formatter(messages=chat_messages(question)).prompt
+            self.formatter = Jinja2ChatFormatter(template, eos_token=vocab(self.llm.token_eos()),
+                                                 bos_token=vocab(self.llm.token_bos()))
+
+    def prompt_ids(self, question: str) -> list[int]:
+        if self.formatter:
+            text = self.formatter(messages=chat_messages(question)).prompt
             return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         return self.llm.tokenize(prompt_text(question).encode("utf-8"), add_bos=True, special=True)
 

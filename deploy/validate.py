@@ -66,6 +66,11 @@ class Artefact:
 # ---------------------------------------------------------------- discovery
 
 
+def is_run_dir(path: Path) -> bool:
+    """A pipeline run directory: it brings a student and/or exports, its test split and a validate/ folder."""
+    return path.is_dir() and ((path / "export").is_dir() or (path / "student").is_dir())
+
+
 def _folder_format(path: Path) -> str | None:
     if any(path.glob("*.onnx")):
         return "onnx"
@@ -87,7 +92,7 @@ def discover(path: str | Path) -> list[Artefact]:
         from deploy.package import package_artefacts
 
         return package_artefacts(path)
-    if (path / "export").is_dir() or (path / "student").is_dir():
+    if is_run_dir(path):
         return _run_artefacts(path)
     fmt = _folder_format(path)
     if fmt is None:
@@ -192,15 +197,15 @@ def run_artefact(artefact: Artefact, problems: list[dict], cfg: ValidateConfig) 
             print(f"[validate] {artefact.label}: {done}/{len(problems)} accuracy {100 * correct / done:.1f}% "
                   f"({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
     runtime.close()
-    n = len(problems)
+    n, peak_rss = len(problems), _peak_rss_mb()
     return {
         "accuracy": correct / n, "no_answer_rate": no_answer / n, "n": n,
         "ttft_ms_p50": _percentile(ttft, 50), "ttft_ms_p95": _percentile(ttft, 95),
         "decode_tok_s_p50": _percentile(decode, 50), "decode_tok_s_p95": _percentile(decode, 95),
         "latency_ms_p50": _percentile(latency, 50), "latency_ms_p95": _percentile(latency, 95),
         "mean_new_tokens": float(np.mean(tokens)), "load_s": load_s,
-        "peak_rss_mb": _peak_rss_mb(), "rss_before_load_mb": rss_before,
-        "runtime_rss_mb": _peak_rss_mb() - rss_before,  # what loading and running the model added
+        "peak_rss_mb": peak_rss, "rss_before_load_mb": rss_before,
+        "runtime_rss_mb": peak_rss - rss_before,  # what loading and running the model added
         "samples": outputs[:20],
     }
 
@@ -290,6 +295,11 @@ class ValidateResult:
     @property
     def passed(self) -> list[dict]:
         return [r for r in self.report["artefacts"] if r["passed"]]
+
+
+def shippable(report: dict) -> list[dict]:
+    """Artefacts of a report that passed their gates and could be shipped (not the PyTorch reference)."""
+    return [r for r in report["artefacts"] if r["passed"] and not r["reference"]]
 
 
 def validate(cfg: ValidateConfig, path: str | Path, data: str | Path, out_dir: str | Path) -> ValidateResult:

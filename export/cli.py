@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from export.run import ExportConfig, format_parity, run_export
+from export.run import ExportConfig, ExportResult, format_parity, run_export
 from rakd.data.generator import GeneratorConfig, generate
 from rakd.io import read_jsonl
 from rakd.plugins import Stage
@@ -54,10 +54,14 @@ def command(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+def export_run(cfg: ExportConfig, run_dir: Path) -> ExportResult:
+    """The pipeline's export stage: the run's student to `<run>/export`, parity on its val questions."""
+    questions = parity_questions(None, run_dir, cfg.parity_prompts)
+    return run_export(cfg, run_dir / "student", run_dir / "export", questions)
+
+
 def demo(cfg, run_dir: Path) -> str:
-    questions = parity_questions(None, run_dir, cfg.export.parity_prompts)
-    result = run_export(cfg.export, run_dir / "student", run_dir / "export", questions)
-    return format_parity(result.parity)
+    return format_parity(export_run(cfg.export, run_dir).parity)
 
 
 STAGE = Stage(

@@ -180,14 +180,14 @@ def rakd_pipeline(config: str | dict | None = "configs/tiny.yaml", overrides: li
 def rakd_validate(model: str, data: str, out: str | None = None, validation: dict | None = None,
                   require_pass: bool = False) -> dict:
     """Validate a model file, ONNX folder or package against a data file (an edge device's job)."""
-    from deploy.validate import ValidateConfig
+    from deploy.validate import ValidateConfig, shippable
 
     cfg = ValidateConfig.model_validate(validation or {})
     out = out or str(Path("runs") / f"validate-{Path(model).stem}")
     result = edge_validate_task(cfg.model_dump(mode="json"), model, data, out)
     create_table_artifact(stage_table("validate", result), key=f"edge-validate-{slug(Path(model).stem)}",
                           description=f"validation of {model} on {data}")
-    shipped = [r for r in result["report"]["artefacts"] if r["passed"] and not r["reference"]]
+    shipped = shippable(result["report"])
     if require_pass and not shipped:
         raise RuntimeError(f"{model}: no artefact passed the gates: " + "; ".join(
             f"{r['label']}: {', '.join(r['failed_gates'])}" for r in result["report"]["artefacts"]))

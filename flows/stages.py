@@ -97,12 +97,10 @@ def distill_task(cfg: dict, run_dir: str, key: str, progress_key: str) -> dict:
 
 @_stage_task("export")
 def export_task(cfg: dict, run_dir: str, key: str) -> dict:
-    from export.cli import parity_questions
-    from export.run import ExportConfig, format_parity, run_export
+    from export.cli import export_run
+    from export.run import ExportConfig, format_parity
 
-    export_cfg = ExportConfig.model_validate(cfg)
-    run = Path(run_dir)
-    result = run_export(export_cfg, run / "student", run / "export", parity_questions(None, run, export_cfg.parity_prompts))
+    result = export_run(ExportConfig.model_validate(cfg), Path(run_dir))
     print(format_parity(result.parity))
     return {"path": str(result.out_dir), "parity": result.parity, "seconds": result.seconds}
 
