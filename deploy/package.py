@@ -290,7 +290,13 @@ def model_card(manifest: dict) -> str:
                   "from llama_cpp import Llama",
                   f"llm = Llama(model_path=\"{model['path']}\", verbose=False)",
                   "print(llm(\"7+3*2-4=?\\n\", max_tokens=64, temperature=0)[\"choices\"][0][\"text\"])", "```", "",
-                  f"or `llama-cli -m {model['path']} -p \"7+3*2-4=?\" -n 64 --temp 0`."]
+                  f"or `llama-cli -m {model['path']} -p \"7+3*2-4=?\" -n 64 --temp 0`.", "",
+                  "On an Intel CPU with AMX (Sapphire Rapids and later), a llama.cpp built for that CPU can crash on "
+                  "quantised weights in its AMX kernels (ggml-org/llama.cpp#20824). Stock llama.cpp avoids them with "
+                  f"`--no-repack` (`-nr`): `llama-cli -m {model['path']} -nr ...`, `llama-server -m {model['path']} -nr`. "
+                  "llama-cpp-python's `Llama(...)` does not expose that switch; set `use_extra_bufts = False` in the "
+                  "model params it loads with (rakd's validation does this whenever `llama_print_system_info()` "
+                  "reports `AMX_INT8 = 1`)."]
     else:
         lines += ["ONNX Runtime through optimum (`pip install optimum-onnx onnxruntime`):", "", "```python",
                   "from optimum.onnxruntime import ORTModelForCausalLM; from transformers import AutoTokenizer",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rakd.data.format import prompt_text
 from rakd.models.gguf_file import gguf_metadata
+from rakd.models.llamacpp import open_llama
 from rakd.schema import ModelLoadError
 
 
@@ -44,11 +45,8 @@ class LlamaCppGenerator:
 
     def __init__(self, path: Path, threads: int = 1, seed: int = 0):
         meta = gguf_metadata(path)  # a clear error for non-GGUF, corrupt or truncated files first
-        from llama_cpp import Llama
-
         try:
-            self.llm = Llama(model_path=str(path), n_ctx=0, n_threads=threads, n_threads_batch=threads,
-                             seed=seed, verbose=False)
+            self.llm = open_llama(path, threads=threads, n_ctx=0, seed=seed)
         except Exception as err:  # noqa: BLE001 - llama.cpp reports failures as ValueError/RuntimeError
             raise ModelLoadError(f"{path}: llama.cpp cannot load this GGUF: {err}") from err
         self.formatter = None  # the GGUF's chat template, compiled once

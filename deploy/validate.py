@@ -3,7 +3,7 @@
 `validate(cfg, path, data, out)` takes a `.gguf` file, an ONNX folder, a Hugging
 Face folder, a package, or a run directory (then: the PyTorch student as the
 reference plus everything in `export/`). Each artefact runs in its own fresh
-Python process (`python -m deploy.validate SPEC RESULT`), so its peak resident memory is its own and a runtime that crashes
+Python process (`rakd.isolated`), so its peak resident memory is its own and a runtime that crashes
 (a corrupt file can take llama.cpp down) fails that artefact only.
 
 Writes `report.json`, `report.md` and `accuracy_vs_latency.png` atomically.
@@ -11,15 +11,12 @@ Writes `report.json`, `report.md` and `accuracy_vs_latency.png` atomically.
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import json
 import os
 import platform
 import resource
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +27,8 @@ from pydantic import Field
 
 from rakd.data.loaders import DataError, load_task_file
 from rakd.io import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+from rakd.isolated import ChildCrashed, ChildFailed, run_isolated
+from rakd.models.llamacpp import llama_settings
 from rakd.schema import ModelLoadError, StageConfig
 from rakd.verify import extract_answer, reward
 
@@ -210,40 +209,21 @@ def run_artefact(artefact: Artefact, problems: list[dict], cfg: ValidateConfig) 
     }
 
 
-def _isolated(artefact: Artefact, problems: list[dict], cfg: ValidateConfig) -> dict:
-    """`run_artefact` in a fresh `python -m deploy.validate` process: its own imports, memory and crashes."""
-    with tempfile.TemporaryDirectory(prefix="rakd-validate-") as tmp:
-        spec, result = Path(tmp) / "spec.json", Path(tmp) / "result.json"
-        spec.write_text(json.dumps({"artefact": {**asdict(artefact), "path": str(artefact.path)},
-                                    "problems": problems, "config": cfg.model_dump(mode="json")}))
-        proc = subprocess.Popen([sys.executable, "-m", "deploy.validate", str(spec), str(result)],
-                                stderr=subprocess.PIPE, text=True, errors="replace")
-        other: collections.deque[str] = collections.deque(maxlen=5)
-        for line in proc.stderr:  # progress lines are re-printed here, so an orchestrator's log sees them
-            if line.startswith("[validate]"):
-                print(line.rstrip(), file=sys.stderr, flush=True)
-            elif line.strip():
-                other.append(line.rstrip())
-        returncode = proc.wait()
-        if result.is_file():
-            payload = json.loads(result.read_text())
-            if "error" in payload:
-                raise ModelLoadError(payload["error"])
-            return payload
-        how = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
-        last = f"; last output: {' | '.join(other)}" if other else ""
-        raise ModelLoadError(f"{artefact.path}: the {artefact.format} runtime crashed ({how}){last}")
-
-
-def _worker(spec_path: str, result_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
+def run_artefact_spec(spec: dict) -> dict:
+    """`run_artefact` from a JSON spec: what the isolated child process calls."""
     artefact = Artefact(**{**spec["artefact"], "path": Path(spec["artefact"]["path"])})
+    return run_artefact(artefact, spec["problems"], ValidateConfig.model_validate(spec["config"]))
+
+
+def _isolated(artefact: Artefact, problems: list[dict], cfg: ValidateConfig) -> dict:
+    """`run_artefact` in a fresh process: its own imports, memory and crashes."""
+    spec = {"artefact": {**asdict(artefact), "path": str(artefact.path)}, "problems": problems,
+            "config": cfg.model_dump(mode="json")}
     try:
-        payload = run_artefact(artefact, spec["problems"], ValidateConfig.model_validate(spec["config"]))
-    except Exception as err:  # noqa: BLE001 - reported to the parent, which records the artefact as failed
-        payload = {"error": str(err) if isinstance(err, ModelLoadError) else f"{type(err).__name__}: {err}"}
-    atomic_write_json(result_path, payload)
-    return 0
+        return run_isolated("deploy.validate:run_artefact_spec", spec, progress_prefix="[validate]",
+                            what=f"{artefact.path}: the {artefact.format} runtime")
+    except (ChildFailed, ChildCrashed) as err:
+        raise ModelLoadError(str(err)) from err
 
 
 # ---------------------------------------------------------------- gates and report
@@ -285,6 +265,12 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """The machine a report's numbers belong to, with the kernels llama.cpp runs there."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "llama_cpp": llama_settings()}
 
 
 @dataclass(frozen=True)
@@ -332,8 +318,7 @@ def validate(cfg: ValidateConfig, path: str | Path, data: str | Path, out_dir: s
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source": str(path),
         "data": {"path": str(data), "n": len(problems), "sha256": sha256_file(data)},
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "machine": machine_info(),
         "threads": cfg.threads, "max_new_tokens": cfg.max_new_tokens,
         "gates": cfg.gates.model_dump(), "reference": reference["label"] if reference else None,
         "artefacts": records,
@@ -412,6 +397,3 @@ def plot_accuracy_vs_latency(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-if __name__ == "__main__":
-    sys.exit(_worker(*sys.argv[1:3]))

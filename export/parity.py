@@ -6,18 +6,24 @@ its own runtime (llama.cpp for GGUF, ONNX Runtime for ONNX) on the same token
 ids, and we record: tokenisation equal, last-prompt-token logits
 max-abs-diff, and top-1 agreement along the reference continuation (1.0 means
 its greedy continuation is the same tokens).
+
+Each artefact is checked in its own process (`check_isolated`): a runtime that
+crashes natively fails that artefact, with the signal and its last output, and
+the others are still checked. Torch is imported only where the reference is
+built, so a GGUF check process never loads it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rakd.data.format import prompt_text
-from rakd.rollout import sample
+from rakd.isolated import ChildCrashed, ChildFailed, run_isolated
+from rakd.models.llamacpp import open_llama
 from rakd.schema import StageError
 
 # Per-format limits: (max |Δlogit| at the last prompt token or None, minimum top-1 agreement).
@@ -59,6 +65,10 @@ def tolerance_for(label: str) -> tuple[float | None, float]:
 
 
 def build_references(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[Reference]:
+    import torch
+
+    from rakd.rollout import sample
+
     model.eval()
     greedy = sample(model, tokenizer, questions, max_new_tokens=max_new_tokens, temperature=0.0)
     refs = []
@@ -114,6 +124,47 @@ def compare(label: str, path: Path, refs: list[Reference], runtime) -> dict:
     }
 
 
+def save_references(refs: list[Reference], path: Path) -> Path:
+    """The references as one .npz (logits as arrays, the rest as JSON): what a check process reads."""
+    meta = [{"text": r.text, "prompt_ids": r.prompt_ids, "continuation": r.continuation} for r in refs]
+    np.savez(path, meta=np.array(json.dumps(meta)), **{f"logits_{i}": r.logits for i, r in enumerate(refs)})
+    return path
+
+
+def load_references(path: Path) -> list[Reference]:
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+        return [Reference(**m, logits=data[f"logits_{i}"]) for i, m in enumerate(meta)]
+
+
+def open_parity_runtime(label: str, path: Path, threads: int):
+    return OnnxRuntime(path, threads) if label.startswith("onnx") else LlamaCppRuntime(path, threads)
+
+
+def check_artefact(spec: dict) -> dict:
+    """`compare` one artefact against saved references: what the isolated check process runs."""
+    label, path = spec["label"], Path(spec["path"])
+    runtime = open_parity_runtime(label, path, spec["threads"])
+    try:
+        return compare(label, path, load_references(Path(spec["references"])), runtime)
+    finally:
+        runtime.close()
+
+
+def check_isolated(label: str, path: Path, references: Path, threads: int) -> dict:
+    """`check_artefact` in a fresh process; a crash or an error there is this artefact's failure, not ours."""
+    spec = {"label": label, "path": str(path), "references": str(references), "threads": threads}
+    try:
+        return run_isolated("export.parity:check_artefact", spec, what=f"{path.name}: the {label} runtime",
+                            progress_prefix="[parity]")
+    except (ChildCrashed, ChildFailed) as err:
+        logit_tol, min_agree = tolerance_for(label)
+        return {"artefact": label, "path": str(path), "size_bytes": _size(path), "tokenization_equal": None,
+                "logits_max_abs_diff": None, "top1_agreement": None, "near_ties": None,
+                "tolerance_logits": logit_tol, "min_top1_agreement": min_agree, "passed": False,
+                "failures": [str(err)]}
+
+
 def _size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -122,10 +173,7 @@ class LlamaCppRuntime:
     """A GGUF file in llama.cpp with an F32 KV cache (exact comparison for F32/F16 files)."""
 
     def __init__(self, path: Path, threads: int = 1, n_ctx: int = 0):  # 0: the model's own context
-        from llama_cpp import Llama
-
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
-                         type_k=0, type_v=0, n_threads=threads, n_threads_batch=threads)
+        self.llm = open_llama(path, threads=threads, n_ctx=n_ctx, logits_all=True, type_k=0, type_v=0)
 
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
@@ -156,6 +204,8 @@ class OnnxRuntime:
         return self.tokenizer(text)["input_ids"]
 
     def logits(self, ids: list[int]) -> np.ndarray:
+        import torch
+
         tensor = torch.tensor([ids])
         with torch.no_grad():
             return self.model(input_ids=tensor, attention_mask=torch.ones_like(tensor)).logits[0].float().numpy()

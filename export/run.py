@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,10 @@ import torch
 from pydantic import Field
 
 from export.gguf import check_supported, export_gguf
-from export.parity import LlamaCppRuntime, OnnxRuntime, ParityError, build_references, compare
+from export.parity import ParityError, build_references, check_isolated, save_references
 from export.quantize import default_4bit, expected_fallbacks, gguf_row_lengths, quantize_gguf, quantize_onnx, tensor_types
 from rakd.io import atomic_dir, atomic_write_json
+from rakd.models.llamacpp import llama_settings
 from rakd.models.load import ModelLoadError, load_causal_lm
 from rakd.schema import StageConfig
 
@@ -111,24 +113,29 @@ def run_export(cfg: ExportConfig, hf_dir: str | Path, out_dir: str | Path, quest
             made, quant_info = _gguf_artefacts(cfg, model, tokenizer, staging)
             artefacts.update(made)
         records = []
-        for label, path in artefacts.items():
-            runtime = (OnnxRuntime(path, cfg.threads) if label.startswith("onnx") else LlamaCppRuntime(path, cfg.threads))
-            record = compare(label, path, refs, runtime)
-            record["path"] = str(path.relative_to(staging))
-            record.update(quant_info.get(label, {}))
-            runtime.close()
-            records.append(record)
-        parity = {"source": str(hf_dir), "prompts": len(refs), "artefacts": records}
+        with tempfile.TemporaryDirectory(prefix="rakd-parity-") as tmp:
+            references = save_references(refs, Path(tmp) / "references.npz")
+            for label, path in artefacts.items():
+                record = check_isolated(label, path, references, cfg.threads)
+                record["path"] = str(path.relative_to(staging))
+                record.update(quant_info.get(label, {}))
+                records.append(record)
+        parity = {"source": str(hf_dir), "prompts": len(refs), "llama_cpp": llama_settings(), "artefacts": records}
         atomic_write_json(staging / "parity.json", parity)
         failed = [r for r in records if not r["passed"]]
         if failed:
-            raise ParityError("; ".join(f"{r['artefact']}: {', '.join(r['failures'])}" for r in failed))
+            error = ParityError("; ".join(f"{r['artefact']}: {', '.join(r['failures'])}" for r in failed))
+            error.parity = parity  # every artefact's record, for callers that show more than the message
+            raise error
     return ExportResult(out_dir, parity, time.perf_counter() - started)
 
 
 def format_parity(parity: dict) -> str:
     lines = [f"{'artefact':<20} {'size':>9} {'tok':>4} {'max|Δlogit|':>12} {'top-1':>6}  status"]
     for r in parity["artefacts"]:
-        lines.append(f"{r['artefact']:<20} {r['size_bytes'] / 1e6:8.2f}M {'ok' if r['tokenization_equal'] else 'NO':>4} "
-                     f"{r['logits_max_abs_diff']:12.3g} {r['top1_agreement']:6.3f}  {'pass' if r['passed'] else 'FAIL'}")
+        tok = {True: "ok", False: "NO", None: "-"}[r["tokenization_equal"]]
+        diff = "-" if r["logits_max_abs_diff"] is None else format(r["logits_max_abs_diff"], ".3g")
+        agree = "-" if r["top1_agreement"] is None else format(r["top1_agreement"], ".3f")
+        status = "pass" if r["passed"] else "FAIL " + "; ".join(r["failures"])
+        lines.append(f"{r['artefact']:<20} {r['size_bytes'] / 1e6:8.2f}M {tok:>4} {diff:>12} {agree:>6}  {status}")
     return "\n".join(lines)

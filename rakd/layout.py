@@ -1,0 +1,95 @@
+"""`RunLayout`: every path of a run folder, named once.
+
+    <run>/config.yaml                  the config the run was made with
+    <run>/data/{train,val,test}.jsonl  the splits; data/card.json last
+    <run>/tokenizer/                   when the models are trained from scratch
+    <run>/teacher/                     HF folder, eval.json last (teacher.work/ while training)
+    <run>/student/                     HF folder, eval.json last (student.work/ while training)
+    <run>/export/                      ONNX folders and GGUF files, parity.json last
+    <run>/validate/                    report.json last, report.md, accuracy_vs_latency.png
+    <run>/package/                     model file(s), tokenizer/, README.md, manifest.json last
+    <run>/.stage-keys/<stage>          the cache key the outputs on disk belong to
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def split(self, name: str) -> Path:
+        return self.data / f"{name}.jsonl"
+
+    @property
+    def card(self) -> Path:
+        return self.data / "card.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def teacher_work(self) -> Path:
+        return self.root / "teacher.work"
+
+    @property
+    def student(self) -> Path:
+        return self.root / "student"
+
+    @property
+    def student_work(self) -> Path:
+        return self.root / "student.work"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def parity(self) -> Path:
+        return self.export / "parity.json"
+
+    @property
+    def validate(self) -> Path:
+        return self.root / "validate"
+
+    @property
+    def report(self) -> Path:
+        return self.validate / "report.json"
+
+    @property
+    def package(self) -> Path:
+        return self.root / "package"
+
+    @property
+    def manifest(self) -> Path:
+        return self.package / "manifest.json"
+
+    def stage_key(self, stage: str) -> Path:
+        return self.root / ".stage-keys" / stage
+
+    def is_run(self) -> bool:
+        """A pipeline run folder: it holds a student and/or exports."""
+        return self.export.is_dir() or self.student.is_dir()
