@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check, for a CUDA host without our install (the lent H100/H200): carried wheels for what its
-# image lacks (.whl/: transformers 4.57, tokenizers, pydantic, math-verify, ...), then bench/gpu_check.py.
+# The GPU check for a CUDA host that has torch but not our whole install: wheels placed in an optional `.whl/`
+# folder beside this checkout (e.g. transformers 4.57, tokenizers, pydantic, math-verify) are installed into a
+# private site dir first; then the CUDA tests and bench/gpu_check.py run.
 # Usage: bash bench/gpu_check.sh OUT_DIR
 set -euo pipefail
 out=${1:-/tmp/gpu-check}

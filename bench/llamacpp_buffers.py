@@ -51,10 +51,18 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tok = train_tokenizer(generate(GeneratorConfig(n_items=300, seed=1)), TokenizerConfig(vocab_size=320), tmp / "tok")
-        config = preset_config("teacher-tiny", tok, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                               num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                               num_key_value_heads=args.hidden // 64)
+        tok = train_tokenizer(
+            generate(GeneratorConfig(n_items=300, seed=1)), TokenizerConfig(vocab_size=320), tmp / "tok"
+        )
+        config = preset_config(
+            "teacher-tiny",
+            tok,
+            hidden_size=args.hidden,
+            intermediate_size=4 * args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.hidden // 64,
+            num_key_value_heads=args.hidden // 64,
+        )
         model = build_model(config, seed=0)
         f16 = export_gguf(model, tok, tmp / "model-f16.gguf", "f16")
         rows = []
@@ -62,14 +70,30 @@ def main() -> None:
             path = quantize_gguf(f16, tmp / f"model-{ftype}.gguf", ftype, 1)
             for extra in (True, False):
                 runs = [decode_tok_s(path, extra, args.tokens, args.threads) for _ in range(args.repeats)]
-                rows.append({"ftype": ftype, "use_extra_bufts": extra, "decode_tok_s_median": statistics.median(runs),
-                             "runs": runs})
-                print(f"{ftype:5} use_extra_bufts={extra!s:5}  decode {statistics.median(runs):8.1f} tok/s  "
-                      f"(runs {', '.join(f'{r:.1f}' for r in runs)})", flush=True)
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "llama_cpp": llamacpp.llama_settings()},
-              "model": {"hidden": args.hidden, "layers": args.layers,
-                        "parameters": sum(p.numel() for p in model.parameters())},
-              "threads": args.threads, "tokens": args.tokens, "rows": rows}
+                rows.append(
+                    {
+                        "ftype": ftype,
+                        "use_extra_bufts": extra,
+                        "decode_tok_s_median": statistics.median(runs),
+                        "runs": runs,
+                    }
+                )
+                print(
+                    f"{ftype:5} use_extra_bufts={extra!s:5}  decode {statistics.median(runs):8.1f} tok/s  "
+                    f"(runs {', '.join(f'{r:.1f}' for r in runs)})",
+                    flush=True,
+                )
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "llama_cpp": llamacpp.llama_settings()},
+        "model": {
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "threads": args.threads,
+        "tokens": args.tokens,
+        "rows": rows,
+    }
     from deploy.validate import cpu_model
 
     result["machine"]["cpu"] = cpu_model()

@@ -45,8 +45,16 @@ def measure(model, tokenizer, questions, backend, repeats=3, max_new_tokens=48):
             torch.cuda.synchronize()
         start = time.perf_counter()
         with autocast(device):
-            out = sample(model, tokenizer, questions, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
-                         backend=backend, batch_size=len(questions))
+            out = sample(
+                model,
+                tokenizer,
+                questions,
+                max_new_tokens=max_new_tokens,
+                temperature=1.0,
+                seed=seed,
+                backend=backend,
+                batch_size=len(questions),
+            )
         elapsed = time.perf_counter() - start
         best = max(best, int(out.completion_mask.sum()) / elapsed)
     return best, elapsed
@@ -65,9 +73,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer, questions = load(args.model, args.preset, args.overrides)
     model.to(args.device)
-    print(f"device={args.device} threads={args.threads} model={args.model or f'random {args.preset} {args.overrides}'} "
-          f"parameters={count_parameters(model):,} max_new_tokens={args.max_new_tokens}")
-    for label, batch in ((f"batch of {args.batch} mixed-length prompts", questions[: args.batch]), ("one sequence", questions[:1])):
+    print(
+        f"device={args.device} threads={args.threads} model={args.model or f'random {args.preset} {args.overrides}'} "
+        f"parameters={count_parameters(model):,} max_new_tokens={args.max_new_tokens}"
+    )
+    for label, batch in (
+        (f"batch of {args.batch} mixed-length prompts", questions[: args.batch]),
+        ("one sequence", questions[:1]),
+    ):
         for backend in ("generate", "loop"):
             tok_s, secs = measure(model, tokenizer, batch, backend, max_new_tokens=args.max_new_tokens)
             print(f"{label:<36} {backend:<9} {tok_s:9.0f} tokens/s  (last run {secs:.2f}s)")

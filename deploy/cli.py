@@ -1,4 +1,4 @@
-"""`rakd validate`, `rakd package`, `rakd verify-package`, and their demo steps (plugged in through rakd.plugins)."""
+"""`rakd validate`, `rakd package`, `rakd verify-package`: their arguments and commands."""
 
 from __future__ import annotations
 
@@ -6,26 +6,31 @@ import argparse
 import sys
 from pathlib import Path
 
-from deploy.package import PackageConfig, build_package, verify_package
-from deploy.validate import ValidateConfig, format_table, is_run_dir, shippable, validate
-from rakd.plugins import Stage
+from rakd.layout import RunLayout
 from rakd.schema import ConfigError, ModelLoadError
+from rakd.tables import text_table
 
 
 def validate_paths(path: Path, data: Path | None, out: Path | None, root: Path) -> tuple[Path, Path]:
     """(data file, report folder) for validating `path`: a run dir brings its test split and validate/ folder."""
+    layout = RunLayout(path)
     if data is None:
-        if not is_run_dir(path):
+        if not layout.is_run():
             raise ConfigError(f"rakd validate {path}: --data is required when PATH is not a run directory")
-        data = path / "data" / "test.jsonl"
+        data = layout.split("test")
     if out is None:
-        out = path / "validate" if is_run_dir(path) else root / f"validate-{path.stem}"
+        out = layout.validate if layout.is_run() else root / f"validate-{path.stem}"
     return data, out
 
 
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", nargs="?", type=Path, default=None,
-                        help=".gguf file, ONNX folder, HF folder, package, or run directory (default: the config's run)")
+    parser.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        default=None,
+        help=".gguf file, ONNX folder, HF folder, package, or run directory (default: the config's run)",
+    )
     parser.add_argument("--data", type=Path, default=None, help="JSONL problems (default: <run>/data/test.jsonl)")
     parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: validation.threads)")
     parser.add_argument("--limit", type=int, default=None, help="first K problems (default: validation.n_problems)")
@@ -34,6 +39,9 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def validate_command(args: argparse.Namespace, cfg) -> int:
+    from deploy.config import ValidateConfig
+    from deploy.validate import shippable, validate, validation_rows
+
     update = {k: v for k, v in (("threads", args.threads), ("n_problems", args.limit)) if v is not None}
     try:
         vcfg = ValidateConfig.model_validate({**cfg.validation.model_dump(), **update})
@@ -42,7 +50,7 @@ def validate_command(args: argparse.Namespace, cfg) -> int:
     path = args.path or cfg.run.dir
     data, out = validate_paths(path, args.data, args.out, cfg.run.root)
     result = validate(vcfg, path, data, out)
-    print(format_table(result.report))
+    print(text_table(validation_rows(result.report["artefacts"])))
     errors = [r["error"] for r in result.report["artefacts"] if r.get("error")]
     if errors and len(errors) == len(result.report["artefacts"]):
         raise ModelLoadError("; ".join(errors) + f" (report: {out / 'report.json'})")
@@ -53,34 +61,25 @@ def validate_command(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
-def validate_demo(cfg, run_dir: Path) -> str:
-    return format_table(validate(cfg.validation, run_dir, run_dir / "data" / "test.jsonl", run_dir / "validate").report)
-
-
 def add_package_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", nargs="?", type=Path, default=None, help="run directory (default: the config's run)")
     parser.add_argument("--out", type=Path, default=None, help="package folder (default: <run>/package)")
     parser.add_argument("--force", action="store_true", help="replace an existing package")
-    parser.add_argument("--prefer", choices=["gguf", "onnx", "any"], default=None, help="format to ship when both passed")
-
-
-def format_package(result) -> str:
-    models = ", ".join(f"{m['path']} ({m['label']}, accuracy {100 * m['metrics']['accuracy']:.1f}%)"
-                       for m in result.manifest["models"])
-    return f"package {result.out_dir}/: {models}; {len(result.manifest['files'])} files in manifest.json"
+    parser.add_argument(
+        "--prefer", choices=["gguf", "onnx", "any"], default=None, help="format to ship when both passed"
+    )
 
 
 def package_command(args: argparse.Namespace, cfg) -> int:
+    from deploy.package import build_package
+
     pcfg = cfg.package if args.prefer is None else cfg.package.model_copy(update={"prefer": args.prefer})
     result = build_package(pcfg, args.run_dir or cfg.run.dir, args.out, force=args.force)
-    print(format_package(result))
+    models = ", ".join(
+        f"{m['path']} ({m['label']}, accuracy {100 * m['metrics']['accuracy']:.1f}%)" for m in result.manifest["models"]
+    )
+    print(f"package {result.out_dir}/: {models}; {len(result.manifest['files'])} files in manifest.json")
     return 0
-
-
-def package_demo(cfg, run_dir: Path) -> str:
-    result = build_package(cfg.package, run_dir, force=True)  # the pipeline re-runs its own last stage
-    manifest = verify_package(result.out_dir)
-    return f"{format_package(result)}\nverify-package: ok ({len(manifest.files)} files, sha256 checked)"
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,18 +87,8 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def verify_command(args: argparse.Namespace, cfg) -> int:
+    from deploy.manifest import verify_package
+
     manifest = verify_package(args.package_dir)
     print(f"{args.package_dir}: ok, {manifest.name} {manifest.version}, {len(manifest.files)} files verified")
     return 0
-
-
-VALIDATE = Stage(name="validate", section="validation", config_class=ValidateConfig, order=20, add_arguments=add_validate_arguments,
-                 help="accuracy and latency of every artefact on llama.cpp / ONNX Runtime, against gates",
-                 command=validate_command, demo=validate_demo)
-PACKAGE = Stage(name="package", config_class=PackageConfig, order=30, add_arguments=add_package_arguments,
-                help="bundle the best validated artefact with tokenizer, manifest (sha256) and model card",
-                command=package_command, demo=package_demo)
-VERIFY_PACKAGE = Stage(name="verify-package", config_class=None, order=40, add_arguments=add_verify_arguments,
-                       help="recompute every sha256 of a package against its manifest", command=verify_command)
-
-__all__ = ["PACKAGE", "VALIDATE", "VERIFY_PACKAGE"]

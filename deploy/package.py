@@ -14,62 +14,25 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from deploy.validate import Artefact, shippable
-from rakd.io import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
-from rakd.schema import StageConfig, StageError
+from deploy.config import PackageConfig
+from deploy.manifest import SCHEMA_VERSION, Manifest, PackageError, file_entries
+from deploy.validate import shippable, validation_rows
+from rakd.io import atomic_dir, atomic_write_json, atomic_write_text
+from rakd.layout import RunLayout
+from rakd.tables import markdown_table
 
-SCHEMA_VERSION = 1
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "tokenizer.model", "vocab.json", "merges.txt")
-
-
-class PackageError(StageError):
-    """A package that does not verify, or that cannot be built: names the file and the mismatch."""
-
-
-class PackageConfig(StageConfig):
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="default: the run name")
-    version: str = "0.1.0"
-    prefer: Literal["gguf", "onnx", "any"] = Field("gguf", description="format to ship when both passed")
-    include: Literal["best", "best-per-format"] = "best"
-
-
-# ---------------------------------------------------------------- manifest schema
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FileEntry(_Strict):
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(ge=0)
-
-
-class PackagedModel(_Strict):
-    label: str
-    format: Literal["gguf", "onnx"]
-    path: str  # a file (.gguf) or folder (ONNX), relative to the package
-    metrics: dict
-
-
-class Manifest(_Strict):
-    schema_version: Literal[1]
-    name: str
-    version: str
-    created_at: str
-    source_run: str
-    configs: dict
-    teacher: dict | None
-    student: dict | None
-    models: list[PackagedModel] = Field(min_length=1)
-    validation: dict
-    files: dict[str, FileEntry]
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 # ---------------------------------------------------------------- choosing and describing
@@ -79,11 +42,15 @@ def choose(report: dict, cfg: PackageConfig) -> list[dict]:
     """The artefacts to ship: best accuracy among those that passed (ties: smaller file, then lower p95 latency)."""
     candidates = shippable(report)
     if not candidates:
-        summary = "; ".join(f"{r['label']}: {', '.join(r['failed_gates']) or 'reference only'}" for r in report["artefacts"])
+        summary = "; ".join(
+            f"{r['label']}: {', '.join(r['failed_gates']) or 'reference only'}" for r in report["artefacts"]
+        )
         raise PackageError(f"no exported artefact passed validation, nothing to package ({summary})")
     rank = lambda r: (-r["accuracy"], r["size_mb"], r["latency_ms_p95"])  # noqa: E731
     if cfg.include == "best-per-format":
-        return [min(group, key=rank) for fmt in ("gguf", "onnx") if (group := [r for r in candidates if r["format"] == fmt])]
+        return [
+            min(group, key=rank) for fmt in ("gguf", "onnx") if (group := [r for r in candidates if r["format"] == fmt])
+        ]
     preferred = [r for r in candidates if r["format"] == cfg.prefer] or candidates
     return [min(preferred, key=rank)]
 
@@ -104,15 +71,40 @@ def describe_model(folder: Path) -> dict | None:
                 for dim in handle.get_slice(name).get_shape():
                     count *= dim
                 params += count
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-            "intermediate_size", "vocab_size", "max_position_embeddings")
-    return {"architecture": (config.get("architectures") or ["?"])[0], "parameters": params,
-            **{k: config[k] for k in keys if k in config}}
+    keys = (
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "vocab_size",
+        "max_position_embeddings",
+    )
+    return {
+        "architecture": (config.get("architectures") or ["?"])[0],
+        "parameters": params,
+        **{k: config[k] for k in keys if k in config},
+    }
 
 
 def _summary(record: dict) -> dict:
-    keys = ("accuracy", "accuracy_drop", "no_answer_rate", "ttft_ms_p50", "ttft_ms_p95", "decode_tok_s_p50",
-            "latency_ms_p50", "latency_ms_p95", "peak_rss_mb", "size_mb", "passed", "failed_gates", "n")
+    keys = (
+        "accuracy",
+        "accuracy_drop",
+        "no_answer_rate",
+        "ttft_ms_p50",
+        "ttft_ms_p95",
+        "decode_tok_s_p50",
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "peak_rss_mb",
+        "size_mb",
+        "passed",
+        "failed_gates",
+        "n",
+        "reference",
+    )
     return {"label": record["label"], "format": record["format"], **{k: record.get(k) for k in keys}}
 
 
@@ -125,19 +117,21 @@ class PackageResult:
     manifest: dict
 
 
-def build_package(cfg: PackageConfig, run_dir: str | Path, out_dir: str | Path | None = None,
-                  force: bool = False) -> PackageResult:
+def build_package(
+    cfg: PackageConfig, run_dir: str | Path, out_dir: str | Path | None = None, force: bool = False
+) -> PackageResult:
     """`<run>/package/` from `<run>/validate/report.json`; refuses to replace a package unless `force`."""
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir else run_dir / "package"
-    report_path = run_dir / "validate" / "report.json"
+    layout = RunLayout(run_dir)
+    out_dir = Path(out_dir) if out_dir else layout.package
+    report_path = layout.report
     if not report_path.is_file():
         raise PackageError(f"{report_path}: no validation report; run `rakd validate {run_dir}` first")
     if out_dir.exists() and not force:
         raise FileExistsError(f"{out_dir}: a package is already there; pass --force to replace it")
     report = json.loads(report_path.read_text())
     chosen = choose(report, cfg)
-    config_path = run_dir / "config.yaml"
+    config_path = layout.config
     configs = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     with atomic_dir(out_dir) as staging:
         models = []
@@ -149,9 +143,10 @@ def build_package(cfg: PackageConfig, run_dir: str | Path, out_dir: str | Path |
                 shutil.copytree(source, staging / source.name)
             else:
                 shutil.copyfile(source, staging / source.name)
-            models.append({"label": record["label"], "format": record["format"], "path": source.name,
-                           "metrics": _summary(record)})
-        tokenizer_source = run_dir / "student"
+            models.append(
+                {"label": record["label"], "format": record["format"], "path": source.name, "metrics": _summary(record)}
+            )
+        tokenizer_source = layout.student
         copied = [name for name in TOKENIZER_FILES if (tokenizer_source / name).is_file()]
         for name in copied:
             (staging / "tokenizer").mkdir(exist_ok=True)
@@ -160,13 +155,15 @@ def build_package(cfg: PackageConfig, run_dir: str | Path, out_dir: str | Path |
             "schema_version": SCHEMA_VERSION,
             "name": cfg.name or run_dir.name,
             "version": cfg.version,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "source_run": str(run_dir.resolve()),
             "configs": configs,
-            "teacher": describe_model(run_dir / "teacher"),
-            "student": describe_model(run_dir / "student"),
+            "teacher": describe_model(layout.teacher),
+            "student": describe_model(layout.student),
             "models": models,
-            "validation": {key: report[key] for key in ("data", "machine", "threads", "gates", "reference", "created_at")}
+            "validation": {
+                key: report[key] for key in ("data", "machine", "threads", "gates", "reference", "created_at")
+            }
             | {"artefacts": [_summary(r) for r in report["artefacts"]]},
         }
         atomic_write_text(staging / "README.md", model_card(manifest))
@@ -176,71 +173,7 @@ def build_package(cfg: PackageConfig, run_dir: str | Path, out_dir: str | Path |
     return PackageResult(out_dir, manifest)
 
 
-def file_entries(folder: Path) -> dict[str, dict]:
-    return {
-        path.relative_to(folder).as_posix(): {"sha256": sha256_file(path), "size": path.stat().st_size}
-        for path in sorted(folder.rglob("*")) if path.is_file() and path.name != "manifest.json"
-    }
-
-
-# ---------------------------------------------------------------- verifying and loading
-
-
-def verify_package(folder: str | Path) -> Manifest:
-    """Check the manifest schema, every listed file's size and sha256, and that nothing unlisted is present."""
-    folder = Path(folder)
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise PackageError(f"{manifest_path}: missing (not a rakd package)")
-    try:
-        manifest = Manifest.model_validate(json.loads(manifest_path.read_text()))
-    except (json.JSONDecodeError, ValidationError) as err:
-        raise PackageError(f"{manifest_path}: invalid manifest: {err}") from None
-    for name, entry in manifest.files.items():
-        path = folder / name
-        if not path.is_file():
-            raise PackageError(f"{path}: listed in the manifest but missing")
-        if path.stat().st_size != entry.size:
-            raise PackageError(f"{path}: size {path.stat().st_size} != {entry.size} in the manifest")
-        if sha256_file(path) != entry.sha256:
-            raise PackageError(f"{path}: sha256 differs from the manifest (file changed)")
-    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"}
-    unlisted = sorted(present - set(manifest.files))
-    if unlisted:
-        raise PackageError(f"{folder / unlisted[0]}: not listed in the manifest")
-    for model in manifest.models:
-        if not (folder / model.path).exists():
-            raise PackageError(f"{folder / model.path}: packaged model {model.label} is missing")
-    return manifest
-
-
-def package_artefacts(folder: str | Path) -> list[Artefact]:
-    """A verified package's models, as artefacts to validate."""
-    folder = Path(folder)
-    manifest = verify_package(folder)
-    return [Artefact(m.label, m.format, folder / m.path) for m in manifest.models]
-
-
-def load_package(folder: str | Path, threads: int = 1, label: str | None = None):
-    """A runtime (`generate(question, max_new_tokens)`) for a packaged model, after verifying the package."""
-    from deploy.runtimes import open_runtime
-
-    artefacts = package_artefacts(folder)
-    chosen = next((a for a in artefacts if label in (None, a.label)), None)
-    if chosen is None:
-        raise PackageError(f"{folder}: no packaged model {label!r} (has {[a.label for a in artefacts]})")
-    return open_runtime(chosen.format, chosen.path, threads)
-
-
 # ---------------------------------------------------------------- model card
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _num(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def model_card(manifest: dict) -> str:
@@ -248,68 +181,94 @@ def model_card(manifest: dict) -> str:
     distill = configs.get("distill", {})
     validation = manifest["validation"]
     model = manifest["models"][0]
-    lines = [f"# {manifest['name']} {manifest['version']}", "",
-             f"A small reasoning model distilled by rakd from a larger teacher, quantised and validated for CPU "
-             f"inference on edge devices. Shipped: " + ", ".join(f"`{m['path']}` ({m['label']})" for m in manifest["models"]) + ".",
-             ""]
+    lines = [
+        f"# {manifest['name']} {manifest['version']}",
+        "",
+        "A small reasoning model distilled by rakd from a larger teacher, quantised and validated for CPU "
+        "inference on edge devices. Shipped: "
+        + ", ".join(f"`{m['path']}` ({m['label']})" for m in manifest["models"])
+        + ".",
+        "",
+    ]
     lines += ["## Models", "", "| role | architecture | parameters | layers | hidden |", "|---|---|---|---|---|"]
     for role, desc in (("teacher", teacher), ("student", student)):
         if desc:
-            lines.append(f"| {role} | {desc['architecture']} | {desc['parameters']:,} | {desc.get('num_hidden_layers', '-')} "
-                         f"| {desc.get('hidden_size', '-')} |")
+            lines.append(
+                f"| {role} | {desc['architecture']} | {desc['parameters']:,} | {desc.get('num_hidden_layers', '-')} "
+                f"| {desc.get('hidden_size', '-')} |"
+            )
     lines += ["", "## Training", ""]
     if distill:
         rl, warm = distill.get("rl", {}), distill.get("warmstart", {})
-        lines += [f"- Method: `{distill.get('method')}` (reinforcement-aware distillation; loss parameters "
-                  f"{json.dumps(distill.get('loss', {}), sort_keys=True)})",
-                  f"- Warm start: SFT on the teacher's verified traces ({warm.get('n_prompts')} prompts x "
-                  f"{warm.get('samples_per_prompt')} samples, wrong answers dropped)",
-                  f"- RL: {rl.get('steps')} steps, group size {rl.get('group_size')}, "
-                  f"{rl.get('prompts_per_step')} prompts per step, lr {rl.get('optim', {}).get('lr')}",
-                  f"- Data: {configs.get('prep', {}).get('source')} tasks "
-                  f"({json.dumps(configs.get('prep', {}).get('generator', {}), sort_keys=True)})"]
+        lines += [
+            f"- Method: `{distill.get('method')}` (reinforcement-aware distillation; loss parameters "
+            f"{json.dumps(distill.get('loss', {}), sort_keys=True)})",
+            f"- Warm start: SFT on the teacher's verified traces ({warm.get('n_prompts')} prompts x "
+            f"{warm.get('samples_per_prompt')} samples, wrong answers dropped)",
+            f"- RL: {rl.get('steps')} steps, group size {rl.get('group_size')}, "
+            f"{rl.get('prompts_per_step')} prompts per step, lr {rl.get('optim', {}).get('lr')}",
+            f"- Data: {configs.get('prep', {}).get('source')} tasks "
+            f"({json.dumps(configs.get('prep', {}).get('generator', {}), sort_keys=True)})",
+        ]
     else:
         lines.append("- (no run config recorded)")
     machine = validation["machine"]
-    lines += ["", "## Validation", "",
-              f"Greedy pass@1 on {validation['data']['n']} held-out problems (`{Path(validation['data']['path']).name}`, "
-              f"sha256 {validation['data']['sha256'][:12]}), one problem at a time, on {machine['cpu']} with "
-              f"{validation['threads']} thread(s). Reference: {validation['reference'] or 'none'}.", "",
-              "| artefact | size MB | accuracy | drop vs fp32 | TTFT p50 ms | decode tok/s p50 | latency p50 / p95 ms | peak RSS MB | gates |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in validation["artefacts"]:
-        gates = "pass" if r["passed"] else "fail: " + "; ".join(r["failed_gates"])
-        lines.append(f"| {r['label']} | {_num(r['size_mb'], '.2f')} | {_pct(r['accuracy'])} | {_pct(r.get('accuracy_drop'))} "
-                     f"| {_num(r['ttft_ms_p50'], '.2f')} | {_num(r['decode_tok_s_p50'], '.0f')} "
-                     f"| {_num(r['latency_ms_p50'], '.1f')} / {_num(r['latency_ms_p95'], '.1f')} "
-                     f"| {_num(r['peak_rss_mb'], '.0f')} | {gates} |")
+    lines += [
+        "",
+        "## Validation",
+        "",
+        f"Greedy pass@1 on {validation['data']['n']} held-out problems (`{Path(validation['data']['path']).name}`, "
+        f"sha256 {validation['data']['sha256'][:12]}), one problem at a time, on {machine['cpu']} with "
+        f"{validation['threads']} thread(s). Reference: {validation['reference'] or 'none'}.",
+        "",
+        markdown_table(validation_rows(validation["artefacts"])),
+    ]
     gates = ", ".join(f"{k} = {v}" for k, v in validation["gates"].items() if v is not None)
     lines += ["", f"Gates: {gates}.", "", "## Run it", ""]
     if model["format"] == "gguf":
-        lines += ["llama.cpp (`pip install llama-cpp-python`):", "", "```python",
-                  "from llama_cpp import Llama",
-                  f"llm = Llama(model_path=\"{model['path']}\", verbose=False)",
-                  "print(llm(\"7+3*2-4=?\\n\", max_tokens=64, temperature=0)[\"choices\"][0][\"text\"])", "```", "",
-                  f"or `llama-cli -m {model['path']} -p \"7+3*2-4=?\" -n 64 --temp 0`.", "",
-                  "On an Intel CPU with AMX (Sapphire Rapids and later), a llama.cpp built for that CPU can crash on "
-                  "quantised weights in its AMX kernels (ggml-org/llama.cpp#20824). Stock llama.cpp avoids them with "
-                  f"`--no-repack` (`-nr`): `llama-cli -m {model['path']} -nr ...`, `llama-server -m {model['path']} -nr`. "
-                  "llama-cpp-python's `Llama(...)` does not expose that switch; set `use_extra_bufts = False` in the "
-                  "model params it loads with (rakd's validation does this whenever `llama_print_system_info()` "
-                  "reports `AMX_INT8 = 1`)."]
+        lines += [
+            "llama.cpp (`pip install llama-cpp-python`):",
+            "",
+            "```python",
+            "from llama_cpp import Llama",
+            f'llm = Llama(model_path="{model["path"]}", verbose=False)',
+            'print(llm("7+3*2-4=?\\n", max_tokens=64, temperature=0)["choices"][0]["text"])',
+            "```",
+            "",
+            f'or `llama-cli -m {model["path"]} -p "7+3*2-4=?" -n 64 --temp 0`.',
+            "",
+            "On an Intel CPU with AMX (Sapphire Rapids and later), a llama.cpp built for that CPU can crash on "
+            "quantised weights in its AMX kernels (ggml-org/llama.cpp#20824). Stock llama.cpp avoids them with "
+            f"`--no-repack` (`-nr`): `llama-cli -m {model['path']} -nr ...`, `llama-server -m {model['path']} -nr`. "
+            "llama-cpp-python's `Llama(...)` does not expose that switch; set `use_extra_bufts = False` in the "
+            "model params it loads with (rakd's validation does this whenever `llama_print_system_info()` "
+            "reports `AMX_INT8 = 1`).",
+        ]
     else:
-        lines += ["ONNX Runtime through optimum (`pip install optimum-onnx onnxruntime`):", "", "```python",
-                  "from optimum.onnxruntime import ORTModelForCausalLM; from transformers import AutoTokenizer",
-                  f"model, tok = ORTModelForCausalLM.from_pretrained(\"{model['path']}\"), AutoTokenizer.from_pretrained(\"{model['path']}\")",
-                  "print(tok.decode(model.generate(**tok(\"7+3*2-4=?\\n\", return_tensors=\"pt\"), max_new_tokens=64)[0]))",
-                  "```"]
-    lines += ["", "Prompt format: the question followed by a newline; the model answers with its working and a final "
-              "`A: <number>` (read it with `rakd.verify.extract_answer`).", "",
-              "Check the files before use: `rakd verify-package .` (every sha256 in `manifest.json`).", "",
-              "## Limitations", "",
-              "- Trained and validated only on the task distribution above; it is not a general assistant.",
-              "- Latency was measured on the validating machine's CPU; measure again on the target device.",
-              "- Greedy decoding; sampled outputs are less accurate.",
-              "- Quantised variants can lose accuracy on problems the parity prompts did not cover; the table above is the "
-              "measured loss on the held-out split.", ""]
+        lines += [
+            "ONNX Runtime through optimum (`pip install optimum-onnx onnxruntime`):",
+            "",
+            "```python",
+            "from optimum.onnxruntime import ORTModelForCausalLM; from transformers import AutoTokenizer",
+            f'model = ORTModelForCausalLM.from_pretrained("{model["path"]}")',
+            f'tok = AutoTokenizer.from_pretrained("{model["path"]}")',
+            'print(tok.decode(model.generate(**tok("7+3*2-4=?\\n", return_tensors="pt"), max_new_tokens=64)[0]))',
+            "```",
+        ]
+    lines += [
+        "",
+        "Prompt format: the question followed by a newline; the model answers with its working and a final "
+        "`A: <number>` (read it with `rakd.verify.extract_answer`).",
+        "",
+        "Check the files before use: `rakd verify-package .` (every sha256 in `manifest.json`).",
+        "",
+        "## Limitations",
+        "",
+        "- Trained and validated only on the task distribution above; it is not a general assistant.",
+        "- Latency was measured on the validating machine's CPU; measure again on the target device.",
+        "- Greedy decoding; sampled outputs are less accurate.",
+        "- Quantised variants can lose accuracy on problems the parity prompts did not cover; the table above is the "
+        "measured loss on the held-out split.",
+        "",
+    ]
     return "\n".join(lines)

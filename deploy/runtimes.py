@@ -54,8 +54,9 @@ class LlamaCppGenerator:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
             vocab = lambda token: self.llm.detokenize([token], special=True).decode("utf-8", "replace")  # noqa: E731
-            self.formatter = Jinja2ChatFormatter(template, eos_token=vocab(self.llm.token_eos()),
-                                                 bos_token=vocab(self.llm.token_bos()))
+            self.formatter = Jinja2ChatFormatter(
+                template, eos_token=vocab(self.llm.token_eos()), bos_token=vocab(self.llm.token_bos())
+            )
 
     def prompt_ids(self, question: str) -> list[int]:
         if self.formatter:
@@ -104,7 +105,9 @@ class _HFGenerator:
 
     def prompt_ids(self, question: str) -> list[int]:
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(chat_messages(question), add_generation_prompt=True, tokenize=True)
+            return self.tokenizer.apply_chat_template(
+                chat_messages(question), add_generation_prompt=True, tokenize=True
+            )
         return self.tokenizer(prompt_text(question))["input_ids"]
 
     def generate(self, question: str, max_new_tokens: int) -> Generation:
@@ -115,14 +118,22 @@ class _HFGenerator:
         started = time.perf_counter()
         with torch.no_grad():
             output = self.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-                streamer=clock, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                streamer=clock,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
         done = time.perf_counter()
-        new = output[0, ids.shape[1]:].tolist()
+        new = output[0, ids.shape[1] :].tolist()
         if self.tokenizer.eos_token_id in new:
             new = new[: new.index(self.tokenizer.eos_token_id)]
         first = clock.times[1] if len(clock.times) > 1 else done
-        return Generation(self.tokenizer.decode(new, skip_special_tokens=True), len(new), first - started, done - started)
+        return Generation(
+            self.tokenizer.decode(new, skip_special_tokens=True), len(new), first - started, done - started
+        )
 
     def close(self) -> None:
         pass
@@ -136,7 +147,9 @@ class OnnxGenerator(_HFGenerator):
             raise ModelLoadError(f"{folder}: no .onnx model in this folder")
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"{folder}: ONNX folder without config.json (export it with optimum)")
-        if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        if not any(
+            (folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+        ):
             raise ModelLoadError(f"{folder}: ONNX folder without a tokenizer (tokenizer.json / tokenizer_config.json)")
         import onnxruntime
         import torch
@@ -147,8 +160,9 @@ class OnnxGenerator(_HFGenerator):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         try:
-            self.model = ORTModelForCausalLM.from_pretrained(folder, session_options=options,
-                                                             provider="CPUExecutionProvider")
+            self.model = ORTModelForCausalLM.from_pretrained(
+                folder, session_options=options, provider="CPUExecutionProvider"
+            )
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
         except Exception as err:  # noqa: BLE001 - ORT/optimum raise many kinds
             raise ModelLoadError(f"{folder}: ONNX Runtime cannot load this model: {err}") from err
@@ -172,3 +186,11 @@ RUNTIMES = {"gguf": LlamaCppGenerator, "onnx": OnnxGenerator, "pytorch": TorchGe
 
 def open_runtime(fmt: str, path: Path, threads: int = 1, seed: int = 0):
     return RUNTIMES[fmt](Path(path), threads=threads, seed=seed)
+
+
+def load_package(folder: str | Path, threads: int = 1, label: str | None = None):
+    """A runtime (`generate(question, max_new_tokens)`) for a packaged model, after verifying the package."""
+    from deploy.artefacts import package_artefact
+
+    chosen = package_artefact(folder, label)
+    return open_runtime(chosen.format, chosen.path, threads)

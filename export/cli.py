@@ -1,4 +1,4 @@
-"""`rakd export` and the export step of `rakd demo`, plugged into the core CLI (rakd.plugins)."""
+"""`rakd export`: a HF folder (default: the run's student) to ONNX and GGUF, with parity."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from export.run import ExportConfig, ExportResult, format_parity, run_export
+from export.config import ONNX_QUANTS, ExportConfig
 from rakd.data.generator import GeneratorConfig, generate
 from rakd.io import read_jsonl
-from rakd.plugins import Stage
+from rakd.layout import RunLayout
 from rakd.schema import ConfigError
+from rakd.tables import text_table
 
 
-def parity_questions(data: Path | None, run_dir: Path, n: int) -> list[str]:
+def parity_questions(data: Path | None, layout: RunLayout, n: int) -> list[str]:
     """Validation questions of the run (or `--data`), else generated arithmetic prompts."""
-    source = data or run_dir / "data" / "val.jsonl"
+    source = data or layout.split("val")
     if source.is_file():
         return [row["question"] for row in read_jsonl(source)][:n]
     return [item["question"] for item in generate(GeneratorConfig(n_items=n, seed=99))]
@@ -36,40 +37,23 @@ def _overrides(args: argparse.Namespace, cfg: ExportConfig) -> ExportConfig:
         update["formats"] = [f.strip() for f in args.formats.split(",") if f.strip()]
     if args.quant:
         names = [q.strip() for q in args.quant.split(",") if q.strip()]
-        update["onnx_quant"] = [q for q in names if q in ("w8", "w4", "int8-dynamic")]
-        update["gguf_quant"] = [q for q in names if q not in ("w8", "w4", "int8-dynamic")]
+        update["onnx_quant"] = [q for q in names if q in ONNX_QUANTS]
+        update["gguf_quant"] = [q for q in names if q not in ONNX_QUANTS]
     try:
         return ExportConfig.model_validate({**cfg.model_dump(), **update})
     except ValidationError as err:
-        raise ConfigError(f"rakd export --formats/--quant: {err.errors()[0]['msg']} (got {update})") from None
+        item = err.errors()[0]
+        raise ConfigError(f"rakd export --formats/--quant: {item['msg']} (got {item['input']!r})") from None
 
 
 def command(args: argparse.Namespace, cfg) -> int:
+    from export.run import parity_rows, run_export
+
     export_cfg = _overrides(args, cfg.export)
-    hf_dir = Path(args.hf_dir) if args.hf_dir else cfg.run.dir / "student"
-    out = Path(args.out) if args.out else cfg.run.dir / "export"
-    result = run_export(export_cfg, hf_dir, out, parity_questions(args.data, cfg.run.dir, export_cfg.parity_prompts))
-    print(format_parity(result.parity))
+    layout = cfg.run.layout
+    hf_dir = Path(args.hf_dir) if args.hf_dir else layout.student
+    out = Path(args.out) if args.out else layout.export
+    result = run_export(export_cfg, hf_dir, out, parity_questions(args.data, layout, export_cfg.parity_prompts))
+    print(text_table(parity_rows(result.parity)))
     print(f"\nexports written to {out}/ (parity: {out / 'parity.json'}) in {result.seconds:.0f}s")
     return 0
-
-
-def export_run(cfg: ExportConfig, run_dir: Path) -> ExportResult:
-    """The pipeline's export stage: the run's student to `<run>/export`, parity on its val questions."""
-    questions = parity_questions(None, run_dir, cfg.parity_prompts)
-    return run_export(cfg, run_dir / "student", run_dir / "export", questions)
-
-
-def demo(cfg, run_dir: Path) -> str:
-    return format_parity(export_run(cfg.export, run_dir).parity)
-
-
-STAGE = Stage(
-    name="export",
-    config_class=ExportConfig,
-    help="export a HF model to ONNX and GGUF (+ quantised variants) and check parity with PyTorch",
-    add_arguments=add_arguments,
-    command=command,
-    demo=demo,
-    order=10,
-)

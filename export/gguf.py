@@ -121,7 +121,9 @@ def _write_metadata(writer: gguf.GGUFWriter, model: PreTrainedModel, tokenizer, 
     writer.add_add_bos_token(tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id)
 
 
-def export_gguf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_path: str | Path, dtype: str = "f16") -> Path:
+def export_gguf(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_path: str | Path, dtype: str = "f16"
+) -> Path:
     """Write `model` + tokenizer as one GGUF file (`dtype` f16 or f32), atomically."""
     if dtype not in ("f16", "f32"):
         raise ValueError(f"GGUF export dtype must be 'f16' or 'f32', got {dtype!r}")

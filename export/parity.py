@@ -118,9 +118,17 @@ def compare(label: str, path: Path, refs: list[Reference], runtime) -> dict:
     if agreement_beyond_ties < min_agree:
         failures.append(f"top-1 agreement {agreement:.3f} (+{near_ties} near ties) < {min_agree:g}")
     return {
-        "artefact": label, "path": str(path), "size_bytes": _size(path), "tokenization_equal": tokens_equal,
-        "logits_max_abs_diff": max_diff, "top1_agreement": agreement, "near_ties": near_ties,
-        "tolerance_logits": logit_tol, "min_top1_agreement": min_agree, "passed": not failures, "failures": failures,
+        "artefact": label,
+        "path": str(path),
+        "size_bytes": _size(path),
+        "tokenization_equal": tokens_equal,
+        "logits_max_abs_diff": max_diff,
+        "top1_agreement": agreement,
+        "near_ties": near_ties,
+        "tolerance_logits": logit_tol,
+        "min_top1_agreement": min_agree,
+        "passed": not failures,
+        "failures": failures,
     }
 
 
@@ -137,32 +145,44 @@ def load_references(path: Path) -> list[Reference]:
         return [Reference(**m, logits=data[f"logits_{i}"]) for i, m in enumerate(meta)]
 
 
-def open_parity_runtime(label: str, path: Path, threads: int):
-    return OnnxRuntime(path, threads) if label.startswith("onnx") else LlamaCppRuntime(path, threads)
+PARITY_RUNTIMES = {
+    "onnx": lambda path, threads: OnnxRuntime(path, threads),
+    "gguf": lambda path, threads: LlamaCppRuntime(path, threads),
+}
 
 
 def check_artefact(spec: dict) -> dict:
     """`compare` one artefact against saved references: what the isolated check process runs."""
     label, path = spec["label"], Path(spec["path"])
-    runtime = open_parity_runtime(label, path, spec["threads"])
+    runtime = PARITY_RUNTIMES[spec["format"]](path, spec["threads"])
     try:
         return compare(label, path, load_references(Path(spec["references"])), runtime)
     finally:
         runtime.close()
 
 
-def check_isolated(label: str, path: Path, references: Path, threads: int) -> dict:
+def check_isolated(label: str, fmt: str, path: Path, references: Path, threads: int) -> dict:
     """`check_artefact` in a fresh process; a crash or an error there is this artefact's failure, not ours."""
-    spec = {"label": label, "path": str(path), "references": str(references), "threads": threads}
+    spec = {"label": label, "format": fmt, "path": str(path), "references": str(references), "threads": threads}
     try:
-        return run_isolated("export.parity:check_artefact", spec, what=f"{path.name}: the {label} runtime",
-                            progress_prefix="[parity]")
+        return run_isolated(
+            "export.parity:check_artefact", spec, what=f"{path.name}: the {label} runtime", progress_prefix="[parity]"
+        )
     except (ChildCrashed, ChildFailed) as err:
         logit_tol, min_agree = tolerance_for(label)
-        return {"artefact": label, "path": str(path), "size_bytes": _size(path), "tokenization_equal": None,
-                "logits_max_abs_diff": None, "top1_agreement": None, "near_ties": None,
-                "tolerance_logits": logit_tol, "min_top1_agreement": min_agree, "passed": False,
-                "failures": [str(err)]}
+        return {
+            "artefact": label,
+            "path": str(path),
+            "size_bytes": _size(path),
+            "tokenization_equal": None,
+            "logits_max_abs_diff": None,
+            "top1_agreement": None,
+            "near_ties": None,
+            "tolerance_logits": logit_tol,
+            "min_top1_agreement": min_agree,
+            "passed": False,
+            "failures": [str(err)],
+        }
 
 
 def _size(path: Path) -> int:
@@ -197,7 +217,9 @@ class OnnxRuntime:
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
-        self.model = ORTModelForCausalLM.from_pretrained(folder, session_options=options, provider="CPUExecutionProvider")
+        self.model = ORTModelForCausalLM.from_pretrained(
+            folder, session_options=options, provider="CPUExecutionProvider"
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
 
     def tokenize(self, text: str) -> list[int]:

@@ -52,7 +52,9 @@ def _ftype(name: str) -> int:
 
     value = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name.upper()}", None)
     if value is None:
-        known = sorted(n.removeprefix("LLAMA_FTYPE_MOSTLY_").lower() for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_"))
+        known = sorted(
+            n.removeprefix("LLAMA_FTYPE_MOSTLY_").lower() for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_")
+        )
         raise QuantizeError(f"unknown llama.cpp quantisation type {name!r}; known: {', '.join(known)}")
     return value
 
@@ -118,8 +120,9 @@ def quantize_onnx(source_dir: Path, target_dir: Path, scheme: str) -> Path:
     elif scheme in ("w8", "w4"):
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=8 if scheme == "w8" else 4,
-                                         block_size=32, is_symmetric=True, accuracy_level=4)
+        quantizer = MatMulNBitsQuantizer(
+            onnx.load(str(source)), bits=8 if scheme == "w8" else 4, block_size=32, is_symmetric=True, accuracy_level=4
+        )
         quantizer.process()
         quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
     else:

@@ -15,29 +15,24 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 
+from export.config import ExportConfig
 from export.gguf import check_supported, export_gguf
 from export.parity import ParityError, build_references, check_isolated, save_references
-from export.quantize import default_4bit, expected_fallbacks, gguf_row_lengths, quantize_gguf, quantize_onnx, tensor_types
+from export.quantize import (
+    default_4bit,
+    expected_fallbacks,
+    gguf_row_lengths,
+    quantize_gguf,
+    quantize_onnx,
+    tensor_types,
+)
 from rakd.io import atomic_dir, atomic_write_json
 from rakd.models.llamacpp import llama_settings
 from rakd.models.load import ModelLoadError, load_causal_lm
-from rakd.schema import StageConfig
-
-
-class ExportConfig(StageConfig):
-    formats: list[Literal["onnx", "gguf"]] = Field(default_factory=lambda: ["onnx", "gguf"])
-    onnx_quant: list[Literal["w8", "w4", "int8-dynamic"]] = Field(
-        default_factory=lambda: ["w8"], description="w8 held parity here; int8-dynamic changed greedy answers")
-    gguf_quant: list[str] = Field(default_factory=lambda: ["q8_0", "4bit"], description="llama.cpp types; 4bit = q4_k_m or q4_0")
-    gguf_f32: bool = False
-    parity_prompts: int = Field(16, ge=1)
-    parity_max_new_tokens: int = Field(32, ge=1)
-    threads: int = Field(1, ge=1)
+from rakd.tables import num
 
 
 @dataclass(frozen=True)
@@ -106,19 +101,18 @@ def run_export(cfg: ExportConfig, hf_dir: str | Path, out_dir: str | Path, quest
         check_supported(model.config)
     refs = build_references(model, tokenizer, questions[: cfg.parity_prompts], cfg.parity_max_new_tokens)
     with atomic_dir(out_dir) as staging:
-        artefacts, quant_info = {}, {}
+        artefacts, quant_info = {}, {}  # label -> (format, path): the labels validation and packaging use
         if "onnx" in cfg.formats:
-            artefacts.update(_onnx_artefacts(cfg, hf_dir, staging))
+            artefacts.update({label: ("onnx", path) for label, path in _onnx_artefacts(cfg, hf_dir, staging).items()})
         if "gguf" in cfg.formats:
             made, quant_info = _gguf_artefacts(cfg, model, tokenizer, staging)
-            artefacts.update(made)
+            artefacts.update({label: ("gguf", path) for label, path in made.items()})
         records = []
         with tempfile.TemporaryDirectory(prefix="rakd-parity-") as tmp:
             references = save_references(refs, Path(tmp) / "references.npz")
-            for label, path in artefacts.items():
-                record = check_isolated(label, path, references, cfg.threads)
-                record["path"] = str(path.relative_to(staging))
-                record.update(quant_info.get(label, {}))
+            for label, (fmt, path) in artefacts.items():
+                record = check_isolated(label, fmt, path, references, cfg.threads)
+                record.update(format=fmt, path=str(path.relative_to(staging)), **quant_info.get(label, {}))
                 records.append(record)
         parity = {"source": str(hf_dir), "prompts": len(refs), "llama_cpp": llama_settings(), "artefacts": records}
         atomic_write_json(staging / "parity.json", parity)
@@ -130,12 +124,16 @@ def run_export(cfg: ExportConfig, hf_dir: str | Path, out_dir: str | Path, quest
     return ExportResult(out_dir, parity, time.perf_counter() - started)
 
 
-def format_parity(parity: dict) -> str:
-    lines = [f"{'artefact':<20} {'size':>9} {'tok':>4} {'max|Δlogit|':>12} {'top-1':>6}  status"]
-    for r in parity["artefacts"]:
-        tok = {True: "ok", False: "NO", None: "-"}[r["tokenization_equal"]]
-        diff = "-" if r["logits_max_abs_diff"] is None else format(r["logits_max_abs_diff"], ".3g")
-        agree = "-" if r["top1_agreement"] is None else format(r["top1_agreement"], ".3f")
-        status = "pass" if r["passed"] else "FAIL " + "; ".join(r["failures"])
-        lines.append(f"{r['artefact']:<20} {r['size_bytes'] / 1e6:8.2f}M {tok:>4} {diff:>12} {agree:>6}  {status}")
-    return "\n".join(lines)
+def parity_rows(parity: dict) -> list[dict]:
+    """parity.json as table rows, one per artefact."""
+    return [
+        {
+            "artefact": r["artefact"],
+            "size MB": num(r["size_bytes"] / 1e6, ".2f"),
+            "tokens": {True: "same", False: "DIFFER", None: "-"}[r["tokenization_equal"]],
+            "max |Δlogit|": num(r["logits_max_abs_diff"], ".3g"),
+            "top-1": num(r["top1_agreement"], ".3f"),
+            "result": "pass" if r["passed"] else "FAIL: " + "; ".join(r["failures"]),
+        }
+        for r in parity["artefacts"]
+    ]

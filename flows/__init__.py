@@ -1,1 +1,1 @@
-"""Prefect flows: thin wrappers over the library stages. Nothing imports this package."""
+"""Prefect flows: thin wrappers over the registry stages. Only the composition root (`rakd run`) imports it."""

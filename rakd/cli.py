@@ -1,4 +1,4 @@
-"""The `rakd` command line: one subcommand per stage, plus `demo`.
+"""The `rakd` command line: one subcommand per registry stage, plus `demo`, `run` and `verify-package`.
 
 Every subcommand takes `--config FILE` and repeated `--set key=value`
 overrides (dotted keys into the config's sections).
@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable, Sequence
 
+from deploy.cli import add_verify_arguments, verify_command
 from rakd.config import ConfigError, PipelineConfig, dump_config, load_config
-from rakd.data.loaders import DataError
 from rakd.io import atomic_write_text
-from rakd.models.load import ModelLoadError
-from rakd.plugins import plugin_stages
-from rakd.schema import StageError
+from rakd.registry import STAGES, Stage, run_stage, summary_sections
+from rakd.schema import DataError, ModelLoadError, StageError
+from rakd.tables import text_table
 
 USER_ERRORS = (ConfigError, DataError, ModelLoadError, StageError, FileNotFoundError, FileExistsError)
 
@@ -24,117 +23,99 @@ USER_ERRORS = (ConfigError, DataError, ModelLoadError, StageError, FileNotFoundE
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default=None, help="YAML config (default: built-in defaults)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set prep.generator.n_items=200 (repeatable)",
     )
 
 
-def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> PipelineConfig:
-    return load_config(args.config, [*args.overrides, *extra])
+def stage_command(stage: Stage) -> Callable[[argparse.Namespace, PipelineConfig], int]:
+    """`rakd <stage>`: the stage's own command, else run it on the config and print its rows."""
+    if stage.command is not None:
+        return stage.command
+
+    def command(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+        summary = run_stage(stage, cfg)
+        print(text_table(stage.rows(summary)))
+        print(f"\n{stage.name} written to {summary['path']}/ in {summary['seconds']:.0f}s")
+        return 0
+
+    return command
 
 
-def cmd_prep(args: argparse.Namespace) -> int:
-    from rakd.data.prep import format_card, run_prep
+def render_sections(sections: list[tuple[str, list[dict]]]) -> str:
+    return "\n\n".join(f"== {title} ==\n{text_table(rows)}" for title, rows in sections if rows)
 
-    cfg = _config(args, ["prep.skip_invalid=true"] if args.skip_invalid else [])
-    result = run_prep(cfg.prep, cfg.run.dir)
-    print(format_card(result.card))
-    print(f"\ndata written to {result.data_dir}/ (card: {result.data_dir / 'card.json'})")
+
+def cmd_demo(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    """Every registry stage as plain function calls (no Prefect), with the run's summary at the end."""
+    atomic_write_text(cfg.run.layout.config, dump_config(cfg))
+    results = {}
+    for stage in STAGES:
+        print(f"[{stage.name}]", flush=True)
+        results[stage.name] = run_stage(stage, cfg)
+        print(text_table(stage.rows(results[stage.name])), flush=True)
+    print("\n" + render_sections(summary_sections(results)))
+    print(f"\nresults are in {cfg.run.dir}/")
     return 0
 
 
-def cmd_teacher(args: argparse.Namespace) -> int:
-    from rakd.evaluate import format_eval
-    from rakd.teacher import run_teacher
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-name", default=None, help="run name (default: run.name of the config)")
+    parser.add_argument("--refresh", action="store_true", help="run every stage even when its result is cached")
 
-    cfg = _config(args)
-    result = run_teacher(cfg.teacher, cfg.run.dir)
-    print(format_eval("teacher", result.eval))
-    print(f"teacher written to {result.teacher_dir}/ in {result.seconds:.0f}s")
+
+def cmd_run(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    """The registry's stages as the Prefect flow `rakd-pipeline` (cached and resumable)."""
+    from flows.pipeline import rakd_pipeline
+
+    outcome = rakd_pipeline(config=cfg.model_dump(mode="json"), run_name=args.run_name, refresh=args.refresh)
+    print("== pipeline (Prefect flow rakd-pipeline) ==\n")
+    print(render_sections(summary_sections(outcome["results"], outcome["states"])))
+    print(f"\nresults are in {outcome['run_dir']}/; flow runs and artifacts in the Prefect UI when a server is set")
     return 0
 
 
-def cmd_distill(args: argparse.Namespace) -> int:
-    from rakd.distill import run_distill
-
-    cfg = _config(args)
-    result = run_distill(cfg.distill, cfg.run.dir)
-    print(f"student written to {result.student_dir}/ in {result.seconds['total']:.0f}s")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Every stage that exists so far, on the given config, with a summary at the end."""
-    from rakd.data.prep import format_card, run_prep
-    from rakd.distill import run_distill
-    from rakd.evaluate import format_eval
-    from rakd.teacher import run_teacher
-
-    cfg = _config(args)
-    run_dir = cfg.run.dir
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    times = {}
-    started = time.perf_counter()
-    print(f"[prep] {cfg.prep.source} -> {run_dir / 'data'}")
-    print(format_card(run_prep(cfg.prep, run_dir).card))
-    times["prep"] = time.perf_counter() - started
-    print(f"[teacher] training {cfg.teacher.model.preset or cfg.teacher.model.path}")
-    teacher = run_teacher(cfg.teacher, run_dir)
-    times["teacher"] = teacher.seconds
-    print(format_eval("teacher", teacher.eval))
-    print(f"[distill] warm start, then {cfg.distill.method} for {cfg.distill.rl.steps} steps")
-    student = run_distill(cfg.distill, run_dir)
-    times["warm start"], times[f"distill ({cfg.distill.method})"] = student.seconds["warmstart"], student.seconds["rl"]
-    exported = {}
-    for stage in (stage for stage in plugin_stages() if stage.demo is not None):
-        stage_started = time.perf_counter()
-        print(f"[{stage.name}]")
-        exported[stage.name] = stage.demo(cfg, run_dir)
-        times[stage.name] = time.perf_counter() - stage_started
-        print(exported[stage.name])
-    print("\n== summary (test split) ==")
-    print(format_eval("teacher", teacher.eval))
-    print(format_eval("student (warm start)", student.eval_warmstart))
-    print(format_eval(f"student ({cfg.distill.method})", student.eval))
-    for name, summary in exported.items():
-        print(f"\n{name}:\n{summary}")
-    print("\nwall time: " + ", ".join(f"{name} {secs:.0f}s" for name, secs in times.items()))
-    folders = ["config.yaml", "data/", "tokenizer/", "teacher/", "student/", *(f"{name}/" for name in exported)]
-    print(f"\nresults are in {run_dir}/ ({', '.join(folders)})")
-    return 0
-
-
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
-    "prep": (cmd_prep, "prepare tasks: generate or load, deduplicate, split, write the data card"),
-    "teacher": (cmd_teacher, "train the from-scratch teacher on CoT traces (or load a checkpoint) and evaluate it"),
-    "distill": (cmd_distill, "warm-start the student on teacher traces, then RL-aware distillation"),
-    "demo": (cmd_demo, "run the pipeline's stages on a config (default: the embedded tiny one)"),
+# name -> (help, add_arguments, command(args, config) -> exit code)
+EXTRA_COMMANDS = {
+    "demo": ("run every stage on a config as plain function calls (default: the embedded tiny config)", None, cmd_demo),
+    "run": (
+        "run the whole pipeline as a Prefect flow (cached and resumable; see the README for the UI)",
+        add_run_arguments,
+        cmd_run,
+    ),
+    "verify-package": (
+        "recompute every sha256 of a package against its manifest",
+        add_verify_arguments,
+        verify_command,
+    ),
 }
 
 
-def _plugin_commands() -> dict[str, tuple[Callable[[argparse.Namespace], int], str]]:
-    return {stage.name: (lambda args, stage=stage: stage.command(args, _config(args)), stage.help) for stage in plugin_stages()}
+def commands() -> dict[str, tuple[str, Callable | None, Callable]]:
+    stages = {s.name: (s.help, s.add_arguments, stage_command(s)) for s in STAGES}
+    return {**stages, **EXTRA_COMMANDS}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rakd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    plugins = {stage.name: stage for stage in plugin_stages()}
-    for name, (_, help_text) in {**COMMANDS, **_plugin_commands()}.items():
+    for name, (help_text, add_arguments, _) in commands().items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         _add_config_args(command)
-        if name == "prep":
-            command.add_argument("--skip-invalid", action="store_true", help="skip bad rows and count them in the card")
-        if name in plugins:
-            plugins[name].add_arguments(command)
+        if add_arguments:
+            add_arguments(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler, _ = {**COMMANDS, **_plugin_commands()}[args.command]
+    _, _, handler = commands()[args.command]
     try:
-        return handler(args)
+        return handler(args, load_config(args.config, args.overrides))
     except USER_ERRORS as err:
         print(f"rakd {args.command}: error: {err}", file=sys.stderr)
         return 2

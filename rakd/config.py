@@ -1,9 +1,17 @@
-"""The pipeline config: one section per stage, loaded from YAML with `key=value` overrides.
+"""The pipeline config: one typed section per stage, loaded from YAML with `key=value` overrides.
 
-    run:            name, seed, run folder root
+    run:            name, run folder root
     prep:           rakd.data.prep.PrepConfig
     teacher:        rakd.teacher.TeacherConfig
     distill:        rakd.distill.DistillConfig
+    export:         export.config.ExportConfig
+    validation:     deploy.config.ValidateConfig
+    package:        deploy.config.PackageConfig
+    orchestration:  flows.settings.OrchestrationConfig
+
+The defaults are the embedded default run (`configs/tiny.yaml` spells them out; a test keeps the two equal).
+This module is part of the composition root: it imports every package's config classes (light modules with
+no torch, llama.cpp or Prefect import).
 
 Errors name the file and the dotted key, e.g.
 `configs/tiny.yaml: prep.generator.max_ops: Input should be a valid integer (got 'x')`.
@@ -17,43 +25,42 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError
 
+from deploy.config import PackageConfig, ValidateConfig
+from export.config import ExportConfig
+from flows.settings import OrchestrationConfig
 from rakd.data.prep import PrepConfig
 from rakd.distill import DistillConfig
-from rakd.plugins import plugin_stages
+from rakd.layout import RunLayout
 from rakd.schema import ConfigError, StageConfig
 from rakd.teacher import TeacherConfig
 
-__all__ = ["ConfigError", "CoreConfig", "PipelineConfig", "RunConfig", "dump_config", "load_config"]
+__all__ = ["ConfigError", "PipelineConfig", "RunConfig", "dump_config", "load_config"]
 
 
 class RunConfig(StageConfig):
     name: str = Field("tiny", pattern=r"^[A-Za-z0-9_.-]+$")
     root: Path = Path("runs")
-    seed: int = 0
 
     @property
     def dir(self) -> Path:
         return self.root / self.name
 
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.dir)
 
-class CoreConfig(StageConfig):
-    """The sections of the core library's stages; plugin stages (export, ...) add theirs."""
 
+class PipelineConfig(StageConfig):
     run: RunConfig = Field(default_factory=RunConfig)
     prep: PrepConfig = Field(default_factory=PrepConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
-
-
-def _pipeline_config_class() -> type[CoreConfig]:
-    sections = {stage.config_key: (stage.config_class, Field(default_factory=stage.config_class)) for stage in plugin_stages()
-                if stage.config_class is not None}
-    return create_model("PipelineConfig", __base__=CoreConfig, **sections) if sections else CoreConfig
-
-
-PipelineConfig = _pipeline_config_class()
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    validation: ValidateConfig = Field(default_factory=ValidateConfig)
+    package: PackageConfig = Field(default_factory=PackageConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -100,7 +107,9 @@ def _describe(err: ValidationError, origin: str, overridden: set[str]) -> str:
     for item in err.errors():
         key = ".".join(str(part) for part in item["loc"])
         source = "--set" if key in overridden else origin
-        got = f" (got {item['input']!r:.60})" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
+        got = (
+            f" (got {item['input']!r:.60})" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
+        )
         lines.append(f"{source}: {key}: {item['msg']}{got}")
     return "\n".join(lines)
 

@@ -12,7 +12,6 @@ Work in progress lives in `student.work/` so a crash resumes from the last check
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,16 +20,16 @@ from pathlib import Path
 from pydantic import Field
 
 from rakd.evaluate import EvalConfig, evaluate_model, format_eval
-from rakd.io import atomic_dir, atomic_write_json, read_jsonl, to_jsonl
+from rakd.io import read_jsonl, to_jsonl
+from rakd.layout import RunLayout
 from rakd.models.load import ModelLoadError, load_causal_lm, save_model
+from rakd.models.source import ModelSource
 from rakd.models.subset import layer_subset
 from rakd.models.zoo import build_model, count_parameters, preset_config
 from rakd.rollout import sample
 from rakd.schema import StageConfig
-from rakd.teacher import ModelSource
-from rakd.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from rakd.train.common import MetricsLog, Progress, make_optimizer, make_scheduler, pick_device, set_threads
-from rakd.train.rl import LossParams, Method, RLConfig, RLStep
+from rakd.train.common import OptimConfig, pick_device, set_threads
+from rakd.train.rl import LossParams, Method, RLConfig, RLTrainer
 from rakd.train.sft import SFTConfig, SFTTrainer
 from rakd.verify import reward
 
@@ -45,11 +44,15 @@ class StudentSource(StageConfig):
 class WarmStartConfig(StageConfig):
     """Rejection-sampled SeqKD: teacher traces the verifier accepts, then SFT."""
 
-    n_prompts: int = Field(4000, ge=0, description="train questions the teacher answers (0: no warm start)")
-    samples_per_prompt: int = Field(2, ge=1)
+    n_prompts: int = Field(10000, ge=0, description="train questions the teacher answers (0: no warm start)")
+    samples_per_prompt: int = Field(1, ge=1)
     temperature: float = Field(0.7, gt=0)
     max_new_tokens: int = Field(64, ge=1)
-    sft: SFTConfig = Field(default_factory=lambda: SFTConfig(steps=300))
+    sft: SFTConfig = Field(
+        default_factory=lambda: SFTConfig(
+            steps=1500, log_every=100, optim=OptimConfig(warmup_steps=30, min_lr_ratio=0.05)
+        )
+    )
 
 
 class DistillConfig(StageConfig):
@@ -60,7 +63,7 @@ class DistillConfig(StageConfig):
     rl: RLConfig = Field(default_factory=RLConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint_every: int = Field(25, ge=1)
-    eval_every: int = Field(0, ge=0, description="evaluate on the val split every N RL steps (0: never)")
+    eval_every: int = Field(50, ge=0, description="evaluate on the val split every N RL steps (0: never)")
     val_problems: int = Field(200, ge=1)
     threads: int = Field(1, ge=0, description="torch CPU threads during RL (1 was fastest here)")
     device: str = "auto"
@@ -80,18 +83,21 @@ class InjectedFault(RuntimeError):
     """Raised by `fail_after_step` to test crash and resume."""
 
 
-def distill_records(run_dir: Path, split: str) -> list[dict]:
-    """Questions and final answers of a split, and nothing else (no solutions)."""
-    return [{"id": r["id"], "question": r["question"], "answer": r["answer"]} for r in read_jsonl(run_dir / f"data/{split}.jsonl")]
+def distill_records(layout: RunLayout, split: str) -> list[dict]:
+    """Questions, final answers and (when the source has it) difficulty of a split; never the solutions."""
+    keep = ("id", "question", "answer", "ops")
+    return [{k: r[k] for k in keep if k in r} for r in read_jsonl(layout.split(split))]
 
 
 def check_same_tokenizer(teacher_tok, student_tok) -> None:
     same = teacher_tok.get_vocab() == student_tok.get_vocab() and all(
-        getattr(teacher_tok, f"{r}_token_id") == getattr(student_tok, f"{r}_token_id") for r in ("bos", "eos", "pad"))
+        getattr(teacher_tok, f"{r}_token_id") == getattr(student_tok, f"{r}_token_id") for r in ("bos", "eos", "pad")
+    )
     if not same:
         raise ModelLoadError(
             f"teacher tokenizer {teacher_tok.name_or_path!r} ({len(teacher_tok)} tokens) and student tokenizer "
-            f"{student_tok.name_or_path!r} ({len(student_tok)} tokens) differ; token-level distillation needs one tokenizer"
+            f"{student_tok.name_or_path!r} ({len(student_tok)} tokens) differ; "
+            "token-level distillation needs one tokenizer"
         )
 
 
@@ -103,7 +109,9 @@ def init_student(cfg: DistillConfig, teacher, teacher_tok, device):
         student, tok = load_causal_lm(source.path, trust_remote_code=source.trust_remote_code)
         check_same_tokenizer(teacher_tok, tok)
         return student.to(device), tok
-    return build_model(preset_config(source.preset, teacher_tok, **source.overrides), cfg.seed + 1).to(device), teacher_tok
+    return build_model(preset_config(source.preset, teacher_tok, **source.overrides), cfg.seed + 1).to(
+        device
+    ), teacher_tok
 
 
 def teacher_traces(teacher, tokenizer, records: list[dict], cfg: WarmStartConfig, seed: int) -> list[dict]:
@@ -111,7 +119,15 @@ def teacher_traces(teacher, tokenizer, records: list[dict], cfg: WarmStartConfig
     records = records[: cfg.n_prompts]
     questions = [r["question"] for r in records for _ in range(cfg.samples_per_prompt)]
     answers = [r["answer"] for r in records for _ in range(cfg.samples_per_prompt)]
-    rollouts = sample(teacher, tokenizer, questions, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
+    rollouts = sample(
+        teacher,
+        tokenizer,
+        questions,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        seed=seed,
+        progress="teacher traces",
+    )
     seen, traces = set(), []
     for question, answer, text in zip(questions, answers, rollouts.texts):
         if reward(text, answer) == 1.0 and (question, text) not in seen:
@@ -120,8 +136,9 @@ def teacher_traces(teacher, tokenizer, records: list[dict], cfg: WarmStartConfig
     return traces
 
 
-def run_warmstart(cfg, student, teacher, tokenizer, train, work: Path, log) -> tuple[list[dict], dict]:
-    """Traces, SFT and the warm-start evaluation; cached in `work/warmstart/` once done."""
+def run_warmstart(cfg, student, teacher, tokenizer, train, layout: RunLayout, log) -> tuple[list[dict], dict]:
+    """Traces, SFT and the warm-start evaluation; cached in `student.work/warmstart/` once done."""
+    work = layout.student_work
     done = work / "warmstart"
     if (done / "eval_warmstart.json").exists():
         student.load_state_dict(load_causal_lm(done)[0].state_dict())
@@ -129,11 +146,18 @@ def run_warmstart(cfg, student, teacher, tokenizer, train, work: Path, log) -> t
     traces = teacher_traces(teacher, tokenizer, train, cfg.warmstart, cfg.seed) if cfg.warmstart.n_prompts else []
     log(f"[warmstart] {len(traces)} verified teacher traces from {min(len(train), cfg.warmstart.n_prompts)} prompts")
     if traces and cfg.warmstart.sft.steps:
-        trainer = SFTTrainer(student, tokenizer, [(t["question"], t["completion"]) for t in traces],
-                             cfg.warmstart.sft, work / "warmstart.work", seed=cfg.seed, name="warmstart")
+        trainer = SFTTrainer(
+            student,
+            tokenizer,
+            [(t["question"], t["completion"]) for t in traces],
+            cfg.warmstart.sft,
+            work / "warmstart.work",
+            seed=cfg.seed,
+            name="warmstart",
+        )
         trainer.resume()
         trainer.run()
-    result = evaluate_model(student, tokenizer, distill_records(work.parent, "test"), cfg.eval)
+    result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval)
     log(format_eval("student (warm start)", result))
     files = {"traces.jsonl": _write(work / "traces.jsonl", to_jsonl(traces))}
     if (work / "warmstart.work/metrics.jsonl").exists():
@@ -150,64 +174,83 @@ def _write(path: Path, text: str) -> Path:
 
 
 def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillResult:
-    run_dir, work = Path(run_dir), Path(run_dir) / "student.work"
+    layout = RunLayout(run_dir)
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
     timings = {}
     t0 = time.perf_counter()
-    teacher, teacher_tok = load_causal_lm(run_dir / "teacher")
+    teacher, teacher_tok = load_causal_lm(layout.teacher)
     teacher.to(device).eval().requires_grad_(False)
     student, tokenizer = init_student(cfg, teacher, teacher_tok, device)
-    train = distill_records(run_dir, "train")
-    traces, eval_warm = run_warmstart(cfg, student, teacher, tokenizer, train, work, log)
+    train = distill_records(layout, "train")
+    traces, eval_warm = run_warmstart(cfg, student, teacher, tokenizer, train, layout, log)
     timings["warmstart"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    optimizer = make_optimizer(student, cfg.rl.optim)
-    scheduler = make_scheduler(optimizer, cfg.rl.steps, cfg.rl.optim)
-    rl = RLStep(student, teacher, tokenizer, train, traces, cfg.method, cfg.loss, cfg.rl, optimizer, scheduler, seed=cfg.seed)
-    metrics_log = MetricsLog(work / "metrics.jsonl")
-    start = 0
-    if checkpoints := list_checkpoints(work / "checkpoints"):
-        start = load_checkpoint(checkpoints[-1], student, optimizer, scheduler)
-        metrics_log.truncate_after(start)
-        log(f"[distill] resumed from {checkpoints[-1]} (step {start})")
-    progress = Progress(f"distill:{cfg.method}", cfg.rl.steps, start, every=5)
-    val_cfg = cfg.eval.model_copy(update={"n_problems": cfg.val_problems})
-    val_records = distill_records(run_dir, "val") if cfg.eval_every else []
-    for step in range(start, cfg.rl.steps):
-        row = {"step": step + 1, "method": cfg.method, **rl.run(step)}
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            val = evaluate_model(student, tokenizer, val_records, val_cfg)
-            row.update({f"val_{k}": v for k, v in val.items() if k.endswith(("accuracy", "stderr"))})
-        metrics_log.append(row)
-        progress.update(step, reward=row["reward_mean"], loss=row.get("loss", 0.0))
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.rl.steps:
-            save_checkpoint(work / "checkpoints", step + 1, student, optimizer, scheduler)
-        if cfg.fail_after_step is not None and step + 1 == cfg.fail_after_step:
-            raise InjectedFault(f"fault injected after RL step {step + 1} (distill.fail_after_step)")
+    trainer = RLTrainer(
+        student,
+        teacher,
+        tokenizer,
+        train,
+        traces,
+        cfg.method,
+        cfg.loss,
+        cfg.rl,
+        layout.student_work,
+        seed=cfg.seed,
+        checkpoint_every=cfg.checkpoint_every,
+    )
+    if trainer.resume():
+        log(f"[distill] resumed from checkpoint step {trainer.start_step}")
+    trainer.run(on_step=val_evaluation(cfg, student, tokenizer, layout), after_step=fault_injection(cfg))
     timings["rl"] = time.perf_counter() - t1
 
-    result = evaluate_model(student, tokenizer, distill_records(run_dir, "test"), cfg.eval)
+    result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval)
     result.update(method=cfg.method, parameters=count_parameters(student), teacher_parameters=count_parameters(teacher))
     log(format_eval(f"student ({cfg.method})", result))
-    out = _finish(student.cpu(), tokenizer, run_dir, work, result, eval_warm)
-    timings["total"] = time.perf_counter() - t0
-    return DistillResult(out, result, eval_warm, timings)
-
-
-def _finish(student, tokenizer, run_dir: Path, work: Path, result: dict, eval_warm: dict) -> Path:
-    """Write `student/` atomically with its logs and (hard-linked) checkpoints, then drop the work folder."""
-    out = run_dir / "student"
-    with atomic_dir(out) as staging:
-        student.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        atomic_write_json(staging / "eval.json", result)
-        atomic_write_json(staging / "eval_warmstart.json", eval_warm)
-        for source in (work / "metrics.jsonl", work / "traces.jsonl", work / "warmstart/metrics_warmstart.jsonl"):
-            if source.exists():
-                os.link(source, staging / source.name)
-        if (work / "checkpoints").exists():
-            shutil.copytree(work / "checkpoints", staging / "checkpoints", copy_function=os.link)
+    work = layout.student_work
+    logs = {
+        name: work / path
+        for name, path in (
+            ("metrics.jsonl", "metrics.jsonl"),
+            ("traces.jsonl", "traces.jsonl"),
+            ("metrics_warmstart.jsonl", "warmstart/metrics_warmstart.jsonl"),
+            ("checkpoints", "checkpoints"),
+        )
+        if (work / path).exists()
+    }
+    save_model(
+        student.cpu(),
+        tokenizer,
+        layout.student,
+        extra={"eval.json": result, "eval_warmstart.json": eval_warm},
+        copy_files=logs,
+    )
     shutil.rmtree(work, ignore_errors=True)
-    return out
+    timings["total"] = time.perf_counter() - t0
+    return DistillResult(layout.student, result, eval_warm, timings)
+
+
+def val_evaluation(cfg: DistillConfig, student, tokenizer, layout: RunLayout):
+    """An `on_step` hook: val-split accuracy every `eval_every` RL steps, into that step's metrics row."""
+    if not cfg.eval_every:
+        return None
+    val_cfg = cfg.eval.model_copy(update={"n_problems": cfg.val_problems})
+    records = distill_records(layout, "val")
+
+    def hook(step: int, row: dict) -> None:
+        if step % cfg.eval_every == 0:
+            val = evaluate_model(student, tokenizer, records, val_cfg)
+            row.update({f"val_{k}": v for k, v in val.items() if k.endswith(("accuracy", "stderr"))})
+
+    return hook
+
+
+def fault_injection(cfg: DistillConfig):
+    """An `after_step` hook that crashes after step `fail_after_step` (tests of crash and resume)."""
+
+    def hook(step: int) -> None:
+        if cfg.fail_after_step is not None and step == cfg.fail_after_step:
+            raise InjectedFault(f"fault injected after RL step {step} (distill.fail_after_step)")
+
+    return hook

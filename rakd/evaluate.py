@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rakd.rollout import sample
 from rakd.schema import StageConfig
+from rakd.tables import pct
 from rakd.verify import extract_answer, reward
 
 
@@ -40,8 +41,16 @@ def evaluate_model(
     questions, answers = [r["question"] for r in records], [r["answer"] for r in records]
     was_training = model.training
     model.eval()
-    greedy = sample(model, tokenizer, questions, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
-                    batch_size=cfg.batch_size, seed=cfg.seed)
+    greedy = sample(
+        model,
+        tokenizer,
+        questions,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=0.0,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        progress="eval greedy",
+    )
     greedy_rewards = [reward(text, ans) for text, ans in zip(greedy.texts, answers)]
     result = {
         "n": len(records),
@@ -52,17 +61,68 @@ def evaluate_model(
         "k_samples": cfg.k_samples,
     }
     if cfg.k_samples:
-        sampled = sample(model, tokenizer, [q for q in questions for _ in range(cfg.k_samples)],
-                         max_new_tokens=cfg.max_new_tokens, temperature=1.0, batch_size=cfg.batch_size, seed=cfg.seed)
-        rewards = torch.tensor([reward(t, a) for t, a in zip(sampled.texts, [a for a in answers for _ in range(cfg.k_samples)])])
-        per_problem = rewards.view(-1, cfg.k_samples).mean(-1).tolist()
-        result.update(sampled_accuracy=sum(per_problem) / len(records), sampled_stderr=_stderr(per_problem))
+        sampled = sample(
+            model,
+            tokenizer,
+            [q for q in questions for _ in range(cfg.k_samples)],
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=1.0,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            progress=f"eval sampled x{cfg.k_samples}",
+        )
+        rewards = torch.tensor(
+            [reward(t, a) for t, a in zip(sampled.texts, [a for a in answers for _ in range(cfg.k_samples)])]
+        )
+        per_sample = rewards.view(-1, cfg.k_samples)
+        per_problem, solved = per_sample.mean(-1).tolist(), (per_sample.max(-1).values == 1).float().tolist()
+        result.update(
+            sampled_accuracy=sum(per_problem) / len(records),
+            sampled_stderr=_stderr(per_problem),
+            pass_at_k=sum(solved) / len(records),
+            pass_at_k_stderr=_stderr(solved),
+        )
+    else:
+        per_problem = solved = None
+    result["by_difficulty"] = by_difficulty(records, greedy_rewards, per_problem, solved)
     model.train(was_training)
     return result
 
 
+def by_difficulty(
+    records: list[dict], greedy: list[float], sampled: list[float] | None, solved: list[float] | None
+) -> dict[str, dict]:
+    """Accuracy per number of operations (`ops`), where the records carry it (the built-in generator's do)."""
+    groups: dict[int, list[int]] = {}
+    for i, record in enumerate(records):
+        if record.get("ops") is not None:
+            groups.setdefault(int(record["ops"]), []).append(i)
+    table = {}
+    for ops, rows in sorted(groups.items()):
+        entry = {"n": len(rows), "greedy_accuracy": sum(greedy[i] for i in rows) / len(rows)}
+        if sampled is not None:
+            entry["sampled_accuracy"] = sum(sampled[i] for i in rows) / len(rows)
+            entry["pass_at_k"] = sum(solved[i] for i in rows) / len(rows)
+        table[str(ops)] = entry
+    return table
+
+
+def eval_row(name: str, result: dict) -> dict:
+    """One row of an accuracy table: greedy and sampled accuracy with their standard errors."""
+    sampled = "sampled_accuracy" in result
+    return {
+        "model": name,
+        "parameters": result.get("parameters"),
+        "greedy": f"{pct(result['greedy_accuracy'])} ± {100 * result['greedy_stderr']:.1f}",
+        "sampled": f"{pct(result['sampled_accuracy'])} ± {100 * result['sampled_stderr']:.1f}" if sampled else "-",
+        "n": result["n"],
+        "no answer": pct(result["no_answer_rate"]),
+    }
+
+
 def format_eval(name: str, result: dict) -> str:
-    line = f"{name:<22} greedy {100 * result['greedy_accuracy']:5.1f}% ± {100 * result['greedy_stderr']:.1f}"
-    if "sampled_accuracy" in result:
-        line += f"   sampled {100 * result['sampled_accuracy']:5.1f}% ± {100 * result['sampled_stderr']:.1f}"
-    return line + f"   (n={result['n']}, no answer {100 * result['no_answer_rate']:.1f}%)"
+    """The same row as one log line."""
+    row = eval_row(name, result)
+    return (
+        f"{name:<22} greedy {row['greedy']}   sampled {row['sampled']}   (n={row['n']}, no answer {row['no answer']})"
+    )

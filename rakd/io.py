@@ -115,5 +115,7 @@ def fingerprint_path(path: str | Path) -> str:
     if path.is_file():
         return sha256_file(path)
     if path.is_dir():
-        return fingerprint([(p.relative_to(path).as_posix(), sha256_file(p)) for p in sorted(path.rglob("*")) if p.is_file()])
+        return fingerprint(
+            [(p.relative_to(path).as_posix(), sha256_file(p)) for p in sorted(path.rglob("*")) if p.is_file()]
+        )
     return "missing"

@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from rakd.io import atomic_write_json
@@ -29,17 +30,25 @@ class ChildCrashed(RuntimeError):
     """The child died without a result (a signal or an exit code), naming it and the child's last output."""
 
 
-def run_isolated(target: str, spec: dict, *, what: str, progress_prefix: str = "[") -> dict:
-    """Call `target` (`module:function`) on `spec` in a fresh process and return its result dict."""
+def run_isolated(
+    target: str, spec: dict, *, what: str, progress_prefix: str = "[", on_progress: Callable[[str], None] | None = None
+) -> dict:
+    """Call `target` (`module:function`) on `spec` in a fresh process and return its result dict. The child's
+    progress lines go to `on_progress` (default: re-printed to our stderr)."""
+    on_progress = on_progress or (lambda line: print(line, file=sys.stderr, flush=True))
     with tempfile.TemporaryDirectory(prefix="rakd-child-") as tmp:
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(spec))
-        proc = subprocess.Popen([sys.executable, "-m", "rakd.isolated", target, str(spec_path), str(result_path)],
-                                stderr=subprocess.PIPE, text=True, errors="replace")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rakd.isolated", target, str(spec_path), str(result_path)],
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
         other: collections.deque[str] = collections.deque(maxlen=5)
         for line in proc.stderr:
             if line.startswith(progress_prefix):
-                print(line.rstrip(), file=sys.stderr, flush=True)
+                on_progress(line.rstrip())
             elif line.strip():
                 other.append(line.rstrip())
         returncode = proc.wait()

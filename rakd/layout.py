@@ -1,14 +1,14 @@
 """`RunLayout`: every path of a run folder, named once.
 
-    <run>/config.yaml                  the config the run was made with
-    <run>/data/{train,val,test}.jsonl  the splits; data/card.json last
-    <run>/tokenizer/                   when the models are trained from scratch
-    <run>/teacher/                     HF folder, eval.json last (teacher.work/ while training)
-    <run>/student/                     HF folder, eval.json last (student.work/ while training)
-    <run>/export/                      ONNX folders and GGUF files, parity.json last
-    <run>/validate/                    report.json last, report.md, accuracy_vs_latency.png
-    <run>/package/                     model file(s), tokenizer/, README.md, manifest.json last
-    <run>/.stage-keys/<stage>          the cache key the outputs on disk belong to
+<run>/config.yaml                  the config the run was made with
+<run>/data/{train,val,test}.jsonl  the splits; data/card.json last
+<run>/tokenizer/                   when the models are trained from scratch
+<run>/teacher/                     HF folder, eval.json last (teacher.work/ while training)
+<run>/student/                     HF folder, eval.json last (student.work/ while training)
+<run>/export/                      ONNX folders and GGUF files, parity.json last
+<run>/validate/                    report.json last, report.md, accuracy_vs_latency.png
+<run>/package/                     model file(s), tokenizer/, README.md, manifest.json last
+<run>/.stage-keys/<stage>          the cache key the outputs on disk belong to
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from rakd.data.format import prompt_text
+from rakd.progress import Progress
 
 Backend = Literal["generate", "loop"]
 
@@ -41,9 +42,8 @@ class Rollouts:
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded (ids, mask) for `questions` in the project's prompt format."""
-    tokenizer.padding_side = "left"
-    batch = tokenizer([prompt_text(q) for q in questions], padding=True, return_tensors="pt")
+    """Left-padded (ids, mask) for `questions` in the project's prompt format; the tokenizer is left as it was."""
+    batch = tokenizer([prompt_text(q) for q in questions], padding=True, padding_side="left", return_tensors="pt")
     return batch["input_ids"], batch["attention_mask"]
 
 
@@ -72,7 +72,9 @@ def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 @torch.no_grad()
 def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id, pad_id, generator):
     cache = DynamicCache()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), past_key_values=cache, use_cache=True)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), past_key_values=cache, use_cache=True
+    )
     positions = position_ids(mask)[:, -1:]
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     tokens = []
@@ -90,7 +92,9 @@ def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         positions = positions + 1
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=token[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        )
     return torch.stack(tokens, dim=1)
 
 
@@ -100,12 +104,17 @@ def _sample_generate(model, ids, mask, *, max_new_tokens, temperature, top_p, eo
     with torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-            top_p=top_p if temperature > 0 else None, top_k=0 if temperature > 0 else None,
-            eos_token_id=eos_id, pad_token_id=pad_id,
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_p=top_p if temperature > 0 else None,
+            top_k=0 if temperature > 0 else None,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
         )
-    return out[:, ids.shape[1]:]
+    return out[:, ids.shape[1] :]
 
 
 _SAMPLERS = {"loop": _sample_loop, "generate": _sample_generate}
@@ -122,19 +131,58 @@ def sample(
     seed: int = 0,
     batch_size: int = 256,
     backend: Backend = "loop",
+    progress: str | None = None,
 ) -> Rollouts:
-    """Sample one completion per question (repeat questions for G per prompt); temperature 0 is greedy."""
+    """Sample one completion per question (repeat questions for G per prompt); temperature 0 is greedy.
+    `progress` names a progress display over the batches (shown when there is more than one)."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)  # multinomial needs one on the probs' device
     parts = []
-    for start in range(0, len(questions), batch_size):
+    batches = range(0, len(questions), batch_size)
+    shown = (
+        Progress(progress, len(batches), every=max(1, len(batches) // 4), unit="batch")
+        if progress and len(batches) > 1
+        else None
+    )
+    for index, start in enumerate(batches):
         ids, mask = encode_prompts(tokenizer, questions[start : start + batch_size])
         completion = _SAMPLERS[backend](
-            model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=generator,
+            model,
+            ids.to(device),
+            mask.to(device),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            eos_id=tokenizer.eos_token_id,
+            pad_id=tokenizer.pad_token_id,
+            generator=generator,
         )
         parts.append((ids, mask, completion.cpu()))
+        if shown:
+            shown.update(index)
     return _assemble(parts, tokenizer)
+
+
+def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
+    """One batch from several (prompts re-padded on the left, completions on the right)."""
+    if len(parts) == 1:
+        return parts[0]
+    width_p = max(p.prompt_ids.shape[1] for p in parts)
+    width_c = max(p.completion_ids.shape[1] for p in parts)
+
+    def left(t, value):
+        return F.pad(t, (width_p - t.shape[1], 0), value=value)
+
+    def right(t, value):
+        return F.pad(t, (0, width_c - t.shape[1]), value=value)
+
+    return Rollouts(
+        torch.cat([left(p.prompt_ids, pad_id) for p in parts]),
+        torch.cat([left(p.prompt_mask, 0) for p in parts]),
+        torch.cat([right(p.completion_ids, pad_id) for p in parts]),
+        torch.cat([right(p.completion_mask, 0) for p in parts]),
+        [text for p in parts for text in p.texts],
+    )
 
 
 def _assemble(parts, tokenizer) -> Rollouts:
@@ -171,14 +219,19 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def score_completions(model: PreTrainedModel, rollouts: Rollouts, batch_size: int = 256) -> torch.Tensor:
-    """Per-token log-probabilities (B, T) of the sampled tokens under `model` (teacher scoring), no grad."""
+def score_completions(
+    model: PreTrainedModel, rollouts: Rollouts, batch_size: int = 256, temperature: float = 1.0
+) -> torch.Tensor:
+    """Per-token log-probabilities (B, T) of the sampled tokens under `model` on logits / `temperature`, no grad."""
     device = next(model.parameters()).device
     scores = []
     with torch.no_grad():
         for s in range(0, rollouts.completion_ids.shape[0], batch_size):
             sl = slice(s, s + batch_size)
-            tensors = [t[sl].to(device) for t in (rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids, rollouts.completion_mask)]
+            tensors = [
+                t[sl].to(device)
+                for t in (rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids, rollouts.completion_mask)
+            ]
             logits = forward_completion(model, *tensors)
-            scores.append(token_logprobs(logits, tensors[2]).cpu())
+            scores.append(token_logprobs(logits, tensors[2], temperature).cpu())
     return torch.cat(scores)

@@ -19,5 +19,9 @@ class ConfigError(ValueError):
     """A config that cannot be used: names the file (or override) and the key."""
 
 
+class DataError(ValueError):
+    """A task file or split that cannot be used, with the place (file:line, field) that says why."""
+
+
 class ModelLoadError(RuntimeError):
     """A model or tokenizer that cannot be loaded, naming the path and the reason."""

@@ -6,7 +6,10 @@ Prefect table artifact takes the rows as they are.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+_NUMERIC = re.compile(r"[-+]?[\d.,]+(e[-+]?\d+)?%?( ± [\d.]+)?|-")
 
 
 def pct(value: float | None, digits: int = 1) -> str:
@@ -43,8 +46,7 @@ def text_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> st
     names = _columns(rows, columns)
     cells = [[_cell(row.get(name)) for name in names] for row in rows]
     widths = [max([len(name)] + [len(line[i]) for line in cells]) for i, name in enumerate(names)]
-    numeric = [all(isinstance(row.get(name), (int, float)) or row.get(name) is None for row in rows) and rows
-               for name in names]
+    numeric = [bool(cells) and all(_NUMERIC.fullmatch(line[i]) for line in cells) for i in range(len(names))]
 
     def line(values: list[str]) -> str:
         return "  ".join(v.rjust(w) if right else v.ljust(w) for v, w, right in zip(values, widths, numeric)).rstrip()

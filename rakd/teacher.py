@@ -11,38 +11,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from transformers import AutoTokenizer
 
 from rakd.data.format import completion_text
-from rakd.data.loaders import DataError
 from rakd.evaluate import EvalConfig, evaluate_model
 from rakd.io import read_jsonl
+from rakd.layout import RunLayout
 from rakd.models.load import load_causal_lm, save_model
+from rakd.models.source import ModelSource
 from rakd.models.zoo import build_model, count_parameters, preset_config
-from rakd.schema import StageConfig
-from rakd.train.common import pick_device, set_threads
+from rakd.schema import DataError, StageConfig
+from rakd.train.common import OptimConfig, pick_device, set_threads
 from rakd.train.sft import SFTConfig, SFTTrainer
-
-
-class ModelSource(StageConfig):
-    """Where a model comes from: a checkpoint `path` (folder, hub id, .gguf) or a named `preset` built from scratch."""
-
-    path: str | None = None
-    preset: str | None = None
-    overrides: dict[str, int | float | bool | str] = Field(default_factory=dict)
-    trust_remote_code: bool = False
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "ModelSource":
-        if (self.path is None) == (self.preset is None):
-            raise ValueError("give exactly one of 'path' (a checkpoint) or 'preset' (build from scratch)")
-        return self
 
 
 class TeacherConfig(StageConfig):
     model: ModelSource = Field(default_factory=lambda: ModelSource(preset="teacher-tiny"))
-    train: SFTConfig = Field(default_factory=SFTConfig)
+    train: SFTConfig = Field(
+        default_factory=lambda: SFTConfig(
+            steps=1200, checkpoint_every=300, log_every=100, optim=OptimConfig(min_lr_ratio=0.05)
+        )
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig)
     threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default)")
     device: str = "auto"
@@ -59,30 +49,43 @@ class TeacherResult:
 def sft_pairs(records: list[dict], split: str) -> list[tuple[str, str]]:
     missing = sum("solution" not in r for r in records)
     if missing:
-        raise DataError(f"data/{split}.jsonl: {missing} records have no 'solution'; a from-scratch teacher needs CoT traces")
+        raise DataError(
+            f"data/{split}.jsonl: {missing} records have no 'solution'; a from-scratch teacher needs CoT traces"
+        )
     return [(r["question"], completion_text(r["solution"])) for r in records]
 
 
 def run_teacher(cfg: TeacherConfig, run_dir: str | Path) -> TeacherResult:
-    run_dir, started = Path(run_dir), time.perf_counter()
+    layout, started = RunLayout(run_dir), time.perf_counter()
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
-    out = run_dir / "teacher"
     if cfg.model.path is not None:
         model, tokenizer = load_causal_lm(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         model.to(device)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer)
         model = build_model(preset_config(cfg.model.preset, tokenizer, **cfg.model.overrides), cfg.seed).to(device)
-        work = run_dir / "teacher.work"  # checkpoints and log live here until the model is final
-        trainer = SFTTrainer(model, tokenizer, sft_pairs(read_jsonl(run_dir / "data/train.jsonl"), "train"),
-                             cfg.train, work, seed=cfg.seed, name="teacher")
+        # checkpoints and log live in teacher.work/ until the model is final
+        trainer = SFTTrainer(
+            model,
+            tokenizer,
+            sft_pairs(read_jsonl(layout.split("train")), "train"),
+            cfg.train,
+            layout.teacher_work,
+            seed=cfg.seed,
+            name="teacher",
+        )
         trainer.resume()
         trainer.run()
-    result = evaluate_model(model, tokenizer, read_jsonl(run_dir / "data/test.jsonl"), cfg.eval)
+    result = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval)
     result.update(parameters=count_parameters(model), source=cfg.model.model_dump())
-    work_log = run_dir / "teacher.work/metrics.jsonl"
-    save_model(model.cpu(), tokenizer, out, extra={"eval.json": result},
-               copy_files={"metrics.jsonl": work_log} if work_log.exists() else None)
-    shutil.rmtree(run_dir / "teacher.work", ignore_errors=True)
-    return TeacherResult(out, result, time.perf_counter() - started)
+    work_log = layout.teacher_work / "metrics.jsonl"
+    save_model(
+        model.cpu(),
+        tokenizer,
+        layout.teacher,
+        extra={"eval.json": result},
+        copy_files={"metrics.jsonl": work_log} if work_log.exists() else None,
+    )
+    shutil.rmtree(layout.teacher_work, ignore_errors=True)
+    return TeacherResult(layout.teacher, result, time.perf_counter() - started)

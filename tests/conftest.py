@@ -21,3 +21,32 @@ def tokenizer(tiny_records, tmp_path_factory):
     from rakd.models.tokenizer import TokenizerConfig, train_tokenizer
 
     return train_tokenizer(tiny_records, TokenizerConfig(vocab_size=320), tmp_path_factory.mktemp("tok"))
+
+
+# ---------------------------------------------------------------- the smoke pipeline, trained once per test run
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def smoke_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("smoke-pipeline")
+
+
+def smoke_overrides(root, *extra):
+    return [f"run.root={root}", f"orchestration.result_storage={root / '.results'}", *extra]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(prefect_harness, smoke_root):
+    """configs/smoke.yaml through the Prefect flow `rakd-pipeline`, once for the whole suite. Tests that read it
+    share it; tests that run the flow again with another config restore this one before they end."""
+    from flows.pipeline import rakd_pipeline
+
+    return rakd_pipeline(config="configs/smoke.yaml", overrides=smoke_overrides(smoke_root))

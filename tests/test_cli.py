@@ -1,16 +1,59 @@
+"""The `rakd` command line: stage commands from the registry, `rakd demo` (the stages without Prefect), errors."""
+
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-from rakd.cli import main
+import pytest
+
+from rakd.cli import build_parser, main
+from rakd.layout import RunLayout
+from rakd.registry import STAGES
+
+MICRO = [
+    "teacher.model.preset=test-micro",
+    "distill.student.model.preset=test-micro",
+    "prep.generator.n_items=200",
+    "teacher.train.steps=4",
+    "teacher.eval.n_problems=8",
+    "teacher.eval.k_samples=1",
+    "distill.warmstart.n_prompts=16",
+    "distill.warmstart.sft.steps=2",
+    "distill.rl.steps=2",
+    "distill.rl.prompts_per_step=2",
+    "distill.rl.group_size=4",
+    "distill.rl.max_new_tokens=12",
+    "distill.eval.n_problems=8",
+    "distill.eval.k_samples=1",
+    "distill.eval.max_new_tokens=12",
+    "distill.eval_every=0",
+    "export.onnx_quant=[]",
+    "export.gguf_quant=[q8_0]",
+    "export.parity_prompts=2",
+    "export.parity_max_new_tokens=6",
+    "validation.n_problems=4",
+    "validation.max_new_tokens=12",
+    "validation.isolate=false",
+    "validation.gates.min_accuracy=0.0",
+    "validation.gates.max_accuracy_drop=1.0",
+]
 
 
 def test_prep_command_prints_card_and_writes_data(tmp_path, capsys):
-    code = main(["prep", "--config", "configs/smoke.yaml", "--set", f"run.root={tmp_path}",
-                 "--set", "prep.generator.n_items=120"])
-    assert code == 0
+    args = [
+        "prep",
+        "--config",
+        "configs/smoke.yaml",
+        "--set",
+        f"run.root={tmp_path}",
+        "--set",
+        "prep.generator.n_items=120",
+    ]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert "items       120" in out
+    assert "items        120 (train" in out and "fingerprint" in out
     card = json.loads((tmp_path / "smoke" / "data" / "card.json").read_text())
     assert card["counts"]["total"] == 120
 
@@ -20,11 +63,50 @@ def test_user_errors_exit_2_with_message(tmp_path, capsys):
     assert "none.yaml: config file not found" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q"}\n')
-    assert main(["prep", "--set", f"run.root={tmp_path}", "--set", "prep.source=jsonl", "--set", f"prep.path={bad}"]) == 2
+    assert (
+        main(["prep", "--set", f"run.root={tmp_path}", "--set", "prep.source=jsonl", "--set", f"prep.path={bad}"]) == 2
+    )
     assert "bad.jsonl:1: field 'answer'" in capsys.readouterr().err
     assert not (tmp_path / "tiny" / "data").exists()
+    assert main(["export", "--set", "export.gguf_quant=[q9]"]) == 2
+    assert "export.gguf_quant.0: Input should be '4bit'" in capsys.readouterr().err
+
+
+def test_every_registry_stage_is_a_command():
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert [s.name for s in STAGES] == ["prep", "teacher", "distill", "export", "validate", "package"]
+    assert {s.name for s in STAGES} | {"demo", "run", "verify-package"} == set(commands)
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "rakd.cli", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "prep" in result.stdout
+    script = Path(sys.executable).parent / "rakd"
+    assert script.is_file(), "pip install -e . did not install the rakd console script"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and all(s.name in result.stdout for s in STAGES)
+
+
+@pytest.mark.integration
+def test_demo_runs_every_stage_without_prefect(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "demo",
+                "--config",
+                "configs/smoke.yaml",
+                "--set",
+                f"run.root={tmp_path}",
+                *[a for m in MICRO for a in ("--set", m)],
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    for stage in STAGES:
+        assert f"[{stage.name}]" in out
+    assert "== accuracy (test split) ==" in out and "gain (distilled - warm start)" in out
+    assert "== validate ==" in out and "gguf-q8_0" in out and "== package ==" in out
+    run = tmp_path / "smoke"
+    for stage in STAGES:
+        assert stage.done_file(RunLayout(run)).is_file(), stage.name
+    assert not (run / ".stage-keys").exists()  # the plain demo keeps no cache records
+    shutil.rmtree(run)

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from rakd.config import ConfigError, dump_config, load_config
 
@@ -10,7 +11,9 @@ def write(tmp_path, text):
 
 
 def test_overrides_reach_nested_keys(tmp_path):
-    cfg = load_config(write(tmp_path, "run: {name: x}\n"), ["prep.generator.n_items=50", "prep.generator.operators=[+, '*']"])
+    cfg = load_config(
+        write(tmp_path, "run: {name: x}\n"), ["prep.generator.n_items=50", "prep.generator.operators=[+, '*']"]
+    )
     assert cfg.run.name == "x"
     assert cfg.prep.generator.n_items == 50
     assert cfg.prep.generator.operators == ["+", "*"]
@@ -45,7 +48,28 @@ def test_bad_yaml_and_bad_override(tmp_path):
 
 def test_config_is_frozen_and_round_trips(tmp_path):
     cfg = load_config("configs/tiny.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.run.name = "other"
     again = load_config(write(tmp_path, dump_config(cfg)))
     assert again == cfg
+
+
+def test_defaults_are_the_embedded_default_config():
+    # configs/tiny.yaml spells the defaults out; the two never drift apart.
+    assert load_config(None) == load_config("configs/tiny.yaml")
+
+
+def test_quantisation_names_are_checked_and_the_error_lists_the_allowed_ones():
+    with pytest.raises(ConfigError, match=r"export.gguf_quant.0: Input should be '4bit', 'q8_0'.* \(got 'q9_9'\)"):
+        load_config(None, ["export.gguf_quant=[q9_9]"])
+    with pytest.raises(ConfigError, match=r"export.onnx_quant.0: Input should be 'w8', 'w4' or 'int8-dynamic'"):
+        load_config(None, ["export.onnx_quant=[int4]"])
+
+
+def test_every_gguf_type_we_accept_is_a_llama_cpp_type():
+    import llama_cpp
+
+    from export.config import GGUF_QUANTS
+
+    for name in GGUF_QUANTS:
+        assert name == "4bit" or hasattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name.upper()}"), name

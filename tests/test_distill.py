@@ -10,17 +10,28 @@ from rakd.losses import LOSSES
 from rakd.models.load import ModelLoadError
 from rakd.models.zoo import build_model, preset_config
 from rakd.teacher import run_teacher
-from rakd.train.common import make_optimizer, make_scheduler
-from rakd.train.rl import LossParams, RLConfig, RLStep
+from rakd.train.rl import LossParams, RLConfig, RLTrainer
 
 MICRO = ["teacher.model.preset=test-micro", "distill.student.model.preset=test-micro"]
 FAST = [
-    "prep.generator.n_items=200", "teacher.train.steps=4", "teacher.eval.n_problems=8", "teacher.eval.k_samples=1",
-    "distill.warmstart.n_prompts=16", "distill.warmstart.sft.steps=2", "distill.rl.steps=4",
-    "distill.rl.prompts_per_step=2", "distill.rl.group_size=4", "distill.rl.max_new_tokens=12",
-    "distill.eval.n_problems=8", "distill.eval.k_samples=1", "distill.eval.max_new_tokens=12",
-    "distill.checkpoint_every=2", "distill.method=opd", "distill.warmstart.max_new_tokens=12",
-    "distill.eval_every=2", "distill.val_problems=4",
+    "prep.generator.n_items=200",
+    "teacher.train.steps=4",
+    "teacher.eval.n_problems=8",
+    "teacher.eval.k_samples=1",
+    "distill.warmstart.n_prompts=16",
+    "distill.warmstart.sft.steps=2",
+    "distill.rl.steps=4",
+    "distill.rl.prompts_per_step=2",
+    "distill.rl.group_size=4",
+    "distill.rl.max_new_tokens=12",
+    "distill.eval.n_problems=8",
+    "distill.eval.k_samples=1",
+    "distill.eval.max_new_tokens=12",
+    "distill.checkpoint_every=2",
+    "distill.method=opd",
+    "distill.warmstart.max_new_tokens=12",
+    "distill.eval_every=2",
+    "distill.val_problems=4",
 ]
 
 
@@ -44,24 +55,31 @@ def fresh_run(prepared, tmp_path, name, extra=()):
 
 
 def test_distill_sees_no_solutions(prepared):
-    rows = distill_records(prepared.run.dir, "train")
-    assert rows and all(set(row) == {"id", "question", "answer"} for row in rows)
+    rows = distill_records(prepared.run.layout, "train")
+    assert rows and all(set(row) == {"id", "question", "answer", "ops"} for row in rows)
 
 
 def test_distill_stage_writes_outputs_with_finite_metrics(prepared, tmp_path, monkeypatch):
     seen = {}
-    original = RLStep.__init__
+    original = RLTrainer.__init__
 
     def spy(self, student, teacher, tokenizer, records, *args, **kw):
         seen["records"] = records
         original(self, student, teacher, tokenizer, records, *args, **kw)
 
-    monkeypatch.setattr(RLStep, "__init__", spy)
+    monkeypatch.setattr(RLTrainer, "__init__", spy)
     cfg = fresh_run(prepared, tmp_path, "outputs")
     result = run_distill(cfg.distill, cfg.run.dir, log=lambda *_: None)
     assert all("solution" not in row for row in seen["records"])
     out = cfg.run.dir / "student"
-    for name in ("model.safetensors", "tokenizer.json", "eval.json", "eval_warmstart.json", "metrics.jsonl", "traces.jsonl"):
+    for name in (
+        "model.safetensors",
+        "tokenizer.json",
+        "eval.json",
+        "eval_warmstart.json",
+        "metrics.jsonl",
+        "traces.jsonl",
+    ):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
     assert not (cfg.run.dir / "student.work").exists()
@@ -69,8 +87,18 @@ def test_distill_stage_writes_outputs_with_finite_metrics(prepared, tmp_path, mo
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for row in rows:
         assert all(v == v and abs(v) != float("inf") for v in row.values() if isinstance(v, float))
-        assert {"reward_mean", "accuracy", "loss", "entropy", "response_length", "tokens_per_s",
-                "seconds_sample", "seconds_teacher", "seconds_update", "reverse_kl"} <= set(row)
+        assert {
+            "reward_mean",
+            "accuracy",
+            "loss",
+            "entropy",
+            "response_length",
+            "tokens_per_s",
+            "seconds_sample",
+            "seconds_teacher",
+            "seconds_update",
+            "reverse_kl",
+        } <= set(row)
     assert {"greedy_accuracy", "sampled_accuracy", "greedy_stderr", "no_answer_rate"} <= set(result.eval)
     assert {"val_greedy_accuracy", "val_sampled_accuracy"} <= set(rows[1]) and "val_greedy_accuracy" not in rows[0]
 
@@ -96,19 +124,23 @@ def test_crash_and_resume_gives_the_same_weights(prepared, tmp_path):
 
 
 @pytest.mark.parametrize("method", sorted(LOSSES))
-def test_one_step_changes_every_student_parameter_and_no_teacher_parameter(method, tokenizer, tiny_records, monkeypatch):
+def test_one_step_changes_every_student_parameter_and_no_teacher_parameter(
+    method, tokenizer, tiny_records, monkeypatch, tmp_path
+):
     # Mixed rewards so that every group carries an RL signal.
     monkeypatch.setattr("rakd.train.rl.reward", lambda text, answer: float(len(text) % 2))
     teacher = build_model(preset_config("test-micro", tokenizer), seed=0).requires_grad_(False)
     student = build_model(preset_config("test-micro", tokenizer), seed=1)
     records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:8]]
-    traces = [{"question": r["question"], "answer": r["answer"], "completion": r["solution"]} for r in tiny_records[:32]]
+    traces = [
+        {"question": r["question"], "answer": r["answer"], "completion": r["solution"]} for r in tiny_records[:32]
+    ]
     cfg = RLConfig(prompts_per_step=4, group_size=8, max_new_tokens=16, minibatch_size=64)
-    optimizer = make_optimizer(student, cfg.optim)
-    scheduler = make_scheduler(optimizer, 10, cfg.optim)
     before_s = {k: v.clone() for k, v in student.state_dict().items()}
     before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
-    metrics = RLStep(student, teacher, tokenizer, records, traces, method, LossParams(), cfg, optimizer, scheduler, seed=0).run(0)
+    metrics = RLTrainer(student, teacher, tokenizer, records, traces, method, LossParams(), cfg, tmp_path, seed=0).step(
+        0
+    )
     assert metrics["updates"] >= 1
     unchanged = [k for k, v in student.state_dict().items() if torch.equal(v, before_s[k])]
     assert unchanged == []
@@ -127,18 +159,28 @@ def test_tokenizer_mismatch_names_both(tokenizer, tmp_path, tiny_records):
 
 
 @pytest.mark.parametrize("zero_adv, expect_update", [("skip", False), ("kd", True)])
-def test_all_equal_groups_are_skipped_or_distilled(zero_adv, expect_update, tokenizer, tiny_records, monkeypatch):
+def test_all_equal_groups_are_skipped_or_distilled(
+    zero_adv, expect_update, tokenizer, tiny_records, monkeypatch, tmp_path
+):
     monkeypatch.setattr("rakd.train.rl.reward", lambda text, answer: 0.0)  # every group degenerate
     teacher = build_model(preset_config("test-micro", tokenizer), seed=0).requires_grad_(False)
     student = build_model(preset_config("test-micro", tokenizer), seed=1)
     records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:4]]
     cfg = RLConfig(prompts_per_step=4, group_size=4, max_new_tokens=8, zero_adv=zero_adv)
-    optimizer = make_optimizer(student, cfg.optim)
     before = student.model.embed_tokens.weight.clone()
-    metrics = RLStep(student, teacher, tokenizer, records, [], "rakd", LossParams(), cfg, optimizer,
-                     make_scheduler(optimizer, 10, cfg.optim), seed=0).run(0)
+    metrics = RLTrainer(student, teacher, tokenizer, records, [], "rakd", LossParams(), cfg, tmp_path, seed=0).step(0)
     assert metrics["degenerate_frac"] == 1.0
     assert (metrics["updates"] > 0) == expect_update
     assert (not torch.equal(before, student.model.embed_tokens.weight)) == expect_update
     if expect_update:
         assert metrics["kd/kl_student_teacher"] > 0
+
+
+def test_minibatch_order_differs_between_steps_and_is_reproducible(tokenizer, tmp_path):
+    # The shuffle was seeded with the PPO epoch only, so every RL step used the same minibatch order (a latent bug).
+    student = build_model(preset_config("test-micro", tokenizer), seed=1)
+    trainer = RLTrainer(student, student, tokenizer, [], [], "grpo", LossParams(), RLConfig(), tmp_path, seed=0)
+    orders = [trainer.minibatch_order(step, 0, 64).tolist() for step in range(4)]
+    assert len({tuple(order) for order in orders}) == 4
+    assert trainer.minibatch_order(2, 0, 64).tolist() == orders[2]
+    assert trainer.minibatch_order(2, 1, 64).tolist() != orders[2]

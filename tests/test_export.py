@@ -15,7 +15,12 @@ from rakd.models.zoo import build_model, preset_config
 
 pytestmark = pytest.mark.parity
 
-QUESTIONS = ["1+1=?", "12*13-4+7=?", "Ana has 3 coins. Then Ana gets 4 more. How many coins does Ana have now?", "9-2=?"]
+QUESTIONS = [
+    "1+1=?",
+    "12*13-4+7=?",
+    "Ana has 3 coins. Then Ana gets 4 more. How many coins does Ana have now?",
+    "9-2=?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +123,9 @@ def test_other_architectures_are_not_supported_for_gguf(tokenizer, tmp_path):
 def test_non_causal_model_is_refused(tmp_path):
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(tmp_path / "bert")
     with pytest.raises(ModelLoadError, match="not a causal language model"):
         run_export(ExportConfig(), tmp_path / "bert", tmp_path / "out", QUESTIONS)
 
@@ -127,8 +134,20 @@ def test_export_command(micro_dir, tmp_path, capsys):
     from rakd.cli import main
 
     out = tmp_path / "cli-export"
-    code = main(["export", str(micro_dir), "--out", str(out), "--formats", "gguf", "--set", "export.gguf_quant=[]",
-                 "--set", f"run.root={tmp_path}"])
+    code = main(
+        [
+            "export",
+            str(micro_dir),
+            "--out",
+            str(out),
+            "--formats",
+            "gguf",
+            "--set",
+            "export.gguf_quant=[]",
+            "--set",
+            f"run.root={tmp_path}",
+        ]
+    )
     assert code == 0
     assert "gguf-f16" in capsys.readouterr().out
     assert (out / "model-f16.gguf").is_file() and (out / "parity.json").is_file()

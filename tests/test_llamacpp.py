@@ -94,13 +94,18 @@ def test_a_native_crash_in_export_parity_fails_that_artefact_only(tokenizer, qua
     real = sys.executable
     dying = tmp_path / "python-that-segfaults-on-q8_0"
     # The q8_0 check process dies of SIGSEGV as llama.cpp did on AMX CPUs; every other one runs normally.
-    dying.write_text(f'#!/bin/sh\nif grep -q gguf-q8_0 "$4"; then echo "Fatal: ggml_backend_amx_mul_mat" >&2; '
-                     f'kill -SEGV $$; fi\nexec {real} "$@"\n')
+    dying.write_text(
+        f'#!/bin/sh\nif grep -q gguf-q8_0 "$4"; then echo "Fatal: ggml_backend_amx_mul_mat" >&2; '
+        f'kill -SEGV $$; fi\nexec {real} "$@"\n'
+    )
     dying.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(dying))
     cfg = ExportConfig(formats=["gguf"], gguf_quant=["q8_0", "q4_0"], parity_prompts=2, parity_max_new_tokens=6)
-    with pytest.raises(ParityError, match=r"gguf-q8_0: model-q8_0.gguf: the gguf-q8_0 runtime crashed \(signal 11\); "
-                                          r"last output: Fatal: ggml_backend_amx_mul_mat") as caught:
+    with pytest.raises(
+        ParityError,
+        match=r"gguf-q8_0: model-q8_0.gguf: the gguf-q8_0 runtime crashed \(signal 11\); "
+        r"last output: Fatal: ggml_backend_amx_mul_mat",
+    ) as caught:
         run_export(cfg, hf, tmp_path / "export", ["1+1=?", "9-2=?"])
     records = {r["artefact"]: r for r in caught.value.parity["artefacts"]}
     assert set(records) == {"gguf-f16", "gguf-q8_0", "gguf-q4_0"}

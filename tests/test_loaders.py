@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from rakd.data.loaders import DataError, load_task_file
+from rakd.data.loaders import load_task_file
+from rakd.schema import DataError
 
 
 def write_lines(path, lines):
@@ -53,7 +54,7 @@ def test_generic_jsonl_with_and_without_solution(tmp_path):
         ('{"question": "q", "answer": "#### ???"}', "gsm8k", "t.jsonl:2: field 'answer': final answer"),
         ('{"question": "q"}', "jsonl", "t.jsonl:2: field 'answer'"),
         ('{"question": "q", "answer": "4", "solution": "A: 5"}', "jsonl", "t.jsonl:2: field 'solution'"),
-        ('[1, 2]', "jsonl", "t.jsonl:2: expected a JSON object"),
+        ("[1, 2]", "jsonl", "t.jsonl:2: expected a JSON object"),
     ],
 )
 def test_bad_rows_name_file_line_and_field(tmp_path, line, fmt, message):

@@ -33,23 +33,23 @@ def test_trrd_golden_seq_mean():
     # token 2: lp-old = log .8, lp-teacher = log .5 -> rho = sqrt(.8*.5) = 0.632456
     #          min(0.632456, clip to 0.8) = 0.632456 -> loss -0.632456
     # seq_mean: (-1.28 - 0.632456) / 2 = -0.956228
-    lp, old, teacher = t(L(.5), L(.4)), t(L(.5), L(.5)), t(L(.25), L(.8))
+    lp, old, teacher = t(L(0.5), L(0.4)), t(L(0.5), L(0.5)), t(L(0.25), L(0.8))
     loss, m = trrd_loss(lp, old, teacher, torch.tensor([1.0]), ONES)
     assert loss.item() == pytest.approx(-0.956228, abs=1e-6)
     assert m["clip_high_frac"] == 0.5 and m["clip_low_frac"] == 0.0
-    assert m["ratio_mean"] == pytest.approx((math.sqrt(2) + math.sqrt(.4)) / 2, abs=1e-9)
+    assert m["ratio_mean"] == pytest.approx((math.sqrt(2) + math.sqrt(0.4)) / 2, abs=1e-9)
     assert m["ratio_max"] == pytest.approx(math.sqrt(2), abs=1e-9)
     assert m["teacher_clamp_frac"] == 0.0
     # k3 per token: d = teacher - lp; e^d - d - 1 = (.5 + log 2 - 1) and (2 - log 2 - 1)
-    assert m["kl_student_teacher"] == pytest.approx(((.5 + L(2) - 1) + (2 - L(2) - 1)) / 2, abs=1e-9)
+    assert m["kl_student_teacher"] == pytest.approx(((0.5 + L(2) - 1) + (2 - L(2) - 1)) / 2, abs=1e-9)
 
 
 def test_trrd_teacher_clamp():
     # lp - teacher = log 10 = 2.303 > c = 1 -> clamped to 1; lp = old -> log rho = 0.5 * 1
     # rho = e^0.5 = 1.648721; A = -1: min(-1.648721, -clip(1.648721, .8, 1.28)) = -1.648721 -> loss 1.648721
-    lp, teacher = t(L(.5)), t(L(.05))
+    lp, teacher = t(L(0.5)), t(L(0.05))
     loss, m = trrd_loss(lp, lp.clone(), teacher, torch.tensor([-1.0]), t(1.0))
-    assert loss.item() == pytest.approx(math.exp(.5), abs=1e-6)
+    assert loss.item() == pytest.approx(math.exp(0.5), abs=1e-6)
     assert m["teacher_clamp_frac"] == 1.0
     # without the clamp rho would be sqrt(10) = 3.162
     loose, _ = trrd_loss(lp, lp.clone(), teacher, torch.tensor([-1.0]), t(1.0), teacher_clamp=10.0)
@@ -60,7 +60,7 @@ def test_grpo_golden_low_clip_and_token_mean():
     # rho = [1.2, 0.6], A = -1
     # token 1: min(-1.2, -1.2) = -1.2 -> 1.2 ; token 2: min(-0.6, -0.8) = -0.8 -> 0.8 (low clip binds)
     # masked third token ignored; token_mean = (1.2 + 0.8) / 2 = 1.0
-    lp, old = t(L(.6), L(.3), L(.9)), t(L(.5), L(.5), L(.1))
+    lp, old = t(L(0.6), L(0.3), L(0.9)), t(L(0.5), L(0.5), L(0.1))
     loss, m = grpo_loss(lp, old, torch.tensor([-1.0]), t(1.0, 1.0, 0.0), agg="token_mean")
     assert loss.item() == pytest.approx(1.0, abs=1e-9)
     assert m["clip_low_frac"] == 0.5 and m["ratio_max"] == pytest.approx(1.2)
@@ -79,16 +79,16 @@ def test_seq_mean_weights_sequences_equally():
 def test_grpo_kl_golden():
     # pg: rho = 1, A = 2 -> -2 ; k3 with d = log(.25/.5): .5 + log 2 - 1 = 0.193147
     # total = -2 + 0.1 * 0.193147 = -1.980685
-    lp = t(L(.5))
-    loss, m = grpo_kl_loss(lp, lp.clone(), t(L(.25)), torch.tensor([2.0]), t(1.0), kl_coef=0.1)
+    lp = t(L(0.5))
+    loss, m = grpo_kl_loss(lp, lp.clone(), t(L(0.25)), torch.tensor([2.0]), t(1.0), kl_coef=0.1)
     assert loss.item() == pytest.approx(-2 + 0.1 * (0.5 + L(2) - 1), abs=1e-9)
     assert m["kl_student_teacher"] == pytest.approx(0.5 + L(2) - 1)
 
 
 def test_opd_golden():
     # advantage log .25 - log .5 = -log 2; rho = 1 -> loss = log 2, gradient d/dlp = +log 2
-    lp = t(L(.5)).requires_grad_()
-    loss, m = opd_loss(lp, lp.detach().clone(), t(L(.25)), t(1.0))
+    lp = t(L(0.5)).requires_grad_()
+    loss, m = opd_loss(lp, lp.detach().clone(), t(L(0.25)), t(1.0))
     loss.backward()
     assert loss.item() == pytest.approx(L(2))
     assert lp.grad.item() == pytest.approx(L(2))
@@ -97,13 +97,13 @@ def test_opd_golden():
 
 def test_sft_golden():
     # (-log .5 - log .25) / 2 = (0.693147 + 1.386294) / 2 = 1.039721
-    assert sft_loss(t(L(.5), L(.25)), ONES)[0].item() == pytest.approx(1.039721, abs=1e-6)
+    assert sft_loss(t(L(0.5), L(0.25)), ONES)[0].item() == pytest.approx(1.039721, abs=1e-6)
 
 
 STUDENT = torch.tensor([[[0.0, 0.0]]], dtype=torch.float64)  # probs .5, .5
-TEACHER = torch.tensor([[[L(.75), L(.25)]]], dtype=torch.float64)  # probs .75, .25
-FORWARD_KL = .75 * L(.75 / .5) + .25 * L(.25 / .5)  # 0.130812
-REVERSE_KL = .5 * L(.5 / .75) + .5 * L(.5 / .25)  # 0.143841
+TEACHER = torch.tensor([[[L(0.75), L(0.25)]]], dtype=torch.float64)  # probs .75, .25
+FORWARD_KL = 0.75 * L(0.75 / 0.5) + 0.25 * L(0.25 / 0.5)  # 0.130812
+REVERSE_KL = 0.5 * L(0.5 / 0.75) + 0.5 * L(0.5 / 0.25)  # 0.143841
 
 
 def test_fkl_golden():
@@ -113,9 +113,9 @@ def test_fkl_golden():
 def test_gkd_golden_and_ends():
     # M = [.625, .375]; KL(T||M) = .75 log(.75/.625) + .25 log(.25/.375) = 0.035375
     # KL(S||M) = .5 log(.5/.625) + .5 log(.5/.375) = 0.032269 ; JSD_.5 = 0.033822
-    kl_tm = .75 * L(.75 / .625) + .25 * L(.25 / .375)
-    kl_sm = .5 * L(.5 / .625) + .5 * L(.5 / .375)
-    assert gkd_loss(STUDENT, TEACHER, t(1.0), beta=.5)[0].item() == pytest.approx(.5 * kl_tm + .5 * kl_sm, abs=1e-9)
+    kl_tm = 0.75 * L(0.75 / 0.625) + 0.25 * L(0.25 / 0.375)
+    kl_sm = 0.5 * L(0.5 / 0.625) + 0.5 * L(0.5 / 0.375)
+    assert gkd_loss(STUDENT, TEACHER, t(1.0), beta=0.5)[0].item() == pytest.approx(0.5 * kl_tm + 0.5 * kl_sm, abs=1e-9)
     assert gkd_loss(STUDENT, TEACHER, t(1.0), beta=0.0)[0].item() == pytest.approx(FORWARD_KL, abs=1e-9)
     assert gkd_loss(STUDENT, TEACHER, t(1.0), beta=1.0)[0].item() == pytest.approx(REVERSE_KL, abs=1e-9)
     with pytest.raises(ValueError, match="beta"):
@@ -193,8 +193,15 @@ def test_gradients_flow_only_into_the_student():
 def test_empty_mask_gives_finite_loss(name):
     lp, old, teacher, adv, _ = random_tokens(3)
     empty = torch.zeros_like(lp)
-    tensors = dict(logprobs=lp, old_logprobs=old, teacher_logprobs=teacher, advantages=adv, mask=empty,
-                   student_logits=torch.randn(4, 6, 5), teacher_logits=torch.randn(4, 6, 5))
+    tensors = dict(
+        logprobs=lp,
+        old_logprobs=old,
+        teacher_logprobs=teacher,
+        advantages=adv,
+        mask=empty,
+        student_logits=torch.randn(4, 6, 5),
+        teacher_logits=torch.randn(4, 6, 5),
+    )
     loss, metrics = LOSSES[name](tensors, {})
     assert torch.isfinite(loss) and all(math.isfinite(v) for v in metrics.values())
 

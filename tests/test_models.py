@@ -60,7 +60,9 @@ def test_loader_refuses_pickles_and_bad_paths(micro, tokenizer, tmp_path):
 def test_loader_refuses_non_causal_models(tmp_path):
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="not a causal language model"):
         load_causal_lm(tmp_path)
 

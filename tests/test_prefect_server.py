@@ -55,14 +55,25 @@ def server(tmp_path):
     """A real Prefect server on a free loopback port with its own SQLite home; stopped even on failure."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_API_URL": api,
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-           "PREFECT_LOGGING_LEVEL": "INFO", "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    }
     log = tmp_path / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_healthy(api, proc, log)
         yield env, api
@@ -95,16 +106,24 @@ def test_edge_deployment_runs_on_a_process_worker(server, tmp_path, tokenizer):
     assert deployments["gpu"]["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
     assert deployments["edge"]["work_pool_name"] == "edge"
 
-    params = {"model": str(gguf), "data": str(data), "out": str(out),
-              "validation": {"n_problems": 4, "max_new_tokens": 8, "isolate": False}}
+    params = {
+        "model": str(gguf),
+        "data": str(data),
+        "out": str(out),
+        "validation": {"n_problems": 4, "max_new_tokens": 8, "isolate": False},
+    }
     prefect(env, "deployment", "run", "rakd-validate/edge", "--params", json.dumps(params))
     prefect(env, "worker", "start", "--pool", "edge", "--run-once", timeout=400)
 
-    runs = httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [deployments["edge"]["id"]]}}}).json()
+    runs = httpx.post(
+        f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [deployments["edge"]["id"]]}}}
+    ).json()
     assert len(runs) == 1
     assert runs[0]["state"]["type"] == "COMPLETED", runs[0]["state"]
     report = json.loads((out / "report.json").read_text())
     assert report["artefacts"][0]["label"] == "gguf-device-model" and report["data"]["n"] == 4
-    artifacts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}}}).json()
+    artifacts = httpx.post(
+        f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}}}
+    ).json()
     assert [a["key"] for a in artifacts] == ["edge-validate-device-model"]
     assert "gguf-device-model" in json.dumps(artifacts[0]["data"])

@@ -3,9 +3,9 @@ import json
 import pytest
 
 from rakd.config import load_config
-from rakd.data.loaders import DataError
 from rakd.data.prep import PrepConfig, question_id, run_prep, split_of
 from rakd.io import read_jsonl
+from rakd.schema import DataError
 from rakd.verify import reward
 
 
@@ -45,10 +45,15 @@ def test_split_depends_on_question_not_order():
 
 def test_dedup_by_normalised_question(tmp_path):
     src = tmp_path / "dup.jsonl"
-    rows = [{"question": "What is 2+2?", "answer": "4"}, {"question": "what is  2+2? ", "answer": "4"},
-            {"question": "3+3?", "answer": "6"}]
+    rows = [
+        {"question": "What is 2+2?", "answer": "4"},
+        {"question": "what is  2+2? ", "answer": "4"},
+        {"question": "3+3?", "answer": "6"},
+    ]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = run_prep(prep_config(source="jsonl", path=src, tokenizer=None, val_fraction=0.0, test_fraction=0.0), tmp_path)
+    result = run_prep(
+        prep_config(source="jsonl", path=src, tokenizer=None, val_fraction=0.0, test_fraction=0.0), tmp_path
+    )
     assert result.card["counts"]["total"] == 2
     assert result.card["duplicates_removed"] == 1
     assert result.tokenizer_dir is None
@@ -65,7 +70,9 @@ def test_bad_input_writes_nothing(tmp_path):
 
 def test_skip_invalid_counts_rows_in_card(tmp_path):
     src = tmp_path / "bad.jsonl"
-    src.write_text("".join(json.dumps({"question": f"{i}+1=?", "answer": str(i + 1)}) + "\n" for i in range(20)) + "{oops\n")
+    src.write_text(
+        "".join(json.dumps({"question": f"{i}+1=?", "answer": str(i + 1)}) + "\n" for i in range(20)) + "{oops\n"
+    )
     result = run_prep(prep_config(source="jsonl", path=src, skip_invalid=True, tokenizer=None), tmp_path)
     assert result.card["invalid_skipped"] == 1
     assert result.card["counts"]["total"] == 20

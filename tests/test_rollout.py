@@ -4,7 +4,12 @@ import torch
 from rakd.models.zoo import build_model, preset_config
 from rakd.rollout import completion_mask, encode_prompts, sample, score_completions, token_logprobs
 
-QUESTIONS = ["1+1=?", "12*13-4+7=?", "Ana has 3 coins. Then Ana gets 4 more. How many coins does Ana have now?", "9-2=?"]
+QUESTIONS = [
+    "1+1=?",
+    "12*13-4+7=?",
+    "Ana has 3 coins. Then Ana gets 4 more. How many coins does Ana have now?",
+    "9-2=?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -12,9 +17,14 @@ def model(tokenizer):
     return build_model(preset_config("test-micro", tokenizer), seed=3).eval()
 
 
-def test_prompts_are_left_padded(tokenizer):
-    ids, mask = encode_prompts(tokenizer, QUESTIONS)
-    assert mask[:, -1].all() and not mask[0, 0]
+def test_prompts_are_left_padded_without_changing_the_callers_tokenizer(tokenizer):
+    tokenizer.padding_side = "right"  # what a caller (an SFT collator, say) may rely on
+    try:
+        ids, mask = encode_prompts(tokenizer, QUESTIONS)
+        assert mask[:, -1].all() and not mask[0, 0]
+        assert tokenizer.padding_side == "right"  # was silently switched to "left" (a latent bug)
+    finally:
+        tokenizer.padding_side = "left"
 
 
 @pytest.mark.parametrize("backend", ["generate", "loop"])

@@ -1,6 +1,7 @@
 """Built-in generator of verifiable multi-step arithmetic problems.
 
-Each item carries a chain-of-thought solution that ends in `A: <answer>`, e.g.
+Each item carries a chain-of-thought solution that ends in `A: <answer>` and its number of operations (`ops`,
+the difficulty that evaluation reports accuracy by), e.g.
 question `23+14*2-5=?`, solution `14*2=28; 23+28=51; 51-5=46. A: 46`.
 Expressions follow operator precedence; word problems apply their steps in
 the order the story tells them. Only exact integer divisions are generated.
@@ -35,13 +36,11 @@ class GeneratorConfig(StageConfig):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _check_ranges(self) -> "GeneratorConfig":
+    def _check_ranges(self) -> GeneratorConfig:
         if self.min_ops > self.max_ops:
             raise ValueError(f"min_ops ({self.min_ops}) must be <= max_ops ({self.max_ops})")
         if self.operand_min > self.operand_max:
-            raise ValueError(
-                f"operand_min ({self.operand_min}) must be <= operand_max ({self.operand_max})"
-            )
+            raise ValueError(f"operand_min ({self.operand_min}) must be <= operand_max ({self.operand_max})")
         return self
 
 
@@ -88,6 +87,7 @@ def _expression_item(rng: random.Random, cfg: GeneratorConfig, n_ops: int) -> di
         "question": f"{expression}=?",
         "solution": f"{'; '.join(steps)}. A: {answer}",
         "answer": str(answer),
+        "ops": n_ops,
     }
 
 
@@ -116,6 +116,7 @@ def _word_item(rng: random.Random, cfg: GeneratorConfig, n_ops: int) -> dict | N
         "question": " ".join(sentences),
         "solution": f"{'; '.join(steps)}. A: {current}",
         "answer": str(current),
+        "ops": n_ops,
     }
 
 

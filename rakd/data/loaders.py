@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from rakd.schema import DataError
 from rakd.verify import extract_answer, parse_reference, reward
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
-
-
-class DataError(ValueError):
-    """A task file that cannot be used, with the place that says why."""
 
 
 @dataclass
 class LoadResult:
     records: list[dict]
     invalid: int = 0
-    problems: list[str] = field(default_factory=list)
 
 
 def _text_field(row: dict, name: str, where: str, *, required: bool = True) -> str | None:
@@ -94,11 +90,10 @@ def load_task_file(path: str | Path, fmt: str, *, skip_invalid: bool = False) ->
             try:
                 row = _json_object(line, where)
                 result.records.append(_PARSERS[fmt](row, where))
-            except DataError as err:
+            except DataError:
                 if not skip_invalid:
                     raise
                 result.invalid += 1
-                result.problems.append(str(err))
     if not result.records:
         detail = f" ({result.invalid} invalid rows skipped)" if result.invalid else ""
         raise DataError(f"{path}: no usable rows{detail}")

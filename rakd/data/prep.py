@@ -19,10 +19,11 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from rakd.data.generator import GeneratorConfig, generate
-from rakd.data.loaders import DataError, load_task_file
+from rakd.data.loaders import load_task_file
 from rakd.io import atomic_dir, atomic_write_json, sha256_bytes, sha256_file, to_jsonl
+from rakd.layout import RunLayout
 from rakd.models.tokenizer import TokenizerConfig, train_tokenizer
-from rakd.schema import StageConfig
+from rakd.schema import DataError, StageConfig
 from rakd.verify import normalize_number, reward
 
 SPLITS = ("train", "val", "test")
@@ -33,9 +34,9 @@ class PrepConfig(StageConfig):
 
     source: Literal["generator", "gsm8k", "jsonl"] = "generator"
     path: Path | None = Field(None, description="task file for the gsm8k/jsonl sources")
-    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    generator: GeneratorConfig = Field(default_factory=lambda: GeneratorConfig(n_items=12000))
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     split_salt: str = "rakd"
     skip_invalid: bool = False
     tokenizer: TokenizerConfig | None = Field(
@@ -51,7 +52,7 @@ class PrepConfig(StageConfig):
         return path
 
     @model_validator(mode="after")
-    def _check(self) -> "PrepConfig":
+    def _check(self) -> PrepConfig:
         if self.source != "generator" and self.path is None:
             raise ValueError(f"source {self.source!r} needs 'path' (a JSONL task file)")
         if self.val_fraction + self.test_fraction >= 1.0:
@@ -154,7 +155,7 @@ def split_records(records: list[dict], cfg: PrepConfig) -> dict[str, list[dict]]
 
 def run_prep(cfg: PrepConfig, run_dir: str | Path) -> PrepResult:
     """Run the prep stage into `run_dir`; nothing is written if any input is invalid."""
-    run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     records, source, invalid = _load_source(cfg)
     records, duplicates = deduplicate(records)
     splits = split_records(records, cfg)
@@ -163,28 +164,31 @@ def run_prep(cfg: PrepConfig, run_dir: str | Path) -> PrepResult:
     card = build_card(splits, source, duplicates, invalid)
     tokenizer_dir = None
     if cfg.tokenizer is not None:
-        tokenizer_dir = run_dir / "tokenizer"
+        tokenizer_dir = layout.tokenizer
         with atomic_dir(tokenizer_dir) as staging:
             tokenizer = train_tokenizer(splits["train"], cfg.tokenizer, staging)
         card["tokenizer"] = {"path": "tokenizer", "vocab_size": len(tokenizer)}
-    with atomic_dir(run_dir / "data") as staging:
+    with atomic_dir(layout.data) as staging:
         for name in SPLITS:
             (staging / f"{name}.jsonl").write_text(to_jsonl(splits[name]), encoding="utf-8")
         atomic_write_json(staging / "card.json", card)
-    return PrepResult(data_dir=run_dir / "data", tokenizer_dir=tokenizer_dir, card=card)
+    return PrepResult(data_dir=layout.data, tokenizer_dir=tokenizer_dir, card=card)
 
 
-def format_card(card: dict) -> str:
-    """A short human summary of a data card."""
+def card_rows(card: dict) -> list[dict]:
+    """A data card as (item, value) rows."""
     counts = card["counts"]
-    lines = [
-        f"source      {card['source']['kind']}",
-        f"items       {counts['total']} (train {counts['train']}, val {counts['val']}, test {counts['test']})",
-        f"removed     {card['duplicates_removed']} duplicates, {card['invalid_skipped']} invalid rows",
-        f"question    {card['question_chars']['train']['mean']} chars on average (train)",
-        f"answers     {card['answers']['distinct']} distinct, most common {json.dumps(card['answers']['most_common'][:3])}",
-        f"fingerprint {card['fingerprint'][:16]}",
+    rows = [
+        ("source", card["source"]["kind"]),
+        ("items", f"{counts['total']} (train {counts['train']}, val {counts['val']}, test {counts['test']})"),
+        ("removed", f"{card['duplicates_removed']} duplicates, {card['invalid_skipped']} invalid rows"),
+        ("question", f"{card['question_chars']['train']['mean']} chars on average (train)"),
+        (
+            "answers",
+            f"{card['answers']['distinct']} distinct, most common {json.dumps(card['answers']['most_common'][:3])}",
+        ),
+        ("fingerprint", card["fingerprint"][:16]),
     ]
     if "tokenizer" in card:
-        lines.append(f"tokenizer   {card['tokenizer']['vocab_size']} tokens")
-    return "\n".join(lines)
+        rows.append(("tokenizer", f"{card['tokenizer']['vocab_size']} tokens"))
+    return [{"item": item, "value": value} for item, value in rows]

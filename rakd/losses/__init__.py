@@ -68,6 +68,17 @@ LOSSES: dict[str, LossSpec] = {
 }
 
 __all__ = [
-    "LOSSES", "LossSpec", "aggregate", "fkl_loss", "gkd_loss", "group_advantages", "grpo_kl_loss",
-    "grpo_loss", "k3_kl", "masked_mean", "opd_loss", "sft_loss", "trrd_loss",
+    "LOSSES",
+    "LossSpec",
+    "aggregate",
+    "fkl_loss",
+    "gkd_loss",
+    "group_advantages",
+    "grpo_kl_loss",
+    "grpo_loss",
+    "k3_kl",
+    "masked_mean",
+    "opd_loss",
+    "sft_loss",
+    "trrd_loss",
 ]

@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 
 
-def group_advantages(
-    rewards: torch.Tensor, group_size: int, *, eps: float = 1e-6
-) -> tuple[torch.Tensor, torch.Tensor]:
+def group_advantages(rewards: torch.Tensor, group_size: int, *, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """A_i = (r_i − mean r) / (std r + eps) within each group of `group_size` rollouts.
 
     `rewards` is (B,) with each prompt's G rollouts contiguous (B = n_prompts · G);

@@ -32,12 +32,12 @@ def fkl_loss(
     teacher_logits: torch.Tensor,
     mask: torch.Tensor,
     *,
-    temperature: float = 1.0,
+    kd_temperature: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Forward KL(π_T ‖ π_θ) over the vocabulary at temperature τ, scaled by τ² (Hinton et al.)."""
-    student_log = F.log_softmax(student_logits / temperature, dim=-1)
-    teacher_log = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
-    loss = masked_mean(_kl(teacher_log, student_log), mask) * temperature**2
+    student_log = F.log_softmax(student_logits / kd_temperature, dim=-1)
+    teacher_log = F.log_softmax(teacher_logits.detach() / kd_temperature, dim=-1)
+    loss = masked_mean(_kl(teacher_log, student_log), mask) * kd_temperature**2
     return loss, {"forward_kl": float(loss.detach())}
 
 
@@ -47,7 +47,7 @@ def gkd_loss(
     mask: torch.Tensor,
     *,
     beta: float = 0.5,
-    temperature: float = 1.0,
+    kd_temperature: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Generalised JSD_β(π_T, π_θ) over the vocabulary (Agarwal et al., GKD).
 
@@ -57,8 +57,8 @@ def gkd_loss(
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"gkd beta must lie in [0, 1], got {beta}")
-    student_log = F.log_softmax(student_logits / temperature, dim=-1)
-    teacher_log = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    student_log = F.log_softmax(student_logits / kd_temperature, dim=-1)
+    teacher_log = F.log_softmax(teacher_logits.detach() / kd_temperature, dim=-1)
     if beta == 0.0:
         per_token = _kl(teacher_log, student_log)
     elif beta == 1.0:

@@ -57,7 +57,9 @@ def grpo_loss(
     agg: Aggregation = "seq_mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO: clipped surrogate with ρ = π_θ / π_old."""
-    return clipped_surrogate(logprobs - old_logprobs.detach(), advantages, mask, eps_low=eps_low, eps_high=eps_high, agg=agg)
+    return clipped_surrogate(
+        logprobs - old_logprobs.detach(), advantages, mask, eps_low=eps_low, eps_high=eps_high, agg=agg
+    )
 
 
 def grpo_kl_loss(

@@ -7,6 +7,7 @@ Weights load from safetensors only (pickled `.bin` checkpoints are refused), and
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -102,7 +103,8 @@ def save_model(
     extra: dict | None = None,
     copy_files: dict[str, Path] | None = None,
 ) -> Path:
-    """Save model (safetensors), tokenizer, JSON `extra` files and copies of `copy_files` to `out_dir`, atomically."""
+    """Save model (safetensors), tokenizer, JSON `extra` files and `copy_files` (files or folders, hard-linked where
+    the filesystem allows) to `out_dir`, atomically."""
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
@@ -110,5 +112,15 @@ def save_model(
         for name, payload in (extra or {}).items():
             (staging / name).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         for name, source in (copy_files or {}).items():
-            shutil.copyfile(source, staging / name)
+            if Path(source).is_dir():
+                shutil.copytree(source, staging / name, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(source, staging / name)
     return out_dir
+
+
+def _link_or_copy(source, target) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copyfile(source, target)

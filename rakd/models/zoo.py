@@ -12,17 +12,26 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 PRESETS: dict[str, dict] = {
     # ~1M parameters with a 512-token vocabulary.
     "teacher-tiny": dict(
-        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
         intermediate_size=512,
     ),
     # ~8x smaller than teacher-tiny.
     "student-tiny": dict(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
         intermediate_size=256,
     ),
     # For unit tests: as small as a Llama gets while keeping 32-multiples.
     "test-micro": dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
         intermediate_size=64,
     ),
 }

@@ -26,7 +26,11 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, keep: 
         state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
         save_file(state, staging / "model.safetensors")
         torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
             staging / "trainer_state.pt",
         )
         (staging / "step.json").write_text(json.dumps({"step": step}) + "\n")
@@ -42,7 +46,9 @@ def list_checkpoints(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP.match(p.name)) and (p / "step.json").is_file()]
+    found = [
+        (int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP.match(p.name)) and (p / "step.json").is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -55,3 +61,22 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     return int(json.loads((path / "step.json").read_text())["step"])
+
+
+class CheckpointedTrainer:
+    """What every trainer shares: `out_dir/checkpoints/step-N/`, `out_dir/metrics.jsonl`, and resume from the newest
+    checkpoint (the metrics log is cut back to it). Subclasses set model, optimizer, scheduler, log and out_dir."""
+
+    model: torch.nn.Module
+    out_dir: Path
+    start_step: int = 0
+
+    def resume(self) -> int:
+        checkpoints = list_checkpoints(self.out_dir / "checkpoints")
+        if checkpoints:
+            self.start_step = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler)
+            self.log.truncate_after(self.start_step)
+        return self.start_step
+
+    def save(self, step: int) -> None:
+        save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer, self.scheduler)

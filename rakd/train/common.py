@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -86,36 +83,3 @@ class MetricsLog:
         rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
         kept = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows if r.get("step", 0) <= step)
         self.path.write_text(kept)
-
-
-ProgressListener = Callable[[str, int, int, dict], None]  # (name, steps done, total, metrics)
-_listeners: list[ProgressListener] = []
-
-
-@contextlib.contextmanager
-def progress_listener(listener: ProgressListener) -> Iterator[None]:
-    """Call `listener` on every training step while the block runs (an orchestrator's progress bar)."""
-    _listeners.append(listener)
-    try:
-        yield
-    finally:
-        _listeners.remove(listener)
-
-
-class Progress:
-    """One status line per `every` steps: step/total, chosen metrics and ETA; every step goes to the listeners."""
-
-    def __init__(self, name: str, total: int, start: int = 0, every: int = 10, stream=sys.stderr):
-        self.name, self.total, self.start, self.every, self.stream = name, total, start, every, stream
-        self.t0 = time.perf_counter()
-
-    def update(self, step: int, **metrics: float) -> None:
-        done = step + 1
-        for listener in list(_listeners):
-            listener(self.name, done, self.total, metrics)
-        if done % self.every and done != self.total:
-            return
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed / max(1, done - self.start) * (self.total - done)
-        shown = " ".join(f"{k} {v:.3g}" for k, v in metrics.items())
-        print(f"[{self.name}] step {done}/{self.total} {shown} eta {eta:.0f}s", file=self.stream, flush=True)

@@ -13,6 +13,8 @@ import random
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -20,10 +22,12 @@ from pydantic import Field
 
 from rakd.losses import LOSSES, LossSpec, group_advantages
 from rakd.losses.common import Aggregation
-from rakd.rollout import Backend, Rollouts, forward_completion, sample, score_completions
+from rakd.progress import Progress
+from rakd.rollout import Backend, Rollouts, concat_rollouts, forward_completion, sample, score_completions
 from rakd.schema import StageConfig
-from rakd.train.common import OptimConfig, autocast, step_seed
-from rakd.train.sft import batch_ids, batch_tensors, pack_pairs
+from rakd.train.batches import batch_ids, batch_tensors, pack_pairs
+from rakd.train.checkpoint import CheckpointedTrainer
+from rakd.train.common import MetricsLog, OptimConfig, autocast, make_optimizer, make_scheduler, step_seed
 from rakd.verify import reward
 
 Method = Literal["sft", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"]
@@ -32,18 +36,20 @@ Method = Literal["sft", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"]
 class LossParams(StageConfig):
     """Hyper-parameters of the losses; each method takes the ones it declares."""
 
-    alpha: float = Field(0.5, ge=0, le=1, description="TRRD: weight of the old policy in the anchor")
-    teacher_clamp: float = Field(1.0, gt=0, description="TRRD: clamp c on the teacher log-ratio")
-    eps_low: float = Field(0.2, ge=0)
-    eps_high: float = Field(0.28, ge=0)
-    agg: Aggregation = "seq_mean"
-    kl_coef: float = Field(0.1, ge=0, description="grpo_kl, and zero_adv=kd")
-    beta: float = Field(0.5, ge=0, le=1, description="gkd")
-    temperature: float = Field(1.0, gt=0, description="fkl/gkd softmax temperature")
+    alpha: float = Field(0.5, ge=0, le=1, description="rakd (TRRD): weight of the old policy in the anchor")
+    teacher_clamp: float = Field(1.0, gt=0, description="rakd (TRRD): clamp c on the teacher log-ratio")
+    eps_low: float = Field(0.2, ge=0, description="rakd/grpo/grpo_kl: lower clip of the ratio")
+    eps_high: float = Field(0.28, ge=0, description="rakd/grpo/grpo_kl: upper clip of the ratio")
+    agg: Aggregation = Field("seq_mean", description="every method: seq_mean or token_mean")
+    kl_coef: float = Field(0.1, ge=0, description="grpo_kl: weight of KL(student || teacher); also zero_adv=kd")
+    beta: float = Field(0.5, ge=0, le=1, description="gkd: JSD mixture weight (1: reverse KL)")
+    kd_temperature: float = Field(
+        1.0, gt=0, description="fkl/gkd: softmax temperature of the vocabulary KL (not the sampling temperature)"
+    )
 
 
 class RLConfig(StageConfig):
-    steps: int = Field(100, ge=0)
+    steps: int = Field(250, ge=0)
     prompts_per_step: int = Field(16, ge=1)
     group_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(48, ge=1)
@@ -52,8 +58,15 @@ class RLConfig(StageConfig):
     ppo_epochs: int = Field(1, ge=1)
     minibatch_size: int = Field(64, ge=1, description="rollouts per optimiser step")
     zero_adv: Literal["skip", "kd"] = "skip"
+    min_informative_groups: int = Field(
+        0,
+        ge=0,
+        description="dynamic sampling (DAPO): draw more prompts until the step holds this many groups with "
+        "mixed rewards (0: one draw of prompts_per_step)",
+    )
+    max_draws: int = Field(4, ge=1, description="dynamic sampling: at most this many draws of prompts_per_step")
     backend: Backend = "loop"
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=10, schedule="constant"))
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=10, schedule="constant"))
 
 
 def token_entropy(logits: torch.Tensor, mask: torch.Tensor) -> float:
@@ -63,81 +76,180 @@ def token_entropy(logits: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 def subset(batch: Rollouts, rows: torch.Tensor) -> Rollouts:
-    return Rollouts(batch.prompt_ids[rows], batch.prompt_mask[rows], batch.completion_ids[rows],
-                    batch.completion_mask[rows], [batch.texts[i] for i in rows.tolist()])
+    return Rollouts(
+        batch.prompt_ids[rows],
+        batch.prompt_mask[rows],
+        batch.completion_ids[rows],
+        batch.completion_mask[rows],
+        [batch.texts[i] for i in rows.tolist()],
+    )
 
 
-class RLStep:
-    """Everything one RL step needs; `run(step)` returns that step's metrics."""
+class RLTrainer(CheckpointedTrainer):
+    """setup / step / save / resume for RL-aware distillation: one trainer for every method in the loss registry.
 
-    def __init__(self, student, teacher, tokenizer, records, traces, method: Method, loss: LossParams,
-                 cfg: RLConfig, optimizer, scheduler, *, seed: int):
-        self.student, self.teacher, self.tokenizer = student, teacher, tokenizer
-        self.records, self.traces, self.cfg, self.seed = records, traces, cfg, seed
+    `step(i)` runs RL step i and returns its metrics; `run()` runs the remaining steps with logging, progress and
+    checkpoints in `out_dir` (`metrics.jsonl`, `checkpoints/step-N/`)."""
+
+    def __init__(
+        self,
+        student,
+        teacher,
+        tokenizer,
+        records,
+        traces,
+        method: Method,
+        loss: LossParams,
+        cfg: RLConfig,
+        out_dir: Path,
+        *,
+        seed: int,
+        checkpoint_every: int = 25,
+    ):
+        self.model = self.student = student
+        self.teacher, self.tokenizer = teacher, tokenizer
+        self.records, self.traces, self.cfg, self.seed, self.method = records, traces, cfg, seed, method
         self.spec: LossSpec = LOSSES[method]
         self.hparams = loss.model_dump()
-        self.optimizer, self.scheduler = optimizer, scheduler
+        self.optimizer = make_optimizer(student, cfg.optim)
+        self.scheduler = make_scheduler(self.optimizer, cfg.steps, cfg.optim)
+        self.out_dir, self.checkpoint_every = Path(out_dir), checkpoint_every
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl")
         self.device = next(student.parameters()).device
         # Degenerate groups get the grpo_kl KL term when zero_adv=kd and the method has advantages.
         self.kd_spec = LOSSES["grpo_kl"] if cfg.zero_adv == "kd" and "advantages" in self.spec.inputs else None
 
-    def prompts(self, step: int) -> list[dict]:
+    def prompt_order(self, step: int) -> list[dict]:
+        """The prompts step `step` may draw, in order: `prompts_per_step` per draw, never one twice in a step."""
         rng = random.Random(step_seed(self.seed, step, salt=101))
-        return rng.sample(self.records, min(self.cfg.prompts_per_step, len(self.records)))
+        draws = self.cfg.max_draws if self.cfg.min_informative_groups else 1
+        return rng.sample(self.records, min(self.cfg.prompts_per_step * draws, len(self.records)))
 
-    def collect(self, step: int) -> tuple[Rollouts, torch.Tensor, list[dict]]:
-        """(batch, rewards, prompts): student samples for on-policy methods, teacher traces otherwise."""
-        chosen = self.prompts(step)
-        if self.spec.on_policy:
-            questions = [r["question"] for r in chosen for _ in range(self.cfg.group_size)]
-            batch = sample(self.student, self.tokenizer, questions, max_new_tokens=self.cfg.max_new_tokens,
-                           temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                           seed=step_seed(self.seed, step, salt=7), backend=self.cfg.backend)
-            answers = [r["answer"] for r in chosen for _ in range(self.cfg.group_size)]
-        else:
+    def collect(self, step: int) -> tuple[Rollouts, torch.Tensor, dict]:
+        """(batch, rewards, sampling metrics): student samples for on-policy methods, teacher traces otherwise."""
+        if not self.spec.on_policy:
             rng = random.Random(step_seed(self.seed, step, salt=13))
             picked = rng.sample(self.traces, min(len(self.traces), self.cfg.prompts_per_step * self.cfg.group_size))
             batch = pack_pairs(self.tokenizer, [(t["question"], t["completion"]) for t in picked])
-            answers = [t["answer"] for t in picked]
-        rewards = torch.tensor([reward(text, ans) for text, ans in zip(batch.texts, answers)])
-        return batch, rewards, chosen
+            rewards = torch.tensor([reward(text, t["answer"]) for text, t in zip(batch.texts, picked)])
+            return batch, rewards, {"reward_mean": float(rewards.mean())}
+        return self.draw_groups(step)
 
-    def run(self, step: int) -> dict:
+    def draw_groups(self, step: int) -> tuple[Rollouts, torch.Tensor, dict]:
+        """G samples for each of `prompts_per_step` prompts; with dynamic sampling, more draws until the step holds
+        `min_informative_groups` groups with mixed rewards (all-equal groups are dropped when zero_adv=skip)."""
+        cfg, group = self.cfg, self.cfg.group_size
+        order, kept, kept_rewards, every_reward, informative, draws = self.prompt_order(step), [], [], [], 0, 0
+        for start in range(0, len(order), cfg.prompts_per_step):
+            chosen, draws = order[start : start + cfg.prompts_per_step], draws + 1
+            batch = sample(
+                self.student,
+                self.tokenizer,
+                [r["question"] for r in chosen for _ in range(group)],
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seed=step_seed(self.seed, step, salt=7 + 7919 * start),
+                backend=cfg.backend,
+            )
+            rewards = torch.tensor(
+                [reward(t, a) for t, a in zip(batch.texts, [r["answer"] for r in chosen for _ in range(group)])]
+            )
+            every_reward.append(rewards)
+            mixed = ~group_advantages(rewards, group)[1]
+            if cfg.min_informative_groups and cfg.zero_adv == "skip":
+                keep = torch.nonzero(mixed).squeeze(-1)
+                batch, rewards = subset(batch, keep), rewards[keep]
+            kept.append(batch)
+            kept_rewards.append(rewards)
+            informative += int(mixed.sum()) // group
+            if informative >= cfg.min_informative_groups:
+                break
+        every_reward = torch.cat(every_reward)
+        info = {
+            "reward_mean": float(every_reward.mean()),
+            "accuracy": float((every_reward == 1).float().mean()),
+            "draws": draws,
+            "groups_drawn": len(every_reward) // group,
+            "groups_informative": informative,
+            "informative_frac": informative / max(1, len(every_reward) // group),
+        }
+        return concat_rollouts(kept, self.tokenizer.pad_token_id), torch.cat(kept_rewards), info
+
+    def score_rows(self, model, batch: Rollouts, rows: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Per-token log-probs (B, T) under `model` for `rows` only (the rows that enter the loss); 0 elsewhere."""
+        scores = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
+        if len(rows):
+            scores[rows] = score_completions(model, subset(batch, rows), temperature=temperature)
+        return scores
+
+    def run(
+        self, on_step: Callable[[int, dict], None] | None = None, after_step: Callable[[int], None] | None = None
+    ) -> None:
+        """Steps `start_step`..`cfg.steps`: `on_step(step, row)` may add to the row before it is logged;
+        `after_step(step)` runs once the step is logged and checkpointed."""
+        progress = Progress(f"distill:{self.method}", self.cfg.steps, self.start_step, every=5)
+        for step in range(self.start_step, self.cfg.steps):
+            row = {"step": step + 1, "method": self.method, **self.step(step)}
+            if on_step:
+                on_step(step + 1, row)
+            self.log.append(row)
+            progress.update(step, reward=row["reward_mean"], loss=row.get("loss", 0.0))
+            if (step + 1) % self.checkpoint_every == 0 or step + 1 == self.cfg.steps:
+                self.save(step + 1)
+            if after_step:
+                after_step(step + 1)
+
+    def step(self, step: int) -> dict:
         self.student.eval()
         # Sampling and scoring run under the same precision as the update, so that
         # π_old and π_θ agree exactly before the first optimiser step.
         with autocast(self.device):
             t0 = time.perf_counter()
-            batch, rewards, _ = self.collect(step)
+            batch, rewards, sampled = self.collect(step)
             t_sample = time.perf_counter() - t0
+            group = self.cfg.group_size if self.spec.on_policy else 1
+            advantages, degenerate = group_advantages(rewards, group)
+            uses_adv = "advantages" in self.spec.inputs
+            main_rows = torch.nonzero(~degenerate if uses_adv else torch.ones_like(degenerate)).squeeze(-1)
+            kd_rows = torch.nonzero(degenerate).squeeze(-1) if self.kd_spec else main_rows[:0]
+            rows = torch.cat([main_rows, kd_rows])
             t1 = time.perf_counter()
-            teacher_lp = score_completions(self.teacher, batch) if self.spec.needs_teacher or self.kd_spec else None
+            needs_teacher = self.spec.needs_teacher or self.kd_spec is not None
+            teacher_lp = self.score_rows(self.teacher, batch, rows, self.temperature) if needs_teacher else None
             t_teacher = time.perf_counter() - t1
-            old_lp = score_completions(self.student, batch)
-        group = self.cfg.group_size if self.spec.on_policy else 1
-        advantages, degenerate = group_advantages(rewards, group)
-        uses_adv = "advantages" in self.spec.inputs
-        main_rows = torch.nonzero(~degenerate if uses_adv else torch.ones_like(degenerate)).squeeze(-1)
-        kd_rows = torch.nonzero(degenerate).squeeze(-1) if self.kd_spec else main_rows[:0]
+            old_lp = self.score_rows(self.student, batch, rows, self.temperature)
         t2 = time.perf_counter()
-        metrics = self.update(batch, advantages, old_lp, teacher_lp, main_rows, kd_rows)
+        metrics = self.update(step, batch, advantages, old_lp, teacher_lp, main_rows, kd_rows)
         t_update = time.perf_counter() - t2
         with warnings.catch_warnings():  # a step whose groups were all degenerate took no optimiser step
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         n_tokens = int(batch.completion_mask.sum())
         return {
-            **metrics,
-            "reward_mean": float(rewards.mean()),
             "accuracy": float((rewards == 1).float().mean()),
+            **sampled,
+            **metrics,
             "degenerate_frac": float(degenerate.float().mean()) if uses_adv else 0.0,
+            "rows_in_loss": len(rows),
             "response_length": n_tokens / max(1, len(batch.texts)),
             "tokens_per_s": n_tokens / max(t_sample, 1e-9),
-            "seconds_sample": t_sample, "seconds_teacher": t_teacher, "seconds_update": t_update,
+            "seconds_sample": t_sample,
+            "seconds_teacher": t_teacher,
+            "seconds_update": t_update,
             "lr": self.scheduler.get_last_lr()[0],
         }
 
-    def update(self, batch, advantages, old_lp, teacher_lp, main_rows, kd_rows) -> dict:
+    @property
+    def temperature(self) -> float:
+        """The temperature rollouts were sampled at: π_old, π_θ and the teacher are all taken on logits / T."""
+        return self.cfg.temperature if self.spec.on_policy else 1.0
+
+    def minibatch_order(self, step: int, epoch: int, n_rows: int) -> torch.Tensor:
+        """The seeded shuffle of the rows for one PPO epoch of one step (a different order every step and epoch)."""
+        return torch.randperm(n_rows, generator=torch.Generator().manual_seed(step_seed(self.seed, step, salt=epoch)))
+
+    def update(self, step, batch, advantages, old_lp, teacher_lp, main_rows, kd_rows) -> dict:
         """`ppo_epochs` passes of minibatch steps over the rows that carry a signal."""
         self.student.train()
         rows = torch.cat([main_rows, kd_rows])
@@ -145,11 +257,16 @@ class RLStep:
         sums: dict[str, float] = defaultdict(float)
         updates = 0
         for epoch in range(self.cfg.ppo_epochs if len(rows) else 0):
-            order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(epoch))
+            order = self.minibatch_order(step, epoch, len(rows))
             for chunk in order.split(self.cfg.minibatch_size):
                 picked = rows[chunk]
-                metrics = self.minibatch(subset(batch, picked), is_kd[chunk], advantages[picked], old_lp[picked],
-                                         None if teacher_lp is None else teacher_lp[picked])
+                metrics = self.minibatch(
+                    subset(batch, picked),
+                    is_kd[chunk],
+                    advantages[picked],
+                    old_lp[picked],
+                    None if teacher_lp is None else teacher_lp[picked],
+                )
                 for key, value in metrics.items():
                     sums[key] += value
                 updates += 1
@@ -159,7 +276,7 @@ class RLStep:
         """One optimiser step on a minibatch: the method's loss on its rows, plus the KD term on
         degenerate-group rows (zero_adv=kd), weighted by their share of the minibatch."""
         with autocast(self.device):
-            tensors = batch_tensors(self.student, batch)
+            tensors = batch_tensors(self.student, batch, temperature=self.temperature)
             tensors.update(old_logprobs=old_lp.to(self.device), advantages=advantages.to(self.device))
             if teacher_lp is not None:
                 tensors["teacher_logprobs"] = teacher_lp.to(self.device)
@@ -178,5 +295,9 @@ class RLStep:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
-        return {**metrics, "loss": float(loss.detach()), "grad_norm": float(grad_norm),
-                "entropy": token_entropy(logits, tensors["mask"])}
+        return {
+            **metrics,
+            "loss": float(loss.detach()),
+            "grad_norm": float(grad_norm),
+            "entropy": token_entropy(logits, tensors["mask"]),
+        }

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 from pydantic import Field
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rakd.losses import LOSSES
-from rakd.rollout import Rollouts, encode_prompts, forward_completion, token_logprobs
+from rakd.progress import Progress
+from rakd.rollout import Rollouts
 from rakd.schema import StageConfig
-from rakd.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from rakd.train.common import MetricsLog, OptimConfig, Progress, autocast, make_optimizer, make_scheduler, step_seed
+from rakd.train.batches import batch_tensors, pack_pairs
+from rakd.train.checkpoint import CheckpointedTrainer
+from rakd.train.common import MetricsLog, OptimConfig, autocast, make_optimizer, make_scheduler, step_seed
 
 
 class SFTConfig(StageConfig):
@@ -30,36 +31,22 @@ class SFTConfig(StageConfig):
     log_every: int = Field(25, ge=1)
 
 
-def pack_pairs(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> Rollouts:
-    """Left-padded prompts and right-padded completions (each ending in EOS) as a Rollouts batch."""
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, [q for q, _ in pairs])
-    encoded = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _, c in pairs]
-    width = max(len(ids) for ids in encoded)
-    completion_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids in encoded])
-    completion_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in encoded])
-    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, [c for _, c in pairs])
-
-
-def batch_ids(batch: Rollouts, device: torch.device) -> list[torch.Tensor]:
-    """(prompt ids, prompt mask, completion ids, completion mask) on `device`."""
-    return [t.to(device) for t in (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)]
-
-
-def batch_tensors(model: PreTrainedModel, batch: Rollouts) -> dict[str, torch.Tensor]:
-    """The per-token tensors a loss may ask for, from one forward pass of `model` (with grad):
-    `logprobs` and `mask` (B, T), and `student_logits` (B, T, V)."""
-    ids = batch_ids(batch, next(model.parameters()).device)
-    logits = forward_completion(model, *ids)
-    return {"logprobs": token_logprobs(logits, ids[2]), "mask": ids[3].float(), "student_logits": logits.float()}
-
-
-class SFTTrainer:
+class SFTTrainer(CheckpointedTrainer):
     """setup / step / save / resume for SFT on a fixed list of (prompt, completion) pairs."""
 
-    def __init__(self, model, tokenizer, pairs: list[tuple[str, str]], cfg: SFTConfig, out_dir: Path, *, seed: int, name: str):
+    def __init__(
+        self, model, tokenizer, pairs: list[tuple[str, str]], cfg: SFTConfig, out_dir: Path, *, seed: int, name: str
+    ):
         if not pairs:
             raise ValueError(f"{name}: no training pairs")
-        self.model, self.tokenizer, self.pairs, self.cfg, self.seed, self.name = model, tokenizer, pairs, cfg, seed, name
+        self.model, self.tokenizer, self.pairs, self.cfg, self.seed, self.name = (
+            model,
+            tokenizer,
+            pairs,
+            cfg,
+            seed,
+            name,
+        )
         self.out_dir = Path(out_dir)
         self.optimizer = make_optimizer(model, cfg.optim)
         self.scheduler = make_scheduler(self.optimizer, cfg.steps, cfg.optim)
@@ -94,17 +81,12 @@ class SFTTrainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return {**metrics, "loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0]}
-
-    def resume(self) -> int:
-        checkpoints = list_checkpoints(self.out_dir / "checkpoints")
-        if checkpoints:
-            self.start_step = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler)
-            self.log.truncate_after(self.start_step)
-        return self.start_step
-
-    def save(self, step: int) -> None:
-        save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer, self.scheduler)
+        return {
+            **metrics,
+            "loss": float(loss.detach()),
+            "grad_norm": float(grad_norm),
+            "lr": self.scheduler.get_last_lr()[0],
+        }
 
     def run(self, on_step: Callable[[int, dict], None] | None = None) -> None:
         progress = Progress(self.name, self.cfg.steps, self.start_step, every=self.cfg.log_every)

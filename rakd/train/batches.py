@@ -1,0 +1,34 @@
+"""Batches as the trainers see them: (question, completion) pairs packed like rollouts, and the per-token tensors
+one forward pass gives a loss."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rakd.rollout import Rollouts, encode_prompts, forward_completion, token_logprobs
+
+
+def pack_pairs(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> Rollouts:
+    """Left-padded prompts and right-padded completions (each ending in EOS) as a Rollouts batch."""
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, [q for q, _ in pairs])
+    encoded = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _, c in pairs]
+    width = max(len(ids) for ids in encoded)
+    completion_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids in encoded])
+    completion_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in encoded])
+    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, [c for _, c in pairs])
+
+
+def batch_ids(batch: Rollouts, device: torch.device) -> list[torch.Tensor]:
+    """(prompt ids, prompt mask, completion ids, completion mask) on `device`."""
+    return [t.to(device) for t in (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)]
+
+
+def batch_tensors(model: PreTrainedModel, batch: Rollouts, temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """The per-token tensors a loss may ask for, from one forward pass of `model` (with grad):
+    `logprobs` (B, T) on logits / `temperature` (the sampling temperature), `mask` (B, T), and the raw
+    `student_logits` (B, T, V)."""
+    ids = batch_ids(batch, next(model.parameters()).device)
+    logits = forward_completion(model, *ids)
+    logprobs = token_logprobs(logits, ids[2], temperature)
+    return {"logprobs": logprobs, "mask": ids[3].float(), "student_logits": logits.float()}
