@@ -79,6 +79,23 @@ def cmd_run(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     return 0
 
 
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a local cluster)")
+    parser.add_argument("--workers", type=int, default=None, help="local Dask workers (default: one per core)")
+
+
+def cmd_compare(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    """Methods × seeds × α from one warm start, as the Prefect flow `rakd-compare` on Dask (see rakd.compare)."""
+    from flows.compare import compare_flow
+
+    update = {k: v for k, v in (("dask_address", args.dask_address), ("workers", args.workers)) if v is not None}
+    cfg = cfg.model_copy(update={"compare": cfg.compare.model_copy(update=update)})
+    outcome = compare_flow(cfg.model_dump(mode="json"))
+    print(render_sections([("methods (test split)", outcome["tables"]["methods"]), ("α", outcome["tables"]["alpha"])]))
+    print(f"\nresults in {outcome['results']}/ (results.json, results.md, curves.png)")
+    return 0
+
+
 # name -> (help, add_arguments, command(args, config) -> exit code)
 EXTRA_COMMANDS = {
     "demo": ("run every stage on a config as plain function calls (default: the embedded tiny config)", None, cmd_demo),
@@ -86,6 +103,11 @@ EXTRA_COMMANDS = {
         "run the whole pipeline as a Prefect flow (cached and resumable; see the README for the UI)",
         add_run_arguments,
         cmd_run,
+    ),
+    "compare": (
+        "compare distillation methods (x seeds, x alpha) from one warm start, fanned out on Dask",
+        add_compare_arguments,
+        cmd_compare,
     ),
     "verify-package": (
         "recompute every sha256 of a package against its manifest",

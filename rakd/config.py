@@ -30,6 +30,7 @@ from pydantic import Field, ValidationError
 from deploy.config import PackageConfig, ValidateConfig
 from export.config import ExportConfig
 from flows.settings import OrchestrationConfig
+from rakd.compare import CompareConfig
 from rakd.data.prep import PrepConfig
 from rakd.distill import DistillConfig
 from rakd.layout import RunLayout
@@ -61,6 +62,7 @@ class PipelineConfig(StageConfig):
     validation: ValidateConfig = Field(default_factory=ValidateConfig)
     package: PackageConfig = Field(default_factory=PackageConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

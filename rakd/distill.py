@@ -191,7 +191,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         student,
         teacher,
         tokenizer,
-        train,
+        rl_records(cfg, train),
         traces,
         cfg.method,
         cfg.loss,
@@ -229,6 +229,25 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     shutil.rmtree(work, ignore_errors=True)
     timings["total"] = time.perf_counter() - t0
     return DistillResult(layout.student, result, eval_warm, timings)
+
+
+def rl_records(cfg: DistillConfig, train: list[dict]) -> list[dict]:
+    """The questions RL draws from: with `rl.prompts=unseen`, those after the warm start's `n_prompts`."""
+    unseen = train[cfg.warmstart.n_prompts :]
+    return unseen if cfg.rl.prompts == "unseen" and len(unseen) >= cfg.rl.prompts_per_step else train
+
+
+def prepare_warmstart(cfg: DistillConfig, run_dir: str | Path, log=print) -> Path:
+    """Only the warm start (teacher traces, SFT, evaluation) into `student.work/warmstart/`; returns that folder.
+    A comparison makes it once and starts every method from it."""
+    layout = RunLayout(run_dir)
+    set_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    teacher, teacher_tok = load_causal_lm(layout.teacher)
+    teacher.to(device).eval().requires_grad_(False)
+    student, tokenizer = init_student(cfg, teacher, teacher_tok, device)
+    run_warmstart(cfg, student, teacher, tokenizer, distill_records(layout, "train"), layout, log)
+    return layout.student_work / "warmstart"
 
 
 def val_evaluation(cfg: DistillConfig, student, tokenizer, layout: RunLayout):

@@ -24,6 +24,7 @@ class EvalConfig(StageConfig):
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(256, ge=1)
     seed: int = 1234
+    per_problem: bool = Field(False, description="also record each problem's greedy 0/1 (paired comparisons)")
 
 
 def _stderr(values: list[float]) -> float:
@@ -85,6 +86,8 @@ def evaluate_model(
     else:
         per_problem = solved = None
     result["by_difficulty"] = by_difficulty(records, greedy_rewards, per_problem, solved)
+    if cfg.per_problem:
+        result["greedy_correct"] = "".join("1" if r == 1.0 else "0" for r in greedy_rewards)
     model.train(was_training)
     return result
 

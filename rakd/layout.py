@@ -87,6 +87,11 @@ class RunLayout:
     def manifest(self) -> Path:
         return self.package / "manifest.json"
 
+    @property
+    def compare(self) -> Path:
+        """`rakd compare`: the shared warm start, the job folders and the results."""
+        return self.root / "compare"
+
     def stage_key(self, stage: str) -> Path:
         return self.root / ".stage-keys" / stage
 

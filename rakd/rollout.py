@@ -69,11 +69,31 @@ def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
+def attention_mask_4d(model, mask: torch.Tensor, query_length: int) -> torch.Tensor:
+    """The (B, 1, q, k) mask attention uses, built directly from a left-padded (B, k) mask: causal over the last
+    `query_length` keys, pads never attended, and each query always sees itself (a pad query with nothing to
+    attend to would give NaN). Passing it skips transformers' per-call mask construction, a third of a decode
+    step's time for our small models. Bool for SDPA, additive float otherwise."""
+    keys = mask.shape[1]
+    rows = torch.arange(keys - query_length, keys, device=mask.device)[:, None]
+    allowed = (torch.arange(keys, device=mask.device)[None, :] <= rows) & mask[:, None, None, :].bool()
+    allowed = allowed | (torch.arange(keys, device=mask.device)[None, :] == rows)
+    if getattr(model.config, "_attn_implementation", "sdpa") == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=model.dtype, device=mask.device).masked_fill(
+        ~allowed, torch.finfo(model.dtype).min
+    )
+
+
 @torch.no_grad()
 def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id, pad_id, generator):
     cache = DynamicCache()
     out = model(
-        input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), past_key_values=cache, use_cache=True
+        input_ids=ids,
+        attention_mask=attention_mask_4d(model, mask, ids.shape[1]),
+        position_ids=position_ids(mask),
+        past_key_values=cache,
+        use_cache=True,
     )
     positions = position_ids(mask)[:, -1:]
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
@@ -93,7 +113,11 @@ def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         positions = positions + 1
         out = model(
-            input_ids=token[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            input_ids=token[:, None],
+            attention_mask=attention_mask_4d(model, mask, 1),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
         )
     return torch.stack(tokens, dim=1)
 
@@ -208,7 +232,8 @@ def forward_completion(
     """Logits (B, T, V) that predict each completion token, from one forward pass over prompt+completion."""
     ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits
+    full = attention_mask_4d(model, mask, ids.shape[1])
+    logits = model(input_ids=ids, attention_mask=full, position_ids=position_ids(mask), use_cache=False).logits
     start = prompt_ids.shape[1]
     return logits[:, start - 1 : -1]
 

@@ -184,3 +184,61 @@ def test_minibatch_order_differs_between_steps_and_is_reproducible(tokenizer, tm
     assert len({tuple(order) for order in orders}) == 4
     assert trainer.minibatch_order(2, 0, 64).tolist() == orders[2]
     assert trainer.minibatch_order(2, 1, 64).tolist() != orders[2]
+
+
+def test_dynamic_sampling_draws_until_enough_mixed_groups_and_drops_the_rest(
+    tokenizer, tiny_records, monkeypatch, tmp_path
+):
+    calls = {"n": 0}
+
+    def reward(text, answer):  # draw 1: every group all-wrong; draw 2 onwards: mixed groups
+        calls["n"] += 1
+        return 0.0 if calls["n"] <= 8 else float(calls["n"] % 2)
+
+    monkeypatch.setattr("rakd.train.rl.reward", reward)
+    student = build_model(preset_config("test-micro", tokenizer), seed=1)
+    records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:40]]
+    cfg = RLConfig(prompts_per_step=2, group_size=4, max_new_tokens=6, min_informative_groups=3, max_draws=4)
+    trainer = RLTrainer(student, student, tokenizer, records, [], "grpo", LossParams(), cfg, tmp_path, seed=0)
+    batch, rewards, info = trainer.collect(0)
+    assert info["draws"] == 3 and info["groups_drawn"] == 6 and info["groups_informative"] == 4
+    assert len(rewards) == 16 and len(batch.texts) == 16  # the all-wrong groups of draw 1 were dropped
+    assert info["reward_mean"] == pytest.approx(8 / 24)  # over every sampled rollout, kept or not
+    prompts = trainer.prompt_order(0)
+    assert len({p["question"] for p in prompts}) == len(prompts) == 8  # no prompt twice in one step
+
+
+def test_log_probs_are_taken_at_the_sampling_temperature(tokenizer, tiny_records, tmp_path):
+    from rakd.rollout import forward_completion, sample, score_completions
+
+    model = build_model(preset_config("test-micro", tokenizer), seed=1).eval()
+    batch = sample(model, tokenizer, [r["question"] for r in tiny_records[:3]], max_new_tokens=6, temperature=0.5)
+    with torch.no_grad():
+        logits = forward_completion(
+            model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask
+        )
+    manual = torch.log_softmax(logits / 0.5, -1).gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(score_completions(model, batch, temperature=0.5), manual, atol=1e-5)
+    assert not torch.allclose(score_completions(model, batch), manual, atol=1e-3)
+    cfg = RLConfig(prompts_per_step=2, group_size=4, max_new_tokens=6, temperature=0.5)
+    trainer = RLTrainer(model, model, tokenizer, [], [], "rakd", LossParams(), cfg, tmp_path, seed=0)
+    assert trainer.temperature == 0.5
+    assert RLTrainer(model, model, tokenizer, [], [], "sft", LossParams(), cfg, tmp_path, seed=0).temperature == 1.0
+
+
+def test_teacher_scores_only_the_rows_that_enter_the_loss(tokenizer, tiny_records, monkeypatch, tmp_path):
+    import rakd.train.rl as rl
+
+    outcomes = iter([1.0, 0.0, 1.0, 0.0] + [0.0] * 4)  # group 1 mixed, group 2 all wrong (no RL signal)
+    monkeypatch.setattr(rl, "reward", lambda text, answer: next(outcomes))
+    scored, real = [], rl.score_completions
+    monkeypatch.setattr(
+        rl, "score_completions", lambda model, batch, **kw: scored.append(len(batch.texts)) or real(model, batch, **kw)
+    )
+    student = build_model(preset_config("test-micro", tokenizer), seed=1)
+    teacher = build_model(preset_config("test-micro", tokenizer), seed=2)
+    records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:2]]
+    cfg = RLConfig(prompts_per_step=2, group_size=4, max_new_tokens=6)
+    metrics = RLTrainer(student, teacher, tokenizer, records, [], "rakd", LossParams(), cfg, tmp_path, seed=0).step(0)
+    assert metrics["rows_in_loss"] == 4 and scored == [4, 4]  # teacher, then the sampling policy: 4 rows each
+    assert metrics["degenerate_frac"] == 0.5 and metrics["updates"] == 1

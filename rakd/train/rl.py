@@ -65,6 +65,14 @@ class RLConfig(StageConfig):
         "mixed rewards (0: one draw of prompts_per_step)",
     )
     max_draws: int = Field(4, ge=1, description="dynamic sampling: at most this many draws of prompts_per_step")
+    prompts: Literal["unseen", "all"] = Field(
+        "unseen",
+        description="unseen: RL draws train questions the warm start's traces did not cover (all of "
+        "train when too few are left); all: any train question",
+    )
+    time_budget_s: float | None = Field(
+        None, gt=0, description="stop after this many seconds of RL (a compute-matched baseline); steps stays the cap"
+    )
     backend: Backend = "loop"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=10, schedule="constant"))
 
@@ -189,7 +197,12 @@ class RLTrainer(CheckpointedTrainer):
         """Steps `start_step`..`cfg.steps`: `on_step(step, row)` may add to the row before it is logged;
         `after_step(step)` runs once the step is logged and checkpointed."""
         progress = Progress(f"distill:{self.method}", self.cfg.steps, self.start_step, every=5)
+        started = time.perf_counter()
         for step in range(self.start_step, self.cfg.steps):
+            if self.cfg.time_budget_s is not None and time.perf_counter() - started >= self.cfg.time_budget_s:
+                if step > self.start_step:
+                    self.save(step)
+                break
             row = {"step": step + 1, "method": self.method, **self.step(step)}
             if on_step:
                 on_step(step + 1, row)

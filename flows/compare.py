@@ -1,0 +1,141 @@
+"""The Prefect flow `rakd-compare`: one shared warm start, then one task per (method, seed, α, lr) fanned out on a
+Dask cluster through prefect-dask (a local cluster by default, one single-threaded worker per core; an existing
+cluster by address). The jobs, one job and the results are library code in `rakd.compare`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.stages import slug
+from rakd.compare import CompareConfig, Job, job_distill_config, plan_jobs, run_job, write_results
+from rakd.config import PipelineConfig, load_config
+from rakd.io import atomic_write_text, fingerprint
+from rakd.registry import BY_NAME, outputs_current, run_stage, stage_keys
+
+
+def ensure_base(cfg: PipelineConfig) -> None:
+    """prep and teacher of the comparison's run folder, run only when their outputs are not current."""
+    keys = stage_keys(cfg)
+    for name in ("prep", "teacher"):
+        stage = BY_NAME[name]
+        if not outputs_current(cfg.run.layout, stage, keys[name]):
+            run_stage(stage, cfg)
+            atomic_write_text(cfg.run.layout.stage_key(name), keys[name] + "\n")
+
+
+def ensure_warmstart(cfg: PipelineConfig) -> Path:
+    """The shared warm start in `<run>/compare/warmstart/`, made once per key (data, teacher, warm-start config)."""
+    from rakd.distill import prepare_warmstart
+
+    layout, distill = cfg.run.layout, cfg.distill
+    key = fingerprint(
+        {
+            "teacher": stage_keys(cfg)["teacher"],
+            "student": distill.student.model_dump(mode="json"),
+            "warmstart": distill.warmstart.model_dump(mode="json"),
+            "eval": distill.eval.model_dump(mode="json"),
+            "seed": distill.seed,
+        }
+    )
+    target = layout.compare / "warmstart"
+    if (
+        (target / "eval_warmstart.json").is_file()
+        and (target / ".key").is_file()
+        and (target / ".key").read_text() == key
+    ):
+        return target
+    work = layout.compare / "warmstart.work"
+    shutil.rmtree(work, ignore_errors=True)
+    for name in ("data", "tokenizer", "teacher"):
+        work.mkdir(parents=True, exist_ok=True)
+        if (layout.root / name).exists():
+            os.symlink((layout.root / name).resolve(), work / name)
+    made = prepare_warmstart(
+        distill.model_copy(update={"eval": distill.eval.model_copy(update={"per_problem": True})}), work
+    )
+    (made / ".key").write_text(key)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(made, target)
+    shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+@task(name="compare-job", cache_policy=NO_CACHE, log_prints=True)
+def job_task(config: dict, job: dict, base: str, warmstart: str, out: str, time_budget_s: float | None = None) -> dict:
+    """One job of the comparison on a Dask worker (one torch thread: the workers share the machine's cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+    cfg = PipelineConfig.model_validate(config)
+    entry = Job(**job)
+    distill = job_distill_config(cfg.distill, cfg.compare, entry, time_budget_s)
+    return run_job(distill, entry, cfg.run.layout.__class__(base), Path(warmstart), Path(out))
+
+
+def task_runner(compare: CompareConfig):
+    from prefect_dask import DaskTaskRunner
+
+    if compare.dask_address:
+        return DaskTaskRunner(address=compare.dask_address)
+    workers = compare.workers or os.cpu_count() or 1
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    )
+
+
+def compare_flow(config: str | dict | None, overrides: list[str] | None = None) -> dict:
+    """Load the config, then run `rakd-compare` on a Dask task runner built from its `compare` section."""
+    cfg = load_config(config, overrides or [])
+    return rakd_compare.with_options(task_runner=task_runner(cfg.compare))(config=cfg.model_dump(mode="json"))
+
+
+@flow(name="rakd-compare", log_prints=True)
+def rakd_compare(config: dict) -> dict:
+    """prep, teacher, one warm start, then every job of `compare` from it; results, table and plot artifacts."""
+    logger = get_run_logger()
+    cfg = PipelineConfig.model_validate(config)
+    layout = cfg.run.layout
+    ensure_base(cfg)
+    warmstart = ensure_warmstart(cfg)
+    jobs = plan_jobs(cfg.compare, cfg.distill)
+    logger.info(f"{len(jobs)} jobs from the warm start in {warmstart}")
+    out = layout.compare / "jobs"
+
+    def submit(job: Job, budget: float | None = None):
+        return job_task.submit(config, job.__dict__, str(layout.root), str(warmstart), str(out), budget)
+
+    rows = [f.result() for f in [submit(job) for job in jobs if job.method != "sft"]]
+    reference = Job("rakd", 0, 0.0, cfg.distill.loss.alpha, cfg.distill.loss.teacher_clamp).variant
+    rakd_seconds = [r["seconds"] for r in rows if r["variant"] == reference] or [r["seconds"] for r in rows]
+    budget = statistics.fmean(rakd_seconds) if cfg.compare.sft_time_matched and rakd_seconds else None
+    rows += [f.result() for f in [submit(job, budget) for job in jobs if job.method == "sft"]]
+    context = {
+        "config": cfg.run.name,
+        "warm start greedy": f"{100 * rows[0]['warmstart_greedy_accuracy']:.1f}%",
+        "jobs": len(rows),
+        "sft time budget (s)": None if budget is None else round(budget),
+        "RL steps": cfg.compare.steps or cfg.distill.rl.steps,
+        "prompts x G": f"{cfg.distill.rl.prompts_per_step} x {cfg.distill.rl.group_size}",
+    }
+    tables = write_results(rows, layout.compare, cfg.compare, reference, context)
+    name = slug(cfg.run.name)
+    create_table_artifact(tables["methods"], key=f"{name}-compare", description="methods compared (test split)")
+    create_markdown_artifact((layout.compare / "results" / "results.md").read_text(), key=f"{name}-compare-report")
+    _image_artifact(layout.compare / "results" / "curves.png", f"{name}-compare-curves")
+    return {"results": str(layout.compare / "results"), "tables": tables, "rows": rows}
+
+
+def _image_artifact(path: Path, key: str) -> None:
+    """Prefect image artifacts take a URL; a local file is shown through its file:// URL."""
+    try:
+        create_image_artifact(image_url=path.resolve().as_uri(), key=key, description="val accuracy curves")
+    except Exception as err:  # noqa: BLE001 - an artifact must never fail the comparison
+        get_run_logger().warning(f"no image artifact for {path}: {err}")
