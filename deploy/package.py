@@ -19,7 +19,7 @@ import yaml
 
 from deploy.config import PackageConfig
 from deploy.manifest import SCHEMA_VERSION, Manifest, PackageError, file_entries
-from deploy.validate import shippable, validation_rows
+from deploy.validate import REPORT_KEYS, shippable, validation_rows
 from rakd.io import atomic_dir, atomic_write_json, atomic_write_text
 from rakd.layout import RunLayout
 from rakd.tables import markdown_table
@@ -89,22 +89,8 @@ def describe_model(folder: Path) -> dict | None:
 
 
 def _summary(record: dict) -> dict:
-    keys = (
-        "accuracy",
-        "accuracy_drop",
-        "no_answer_rate",
-        "ttft_ms_p50",
-        "ttft_ms_p95",
-        "decode_tok_s_p50",
-        "latency_ms_p50",
-        "latency_ms_p95",
-        "peak_rss_mb",
-        "size_mb",
-        "passed",
-        "failed_gates",
-        "n",
-        "reference",
-    )
+    """What the manifest keeps of a validation record: the report's keys and the drop against the reference."""
+    keys = [k for k in REPORT_KEYS if k not in ("path", "label", "format")] + ["accuracy_drop", "n", "reference"]
     return {"label": record["label"], "format": record["format"], **{k: record.get(k) for k in keys}}
 
 

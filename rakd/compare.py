@@ -77,7 +77,9 @@ def plan_jobs(cfg: CompareConfig, distill) -> list[Job]:
     for method in cfg.methods:
         variants = [(alpha, clamp)]
         if method == "rakd":
-            variants = [(a, clamp) for a in dict.fromkeys([alpha, *cfg.alphas])]
+            # α = 1 is GRPO exactly (log ρ = log π_θ − log π_old): the grpo jobs stand for it when they run.
+            alphas = [a for a in dict.fromkeys([alpha, *cfg.alphas]) if a != 1.0 or "grpo" not in cfg.methods]
+            variants = [(a, clamp) for a in alphas]
             variants += [(alpha, CLAMP_OFF)] if cfg.clamp_off else []
         for a, c in variants:
             jobs += [Job(method, seed, lr, a, c) for lr in lrs for seed in cfg.seeds]
@@ -107,6 +109,7 @@ def job_distill_config(distill, compare: CompareConfig, job: Job, time_budget_s:
             "eval": distill.eval.model_copy(update={"per_problem": True}),
             "checkpoint_every": 10**9,
             "fail_after_step": None,
+            "threads": 1,  # one torch thread per job: the jobs share the machine's cores
         }
     )
 
@@ -234,12 +237,15 @@ def paired_bootstrap(runs: list[dict], reference: list[dict], resamples: int, se
 def alpha_rows(rows: list[dict]) -> list[dict]:
     """The α curve of rakd (clamp on): mean ± std greedy and sampled accuracy per α."""
     runs = [r for r in rows if r["method"] == "rakd" and r["teacher_clamp"] < CLAMP_OFF]
+    if not any(r["alpha"] == 1.0 for r in runs):  # α = 1 is GRPO: its jobs stand for that point
+        runs += [{**r, "alpha": 1.0} for r in rows if r["method"] == "grpo"]
     table = []
     for alpha in sorted({r["alpha"] for r in runs}):
         chosen = [r for r in runs if r["alpha"] == alpha]
+        label = f"{alpha:g}" + (" (the grpo runs)" if chosen[0]["method"] == "grpo" else "")
         table.append(
             {
-                "α": f"{alpha:g}",
+                "α": label,
                 "seeds": len(chosen),
                 "greedy": _mean_std([r["greedy_accuracy"] for r in chosen]),
                 "sampled": _mean_std([r["sampled_accuracy"] for r in chosen]),

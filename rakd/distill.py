@@ -44,13 +44,13 @@ class StudentSource(StageConfig):
 class WarmStartConfig(StageConfig):
     """Rejection-sampled SeqKD: teacher traces the verifier accepts, then SFT."""
 
-    n_prompts: int = Field(10000, ge=0, description="train questions the teacher answers (0: no warm start)")
+    n_prompts: int = Field(6000, ge=0, description="train questions the teacher answers (0: no warm start)")
     samples_per_prompt: int = Field(1, ge=1)
     temperature: float = Field(0.7, gt=0)
     max_new_tokens: int = Field(64, ge=1)
     sft: SFTConfig = Field(
         default_factory=lambda: SFTConfig(
-            steps=1500, log_every=100, optim=OptimConfig(warmup_steps=30, min_lr_ratio=0.05)
+            steps=600, log_every=100, optim=OptimConfig(warmup_steps=20, min_lr_ratio=0.05)
         )
     )
 
@@ -61,11 +61,11 @@ class DistillConfig(StageConfig):
     loss: LossParams = Field(default_factory=LossParams)
     warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    checkpoint_every: int = Field(25, ge=1)
-    eval_every: int = Field(50, ge=0, description="evaluate on the val split every N RL steps (0: never)")
+    eval: EvalConfig = Field(default_factory=lambda: EvalConfig(n_problems=1000))
+    checkpoint_every: int = Field(20, ge=1)
+    eval_every: int = Field(40, ge=0, description="evaluate on the val split every N RL steps (0: never)")
     val_problems: int = Field(200, ge=1)
-    threads: int = Field(1, ge=0, description="torch CPU threads during RL (1 was fastest here)")
+    threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default)")
     device: str = "auto"
     seed: int = 0
     fail_after_step: int | None = Field(None, description="fault injection for tests: crash after this RL step")

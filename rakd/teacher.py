@@ -33,7 +33,7 @@ class TeacherConfig(StageConfig):
             steps=1200, checkpoint_every=300, log_every=100, optim=OptimConfig(min_lr_ratio=0.05)
         )
     )
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    eval: EvalConfig = Field(default_factory=lambda: EvalConfig(n_problems=1000))
     threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default)")
     device: str = "auto"
     seed: int = 0

@@ -9,6 +9,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from test servers
 
 
+# A whole run at the smallest size that still exercises every stage (on top of configs/smoke.yaml).
+MICRO_RUN = [
+    "teacher.model.preset=test-micro",
+    "distill.student.model.preset=test-micro",
+    "prep.generator.n_items=300",
+    "teacher.train.steps=4",
+    "teacher.eval.n_problems=8",
+    "teacher.eval.k_samples=1",
+    "distill.warmstart.n_prompts=16",
+    "distill.warmstart.sft.steps=2",
+    "distill.warmstart.max_new_tokens=12",
+    "distill.rl.prompts_per_step=2",
+    "distill.rl.group_size=4",
+    "distill.rl.max_new_tokens=12",
+    "distill.eval.n_problems=8",
+    "distill.eval.k_samples=1",
+    "distill.eval.max_new_tokens=12",
+]
+
+
 @pytest.fixture(scope="session")
 def tiny_records():
     from rakd.data.generator import GeneratorConfig, generate

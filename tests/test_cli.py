@@ -7,27 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import MICRO_RUN
 
 from rakd.cli import build_parser, main
 from rakd.layout import RunLayout
 from rakd.registry import STAGES
 
 MICRO = [
-    "teacher.model.preset=test-micro",
-    "distill.student.model.preset=test-micro",
-    "prep.generator.n_items=200",
-    "teacher.train.steps=4",
-    "teacher.eval.n_problems=8",
-    "teacher.eval.k_samples=1",
-    "distill.warmstart.n_prompts=16",
-    "distill.warmstart.sft.steps=2",
+    *MICRO_RUN,
     "distill.rl.steps=2",
-    "distill.rl.prompts_per_step=2",
-    "distill.rl.group_size=4",
-    "distill.rl.max_new_tokens=12",
-    "distill.eval.n_problems=8",
-    "distill.eval.k_samples=1",
-    "distill.eval.max_new_tokens=12",
     "distill.eval_every=0",
     "export.onnx_quant=[]",
     "export.gguf_quant=[q8_0]",

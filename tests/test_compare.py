@@ -4,25 +4,16 @@
 import json
 
 import pytest
+from conftest import MICRO_RUN
 
 from rakd.compare import CLAMP_OFF, CompareConfig, Job, paired_bootstrap, plan_jobs, summary_rows
 from rakd.config import load_config
 
 MICRO = [
-    "teacher.model.preset=test-micro",
-    "distill.student.model.preset=test-micro",
-    "prep.generator.n_items=300",
-    "teacher.train.steps=4",
-    "teacher.eval.n_problems=8",
-    "teacher.eval.k_samples=1",
+    *MICRO_RUN,
     "distill.warmstart.n_prompts=32",
-    "distill.warmstart.sft.steps=2",
-    "distill.rl.prompts_per_step=2",
-    "distill.rl.group_size=4",
-    "distill.rl.max_new_tokens=12",
     "distill.eval.n_problems=12",
     "distill.eval.k_samples=2",
-    "distill.eval.max_new_tokens=12",
     "compare.steps=3",
     "compare.eval_every=2",
     "compare.val_problems=4",
@@ -39,9 +30,11 @@ def test_plan_covers_methods_seeds_alphas_and_the_clamp():
     distill = load_config(None).distill
     jobs = plan_jobs(CompareConfig(), distill)
     rakd = [j for j in jobs if j.method == "rakd"]
-    assert {j.alpha for j in rakd} == {0.0, 0.3, 0.5, 0.7, 1.0}
+    assert {j.alpha for j in rakd} == {0.0, 0.3, 0.5, 0.7}  # α = 1 is GRPO: the grpo jobs stand for it
     assert sum(j.teacher_clamp >= CLAMP_OFF for j in rakd) == 3  # clamp off, one per seed
-    assert len(rakd) == 3 * 6 and len(jobs) == 3 * 6 + 6 * 3
+    assert len(rakd) == 3 * 5 and len(jobs) == 3 * 5 + 6 * 3
+    alone = plan_jobs(CompareConfig(methods=["rakd"], seeds=[0], clamp_off=False), distill)
+    assert sorted(j.alpha for j in alone) == [0.0, 0.3, 0.5, 0.7, 1.0]
     assert jobs[-1].method == "sft" and {j.method for j in jobs[-3:]} == {"sft"}  # sft last: it needs rakd's time
     assert Job("rakd", 0, 1e-4, 0.5, CLAMP_OFF).variant == "rakd (α=0.5, no clamp)"
 

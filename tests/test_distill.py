@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from conftest import MICRO_RUN
 
 from rakd.config import load_config
 from rakd.data.prep import run_prep
@@ -12,24 +13,11 @@ from rakd.models.zoo import build_model, preset_config
 from rakd.teacher import run_teacher
 from rakd.train.rl import LossParams, RLConfig, RLTrainer
 
-MICRO = ["teacher.model.preset=test-micro", "distill.student.model.preset=test-micro"]
 FAST = [
-    "prep.generator.n_items=200",
-    "teacher.train.steps=4",
-    "teacher.eval.n_problems=8",
-    "teacher.eval.k_samples=1",
-    "distill.warmstart.n_prompts=16",
-    "distill.warmstart.sft.steps=2",
+    *MICRO_RUN,
     "distill.rl.steps=4",
-    "distill.rl.prompts_per_step=2",
-    "distill.rl.group_size=4",
-    "distill.rl.max_new_tokens=12",
-    "distill.eval.n_problems=8",
-    "distill.eval.k_samples=1",
-    "distill.eval.max_new_tokens=12",
     "distill.checkpoint_every=2",
     "distill.method=opd",
-    "distill.warmstart.max_new_tokens=12",
     "distill.eval_every=2",
     "distill.val_problems=4",
 ]
@@ -39,7 +27,7 @@ FAST = [
 def prepared(tmp_path_factory):
     """A run folder with data, tokenizer and a (barely) trained micro teacher."""
     root = tmp_path_factory.mktemp("runs")
-    cfg = load_config("configs/smoke.yaml", [f"run.root={root}", *MICRO, *FAST])
+    cfg = load_config("configs/smoke.yaml", [f"run.root={root}", *FAST])
     run_prep(cfg.prep, cfg.run.dir)
     run_teacher(cfg.teacher, cfg.run.dir)
     return cfg
@@ -48,7 +36,7 @@ def prepared(tmp_path_factory):
 def fresh_run(prepared, tmp_path, name, extra=()):
     import shutil
 
-    cfg = load_config("configs/smoke.yaml", [f"run.root={tmp_path}", f"run.name={name}", *MICRO, *FAST, *extra])
+    cfg = load_config("configs/smoke.yaml", [f"run.root={tmp_path}", f"run.name={name}", *FAST, *extra])
     for part in ("data", "tokenizer", "teacher"):
         shutil.copytree(prepared.run.dir / part, cfg.run.dir / part)
     return cfg
@@ -238,7 +226,7 @@ def test_teacher_scores_only_the_rows_that_enter_the_loss(tokenizer, tiny_record
     student = build_model(preset_config("test-micro", tokenizer), seed=1)
     teacher = build_model(preset_config("test-micro", tokenizer), seed=2)
     records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:2]]
-    cfg = RLConfig(prompts_per_step=2, group_size=4, max_new_tokens=6)
+    cfg = RLConfig(prompts_per_step=2, group_size=4, max_new_tokens=6, min_informative_groups=0)  # one draw
     metrics = RLTrainer(student, teacher, tokenizer, records, [], "rakd", LossParams(), cfg, tmp_path, seed=0).step(0)
     assert metrics["rows_in_loss"] == 4 and scored == [4, 4]  # teacher, then the sampling policy: 4 rows each
     assert metrics["degenerate_frac"] == 0.5 and metrics["updates"] == 1

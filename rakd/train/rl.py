@@ -49,22 +49,22 @@ class LossParams(StageConfig):
 
 
 class RLConfig(StageConfig):
-    steps: int = Field(250, ge=0)
-    prompts_per_step: int = Field(16, ge=1)
+    steps: int = Field(80, ge=0)
+    prompts_per_step: int = Field(32, ge=1)
     group_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     ppo_epochs: int = Field(1, ge=1)
-    minibatch_size: int = Field(64, ge=1, description="rollouts per optimiser step")
+    minibatch_size: int = Field(1024, ge=1, description="rollouts per optimiser step (>= the step's rows: one step)")
     zero_adv: Literal["skip", "kd"] = "skip"
     min_informative_groups: int = Field(
-        0,
+        16,
         ge=0,
         description="dynamic sampling (DAPO): draw more prompts until the step holds this many groups with "
         "mixed rewards (0: one draw of prompts_per_step)",
     )
-    max_draws: int = Field(4, ge=1, description="dynamic sampling: at most this many draws of prompts_per_step")
+    max_draws: int = Field(3, ge=1, description="dynamic sampling: at most this many draws of prompts_per_step")
     prompts: Literal["unseen", "all"] = Field(
         "unseen",
         description="unseen: RL draws train questions the warm start's traces did not cover (all of "
@@ -148,6 +148,7 @@ class RLTrainer(CheckpointedTrainer):
         `min_informative_groups` groups with mixed rewards (all-equal groups are dropped when zero_adv=skip)."""
         cfg, group = self.cfg, self.cfg.group_size
         order, kept, kept_rewards, every_reward, informative, draws = self.prompt_order(step), [], [], [], 0, 0
+        first = None
         for start in range(0, len(order), cfg.prompts_per_step):
             chosen, draws = order[start : start + cfg.prompts_per_step], draws + 1
             batch = sample(
@@ -164,6 +165,7 @@ class RLTrainer(CheckpointedTrainer):
                 [reward(t, a) for t, a in zip(batch.texts, [r["answer"] for r in chosen for _ in range(group)])]
             )
             every_reward.append(rewards)
+            first = first or (batch, rewards)
             mixed = ~group_advantages(rewards, group)[1]
             if cfg.min_informative_groups and cfg.zero_adv == "skip":
                 keep = torch.nonzero(mixed).squeeze(-1)
@@ -182,6 +184,8 @@ class RLTrainer(CheckpointedTrainer):
             "groups_informative": informative,
             "informative_frac": informative / max(1, len(every_reward) // group),
         }
+        if not informative:  # nothing to learn from in any draw: the first draw, whole (zero_adv decides)
+            return first[0], first[1], info
         return concat_rollouts(kept, self.tokenizer.pad_token_id), torch.cat(kept_rewards), info
 
     def score_rows(self, model, batch: Rollouts, rows: torch.Tensor, temperature: float) -> torch.Tensor:
