@@ -10,14 +10,14 @@ from rakd.schema import StageConfig
 
 
 class Gates(StageConfig):
-    min_accuracy: float = Field(0.5, ge=0, le=1)
+    min_accuracy: float = Field(0.4, ge=0, le=1)
     max_accuracy_drop: float | None = Field(0.05, ge=0, description="absolute drop vs the fp32 reference")
     max_latency_ms_p95: float | None = Field(500, gt=0, description="one problem, greedy, on `threads` threads")
     max_size_mb: float | None = Field(50, gt=0)
 
 
 class ValidateConfig(StageConfig):
-    n_problems: int = Field(500, ge=1, description="first N problems of the data file")
+    n_problems: int = Field(300, ge=1, description="first N problems of the data file")
     max_new_tokens: int = Field(64, ge=1)
     threads: int = Field(1, ge=1, description="runtime threads, as on the device")
     warmup: int = Field(1, ge=0, description="untimed problems first (loads caches, JIT)")

@@ -262,7 +262,8 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for variant in variants_in_order(rows):
+    colours = plt.cm.tab20.colors  # more variants than tab10 has colours
+    for index, variant in enumerate(variants_in_order(rows)):
         curves = [r["curve"] for r in rows if r["variant"] == variant and r["curve"]]
         if not curves:
             continue
@@ -270,8 +271,9 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         for ax, key in zip(axes, ("step", "seconds")):
             xs = [statistics.fmean(c[i][key] for c in curves) for i in range(length)]
             values = [[100 * c[i]["val"] for c in curves] for i in range(length)]
-            (line,) = ax.plot(xs, [statistics.fmean(v) for v in values], label=variant)
-            ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], alpha=0.15, color=line.get_color())
+            colour = colours[(2 * index) % len(colours) + (2 * index) // len(colours)]
+            ax.plot(xs, [statistics.fmean(v) for v in values], label=variant, color=colour, marker="o", markersize=3)
+            ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], alpha=0.12, color=colour)
     axes[0].set_xlabel("RL step")
     axes[1].set_xlabel("wall-clock seconds of RL (sampling + teacher + update)")
     axes[0].set_ylabel("val greedy accuracy (%)")

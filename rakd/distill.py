@@ -62,8 +62,8 @@ class DistillConfig(StageConfig):
     warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     eval: EvalConfig = Field(default_factory=lambda: EvalConfig(n_problems=1000))
-    checkpoint_every: int = Field(20, ge=1)
-    eval_every: int = Field(40, ge=0, description="evaluate on the val split every N RL steps (0: never)")
+    checkpoint_every: int = Field(25, ge=1)
+    eval_every: int = Field(25, ge=0, description="evaluate on the val split every N RL steps (0: never)")
     val_problems: int = Field(200, ge=1)
     threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default)")
     device: str = "auto"

@@ -49,7 +49,7 @@ class LossParams(StageConfig):
 
 
 class RLConfig(StageConfig):
-    steps: int = Field(80, ge=0)
+    steps: int = Field(50, ge=0)
     prompts_per_step: int = Field(32, ge=1)
     group_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(48, ge=1)
