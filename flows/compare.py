@@ -5,9 +5,11 @@ cluster by address). The jobs, one job and the results are library code in `rakd
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -80,21 +82,30 @@ def job_task(config: dict, job: dict, base: str, warmstart: str, out: str, time_
     return run_job(distill, entry, cfg.run.layout.__class__(base), Path(warmstart), Path(out))
 
 
-def task_runner(compare: CompareConfig):
-    from prefect_dask import DaskTaskRunner
-
+@contextlib.contextmanager
+def dask_address(compare: CompareConfig) -> Iterator[str]:
+    """The scheduler to run on: `compare.dask_address`, else a local cluster (one single-threaded worker process
+    per core) whose workers have all started before any job is submitted, so that jobs really run side by side."""
     if compare.dask_address:
-        return DaskTaskRunner(address=compare.dask_address)
+        yield compare.dask_address
+        return
+    from dask.distributed import Client, LocalCluster
+
     workers = compare.workers or os.cpu_count() or 1
-    return DaskTaskRunner(
-        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
-    )
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            client.wait_for_workers(workers, timeout=300)
+        yield cluster.scheduler_address
 
 
 def compare_flow(config: str | dict | None, overrides: list[str] | None = None) -> dict:
     """Load the config, then run `rakd-compare` on a Dask task runner built from its `compare` section."""
+    from prefect_dask import DaskTaskRunner
+
     cfg = load_config(config, overrides or [])
-    return rakd_compare.with_options(task_runner=task_runner(cfg.compare))(config=cfg.model_dump(mode="json"))
+    with dask_address(cfg.compare) as address:
+        runner = DaskTaskRunner(address=address)
+        return rakd_compare.with_options(task_runner=runner)(config=cfg.model_dump(mode="json"))
 
 
 @flow(name="rakd-compare", log_prints=True)

@@ -100,5 +100,9 @@ def test_compare_flow_runs_jobs_in_parallel_on_two_dask_workers(prefect_harness,
     assert expected <= set(saved["runs"][0])
     assert "vs rakd (α=0.5)" in (results / "results.md").read_text()
     assert (results / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    again = compare_flow("configs/smoke.yaml", overrides)  # the warm start and the base run are reused
-    assert {r["warmstart_greedy_accuracy"] for r in again["rows"]} == {a["warmstart_greedy_accuracy"]}
+    from flows.compare import ensure_warmstart
+
+    warmstart = tmp_path / "cmp" / "compare" / "warmstart"
+    made = (warmstart / "model.safetensors").stat().st_mtime_ns
+    assert ensure_warmstart(load_config("configs/smoke.yaml", overrides)) == warmstart  # reused, not made again
+    assert (warmstart / "model.safetensors").stat().st_mtime_ns == made

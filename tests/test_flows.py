@@ -23,6 +23,8 @@ from rakd.registry import stage_keys
 from rakd.schema import ConfigError, DataError
 
 STAGES = [stage.name for stage in REGISTRY]
+# The resume test needs only one artefact after distill: one GGUF keeps its export and validation short.
+LIGHT_EXPORT = ["export.formats=[gguf]", "export.onnx_quant=[]", "export.gguf_quant=[q8_0]"]
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +146,13 @@ def test_same_config_is_all_cached_and_export_change_reruns_downstream_only(firs
 def test_crash_in_distill_resumes_from_checkpoint_with_the_same_weights(first_run, harness, root):
     with pytest.raises(InjectedFault):
         rakd_pipeline(
-            config="configs/smoke.yaml", overrides=overrides(root, "distill.fail_after_step=3"), run_name="resumed"
+            config="configs/smoke.yaml",
+            overrides=overrides(root, "distill.fail_after_step=3", *LIGHT_EXPORT),
+            run_name="resumed",
         )
     run = root / "resumed"
     assert (run / "student.work" / "checkpoints" / "step-3").is_dir() and not (run / "student").exists()
-    resumed = rakd_pipeline(config="configs/smoke.yaml", overrides=overrides(root), run_name="resumed")
+    resumed = rakd_pipeline(config="configs/smoke.yaml", overrides=overrides(root, *LIGHT_EXPORT), run_name="resumed")
     assert resumed["states"]["prep"] == resumed["states"]["teacher"] == "Cached"
     assert resumed["states"]["distill"] == "Completed"
     ours, reference = (
