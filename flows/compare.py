@@ -17,7 +17,7 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 from prefect.cache_policies import NO_CACHE
 
 from flows.stages import slug
-from rakd.compare import CompareConfig, Job, job_distill_config, plan_jobs, run_job, write_results
+from rakd.compare import CompareConfig, Job, job_distill_config, link_base, plan_jobs, run_job, write_results
 from rakd.config import PipelineConfig, load_config
 from rakd.io import atomic_write_text, fingerprint
 from rakd.registry import BY_NAME, outputs_current, run_stage, stage_keys
@@ -55,11 +55,7 @@ def ensure_warmstart(cfg: PipelineConfig) -> Path:
     ):
         return target
     work = layout.compare / "warmstart.work"
-    shutil.rmtree(work, ignore_errors=True)
-    for name in ("data", "tokenizer", "teacher"):
-        work.mkdir(parents=True, exist_ok=True)
-        if (layout.root / name).exists():
-            os.symlink((layout.root / name).resolve(), work / name)
+    link_base(layout, work)
     made = prepare_warmstart(
         distill.model_copy(update={"eval": distill.eval.model_copy(update={"per_problem": True})}), work
     )

@@ -114,13 +114,18 @@ def job_distill_config(distill, compare: CompareConfig, job: Job, time_budget_s:
     )
 
 
-def link_run(base: RunLayout, warmstart: Path, target: RunLayout) -> None:
-    """A job's run folder: the base run's data, tokenizer and teacher (links) and a copy of the warm start."""
-    shutil.rmtree(target.root, ignore_errors=True)
-    target.root.mkdir(parents=True)
+def link_base(base: RunLayout, target: Path) -> None:
+    """A fresh folder `target` that sees the base run's data, tokenizer and teacher (symlinks, no copies)."""
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
     for name in ("data", "tokenizer", "teacher"):
         if (base.root / name).exists():
-            os.symlink((base.root / name).resolve(), target.root / name)
+            os.symlink((base.root / name).resolve(), target / name)
+
+
+def link_run(base: RunLayout, warmstart: Path, target: RunLayout) -> None:
+    """A job's run folder: the base run's data, tokenizer and teacher (links) and a copy of the warm start."""
+    link_base(base, target.root)
     shutil.copytree(warmstart, target.student_work / "warmstart")
 
 

@@ -173,15 +173,21 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillResult:
-    layout = RunLayout(run_dir)
+def load_models(cfg: DistillConfig, layout: RunLayout):
+    """(frozen teacher, initial student, tokenizer) on the configured device and thread count."""
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
-    timings = {}
-    t0 = time.perf_counter()
     teacher, teacher_tok = load_causal_lm(layout.teacher)
     teacher.to(device).eval().requires_grad_(False)
     student, tokenizer = init_student(cfg, teacher, teacher_tok, device)
+    return teacher, student, tokenizer
+
+
+def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillResult:
+    layout = RunLayout(run_dir)
+    timings = {}
+    t0 = time.perf_counter()
+    teacher, student, tokenizer = load_models(cfg, layout)
     train = distill_records(layout, "train")
     traces, eval_warm = run_warmstart(cfg, student, teacher, tokenizer, train, layout, log)
     timings["warmstart"] = time.perf_counter() - t0
@@ -241,11 +247,7 @@ def prepare_warmstart(cfg: DistillConfig, run_dir: str | Path, log=print) -> Pat
     """Only the warm start (teacher traces, SFT, evaluation) into `student.work/warmstart/`; returns that folder.
     A comparison makes it once and starts every method from it."""
     layout = RunLayout(run_dir)
-    set_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    teacher, teacher_tok = load_causal_lm(layout.teacher)
-    teacher.to(device).eval().requires_grad_(False)
-    student, tokenizer = init_student(cfg, teacher, teacher_tok, device)
+    teacher, student, tokenizer = load_models(cfg, layout)
     run_warmstart(cfg, student, teacher, tokenizer, distill_records(layout, "train"), layout, log)
     return layout.student_work / "warmstart"
 

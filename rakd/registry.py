@@ -56,7 +56,8 @@ class Stage:
 def run_prep(cfg, layout: RunLayout) -> Summary:
     from rakd.data.prep import run_prep as prep
 
-    return {"path": str(prep(cfg, layout.root).data_dir), "card": read_json(layout.card)}
+    result = prep(cfg, layout.root)
+    return {"path": str(result.data_dir), "card": result.card}
 
 
 def run_teacher(cfg, layout: RunLayout) -> Summary:
@@ -111,12 +112,6 @@ def run_package(cfg, layout: RunLayout) -> Summary:
         "models": [m.model_dump() for m in manifest.models],
         "files": len(manifest.files),
     }
-
-
-def read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text())
 
 
 # ---------------------------------------------------------------- summary rows
