@@ -24,6 +24,7 @@ from rakd.data.format import prompt_text
 from rakd.progress import Progress
 
 Backend = Literal["generate", "loop"]
+COMPACT_EVERY = 8  # decode steps between EOS checks (and dropping finished rows) in the loop sampler
 
 
 @dataclass
@@ -85,41 +86,64 @@ def attention_mask_4d(model, mask: torch.Tensor, query_length: int) -> torch.Ten
     )
 
 
+def _next_token(logits, temperature, top_p, generator):
+    if temperature > 0:
+        probs = _filter_top_p(logits.float() / temperature, top_p).softmax(-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return logits.argmax(-1)
+
+
 @torch.no_grad()
-def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id, pad_id, generator):
+def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, group_size=1):
+    """The KV-cache decode loop. `ids`/`mask` hold each distinct prompt once when `group_size` > 1: the prompts
+    are prefilled once and their cache expanded G times. Every `COMPACT_EVERY` tokens (the loop's only host
+    synchronisation) rows that have emitted EOS leave the batch and the cache, so the rest decode a smaller one."""
     cache = DynamicCache()
+    positions = position_ids(mask)
     out = model(
         input_ids=ids,
         attention_mask=attention_mask_4d(model, mask, ids.shape[1]),
-        position_ids=position_ids(mask),
+        position_ids=positions,
         past_key_values=cache,
         use_cache=True,
     )
-    positions = position_ids(mask)[:, -1:]
-    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    tokens = []
-    for _ in range(max_new_tokens):
-        logits = out.logits[:, -1].float()
-        if temperature > 0:
-            probs = _filter_top_p(logits / temperature, top_p).softmax(-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        else:
-            token = logits.argmax(-1)
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        tokens.append(token)
+    logits = out.logits[:, -1]
+    positions = positions[:, -1:]
+    if group_size > 1:
+        cache.batch_repeat_interleave(group_size)
+        logits, mask, positions = (t.repeat_interleave(group_size, dim=0) for t in (logits, mask, positions))
+    rows = logits.shape[0]
+    tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=ids.device)
+    active = torch.arange(rows, device=ids.device)  # the output row of each batch row still decoding
+    finished = torch.zeros(rows, dtype=torch.bool, device=ids.device)
+    for t in range(max_new_tokens):
+        token = torch.where(
+            finished, torch.full_like(active, pad_id), _next_token(logits, temperature, top_p, generator)
+        )
+        tokens[active, t] = token
         finished |= token == eos_id
-        if finished.all():
+        if t + 1 == max_new_tokens:
             break
+        if (t + 1) % COMPACT_EVERY == 0:
+            keep = torch.nonzero(~finished).squeeze(-1)
+            if len(keep) == 0:
+                break
+            if len(keep) < len(active):
+                cache.batch_select_indices(keep)
+                active, token, mask, positions, finished = (x[keep] for x in (active, token, mask, positions, finished))
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         positions = positions + 1
-        out = model(
+        logits = model(
             input_ids=token[:, None],
             attention_mask=attention_mask_4d(model, mask, 1),
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
-        )
-    return torch.stack(tokens, dim=1)
+        ).logits[:, -1]
+    is_eos = tokens == eos_id
+    if not bool(is_eos.any(1).all()):
+        return tokens
+    return tokens[:, : int(is_eos.float().argmax(1).max()) + 1]  # up to the last row's EOS, as generate() stops
 
 
 @torch.no_grad()
@@ -156,9 +180,19 @@ def sample(
     batch_size: int = 256,
     backend: Backend = "loop",
     progress: str | None = None,
+    group_size: int = 1,
 ) -> Rollouts:
     """Sample one completion per question (repeat questions for G per prompt); temperature 0 is greedy.
-    `progress` names a progress display over the batches (shown when there is more than one)."""
+    With `group_size` G > 1, `questions` holds each prompt G times in a row and the loop sampler prefills each
+    prompt once for its G samples. `progress` names a progress display over the batches (shown when there is
+    more than one)."""
+    if group_size > 1:
+        if len(questions) % group_size or any(
+            questions[i] != questions[i - i % group_size] for i in range(len(questions))
+        ):
+            raise ValueError(f"group_size={group_size}: questions must repeat each prompt {group_size} times in a row")
+        batch_size = max(group_size, batch_size - batch_size % group_size)
+    shared = group_size if backend == "loop" else 1
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)  # multinomial needs one on the probs' device
     parts = []
@@ -169,7 +203,7 @@ def sample(
         else None
     )
     for index, start in enumerate(batches):
-        ids, mask = encode_prompts(tokenizer, questions[start : start + batch_size])
+        ids, mask = encode_prompts(tokenizer, questions[start : start + batch_size : shared])
         completion = _SAMPLERS[backend](
             model,
             ids.to(device),
@@ -180,7 +214,10 @@ def sample(
             eos_id=tokenizer.eos_token_id,
             pad_id=tokenizer.pad_token_id,
             generator=generator,
+            **({"group_size": shared} if shared > 1 else {}),
         )
+        if shared > 1:
+            ids, mask = ids.repeat_interleave(shared, dim=0), mask.repeat_interleave(shared, dim=0)
         parts.append((ids, mask, completion.cpu()))
         if shown:
             shown.update(index)
@@ -244,19 +281,54 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def trimmed(rollouts: Rollouts) -> Rollouts:
+    """The same rows without the prompt columns that are padding in every row (on the left) and the completion
+    columns past every row's end (on the right): what a forward pass over them would waste."""
+    prompt_cols = rollouts.prompt_mask.any(0).nonzero()
+    first = int(prompt_cols.min()) if len(prompt_cols) else rollouts.prompt_mask.shape[1]
+    width = max(1, int(rollouts.completion_mask.sum(-1).max())) if len(rollouts.texts) else 1
+    return Rollouts(
+        rollouts.prompt_ids[:, first:],
+        rollouts.prompt_mask[:, first:],
+        rollouts.completion_ids[:, :width],
+        rollouts.completion_mask[:, :width],
+        rollouts.texts,
+    )
+
+
+def length_buckets(rollouts: Rollouts, rows: int) -> list[torch.Tensor]:
+    """Row indices in chunks of at most `rows`, sorted by total length, so that each chunk, trimmed, carries
+    little padding (a third of a step's scoring time at the demo's sizes; `bench/rl_throughput.py`)."""
+    lengths = rollouts.prompt_mask.sum(-1) + rollouts.completion_mask.sum(-1)
+    return list(torch.argsort(lengths, stable=True).split(rows))
+
+
 def score_completions(
-    model: PreTrainedModel, rollouts: Rollouts, batch_size: int = 256, temperature: float = 1.0
+    model: PreTrainedModel, rollouts: Rollouts, batch_size: int | None = None, temperature: float = 1.0
 ) -> torch.Tensor:
-    """Per-token log-probabilities (B, T) of the sampled tokens under `model` on logits / `temperature`, no grad."""
+    """Per-token log-probabilities (B, T) of the sampled tokens under `model` on logits / `temperature`, no grad
+    (0 past each row's end). Rows go through in length-sorted, trimmed chunks of `batch_size` (default: 32 on a
+    CPU, where padding costs compute, 256 on an accelerator)."""
     device = next(model.parameters()).device
-    scores = []
+    batch_size = batch_size or (32 if device.type == "cpu" else 256)
+    scores = torch.zeros(rollouts.completion_ids.shape, dtype=torch.float32)
     with torch.no_grad():
-        for s in range(0, rollouts.completion_ids.shape[0], batch_size):
-            sl = slice(s, s + batch_size)
+        for rows in length_buckets(rollouts, batch_size):
+            chunk = trimmed(select_rows(rollouts, rows))
             tensors = [
-                t[sl].to(device)
-                for t in (rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids, rollouts.completion_mask)
+                t.to(device) for t in (chunk.prompt_ids, chunk.prompt_mask, chunk.completion_ids, chunk.completion_mask)
             ]
             logits = forward_completion(model, *tensors)
-            scores.append(token_logprobs(logits, tensors[2], temperature).cpu())
-    return torch.cat(scores)
+            width = tensors[2].shape[1]
+            scores[rows, :width] = token_logprobs(logits, tensors[2], temperature).cpu() * chunk.completion_mask
+    return scores
+
+
+def select_rows(rollouts: Rollouts, rows: torch.Tensor) -> Rollouts:
+    return Rollouts(
+        rollouts.prompt_ids[rows],
+        rollouts.prompt_mask[rows],
+        rollouts.completion_ids[rows],
+        rollouts.completion_mask[rows],
+        [rollouts.texts[i] for i in rows.tolist()],
+    )

@@ -228,5 +228,15 @@ def test_teacher_scores_only_the_rows_that_enter_the_loss(tokenizer, tiny_record
     records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:2]]
     cfg = RLConfig(prompts_per_step=2, group_size=4, max_new_tokens=6, min_informative_groups=0)  # one draw
     metrics = RLTrainer(student, teacher, tokenizer, records, [], "rakd", LossParams(), cfg, tmp_path, seed=0).step(0)
-    assert metrics["rows_in_loss"] == 4 and scored == [4, 4]  # teacher, then the sampling policy: 4 rows each
+    # The teacher scores the 4 rows; π_old needs no pass of its own when the update is one optimiser step
+    # (it is π_θ before that step: the update's own log-probs, detached).
+    assert metrics["rows_in_loss"] == 4 and scored == [4]
     assert metrics["degenerate_frac"] == 0.5 and metrics["updates"] == 1
+
+    # Two optimiser steps (two PPO epochs): π_old is scored before the first, on the same 4 rows.
+    outcomes = iter([1.0, 0.0, 1.0, 0.0] + [0.0] * 4)
+    monkeypatch.setattr(rl, "reward", lambda text, answer: next(outcomes))
+    scored.clear()
+    cfg = cfg.model_copy(update={"ppo_epochs": 2})
+    metrics = RLTrainer(student, teacher, tokenizer, records, [], "rakd", LossParams(), cfg, tmp_path, seed=0).step(0)
+    assert scored == [4, 4] and metrics["updates"] == 2

@@ -69,3 +69,37 @@ def test_scores_match_unpadded_single_sequences(model, tokenizer):
             logits = model(torch.cat([prompt, completion], dim=1)).logits[:, prompt.shape[1] - 1 : -1]
         expected = token_logprobs(logits, completion)
         assert torch.allclose(scores[i, :n], expected[0], atol=1e-5)
+
+
+def test_shared_prefill_leaves_the_samples_unchanged(model, tokenizer):
+    """G samples of a prompt prefill it once: the same tokens as prefilling each copy, greedy and seeded."""
+    group = 4
+    repeated = [q for q in QUESTIONS for _ in range(group)]
+    for temperature in (0.0, 1.0):
+        kw = dict(max_new_tokens=10, temperature=temperature, seed=5)
+        shared = sample(model, tokenizer, repeated, group_size=group, **kw)
+        apart = sample(model, tokenizer, repeated, **kw)
+        assert torch.equal(shared.completion_ids, apart.completion_ids)
+        assert torch.equal(shared.prompt_ids, apart.prompt_ids) and shared.texts == apart.texts
+        torch.testing.assert_close(score_completions(model, shared), score_completions(model, apart))
+    with pytest.raises(ValueError, match="repeat each prompt"):
+        sample(model, tokenizer, QUESTIONS, max_new_tokens=4, group_size=2)
+
+
+def test_finished_rows_leave_the_batch_without_changing_any_row(model, tokenizer, monkeypatch):
+    """Rows that have emitted EOS are dropped from the decode batch (and the cache) every few tokens; each
+    row's tokens stay what a batch that keeps every row computes. A common token stands in for EOS so that
+    the random model's rows end at different steps."""
+    from rakd import rollout
+
+    ids, mask = encode_prompts(tokenizer, QUESTIONS * 3)
+    kw = dict(max_new_tokens=24, temperature=0.0, top_p=1.0, pad_id=tokenizer.pad_token_id, generator=None)
+    probe = rollout._sample_loop(model, ids, mask, eos_id=-1, **kw)
+    eos = int(torch.mode(probe[:, 2:].flatten()).values)  # the random model's most common token
+    monkeypatch.setattr(rollout, "COMPACT_EVERY", 10**6)
+    kept = rollout._sample_loop(model, ids, mask, eos_id=eos, **kw)
+    monkeypatch.setattr(rollout, "COMPACT_EVERY", 2)
+    dropped = rollout._sample_loop(model, ids, mask, eos_id=eos, **kw)
+    ends = completion_mask(kept, eos).sum(-1)
+    assert len(set(ends.tolist())) > 1  # rows really finished at different steps
+    assert torch.equal(dropped, kept)

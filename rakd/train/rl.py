@@ -23,7 +23,16 @@ from pydantic import Field
 from rakd.losses import LOSSES, LossSpec, group_advantages
 from rakd.losses.common import Aggregation
 from rakd.progress import Progress
-from rakd.rollout import Backend, Rollouts, concat_rollouts, forward_completion, sample, score_completions
+from rakd.rollout import (
+    Backend,
+    Rollouts,
+    concat_rollouts,
+    forward_completion,
+    sample,
+    score_completions,
+    select_rows,
+    trimmed,
+)
 from rakd.schema import StageConfig
 from rakd.train.batches import batch_ids, batch_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
@@ -81,16 +90,6 @@ def token_entropy(logits: torch.Tensor, mask: torch.Tensor) -> float:
     logprobs = torch.log_softmax(logits.detach().float(), dim=-1)
     entropy = -(logprobs.exp() * logprobs).sum(-1)
     return float((entropy * mask).sum() / mask.sum().clamp(min=1))
-
-
-def subset(batch: Rollouts, rows: torch.Tensor) -> Rollouts:
-    return Rollouts(
-        batch.prompt_ids[rows],
-        batch.prompt_mask[rows],
-        batch.completion_ids[rows],
-        batch.completion_mask[rows],
-        [batch.texts[i] for i in rows.tolist()],
-    )
 
 
 class RLTrainer(CheckpointedTrainer):
@@ -160,6 +159,7 @@ class RLTrainer(CheckpointedTrainer):
                 top_p=cfg.top_p,
                 seed=step_seed(self.seed, step, salt=7 + 7919 * start),
                 backend=cfg.backend,
+                group_size=group,
             )
             rewards = torch.tensor(
                 [reward(t, a) for t, a in zip(batch.texts, [r["answer"] for r in chosen for _ in range(group)])]
@@ -169,7 +169,7 @@ class RLTrainer(CheckpointedTrainer):
             mixed = ~group_advantages(rewards, group)[1]
             if cfg.min_informative_groups and cfg.zero_adv == "skip":
                 keep = torch.nonzero(mixed).squeeze(-1)
-                batch, rewards = subset(batch, keep), rewards[keep]
+                batch, rewards = select_rows(batch, keep), rewards[keep]
             kept.append(batch)
             kept_rewards.append(rewards)
             informative += int(mixed.sum()) // group
@@ -192,7 +192,7 @@ class RLTrainer(CheckpointedTrainer):
         """Per-token log-probs (B, T) under `model` for `rows` only (the rows that enter the loss); 0 elsewhere."""
         scores = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
         if len(rows):
-            scores[rows] = score_completions(model, subset(batch, rows), temperature=temperature)
+            scores[rows] = score_completions(model, select_rows(batch, rows), temperature=temperature)
         return scores
 
     def run(
@@ -235,7 +235,14 @@ class RLTrainer(CheckpointedTrainer):
             needs_teacher = self.spec.needs_teacher or self.kd_spec is not None
             teacher_lp = self.score_rows(self.teacher, batch, rows, self.temperature) if needs_teacher else None
             t_teacher = time.perf_counter() - t1
-            old_lp = self.score_rows(self.student, batch, rows, self.temperature)
+            # π_old: a forward pass of its own only when the update takes more than one optimiser step; with
+            # one step on-policy, π_old is π_θ before that step, i.e. the update's own log-probs, detached.
+            needs_old = "old_logprobs" in self.spec.inputs or self.kd_spec is not None
+            old_lp = (
+                self.score_rows(self.student, batch, rows, self.temperature)
+                if needs_old and not (self.single_update(len(rows)))
+                else None
+            )
         t2 = time.perf_counter()
         metrics = self.update(step, batch, advantages, old_lp, teacher_lp, main_rows, kd_rows)
         t_update = time.perf_counter() - t2
@@ -262,6 +269,10 @@ class RLTrainer(CheckpointedTrainer):
         """The temperature rollouts were sampled at: π_old, π_θ and the teacher are all taken on logits / T."""
         return self.cfg.temperature if self.spec.on_policy else 1.0
 
+    def single_update(self, n_rows: int) -> bool:
+        """True when the step's update is one optimiser step over all its rows (one epoch, one minibatch)."""
+        return self.cfg.ppo_epochs == 1 and n_rows <= self.cfg.minibatch_size
+
     def minibatch_order(self, step: int, epoch: int, n_rows: int) -> torch.Tensor:
         """The seeded shuffle of the rows for one PPO epoch of one step (a different order every step and epoch)."""
         return torch.randperm(n_rows, generator=torch.Generator().manual_seed(step_seed(self.seed, step, salt=epoch)))
@@ -277,12 +288,14 @@ class RLTrainer(CheckpointedTrainer):
             order = self.minibatch_order(step, epoch, len(rows))
             for chunk in order.split(self.cfg.minibatch_size):
                 picked = rows[chunk]
+                part = trimmed(select_rows(batch, picked))  # padding every row shares costs compute, not signal
+                width = part.completion_ids.shape[1]
                 metrics = self.minibatch(
-                    subset(batch, picked),
+                    part,
                     is_kd[chunk],
                     advantages[picked],
-                    old_lp[picked],
-                    None if teacher_lp is None else teacher_lp[picked],
+                    None if old_lp is None else old_lp[picked, :width],
+                    None if teacher_lp is None else teacher_lp[picked, :width],
                 )
                 for key, value in metrics.items():
                     sums[key] += value
@@ -294,7 +307,8 @@ class RLTrainer(CheckpointedTrainer):
         degenerate-group rows (zero_adv=kd), weighted by their share of the minibatch."""
         with autocast(self.device):
             tensors = batch_tensors(self.student, batch, temperature=self.temperature)
-            tensors.update(old_logprobs=old_lp.to(self.device), advantages=advantages.to(self.device))
+            old = tensors["logprobs"].detach() if old_lp is None else old_lp.to(self.device)
+            tensors.update(old_logprobs=old, advantages=advantages.to(self.device))
             if teacher_lp is not None:
                 tensors["teacher_logprobs"] = teacher_lp.to(self.device)
             if self.spec.needs_logits:
