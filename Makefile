@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/tiny.yaml
 
-.PHONY: demo test lint format install clean
+.PHONY: demo test lint format install clean bench-rl
 
 install: $(STAMP)
 
@@ -37,6 +37,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# RL step throughput against TRL's GRPOTrainer (README "Performance"); needs a finished demo run in runs/tiny.
+# TRL is a bench-only extra with its own constraints (it moves fsspec); `make install` moves it back.
+bench-rl: $(STAMP)
+	test -f runs/tiny/student/model.safetensors || $(MAKE) demo
+	$(PY) -m pip install --quiet -c bench/constraints.txt -e '.[bench]'
+	rm -f $(STAMP)
+	$(PY) bench/rl_throughput.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,249 @@
+"""RL step throughput: our trainer (grpo, grpo_kl, rakd) against TRL's GRPOTrainer, in one run.
+
+    make bench-rl                      # installs the bench extra (TRL), then runs this on runs/tiny
+    .venv/bin/python bench/rl_throughput.py [--run runs/tiny] [--threads 1] [--prompts 16] [--group 8]
+
+Everything that could differ is set the same on both sides: the trained student and teacher of a finished run
+(`make demo` makes runs/tiny), the same pool of train prompts in the same prompt format, the same verifier reward,
+the batch (prompts x G completions per step), max new tokens, temperature 1, learning rate, clip range
+(0.2 / 0.28), sequence-mean loss, thread count and fp32. TRL's own defaults that would silently differ are set
+explicitly (bf16 off, gradient checkpointing off, one generation per optimiser step, one iteration).
+
+Not the same work, said beside the numbers: our trainer drops groups whose rewards are all equal before the
+update (they carry no gradient), TRL's loss runs over every completion; and TRL's beta > 0 takes KL to a frozen
+copy of the initial student, where our grpo_kl takes it to the teacher. Dynamic sampling is off here
+(min_informative_groups 0) so that both sides sample exactly prompts x G completions per step.
+
+Prints a table (median seconds per step over the measured steps, completions per second, our split into sample /
+teacher / update) and writes bench/results/rl_throughput.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from rakd.data.format import prompt_text
+from rakd.io import read_jsonl
+from rakd.models.load import load_causal_lm
+from rakd.tables import markdown_table, text_table
+from rakd.train.common import OptimConfig
+from rakd.train.rl import LossParams, RLConfig, RLTrainer
+from rakd.verify import reward
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ours(method, student, teacher, tokenizer, records, args) -> dict:
+    """Our RLTrainer, `args.steps` steps from a fresh copy of the student; per-step seconds and their split."""
+    cfg = RLConfig(
+        steps=args.steps,
+        prompts_per_step=args.prompts,
+        group_size=args.group,
+        max_new_tokens=args.max_new_tokens,
+        temperature=1.0,
+        min_informative_groups=0,
+        prompts="all",
+        optim=OptimConfig(lr=args.lr, warmup_steps=0, schedule="constant"),
+    )
+    with tempfile.TemporaryDirectory() as out:
+        trainer = RLTrainer(
+            copy.deepcopy(student), teacher, tokenizer, records, [], method, LossParams(), cfg, Path(out), seed=0
+        )
+        rows = []
+        for step in range(args.steps):
+            start = time.perf_counter()
+            metrics = trainer.step(step)
+            rows.append({"seconds": time.perf_counter() - start, **metrics})
+    measured = rows[args.warmup :]
+    med = {
+        key: statistics.median(r[key] for r in measured)
+        for key in ("seconds", "seconds_sample", "seconds_teacher", "seconds_update")
+    }
+    return {
+        "trainer": f"ours {method}",
+        "s_per_step": med["seconds"],
+        "completions_per_s": args.prompts * args.group / med["seconds"],
+        "sample_s": med["seconds_sample"],
+        "teacher_s": med["seconds_teacher"],
+        "update_s": med["seconds_update"],
+        "rows_in_loss": statistics.median(r["rows_in_loss"] for r in measured),
+        "reward_mean": statistics.mean(r["reward_mean"] for r in rows),
+    }
+
+
+def trl(beta, student, tokenizer, records, args) -> dict:
+    """TRL's GRPOTrainer with every setting that matters stated explicitly."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    dataset = Dataset.from_list(
+        [{"prompt": prompt_text(r["question"]), "answer": r["answer"]} for r in records[: args.prompts * args.steps]]
+    )
+
+    def verifier(prompts, completions, answer, **_):
+        return [reward(text, gold) for text, gold in zip(completions, answer)]
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            times.append(time.perf_counter() - self.start)
+
+    with tempfile.TemporaryDirectory() as out:
+        config = GRPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=args.prompts * args.group,  # TRL counts completions, not prompts
+            gradient_accumulation_steps=1,
+            num_generations=args.group,
+            steps_per_generation=1,
+            num_iterations=1,
+            max_completion_length=args.max_new_tokens,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            learning_rate=args.lr,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            max_grad_norm=1.0,
+            beta=beta,
+            epsilon=0.2,
+            epsilon_high=0.28,
+            loss_type="grpo",  # per-sequence mean, then mean over sequences: our seq_mean
+            scale_rewards="group",
+            max_steps=args.steps,
+            bf16=False,
+            fp16=False,
+            use_cpu=True,
+            gradient_checkpointing=False,
+            disable_dropout=True,
+            logging_steps=10_000,
+            save_strategy="no",
+            report_to=[],
+            seed=0,
+            dataloader_num_workers=0,
+        )
+        trainer = GRPOTrainer(
+            model=copy.deepcopy(student),
+            reward_funcs=verifier,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[Timer()],
+        )
+        trainer.train()
+    seconds = statistics.median(times[args.warmup :])
+    return {
+        "trainer": f"TRL GRPOTrainer beta={beta:g}",
+        "s_per_step": seconds,
+        "completions_per_s": args.prompts * args.group / seconds,
+        "sample_s": None,
+        "teacher_s": None,
+        "update_s": None,
+        "rows_in_loss": args.prompts * args.group,
+        "reward_mean": None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default="runs/tiny", help="a finished run: its student/ and teacher/ are used")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the median")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--methods", default="grpo,grpo_kl,rakd")
+    parser.add_argument("--trl-betas", default="0,0.04", help="comma list; empty: skip TRL")
+    parser.add_argument("--out", default=str(RESULTS / "rl_throughput"))
+    args = parser.parse_args()
+    run = Path(args.run)
+    if not (run / "student" / "model.safetensors").exists():
+        raise SystemExit(f"{run}/student has no model: run `make demo` first (or pass --run)")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    student, tokenizer = load_causal_lm(run / "student")
+    teacher, _ = load_causal_lm(run / "teacher")
+    records = read_jsonl(run / "data" / "train.jsonl")
+    rows = [ours(method, student, teacher, tokenizer, records, args) for method in args.methods.split(",") if method]
+    for beta in [float(b) for b in args.trl_betas.split(",") if b]:
+        rows.append(trl(beta, student, tokenizer, records, args))
+
+    base = {r["trainer"]: r for r in rows}
+    trl0 = next((r for r in rows if r["trainer"].startswith("TRL") and "beta=0" in r["trainer"]), None)
+    grpo = base.get("ours grpo")
+    for r in rows:
+        r["x_trl_beta0"] = trl0["s_per_step"] / r["s_per_step"] if trl0 else None
+        r["x_grpo_time"] = r["s_per_step"] / grpo["s_per_step"] if grpo else None
+    machine = {
+        "cpu": cpu_name(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "dtype": "fp32",
+        "student_parameters": sum(p.numel() for p in student.parameters()),
+        "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+    }
+    try:
+        import trl as trl_module
+
+        machine["trl"] = trl_module.__version__
+    except ImportError:
+        machine["trl"] = None
+    setup = {k: getattr(args, k) for k in ("prompts", "group", "max_new_tokens", "steps", "warmup", "lr", "run")}
+
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    table = [
+        {
+            "trainer": r["trainer"],
+            "s/step": fmt(r["s_per_step"], ".3f"),
+            "completions/s": fmt(r["completions_per_s"], ".0f"),
+            "sample s": fmt(r["sample_s"], ".3f"),
+            "teacher s": fmt(r["teacher_s"], ".3f"),
+            "update s": fmt(r["update_s"], ".3f"),
+            "rows in loss": fmt(r["rows_in_loss"], ".0f"),
+            "speed vs TRL β=0": fmt(r["x_trl_beta0"], ".2f") + ("x" if r["x_trl_beta0"] else ""),
+            "time vs our grpo": fmt(r["x_grpo_time"], ".2f") + ("x" if r["x_grpo_time"] else ""),
+        }
+        for r in rows
+    ]
+    title = (
+        f"{machine['cpu']}, {args.threads} thread(s), fp32, {args.prompts} prompts x G={args.group}, "
+        f"up to {args.max_new_tokens} new tokens, median of steps {args.warmup + 1}-{args.steps}"
+    )
+    print(title)
+    print(text_table(table))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "setup": setup, "rows": rows}, indent=2))
+    out.with_suffix(".md").write_text(f"{title}\n\n{markdown_table(table)}\n")
+    print(f"wrote {out}.json and {out}.md")
+
+
+if __name__ == "__main__":
+    main()
