@@ -120,7 +120,7 @@ def rakd_compare(config: dict) -> dict:
         return job_task.submit(config, job.__dict__, str(layout.root), str(warmstart), str(out), budget)
 
     rows = [f.result() for f in [submit(job) for job in jobs if job.method != "sft"]]
-    reference = Job("rakd", 0, 0.0, cfg.distill.loss.alpha, cfg.distill.loss.teacher_clamp).variant
+    reference = next((job.variant for job in jobs if job.method == "rakd"), jobs[0].variant)
     rakd_seconds = [r["seconds"] for r in rows if r["variant"] == reference] or [r["seconds"] for r in rows]
     budget = statistics.fmean(rakd_seconds) if cfg.compare.sft_time_matched and rakd_seconds else None
     rows += [f.result() for f in [submit(job, budget) for job in jobs if job.method == "sft"]]

@@ -54,6 +54,7 @@ class Job:
     lr: float
     alpha: float
     teacher_clamp: float
+    lr_in_variant: bool = False  # when the comparison sweeps learning rates, each lr is a variant of its own
 
     @property
     def name(self) -> str:
@@ -63,10 +64,11 @@ class Job:
     @property
     def variant(self) -> str:
         """The configuration without the seed: what seeds are averaged over."""
+        lr = f", lr {self.lr:g}" if self.lr_in_variant else ""
         if self.method != "rakd":
-            return self.method
+            return f"{self.method} (lr {self.lr:g})" if lr else self.method
         clamp = ", no clamp" if self.teacher_clamp >= CLAMP_OFF else ""
-        return f"rakd (α={self.alpha:g}{clamp})"
+        return f"rakd (α={self.alpha:g}{clamp}{lr})"
 
 
 def plan_jobs(cfg: CompareConfig, distill) -> list[Job]:
@@ -82,7 +84,7 @@ def plan_jobs(cfg: CompareConfig, distill) -> list[Job]:
             variants = [(a, clamp) for a in alphas]
             variants += [(alpha, CLAMP_OFF)] if cfg.clamp_off else []
         for a, c in variants:
-            jobs += [Job(method, seed, lr, a, c) for lr in lrs for seed in cfg.seeds]
+            jobs += [Job(method, seed, lr, a, c, len(lrs) > 1) for lr in lrs for seed in cfg.seeds]
     return sorted(jobs, key=lambda job: job.method == "sft")
 
 
