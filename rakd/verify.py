@@ -14,7 +14,15 @@ import re
 import threading
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["extract_answer", "reward", "normalize_number", "parse_reference", "answers_match"]
+__all__ = [
+    "extract_answer",
+    "extract_answer_flexible",
+    "reward",
+    "reward_flexible",
+    "normalize_number",
+    "parse_reference",
+    "answers_match",
+]
 
 # A number as people write it: sign, thousands separators, decimals, a leading
 # dollar sign. Fractions like 3/4 are kept whole and compared symbolically.
@@ -83,6 +91,21 @@ def extract_answer(text: str) -> str | None:
     return normalize_number(raw) or raw.replace("$", "").strip() or None
 
 
+_LAST_NUMBER = re.compile(rf"(?:{_NUMBER})")
+
+
+def extract_answer_flexible(text: str) -> str | None:
+    """The strict answer when the text marks one, else the last number in it (lm-eval's GSM8K
+    "flexible-extract"): how free-form answers of instruct models ("... 36 + 28 = 54 stickers") are read."""
+    strict = extract_answer(text)
+    if strict is not None or not isinstance(text, str):
+        return strict
+    numbers = _LAST_NUMBER.findall(text)
+    if not numbers:
+        return None
+    return normalize_number(numbers[-1].rstrip(".,")) or numbers[-1]
+
+
 def _math_verify_equal(reference: str, candidate: str) -> bool:
     """Symbolic equality through math-verify; False on anything it cannot parse."""
     try:
@@ -134,6 +157,15 @@ def parse_reference(text: str) -> str | None:
 def reward(completion: str, reference: str) -> float:
     """1.0 when the completion's final answer equals the reference, else 0.0."""
     answer = extract_answer(completion)
+    if answer is None or not isinstance(reference, str):
+        return 0.0
+    return 1.0 if answers_match(answer, reference) else 0.0
+
+
+def reward_flexible(completion: str, reference: str) -> float:
+    """`reward` with `extract_answer_flexible`: also credits an unmarked final number. Reported beside the strict
+    reward, never used for training or gates."""
+    answer = extract_answer_flexible(completion)
     if answer is None or not isinstance(reference, str):
         return 0.0
     return 1.0 if answers_match(answer, reference) else 0.0

@@ -9,7 +9,16 @@ from deploy.config import PackageConfig
 from deploy.manifest import PackageError, verify_package
 from deploy.package import build_package
 from deploy.runtimes import load_package
-from deploy.validate import REPORT_KEYS, Gates, ValidateConfig, apply_gates, discover, load_problems, validate
+from deploy.validate import (
+    REPORT_KEYS,
+    Gates,
+    ValidateConfig,
+    apply_gates,
+    discover,
+    load_problems,
+    validate,
+    validation_rows,
+)
 from export.quantize import quantize_gguf
 from export.run import ExportConfig, run_export
 from rakd.data.generator import GeneratorConfig, generate
@@ -124,6 +133,10 @@ def test_external_gguf_from_llama_cpp_quantiser_validates_like_ours(run_dir, tmp
     assert theirs[0]["passed"] and theirs[0]["reference"] is False
     assert [s["output"] for s in theirs[0]["samples"]] == [s["output"] for s in ours["artefacts"][0]["samples"]]
     assert ours["reference"] is None  # a lone file has no fp32 reference
+    # Nothing looked at its answers (min_accuracy 0, no reference for the drop gate): the report says so.
+    assert not theirs[0]["accuracy_gated"]
+    assert validation_rows(theirs)[0]["result"].startswith("pass (accuracy not gated")
+    assert 0 <= theirs[0]["accuracy"] <= theirs[0]["accuracy_flexible"] <= 1
 
 
 def test_bad_inputs_give_clear_errors(run_dir, tmp_path):

@@ -2,7 +2,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rakd.verify import answers_match, extract_answer, normalize_number, parse_reference, reward
+from rakd.verify import (
+    answers_match,
+    extract_answer,
+    extract_answer_flexible,
+    normalize_number,
+    parse_reference,
+    reward,
+    reward_flexible,
+)
 
 
 @pytest.mark.parametrize(
@@ -85,3 +93,20 @@ def test_extract_and_reward_never_raise(text):
 @given(st.text(alphabet="A:#0123456789.,-+ \\boxed{}answer is$", max_size=60), st.text(max_size=20))
 def test_marker_heavy_text_never_raises(text, reference):
     assert reward(text, reference) in (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "strict", "flexible"),
+    [
+        ("Tom has 36 + 28 = 54 stickers.", None, "54"),  # a free-form instruct answer: no marker
+        ("It costs $1,250.", None, "1250"),
+        ("3 apples and 4 pears, so 7 in all. #### 7", "7", "7"),  # a marker wins over the last number
+        ("The answer is 12. Check: 12 - 5 = 7", "12", "12"),
+        ("no numbers here", None, None),
+    ],
+)
+def test_flexible_extraction_reads_the_last_number_only_when_nothing_is_marked(text, strict, flexible):
+    assert extract_answer(text) == strict
+    assert extract_answer_flexible(text) == flexible
+    assert reward_flexible(text, "54") == (1.0 if flexible == "54" else 0.0)
+    assert reward(text, "54") == 0.0  # the strict reward never credits an unmarked number
