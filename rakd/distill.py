@@ -28,6 +28,7 @@ from rakd.models.subset import layer_subset
 from rakd.models.zoo import build_model, count_parameters, preset_config
 from rakd.rollout import sample
 from rakd.schema import StageConfig
+from rakd.scorers import ScorerConfig, make_scorer
 from rakd.train.common import OptimConfig, pick_device, set_threads
 from rakd.train.rl import LossParams, Method, RLConfig, RLTrainer
 from rakd.train.sft import SFTConfig, SFTTrainer
@@ -61,6 +62,9 @@ class DistillConfig(StageConfig):
     loss: LossParams = Field(default_factory=LossParams)
     warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
+    teacher_scorer: ScorerConfig = Field(
+        default_factory=ScorerConfig, description="where the teacher's log-probs come from (rakd/scorers.py)"
+    )
     eval: EvalConfig = Field(default_factory=lambda: EvalConfig(n_problems=1000))
     checkpoint_every: int = Field(25, ge=1)
     eval_every: int = Field(25, ge=0, description="evaluate on the val split every N RL steps (0: never)")
@@ -205,6 +209,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         layout.student_work,
         seed=cfg.seed,
         checkpoint_every=cfg.checkpoint_every,
+        teacher_scorer=make_scorer(cfg.teacher_scorer, teacher, cfg.method),
     )
     if trainer.resume():
         log(f"[distill] resumed from checkpoint step {trainer.start_step}")

@@ -254,7 +254,10 @@ def _assemble(parts, tokenizer) -> Rollouts:
     prompt_mask = torch.cat([F.pad(mask, (width_p - mask.shape[1], 0), value=0) for _, mask, _ in parts])
     completion_ids = torch.cat([F.pad(c, (0, width_c - c.shape[1]), value=pad) for _, _, c in parts])
     cmask = completion_mask(completion_ids, tokenizer.eos_token_id)
-    cmask &= (completion_ids != pad).long() | (completion_ids == tokenizer.eos_token_id).long()
+    # a pad the model emitted (only an untrained one does) ends its completion: no masked holes inside a row,
+    # whose later tokens the sampler computed with the pad in context but a scorer would compute without it
+    emitted_pad = ((completion_ids == pad) & (completion_ids != tokenizer.eos_token_id)).long()
+    cmask &= (emitted_pad.cumsum(-1) == 0).long()
     texts = tokenizer.batch_decode(completion_ids * cmask + pad * (1 - cmask), skip_special_tokens=True)
     return Rollouts(prompt_ids, prompt_mask, completion_ids, cmask, texts)
 
@@ -286,7 +289,8 @@ def trimmed(rollouts: Rollouts) -> Rollouts:
     columns past every row's end (on the right): what a forward pass over them would waste."""
     prompt_cols = rollouts.prompt_mask.any(0).nonzero()
     first = int(prompt_cols.min()) if len(prompt_cols) else rollouts.prompt_mask.shape[1]
-    width = max(1, int(rollouts.completion_mask.sum(-1).max())) if len(rollouts.texts) else 1
+    used = rollouts.completion_mask.any(0).nonzero()
+    width = int(used.max()) + 1 if len(used) else 1  # the last column any row uses (a row may have masked holes)
     return Rollouts(
         rollouts.prompt_ids[:, first:],
         rollouts.prompt_mask[:, first:],

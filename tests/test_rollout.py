@@ -103,3 +103,15 @@ def test_finished_rows_leave_the_batch_without_changing_any_row(model, tokenizer
     ends = completion_mask(kept, eos).sum(-1)
     assert len(set(ends.tolist())) > 1  # rows really finished at different steps
     assert torch.equal(dropped, kept)
+
+
+def test_a_completion_ends_at_its_first_eos_or_emitted_pad(model, tokenizer):
+    """No masked holes inside a row: a pad the random model emits ends the completion as EOS does."""
+    batch = sample(model, tokenizer, QUESTIONS * 8, max_new_tokens=24, temperature=1.0, seed=2)
+    mask = batch.completion_mask
+    assert (mask[:, 1:] <= mask[:, :-1]).all()  # 1s then 0s in every row
+    ends_at_pad = [row for row in range(len(mask)) if 0 < mask[row].sum() < mask.shape[1]]
+    for row in ends_at_pad:
+        last = int(mask[row].sum()) - 1
+        cut = batch.completion_ids[row, last + 1] if last + 1 < mask.shape[1] else None
+        assert batch.completion_ids[row, last] == tokenizer.eos_token_id or cut == tokenizer.pad_token_id

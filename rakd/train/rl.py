@@ -112,9 +112,14 @@ class RLTrainer(CheckpointedTrainer):
         *,
         seed: int,
         checkpoint_every: int = 25,
+        teacher_scorer=None,
     ):
         self.model = self.student = student
         self.teacher, self.tokenizer = teacher, tokenizer
+        # log π_T of the sampled tokens: the torch teacher here, or a scorer elsewhere (rakd.scorers)
+        self.teacher_scorer = teacher_scorer or (
+            lambda batch, temperature: score_completions(teacher, batch, temperature=temperature)
+        )
         self.records, self.traces, self.cfg, self.seed, self.method = records, traces, cfg, seed, method
         self.spec: LossSpec = LOSSES[method]
         self.hparams = loss.model_dump()
@@ -188,12 +193,16 @@ class RLTrainer(CheckpointedTrainer):
             return first[0], first[1], info
         return concat_rollouts(kept, self.tokenizer.pad_token_id), torch.cat(kept_rewards), info
 
-    def score_rows(self, model, batch: Rollouts, rows: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Per-token log-probs (B, T) under `model` for `rows` only (the rows that enter the loss); 0 elsewhere."""
+    def score_rows(self, scorer, batch: Rollouts, rows: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Per-token log-probs (B, T) from `scorer(batch, temperature)` for `rows` only (the rows that enter the
+        loss); 0 elsewhere."""
         scores = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
         if len(rows):
-            scores[rows] = score_completions(model, select_rows(batch, rows), temperature=temperature)
+            scores[rows] = scorer(select_rows(batch, rows), temperature)
         return scores
+
+    def student_scorer(self, batch: Rollouts, temperature: float) -> torch.Tensor:
+        return score_completions(self.student, batch, temperature=temperature)
 
     def run(
         self, on_step: Callable[[int, dict], None] | None = None, after_step: Callable[[int], None] | None = None
@@ -233,13 +242,13 @@ class RLTrainer(CheckpointedTrainer):
             rows = torch.cat([main_rows, kd_rows])
             t1 = time.perf_counter()
             needs_teacher = self.spec.needs_teacher or self.kd_spec is not None
-            teacher_lp = self.score_rows(self.teacher, batch, rows, self.temperature) if needs_teacher else None
+            teacher_lp = self.score_rows(self.teacher_scorer, batch, rows, self.temperature) if needs_teacher else None
             t_teacher = time.perf_counter() - t1
             # π_old: a forward pass of its own only when the update takes more than one optimiser step; with
             # one step on-policy, π_old is π_θ before that step, i.e. the update's own log-probs, detached.
             needs_old = "old_logprobs" in self.spec.inputs or self.kd_spec is not None
             old_lp = (
-                self.score_rows(self.student, batch, rows, self.temperature)
+                self.score_rows(self.student_scorer, batch, rows, self.temperature)
                 if needs_old and not (self.single_update(len(rows)))
                 else None
             )
