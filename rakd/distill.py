@@ -12,7 +12,10 @@ Work in progress lives in `student.work/` so a crash resumes from the last check
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,7 @@ from rakd.rollout import sample
 from rakd.schema import StageConfig
 from rakd.scorers import ScorerConfig, make_scorer
 from rakd.train.common import OptimConfig, pick_device, set_threads
+from rakd.train.distributed import world_from_env
 from rakd.train.rl import LossParams, Method, RLConfig, RLTrainer
 from rakd.train.sft import SFTConfig, SFTTrainer
 from rakd.verify import reward
@@ -69,7 +73,10 @@ class DistillConfig(StageConfig):
     checkpoint_every: int = Field(25, ge=1)
     eval_every: int = Field(25, ge=0, description="evaluate on the val split every N RL steps (0: never)")
     val_problems: int = Field(200, ge=1)
-    threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default)")
+    threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default); per process with nproc > 1")
+    nproc: int = Field(
+        1, ge=1, description="processes for data-parallel RL under torchrun on this machine (one GPU each on CUDA)"
+    )
     device: str = "auto"
     seed: int = 0
     fail_after_step: int | None = Field(None, description="fault injection for tests: crash after this RL step")
@@ -188,12 +195,19 @@ def load_models(cfg: DistillConfig, layout: RunLayout):
 
 
 def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillResult:
+    if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(cfg, run_dir, log)
+    world = world_from_env()
     layout = RunLayout(run_dir)
     timings = {}
     t0 = time.perf_counter()
     teacher, student, tokenizer = load_models(cfg, layout)
     train = distill_records(layout, "train")
-    traces, eval_warm = run_warmstart(cfg, student, teacher, tokenizer, train, layout, log)
+    if not world.main:  # rank 0 makes the warm start; the others load it from its cache
+        world.barrier()
+    traces, eval_warm = run_warmstart(cfg, student, teacher, tokenizer, train, layout, log if world.main else _quiet)
+    if world.main:
+        world.barrier()
     timings["warmstart"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -210,11 +224,14 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         seed=cfg.seed,
         checkpoint_every=cfg.checkpoint_every,
         teacher_scorer=make_scorer(cfg.teacher_scorer, teacher, cfg.method),
+        world=world,
     )
     if trainer.resume():
         log(f"[distill] resumed from checkpoint step {trainer.start_step}")
     trainer.run(on_step=val_evaluation(cfg, student, tokenizer, layout), after_step=fault_injection(cfg))
     timings["rl"] = time.perf_counter() - t1
+    if not world.main:  # rank 0 evaluates and writes the student
+        return DistillResult(layout.student, {}, eval_warm, timings)
 
     result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval)
     result.update(method=cfg.method, parameters=count_parameters(student), teacher_parameters=count_parameters(teacher))
@@ -280,3 +297,36 @@ def fault_injection(cfg: DistillConfig):
             raise InjectedFault(f"fault injected after RL step {step} (distill.fail_after_step)")
 
     return hook
+
+
+def _quiet(*_args) -> None:
+    pass
+
+
+def launch_torchrun(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillResult:
+    """`distill.nproc` > 1: the stage again in `nproc` processes under torchrun on this machine (data parallel RL,
+    one GPU each where there are GPUs); rank 0 writes the student. Returns what rank 0 wrote."""
+    layout = RunLayout(run_dir)
+    spec = layout.student_work / "torchrun-config.json"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps(cfg.model_dump(mode="json")))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
+        "-m", "rakd.distill", str(spec), str(layout.root),
+    ]  # fmt: skip
+    log(f"[distill] {cfg.nproc} processes: {' '.join(command)}")
+    t0 = time.perf_counter()
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(max(1, cfg.threads))})
+    if done.returncode:
+        raise RuntimeError(f"distill under torchrun ({cfg.nproc} processes) exited with {done.returncode}")
+    read = json.loads
+    return DistillResult(
+        layout.student,
+        read((layout.student / "eval.json").read_text()),
+        read((layout.student / "eval_warmstart.json").read_text()),
+        {"total": time.perf_counter() - t0},
+    )
+
+
+if __name__ == "__main__":  # a torchrun worker: python -m rakd.distill CONFIG_JSON RUN_DIR
+    run_distill(DistillConfig.model_validate_json(Path(sys.argv[1]).read_text()), sys.argv[2])

@@ -37,6 +37,7 @@ from rakd.schema import StageConfig
 from rakd.train.batches import batch_ids, batch_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
 from rakd.train.common import MetricsLog, OptimConfig, autocast, make_optimizer, make_scheduler, step_seed
+from rakd.train.distributed import World
 from rakd.verify import reward
 
 Method = Literal["sft", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"]
@@ -113,9 +114,11 @@ class RLTrainer(CheckpointedTrainer):
         seed: int,
         checkpoint_every: int = 25,
         teacher_scorer=None,
+        world: World | None = None,
     ):
         self.model = self.student = student
         self.teacher, self.tokenizer = teacher, tokenizer
+        self.world = world or World()  # under torchrun: each rank samples its share of every step's prompts
         # log π_T of the sampled tokens: the torch teacher here, or a scorer elsewhere (rakd.scorers)
         self.teacher_scorer = teacher_scorer or (
             lambda batch, temperature: score_completions(teacher, batch, temperature=temperature)
@@ -142,6 +145,7 @@ class RLTrainer(CheckpointedTrainer):
         if not self.spec.on_policy:
             rng = random.Random(step_seed(self.seed, step, salt=13))
             picked = rng.sample(self.traces, min(len(self.traces), self.cfg.prompts_per_step * self.cfg.group_size))
+            picked = self.world.share(picked)
             batch = pack_pairs(self.tokenizer, [(t["question"], t["completion"]) for t in picked])
             rewards = torch.tensor([reward(text, t["answer"]) for text, t in zip(batch.texts, picked)])
             return batch, rewards, {"reward_mean": float(rewards.mean())}
@@ -154,7 +158,7 @@ class RLTrainer(CheckpointedTrainer):
         order, kept, kept_rewards, every_reward, informative, draws = self.prompt_order(step), [], [], [], 0, 0
         first = None
         for start in range(0, len(order), cfg.prompts_per_step):
-            chosen, draws = order[start : start + cfg.prompts_per_step], draws + 1
+            chosen, draws = self.world.share(order[start : start + cfg.prompts_per_step]), draws + 1
             batch = sample(
                 self.student,
                 self.tokenizer,
@@ -162,7 +166,7 @@ class RLTrainer(CheckpointedTrainer):
                 max_new_tokens=cfg.max_new_tokens,
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
-                seed=step_seed(self.seed, step, salt=7 + 7919 * start),
+                seed=step_seed(self.seed, step, salt=7 + 7919 * start + 104729 * self.world.rank),
                 backend=cfg.backend,
                 group_size=group,
             )
@@ -177,17 +181,18 @@ class RLTrainer(CheckpointedTrainer):
                 batch, rewards = select_rows(batch, keep), rewards[keep]
             kept.append(batch)
             kept_rewards.append(rewards)
-            informative += int(mixed.sum()) // group
+            informative += int(self.world.sum(int(mixed.sum()) // group))  # every rank decides alike
             if informative >= cfg.min_informative_groups:
                 break
         every_reward = torch.cat(every_reward)
+        drawn = self.world.sum(len(every_reward))
         info = {
-            "reward_mean": float(every_reward.mean()),
-            "accuracy": float((every_reward == 1).float().mean()),
+            "reward_mean": self.world.sum(float(every_reward.sum())) / max(1, drawn),
+            "accuracy": self.world.sum(float((every_reward == 1).sum())) / max(1, drawn),
             "draws": draws,
-            "groups_drawn": len(every_reward) // group,
+            "groups_drawn": int(drawn) // group,
             "groups_informative": informative,
-            "informative_frac": informative / max(1, len(every_reward) // group),
+            "informative_frac": informative / max(1, int(drawn) // group),
         }
         if not informative:  # nothing to learn from in any draw: the first draw, whole (zero_adv decides)
             return first[0], first[1], info
@@ -208,23 +213,31 @@ class RLTrainer(CheckpointedTrainer):
         self, on_step: Callable[[int, dict], None] | None = None, after_step: Callable[[int], None] | None = None
     ) -> None:
         """Steps `start_step`..`cfg.steps`: `on_step(step, row)` may add to the row before it is logged;
-        `after_step(step)` runs once the step is logged and checkpointed."""
-        progress = Progress(f"distill:{self.method}", self.cfg.steps, self.start_step, every=5)
+        `after_step(step)` runs once the step is logged and checkpointed. Under torchrun only rank 0 calls
+        `on_step`, logs and checkpoints (every rank holds the same weights)."""
+        main = self.world.main
+        progress = Progress(f"distill:{self.method}", self.cfg.steps, self.start_step, every=5) if main else None
         started = time.perf_counter()
         for step in range(self.start_step, self.cfg.steps):
-            if self.cfg.time_budget_s is not None and time.perf_counter() - started >= self.cfg.time_budget_s:
+            budget = self.cfg.time_budget_s
+            if budget is not None and self.world.max(time.perf_counter() - started) >= budget:
                 if step > self.start_step:
                     self.save(step)
                 break
             row = {"step": step + 1, "method": self.method, **self.step(step)}
-            if on_step:
-                on_step(step + 1, row)
-            self.log.append(row)
-            progress.update(step, reward=row["reward_mean"], loss=row.get("loss", 0.0))
+            if main:
+                if on_step:
+                    on_step(step + 1, row)
+                self.log.append(row)
+                progress.update(step, reward=row["reward_mean"], loss=row.get("loss", 0.0))
             if (step + 1) % self.checkpoint_every == 0 or step + 1 == self.cfg.steps:
                 self.save(step + 1)
             if after_step:
                 after_step(step + 1)
+
+    def save(self, step: int) -> None:
+        if self.world.main:
+            super().save(step)
 
     def step(self, step: int) -> dict:
         self.student.eval()
@@ -287,15 +300,18 @@ class RLTrainer(CheckpointedTrainer):
         return torch.randperm(n_rows, generator=torch.Generator().manual_seed(step_seed(self.seed, step, salt=epoch)))
 
     def update(self, step, batch, advantages, old_lp, teacher_lp, main_rows, kd_rows) -> dict:
-        """`ppo_epochs` passes of minibatch steps over the rows that carry a signal."""
+        """`ppo_epochs` passes of minibatch steps over the rows that carry a signal (under torchrun: every rank
+        takes the same number of optimiser steps, each over its share of the rows)."""
         self.student.train()
         rows = torch.cat([main_rows, kd_rows])
         is_kd = torch.cat([torch.zeros(len(main_rows), dtype=torch.bool), torch.ones(len(kd_rows), dtype=torch.bool)])
         sums: dict[str, float] = defaultdict(float)
         updates = 0
-        for epoch in range(self.cfg.ppo_epochs if len(rows) else 0):
+        n_chunks = int(self.world.max(-(-len(rows) // self.cfg.minibatch_size)))
+        for epoch in range(self.cfg.ppo_epochs if n_chunks else 0):
             order = self.minibatch_order(step, epoch, len(rows))
-            for chunk in order.split(self.cfg.minibatch_size):
+            chunks = order.tensor_split(n_chunks) if self.world.active else order.split(self.cfg.minibatch_size)
+            for chunk in chunks:
                 picked = rows[chunk]
                 part = trimmed(select_rows(batch, picked))  # padding every row shares costs compute, not signal
                 width = part.completion_ids.shape[1]
@@ -311,9 +327,21 @@ class RLTrainer(CheckpointedTrainer):
                 updates += 1
         return {key: value / max(1, updates) for key, value in sums.items()} | {"updates": updates}
 
+    def share_of_batch(self, batch: Rollouts) -> float:
+        """This rank's share of the global minibatch in the loss's own units (rows for seq_mean, tokens for
+        token_mean): the weight that makes the summed gradients those of the whole minibatch. 1 alone."""
+        if not self.world.active:
+            return 1.0
+        units = float(batch.completion_mask.sum()) if self.hparams["agg"] == "token_mean" else len(batch.texts)
+        return units / max(self.world.sum(units), 1e-12)
+
     def minibatch(self, batch: Rollouts, is_kd: torch.Tensor, advantages, old_lp, teacher_lp) -> dict:
         """One optimiser step on a minibatch: the method's loss on its rows, plus the KD term on
         degenerate-group rows (zero_adv=kd), weighted by their share of the minibatch."""
+        weight = self.share_of_batch(batch)
+        if not len(batch.texts):  # a rank with no rows in this minibatch still joins the gradient sum
+            self.optimizer.zero_grad(set_to_none=True)
+            return self.optimizer_step({})
         with autocast(self.device):
             tensors = batch_tensors(self.student, batch, temperature=self.temperature)
             old = tensors["logprobs"].detach() if old_lp is None else old_lp.to(self.device)
@@ -332,12 +360,13 @@ class RLTrainer(CheckpointedTrainer):
                 loss = loss + part * rows.float().mean().item()
                 metrics.update({prefix + k: v for k, v in part_metrics.items()})
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight).backward()
+        return self.optimizer_step(
+            {**metrics, "loss": float(loss.detach()), "entropy": token_entropy(logits, tensors["mask"])}
+        )
+
+    def optimizer_step(self, metrics: dict) -> dict:
+        self.world.sum_gradients(self.student)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
-        return {
-            **metrics,
-            "loss": float(loss.detach()),
-            "grad_norm": float(grad_norm),
-            "entropy": token_entropy(logits, tensors["mask"]),
-        }
+        return {**metrics, "grad_norm": float(grad_norm)}

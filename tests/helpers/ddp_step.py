@@ -1,0 +1,77 @@
+"""One RL-trainer step in every process torchrun starts (or in one plain process), for tests/test_distributed.py.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/helpers/ddp_step.py MODEL TRACES OUT METHODS
+
+For each method of the comma list METHODS, one step from the same initial student; writes
+OUT/METHOD-rank-R.safetensors: the weights after the step and the summed gradients of that step.
+"""
+
+import json
+import sys
+import zlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import rakd.train.rl as rl
+from rakd.models.load import load_causal_lm
+from rakd.train.common import OptimConfig
+from rakd.train.distributed import World, world_from_env
+from rakd.train.rl import LossParams, RLConfig, RLTrainer
+
+
+def coin(text: str, answer: str) -> float:
+    """A reward that is deterministic but mixed within groups (the random model never answers right)."""
+    return float(zlib.crc32(text.encode()) % 2)
+
+
+def main(model_dir: str, traces_path: str, out: str, methods: str) -> None:
+    rl.reward = coin
+    for method in methods.split(","):
+        one_step(model_dir, traces_path, out, method)
+
+
+def one_step(model_dir: str, traces_path: str, out: str, method: str) -> None:
+    torch.set_num_threads(1)
+    world = world_from_env()
+    student, tokenizer = load_causal_lm(model_dir)
+    traces = json.loads(Path(traces_path).read_text())
+    records = [{"question": t["question"], "answer": t["answer"]} for t in traces]
+    cfg = RLConfig(
+        steps=1,
+        prompts_per_step=4,
+        group_size=4,
+        max_new_tokens=8,
+        min_informative_groups=0,
+        prompts="all",
+        optim=OptimConfig(lr=1e-3, warmup_steps=0, schedule="constant"),
+    )
+    grads = {}
+
+    class Recording(World):
+        def sum_gradients(self, model):
+            super().sum_gradients(model)
+            grads.update({f"grad.{n}": p.grad.detach().clone() for n, p in model.named_parameters()})
+
+    trainer = RLTrainer(
+        student,
+        student,
+        tokenizer,
+        records,
+        traces,
+        method,
+        LossParams(),
+        cfg,
+        Path(out) / f"work-{method}-{world.rank}",
+        seed=0,
+        world=Recording(world.rank, world.size),
+    )
+    trainer.step(0)
+    state = {f"weight.{k}": v.detach().clone().contiguous() for k, v in student.state_dict().items()}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_file({**state, **grads}, str(Path(out) / f"{method}-rank-{world.rank}.safetensors"))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])

@@ -1,0 +1,67 @@
+"""Data parallel training under torchrun: 2 CPU processes (gloo) take the step one process takes on the same
+global batch, and stay in sync on an on-policy step."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rakd.models.load import save_model
+from rakd.models.zoo import build_model, preset_config
+
+HELPER = Path(__file__).parent / "helpers" / "ddp_step.py"
+
+
+def two_processes(tmp: Path, methods: str) -> None:
+    """One step per method in each of 2 processes torchrun starts (gloo)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = [str(HELPER), str(tmp / "model"), str(tmp / "traces.json"), str(tmp / "two"), methods]
+    env = {**os.environ, "RAKD_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def one_process(tmp: Path, method: str) -> None:
+    spec = importlib.util.spec_from_file_location("ddp_step", HELPER)
+    helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helper)
+    helper.main(str(tmp / "model"), str(tmp / "traces.json"), str(tmp / "one"), method)
+
+
+def result(tmp: Path, run: str, method: str, rank: int = 0) -> dict:
+    return load_file(str(tmp / run / f"{method}-rank-{rank}.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def setup(tokenizer, tiny_records, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    save_model(build_model(preset_config("test-micro", tokenizer), seed=5), tokenizer, tmp / "model")
+    traces = [
+        {"question": r["question"], "answer": r["answer"], "completion": r["solution"]} for r in tiny_records[:40]
+    ]
+    (tmp / "traces.json").write_text(json.dumps(traces))
+    return tmp
+
+
+def test_two_processes_take_the_one_process_step_and_stay_in_sync(setup):
+    """sft draws its global batch from traces (no sampling), so both runs see the same 16 rows (rank 0 takes
+    rows 0, 2, 4, ..., rank 1 the others): summed gradients and weights after the step match one process. grpo:
+    each rank samples its share of the prompts, and the ranks still end the step with identical weights."""
+    two_processes(setup, "sft,grpo")
+    one_process(setup, "sft")
+    alone, rank0, rank1 = result(setup, "one", "sft"), result(setup, "two", "sft"), result(setup, "two", "sft", 1)
+    for key in alone:
+        torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)  # the ranks agree exactly
+        torch.testing.assert_close(rank0[key], alone[key], rtol=1e-4, atol=1e-5)
+    before = load_file(str(setup / "model" / "model.safetensors"))
+    assert max(float((alone[f"weight.{name}"] - value).abs().max()) for name, value in before.items()) > 1e-4
+
+    rank0, rank1 = result(setup, "two", "grpo"), result(setup, "two", "grpo", 1)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert any(float(v.abs().max()) > 0 for k, v in rank0.items() if k.startswith("grad."))
