@@ -152,11 +152,47 @@ def build_package(
             }
             | {"artefacts": [_summary(r) for r in report["artefacts"]]},
         }
+        gguf_model = next((m for m in models if m["format"] == "gguf"), None)
+        if gguf_model:
+            atomic_write_text(staging / "Modelfile", ollama_modelfile(gguf_model["path"], staging / gguf_model["path"]))
         atomic_write_text(staging / "README.md", model_card(manifest))
         manifest["files"] = file_entries(staging)
         Manifest.model_validate(manifest)
         atomic_write_json(staging / "manifest.json", manifest)
     return PackageResult(out_dir, manifest)
+
+
+# ---------------------------------------------------------------- Ollama
+
+
+def ollama_modelfile(name: str, path: Path) -> str:
+    """An Ollama Modelfile for the GGUF `name` (read at `path`): greedy, its stop token, and the prompt format.
+    A model with a chat template in its GGUF gets no TEMPLATE line: Ollama uses the embedded template."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+
+    def field(key):
+        found = reader.fields.get(key)
+        if found is None:
+            return None
+        value = found.parts[found.data[0]]
+        return bytes(value).decode("utf-8") if found.types[0] == gguf.GGUFValueType.STRING else int(value[0])
+
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    eos = field("tokenizer.ggml.eos_token_id")
+    stop = bytes(tokens.parts[tokens.data[eos]]).decode("utf-8") if eos is not None else None
+    lines = [
+        f"# Ollama: ollama create {Path(name).stem} -f Modelfile && ollama run {Path(name).stem}",
+        f"FROM ./{name}",
+    ]
+    if field("tokenizer.chat_template") is None:
+        # rakd's prompt format (rakd.data.format.prompt_text): the question, then a newline
+        lines.append('TEMPLATE """{{ .Prompt }}\n"""')
+    lines += ["PARAMETER temperature 0", "PARAMETER num_predict 256"]
+    if stop:
+        lines.append(f'PARAMETER stop "{stop}"')
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- model card
@@ -222,6 +258,9 @@ def model_card(manifest: dict) -> str:
             "```",
             "",
             f'or `llama-cli -m {model["path"]} -p "7+3*2-4=?" -n 64 --temp 0`.',
+            "",
+            f"Ollama: `ollama create {Path(model['path']).stem} -f Modelfile && ollama run "
+            f"{Path(model['path']).stem}` (the package's `Modelfile`: greedy, the model's stop token).",
             "",
             "On an Intel CPU with AMX (Sapphire Rapids and later), a llama.cpp built for that CPU can crash on "
             "quantised weights in its AMX kernels (ggml-org/llama.cpp#20824). Stock llama.cpp avoids them with "

@@ -119,6 +119,8 @@ def _write_metadata(writer: gguf.GGUFWriter, model: PreTrainedModel, tokenizer, 
         if token_id is not None:
             getattr(writer, f"add_{role}_token_id")(token_id)
     writer.add_add_bos_token(tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id)
+    if getattr(tokenizer, "chat_template", None):
+        writer.add_chat_template(tokenizer.chat_template)  # llama.cpp and Ollama format chats with it
 
 
 def export_gguf(

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -233,6 +234,20 @@ def test_package_is_built_verified_and_refuses_to_overwrite(report, run_dir, tmp
     readme = (package / "README.md").read_text()
     assert "from llama_cpp import Llama" in readme and "## Limitations" in readme and "rakd" in readme
     assert all(f"| {r['label']} |" in readme for r in report["artefacts"])
+    # The Ollama Modelfile beside the GGUF: parsed as Ollama reads it (instruction, then its arguments).
+    model_path = manifest.models[0].path
+    instructions, lines = {}, iter((package / "Modelfile").read_text().splitlines())
+    for line in lines:
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            while rest.startswith('"""') and (len(rest) < 6 or not rest.endswith('"""')):
+                rest += "\n" + next(lines)  # a triple-quoted value runs over lines
+            instructions.setdefault(keyword, []).append(rest)
+    assert instructions["FROM"] == [f"./{model_path}"] and (package / model_path).is_file()
+    assert instructions["TEMPLATE"] == ['"""{{ .Prompt }}\n"""']  # no chat template: rakd's prompt format
+    params = dict(p.split(" ", 1) for p in instructions["PARAMETER"])
+    assert params["temperature"] == "0" and params["stop"] == '"<|eos|>"'
+    assert "Modelfile" in manifest.files and f"ollama create {Path(model_path).stem}" in readme
     with pytest.raises(FileExistsError, match="--force"):
         build_package(PackageConfig(), run_dir)
     onnx = build_package(PackageConfig(prefer="onnx"), run_dir, tmp_path / "onnx-package").manifest
