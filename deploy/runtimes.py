@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rakd.data.format import prompt_text
+from rakd.data.format import chat_messages, model_prompt, prompt_text
 from rakd.models.gguf_file import gguf_metadata
 from rakd.models.llamacpp import open_llama
 from rakd.schema import ModelLoadError
@@ -34,10 +34,6 @@ class Generation:
         """Tokens per second after the first one; None when there was nothing to decode."""
         decode_s = self.total_s - self.ttft_s
         return (self.new_tokens - 1) / decode_s if self.new_tokens > 1 and decode_s > 0 else None
-
-
-def chat_messages(question: str) -> list[dict]:
-    return [{"role": "user", "content": question}]
 
 
 class LlamaCppGenerator:
@@ -104,11 +100,8 @@ class _HFGenerator:
     model = tokenizer = None
 
     def prompt_ids(self, question: str) -> list[int]:
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                chat_messages(question), add_generation_prompt=True, tokenize=True
-            )
-        return self.tokenizer(prompt_text(question))["input_ids"]
+        text, special = model_prompt(self.tokenizer, question)  # as the model was trained and sampled
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
 
     def generate(self, question: str, max_new_tokens: int) -> Generation:
         import torch

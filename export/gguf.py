@@ -1,4 +1,4 @@
-"""GGUF export of llama-architecture causal LMs, written with the `gguf` package.
+"""GGUF export of llama- and qwen2-architecture causal LMs, written with the `gguf` package.
 
 Tensor names come from gguf's llama name map; Q and K projections are permuted
 into llama.cpp's rotary layout (transformers' GGUF loader undoes it, so a round
@@ -26,17 +26,25 @@ class UnsupportedModelError(ModelLoadError):
     """A model this exporter cannot write (names the architecture or the setting)."""
 
 
+ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
+
+
 def check_supported(config) -> None:
-    if config.model_type != "llama":
-        raise UnsupportedModelError(f"GGUF export: not supported yet: {config.model_type}")
-    unsupported = {
-        "rope_scaling": getattr(config, "rope_scaling", None),
-        "attention_bias": getattr(config, "attention_bias", False) or None,
-        "mlp_bias": getattr(config, "mlp_bias", False) or None,
-    }
+    if config.model_type not in ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"GGUF export: not supported yet: {config.model_type} (supported: {', '.join(ARCHITECTURES)})"
+        )
+    unsupported = {"rope_scaling": getattr(config, "rope_scaling", None)}
+    if config.model_type == "llama":
+        unsupported |= {
+            "attention_bias": getattr(config, "attention_bias", False) or None,
+            "mlp_bias": getattr(config, "mlp_bias", False) or None,
+        }
+    else:  # qwen2: q/k/v biases are part of the architecture; sliding-window attention is not written
+        unsupported["use_sliding_window"] = getattr(config, "use_sliding_window", False) or None
     found = {k: v for k, v in unsupported.items() if v}
     if found:
-        raise UnsupportedModelError(f"GGUF export: llama setting(s) not supported yet: {found}")
+        raise UnsupportedModelError(f"GGUF export: {config.model_type} setting(s) not supported yet: {found}")
 
 
 def permute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -55,7 +63,8 @@ def _tensor_type(name: str, array: np.ndarray, dtype: str) -> tuple[np.ndarray, 
 def gguf_tensors(model: PreTrainedModel):
     """(gguf name, float32 array) for every weight, Q/K permuted."""
     config = model.config
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    names = gguf.get_tensor_name_map(ARCHITECTURES[config.model_type], config.num_hidden_layers)
+    permute = config.model_type == "llama"  # llama.cpp's qwen2 uses HF's (NeoX) rotary layout as it is
     state = model.state_dict()
     tied = getattr(config, "tie_word_embeddings", False)
     for hf_name, tensor in state.items():
@@ -67,9 +76,9 @@ def gguf_tensors(model: PreTrainedModel):
         if target is None:
             raise UnsupportedModelError(f"GGUF export: no llama.cpp name for tensor {hf_name}")
         array = tensor.detach().to(torch.float32).cpu().numpy()
-        if hf_name.endswith("q_proj.weight"):
+        if permute and hf_name.endswith("q_proj.weight"):
             array = permute_rotary(array, config.num_attention_heads)
-        elif hf_name.endswith("k_proj.weight"):
+        elif permute and hf_name.endswith("k_proj.weight"):
             array = permute_rotary(array, config.num_key_value_heads)
         yield target, array
 
@@ -93,6 +102,29 @@ def _vocab(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> tuple[list[st
     return tokens, types, merges
 
 
+# llama.cpp's names for the pre-tokenizer regexes of known BPE families (convert_hf_to_gguf.py's table, by regex)
+_WORD_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
+_REST_SPLIT = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_PRE_TOKENIZERS = {
+    _WORD_SPLIT + r"\p{N}" + _REST_SPLIT: "qwen2",
+    _WORD_SPLIT + r"\p{N}{1,3}" + _REST_SPLIT: "llama-bpe",
+}
+
+
+def pre_tokenizer_name(tokenizer: PreTrainedTokenizerBase) -> str:
+    """llama.cpp's `tokenizer.ggml.pre` for the tokenizer: `gpt-2` for GPT-2 byte-level splitting (ours, with
+    digits split one by one), or a known family's regex; anything else is an error that names it."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    parts = spec.get("pretokenizers", [spec])
+    splits = [p["pattern"].get("Regex") for p in parts if p.get("type") == "Split" and "pattern" in p]
+    if not splits and all(p.get("type") in ("ByteLevel", "Digits") for p in parts):
+        return "gpt-2"
+    for regex in splits:
+        if regex in _PRE_TOKENIZERS:
+            return _PRE_TOKENIZERS[regex]
+    raise UnsupportedModelError(f"GGUF export: pre-tokenizer not supported yet: {json.dumps(spec)[:300]}")
+
+
 def _write_metadata(writer: gguf.GGUFWriter, model: PreTrainedModel, tokenizer, dtype: str, name: str) -> None:
     c = model.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
@@ -110,7 +142,7 @@ def _write_metadata(writer: gguf.GGUFWriter, model: PreTrainedModel, tokenizer, 
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
     tokens, types, merges = _vocab(tokenizer, c.vocab_size)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
+    writer.add_tokenizer_pre(pre_tokenizer_name(tokenizer))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
@@ -135,7 +167,7 @@ def export_gguf(
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        writer = gguf.GGUFWriter(tmp, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+        writer = gguf.GGUFWriter(tmp, arch=gguf.MODEL_ARCH_NAMES[ARCHITECTURES[model.config.model_type]])
         _write_metadata(writer, model, tokenizer, dtype, out_path.stem)
         for name, array in gguf_tensors(model):
             data, kind = _tensor_type(name, array, dtype)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from rakd.data.format import prompt_text
+from rakd.data.format import model_prompt
 from rakd.progress import Progress
 
 Backend = Literal["generate", "loop"]
@@ -43,8 +43,12 @@ class Rollouts:
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded (ids, mask) for `questions` in the project's prompt format; the tokenizer is left as it was."""
-    batch = tokenizer([prompt_text(q) for q in questions], padding=True, padding_side="left", return_tensors="pt")
+    """Left-padded (ids, mask) for `questions` in the model's prompt format (its chat template when it has one, as
+    validation asks it; else the project's); the tokenizer is left as it was."""
+    texts, special = zip(*(model_prompt(tokenizer, q) for q in questions)) if questions else ((), (True,))
+    batch = tokenizer(
+        list(texts), padding=True, padding_side="left", return_tensors="pt", add_special_tokens=special[0]
+    )
     return batch["input_ids"], batch["attention_mask"]
 
 

@@ -1,0 +1,101 @@
+"""Pretrained-model architectures through export and parity: Llama (GQA, untied) and Qwen2 (q/k/v biases, tied
+embeddings) built from configs with random weights, a byte-level BPE tokenizer trained here and a chat template.
+Offline: nothing is downloaded."""
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from export.gguf import UnsupportedModelError, export_gguf, pre_tokenizer_name
+from export.run import ExportConfig, run_export
+from rakd.data.format import model_prompt
+from rakd.models.load import load_causal_lm, save_model
+from rakd.models.tokenizer import TokenizerConfig, train_tokenizer
+from rakd.rollout import encode_prompts
+
+CHAT = (
+    "{% for m in messages %}<|bos|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|bos|>assistant\n{% endif %}"
+)
+QUESTIONS = ["12*13-4+7=?", "Ana has 3 coins. Then Ana gets 4 more. How many coins does Ana have now?", "9-2=?"]
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(tiny_records, tmp_path_factory):
+    tokenizer = train_tokenizer(tiny_records, TokenizerConfig(vocab_size=1024), tmp_path_factory.mktemp("chat-tok"))
+    tokenizer.chat_template = CHAT
+    return tokenizer
+
+
+def architecture(kind: str, vocab: int):
+    shared = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention
+        max_position_embeddings=256,
+    )
+    torch.manual_seed(0)
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**shared, tie_word_embeddings=True)).eval()
+    return LlamaForCausalLM(LlamaConfig(**shared, tie_word_embeddings=False)).eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_pretrained_architectures_export_with_parity(kind, chat_tokenizer, tmp_path):
+    model = architecture(kind, len(chat_tokenizer))
+    if kind == "qwen2":  # random biases, so that a dropped or misplaced bias shows in the logits
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                torch.nn.init.normal_(proj.bias, std=0.5)
+    save_model(model, chat_tokenizer, tmp_path / "model")
+    cfg = ExportConfig(onnx_quant=[], gguf_quant=[], gguf_f32=True, parity_prompts=3, parity_max_new_tokens=8)
+    result = run_export(cfg, tmp_path / "model", tmp_path / "export", QUESTIONS)
+    records = {r["artefact"]: r for r in result.parity["artefacts"]}
+    assert records["gguf-f32"]["logits_max_abs_diff"] <= 1e-4 and records["onnx-fp32"]["logits_max_abs_diff"] <= 1e-4
+    assert all(r["passed"] and r["tokenization_equal"] for r in records.values())
+    assert set(records) == {"onnx-fp32", "gguf-f16", "gguf-f32"}
+    # The GGUF carries the chat template, and transformers reads the file back into the same weights.
+    again, again_tok = load_causal_lm(tmp_path / "export" / "model-f32.gguf")
+    original, loaded = model.state_dict(), again.state_dict()
+    assert all(torch.equal(original[k], loaded[k]) for k in loaded)
+    assert again_tok.chat_template == CHAT
+
+
+def test_prompts_use_the_chat_template_when_there_is_one(chat_tokenizer, tokenizer):
+    text, special = model_prompt(chat_tokenizer, "9-2=?")
+    assert text == "<|bos|>user\n9-2=?\n<|bos|>assistant\n" and special is False
+    ids, mask = encode_prompts(chat_tokenizer, ["9-2=?"])
+    assert ids[0][mask[0].bool()].tolist() == chat_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "9-2=?"}], add_generation_prompt=True, tokenize=True
+    )
+    assert model_prompt(tokenizer, "9-2=?") == ("9-2=?\n", True)  # no template: the project's format
+
+
+def test_pre_tokenizers_map_to_llama_cpp_names_or_fail_by_name(chat_tokenizer):
+    assert pre_tokenizer_name(chat_tokenizer) == "gpt-2"
+    qwen = (  # Qwen2's pre-tokenizer regex, as its tokenizer.json has it
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+        r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+
+    def wrapped(pre):
+        backend = Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[]))
+        backend.pre_tokenizer = pre
+        return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+    split = pre_tokenizers.Split(Regex(qwen), behavior="isolated")
+    assert pre_tokenizer_name(wrapped(pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(False)]))) == "qwen2"
+    odd = pre_tokenizers.Split(Regex(r"\d+"), behavior="isolated")
+    with pytest.raises(UnsupportedModelError, match="pre-tokenizer not supported yet"):
+        pre_tokenizer_name(wrapped(pre_tokenizers.Sequence([odd])))
+
+
+def test_unsupported_settings_are_named(chat_tokenizer, tmp_path):
+    model = architecture("qwen2", len(chat_tokenizer))
+    model.config.rope_scaling = {"rope_type": "linear", "factor": 2.0}
+    with pytest.raises(UnsupportedModelError, match="rope_scaling"):
+        export_gguf(model, chat_tokenizer, tmp_path / "m.gguf")
