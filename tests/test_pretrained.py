@@ -176,3 +176,15 @@ def test_a_pretrained_qwen2_pair_runs_every_stage_to_a_package(chat_tokenizer, t
     assert manifest["student"]["architecture"] == "Qwen2ForCausalLM"
     modelfile = (run / "package" / "Modelfile").read_text()
     assert manifest["models"][0]["format"] == "gguf" and "TEMPLATE" not in modelfile  # the GGUF has the template
+
+
+def test_the_pretrained_config_loads_once_its_placeholders_are_set(tmp_path):
+    from rakd.config import load_config
+
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    sets = [f"prep.path={data}", "teacher.model.path=models/teacher", "distill.student.model.path=models/student"]
+    cfg = load_config("configs/pretrained.yaml", sets)
+    assert cfg.prep.source == "gsm8k" and cfg.prep.tokenizer is None and cfg.distill.rl.max_new_tokens == 512
+    with pytest.raises(Exception, match="task file not found"):
+        load_config("configs/pretrained.yaml")  # the placeholders are not files
