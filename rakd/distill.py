@@ -228,7 +228,10 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     )
     if trainer.resume():
         log(f"[distill] resumed from checkpoint step {trainer.start_step}")
-    trainer.run(on_step=val_evaluation(cfg, student, tokenizer, layout), after_step=fault_injection(cfg))
+    try:
+        trainer.run(on_step=val_evaluation(cfg, student, tokenizer, layout), after_step=fault_injection(cfg))
+    finally:
+        getattr(trainer.teacher_scorer, "close", lambda: None)()  # a llama.cpp teacher frees its model now
     timings["rl"] = time.perf_counter() - t1
     if not world.main:  # rank 0 evaluates and writes the student
         return DistillResult(layout.student, {}, eval_warm, timings)
