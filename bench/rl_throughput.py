@@ -179,6 +179,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--methods", default="grpo,grpo_kl,rakd")
     parser.add_argument("--trl-betas", default="0,0.04", help="comma list; empty: skip TRL")
+    parser.add_argument("--rounds", type=int, default=3, help="repeats of the whole comparison (medians reported)")
     parser.add_argument("--out", default=str(RESULTS / "rl_throughput"))
     args = parser.parse_args()
     run = Path(args.run)
@@ -189,16 +190,28 @@ def main() -> None:
     student, tokenizer = load_causal_lm(run / "student")
     teacher, _ = load_causal_lm(run / "teacher")
     records = read_jsonl(run / "data" / "train.jsonl")
-    rows = [ours(method, student, teacher, tokenizer, records, args) for method in args.methods.split(",") if method]
-    for beta in [float(b) for b in args.trl_betas.split(",") if b]:
-        rows.append(trl(beta, student, tokenizer, records, args))
-
-    base = {r["trainer"]: r for r in rows}
-    trl0 = next((r for r in rows if r["trainer"].startswith("TRL") and "beta=0" in r["trainer"]), None)
-    grpo = base.get("ours grpo")
-    for r in rows:
-        r["x_trl_beta0"] = trl0["s_per_step"] / r["s_per_step"] if trl0 else None
-        r["x_grpo_time"] = r["s_per_step"] / grpo["s_per_step"] if grpo else None
+    rounds = []
+    for _ in range(args.rounds):  # every trainer once per round: a drifting machine moves them all alike
+        one = [ours(method, student, teacher, tokenizer, records, args) for method in args.methods.split(",") if method]
+        one += [trl(float(b), student, tokenizer, records, args) for b in args.trl_betas.split(",") if b]
+        trl0 = next((r for r in one if r["trainer"] == "TRL GRPOTrainer beta=0"), None)
+        grpo = next((r for r in one if r["trainer"] == "ours grpo"), None)
+        for r in one:
+            r["x_trl_beta0"] = trl0["s_per_step"] / r["s_per_step"] if trl0 else None
+            r["x_grpo_time"] = r["s_per_step"] / grpo["s_per_step"] if grpo else None
+        rounds.append(one)
+    rows = []
+    for i, first in enumerate(rounds[0]):
+        merged = {"trainer": first["trainer"], "rounds": [rd[i] for rd in rounds]}
+        for key, value in first.items():
+            if key != "trainer" and value is not None:
+                merged[key] = statistics.median(rd[i][key] for rd in rounds)
+            elif key != "trainer":
+                merged[key] = None
+        for key in ("x_trl_beta0", "x_grpo_time"):
+            values = [rd[i][key] for rd in rounds if rd[i][key] is not None]
+            merged[key + "_range"] = (min(values), max(values)) if values else None
+        rows.append(merged)
     machine = {
         "cpu": cpu_name(),
         "threads": args.threads,
@@ -213,7 +226,15 @@ def main() -> None:
         machine["trl"] = trl_module.__version__
     except ImportError:
         machine["trl"] = None
-    setup = {k: getattr(args, k) for k in ("prompts", "group", "max_new_tokens", "steps", "warmup", "lr", "run")}
+    setup = {
+        k: getattr(args, k) for k in ("prompts", "group", "max_new_tokens", "steps", "warmup", "lr", "run", "rounds")
+    }
+
+    def ratio(row, key):
+        if row[key] is None:
+            return "-"
+        low, high = row[key + "_range"]
+        return f"{row[key]:.2f}x ({low:.2f}-{high:.2f})"
 
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
@@ -227,14 +248,15 @@ def main() -> None:
             "teacher s": fmt(r["teacher_s"], ".3f"),
             "update s": fmt(r["update_s"], ".3f"),
             "rows in loss": fmt(r["rows_in_loss"], ".0f"),
-            "speed vs TRL β=0": fmt(r["x_trl_beta0"], ".2f") + ("x" if r["x_trl_beta0"] else ""),
-            "time vs our grpo": fmt(r["x_grpo_time"], ".2f") + ("x" if r["x_grpo_time"] else ""),
+            "speed vs TRL β=0": ratio(r, "x_trl_beta0"),
+            "time vs our grpo": ratio(r, "x_grpo_time"),
         }
         for r in rows
     ]
     title = (
         f"{machine['cpu']}, {args.threads} thread(s), fp32, {args.prompts} prompts x G={args.group}, "
-        f"up to {args.max_new_tokens} new tokens, median of steps {args.warmup + 1}-{args.steps}"
+        f"up to {args.max_new_tokens} new tokens, median of steps {args.warmup + 1}-{args.steps}, median (range) of "
+        f"{args.rounds} rounds"
     )
     print(title)
     print(text_table(table))
