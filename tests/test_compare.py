@@ -12,9 +12,9 @@ from rakd.config import load_config
 MICRO = [
     *MICRO_RUN,
     "distill.warmstart.n_prompts=32",
-    "distill.eval.n_problems=12",
+    "distill.eval.n_problems=24",  # jobs long enough to cover the workers' uneven start-up
     "distill.eval.k_samples=2",
-    "compare.steps=3",
+    "compare.steps=4",
     "compare.eval_every=2",
     "compare.val_problems=4",
     "compare.methods=[rakd,grpo]",
@@ -76,7 +76,7 @@ def test_compare_flow_runs_jobs_in_parallel_on_two_dask_workers(prefect_harness,
     assert set(rows) == {"rakd-a0.5-c1-lr0.0001-s0", "grpo-a0.5-c1-lr0.0001-s0"}
     a, b = rows.values()
     assert a["started"] < b["finished"] and b["started"] < a["finished"], "the two jobs did not overlap"
-    assert all(r["steps"] == 3 and [p["step"] for p in r["curve"]] == [2] for r in rows.values())
+    assert all(r["steps"] == 4 and [p["step"] for p in r["curve"]] == [2, 4] for r in rows.values())
     results = tmp_path / "cmp" / "compare" / "results"
     saved = json.loads((results / "results.json").read_text())
     assert {r["name"] for r in saved["runs"]} == set(rows)
