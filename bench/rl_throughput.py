@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from deploy.validate import cpu_model
 from rakd.data.format import prompt_text
 from rakd.io import read_jsonl
 from rakd.models.load import load_causal_lm
@@ -40,16 +40,6 @@ from rakd.train.rl import LossParams, RLConfig, RLTrainer
 from rakd.verify import reward
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ours(method, student, teacher, tokenizer, records, args) -> dict:
@@ -213,7 +203,7 @@ def main() -> None:
             merged[key + "_range"] = (min(values), max(values)) if values else None
         rows.append(merged)
     machine = {
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "threads": args.threads,
         "torch": torch.__version__,
         "dtype": "fp32",
