@@ -10,7 +10,7 @@ from rakd.schema import StageConfig
 
 
 class Gates(StageConfig):
-    min_accuracy: float = Field(0.4, ge=0, le=1)
+    min_accuracy: float = Field(0.3, ge=0, le=1)
     max_accuracy_drop: float | None = Field(0.05, ge=0, description="absolute drop vs the fp32 reference")
     max_latency_ms_p95: float | None = Field(500, gt=0, description="one problem, greedy, on `threads` threads")
     max_size_mb: float | None = Field(50, gt=0)
