@@ -188,3 +188,18 @@ def test_the_pretrained_config_loads_once_its_placeholders_are_set(tmp_path):
     assert cfg.prep.source == "gsm8k" and cfg.prep.tokenizer is None and cfg.distill.rl.max_new_tokens == 512
     with pytest.raises(Exception, match="task file not found"):
         load_config("configs/pretrained.yaml")  # the placeholders are not files
+
+
+def test_a_layer_subset_of_a_pretrained_teacher_is_a_working_student(chat_tokenizer):
+    from rakd.models.subset import layer_subset
+
+    teacher = architecture("qwen2", len(chat_tokenizer))
+    student = layer_subset(teacher, every_k=2)
+    assert student.config.num_hidden_layers == 1 and teacher.config.num_hidden_layers == 2
+    ids, mask = encode_prompts(chat_tokenizer, QUESTIONS)
+    with torch.no_grad():
+        logits = student(input_ids=ids, attention_mask=mask).logits
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(
+        student.model.layers[0].self_attn.q_proj.bias, teacher.model.layers[0].self_attn.q_proj.bias
+    )
