@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import Field
 
 from rakd.evaluate import EvalConfig, evaluate_model, format_eval
-from rakd.io import read_jsonl, to_jsonl
+from rakd.io import atomic_write_text, read_jsonl, to_jsonl
 from rakd.layout import RunLayout
 from rakd.models.load import ModelLoadError, load_causal_lm, save_model
 from rakd.models.source import ModelSource
@@ -33,7 +33,7 @@ from rakd.rollout import sample
 from rakd.schema import StageConfig
 from rakd.scorers import ScorerConfig, make_scorer
 from rakd.train.common import OptimConfig, pick_device, set_threads
-from rakd.train.distributed import world_from_env
+from rakd.train.distributed import World, world_from_env
 from rakd.train.rl import LossParams, Method, RLConfig, RLTrainer
 from rakd.train.sft import SFTConfig, SFTTrainer
 from rakd.verify import reward
@@ -147,15 +147,28 @@ def teacher_traces(teacher, tokenizer, records: list[dict], cfg: WarmStartConfig
     return traces
 
 
-def run_warmstart(cfg, student, teacher, tokenizer, train, layout: RunLayout, log) -> tuple[list[dict], dict]:
-    """Traces, SFT and the warm-start evaluation; cached in `student.work/warmstart/` once done."""
+def run_warmstart(
+    cfg, student, teacher, tokenizer, train, layout: RunLayout, log, world: World | None = None
+) -> tuple[list[dict], dict]:
+    """Traces, SFT and the warm-start evaluation; cached in `student.work/warmstart/` once done. Under torchrun
+    rank 0 samples the traces (kept in `student.work/traces.pending.jsonl`, so a crash in SFT does not sample
+    them again), every rank trains on its share of each SFT batch, and rank 0 evaluates and saves."""
+    world = world or World()
     work = layout.student_work
     done = work / "warmstart"
     if (done / "eval_warmstart.json").exists():
         student.load_state_dict(load_causal_lm(done)[0].state_dict())
         return read_jsonl(done / "traces.jsonl"), json.loads((done / "eval_warmstart.json").read_text())
-    traces = teacher_traces(teacher, tokenizer, train, cfg.warmstart, cfg.seed) if cfg.warmstart.n_prompts else []
-    log(f"[warmstart] {len(traces)} verified teacher traces from {min(len(train), cfg.warmstart.n_prompts)} prompts")
+    pending = work / "traces.pending.jsonl"
+    if world.main and not pending.exists():
+        traces = teacher_traces(teacher, tokenizer, train, cfg.warmstart, cfg.seed) if cfg.warmstart.n_prompts else []
+        log(
+            f"[warmstart] {len(traces)} verified teacher traces from {min(len(train), cfg.warmstart.n_prompts)} prompts"
+        )
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(pending, to_jsonl(traces))
+    world.barrier()
+    traces = read_jsonl(pending)
     if traces and cfg.warmstart.sft.steps:
         trainer = SFTTrainer(
             student,
@@ -165,23 +178,23 @@ def run_warmstart(cfg, student, teacher, tokenizer, train, layout: RunLayout, lo
             work / "warmstart.work",
             seed=cfg.seed,
             name="warmstart",
+            world=world,
         )
         trainer.resume()
         trainer.run()
+    if not world.main:
+        world.barrier()  # rank 0 evaluates and saves; every rank holds the same weights already
+        return traces, json.loads((done / "eval_warmstart.json").read_text())
     result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval)
     log(format_eval("student (warm start)", result))
-    files = {"traces.jsonl": _write(work / "traces.jsonl", to_jsonl(traces))}
+    files = {"traces.jsonl": pending}
     if (work / "warmstart.work/metrics.jsonl").exists():
         files["metrics_warmstart.jsonl"] = work / "warmstart.work/metrics.jsonl"
     save_model(student, tokenizer, done, extra={"eval_warmstart.json": result}, copy_files=files)
     shutil.rmtree(work / "warmstart.work", ignore_errors=True)
+    pending.replace(work / "traces.jsonl")  # the final student folder carries them too
+    world.barrier()
     return traces, result
-
-
-def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def load_models(cfg: DistillConfig, layout: RunLayout):
@@ -203,11 +216,9 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     t0 = time.perf_counter()
     teacher, student, tokenizer = load_models(cfg, layout)
     train = distill_records(layout, "train")
-    if not world.main:  # rank 0 makes the warm start; the others load it from its cache
-        world.barrier()
-    traces, eval_warm = run_warmstart(cfg, student, teacher, tokenizer, train, layout, log if world.main else _quiet)
-    if world.main:
-        world.barrier()
+    traces, eval_warm = run_warmstart(
+        cfg, student, teacher, tokenizer, train, layout, log if world.main else _quiet, world
+    )
     timings["warmstart"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()

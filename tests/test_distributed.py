@@ -31,7 +31,11 @@ def one_process(tmp: Path, method: str) -> None:
     spec = importlib.util.spec_from_file_location("ddp_step", HELPER)
     helper = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helper)
-    helper.main(str(tmp / "model"), str(tmp / "traces.json"), str(tmp / "one"), method)
+    threads = torch.get_num_threads()
+    try:
+        helper.main(str(tmp / "model"), str(tmp / "traces.json"), str(tmp / "one"), method)
+    finally:
+        torch.set_num_threads(threads)  # the helper runs on one thread, like each torchrun rank
 
 
 def result(tmp: Path, run: str, method: str, rank: int = 0) -> dict:
@@ -53,12 +57,14 @@ def test_two_processes_take_the_one_process_step_and_stay_in_sync(setup):
     """sft draws its global batch from traces (no sampling), so both runs see the same 16 rows (rank 0 takes
     rows 0, 2, 4, ..., rank 1 the others): summed gradients and weights after the step match one process. grpo:
     each rank samples its share of the prompts, and the ranks still end the step with identical weights."""
-    two_processes(setup, "sft,grpo")
-    one_process(setup, "sft")
-    alone, rank0, rank1 = result(setup, "one", "sft"), result(setup, "two", "sft"), result(setup, "two", "sft", 1)
-    for key in alone:
-        torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)  # the ranks agree exactly
-        assert float((rank0[key] - alone[key]).abs().max()) <= 1e-5, key
+    two_processes(setup, "sft,grpo,warmstart")
+    for method in ("warmstart", "sft"):  # the warm start's SFT trainer, and the RL trainer's offline step
+        one_process(setup, method)
+        alone, rank0 = result(setup, "one", method), result(setup, "two", method)
+        rank1 = result(setup, "two", method, 1)
+        for key in alone:
+            torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)  # the ranks agree exactly
+            assert float((rank0[key] - alone[key]).abs().max()) <= 1e-5, (method, key)
     before = load_file(str(setup / "model" / "model.safetensors"))
     assert max(float((alone[f"weight.{name}"] - value).abs().max()) for name, value in before.items()) > 1e-4
 

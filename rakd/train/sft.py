@@ -21,6 +21,7 @@ from rakd.schema import StageConfig
 from rakd.train.batches import batch_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
 from rakd.train.common import MetricsLog, OptimConfig, autocast, make_optimizer, make_scheduler, step_seed
+from rakd.train.distributed import World
 
 
 class SFTConfig(StageConfig):
@@ -35,7 +36,16 @@ class SFTTrainer(CheckpointedTrainer):
     """setup / step / save / resume for SFT on a fixed list of (prompt, completion) pairs."""
 
     def __init__(
-        self, model, tokenizer, pairs: list[tuple[str, str]], cfg: SFTConfig, out_dir: Path, *, seed: int, name: str
+        self,
+        model,
+        tokenizer,
+        pairs: list[tuple[str, str]],
+        cfg: SFTConfig,
+        out_dir: Path,
+        *,
+        seed: int,
+        name: str,
+        world: World | None = None,
     ):
         if not pairs:
             raise ValueError(f"{name}: no training pairs")
@@ -53,6 +63,7 @@ class SFTTrainer(CheckpointedTrainer):
         self.log = MetricsLog(self.out_dir / "metrics.jsonl")
         self.device = next(model.parameters()).device
         self.start_step = 0
+        self.world = world or World()  # under torchrun: each rank takes its share of every batch
         self._order: tuple[int, list[int]] = (-1, [])
 
     def epoch_order(self, epoch: int) -> list[int]:
@@ -69,15 +80,18 @@ class SFTTrainer(CheckpointedTrainer):
         epoch, index = divmod(step, per_epoch)
         order = self.epoch_order(epoch)
         chosen = order[index * self.cfg.batch_size : (index + 1) * self.cfg.batch_size] or order[: self.cfg.batch_size]
-        return pack_pairs(self.tokenizer, [self.pairs[i] for i in chosen])
+        return pack_pairs(self.tokenizer, [self.pairs[i] for i in self.world.share(chosen)])
 
     def step(self, step: int) -> dict:
         self.model.train()
         with autocast(self.device):
             tensors = batch_tensors(self.model, self.batch_for(step))
             loss, metrics = LOSSES["sft"](tensors, {"agg": "token_mean"})
+        tokens = float(tensors["mask"].sum())  # token_mean: this rank's share of the global batch's tokens
+        weight = tokens / max(self.world.sum(tokens), 1e-12) if self.world.active else 1.0
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight).backward()
+        self.world.sum_gradients(self.model)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -94,9 +108,14 @@ class SFTTrainer(CheckpointedTrainer):
             started = time.perf_counter()
             metrics = self.step(step)
             row = {"step": step + 1, "stage": self.name, **metrics, "seconds": time.perf_counter() - started}
-            self.log.append(row)
-            progress.update(step, loss=metrics["loss"])
+            if self.world.main:  # every rank holds the same weights: rank 0 logs and checkpoints
+                self.log.append(row)
+                progress.update(step, loss=metrics["loss"])
             if self.cfg.checkpoint_every and (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < self.cfg.steps:
                 self.save(step + 1)
             if on_step:
                 on_step(step + 1, row)
+
+    def save(self, step: int) -> None:
+        if self.world.main:
+            super().save(step)

@@ -19,6 +19,7 @@ from rakd.models.load import load_causal_lm
 from rakd.train.common import OptimConfig
 from rakd.train.distributed import World, world_from_env
 from rakd.train.rl import LossParams, RLConfig, RLTrainer
+from rakd.train.sft import SFTConfig, SFTTrainer
 
 
 def coin(text: str, answer: str) -> float:
@@ -27,9 +28,12 @@ def coin(text: str, answer: str) -> float:
 
 
 def main(model_dir: str, traces_path: str, out: str, methods: str) -> None:
-    rl.reward = coin
-    for method in methods.split(","):
-        one_step(model_dir, traces_path, out, method)
+    real, rl.reward = rl.reward, coin  # restored: a test may call main() in its own process
+    try:
+        for method in methods.split(","):
+            one_step(model_dir, traces_path, out, method)
+    finally:
+        rl.reward = real
 
 
 def one_step(model_dir: str, traces_path: str, out: str, method: str) -> None:
@@ -54,6 +58,16 @@ def one_step(model_dir: str, traces_path: str, out: str, method: str) -> None:
             super().sum_gradients(model)
             grads.update({f"grad.{n}": p.grad.detach().clone() for n, p in model.named_parameters()})
 
+    if method == "warmstart":  # the SFT trainer of the warm start, one step on 16 traces
+        pairs = [(t["question"], t["completion"]) for t in traces]
+        sft_cfg = SFTConfig(steps=1, batch_size=16, optim=OptimConfig(lr=1e-3, warmup_steps=0, schedule="constant"))
+        trainer = SFTTrainer(
+            student, tokenizer, pairs, sft_cfg, Path(out) / f"work-sft-{world.rank}", seed=0, name="warmstart",
+            world=Recording(world.rank, world.size),
+        )  # fmt: skip
+        trainer.step(0)
+        save(student, grads, out, method, world.rank)
+        return
     trainer = RLTrainer(
         student,
         student,
@@ -68,9 +82,13 @@ def one_step(model_dir: str, traces_path: str, out: str, method: str) -> None:
         world=Recording(world.rank, world.size),
     )
     trainer.step(0)
+    save(student, grads, out, method, world.rank)
+
+
+def save(student, grads: dict, out: str, method: str, rank: int) -> None:
     state = {f"weight.{k}": v.detach().clone().contiguous() for k, v in student.state_dict().items()}
     Path(out).mkdir(parents=True, exist_ok=True)
-    save_file({**state, **grads}, str(Path(out) / f"{method}-rank-{world.rank}.safetensors"))
+    save_file({**state, **grads}, str(Path(out) / f"{method}-rank-{rank}.safetensors"))
 
 
 if __name__ == "__main__":
