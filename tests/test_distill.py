@@ -215,13 +215,16 @@ def test_log_probs_are_taken_at_the_sampling_temperature(tokenizer, tiny_records
 
 
 def test_teacher_scores_only_the_rows_that_enter_the_loss(tokenizer, tiny_records, monkeypatch, tmp_path):
+    import rakd.scorers as scorers
     import rakd.train.rl as rl
 
     outcomes = iter([1.0, 0.0, 1.0, 0.0] + [0.0] * 4)  # group 1 mixed, group 2 all wrong (no RL signal)
     monkeypatch.setattr(rl, "reward", lambda text, answer: next(outcomes))
-    scored, real = [], rl.score_completions
+    scored, real = [], scorers.score_completions  # every torch scoring pass (teacher and π_old) goes through it
     monkeypatch.setattr(
-        rl, "score_completions", lambda model, batch, **kw: scored.append(len(batch.texts)) or real(model, batch, **kw)
+        scorers,
+        "score_completions",
+        lambda model, batch, **kw: scored.append(len(batch.texts)) or real(model, batch, **kw),
     )
     student = build_model(preset_config("test-micro", tokenizer), seed=1)
     teacher = build_model(preset_config("test-micro", tokenizer), seed=2)

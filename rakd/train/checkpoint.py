@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rakd.io import atomic_dir
+from rakd.train.distributed import World
 
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -70,6 +71,7 @@ class CheckpointedTrainer:
     model: torch.nn.Module
     out_dir: Path
     start_step: int = 0
+    world: World = World()  # under torchrun every rank holds the same weights: rank 0 alone writes them
 
     def resume(self) -> int:
         checkpoints = list_checkpoints(self.out_dir / "checkpoints")
@@ -79,4 +81,6 @@ class CheckpointedTrainer:
         return self.start_step
 
     def save(self, step: int) -> None:
+        if not self.world.main:
+            return
         save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer, self.scheduler)

@@ -36,17 +36,21 @@ class World:
         return items[self.rank :: self.size] if self.active else items
 
     def sum(self, value: float) -> float:
-        if not self.active:
-            return value
-        tensor = torch.tensor([float(value)], dtype=torch.float64, device=_device())
-        dist.all_reduce(tensor)
-        return float(tensor.item())
+        return self._reduce(value, "SUM")
 
     def max(self, value: float) -> float:
+        return self._reduce(value, "MAX")
+
+    def fraction(self, units: float) -> float:
+        """This rank's share of a global batch measured in `units` (rows or tokens): the weight of its loss, so
+        that the summed gradients are those of the whole batch. 1 in a world of one."""
+        return units / max(self.sum(units), 1e-12) if self.active else 1.0
+
+    def _reduce(self, value: float, op: str) -> float:
         if not self.active:
             return value
         tensor = torch.tensor([float(value)], dtype=torch.float64, device=_device())
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
         return float(tensor.item())
 
     def sum_gradients(self, model: torch.nn.Module) -> None:

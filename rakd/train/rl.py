@@ -29,11 +29,11 @@ from rakd.rollout import (
     concat_rollouts,
     forward_completion,
     sample,
-    score_completions,
     select_rows,
     trimmed,
 )
 from rakd.schema import StageConfig
+from rakd.scorers import TorchScorer
 from rakd.train.batches import batch_ids, batch_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
 from rakd.train.common import MetricsLog, OptimConfig, autocast, make_optimizer, make_scheduler, step_seed
@@ -120,9 +120,8 @@ class RLTrainer(CheckpointedTrainer):
         self.teacher, self.tokenizer = teacher, tokenizer
         self.world = world or World()  # under torchrun: each rank samples its share of every step's prompts
         # log π_T of the sampled tokens: the torch teacher here, or a scorer elsewhere (rakd.scorers)
-        self.teacher_scorer = teacher_scorer or (
-            lambda batch, temperature: score_completions(teacher, batch, temperature=temperature)
-        )
+        self.teacher_scorer = teacher_scorer or TorchScorer(teacher)
+        self.student_scorer = TorchScorer(student)  # π_old, when the update needs a pass of its own
         self.records, self.traces, self.cfg, self.seed, self.method = records, traces, cfg, seed, method
         self.spec: LossSpec = LOSSES[method]
         self.hparams = loss.model_dump()
@@ -206,9 +205,6 @@ class RLTrainer(CheckpointedTrainer):
             scores[rows] = scorer(select_rows(batch, rows), temperature)
         return scores
 
-    def student_scorer(self, batch: Rollouts, temperature: float) -> torch.Tensor:
-        return score_completions(self.student, batch, temperature=temperature)
-
     def run(
         self, on_step: Callable[[int, dict], None] | None = None, after_step: Callable[[int], None] | None = None
     ) -> None:
@@ -234,10 +230,6 @@ class RLTrainer(CheckpointedTrainer):
                 self.save(step + 1)
             if after_step:
                 after_step(step + 1)
-
-    def save(self, step: int) -> None:
-        if self.world.main:
-            super().save(step)
 
     def step(self, step: int) -> dict:
         self.student.eval()
@@ -330,10 +322,8 @@ class RLTrainer(CheckpointedTrainer):
     def share_of_batch(self, batch: Rollouts) -> float:
         """This rank's share of the global minibatch in the loss's own units (rows for seq_mean, tokens for
         token_mean): the weight that makes the summed gradients those of the whole minibatch. 1 alone."""
-        if not self.world.active:
-            return 1.0
-        units = float(batch.completion_mask.sum()) if self.hparams["agg"] == "token_mean" else len(batch.texts)
-        return units / max(self.world.sum(units), 1e-12)
+        token_mean = self.hparams["agg"] == "token_mean"
+        return self.world.fraction(float(batch.completion_mask.sum()) if token_mean else len(batch.texts))
 
     def minibatch(self, batch: Rollouts, is_kd: torch.Tensor, advantages, old_lp, teacher_lp) -> dict:
         """One optimiser step on a minibatch: the method's loss on its rows, plus the KD term on

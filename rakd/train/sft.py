@@ -87,8 +87,7 @@ class SFTTrainer(CheckpointedTrainer):
         with autocast(self.device):
             tensors = batch_tensors(self.model, self.batch_for(step))
             loss, metrics = LOSSES["sft"](tensors, {"agg": "token_mean"})
-        tokens = float(tensors["mask"].sum())  # token_mean: this rank's share of the global batch's tokens
-        weight = tokens / max(self.world.sum(tokens), 1e-12) if self.world.active else 1.0
+        weight = self.world.fraction(float(tensors["mask"].sum()))  # token_mean: its share of the batch's tokens
         self.optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()
         self.world.sum_gradients(self.model)
@@ -115,7 +114,3 @@ class SFTTrainer(CheckpointedTrainer):
                 self.save(step + 1)
             if on_step:
                 on_step(step + 1, row)
-
-    def save(self, step: int) -> None:
-        if self.world.main:
-            super().save(step)
