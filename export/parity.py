@@ -23,7 +23,7 @@ import numpy as np
 
 from rakd.data.format import prompt_text
 from rakd.isolated import ChildCrashed, ChildFailed, run_isolated
-from rakd.models.llamacpp import open_llama
+from rakd.models.llamacpp import llama_logits, open_llama_exact
 from rakd.schema import StageError
 
 # Per-format limits: (max |Δlogit| at the last prompt token or None, minimum top-1 agreement).
@@ -193,15 +193,13 @@ class LlamaCppRuntime:
     """A GGUF file in llama.cpp with an F32 KV cache (exact comparison for F32/F16 files)."""
 
     def __init__(self, path: Path, threads: int = 1, n_ctx: int = 0):  # 0: the model's own context
-        self.llm = open_llama(path, threads=threads, n_ctx=n_ctx, logits_all=True, type_k=0, type_v=0)
+        self.llm = open_llama_exact(path, threads=threads, n_ctx=n_ctx)
 
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
     def logits(self, ids: list[int]) -> np.ndarray:
-        self.llm.reset()
-        self.llm.eval(ids)
-        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+        return llama_logits(self.llm, ids)
 
     def close(self) -> None:
         self.llm.close()

@@ -19,11 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Protocol
 
-import numpy as np
 import torch
 from pydantic import Field
 
-from rakd.rollout import Rollouts, score_completions
+from rakd.models.llamacpp import llama_logits, open_llama_exact
+from rakd.rollout import Rollouts, score_completions, token_logprobs
 from rakd.schema import StageConfig
 
 
@@ -51,31 +51,23 @@ class LlamaCppScorer:
     """A GGUF teacher in llama.cpp: each row's prompt + completion evaluated once, log-softmax of its logits."""
 
     def __init__(self, path: str | Path, threads: int = 1, n_ctx: int = 0):
-        from rakd.models.llamacpp import open_llama
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"distill.teacher_scorer.gguf: {path} is not a file")
-        self.llm = open_llama(path, threads=threads, n_ctx=n_ctx, logits_all=True, type_k=0, type_v=0)
+        self.llm = open_llama_exact(path, threads=threads, n_ctx=n_ctx)
 
     def __call__(self, batch: Rollouts, temperature: float) -> torch.Tensor:
         scores = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
         for row in range(batch.completion_ids.shape[0]):
             prompt = batch.prompt_ids[row][batch.prompt_mask[row].bool()].tolist()
-            # masked positions (a pad a half-trained model emitted) are skipped, as the torch forward's mask and
-            # position ids skip them
+            # the tokens the mask keeps, as the torch forward's mask and position ids keep them
             kept = batch.completion_mask[row].bool()
             completion = batch.completion_ids[row][kept].tolist()
             if not completion:
                 continue
             ids = prompt + completion
-            self.llm.reset()
-            self.llm.eval(ids)
-            logits = np.asarray(self.llm.scores[len(prompt) - 1 : len(ids) - 1], dtype=np.float64) / temperature
-            logits -= logits.max(-1, keepdims=True)
-            logprobs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-            picked = logprobs[np.arange(len(completion)), completion]
-            scores[row, kept] = torch.from_numpy(picked.astype(np.float32))
+            logits = torch.from_numpy(llama_logits(self.llm, ids)[len(prompt) - 1 : len(ids) - 1])
+            scores[row, kept] = token_logprobs(logits[None], torch.tensor([completion]), temperature)[0]
         return scores
 
     def close(self) -> None:

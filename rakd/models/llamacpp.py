@@ -84,3 +84,18 @@ def open_llama(path: str | Path, *, threads: int = 1, **kwargs):
         llm.close()
         raise RuntimeError(f"llama-cpp-python ignored use_extra_bufts={extra} while loading {path}")
     return llm
+
+
+def open_llama_exact(path: str | Path, *, threads: int = 1, n_ctx: int = 0):
+    """`open_llama` for reading logits: every position's logits kept and an F32 KV cache (exact comparisons with
+    PyTorch on F32/F16 files). `n_ctx` 0: the model's own context."""
+    return open_llama(path, threads=threads, n_ctx=n_ctx, logits_all=True, type_k=0, type_v=0)
+
+
+def llama_logits(llm, ids: list[int]):
+    """Logits (len(ids), vocab) as float32 numpy of a fresh evaluation of `ids` in an `open_llama_exact` model."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
