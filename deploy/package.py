@@ -22,6 +22,7 @@ from deploy.manifest import SCHEMA_VERSION, Manifest, PackageError, file_entries
 from deploy.validate import REPORT_KEYS, shippable, validation_rows
 from rakd.io import atomic_dir, atomic_write_json, atomic_write_text
 from rakd.layout import RunLayout
+from rakd.models.gguf_file import gguf_metadata, gguf_token
 from rakd.tables import markdown_table
 
 TOKENIZER_FILES = (
@@ -168,25 +169,14 @@ def build_package(
 def ollama_modelfile(name: str, path: Path) -> str:
     """An Ollama Modelfile for the GGUF `name` (read at `path`): greedy, its stop token, and the prompt format.
     A model with a chat template in its GGUF gets no TEMPLATE line: Ollama uses the embedded template."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-
-    def field(key):
-        found = reader.fields.get(key)
-        if found is None:
-            return None
-        value = found.parts[found.data[0]]
-        return bytes(value).decode("utf-8") if found.types[0] == gguf.GGUFValueType.STRING else int(value[0])
-
-    tokens = reader.fields["tokenizer.ggml.tokens"]
-    eos = field("tokenizer.ggml.eos_token_id")
-    stop = bytes(tokens.parts[tokens.data[eos]]).decode("utf-8") if eos is not None else None
+    meta = gguf_metadata(path)
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    stop = gguf_token(path, eos) if eos is not None else None
     lines = [
         f"# Ollama: ollama create {Path(name).stem} -f Modelfile && ollama run {Path(name).stem}",
         f"FROM ./{name}",
     ]
-    if field("tokenizer.chat_template") is None:
+    if meta.get("tokenizer.chat_template") is None:
         # rakd's prompt format (rakd.data.format.prompt_text): the question, then a newline
         lines.append('TEMPLATE """{{ .Prompt }}\n"""')
     lines += ["PARAMETER temperature 0", "PARAMETER num_predict 256"]

@@ -9,8 +9,8 @@ from rakd.schema import ModelLoadError
 _GGUF_MAGIC = b"GGUF"
 
 
-def gguf_metadata(path: Path) -> dict:
-    """Scalar metadata of a GGUF file (no tensors), after checking it is one."""
+def _reader(path: Path):
+    """A `gguf.GGUFReader` for `path`, after checking that it is a GGUF file."""
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such GGUF file")
     with open(path, "rb") as handle:
@@ -19,12 +19,22 @@ def gguf_metadata(path: Path) -> dict:
     try:
         from gguf import GGUFReader
 
-        reader = GGUFReader(str(path))
+        return GGUFReader(str(path))
     except Exception as err:  # noqa: BLE001 - truncated or corrupt files raise anything
         raise ModelLoadError(f"{path}: corrupt or truncated GGUF file: {err}") from err
+
+
+def gguf_metadata(path: Path) -> dict:
+    """Scalar metadata of a GGUF file (no tensors), after checking it is one."""
     meta = {}
-    for name, field in reader.fields.items():
+    for name, field in _reader(path).fields.items():
         if len(field.types) == 1 and len(field.data) == 1:
             value = field.parts[field.data[0]]
             meta[name] = bytes(value).decode("utf-8", "replace") if value.dtype == "uint8" else value.tolist()[0]
     return meta
+
+
+def gguf_token(path: Path, token_id: int) -> str:
+    """The text of token `token_id` in the GGUF file's vocabulary (`tokenizer.ggml.tokens`)."""
+    tokens = _reader(path).fields["tokenizer.ggml.tokens"]
+    return bytes(tokens.parts[tokens.data[token_id]]).decode("utf-8", "replace")
