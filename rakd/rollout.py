@@ -294,7 +294,7 @@ def trimmed(rollouts: Rollouts) -> Rollouts:
     prompt_cols = rollouts.prompt_mask.any(0).nonzero()
     first = int(prompt_cols.min()) if len(prompt_cols) else rollouts.prompt_mask.shape[1]
     used = rollouts.completion_mask.any(0).nonzero()
-    width = int(used.max()) + 1 if len(used) else 1  # the last column any row uses (a row may have masked holes)
+    width = int(used.max()) + 1 if len(used) else 1  # the last column any row uses
     return Rollouts(
         rollouts.prompt_ids[:, first:],
         rollouts.prompt_mask[:, first:],
