@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from rakd.models.zoo import build_model, count_parameters, preset_config
 from rakd.rollout import sample
 from rakd.schema import StageConfig
 from rakd.scorers import ScorerConfig, make_scorer
-from rakd.train.common import OptimConfig, pick_device, set_threads
+from rakd.train.common import OptimConfig, pick_device, set_threads, step_seed
 from rakd.train.distributed import World, world_from_env
 from rakd.train.rl import LossParams, Method, RLConfig, RLTrainer
 from rakd.train.sft import SFTConfig, SFTTrainer
@@ -50,6 +51,16 @@ class WarmStartConfig(StageConfig):
     """Rejection-sampled SeqKD: teacher traces the verifier accepts, then SFT."""
 
     n_prompts: int = Field(6000, ge=0, description="train questions the teacher answers (0: no warm start)")
+    max_difficulty: int | None = Field(
+        None,
+        ge=1,
+        description="a curriculum: of the n_prompts questions, only those with at most this many operations (the "
+        "records' `ops`) plus `harder_fraction` of the harder ones; RL then works at the edge the student has only "
+        "glimpsed (None: every question)",
+    )
+    harder_fraction: float = Field(
+        0.0, ge=0, le=1, description="with max_difficulty: the share of harder questions kept (chosen by seed)"
+    )
     samples_per_prompt: int = Field(1, ge=1)
     temperature: float = Field(0.7, gt=0)
     max_new_tokens: int = Field(64, ge=1)
@@ -125,9 +136,27 @@ def init_student(cfg: DistillConfig, teacher, teacher_tok, device):
     ), teacher_tok
 
 
+def warmstart_prompts(records: list[dict], cfg: WarmStartConfig, seed: int) -> list[dict]:
+    """The questions the warm start's traces answer: the first `n_prompts`, filtered by `max_difficulty`."""
+    records = records[: cfg.n_prompts]
+    if cfg.max_difficulty is None:
+        return records
+    rng = random.Random(step_seed(seed, 0, salt=31))
+    kept = []
+    for line, record in enumerate(records, 1):
+        if record.get("ops") is None:
+            raise ValueError(
+                f"distill.warmstart.max_difficulty needs each train record's difficulty (`ops`, as the built-in "
+                f"generator writes it); train.jsonl line {line} has none"
+            )
+        if record["ops"] <= cfg.max_difficulty or rng.random() < cfg.harder_fraction:
+            kept.append(record)
+    return kept
+
+
 def teacher_traces(teacher, tokenizer, records: list[dict], cfg: WarmStartConfig, seed: int) -> list[dict]:
     """Sampled teacher solutions that the verifier accepts, one per distinct (question, completion)."""
-    records = records[: cfg.n_prompts]
+    records = warmstart_prompts(records, cfg, seed)
     questions = [r["question"] for r in records for _ in range(cfg.samples_per_prompt)]
     answers = [r["answer"] for r in records for _ in range(cfg.samples_per_prompt)]
     rollouts = sample(
@@ -163,7 +192,8 @@ def run_warmstart(
     if world.main and not pending.exists():
         traces = teacher_traces(teacher, tokenizer, train, cfg.warmstart, cfg.seed) if cfg.warmstart.n_prompts else []
         log(
-            f"[warmstart] {len(traces)} verified teacher traces from {min(len(train), cfg.warmstart.n_prompts)} prompts"
+            f"[warmstart] {len(traces)} verified teacher traces from "
+            f"{len(warmstart_prompts(train, cfg.warmstart, cfg.seed))} prompts"
         )
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_text(pending, to_jsonl(traces))

@@ -6,7 +6,14 @@ from conftest import MICRO_RUN
 
 from rakd.config import load_config
 from rakd.data.prep import run_prep
-from rakd.distill import InjectedFault, check_same_tokenizer, distill_records, run_distill
+from rakd.distill import (
+    InjectedFault,
+    WarmStartConfig,
+    check_same_tokenizer,
+    distill_records,
+    run_distill,
+    warmstart_prompts,
+)
 from rakd.losses import LOSSES
 from rakd.models.load import ModelLoadError
 from rakd.models.zoo import build_model, preset_config
@@ -243,3 +250,27 @@ def test_teacher_scores_only_the_rows_that_enter_the_loss(tokenizer, tiny_record
     cfg = cfg.model_copy(update={"ppo_epochs": 2})
     metrics = RLTrainer(student, teacher, tokenizer, records, [], "rakd", LossParams(), cfg, tmp_path, seed=0).step(0)
     assert scored == [4, 4] and metrics["updates"] == 2
+
+
+def test_warmstart_curriculum_keeps_easy_questions_and_a_seeded_share_of_harder_ones():
+    records = [{"question": f"q{i}", "answer": "1", "ops": 1 + i % 3} for i in range(3000)]
+    base = WarmStartConfig(n_prompts=2400)
+    assert warmstart_prompts(records, base, seed=0) == records[:2400]  # no curriculum: the first n_prompts
+
+    cfg = base.model_copy(update={"max_difficulty": 2, "harder_fraction": 0.25})
+    kept = warmstart_prompts(records, cfg, seed=0)
+    easy = [r for r in records[:2400] if r["ops"] <= 2]
+    harder = [r for r in kept if r["ops"] == 3]
+    assert [r for r in kept if r["ops"] <= 2] == easy  # every easy one of the first n_prompts, in order
+    assert all(r in records[:2400] for r in harder)
+    assert 150 <= len(harder) <= 250  # 25% of 800
+    assert warmstart_prompts(records, cfg, seed=0) == kept  # seeded
+    assert warmstart_prompts(records, cfg, seed=1) != kept
+    assert [r for r in warmstart_prompts(records, cfg.model_copy(update={"harder_fraction": 0.0}), 0)] == easy
+
+
+def test_warmstart_curriculum_names_the_record_without_a_difficulty():
+    records = [{"question": "1+1=?", "answer": "2", "ops": 1}, {"question": "x", "answer": "1"}]
+    cfg = WarmStartConfig(n_prompts=10, max_difficulty=1)
+    with pytest.raises(ValueError, match=r"max_difficulty.*line 2"):
+        warmstart_prompts(records, cfg, seed=0)
