@@ -56,7 +56,7 @@ class WarmStartConfig(StageConfig):
         ge=1,
         description="a curriculum: of the n_prompts questions, only those with at most this many operations (the "
         "records' `ops`) plus `harder_fraction` of the harder ones; RL then works at the edge the student has only "
-        "glimpsed (None: every question)",
+        "glimpsed (None: every question; questions with no difficulty at all, e.g. GSM8K, are all kept)",
     )
     harder_fraction: float = Field(
         0.0, ge=0, le=1, description="with max_difficulty: the share of harder questions kept (chosen by seed)"
@@ -139,8 +139,8 @@ def init_student(cfg: DistillConfig, teacher, teacher_tok, device):
 def warmstart_prompts(records: list[dict], cfg: WarmStartConfig, seed: int) -> list[dict]:
     """The questions the warm start's traces answer: the first `n_prompts`, filtered by `max_difficulty`."""
     records = records[: cfg.n_prompts]
-    if cfg.max_difficulty is None:
-        return records
+    if cfg.max_difficulty is None or all(record.get("ops") is None for record in records):
+        return records  # no curriculum asked for, or none possible: the source has no difficulty
     rng = random.Random(step_seed(seed, 0, salt=31))
     kept = []
     for line, record in enumerate(records, 1):

@@ -72,9 +72,10 @@ def run_distill(cfg, layout: RunLayout) -> Summary:
 
     result = distill(cfg, layout.root)
     keep = ("step", "reward_mean", "val_greedy_accuracy", "val_sampled_accuracy")
+    metrics = result.student_dir / "metrics.jsonl"  # absent when rl.steps is 0 (the warm start alone)
     by_step = [
         {k: row[k] for k in keep if k in row}
-        for row in read_jsonl(result.student_dir / "metrics.jsonl")
+        for row in (read_jsonl(metrics) if metrics.exists() else [])
         if "val_greedy_accuracy" in row
     ]
     return {
@@ -292,7 +293,10 @@ def accuracy_rows(results: dict[str, Summary]) -> list[dict]:
         rows += [eval_row("student (warm start)", warm), eval_row(f"student ({final.get('method', '?')})", final)]
         gain = final["greedy_accuracy"] - warm["greedy_accuracy"]
         stderr = (final["greedy_stderr"] ** 2 + warm["greedy_stderr"] ** 2) ** 0.5
-        rows.append({"model": "gain (distilled - warm start)", "greedy": f"{100 * gain:+.1f} ± {100 * stderr:.1f}"})
+        ratio = f" ({gain / stderr:+.1f} s.e.)" if stderr > 0 else ""
+        rows.append(
+            {"model": "gain (distilled - warm start)", "greedy": f"{100 * gain:+.1f} ± {100 * stderr:.1f}{ratio}"}
+        )
     return rows
 
 

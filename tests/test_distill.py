@@ -254,7 +254,7 @@ def test_teacher_scores_only_the_rows_that_enter_the_loss(tokenizer, tiny_record
 
 def test_warmstart_curriculum_keeps_easy_questions_and_a_seeded_share_of_harder_ones():
     records = [{"question": f"q{i}", "answer": "1", "ops": 1 + i % 3} for i in range(3000)]
-    base = WarmStartConfig(n_prompts=2400)
+    base = WarmStartConfig(n_prompts=2400, max_difficulty=None)
     assert warmstart_prompts(records, base, seed=0) == records[:2400]  # no curriculum: the first n_prompts
 
     cfg = base.model_copy(update={"max_difficulty": 2, "harder_fraction": 0.25})
@@ -274,3 +274,16 @@ def test_warmstart_curriculum_names_the_record_without_a_difficulty():
     cfg = WarmStartConfig(n_prompts=10, max_difficulty=1)
     with pytest.raises(ValueError, match=r"max_difficulty.*line 2"):
         warmstart_prompts(records, cfg, seed=0)
+    # A source with no difficulty at all (GSM8K, most JSONL files): nothing to filter by, every question is kept.
+    plain = [{"question": f"q{i}", "answer": "1"} for i in range(5)]
+    assert warmstart_prompts(plain, cfg, seed=0) == plain
+
+
+def test_the_warm_start_alone_is_a_distill_stage(prepared, tmp_path):
+    """rl.steps=0 (SFT on the teacher's traces and nothing else) runs through the stage and its summary."""
+    from rakd.registry import run_distill as run_stage
+
+    cfg = fresh_run(prepared, tmp_path, "sft-only", ["distill.rl.steps=0"])
+    summary = run_stage(cfg.distill, cfg.run.layout)
+    assert summary["val_by_step"] == [] and not (cfg.run.dir / "student/metrics.jsonl").exists()
+    assert summary["eval"]["n"] == summary["eval_warmstart"]["n"] > 0

@@ -89,6 +89,8 @@ def test_failed_rerun_keeps_previous_outputs(tmp_path):
 
 
 def test_embedded_configs_load():
-    for name in ("configs/tiny.yaml", "configs/smoke.yaml"):
+    for name in ("configs/tiny.yaml", "configs/smoke.yaml", "configs/depth.yaml", "configs/compare.yaml"):
         cfg = load_config(name)
         assert cfg.prep.source == "generator"
+    depth = load_config("configs/depth.yaml")  # the curriculum regime: 1-3-step traces, RL on chains of up to 5
+    assert depth.distill.warmstart.max_difficulty == 3 < depth.prep.generator.max_ops == 5
