@@ -155,8 +155,8 @@ def warmstart_prompts(records: list[dict], cfg: WarmStartConfig, seed: int) -> l
 
 
 def teacher_traces(teacher, tokenizer, records: list[dict], cfg: WarmStartConfig, seed: int) -> list[dict]:
-    """Sampled teacher solutions that the verifier accepts, one per distinct (question, completion)."""
-    records = warmstart_prompts(records, cfg, seed)
+    """Sampled teacher solutions of `records` (the warm start's prompts) that the verifier accepts, one per distinct
+    (question, completion)."""
     questions = [r["question"] for r in records for _ in range(cfg.samples_per_prompt)]
     answers = [r["answer"] for r in records for _ in range(cfg.samples_per_prompt)]
     rollouts = sample(
@@ -190,11 +190,9 @@ def run_warmstart(
         return read_jsonl(done / "traces.jsonl"), json.loads((done / "eval_warmstart.json").read_text())
     pending = work / "traces.pending.jsonl"
     if world.main and not pending.exists():
-        traces = teacher_traces(teacher, tokenizer, train, cfg.warmstart, cfg.seed) if cfg.warmstart.n_prompts else []
-        log(
-            f"[warmstart] {len(traces)} verified teacher traces from "
-            f"{len(warmstart_prompts(train, cfg.warmstart, cfg.seed))} prompts"
-        )
+        prompts = warmstart_prompts(train, cfg.warmstart, cfg.seed)
+        traces = teacher_traces(teacher, tokenizer, prompts, cfg.warmstart, cfg.seed) if prompts else []
+        log(f"[warmstart] {len(traces)} verified teacher traces from {len(prompts)} prompts")
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_text(pending, to_jsonl(traces))
     world.barrier()
