@@ -47,6 +47,19 @@ class StudentSource(StageConfig):
     from_teacher_every_k: int | None = Field(None, ge=1)
 
 
+class WarmStartStop(StageConfig):
+    """End the warm start's SFT once the student reaches a greedy val accuracy, rather than after a fixed number of
+    steps: SFT on few traces is on a steep learning curve, so a step count lands anywhere from "solves nothing new"
+    to the plateau; RL needs a student at the edge of its competence (README "Results")."""
+
+    val_accuracy: float = Field(gt=0, le=1, description="greedy accuracy on the checked val questions that ends SFT")
+    min_difficulty: int | None = Field(
+        None, ge=1, description="check only val questions with at least this many operations (None: all)"
+    )
+    every: int = Field(50, ge=1, description="check every N SFT steps")
+    problems: int = Field(200, ge=1, description="val questions per check (the first N that qualify)")
+
+
 class WarmStartConfig(StageConfig):
     """Rejection-sampled SeqKD: teacher traces the verifier accepts, then SFT."""
 
@@ -68,6 +81,9 @@ class WarmStartConfig(StageConfig):
         default_factory=lambda: SFTConfig(
             steps=600, log_every=100, optim=OptimConfig(warmup_steps=20, min_lr_ratio=0.05)
         )
+    )
+    stop: WarmStartStop | None = Field(
+        None, description="stop SFT early at a target val accuracy (sft.steps is then the most it runs)"
     )
 
 
@@ -188,6 +204,7 @@ def run_warmstart(
     if (done / "eval_warmstart.json").exists():
         student.load_state_dict(load_causal_lm(done)[0].state_dict())
         return read_jsonl(done / "traces.jsonl"), json.loads((done / "eval_warmstart.json").read_text())
+    stop = warmstart_stop(cfg, student, tokenizer, layout, log)  # a bad `stop` fails before any sampling
     pending = work / "traces.pending.jsonl"
     if world.main and not pending.exists():
         prompts = warmstart_prompts(train, cfg.warmstart, cfg.seed)
@@ -197,6 +214,7 @@ def run_warmstart(
         atomic_write_text(pending, to_jsonl(traces))
     world.barrier()
     traces = read_jsonl(pending)
+    done_steps = 0
     if traces and cfg.warmstart.sft.steps:
         trainer = SFTTrainer(
             student,
@@ -209,11 +227,14 @@ def run_warmstart(
             world=world,
         )
         trainer.resume()
-        trainer.run()
+        done_steps = trainer.run(on_step=stop)
+        if done_steps < cfg.warmstart.sft.steps:
+            log(f"[warmstart] stopped after {done_steps} of {cfg.warmstart.sft.steps} SFT steps (target reached)")
     if not world.main:
         world.barrier()  # rank 0 evaluates and saves; every rank holds the same weights already
         return traces, json.loads((done / "eval_warmstart.json").read_text())
     result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval)
+    result["sft_steps"] = done_steps
     log(format_eval("student (warm start)", result))
     files = {"traces.jsonl": pending}
     if (work / "warmstart.work/metrics.jsonl").exists():
@@ -327,6 +348,34 @@ def val_evaluation(cfg: DistillConfig, student, tokenizer, layout: RunLayout):
         if step % cfg.eval_every == 0:
             val = evaluate_model(student, tokenizer, records, val_cfg)
             row.update({f"val_{k}": v for k, v in val.items() if k.endswith(("accuracy", "stderr"))})
+
+    return hook
+
+
+def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, log):
+    """An SFT `on_step` hook for `warmstart.stop`: every `stop.every` steps, greedy accuracy on the qualifying val
+    questions into the metrics row (`val_check_accuracy`); True (stop) once it reaches `stop.val_accuracy`. Greedy
+    and deterministic, so every torchrun rank takes the same decision."""
+    stop = cfg.warmstart.stop
+    if stop is None:
+        return None
+    records = [
+        r
+        for r in distill_records(layout, "val")
+        if stop.min_difficulty is None or (r.get("ops") is not None and r["ops"] >= stop.min_difficulty)
+    ]
+    if not records:
+        where = f" with at least {stop.min_difficulty} operations (`ops`)" if stop.min_difficulty else ""
+        raise ValueError(f"distill.warmstart.stop: {layout.split('val')} has no questions{where} to check")
+    check = cfg.eval.model_copy(update={"n_problems": stop.problems, "k_samples": 0, "per_problem": False})
+
+    def hook(step: int, row: dict) -> bool:
+        if step % stop.every:
+            return False
+        accuracy = evaluate_model(student, tokenizer, records, check)["greedy_accuracy"]
+        row["val_check_accuracy"] = accuracy
+        log(f"[warmstart] step {step}: val accuracy {accuracy:.3f} (target {stop.val_accuracy})")
+        return accuracy >= stop.val_accuracy
 
     return hook
 

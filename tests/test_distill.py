@@ -14,6 +14,7 @@ from rakd.distill import (
     run_distill,
     warmstart_prompts,
 )
+from rakd.io import read_jsonl, to_jsonl
 from rakd.losses import LOSSES
 from rakd.models.load import ModelLoadError
 from rakd.models.zoo import build_model, preset_config
@@ -287,3 +288,44 @@ def test_the_warm_start_alone_is_a_distill_stage(prepared, tmp_path):
     summary = run_stage(cfg.distill, cfg.run.layout)
     assert summary["val_by_step"] == [] and not (cfg.run.dir / "student/metrics.jsonl").exists()
     assert summary["eval"]["n"] == summary["eval_warmstart"]["n"] > 0
+
+
+def test_warmstart_stops_at_its_target_val_accuracy(prepared, tmp_path, monkeypatch):
+    """warmstart.stop: SFT checks greedy accuracy on the qualifying val questions every `every` steps and ends
+    the warm start once it reaches the target; the checks land in the warm start's metrics."""
+    import rakd.distill as distill
+
+    real, checks = distill.evaluate_model, []
+
+    def scripted(model, tokenizer, records, cfg):  # the real evaluation, with a scripted accuracy for the checks
+        result = real(model, tokenizer, records, cfg)
+        if cfg.n_problems == 7 and cfg.k_samples == 0:
+            checks.append(records)
+            result["greedy_accuracy"] = [0.1, 0.3][len(checks) - 1]
+        return result
+
+    monkeypatch.setattr(distill, "evaluate_model", scripted)
+    stop = "distill.warmstart.stop={val_accuracy: 0.25, min_difficulty: 2, every: 2, problems: 7}"
+    cfg = fresh_run(prepared, tmp_path, "stop", ["distill.rl.steps=0", "distill.warmstart.sft.steps=12", stop])
+    # the micro teacher solves nothing: traces as a crashed run would have left them (the data's own solutions)
+    traces = [
+        {"question": r["question"], "answer": r["answer"], "completion": " " + r["solution"]}
+        for r in read_jsonl(cfg.run.layout.split("train"))[:16]
+    ]
+    cfg.run.layout.student_work.mkdir(parents=True)
+    (cfg.run.layout.student_work / "traces.pending.jsonl").write_text(to_jsonl(traces))
+    run_distill(cfg.distill, cfg.run.dir)
+
+    assert len(checks) == 2 and all(r["ops"] >= 2 for records in checks for r in records)
+    student = cfg.run.dir / "student"
+    assert json.loads((student / "eval_warmstart.json").read_text())["sft_steps"] == 4
+    rows = [json.loads(line) for line in (student / "metrics_warmstart.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r.get("val_check_accuracy") for r in rows] == [None, 0.1, None, 0.3]
+
+
+def test_warmstart_stop_names_a_val_split_without_such_questions(prepared, tmp_path):
+    stop = "distill.warmstart.stop={val_accuracy: 0.5, min_difficulty: 99}"
+    cfg = fresh_run(prepared, tmp_path, "stop-none", ["distill.rl.steps=0", stop])
+    with pytest.raises(ValueError, match=r"val\.jsonl has no questions with at least 99 operations"):
+        run_distill(cfg.distill, cfg.run.dir)

@@ -101,16 +101,20 @@ class SFTTrainer(CheckpointedTrainer):
             "lr": self.scheduler.get_last_lr()[0],
         }
 
-    def run(self, on_step: Callable[[int, dict], None] | None = None) -> None:
+    def run(self, on_step: Callable[[int, dict], bool | None] | None = None) -> int:
+        """Steps `start_step`..`cfg.steps`; returns the number of steps done. `on_step(step, row)` may add to the
+        row before it is logged, and ends training early by returning True (a warm start's target accuracy)."""
         progress = Progress(self.name, self.cfg.steps, self.start_step, every=self.cfg.log_every)
         for step in range(self.start_step, self.cfg.steps):
             started = time.perf_counter()
             metrics = self.step(step)
             row = {"step": step + 1, "stage": self.name, **metrics, "seconds": time.perf_counter() - started}
+            stop = bool(on_step(step + 1, row)) if on_step else False
             if self.world.main:  # every rank holds the same weights: rank 0 logs and checkpoints
                 self.log.append(row)
                 progress.update(step, loss=metrics["loss"])
+            if stop:
+                return step + 1
             if self.cfg.checkpoint_every and (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < self.cfg.steps:
                 self.save(step + 1)
-            if on_step:
-                on_step(step + 1, row)
+        return self.cfg.steps
