@@ -54,7 +54,10 @@ class WarmStartStop(StageConfig):
 
     val_accuracy: float = Field(gt=0, le=1, description="greedy accuracy on the checked val questions that ends SFT")
     min_difficulty: int | None = Field(
-        None, ge=1, description="check only val questions with at least this many operations (None: all)"
+        None,
+        ge=1,
+        description="check only val questions with at least this many operations (None, or a source with no "
+        "difficulty at all such as GSM8K: every val question)",
     )
     every: int = Field(50, ge=1, description="check every N SFT steps")
     problems: int = Field(200, ge=1, description="val questions per check (the first N that qualify)")
@@ -65,25 +68,26 @@ class WarmStartConfig(StageConfig):
 
     n_prompts: int = Field(6000, ge=0, description="train questions the teacher answers (0: no warm start)")
     max_difficulty: int | None = Field(
-        None,
+        3,
         ge=1,
         description="a curriculum: of the n_prompts questions, only those with at most this many operations (the "
         "records' `ops`) plus `harder_fraction` of the harder ones; RL then works at the edge the student has only "
         "glimpsed (None: every question; questions with no difficulty at all, e.g. GSM8K, are all kept)",
     )
     harder_fraction: float = Field(
-        0.0, ge=0, le=1, description="with max_difficulty: the share of harder questions kept (chosen by seed)"
+        0.1, ge=0, le=1, description="with max_difficulty: the share of harder questions kept (chosen by seed)"
     )
     samples_per_prompt: int = Field(1, ge=1)
     temperature: float = Field(0.7, gt=0)
     max_new_tokens: int = Field(64, ge=1)
     sft: SFTConfig = Field(
         default_factory=lambda: SFTConfig(
-            steps=600, log_every=100, optim=OptimConfig(warmup_steps=20, min_lr_ratio=0.05)
+            steps=1200, log_every=100, optim=OptimConfig(warmup_steps=20, min_lr_ratio=0.05)
         )
     )
     stop: WarmStartStop | None = Field(
-        None, description="stop SFT early at a target val accuracy (sft.steps is then the most it runs)"
+        default_factory=lambda: WarmStartStop(val_accuracy=0.2, min_difficulty=4),
+        description="stop SFT early at a target val accuracy (sft.steps is then the most it runs)",
     )
 
 
@@ -97,8 +101,8 @@ class DistillConfig(StageConfig):
         default_factory=ScorerConfig, description="where the teacher's log-probs come from (rakd/scorers.py)"
     )
     eval: EvalConfig = Field(default_factory=lambda: EvalConfig(n_problems=1000))
-    checkpoint_every: int = Field(25, ge=1)
-    eval_every: int = Field(25, ge=0, description="evaluate on the val split every N RL steps (0: never)")
+    checkpoint_every: int = Field(40, ge=1)
+    eval_every: int = Field(40, ge=0, description="evaluate on the val split every N RL steps (0: never)")
     val_problems: int = Field(200, ge=1)
     threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default); per process with nproc > 1")
     nproc: int = Field(
@@ -359,11 +363,9 @@ def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, lo
     stop = cfg.warmstart.stop
     if stop is None:
         return None
-    records = [
-        r
-        for r in distill_records(layout, "val")
-        if stop.min_difficulty is None or (r.get("ops") is not None and r["ops"] >= stop.min_difficulty)
-    ]
+    records = distill_records(layout, "val")
+    if stop.min_difficulty is not None and any(r.get("ops") is not None for r in records):
+        records = [r for r in records if r.get("ops") is not None and r["ops"] >= stop.min_difficulty]
     if not records:
         where = f" with at least {stop.min_difficulty} operations (`ops`)" if stop.min_difficulty else ""
         raise ValueError(f"distill.warmstart.stop: {layout.split('val')} has no questions{where} to check")

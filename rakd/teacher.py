@@ -30,7 +30,7 @@ class TeacherConfig(StageConfig):
     model: ModelSource = Field(default_factory=lambda: ModelSource(preset="teacher-tiny"))
     train: SFTConfig = Field(
         default_factory=lambda: SFTConfig(
-            steps=1200, checkpoint_every=300, log_every=100, optim=OptimConfig(min_lr_ratio=0.05)
+            steps=800, checkpoint_every=200, log_every=100, optim=OptimConfig(min_lr_ratio=0.05)
         )
     )
     eval: EvalConfig = Field(default_factory=lambda: EvalConfig(n_problems=1000))

@@ -89,8 +89,11 @@ def test_failed_rerun_keeps_previous_outputs(tmp_path):
 
 
 def test_embedded_configs_load():
-    for name in ("configs/tiny.yaml", "configs/smoke.yaml", "configs/depth.yaml", "configs/compare.yaml"):
+    for name in ("configs/tiny.yaml", "configs/smoke.yaml", "configs/compare.yaml"):
         cfg = load_config(name)
         assert cfg.prep.source == "generator"
-    depth = load_config("configs/depth.yaml")  # the curriculum regime: 1-3-step traces, RL on chains of up to 5
-    assert depth.distill.warmstart.max_difficulty == 3 < depth.prep.generator.max_ops == 5
+    tiny = load_config("configs/tiny.yaml")  # the curriculum regime: 1-3-step traces, RL on chains of up to 5
+    assert tiny.distill.warmstart.max_difficulty == 3 < tiny.distill.warmstart.stop.min_difficulty == 4
+    assert tiny.prep.generator.max_ops == 5
+    for name in ("configs/smoke.yaml", "configs/compare.yaml"):  # no curriculum, SFT runs its steps
+        assert load_config(name).distill.warmstart.stop is None

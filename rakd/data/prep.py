@@ -34,7 +34,9 @@ class PrepConfig(StageConfig):
 
     source: Literal["generator", "gsm8k", "jsonl"] = "generator"
     path: Path | None = Field(None, description="task file for the gsm8k/jsonl sources")
-    generator: GeneratorConfig = Field(default_factory=lambda: GeneratorConfig(n_items=20000))
+    generator: GeneratorConfig = Field(
+        default_factory=lambda: GeneratorConfig(n_items=21000, max_ops=5, operators=["+", "-"])
+    )
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     split_salt: str = "rakd"

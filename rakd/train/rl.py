@@ -59,10 +59,10 @@ class LossParams(StageConfig):
 
 
 class RLConfig(StageConfig):
-    steps: int = Field(50, ge=0)
+    steps: int = Field(120, ge=0)
     prompts_per_step: int = Field(32, ge=1)
     group_size: int = Field(8, ge=1)
-    max_new_tokens: int = Field(48, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     ppo_epochs: int = Field(1, ge=1)
