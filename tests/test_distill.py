@@ -329,3 +329,23 @@ def test_warmstart_stop_names_a_val_split_without_such_questions(prepared, tmp_p
     cfg = fresh_run(prepared, tmp_path, "stop-none", ["distill.rl.steps=0", stop])
     with pytest.raises(ValueError, match=r"val\.jsonl has no questions with at least 99 operations"):
         run_distill(cfg.distill, cfg.run.dir)
+
+
+def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficulty(tmp_path, monkeypatch):
+    """GSM8K-like data (no `ops`): min_difficulty cannot filter, so the target is checked on all val questions."""
+    import rakd.distill as distill
+    from rakd.layout import RunLayout
+
+    layout = RunLayout(tmp_path)
+    layout.split("val").parent.mkdir(parents=True)
+    val = [{"id": str(i), "question": f"q{i}", "answer": "1"} for i in range(5)]
+    layout.split("val").write_text(to_jsonl(val))
+    seen = []
+    monkeypatch.setattr(
+        distill, "evaluate_model", lambda m, t, records, c: seen.append(records) or {"greedy_accuracy": 0.5}
+    )
+    cfg = load_config(None, ["distill.warmstart.stop={val_accuracy: 0.5, min_difficulty: 4, every: 3}"]).distill
+    hook = distill.warmstart_stop(cfg, None, None, layout, lambda *_: None)
+    assert hook(2, {}) is False and seen == []  # not a check step
+    row = {}
+    assert hook(3, row) is True and row == {"val_check_accuracy": 0.5} and [r["id"] for r in seen[0]] == list("01234")
