@@ -156,10 +156,16 @@ def init_student(cfg: DistillConfig, teacher, teacher_tok, device):
     ), teacher_tok
 
 
+def has_difficulty(records: list[dict]) -> bool:
+    """Whether a split carries a difficulty (`ops`, as the built-in generator writes it); GSM8K and most JSONL
+    files do not, and then neither the curriculum nor the warm start's target filters by it."""
+    return any(record.get("ops") is not None for record in records)
+
+
 def warmstart_prompts(records: list[dict], cfg: WarmStartConfig, seed: int) -> list[dict]:
     """The questions the warm start's traces answer: the first `n_prompts`, filtered by `max_difficulty`."""
     records = records[: cfg.n_prompts]
-    if cfg.max_difficulty is None or all(record.get("ops") is None for record in records):
+    if cfg.max_difficulty is None or not has_difficulty(records):
         return records  # no curriculum asked for, or none possible: the source has no difficulty
     rng = random.Random(step_seed(seed, 0, salt=31))
     kept = []
@@ -364,7 +370,7 @@ def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, lo
     if stop is None:
         return None
     records = distill_records(layout, "val")
-    if stop.min_difficulty is not None and any(r.get("ops") is not None for r in records):
+    if stop.min_difficulty is not None and has_difficulty(records):
         records = [r for r in records if r.get("ops") is not None and r["ops"] >= stop.min_difficulty]
     if not records:
         where = f" with at least {stop.min_difficulty} operations (`ops`)" if stop.min_difficulty else ""
