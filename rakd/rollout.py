@@ -282,6 +282,41 @@ def forward_completion(
     return logits[:, start - 1 : -1]
 
 
+def forward_completion_shared(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+) -> torch.Tensor:
+    """`forward_completion`'s logits, with each distinct prompt of the batch prefilled once: its KV cache is
+    copied to every row that has it (the G completions of a group), and the completions run on top. The same
+    numbers up to float summation order; rows with distinct prompts take the plain single pass."""
+    unique, inverse = torch.unique(torch.cat([prompt_ids, prompt_mask], dim=1), dim=0, return_inverse=True)
+    if len(unique) == len(prompt_ids):
+        return forward_completion(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    width = prompt_ids.shape[1]
+    ids, mask = unique[:, :width], unique[:, width:]
+    cache = DynamicCache()
+    last = model(
+        input_ids=ids,
+        attention_mask=attention_mask_4d(model, mask, width),
+        position_ids=position_ids(mask),
+        past_key_values=cache,
+        use_cache=True,
+    ).logits[:, -1]
+    cache.batch_select_indices(inverse)
+    full = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
+    rest = model(
+        input_ids=completion_ids,
+        attention_mask=attention_mask_4d(model, full, completion_ids.shape[1]),
+        position_ids=position_ids(full)[:, width:],
+        past_key_values=cache,
+        use_cache=True,
+    ).logits
+    return torch.cat([last[inverse, None], rest[:, :-1]], dim=1)
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log π(token) at each position from logits (B, T, V) and tokens (B, T)."""
     logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
@@ -305,10 +340,19 @@ def trimmed(rollouts: Rollouts) -> Rollouts:
 
 
 def length_buckets(rollouts: Rollouts, rows: int) -> list[torch.Tensor]:
-    """Row indices in chunks of at most `rows`, sorted by total length, so that each chunk, trimmed, carries
-    little padding (a third of a step's scoring time at the demo's sizes; `bench/rl_throughput.py`)."""
+    """Row indices in chunks of at most `rows`, sorted by length, so that each chunk, trimmed, carries little
+    padding (a third of a step's scoring time at the demo's sizes; `bench/rl_throughput.py`). Rows with the same
+    prompt (a group's G completions) stay next to each other, ordered by their group's longest row, so that a
+    chunk can prefill their prompt once (`forward_completion_shared`)."""
     lengths = rollouts.prompt_mask.sum(-1) + rollouts.completion_mask.sum(-1)
-    return list(torch.argsort(lengths, stable=True).split(rows))
+    if not len(lengths):
+        return []
+    prompts = torch.cat([rollouts.prompt_ids, rollouts.prompt_mask], dim=1)
+    _, group = torch.unique(prompts, dim=0, return_inverse=True)
+    longest = torch.zeros(int(group.max()) + 1, dtype=lengths.dtype)
+    longest = longest.scatter_reduce(0, group, lengths, reduce="amax", include_self=False)
+    key = (longest[group] * (len(longest) + 1) + group) * (int(lengths.max()) + 1) + lengths
+    return list(torch.argsort(key, stable=True).split(rows))
 
 
 def score_completions(
@@ -316,7 +360,8 @@ def score_completions(
 ) -> torch.Tensor:
     """Per-token log-probabilities (B, T) of the sampled tokens under `model` on logits / `temperature`, no grad
     (0 past each row's end). Rows go through in length-sorted, trimmed chunks of `batch_size` (default: 32 on a
-    CPU, where padding costs compute, 256 on an accelerator)."""
+    CPU, where padding costs compute, 256 on an accelerator). A chunk's rows that share a prompt have it
+    prefilled once (`forward_completion_shared`)."""
     device = next(model.parameters()).device
     batch_size = batch_size or (32 if device.type == "cpu" else 256)
     scores = torch.zeros(rollouts.completion_ids.shape, dtype=torch.float32)
@@ -326,7 +371,7 @@ def score_completions(
             tensors = [
                 t.to(device) for t in (chunk.prompt_ids, chunk.prompt_mask, chunk.completion_ids, chunk.completion_mask)
             ]
-            logits = forward_completion(model, *tensors)
+            logits = forward_completion_shared(model, *tensors)
             width = tensors[2].shape[1]
             scores[rows, :width] = token_logprobs(logits, tensors[2], temperature).cpu() * chunk.completion_mask
     return scores

@@ -2,7 +2,16 @@ import pytest
 import torch
 
 from rakd.models.zoo import build_model, preset_config
-from rakd.rollout import completion_mask, encode_prompts, sample, score_completions, token_logprobs
+from rakd.rollout import (
+    completion_mask,
+    encode_prompts,
+    forward_completion,
+    length_buckets,
+    sample,
+    score_completions,
+    select_rows,
+    token_logprobs,
+)
 
 QUESTIONS = [
     "1+1=?",
@@ -84,6 +93,37 @@ def test_shared_prefill_leaves_the_samples_unchanged(model, tokenizer):
         torch.testing.assert_close(score_completions(model, shared), score_completions(model, apart))
     with pytest.raises(ValueError, match="repeat each prompt"):
         sample(model, tokenizer, QUESTIONS, max_new_tokens=4, group_size=2)
+
+
+def test_scoring_prefills_a_shared_prompt_once_with_the_same_log_probs(model, tokenizer, monkeypatch):
+    """Scoring a group's G completions prefills their prompt once and runs the completions on its copied cache:
+    the log-probs are those of one plain pass over each prompt + completion, whatever the chunking; a group
+    stays together in one length-sorted chunk."""
+    from rakd import rollout
+
+    group = 3
+    batch = sample(model, tokenizer, [q for q in QUESTIONS for _ in range(group)], max_new_tokens=12, seed=2)
+    ends = torch.tensor([12, 4, 9, 7, 12, 2, 5, 11, 8, 3, 12, 6])  # the random model rarely ends: cut its rows
+    batch.completion_mask = (torch.arange(12)[None] < ends[:, None]).long()
+    with torch.no_grad():
+        logits = forward_completion(
+            model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask
+        )
+    expected = token_logprobs(logits, batch.completion_ids) * batch.completion_mask
+    prefilled = []
+    real = rollout.forward_completion_shared
+
+    def counted(model, prompt_ids, *rest):
+        prefilled.append(len(torch.unique(prompt_ids, dim=0)))
+        return real(model, prompt_ids, *rest)
+
+    monkeypatch.setattr(rollout, "forward_completion_shared", counted)
+    for rows in (group, 2 * group, 64):
+        prefilled.clear()
+        torch.testing.assert_close(score_completions(model, batch, batch_size=rows), expected, atol=1e-5, rtol=0)
+        assert sum(prefilled) == len(QUESTIONS)  # each prompt prefilled once, in whichever chunk holds its group
+    for chunk in length_buckets(batch, group):
+        assert len(set(map(tuple, select_rows(batch, chunk).prompt_ids.tolist()))) == 1  # one group a chunk
 
 
 def test_finished_rows_leave_the_batch_without_changing_any_row(model, tokenizer, monkeypatch):
