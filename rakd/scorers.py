@@ -9,6 +9,12 @@ be a torch module in the training process:
   family, or a teacher exported by `rakd export`). On an F32 GGUF it matches `torch` within 1e-4 per token
   (tests/test_scorers.py); a quantised teacher's error is measured, not assumed: TRRD's clamp bounds what a small
   teacher error can do to the ratio, KDRL's KL term has no such bound.
+- `openai`: an OpenAI-compatible completions endpoint that returns prompt log-probs (`echo`), on this machine or
+  another: vLLM (`vllm serve TEACHER`) or a GGUF teacher behind `python -m rakd.teacher_server`. Rows go as
+  token-id prompts, `batch_rows` a request, so the ids scored are the ids sampled (no detokenise/retokenise round
+  trip); the endpoint's vocabulary must be the student's, as for `llama_cpp`. Such endpoints return log-probs of
+  raw logits, so the sampling temperature must be 1. llama.cpp's own `llama-server` returns no prompt log-probs
+  and llama-cpp-python's server shifts them by one position: neither can serve as this scorer.
 
 gkd and fkl need the teacher's whole distribution at every position, not only the sampled token's log-prob: they
 take the `torch` scorer only.
@@ -16,6 +22,11 @@ take the `torch` scorer only.
 
 from __future__ import annotations
 
+import json
+import os
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -28,10 +39,18 @@ from rakd.schema import StageConfig
 
 
 class ScorerConfig(StageConfig):
-    kind: Literal["torch", "llama_cpp"] = Field("torch", description="where the teacher's log-probs come from")
+    kind: Literal["torch", "llama_cpp", "openai"] = Field(
+        "torch", description="where the teacher's log-probs come from"
+    )
     gguf: str | None = Field(None, description="llama_cpp: the teacher as a GGUF file (its vocabulary: the student's)")
     threads: int = Field(1, ge=1, description="llama_cpp: CPU threads")
     n_ctx: int = Field(0, ge=0, description="llama_cpp: context length (0: the model's own)")
+    url: str | None = Field(None, description="openai: the server's base URL, e.g. http://teacher-host:8000")
+    model: str | None = Field(None, description="openai: the model name the server expects (vLLM: as served)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable with a bearer key, if set")
+    batch_rows: int = Field(16, ge=1, description="openai: rows per request")
+    timeout_s: float = Field(120.0, gt=0, description="openai: seconds to wait for one request")
+    retries: int = Field(2, ge=0, description="openai: retries of a request that failed to connect or got a 5xx")
 
 
 class TeacherScorer(Protocol):
@@ -74,6 +93,78 @@ class LlamaCppScorer:
         self.llm.close()
 
 
+def _completion_request(url: str, payload: dict, headers: dict, timeout: float, retries: int) -> dict:
+    """POST `payload` as JSON; the decoded answer. Connection errors and 5xx are retried with a growing pause; a
+    4xx is the request's fault and raised with the server's message."""
+    data = json.dumps(payload).encode()
+    for attempt in range(retries + 1):
+        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as err:
+            message = err.read().decode("utf-8", "replace")[:500]
+            if err.code < 500 or attempt == retries:
+                raise RuntimeError(f"distill.teacher_scorer.url: {url} answered {err.code}: {message}") from err
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            if attempt == retries:
+                reason = getattr(err, "reason", err)
+                raise RuntimeError(f"distill.teacher_scorer.url: cannot reach {url}: {reason}") from err
+        time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+class OpenAIScorer:
+    """An OpenAI-compatible completions endpoint scoring prompt + completion token ids (`echo`, `max_tokens` 0)."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        batch_rows: int = 16,
+        timeout_s: float = 120.0,
+        retries: int = 2,
+    ):
+        base = url.rstrip("/")
+        self.endpoint = base + ("/completions" if base.endswith("/v1") else "/v1/completions")
+        self.model, self.batch_rows, self.timeout_s, self.retries = model, batch_rows, timeout_s, retries
+        self.headers = {"Content-Type": "application/json"}
+        if os.environ.get(api_key_env):
+            self.headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
+
+    def __call__(self, batch: Rollouts, temperature: float) -> torch.Tensor:
+        if temperature != 1.0:
+            raise ValueError(
+                f"distill.teacher_scorer.kind='openai': the endpoint's log-probs are on raw logits, but the rollouts "
+                f"were sampled at temperature {temperature}; set distill.rl.temperature to 1 or use kind 'torch'"
+            )
+        scores = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
+        rows = []
+        for row in range(batch.completion_ids.shape[0]):
+            kept = batch.completion_mask[row].bool()
+            if kept.any():
+                prompt = batch.prompt_ids[row][batch.prompt_mask[row].bool()].tolist()
+                rows.append((row, kept, len(prompt), prompt + batch.completion_ids[row][kept].tolist()))
+        for start in range(0, len(rows), self.batch_rows):
+            part = rows[start : start + self.batch_rows]
+            payload = {"prompt": [ids for *_, ids in part], "echo": True, "logprobs": 0, "max_tokens": 0}
+            payload.update({"temperature": 0.0, **({"model": self.model} if self.model else {})})
+            answer = _completion_request(self.endpoint, payload, self.headers, self.timeout_s, self.retries)
+            choices = sorted(answer.get("choices", []), key=lambda c: c.get("index", 0))
+            if len(choices) != len(part):
+                raise RuntimeError(f"{self.endpoint}: {len(choices)} choices for {len(part)} prompts")
+            for (row, kept, prompt_length, ids), choice in zip(part, choices):
+                values = ((choice.get("logprobs") or {}).get("token_logprobs") or [])[prompt_length : len(ids)]
+                if len(values) != len(ids) - prompt_length or any(v is None for v in values):
+                    raise RuntimeError(
+                        f"{self.endpoint}: no prompt log-probs for row {row} (does the server support echo with "
+                        "logprobs? llama.cpp's llama-server does not)"
+                    )
+                scores[row, kept] = torch.tensor(values, dtype=torch.float32)
+        return scores
+
+
 def make_scorer(cfg: ScorerConfig, teacher, method: str) -> TeacherScorer:
     """The configured scorer; a method that needs the teacher's full distribution (gkd, fkl) keeps `torch`."""
     if cfg.kind == "torch":
@@ -83,6 +174,10 @@ def make_scorer(cfg: ScorerConfig, teacher, method: str) -> TeacherScorer:
             f"distill.teacher_scorer.kind={cfg.kind!r}: method {method!r} needs the teacher's whole distribution "
             "at every position; use kind 'torch' (or a method that needs only log-probs: rakd, grpo_kl, opd)"
         )
+    if cfg.kind == "openai":
+        if not cfg.url:
+            raise ValueError("distill.teacher_scorer.url: kind 'openai' needs the server's URL")
+        return OpenAIScorer(cfg.url, cfg.model, cfg.api_key_env, cfg.batch_rows, cfg.timeout_s, cfg.retries)
     if not cfg.gguf:
         raise ValueError("distill.teacher_scorer.gguf: kind 'llama_cpp' needs the teacher's GGUF file")
     return LlamaCppScorer(cfg.gguf, threads=cfg.threads, n_ctx=cfg.n_ctx)
