@@ -293,7 +293,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         layout.student_work,
         seed=cfg.seed,
         checkpoint_every=cfg.checkpoint_every,
-        teacher_scorer=make_scorer(cfg.teacher_scorer, teacher, cfg.method),
+        teacher_scorer=make_scorer(cfg.teacher_scorer, teacher, cfg.method, tokenizer),
         world=world,
     )
     if trainer.resume():

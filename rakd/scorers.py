@@ -33,6 +33,7 @@ from typing import Literal, Protocol
 import torch
 from pydantic import Field
 
+from rakd.models.gguf_file import gguf_tokens
 from rakd.models.llamacpp import llama_logits, open_llama_exact
 from rakd.rollout import Rollouts, score_completions, token_logprobs
 from rakd.schema import StageConfig
@@ -66,13 +67,34 @@ class TorchScorer:
         return score_completions(self.teacher, batch, temperature=temperature)
 
 
+def check_vocabulary(path: Path, tokenizer) -> None:
+    """The GGUF teacher scores the student's token ids as they are: its vocabulary must be the student's (it may
+    have padding rows after it). A teacher of another family fails here, by name, before any training."""
+    theirs = gguf_tokens(path)
+    ours = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    differ = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), None)
+    if differ is not None or len(theirs) < len(ours):
+        where = (
+            f"id {differ} is {theirs[differ]!r} there and {ours[differ]!r} in the student's"
+            if differ is not None
+            else f"it has {len(theirs)} tokens, the student's {len(ours)}"
+        )
+        raise ValueError(
+            f"distill.teacher_scorer.gguf: {path.name}'s vocabulary is not the student's ({where}); TRRD scores the "
+            "student's token ids under the teacher, so both need one tokenizer (a teacher of the student's family, "
+            "or one exported by `rakd export`)"
+        )
+
+
 class LlamaCppScorer:
     """A GGUF teacher in llama.cpp: each row's prompt + completion evaluated once, log-softmax of its logits."""
 
-    def __init__(self, path: str | Path, threads: int = 1, n_ctx: int = 0):
+    def __init__(self, path: str | Path, threads: int = 1, n_ctx: int = 0, tokenizer=None):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"distill.teacher_scorer.gguf: {path} is not a file")
+        if tokenizer is not None:
+            check_vocabulary(path, tokenizer)
         self.llm = open_llama_exact(path, threads=threads, n_ctx=n_ctx)
 
     def __call__(self, batch: Rollouts, temperature: float) -> torch.Tensor:
@@ -165,8 +187,9 @@ class OpenAIScorer:
         return scores
 
 
-def make_scorer(cfg: ScorerConfig, teacher, method: str) -> TeacherScorer:
-    """The configured scorer; a method that needs the teacher's full distribution (gkd, fkl) keeps `torch`."""
+def make_scorer(cfg: ScorerConfig, teacher, method: str, tokenizer=None) -> TeacherScorer:
+    """The configured scorer; a method that needs the teacher's full distribution (gkd, fkl) keeps `torch`. With
+    the student's `tokenizer`, a GGUF teacher's vocabulary is checked against it."""
     if cfg.kind == "torch":
         return TorchScorer(teacher)
     if method in ("gkd", "fkl"):
@@ -180,4 +203,4 @@ def make_scorer(cfg: ScorerConfig, teacher, method: str) -> TeacherScorer:
         return OpenAIScorer(cfg.url, cfg.model, cfg.api_key_env, cfg.batch_rows, cfg.timeout_s, cfg.retries)
     if not cfg.gguf:
         raise ValueError("distill.teacher_scorer.gguf: kind 'llama_cpp' needs the teacher's GGUF file")
-    return LlamaCppScorer(cfg.gguf, threads=cfg.threads, n_ctx=cfg.n_ctx)
+    return LlamaCppScorer(cfg.gguf, threads=cfg.threads, n_ctx=cfg.n_ctx, tokenizer=tokenizer)

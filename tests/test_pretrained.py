@@ -15,6 +15,7 @@ from rakd.data.format import model_prompt
 from rakd.models.load import load_causal_lm, save_model
 from rakd.models.tokenizer import TokenizerConfig, train_tokenizer
 from rakd.rollout import encode_prompts
+from rakd.scorers import check_vocabulary
 
 CHAT = (
     "{% for m in messages %}<|bos|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
@@ -70,6 +71,7 @@ def test_pretrained_architectures_export_with_parity(kind, chat_tokenizer, tmp_p
     original, loaded = model.state_dict(), again.state_dict()
     assert all(torch.equal(original[k], loaded[k]) for k in loaded)
     assert again_tok.chat_template == CHAT
+    check_vocabulary(tmp_path / "export" / "model-f32.gguf", chat_tokenizer)  # a llama_cpp scorer would take it
 
 
 def test_prompts_use_the_chat_template_when_there_is_one(chat_tokenizer, tokenizer):

@@ -124,3 +124,13 @@ def test_an_rl_step_on_the_served_teacher_equals_the_torch_teacher_step(
         assert trainer.step(0)["rows_in_loss"] > 0
         weights.append({k: v.detach().clone() for k, v in student.state_dict().items()})
     assert max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0]) <= 1e-5
+
+
+def test_a_gguf_teacher_with_another_vocabulary_is_refused_by_name(teacher, tokenizer, tiny_records, tmp_path):
+    from rakd.models.tokenizer import TokenizerConfig, train_tokenizer
+
+    path = export_gguf(teacher, tokenizer, tmp_path / "teacher-f32.gguf", dtype="f32")
+    LlamaCppScorer(path, tokenizer=tokenizer).close()  # its own vocabulary: accepted
+    other = train_tokenizer(tiny_records[:50], TokenizerConfig(vocab_size=300), tmp_path / "other")
+    with pytest.raises(ValueError, match=r"teacher-f32.gguf's vocabulary is not the student's \(id \d+ is"):
+        make_scorer(ScorerConfig(kind="llama_cpp", gguf=str(path)), teacher, "rakd", other)
