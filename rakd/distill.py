@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from rakd.rollout import sample
 from rakd.schema import StageConfig
 from rakd.scorers import ScorerConfig, make_scorer
 from rakd.train.common import OptimConfig, pick_device, set_threads, step_seed
-from rakd.train.distributed import World, world_from_env
+from rakd.train.distributed import World, launch_torchrun, world_from_env
 from rakd.train.rl import LossParams, Method, RLConfig, RLTrainer
 from rakd.train.sft import SFTConfig, SFTTrainer
 from rakd.verify import reward
@@ -268,7 +267,7 @@ def load_models(cfg: DistillConfig, layout: RunLayout):
 
 def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillResult:
     if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return launch_torchrun(cfg, run_dir, log)
+        return launch_distill(cfg, run_dir, log)
     world = world_from_env()
     layout = RunLayout(run_dir)
     timings = {}
@@ -402,22 +401,13 @@ def _quiet(*_args) -> None:
     pass
 
 
-def launch_torchrun(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillResult:
+def launch_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillResult:
     """`distill.nproc` > 1: the stage again in `nproc` processes under torchrun on this machine (data parallel RL,
     one GPU each where there are GPUs); rank 0 writes the student. Returns what rank 0 wrote."""
     layout = RunLayout(run_dir)
-    spec = layout.student_work / "torchrun-config.json"
-    spec.parent.mkdir(parents=True, exist_ok=True)
-    spec.write_text(json.dumps(cfg.model_dump(mode="json")))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
-        "-m", "rakd.distill", str(spec), str(layout.root),
-    ]  # fmt: skip
-    log(f"[distill] {cfg.nproc} processes: {' '.join(command)}")
     t0 = time.perf_counter()
-    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(max(1, cfg.threads))})
-    if done.returncode:
-        raise RuntimeError(f"distill under torchrun ({cfg.nproc} processes) exited with {done.returncode}")
+    spec = layout.student_work / "torchrun-config.json"
+    launch_torchrun("distill", "rakd.distill", cfg, spec, layout.root, cfg.nproc, cfg.threads, log)
     read = json.loads
     return DistillResult(
         layout.student,

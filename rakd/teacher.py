@@ -1,12 +1,17 @@
 """The teacher stage: train the from-scratch teacher on CoT traces, or load a checkpoint; evaluate it.
 
 Writes `teacher/` (HF folder with tokenizer), `teacher/eval.json` (the ceiling
-the student aims at) and, when trained, `teacher/metrics.jsonl`.
+the student aims at) and, when trained, `teacher/metrics.jsonl`. With `teacher.nproc` > 1 a from-scratch
+teacher trains data parallel under torchrun (each rank its share of every batch, gradients summed: the step of
+one process on the same global batch); rank 0 checkpoints, evaluates and writes `teacher/`.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,7 @@ from rakd.models.source import ModelSource
 from rakd.models.zoo import build_model, count_parameters, preset_config
 from rakd.schema import DataError, StageConfig
 from rakd.train.common import OptimConfig, pick_device, set_threads
+from rakd.train.distributed import launch_torchrun, world_from_env
 from rakd.train.sft import SFTConfig, SFTTrainer
 
 
@@ -34,7 +40,10 @@ class TeacherConfig(StageConfig):
         )
     )
     eval: EvalConfig = Field(default_factory=lambda: EvalConfig(n_problems=1000))
-    threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default)")
+    threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default); per process with nproc > 1")
+    nproc: int = Field(
+        1, ge=1, description="processes for data-parallel training under torchrun on this machine (one GPU each)"
+    )
     device: str = "auto"
     seed: int = 0
 
@@ -55,8 +64,14 @@ def sft_pairs(records: list[dict], split: str) -> list[tuple[str, str]]:
     return [(r["question"], completion_text(r["solution"])) for r in records]
 
 
-def run_teacher(cfg: TeacherConfig, run_dir: str | Path) -> TeacherResult:
+def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherResult:
     layout, started = RunLayout(run_dir), time.perf_counter()
+    if cfg.nproc > 1 and cfg.model.path is None and "WORLD_SIZE" not in os.environ:
+        spec = layout.teacher_work / "torchrun-config.json"
+        launch_torchrun("teacher", "rakd.teacher", cfg, spec, layout.root, cfg.nproc, cfg.threads, log)
+        result = json.loads((layout.teacher / "eval.json").read_text())
+        return TeacherResult(layout.teacher, result, time.perf_counter() - started)
+    world = world_from_env()
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
     if cfg.model.path is not None:
@@ -74,9 +89,13 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path) -> TeacherResult:
             layout.teacher_work,
             seed=cfg.seed,
             name="teacher",
+            world=world,
         )
         trainer.resume()
         trainer.run()
+    if not world.main:  # rank 0 evaluates and writes the teacher; every rank holds the same weights
+        world.barrier()
+        return TeacherResult(layout.teacher, {}, time.perf_counter() - started)
     result = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval)
     result.update(parameters=count_parameters(model), source=cfg.model.model_dump())
     work_log = layout.teacher_work / "metrics.jsonl"
@@ -88,4 +107,9 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path) -> TeacherResult:
         copy_files={"metrics.jsonl": work_log} if work_log.exists() else None,
     )
     shutil.rmtree(layout.teacher_work, ignore_errors=True)
+    world.barrier()
     return TeacherResult(layout.teacher, result, time.perf_counter() - started)
+
+
+if __name__ == "__main__":  # a torchrun worker: python -m rakd.teacher CONFIG_JSON RUN_DIR
+    run_teacher(TeacherConfig.model_validate_json(Path(sys.argv[1]).read_text()), sys.argv[2])

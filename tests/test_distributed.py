@@ -71,3 +71,36 @@ def test_two_processes_take_the_one_process_step_and_stay_in_sync(setup):
     rank0, rank1 = result(setup, "two", "grpo"), result(setup, "two", "grpo", 1)
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert any(float(v.abs().max()) > 0 for k, v in rank0.items() if k.startswith("grad."))
+
+
+def test_the_teacher_stage_under_torchrun_trains_the_one_process_teacher(tmp_path_factory):
+    """`teacher.nproc=2`: a from-scratch teacher trained in 2 processes (gloo) has the weights of the one-process
+    teacher within 1e-5; rank 0 alone evaluates and writes teacher/, and teacher.work/ is gone."""
+    import shutil
+
+    from conftest import MICRO_RUN
+
+    from rakd.config import load_config
+    from rakd.data.prep import run_prep
+    from rakd.teacher import run_teacher
+
+    root = tmp_path_factory.mktemp("teacher-ddp")
+    base = ["configs/smoke.yaml", [f"run.root={root}", *MICRO_RUN, "teacher.threads=1", "teacher.train.steps=3"]]
+    one = load_config(base[0], [*base[1], "run.name=one"])
+    run_prep(one.prep, one.run.dir)
+    run_teacher(one.teacher, one.run.dir)
+    two = load_config(base[0], [*base[1], "run.name=two", "teacher.nproc=2"])
+    for part in ("data", "tokenizer"):
+        shutil.copytree(one.run.dir / part, two.run.dir / part)
+    said = []
+    result = run_teacher(two.teacher, two.run.dir, log=said.append)
+    assert said and said[0].startswith("[teacher] 2 processes") and "torch.distributed.run" in said[0]
+    alone, parallel = (load_file(str(cfg.run.dir / "teacher" / "model.safetensors")) for cfg in (one, two))
+    assert max(float((alone[k] - parallel[k]).abs().max()) for k in alone) <= 1e-5
+    assert (
+        result.eval == json.loads((two.run.dir / "teacher" / "eval.json").read_text())
+        and "greedy_accuracy" in result.eval
+    )
+    assert not (two.run.dir / "teacher.work").exists()
+    rows = (two.run.dir / "teacher" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == len((one.run.dir / "teacher" / "metrics.jsonl").read_text().splitlines()) > 0

@@ -11,8 +11,12 @@ Outside torchrun (no WORLD_SIZE, or 1) every helper is a no-op: one process is w
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -89,3 +93,19 @@ def world_from_env() -> World:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
     return World(dist.get_rank(), dist.get_world_size())
+
+
+def launch_torchrun(stage: str, module: str, cfg, spec: Path, run_dir: Path, nproc: int, threads: int, log) -> None:
+    """Run a stage's worker (`python -m MODULE SPEC RUN_DIR`) in `nproc` processes under torchrun on this machine
+    (`--standalone`; one GPU each on CUDA): `cfg` (a pydantic model) is written to `spec` for the workers to read.
+    A failed worker is a `RuntimeError` naming the stage."""
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps(cfg.model_dump(mode="json")))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", module, str(spec), str(run_dir),
+    ]  # fmt: skip
+    log(f"[{stage}] {nproc} processes: {' '.join(command)}")
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(max(1, threads))})
+    if done.returncode:
+        raise RuntimeError(f"{stage} under torchrun ({nproc} processes) exited with {done.returncode}")
