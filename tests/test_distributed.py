@@ -27,6 +27,24 @@ def two_processes(tmp: Path, methods: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def two_nodes(tmp: Path, methods: str, out: str) -> None:
+    """The README's multi-node line on one machine: two torchrun agents (`--nnodes 2`, one process each) meet
+    through the c10d rendezvous on a loopback port, as two hosts would."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
+    launcher += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=rakd-test"]
+    args = [str(HELPER), str(tmp / "model"), str(tmp / "traces.json"), str(tmp / out), methods]
+    env = {**os.environ, "RAKD_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    agents = [subprocess.Popen([*launcher, *args], env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for agent in agents:
+        _, stderr = agent.communicate(timeout=300)
+        assert agent.returncode == 0, stderr[-3000:]
+
+
 def one_process(tmp: Path, method: str) -> None:
     spec = importlib.util.spec_from_file_location("ddp_step", HELPER)
     helper = importlib.util.module_from_spec(spec)
@@ -104,3 +122,16 @@ def test_the_teacher_stage_under_torchrun_trains_the_one_process_teacher(tmp_pat
     assert not (two.run.dir / "teacher.work").exists()
     rows = (two.run.dir / "teacher" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == len((one.run.dir / "teacher" / "metrics.jsonl").read_text().splitlines()) > 0
+
+
+def test_two_nodes_through_the_rendezvous_take_the_two_process_step(setup):
+    """Two torchrun agents joined by the c10d rendezvous (the several-nodes setup, here on one machine) take the
+    step a standalone 2-process run takes: the same SFT weights within 1e-5, ranks in sync."""
+    two_nodes(setup, "sft", "nodes")
+    if not (setup / "two" / "sft-rank-0.safetensors").exists():
+        two_processes(setup, "sft")
+    rank0, rank1 = result(setup, "nodes", "sft"), result(setup, "nodes", "sft", 1)
+    standalone = result(setup, "two", "sft")
+    for key in rank0:
+        torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)
+        assert float((rank0[key] - standalone[key]).abs().max()) <= 1e-5, key
