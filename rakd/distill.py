@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rakd.evaluate import EvalConfig, evaluate_model, format_eval
 from rakd.io import atomic_write_text, read_jsonl, to_jsonl
@@ -33,7 +33,7 @@ from rakd.rollout import sample
 from rakd.schema import StageConfig
 from rakd.scorers import ScorerConfig, make_scorer
 from rakd.train.common import OptimConfig, pick_device, set_threads, step_seed
-from rakd.train.distributed import World, launch_torchrun, world_from_env
+from rakd.train.distributed import World, launch_torchrun, load_full_state_dict, plain_copy, shard, world_from_env
 from rakd.train.rl import LossParams, Method, RLConfig, RLTrainer
 from rakd.train.sft import SFTConfig, SFTTrainer
 from rakd.verify import reward
@@ -107,9 +107,20 @@ class DistillConfig(StageConfig):
     nproc: int = Field(
         1, ge=1, description="processes for data-parallel RL under torchrun on this machine (one GPU each on CUDA)"
     )
+    fsdp: bool = Field(
+        False,
+        description="shard the student's weights, gradients and optimiser state across the nproc processes "
+        "(torch FSDP2), for a student that does not fit on one device; needs nproc > 1",
+    )
     device: str = "auto"
     seed: int = 0
     fail_after_step: int | None = Field(None, description="fault injection for tests: crash after this RL step")
+
+    @model_validator(mode="after")
+    def _fsdp_needs_processes(self):
+        if self.fsdp and self.nproc < 2:
+            raise ValueError("distill.fsdp shards the student across processes: set distill.nproc to 2 or more")
+        return self
 
 
 @dataclass(frozen=True)
@@ -211,7 +222,7 @@ def run_warmstart(
     work = layout.student_work
     done = work / "warmstart"
     if (done / "eval_warmstart.json").exists():
-        student.load_state_dict(load_causal_lm(done)[0].state_dict())
+        load_full_state_dict(student, load_causal_lm(done)[0].state_dict())
         return read_jsonl(done / "traces.jsonl"), json.loads((done / "eval_warmstart.json").read_text())
     stop = warmstart_stop(cfg, student, tokenizer, layout, log)  # a bad `stop` fails before any sampling
     pending = work / "traces.pending.jsonl"
@@ -239,16 +250,17 @@ def run_warmstart(
         done_steps = trainer.run(on_step=stop)
         if done_steps < cfg.warmstart.sft.steps:
             log(f"[warmstart] stopped after {done_steps} of {cfg.warmstart.sft.steps} SFT steps (target reached)")
+    whole = plain_copy(student)  # a sharded student gathered on rank 0 (every rank takes part)
     if not world.main:
         world.barrier()  # rank 0 evaluates and saves; every rank holds the same weights already
         return traces, json.loads((done / "eval_warmstart.json").read_text())
-    result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval)
+    result = evaluate_model(whole, tokenizer, distill_records(layout, "test"), cfg.eval)
     result["sft_steps"] = done_steps
     log(format_eval("student (warm start)", result))
     files = {"traces.jsonl": pending}
     if (work / "warmstart.work/metrics.jsonl").exists():
         files["metrics_warmstart.jsonl"] = work / "warmstart.work/metrics.jsonl"
-    save_model(student, tokenizer, done, extra={"eval_warmstart.json": result}, copy_files=files)
+    save_model(whole, tokenizer, done, extra={"eval_warmstart.json": result}, copy_files=files)
     shutil.rmtree(work / "warmstart.work", ignore_errors=True)
     pending.replace(work / "traces.jsonl")  # the final student folder carries them too
     world.barrier()
@@ -273,6 +285,8 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     timings = {}
     t0 = time.perf_counter()
     teacher, student, tokenizer = load_models(cfg, layout)
+    if cfg.fsdp:
+        student = shard(student, world)
     train = distill_records(layout, "train")
     traces, eval_warm = run_warmstart(
         cfg, student, teacher, tokenizer, train, layout, log if world.main else _quiet, world
@@ -302,6 +316,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     finally:
         getattr(trainer.teacher_scorer, "close", lambda: None)()  # a llama.cpp teacher frees its model now
     timings["rl"] = time.perf_counter() - t1
+    student = plain_copy(student)  # a sharded student gathered on rank 0 (every rank takes part)
     if not world.main:  # rank 0 evaluates and writes the student
         return DistillResult(layout.student, {}, eval_warm, timings)
 

@@ -73,3 +73,9 @@ def test_every_gguf_type_we_accept_is_a_llama_cpp_type():
 
     for name in GGUF_QUANTS:
         assert name == "4bit" or hasattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name.upper()}"), name
+
+
+def test_fsdp_without_processes_is_an_error_naming_both_fields():
+    with pytest.raises(ConfigError, match=r"distill.fsdp .* set distill.nproc to 2 or more"):
+        load_config("configs/tiny.yaml", ["distill.fsdp=true"])
+    assert load_config("configs/tiny.yaml", ["distill.fsdp=true", "distill.nproc=2"]).distill.fsdp

@@ -91,25 +91,42 @@ def test_two_processes_take_the_one_process_step_and_stay_in_sync(setup):
     assert any(float(v.abs().max()) > 0 for k, v in rank0.items() if k.startswith("grad."))
 
 
-def test_the_teacher_stage_under_torchrun_trains_the_one_process_teacher(tmp_path_factory):
-    """`teacher.nproc=2`: a from-scratch teacher trained in 2 processes (gloo) has the weights of the one-process
-    teacher within 1e-5; rank 0 alone evaluates and writes teacher/, and teacher.work/ is gone."""
-    import shutil
-
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    """A prepared micro run trained in one process: data, tokenizer and teacher (a 3-step teacher)."""
     from conftest import MICRO_RUN
 
     from rakd.config import load_config
     from rakd.data.prep import run_prep
     from rakd.teacher import run_teacher
 
-    root = tmp_path_factory.mktemp("teacher-ddp")
-    base = ["configs/smoke.yaml", [f"run.root={root}", *MICRO_RUN, "teacher.threads=1", "teacher.train.steps=3"]]
-    one = load_config(base[0], [*base[1], "run.name=one"])
-    run_prep(one.prep, one.run.dir)
-    run_teacher(one.teacher, one.run.dir)
-    two = load_config(base[0], [*base[1], "run.name=two", "teacher.nproc=2"])
-    for part in ("data", "tokenizer"):
-        shutil.copytree(one.run.dir / part, two.run.dir / part)
+    root = tmp_path_factory.mktemp("micro-runs")
+    overrides = [f"run.root={root}", *MICRO_RUN, "teacher.threads=1", "teacher.train.steps=3"]
+    cfg = load_config("configs/smoke.yaml", [*overrides, "run.name=one"])
+    run_prep(cfg.prep, cfg.run.dir)
+    run_teacher(cfg.teacher, cfg.run.dir)
+    return cfg, overrides
+
+
+def copy_run(micro_run, name: str, parts: tuple[str, ...], extra: tuple[str, ...] = ()):
+    import shutil
+
+    from rakd.config import load_config
+
+    one, overrides = micro_run
+    cfg = load_config("configs/smoke.yaml", [*overrides, f"run.name={name}", *extra])
+    for part in parts:
+        shutil.copytree(one.run.dir / part, cfg.run.dir / part)
+    return cfg
+
+
+def test_the_teacher_stage_under_torchrun_trains_the_one_process_teacher(micro_run):
+    """`teacher.nproc=2`: a from-scratch teacher trained in 2 processes (gloo) has the weights of the one-process
+    teacher within 1e-5; rank 0 alone evaluates and writes teacher/, and teacher.work/ is gone."""
+    from rakd.teacher import run_teacher
+
+    one = micro_run[0]
+    two = copy_run(micro_run, "two", ("data", "tokenizer"), ("teacher.nproc=2",))
     said = []
     result = run_teacher(two.teacher, two.run.dir, log=said.append)
     assert said and said[0].startswith("[teacher] 2 processes") and "torch.distributed.run" in said[0]
@@ -124,6 +141,27 @@ def test_the_teacher_stage_under_torchrun_trains_the_one_process_teacher(tmp_pat
     assert len(rows) == len((one.run.dir / "teacher" / "metrics.jsonl").read_text().splitlines()) > 0
 
 
+def test_a_sharded_student_distills_and_resumes_under_torchrun(micro_run):
+    """`distill.fsdp` end to end in 2 processes: warm start, RL with val checks and checkpoints (gathered to
+    rank 0, marked sharded), a crash after step 3, a resume from step 2 to the end; rank 0 writes the student."""
+    from rakd.distill import run_distill
+    from rakd.train.checkpoint import list_checkpoints
+
+    fast = ("distill.rl.steps=4", "distill.checkpoint_every=2", "distill.eval_every=2", "distill.val_problems=4")
+    fast += ("distill.nproc=2", "distill.fsdp=true", "distill.threads=1")
+    cfg = copy_run(micro_run, "fsdp", ("data", "tokenizer", "teacher"), (*fast, "distill.fail_after_step=3"))
+    with pytest.raises(RuntimeError, match="distill under torchrun"):
+        run_distill(cfg.distill, cfg.run.dir, log=lambda *_: None)
+    saved = list_checkpoints(cfg.run.dir / "student.work" / "checkpoints")
+    assert [p.name for p in saved] == ["step-2"] and not (cfg.run.dir / "student").exists()
+    assert torch.load(saved[0] / "trainer_state.pt", weights_only=True)["sharded"] is True
+    resumed = cfg.distill.model_copy(update={"fail_after_step": None})
+    result = run_distill(resumed, cfg.run.dir, log=lambda *_: None)
+    assert "greedy_accuracy" in result.eval and (cfg.run.dir / "student" / "model.safetensors").exists()
+    rows = [json.loads(r) for r in (cfg.run.dir / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and "val_greedy_accuracy" in rows[-1]
+
+
 def test_two_nodes_through_the_rendezvous_take_the_two_process_step(setup):
     """Two torchrun agents joined by the c10d rendezvous (the several-nodes setup, here on one machine) take the
     step a standalone 2-process run takes: the same SFT weights within 1e-5, ranks in sync."""
@@ -135,3 +173,21 @@ def test_two_nodes_through_the_rendezvous_take_the_two_process_step(setup):
     for key in rank0:
         torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)
         assert float((rank0[key] - standalone[key]).abs().max()) <= 1e-5, key
+
+
+def test_a_sharded_student_takes_the_one_process_step(setup):
+    """distill.fsdp: the student sharded across 2 processes (FSDP2, gloo) takes the step one process takes on the
+    same global batch (gradients and weights within 1e-5), for the RL trainer's offline step and the warm
+    start's SFT; an on-policy grpo step runs on the gathered weights and updates the shards."""
+    two_processes(setup, "sft+fsdp,warmstart+fsdp,grpo+fsdp")
+    for method in ("warmstart", "sft"):
+        if not (setup / "one" / f"{method}-rank-0.safetensors").exists():
+            one_process(setup, method)
+        alone, sharded = result(setup, "one", method), result(setup, "two", f"{method}+fsdp")
+        assert set(sharded) == set(alone)
+        for key in alone:
+            assert float((sharded[key] - alone[key]).abs().max()) <= 1e-5, (method, key)
+        assert not (setup / "two" / f"{method}+fsdp-rank-1.safetensors").exists()  # rank 0 alone writes
+    grpo = result(setup, "two", "grpo+fsdp")
+    before = load_file(str(setup / "model" / "model.safetensors"))
+    assert max(float((grpo[f"weight.{name}"] - value).abs().max()) for name, value in before.items()) > 1e-4

@@ -14,23 +14,40 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rakd.io import atomic_dir
-from rakd.train.distributed import World
+from rakd.train.distributed import (
+    World,
+    full_state_dict,
+    is_sharded,
+    load_full_state_dict,
+    load_optimizer_state,
+    optimizer_state,
+)
 
 _STEP = re.compile(r"^step-(\d+)$")
 
 
-def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, keep: int = 2) -> Path:
-    """Write `folder/step-<step>/` atomically and keep only the newest `keep` checkpoints."""
+def save_checkpoint(
+    folder: Path, step: int, model, optimizer, scheduler, keep: int = 2, world: World | None = None
+) -> Path | None:
+    """Write `folder/step-<step>/` atomically and keep only the newest `keep` checkpoints. Every rank calls it
+    (a sharded model's state is gathered first); rank 0 alone writes."""
+    world = world or World()
+    if not world.main and not is_sharded(model):
+        return None
+    # clone: tied weights share storage, which safetensors refuses to write twice
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in full_state_dict(model).items()}
+    optim = optimizer_state(model, optimizer)
+    if not world.main:
+        return None
     target = Path(folder) / f"step-{step}"
     with atomic_dir(target) as staging:
-        # clone: tied weights share storage, which safetensors refuses to write twice
-        state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
         save_file(state, staging / "model.safetensors")
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optim,
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "sharded": is_sharded(model),
             },
             staging / "trainer_state.pt",
         )
@@ -54,14 +71,25 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
-    """Restore states from checkpoint `path`; returns the step it was taken after."""
+    """Restore states from checkpoint `path`; returns the step it was taken after. Every rank reads the files
+    (a sharded model takes its shard of them)."""
     path = Path(path)
-    model.load_state_dict(load_file(path / "model.safetensors", device=str(next(model.parameters()).device)))
     state = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(state["optimizer"])
+    if bool(state.get("sharded", False)) != is_sharded(model):
+        raise ValueError(
+            f"{path}: written {'with' if state.get('sharded') else 'without'} distill.fsdp, resumed "
+            f"{'with' if is_sharded(model) else 'without'} it; resume with the setting the run was started with"
+        )
+    weights = load_file(path / "model.safetensors", device="cpu" if is_sharded(model) else _device_of(model))
+    load_full_state_dict(model, weights)
+    load_optimizer_state(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     return int(json.loads((path / "step.json").read_text())["step"])
+
+
+def _device_of(model) -> str:
+    return str(next(model.parameters()).device)
 
 
 class CheckpointedTrainer:
@@ -81,6 +109,6 @@ class CheckpointedTrainer:
         return self.start_step
 
     def save(self, step: int) -> None:
-        if not self.world.main:
-            return
-        save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer, self.scheduler)
+        save_checkpoint(
+            self.out_dir / "checkpoints", step, self.model, self.optimizer, self.scheduler, world=self.world
+        )

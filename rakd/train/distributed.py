@@ -6,15 +6,23 @@ gradient of its share of the loss, weighted by its share of the global batch (ro
 takes the same optimiser step, so the weights stay identical without being broadcast; rank 0 alone writes
 checkpoints, metrics and outputs.
 
+With `distill.fsdp` the student is sharded instead (torch's FSDP2, `fully_shard` on each decoder layer and the
+root): each rank holds 1/N of its weights, gradients and optimiser state. The loss weighting stays the same (FSDP
+averages the gradients it reduce-scatters, so the weights are scaled by N to sum them, as gloo has no pre-scaled
+sum); rollouts and evaluation run on the gathered weights (`full_weights`, where forward passes are local and
+ranks may run different numbers of them); checkpoints and the final student are gathered to rank 0.
+
 Outside torchrun (no WORLD_SIZE, or 1) every helper is a no-op: one process is world size 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +65,15 @@ class World:
         dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
         return float(tensor.item())
 
+    def grad_scale(self, model: torch.nn.Module) -> float:
+        """What a loss weighted by `fraction` is multiplied by so that the gradients are summed across ranks:
+        the world size for a sharded model (FSDP averages), 1 otherwise (`sum_gradients` sums)."""
+        return float(self.size) if is_sharded(model) else 1.0
+
     def sum_gradients(self, model: torch.nn.Module) -> None:
-        """Sum every parameter's gradient across ranks (one flat all-reduce)."""
-        if not self.active:
+        """Sum every parameter's gradient across ranks (one flat all-reduce); a sharded model's gradients were
+        reduced by FSDP in its backward pass already."""
+        if not self.active or is_sharded(model):
             return
         params = [p for p in model.parameters() if p.requires_grad]
         for p in params:
@@ -76,6 +90,109 @@ class World:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def shard(model: torch.nn.Module, world: World) -> torch.nn.Module:
+    """`model` sharded across the ranks in place (FSDP2: each decoder layer, then the root)."""
+    from torch.distributed.fsdp import fully_shard
+
+    if not world.active:
+        raise ValueError("distill.fsdp: sharding needs more than one process (set distill.nproc > 1)")
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(f"distill.fsdp: no decoder layers at model.model.layers in {type(model).__name__}")
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def _fsdp_modules(model: torch.nn.Module) -> list:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def full_weights(model: torch.nn.Module) -> Iterator[None]:
+    """A sharded model's weights gathered on every rank for the block (a collective: every rank enters), kept
+    gathered through its forward passes, which are then local: sampling and evaluation may run a different
+    number of them on each rank. Nothing for a plain model."""
+    modules = _fsdp_modules(model)
+    for module in modules:
+        module.unshard()
+        module.set_reshard_after_forward(False)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.reshard()
+            module.set_reshard_after_forward(True)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole state on the CPU: a sharded model's gathered to rank 0 (a collective; other ranks get
+    an empty dict), a plain model's own."""
+    if not is_sharded(model):
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole state (every rank passes it) into a plain or sharded model."""
+    if not is_sharded(model):
+        model.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, dict(state), options=StateDictOptions(full_state_dict=True))
+
+
+def optimizer_state(model: torch.nn.Module, optimizer) -> dict:
+    """The optimiser's state to checkpoint: a sharded model's gathered to rank 0 by parameter name."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def plain_copy(model: torch.nn.Module) -> torch.nn.Module | None:
+    """A sharded model as an ordinary one on rank 0 (a collective; None on the other ranks), to evaluate and
+    save; a plain model itself."""
+    if not is_sharded(model):
+        return model
+    state = full_state_dict(model)
+    if not state:
+        return None
+    original = type(model).__bases__[-1]  # FSDP2 subclasses the model's class as (FSDPModule, cls)
+    copy = original(model.config)
+    copy.load_state_dict(state)
+    copy.generation_config = model.generation_config
+    return copy.to(next(model.parameters()).device).eval()
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
+    """`clip_grad_norm_` over every parameter; the total norm as a float (a sharded model's is a DTensor)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def _device() -> torch.device:

@@ -37,7 +37,7 @@ from rakd.scorers import TorchScorer
 from rakd.train.batches import batch_ids, batch_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
 from rakd.train.common import MetricsLog, OptimConfig, autocast, make_optimizer, make_scheduler, step_seed
-from rakd.train.distributed import World
+from rakd.train.distributed import World, clip_gradients, full_weights, is_sharded
 from rakd.verify import reward
 
 Method = Literal["sft", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"]
@@ -221,9 +221,11 @@ class RLTrainer(CheckpointedTrainer):
                     self.save(step)
                 break
             row = {"step": step + 1, "method": self.method, **self.step(step)}
+            if on_step:
+                with full_weights(self.student):  # a sharded student is gathered on every rank; rank 0 evaluates
+                    if main:
+                        on_step(step + 1, row)
             if main:
-                if on_step:
-                    on_step(step + 1, row)
                 self.log.append(row)
                 progress.update(step, reward=row["reward_mean"], loss=row.get("loss", 0.0))
             if (step + 1) % self.checkpoint_every == 0 or step + 1 == self.cfg.steps:
@@ -234,8 +236,8 @@ class RLTrainer(CheckpointedTrainer):
     def step(self, step: int) -> dict:
         self.student.eval()
         # Sampling and scoring run under the same precision as the update, so that
-        # π_old and π_θ agree exactly before the first optimiser step.
-        with autocast(self.device):
+        # π_old and π_θ agree exactly before the first optimiser step (on a sharded student's gathered weights).
+        with autocast(self.device), full_weights(self.student):
             t0 = time.perf_counter()
             batch, rewards, sampled = self.collect(step)
             t_sample = time.perf_counter() - t0
@@ -323,7 +325,8 @@ class RLTrainer(CheckpointedTrainer):
         """This rank's share of the global minibatch in the loss's own units (rows for seq_mean, tokens for
         token_mean): the weight that makes the summed gradients those of the whole minibatch. 1 alone."""
         token_mean = self.hparams["agg"] == "token_mean"
-        return self.world.fraction(float(batch.completion_mask.sum()) if token_mean else len(batch.texts))
+        share = self.world.fraction(float(batch.completion_mask.sum()) if token_mean else len(batch.texts))
+        return share * self.world.grad_scale(self.student)
 
     def minibatch(self, batch: Rollouts, is_kd: torch.Tensor, advantages, old_lp, teacher_lp) -> dict:
         """One optimiser step on a minibatch: the method's loss on its rows, plus the KD term on
@@ -331,6 +334,9 @@ class RLTrainer(CheckpointedTrainer):
         weight = self.share_of_batch(batch)
         if not len(batch.texts):  # a rank with no rows in this minibatch still joins the gradient sum
             self.optimizer.zero_grad(set_to_none=True)
+            if is_sharded(self.student):  # FSDP reduces in the backward pass: every rank runs one
+                pad = torch.full((1, 1), self.tokenizer.pad_token_id, device=self.device)
+                (self.student(input_ids=pad).logits.sum() * 0.0).backward()
             return self.optimizer_step({})
         with autocast(self.device):
             tensors = batch_tensors(self.student, batch, temperature=self.temperature)
@@ -357,6 +363,6 @@ class RLTrainer(CheckpointedTrainer):
 
     def optimizer_step(self, metrics: dict) -> dict:
         self.world.sum_gradients(self.student)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
+        grad_norm = clip_gradients(self.student, self.cfg.optim.grad_clip)
         self.optimizer.step()
-        return {**metrics, "grad_norm": float(grad_norm)}
+        return {**metrics, "grad_norm": grad_norm}

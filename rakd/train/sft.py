@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from pydantic import Field
 
 from rakd.losses import LOSSES
@@ -21,7 +20,7 @@ from rakd.schema import StageConfig
 from rakd.train.batches import batch_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
 from rakd.train.common import MetricsLog, OptimConfig, autocast, make_optimizer, make_scheduler, step_seed
-from rakd.train.distributed import World
+from rakd.train.distributed import World, clip_gradients, full_weights
 
 
 class SFTConfig(StageConfig):
@@ -87,17 +86,18 @@ class SFTTrainer(CheckpointedTrainer):
         with autocast(self.device):
             tensors = batch_tensors(self.model, self.batch_for(step))
             loss, metrics = LOSSES["sft"](tensors, {"agg": "token_mean"})
-        weight = self.world.fraction(float(tensors["mask"].sum()))  # token_mean: its share of the batch's tokens
+        # token_mean: its share of the batch's tokens (scaled where FSDP averages what it reduces)
+        weight = self.world.fraction(float(tensors["mask"].sum())) * self.world.grad_scale(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()
         self.world.sum_gradients(self.model)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        grad_norm = clip_gradients(self.model, self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         return {
             **metrics,
             "loss": float(loss.detach()),
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "lr": self.scheduler.get_last_lr()[0],
         }
 
@@ -109,7 +109,10 @@ class SFTTrainer(CheckpointedTrainer):
             started = time.perf_counter()
             metrics = self.step(step)
             row = {"step": step + 1, "stage": self.name, **metrics, "seconds": time.perf_counter() - started}
-            stop = bool(on_step(step + 1, row)) if on_step else False
+            stop = False
+            if on_step:
+                with full_weights(self.model):  # every rank checks, on a sharded model's gathered weights
+                    stop = bool(on_step(step + 1, row))
             if self.world.main:  # every rank holds the same weights: rank 0 logs and checkpoints
                 self.log.append(row)
                 progress.update(step, loss=metrics["loss"])

@@ -3,7 +3,9 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/helpers/ddp_step.py MODEL TRACES OUT METHODS
 
 For each method of the comma list METHODS, one step from the same initial student; writes
-OUT/METHOD-rank-R.safetensors: the weights after the step and the summed gradients of that step.
+OUT/METHOD-rank-R.safetensors: the weights after the step and the summed gradients of that step. A method
+written METHOD+fsdp shards the student first (FSDP2); its weights and gradients are gathered to rank 0, which
+alone writes them.
 """
 
 import json
@@ -17,7 +19,7 @@ from safetensors.torch import save_file
 import rakd.train.rl as rl
 from rakd.models.load import load_causal_lm
 from rakd.train.common import OptimConfig
-from rakd.train.distributed import World, world_from_env
+from rakd.train.distributed import World, full_state_dict, is_sharded, shard, world_from_env
 from rakd.train.rl import LossParams, RLConfig, RLTrainer
 from rakd.train.sft import SFTConfig, SFTTrainer
 
@@ -40,6 +42,9 @@ def one_step(model_dir: str, traces_path: str, out: str, method: str) -> None:
     torch.set_num_threads(1)
     world = world_from_env()
     student, tokenizer = load_causal_lm(model_dir)
+    label, method = method, method.removesuffix("+fsdp")
+    if label != method:
+        student = shard(student, world)
     traces = json.loads(Path(traces_path).read_text())
     records = [{"question": t["question"], "answer": t["answer"]} for t in traces]
     cfg = RLConfig(
@@ -56,7 +61,8 @@ def one_step(model_dir: str, traces_path: str, out: str, method: str) -> None:
     class Recording(World):
         def sum_gradients(self, model):
             super().sum_gradients(model)
-            grads.update({f"grad.{n}": p.grad.detach().clone() for n, p in model.named_parameters()})
+            full = {n: p.grad.full_tensor() if is_sharded(model) else p.grad for n, p in model.named_parameters()}
+            grads.update({f"grad.{n}": g.detach().clone() for n, g in full.items()})
 
     if method == "warmstart":  # the SFT trainer of the warm start, one step on 16 traces
         pairs = [(t["question"], t["completion"]) for t in traces]
@@ -66,7 +72,7 @@ def one_step(model_dir: str, traces_path: str, out: str, method: str) -> None:
             world=Recording(world.rank, world.size),
         )  # fmt: skip
         trainer.step(0)
-        save(student, grads, out, method, world.rank)
+        save(student, grads, out, label, world.rank)
         return
     trainer = RLTrainer(
         student,
@@ -82,11 +88,13 @@ def one_step(model_dir: str, traces_path: str, out: str, method: str) -> None:
         world=Recording(world.rank, world.size),
     )
     trainer.step(0)
-    save(student, grads, out, method, world.rank)
+    save(student, grads, out, label, world.rank)
 
 
 def save(student, grads: dict, out: str, method: str, rank: int) -> None:
-    state = {f"weight.{k}": v.detach().clone().contiguous() for k, v in student.state_dict().items()}
+    state = {f"weight.{k}": v.detach().clone().contiguous() for k, v in full_state_dict(student).items()}
+    if not state:  # a sharded student's weights went to rank 0
+        return
     Path(out).mkdir(parents=True, exist_ok=True)
     save_file({**state, **grads}, str(Path(out) / f"{method}-rank-{rank}.safetensors"))
 
