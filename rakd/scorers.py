@@ -137,7 +137,8 @@ def _completion_request(url: str, payload: dict, headers: dict, timeout: float, 
 
 
 class OpenAIScorer:
-    """An OpenAI-compatible completions endpoint scoring prompt + completion token ids (`echo`, `max_tokens` 0)."""
+    """An OpenAI-compatible completions endpoint scoring prompt + completion token ids: `echo` with `logprobs` 1
+    and `max_tokens` 1 (vLLM refuses 0; the one generated token's entry, past the ids sent, is not read)."""
 
     def __init__(
         self,
@@ -170,7 +171,7 @@ class OpenAIScorer:
                 rows.append((row, kept, len(prompt), prompt + batch.completion_ids[row][kept].tolist()))
         for start in range(0, len(rows), self.batch_rows):
             part = rows[start : start + self.batch_rows]
-            payload = {"prompt": [ids for *_, ids in part], "echo": True, "logprobs": 0, "max_tokens": 0}
+            payload = {"prompt": [ids for *_, ids in part], "echo": True, "logprobs": 1, "max_tokens": 1}
             payload.update({"temperature": 0.0, **({"model": self.model} if self.model else {})})
             answer = _completion_request(self.endpoint, payload, self.headers, self.timeout_s, self.retries)
             choices = sorted(answer.get("choices", []), key=lambda c: c.get("index", 0))

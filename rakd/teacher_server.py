@@ -5,9 +5,10 @@
 TRRD, KDRL and OPD need from the teacher only log π_T of the tokens the student sampled. This serves exactly that
 for a GGUF teacher on another machine (a CPU box, say), in the request shape of the OpenAI completions API as
 vLLM implements it for scoring: `POST /v1/completions` with `prompt` a list of token ids (or a list of such lists),
-`echo: true`, `logprobs: 0` and `max_tokens: 0`; each choice's `logprobs.token_logprobs` is null for the first
+`echo: true`, `logprobs` and `max_tokens` 0 or 1; each choice's `logprobs.token_logprobs` is null for the first
 token and then log π_T(token_i | tokens_<i) on raw logits, `logprobs.tokens` the ids as strings. It scores and
-never generates: `max_tokens` > 0 or `echo: false` is answered 400. `GET /v1/models` names the model.
+never generates (with `max_tokens` 1 the choice holds the prompt's entries only; vLLM, which refuses 0, appends
+the generated token's): `max_tokens` > 1 or `echo: false` is answered 400. `GET /v1/models` names the model.
 
 Why our own server: llama.cpp's `llama-server` returns log-probs of generated tokens only (no prompt log-probs,
 ggml-org/llama.cpp#27174), and llama-cpp-python's server takes text prompts and returns echoed log-probs shifted
@@ -61,8 +62,8 @@ class Scorer:
         self.lock = threading.Lock()
 
     def completions(self, body: dict) -> dict:
-        if body.get("echo") is not True or int(body.get("max_tokens", 16)) != 0:
-            raise RequestError("this server scores prompts only: send echo=true and max_tokens=0")
+        if body.get("echo") is not True or int(body.get("max_tokens", 16)) > 1:
+            raise RequestError("this server scores prompts only: send echo=true and max_tokens 0 or 1")
         prompts = prompt_lists(body.get("prompt"))
         choices = []
         for index, ids in enumerate(prompts):

@@ -110,26 +110,29 @@ def test_unsupported_settings_are_named(chat_tokenizer, tmp_path):
         export_gguf(model, chat_tokenizer, tmp_path / "m.gguf")
 
 
-def test_a_pretrained_qwen2_pair_runs_every_stage_to_a_package(chat_tokenizer, tmp_path, capsys):
-    """A Qwen2 teacher and a smaller Qwen2 student from HF folders (random weights, the trained BPE, a chat
-    template): prep -> teacher (evaluated, not trained) -> distill (warm start, 2 RL steps) -> export (ONNX and
-    GGUF with parity) -> validate -> package, through the CLI, with prompts in the chat template throughout."""
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_a_pretrained_pair_runs_every_stage_to_a_package(kind, chat_tokenizer, tmp_path, capsys):
+    """A Qwen2 (tied, biases) or Llama (untied) teacher and a smaller student of its family from HF folders (random
+    weights, grouped-query attention, the trained BPE, a chat template): prep -> teacher (evaluated, not trained)
+    -> distill (warm start, 2 RL steps) -> export (ONNX and GGUF with parity) -> validate -> package, through the
+    CLI, with prompts in the chat template throughout."""
     from rakd.cli import main
 
-    teacher = architecture("qwen2", len(chat_tokenizer))
+    teacher = architecture(kind, len(chat_tokenizer))
     save_model(teacher, chat_tokenizer, tmp_path / "teacher-hf")
-    student = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(chat_tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=256,
-            tie_word_embeddings=True,
-        )
+    small = dict(
+        vocab_size=len(chat_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
     )
+    if kind == "qwen2":
+        student = Qwen2ForCausalLM(Qwen2Config(**small, tie_word_embeddings=True))
+    else:
+        student = LlamaForCausalLM(LlamaConfig(**small, tie_word_embeddings=False))
     save_model(student, chat_tokenizer, tmp_path / "student-hf")
     sets = [
         f"run.root={tmp_path}",
@@ -168,14 +171,14 @@ def test_a_pretrained_qwen2_pair_runs_every_stage_to_a_package(chat_tokenizer, t
     for stage in ("prep", "teacher", "distill", "export", "validate", "package"):
         assert main([stage, "--config", "configs/smoke.yaml", *args]) == 0, stage
     run = tmp_path / "qwen"
-    assert json.loads((run / "teacher" / "config.json").read_text())["model_type"] == "qwen2"
+    assert json.loads((run / "teacher" / "config.json").read_text())["model_type"] == kind
     assert load_causal_lm(run / "student")[1].chat_template == CHAT
     parity = json.loads((run / "export" / "parity.json").read_text())
     assert {r["artefact"] for r in parity["artefacts"]} >= {"onnx-fp32", "gguf-f16"}
     report = json.loads((run / "validate" / "report.json").read_text())
     assert all(not r.get("error") for r in report["artefacts"])
     manifest = json.loads((run / "package" / "manifest.json").read_text())
-    assert manifest["student"]["architecture"] == "Qwen2ForCausalLM"
+    assert manifest["student"]["architecture"] == type(student).__name__
     modelfile = (run / "package" / "Modelfile").read_text()
     assert manifest["models"][0]["format"] == "gguf" and "TEMPLATE" not in modelfile  # the GGUF has the template
 
