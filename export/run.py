@@ -111,7 +111,8 @@ def run_export(cfg: ExportConfig, hf_dir: str | Path, out_dir: str | Path, quest
         with tempfile.TemporaryDirectory(prefix="rakd-parity-") as tmp:
             references = save_references(refs, Path(tmp) / "references.npz")
             for label, (fmt, path) in artefacts.items():
-                record = check_isolated(label, fmt, path, references, cfg.threads)
+                layers = getattr(model.config, "num_hidden_layers", 1)
+                record = check_isolated(label, fmt, path, references, cfg.threads, layers)
                 record.update(format=fmt, path=str(path.relative_to(staging)), **quant_info.get(label, {}))
                 records.append(record)
         parity = {"source": str(hf_dir), "prompts": len(refs), "llama_cpp": llama_settings(), "artefacts": records}

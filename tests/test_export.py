@@ -159,7 +159,7 @@ class _FakeRuntime:
     def __init__(self, logits):
         self.values = logits
 
-    def tokenize(self, text):
+    def tokenize(self, text, special=True):
         return [0, 5]
 
     def logits(self, ids):
@@ -187,3 +187,23 @@ def test_a_flip_between_tokens_tied_within_the_bound_is_a_near_tie_not_a_failure
     record = compare("onnx-fp32", path, [ref], _FakeRuntime(far))
     assert record["near_ties"] == 0 and not record["passed"]
     assert "top-1 agreement 0.667 (+0 near ties) < 1" in record["failures"][0]
+
+
+def test_the_f16_logit_bound_grows_with_the_logits_and_the_square_root_of_depth(tmp_path):
+    import numpy as np
+
+    from export.parity import Reference, compare
+
+    ref_logits = np.zeros((3, 4), dtype=np.float32)
+    ref_logits[1, 2], ref_logits[2, 1] = 20.0, 20.0  # max |logit| 20 at the last prompt position
+    ref = Reference("q", [0, 5], [2, 1], ref_logits)
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"x")
+    moved = ref_logits.copy()
+    moved[1] += 0.05  # a uniform shift: top-1 unchanged, |Δlogit| 0.05
+    shallow = compare("gguf-f16", path, [ref], _FakeRuntime(moved), layers=2)
+    assert not shallow["passed"] and shallow["tolerance_logits"] == pytest.approx(1e-3 * 2**0.5 * 20)
+    deep = compare("gguf-f16", path, [ref], _FakeRuntime(moved), layers=30)
+    assert deep["passed"] and deep["tolerance_logits"] == pytest.approx(1e-3 * 30**0.5 * 20)
+    moved[1, 3] += 1.0  # a whole logit: what a wrong export does, whatever the depth
+    assert not compare("gguf-f16", path, [ref], _FakeRuntime(moved), layers=30)["passed"]

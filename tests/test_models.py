@@ -89,3 +89,18 @@ def test_layer_subset_keeps_every_kth_layer(micro, tokenizer):
     prompt = tokenizer(["5+5=?\n"], return_tensors="pt")
     out = student.generate(**prompt, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] == prompt["input_ids"].shape[1] + 5
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_its_eos(micro, tokenizer, tmp_path):
+    """Many pretrained tokenizers (SmolLM2's GGUF, say) have no pad token; batched sampling needs one."""
+    import copy
+
+    from rakd.rollout import sample
+
+    bare = copy.deepcopy(tokenizer)
+    bare.pad_token = None
+    save_model(micro, bare, tmp_path / "m")
+    model, loaded = load_causal_lm(tmp_path / "m")
+    assert loaded.pad_token is not None and loaded.pad_token_id == loaded.eos_token_id
+    batch = sample(model, loaded, ["1+1=?", "12*13-4+7=?"], max_new_tokens=4, temperature=0.0)
+    assert batch.prompt_mask[0, 0] == 0 and batch.prompt_ids.shape[0] == 2  # left-padded with EOS

@@ -208,3 +208,16 @@ def test_a_layer_subset_of_a_pretrained_teacher_is_a_working_student(chat_tokeni
     torch.testing.assert_close(
         student.model.layers[0].self_attn.q_proj.bias, teacher.model.layers[0].self_attn.q_proj.bias
     )
+
+
+def test_parity_references_are_scored_on_the_prompt_they_were_sampled_from(chat_tokenizer):
+    """The reference continuation is greedy from the model's own prompt (its chat template), so the reference
+    logits, computed on that prompt, predict it at every position; on another prompt format an exact export
+    would show a top-1 agreement far below 1 (SmolLM2-135M-Instruct: 0.74)."""
+    from export.parity import build_references
+
+    model = architecture("qwen2", len(chat_tokenizer))
+    for ref, question in zip(build_references(model, chat_tokenizer, QUESTIONS, 8), QUESTIONS):
+        ids, mask = encode_prompts(chat_tokenizer, [question])
+        assert ref.prompt_ids == ids[0][mask[0].bool()].tolist() and not ref.special
+        assert ref.logits[len(ref.prompt_ids) - 1 :].argmax(-1).tolist() == ref.continuation

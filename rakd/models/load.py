@@ -24,15 +24,21 @@ __all__ = ["ModelLoadError", "gguf_metadata", "load_causal_lm", "save_model"]
 def load_causal_lm(
     source: str | Path, *, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) from a folder, a `.gguf` file, or a hub id."""
+    """(model, tokenizer) from a folder, a `.gguf` file, or a hub id. A tokenizer without a pad token (many
+    pretrained ones) pads with its EOS: batches carry masks, so a pad is never read as a token."""
     path = Path(source)
     if str(source).endswith(".gguf"):
-        return _load_gguf(path, dtype)
-    if path.exists():
-        return _load_folder(path, trust_remote_code, dtype)
-    if str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
+        model, tokenizer = _load_gguf(path, dtype)
+    elif path.exists():
+        model, tokenizer = _load_folder(path, trust_remote_code, dtype)
+    elif str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
         raise ModelLoadError(f"{source}: no such model folder or file")
-    return _load_hub(str(source), trust_remote_code, dtype)
+    else:
+        model, tokenizer = _load_hub(str(source), trust_remote_code, dtype)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+        model.generation_config.pad_token_id = tokenizer.eos_token_id
+    return model, tokenizer
 
 
 def _check_causal(config, where: str) -> None:
