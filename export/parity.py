@@ -171,7 +171,7 @@ def check_artefact(spec: dict) -> dict:
 def check_isolated(label: str, fmt: str, path: Path, references: Path, threads: int, layers: int = 1) -> dict:
     """`check_artefact` in a fresh process; a crash or an error there is this artefact's failure, not ours."""
     spec = {"label": label, "format": fmt, "path": str(path), "references": str(references), "threads": threads}
-    spec["layers"] = layers  # the F16 bound grows with depth
+    spec.update(layers=layers)
     try:
         return run_isolated(
             "export.parity:check_artefact", spec, what=f"{path.name}: the {label} runtime", progress_prefix="[parity]"

@@ -108,10 +108,10 @@ def run_export(cfg: ExportConfig, hf_dir: str | Path, out_dir: str | Path, quest
             made, quant_info = _gguf_artefacts(cfg, model, tokenizer, staging)
             artefacts.update({label: ("gguf", path) for label, path in made.items()})
         records = []
+        layers = getattr(model.config, "num_hidden_layers", 1)  # the F16 bound grows with depth
         with tempfile.TemporaryDirectory(prefix="rakd-parity-") as tmp:
             references = save_references(refs, Path(tmp) / "references.npz")
             for label, (fmt, path) in artefacts.items():
-                layers = getattr(model.config, "num_hidden_layers", 1)
                 record = check_isolated(label, fmt, path, references, cfg.threads, layers)
                 record.update(format=fmt, path=str(path.relative_to(staging)), **quant_info.get(label, {}))
                 records.append(record)

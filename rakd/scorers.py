@@ -67,6 +67,19 @@ class TorchScorer:
         return score_completions(self.teacher, batch, temperature=temperature)
 
 
+def scored_rows(batch: Rollouts) -> list[tuple[int, torch.Tensor, list[int], list[int]]]:
+    """(row, kept mask, prompt ids, completion ids) of every row with a completion: the unpadded prompt and the
+    completion tokens the mask keeps, as the torch forward's mask and position ids keep them. What a scorer
+    outside torch evaluates, one sequence per row."""
+    rows = []
+    for row in range(batch.completion_ids.shape[0]):
+        kept = batch.completion_mask[row].bool()
+        if kept.any():
+            prompt = batch.prompt_ids[row][batch.prompt_mask[row].bool()].tolist()
+            rows.append((row, kept, prompt, batch.completion_ids[row][kept].tolist()))
+    return rows
+
+
 def check_vocabulary(path: Path, tokenizer) -> None:
     """The GGUF teacher scores the student's token ids as they are: its vocabulary must be the student's (it may
     have padding rows after it). A teacher of another family fails here, by name, before any training."""
@@ -99,13 +112,7 @@ class LlamaCppScorer:
 
     def __call__(self, batch: Rollouts, temperature: float) -> torch.Tensor:
         scores = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
-        for row in range(batch.completion_ids.shape[0]):
-            prompt = batch.prompt_ids[row][batch.prompt_mask[row].bool()].tolist()
-            # the tokens the mask keeps, as the torch forward's mask and position ids keep them
-            kept = batch.completion_mask[row].bool()
-            completion = batch.completion_ids[row][kept].tolist()
-            if not completion:
-                continue
+        for row, kept, prompt, completion in scored_rows(batch):
             ids = prompt + completion
             logits = torch.from_numpy(llama_logits(self.llm, ids)[len(prompt) - 1 : len(ids) - 1])
             scores[row, kept] = token_logprobs(logits[None], torch.tensor([completion]), temperature)[0]
@@ -163,12 +170,7 @@ class OpenAIScorer:
                 f"were sampled at temperature {temperature}; set distill.rl.temperature to 1 or use kind 'torch'"
             )
         scores = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
-        rows = []
-        for row in range(batch.completion_ids.shape[0]):
-            kept = batch.completion_mask[row].bool()
-            if kept.any():
-                prompt = batch.prompt_ids[row][batch.prompt_mask[row].bool()].tolist()
-                rows.append((row, kept, len(prompt), prompt + batch.completion_ids[row][kept].tolist()))
+        rows = [(row, kept, len(prompt), prompt + completion) for row, kept, prompt, completion in scored_rows(batch)]
         for start in range(0, len(rows), self.batch_rows):
             part = rows[start : start + self.batch_rows]
             payload = {"prompt": [ids for *_, ids in part], "echo": True, "logprobs": 1, "max_tokens": 1}

@@ -34,15 +34,21 @@ def gguf_metadata(path: Path) -> dict:
     return meta
 
 
+def _vocabulary(path: Path):
+    """The GGUF file's `tokenizer.ggml.tokens` field (entry i of `.data` indexes token i's bytes in `.parts`)."""
+    tokens = _reader(path).fields.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        raise ModelLoadError(f"{path}: no tokenizer.ggml.tokens (a GGUF without its vocabulary)")
+    return tokens
+
+
 def gguf_token(path: Path, token_id: int) -> str:
     """The text of token `token_id` in the GGUF file's vocabulary (`tokenizer.ggml.tokens`)."""
-    tokens = _reader(path).fields["tokenizer.ggml.tokens"]
+    tokens = _vocabulary(path)
     return bytes(tokens.parts[tokens.data[token_id]]).decode("utf-8", "replace")
 
 
 def gguf_tokens(path: Path) -> list[str]:
     """The GGUF file's vocabulary (`tokenizer.ggml.tokens`), in id order."""
-    tokens = _reader(path).fields.get("tokenizer.ggml.tokens")
-    if tokens is None:
-        raise ModelLoadError(f"{path}: no tokenizer.ggml.tokens (a GGUF without its vocabulary)")
+    tokens = _vocabulary(path)
     return [bytes(tokens.parts[i]).decode("utf-8", "replace") for i in tokens.data]
