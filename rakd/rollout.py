@@ -13,7 +13,7 @@ mixed-length prompts on teacher-tiny (961 vs 810 tokens/s at 1 thread, 1386 vs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -82,10 +82,14 @@ def attention_mask_4d(model, mask: torch.Tensor, query_length: int) -> torch.Ten
     keys = mask.shape[1]
     rows = torch.arange(keys - query_length, keys, device=mask.device)[:, None]
     allowed = (torch.arange(keys, device=mask.device)[None, :] <= rows) & mask[:, None, None, :].bool()
-    allowed = allowed | (torch.arange(keys, device=mask.device)[None, :] == rows)
+    return _mask_for(model, allowed | (torch.arange(keys, device=mask.device)[None, :] == rows))
+
+
+def _mask_for(model, allowed: torch.Tensor) -> torch.Tensor:
+    """A bool (B, 1, q, k) mask as the model's attention takes it: bool for SDPA, additive float otherwise."""
     if getattr(model.config, "_attn_implementation", "sdpa") == "sdpa":
         return allowed
-    return torch.zeros(allowed.shape, dtype=model.dtype, device=mask.device).masked_fill(
+    return torch.zeros(allowed.shape, dtype=model.dtype, device=allowed.device).masked_fill(
         ~allowed, torch.finfo(model.dtype).min
     )
 
@@ -282,41 +286,6 @@ def forward_completion(
     return logits[:, start - 1 : -1]
 
 
-def forward_completion_shared(
-    model: PreTrainedModel,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    completion_ids: torch.Tensor,
-    completion_mask: torch.Tensor,
-) -> torch.Tensor:
-    """`forward_completion`'s logits, with each distinct prompt of the batch prefilled once: its KV cache is
-    copied to every row that has it (the G completions of a group), and the completions run on top. The same
-    numbers up to float summation order; rows with distinct prompts take the plain single pass."""
-    unique, inverse = torch.unique(torch.cat([prompt_ids, prompt_mask], dim=1), dim=0, return_inverse=True)
-    if len(unique) == len(prompt_ids):
-        return forward_completion(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-    width = prompt_ids.shape[1]
-    ids, mask = unique[:, :width], unique[:, width:]
-    cache = DynamicCache()
-    last = model(
-        input_ids=ids,
-        attention_mask=attention_mask_4d(model, mask, width),
-        position_ids=position_ids(mask),
-        past_key_values=cache,
-        use_cache=True,
-    ).logits[:, -1]
-    cache.batch_select_indices(inverse)
-    full = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
-    rest = model(
-        input_ids=completion_ids,
-        attention_mask=attention_mask_4d(model, full, completion_ids.shape[1]),
-        position_ids=position_ids(full)[:, width:],
-        past_key_values=cache,
-        use_cache=True,
-    ).logits
-    return torch.cat([last[inverse, None], rest[:, :-1]], dim=1)
-
-
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log π(token) at each position from logits (B, T, V) and tokens (B, T)."""
     logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
@@ -339,41 +308,160 @@ def trimmed(rollouts: Rollouts) -> Rollouts:
     )
 
 
-def length_buckets(rollouts: Rollouts, rows: int) -> list[torch.Tensor]:
-    """Row indices in chunks of at most `rows`, sorted by length, so that each chunk, trimmed, carries little
-    padding (a third of a step's scoring time at the demo's sizes; `bench/rl_throughput.py`). Rows with the same
-    prompt (a group's G completions) stay next to each other, ordered by their group's longest row, so that a
-    chunk can prefill their prompt once (`forward_completion_shared`)."""
-    lengths = rollouts.prompt_mask.sum(-1) + rollouts.completion_mask.sum(-1)
-    if not len(lengths):
-        return []
+@dataclass
+class _Tree:
+    """One distinct prompt and the prefix tree (trie) of its rows' completions, flattened: the prompt's tokens,
+    then each distinct completion prefix's last token once, parents before children."""
+
+    tokens: list[int]
+    positions: list[int]
+    prompt_len: int
+    rows: list[int] = field(default_factory=list)
+    paths: list[list[int]] = field(default_factory=list)  # per row: the index of each completion token
+    predictors: list[list[int]] = field(default_factory=list)  # per row: the index of the token before each
+
+
+def _prefix_trees(rollouts: Rollouts) -> list[_Tree]:
+    """Every row of `rollouts` in the tree of its prompt (rows with the same prompt ids and mask share one)."""
     prompts = torch.cat([rollouts.prompt_ids, rollouts.prompt_mask], dim=1)
-    _, group = torch.unique(prompts, dim=0, return_inverse=True)
-    longest = torch.zeros(int(group.max()) + 1, dtype=lengths.dtype)
-    longest = longest.scatter_reduce(0, group, lengths, reduce="amax", include_self=False)
-    key = (longest[group] * (len(longest) + 1) + group) * (int(lengths.max()) + 1) + lengths
-    return list(torch.argsort(key, stable=True).split(rows))
+    group = torch.unique(prompts, dim=0, return_inverse=True)[1].tolist() if len(prompts) else []
+    trees: dict[int, _Tree] = {}
+    tries: dict[int, dict[tuple[int, int], int]] = {}
+    for row, (g, n, completion) in enumerate(
+        zip(group, rollouts.completion_mask.sum(-1).tolist(), rollouts.completion_ids.tolist())
+    ):
+        if g not in trees:
+            prompt = rollouts.prompt_ids[row][rollouts.prompt_mask[row].bool()].tolist()
+            if not prompt:
+                raise ValueError(f"row {row} has an empty prompt: nothing predicts its first completion token")
+            trees[g], tries[g] = _Tree(prompt, list(range(len(prompt))), len(prompt)), {}
+        tree, trie = trees[g], tries[g]
+        parent, path, before = tree.prompt_len - 1, [], []
+        for token in completion[:n]:
+            node = trie.get((parent, token))
+            if node is None:
+                node = trie[(parent, token)] = len(tree.tokens)
+                tree.tokens.append(token)
+                tree.positions.append(tree.positions[parent] + 1)
+            before.append(parent)
+            path.append(node)
+            parent = node
+        tree.rows.append(row)
+        tree.paths.append(path)
+        tree.predictors.append(before)
+    return list(trees.values())
+
+
+@dataclass
+class PrefixForest:
+    """Rows packed as one sequence per distinct prompt (`_Tree`): the prompt, then the trie of its rows'
+    completions, each distinct prefix computed once (a group's G samples often agree for many tokens, or
+    entirely). A token attends to its prompt and its ancestors and sits at the position it has in each row that
+    passes through it, so its logits are those of a plain pass over any of those rows."""
+
+    rows: torch.Tensor  # (R,) the packed rows of the batch
+    ids: torch.Tensor  # (S, L) right-padded
+    sizes: torch.Tensor  # (S,) real tokens in each sequence (the prompt's, then one per distinct prefix)
+    positions: torch.Tensor  # (S, L)
+    allowed: torch.Tensor  # (S, L, L) bool: query attends key
+    paths: torch.Tensor  # (R, T) flat index (s * L + i) of each completion token; 0 past a row's end
+    predictors: torch.Tensor  # (R, T) flat index of the token before it, whose logits predict it
+    valid: torch.Tensor  # (R, T) bool
+
+
+def prefix_forests(rollouts: Rollouts, rows: int) -> list[PrefixForest]:
+    """`rollouts` as prefix forests of at most `rows` rows each (a group larger than that alone), the trees sorted
+    by size so that a forest's sequences carry little padding."""
+    trees = sorted(_prefix_trees(rollouts), key=lambda t: len(t.tokens))
+    chunks: list[list[_Tree]] = []
+    for tree in trees:
+        if chunks and sum(len(t.rows) for t in chunks[-1]) + len(tree.rows) <= rows:
+            chunks[-1].append(tree)
+        else:
+            chunks.append([tree])
+    return [_forest(chunk) for chunk in chunks]
+
+
+def _forest(trees: list[_Tree]) -> PrefixForest:
+    width = max(len(t.tokens) for t in trees)
+    depth = max((len(p) for t in trees for p in t.paths), default=0) or 1
+    allowed = torch.eye(width, dtype=torch.bool).repeat(len(trees), 1, 1)  # a pad query sees itself (no NaN)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    for s, tree in enumerate(trees):
+        allowed[s, : tree.prompt_len, : tree.prompt_len] = causal[: tree.prompt_len, : tree.prompt_len]
+        allowed[s, tree.prompt_len : len(tree.tokens), : tree.prompt_len] = True
+
+    def padded(lists: list[list[int]], size: int) -> torch.Tensor:
+        return torch.tensor([x + [0] * (size - len(x)) for x in lists], dtype=torch.long)
+
+    paths = padded([p for t in trees for p in t.paths], depth)
+    predictors = padded([p for t in trees for p in t.predictors], depth)
+    valid = torch.arange(depth)[None] < torch.tensor([len(p) for t in trees for p in t.paths])[:, None]
+    owner = torch.tensor([s for s, t in enumerate(trees) for _ in t.rows], dtype=torch.long)
+    # a completion token attends to each token before it on its row's path (itself included)
+    r, i, j = (valid[:, :, None] & valid[:, None, :] & causal[:depth, :depth]).nonzero(as_tuple=True)
+    allowed[owner[r], paths[r, i], paths[r, j]] = True
+    offset = (owner * width)[:, None]
+    return PrefixForest(
+        rows=torch.tensor([row for t in trees for row in t.rows], dtype=torch.long),
+        ids=padded([t.tokens for t in trees], width),
+        sizes=torch.tensor([len(t.tokens) for t in trees]),
+        positions=padded([t.positions for t in trees], width),
+        allowed=allowed,
+        paths=(paths + offset) * valid,
+        predictors=(predictors + offset) * valid,
+        valid=valid,
+    )
+
+
+def _forest_forward(model: PreTrainedModel, forest: PrefixForest) -> torch.Tensor:
+    """Logits (S * L, V) of every token of the forest's sequences, flattened."""
+    device = next(model.parameters()).device
+    return model(
+        input_ids=forest.ids.to(device),
+        attention_mask=_mask_for(model, forest.allowed.to(device)[:, None]),
+        position_ids=forest.positions.to(device),
+        use_cache=False,
+    ).logits.flatten(0, 1)
+
+
+def forest_logprobs(model: PreTrainedModel, forest: PrefixForest, temperature: float = 1.0) -> torch.Tensor:
+    """Per-token log-probabilities (R, T) of the forest's rows under `model` on logits / `temperature` (0 past a
+    row's end), from one forward pass over its sequences."""
+    scaled = _forest_forward(model, forest).float() / temperature
+    device = scaled.device
+    predictors, paths = forest.predictors.to(device), forest.paths.to(device)
+    picked = scaled[predictors, forest.ids.to(device).flatten()[paths]] - torch.logsumexp(scaled, -1)[predictors]
+    return picked * forest.valid.to(device)
+
+
+def forest_logits(model: PreTrainedModel, rollouts: Rollouts) -> torch.Tensor:
+    """`forward_completion`'s logits (B, T, V), each predicting a completion token, from one forward pass over
+    the batch packed as a prefix forest: each distinct prompt and completion prefix computed once, and gradients
+    flow to it from every row that shares it. Entries past a row's end are arbitrary (masked by the caller)."""
+    rows, width = len(rollouts.texts), rollouts.completion_ids.shape[1]
+    if not rows:
+        raise ValueError("forest_logits of an empty batch")
+    (forest,) = prefix_forests(rollouts, rows)
+    flat = _forest_forward(model, forest)
+    logits = flat[forest.predictors.to(flat.device)][torch.argsort(forest.rows).to(flat.device)]
+    return F.pad(logits, (0, 0, 0, width - logits.shape[1]))
 
 
 def score_completions(
     model: PreTrainedModel, rollouts: Rollouts, batch_size: int | None = None, temperature: float = 1.0
 ) -> torch.Tensor:
     """Per-token log-probabilities (B, T) of the sampled tokens under `model` on logits / `temperature`, no grad
-    (0 past each row's end). Rows go through in length-sorted, trimmed chunks of `batch_size` (default: 32 on a
-    CPU, where padding costs compute, 256 on an accelerator). A chunk's rows that share a prompt have it
-    prefilled once (`forward_completion_shared`)."""
+    (0 past each row's end). Rows go through as prefix forests (`prefix_forests`) of at most `batch_size` rows
+    (default: 64 on a CPU, 256 on an accelerator): each distinct prompt and each distinct completion prefix of a
+    chunk is computed once."""
     device = next(model.parameters()).device
-    batch_size = batch_size or (32 if device.type == "cpu" else 256)
+    batch_size = batch_size or (64 if device.type == "cpu" else 256)
     scores = torch.zeros(rollouts.completion_ids.shape, dtype=torch.float32)
     with torch.no_grad():
-        for rows in length_buckets(rollouts, batch_size):
-            chunk = trimmed(select_rows(rollouts, rows))
-            tensors = [
-                t.to(device) for t in (chunk.prompt_ids, chunk.prompt_mask, chunk.completion_ids, chunk.completion_mask)
-            ]
-            logits = forward_completion_shared(model, *tensors)
-            width = tensors[2].shape[1]
-            scores[rows, :width] = token_logprobs(logits, tensors[2], temperature).cpu() * chunk.completion_mask
+        for forest in prefix_forests(rollouts, batch_size):
+            logprobs = forest_logprobs(model, forest, temperature).cpu()
+            scores[forest.rows, : logprobs.shape[1]] = logprobs
     return scores
 
 

@@ -3,13 +3,14 @@ import torch
 
 from rakd.models.zoo import build_model, preset_config
 from rakd.rollout import (
+    Rollouts,
     completion_mask,
     encode_prompts,
+    forest_logits,
     forward_completion,
-    length_buckets,
+    prefix_forests,
     sample,
     score_completions,
-    select_rows,
     token_logprobs,
 )
 
@@ -95,35 +96,52 @@ def test_shared_prefill_leaves_the_samples_unchanged(model, tokenizer):
         sample(model, tokenizer, QUESTIONS, max_new_tokens=4, group_size=2)
 
 
-def test_scoring_prefills_a_shared_prompt_once_with_the_same_log_probs(model, tokenizer, monkeypatch):
-    """Scoring a group's G completions prefills their prompt once and runs the completions on its copied cache:
-    the log-probs are those of one plain pass over each prompt + completion, whatever the chunking; a group
-    stays together in one length-sorted chunk."""
-    from rakd import rollout
-
-    group = 3
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_scoring_packs_each_distinct_prefix_once_with_the_same_log_probs(model, tokenizer, monkeypatch, attention):
+    """Scoring packs each prompt and the prefix tree of its rows' completions into one sequence: the log-probs
+    are those of one plain pass over each prompt + completion whatever the chunking, and the model sees each
+    distinct prompt and each distinct completion prefix exactly once. Rows repeat whole, share a head and
+    diverge, end at different lengths (one row is empty)."""
+    group = 4
     batch = sample(model, tokenizer, [q for q in QUESTIONS for _ in range(group)], max_new_tokens=12, seed=2)
-    ends = torch.tensor([12, 4, 9, 7, 12, 2, 5, 11, 8, 3, 12, 6])  # the random model rarely ends: cut its rows
+    ids = batch.completion_ids
+    ids[1] = ids[0]  # a whole repeat
+    ids[2, :5] = ids[0, :5]  # the same head, then its own tokens
+    ids[5, :3] = ids[4, :3]
+    ids[6] = ids[4]
+    ends = torch.tensor([12, 12, 9, 7, 12, 2, 9, 0, 8, 3, 12, 6, 12, 12, 1, 5])
     batch.completion_mask = (torch.arange(12)[None] < ends[:, None]).long()
-    with torch.no_grad():
-        logits = forward_completion(
-            model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask
+    nodes = sum(  # the distinct (prompt, completion prefix) pairs: the tokens a prefix tree holds
+        len(
+            {
+                (tuple(batch.prompt_ids[r].tolist()), tuple(ids[r, : k + 1].tolist()))
+                for r in rows
+                for k in range(ends[r])
+            }
         )
-    expected = token_logprobs(logits, batch.completion_ids) * batch.completion_mask
-    prefilled = []
-    real = rollout.forward_completion_shared
-
-    def counted(model, prompt_ids, *rest):
-        prefilled.append(len(torch.unique(prompt_ids, dim=0)))
-        return real(model, prompt_ids, *rest)
-
-    monkeypatch.setattr(rollout, "forward_completion_shared", counted)
-    for rows in (group, 2 * group, 64):
-        prefilled.clear()
-        torch.testing.assert_close(score_completions(model, batch, batch_size=rows), expected, atol=1e-5, rtol=0)
-        assert sum(prefilled) == len(QUESTIONS)  # each prompt prefilled once, in whichever chunk holds its group
-    for chunk in length_buckets(batch, group):
-        assert len(set(map(tuple, select_rows(batch, chunk).prompt_ids.tolist()))) == 1  # one group a chunk
+        for rows in torch.arange(len(ids)).split(group)
+    )
+    prompt_tokens = int(batch.prompt_mask[::group].sum())
+    monkeypatch.setattr(model.config, "_attn_implementation", attention)
+    with torch.no_grad():
+        logits = forward_completion(model, batch.prompt_ids, batch.prompt_mask, ids, batch.completion_mask)
+    expected = token_logprobs(logits, ids) * batch.completion_mask
+    seen = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    try:
+        for rows in (group, 2 * group, 64):
+            seen.clear()
+            torch.testing.assert_close(score_completions(model, batch, batch_size=rows), expected, atol=1e-5, rtol=0)
+            forests = prefix_forests(batch, rows)
+            assert [x.shape for x in seen] == [f.ids.shape for f in forests]  # the model ran on the forests only
+            assert len(forests) == -(-len(QUESTIONS) // (rows // group))  # whole groups, `rows` at most
+            assert sum(len(f.sizes) for f in forests) == len(QUESTIONS)  # one sequence per prompt
+            assert sum(int(f.sizes.sum()) for f in forests) == prompt_tokens + nodes
+    finally:
+        hook.remove()
+    with pytest.raises(ValueError, match="row 0 has an empty prompt"):
+        empty = Rollouts(batch.prompt_ids[:1], 0 * batch.prompt_mask[:1], ids[:1], batch.completion_mask[:1], [""])
+        prefix_forests(empty, 4)
 
 
 def test_finished_rows_leave_the_batch_without_changing_any_row(model, tokenizer, monkeypatch):
@@ -155,3 +173,29 @@ def test_a_completion_ends_at_its_first_eos_or_emitted_pad(model, tokenizer):
         last = int(mask[row].sum()) - 1
         cut = batch.completion_ids[row, last + 1] if last + 1 < mask.shape[1] else None
         assert batch.completion_ids[row, last] == tokenizer.eos_token_id or cut == tokenizer.pad_token_id
+
+
+def test_forest_logits_give_the_plain_pass_logits_and_gradients(model, tokenizer):
+    """The update's forward pass packs its rows as a prefix forest: at every completion token the logits are the
+    plain pass's, and the gradient of a masked per-token loss is the same (a shared prefix collects the
+    gradient of every row through it)."""
+    group = 3
+    batch = sample(model, tokenizer, [q for q in QUESTIONS for _ in range(group)], max_new_tokens=10, seed=4)
+    batch.completion_ids[1] = batch.completion_ids[0]
+    batch.completion_ids[2, :6] = batch.completion_ids[0, :6]
+    ends = torch.tensor([10, 10, 8, 3, 10, 1, 7, 7, 9, 2, 10, 5])
+    batch.completion_mask = (torch.arange(10)[None] < ends[:, None]).long()
+    weights = torch.randn(batch.completion_ids.shape, generator=torch.Generator().manual_seed(0))
+    results = []
+    for forward in (forward_completion, lambda m, *ids: forest_logits(m, batch)):
+        model.zero_grad()
+        logits = forward(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+        loss = (token_logprobs(logits, batch.completion_ids) * weights * batch.completion_mask).sum()
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results.append((logits.detach() * batch.completion_mask[..., None], grads))
+    model.zero_grad()
+    (plain, plain_grads), (forest, forest_grads) = results
+    torch.testing.assert_close(forest, plain, atol=1e-5, rtol=0)
+    for a, b in zip(forest_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rakd.rollout import Rollouts, encode_prompts, forward_completion, token_logprobs
+from rakd.rollout import Rollouts, encode_prompts, forest_logits, token_logprobs
 
 
 def pack_pairs(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> Rollouts:
@@ -27,8 +27,9 @@ def batch_ids(batch: Rollouts, device: torch.device) -> list[torch.Tensor]:
 def batch_tensors(model: PreTrainedModel, batch: Rollouts, temperature: float = 1.0) -> dict[str, torch.Tensor]:
     """The per-token tensors a loss may ask for, from one forward pass of `model` (with grad):
     `logprobs` (B, T) on logits / `temperature` (the sampling temperature), `mask` (B, T), and the raw
-    `student_logits` (B, T, V)."""
+    `student_logits` (B, T, V). The rows go through as one prefix forest (`forest_logits`): a prefix that
+    several rows share is computed once and its gradient is the sum of theirs."""
     ids = batch_ids(batch, next(model.parameters()).device)
-    logits = forward_completion(model, *ids)
+    logits = forest_logits(model, batch)
     logprobs = token_logprobs(logits, ids[2], temperature)
     return {"logprobs": logprobs, "mask": ids[3].float(), "student_logits": logits.float()}

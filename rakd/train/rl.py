@@ -27,14 +27,14 @@ from rakd.rollout import (
     Backend,
     Rollouts,
     concat_rollouts,
-    forward_completion,
+    forest_logits,
     sample,
     select_rows,
     trimmed,
 )
 from rakd.schema import StageConfig
 from rakd.scorers import TorchScorer
-from rakd.train.batches import batch_ids, batch_tensors, pack_pairs
+from rakd.train.batches import batch_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
 from rakd.train.common import MetricsLog, OptimConfig, autocast, make_optimizer, make_scheduler, step_seed
 from rakd.train.distributed import World, clip_gradients, full_weights, is_sharded
@@ -346,7 +346,7 @@ class RLTrainer(CheckpointedTrainer):
                 tensors["teacher_logprobs"] = teacher_lp.to(self.device)
             if self.spec.needs_logits:
                 with torch.no_grad():
-                    tensors["teacher_logits"] = forward_completion(self.teacher, *batch_ids(batch, self.device)).float()
+                    tensors["teacher_logits"] = forest_logits(self.teacher, batch).float()
             logits = tensors["student_logits"]
             loss, metrics = logits.sum() * 0.0, {}
             for spec, rows, prefix in ((self.spec, ~is_kd, ""), (self.kd_spec, is_kd, "kd/")):
