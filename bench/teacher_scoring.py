@@ -1,19 +1,22 @@
-"""Teacher scoring: one plain pass per prompt + completion against the shared-prompt prefill (#13).
+"""Teacher scoring: one plain pass per prompt + completion against the prefix forest (#13).
 
     .venv/bin/python bench/teacher_scoring.py [--run runs/tiny] [--threads 1]
 
-`score_completions` prefills each distinct prompt of a chunk once and runs the G completions of its group on a
-copy of that KV cache (`forward_completion_shared`). What that saves depends on how long the prompt is next to
-the completions, so two batches are timed, both G=8, 5 groups (the 40 rows of a step's informative groups):
+`score_completions` packs the rows of each distinct prompt into one sequence, the prompt followed by the trie
+of their completions (`rakd.rollout.prefix_forests`), so each distinct prompt and completion prefix goes through
+the teacher once. What that saves depends on how much a group's G samples share, so three batches are timed,
+each the 40 rows of 5 informative groups (mixed rewards: the rows a `rakd` step scores) of G=8:
 
-- `demo`: the trained student's samples on 16 train prompts of a finished run (the embedded default: prompts of
-  about 11 tokens, completions of about 30), rows of the first five groups;
-- `long`: random tokens, 100-token prompts and completions of 50-100 tokens (GSM8K under a chat template has
-  prompts of that order).
+- `warm start`: samples of the demo's warm-started student (`<run>/compare/warmstart`, where `rakd compare`
+  keeps it; skipped if absent), RL's starting point;
+- `trained`: samples of the run's final student (it agrees with itself more);
+- `long`: random tokens, 100-token prompts and completions of 50-100 tokens, nothing shared but the prompt
+  (GSM8K under a chat template has prompts of that order): the forest's worst case.
 
-Each is scored by the run's teacher both ways (`plain`: the length-sorted chunks before this change, one
-`forward_completion` each) at chunk sizes 8, 16 and 32, interleaved, median of `--repeats`; the log-probs of the
-two are checked equal (1e-4). Writes bench/results/teacher_scoring.{json,md}.
+Each is scored by the run's teacher both ways (`plain`: the scoring before prefix sharing, length-sorted chunks
+with the shared padding trimmed, one `forward_completion` each) at 16, 32 and 64 rows a chunk, interleaved,
+median of `--repeats`; the log-probs of the two are checked equal (1e-4). Writes
+bench/results/teacher_scoring.{json,md}.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from rakd.models.load import load_causal_lm
 from rakd.rollout import (
     Rollouts,
     forward_completion,
+    prefix_forests,
     sample,
     score_completions,
     select_rows,
@@ -39,13 +43,14 @@ from rakd.rollout import (
     trimmed,
 )
 from rakd.tables import markdown_table, text_table
+from rakd.verify import reward
 
 RESULTS = Path(__file__).parent / "results"
-GROUP, GROUPS = 8, 5
+GROUP, GROUPS, SIZES = 8, 5, (16, 32, 64)
 
 
 def plain_scores(model, rollouts: Rollouts, batch_size: int) -> torch.Tensor:
-    """The scoring before the shared prefill: length-sorted, trimmed chunks, one pass over prompt + completion."""
+    """The scoring before prefix sharing: length-sorted, trimmed chunks, one pass over prompt + completion."""
     scores = torch.zeros(rollouts.completion_ids.shape)
     lengths = rollouts.prompt_mask.sum(-1) + rollouts.completion_mask.sum(-1)
     with torch.no_grad():
@@ -59,12 +64,18 @@ def plain_scores(model, rollouts: Rollouts, batch_size: int) -> torch.Tensor:
     return scores
 
 
-def demo_batch(run: Path, tokenizer) -> Rollouts:
-    student, _ = load_causal_lm(run / "student")
-    records = read_jsonl(run / "data" / "train.jsonl")[:16]
+def informative_batch(student_dir: Path, run: Path, tokenizer) -> Rollouts:
+    """The first `GROUPS` groups of G samples with mixed rewards, from 64 train prompts."""
+    student, _ = load_causal_lm(student_dir)
+    records = read_jsonl(run / "data" / "train.jsonl")[:64]
     questions = [r["question"] for r in records for _ in range(GROUP)]
     batch = sample(student.eval(), tokenizer, questions, max_new_tokens=64, seed=0, group_size=GROUP)
-    return select_rows(batch, torch.arange(GROUP * GROUPS))
+    mixed = []
+    for g, record in enumerate(records):
+        rows = range(g * GROUP, (g + 1) * GROUP)
+        if len({reward(batch.texts[i], record["answer"]) for i in rows}) > 1:
+            mixed.extend(rows)
+    return select_rows(batch, torch.tensor(mixed[: GROUP * GROUPS]))
 
 
 def long_batch(vocab: int) -> Rollouts:
@@ -87,44 +98,54 @@ def main() -> None:
     run = Path(args.run)
     teacher, tokenizer = load_causal_lm(run / "teacher")
     teacher.eval()
-    batches = {"demo": demo_batch(run, tokenizer), "long": long_batch(teacher.config.vocab_size)}
+    batches = {}
+    if (run / "compare" / "warmstart" / "config.json").exists():
+        batches["warm start"] = informative_batch(run / "compare" / "warmstart", run, tokenizer)
+    batches["trained"] = informative_batch(run / "student", run, tokenizer)
+    batches["long"] = long_batch(teacher.config.vocab_size)
     rows = []
     for name, batch in batches.items():
         difference = (plain_scores(teacher, batch, 32) - score_completions(teacher, batch)).abs().max().item()
-        assert difference < 1e-4, f"{name}: shared and plain scoring differ by {difference}"
+        assert difference < 1e-4, f"{name}: forest and plain scoring differ by {difference}"
+        real = int(batch.prompt_mask.sum() + batch.completion_mask.sum())
+        packed = sum(int(f.sizes.sum()) for f in prefix_forests(batch, 64))
         times: dict[tuple[str, int], list[float]] = {}
         for _ in range(args.repeats):
-            for size in (8, 16, 32):
-                for way, score in (("plain", plain_scores), ("shared", score_completions)):
+            for size in SIZES:
+                for way, score in (("plain", plain_scores), ("forest", score_completions)):
                     start = time.perf_counter()
                     score(teacher, batch, size)
                     times.setdefault((way, size), []).append(time.perf_counter() - start)
-        for size in (8, 16, 32):
-            plain, shared = (statistics.median(times[(way, size)]) for way in ("plain", "shared"))
+        for size in SIZES:
+            plain, forest = (statistics.median(times[(way, size)]) for way in ("plain", "forest"))
             rows.append(
                 {
                     "batch": name,
+                    "rows": len(batch.texts),
                     "prompt_tokens": float(batch.prompt_mask.sum(-1).float().mean()),
                     "completion_tokens": float(batch.completion_mask.sum(-1).float().mean()),
+                    "row_tokens": real,
+                    "forest_tokens": packed,
                     "chunk_rows": size,
                     "plain_s": plain,
-                    "shared_s": shared,
-                    "speedup": plain / shared,
+                    "forest_s": forest,
+                    "speedup": plain / forest,
                     "max_abs_logprob_diff": difference,
                 }
             )
     machine = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__}
     title = (
-        f"{machine['cpu']}, {args.threads} thread(s), fp32, teacher of {args.run}, {GROUPS} groups x G={GROUP}, "
-        f"median of {args.repeats}"
+        f"{machine['cpu']}, {args.threads} thread(s), fp32, teacher of {args.run}, {GROUPS} informative groups x "
+        f"G={GROUP}, median of {args.repeats}"
     )
     table = [
         {
             "batch": r["batch"],
             "prompt / completion tokens": f"{r['prompt_tokens']:.0f} / {r['completion_tokens']:.0f}",
+            "tokens: rows / forest": f"{r['row_tokens']} / {r['forest_tokens']}",
             "chunk rows": r["chunk_rows"],
             "plain s": f"{r['plain_s']:.4f}",
-            "shared prefill s": f"{r['shared_s']:.4f}",
+            "forest s": f"{r['forest_s']:.4f}",
             "speed-up": f"{r['speedup']:.2f}x",
         }
         for r in rows
