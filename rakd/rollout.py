@@ -321,23 +321,38 @@ class _Tree:
     predictors: list[list[int]] = field(default_factory=list)  # per row: the index of the token before each
 
 
-def _prefix_trees(rollouts: Rollouts) -> list[_Tree]:
-    """Every row of `rollouts` in the tree of its prompt (rows with the same prompt ids and mask share one)."""
+FOREST_MAX_TOKENS = 1024  # a prompt's tree grows past this in a new sequence (attention is dense in L)
+
+
+def _prefix_trees(rollouts: Rollouts, max_tokens: int = FOREST_MAX_TOKENS) -> list[_Tree]:
+    """Every row of `rollouts` in the tree of its prompt (rows with the same prompt ids and mask share one). A
+    row whose new prefixes would take its prompt's tree past `max_tokens` starts another tree for that prompt:
+    attention over a sequence costs its length squared, so rows that share little are better apart."""
     prompts = torch.cat([rollouts.prompt_ids, rollouts.prompt_mask], dim=1)
     group = torch.unique(prompts, dim=0, return_inverse=True)[1].tolist() if len(prompts) else []
-    trees: dict[int, _Tree] = {}
-    tries: dict[int, dict[tuple[int, int], int]] = {}
+    trees: list[_Tree] = []
+    current: dict[int, tuple[_Tree, dict[tuple[int, int], int]]] = {}  # group -> its growing tree and trie
     for row, (g, n, completion) in enumerate(
         zip(group, rollouts.completion_mask.sum(-1).tolist(), rollouts.completion_ids.tolist())
     ):
-        if g not in trees:
+        completion = completion[:n]
+        if g in current:
+            tree, trie = current[g]
+            shared, parent = 0, tree.prompt_len - 1
+            while shared < n and (parent, completion[shared]) in trie:
+                parent = trie[(parent, completion[shared])]
+                shared += 1
+            if shared < n and len(tree.tokens) + n - shared > max_tokens:  # a row that adds nothing joins
+                del current[g]
+        if g not in current:
             prompt = rollouts.prompt_ids[row][rollouts.prompt_mask[row].bool()].tolist()
             if not prompt:
                 raise ValueError(f"row {row} has an empty prompt: nothing predicts its first completion token")
-            trees[g], tries[g] = _Tree(prompt, list(range(len(prompt))), len(prompt)), {}
-        tree, trie = trees[g], tries[g]
+            current[g] = (_Tree(prompt, list(range(len(prompt))), len(prompt)), {})
+            trees.append(current[g][0])
+        tree, trie = current[g]
         parent, path, before = tree.prompt_len - 1, [], []
-        for token in completion[:n]:
+        for token in completion:
             node = trie.get((parent, token))
             if node is None:
                 node = trie[(parent, token)] = len(tree.tokens)
@@ -349,15 +364,16 @@ def _prefix_trees(rollouts: Rollouts) -> list[_Tree]:
         tree.rows.append(row)
         tree.paths.append(path)
         tree.predictors.append(before)
-    return list(trees.values())
+    return trees
 
 
 @dataclass
 class PrefixForest:
-    """Rows packed as one sequence per distinct prompt (`_Tree`): the prompt, then the trie of its rows'
-    completions, each distinct prefix computed once (a group's G samples often agree for many tokens, or
-    entirely). A token attends to its prompt and its ancestors and sits at the position it has in each row that
-    passes through it, so its logits are those of a plain pass over any of those rows."""
+    """Rows packed as one sequence per distinct prompt (`_Tree`; more than one where its tree would grow past
+    `FOREST_MAX_TOKENS`): the prompt, then the trie of its rows' completions, each distinct prefix computed once
+    (a group's G samples often agree for many tokens, or entirely). A token attends to its prompt and its
+    ancestors and sits at the position it has in each row that passes through it, so its logits are those of a
+    plain pass over any of those rows."""
 
     rows: torch.Tensor  # (R,) the packed rows of the batch
     ids: torch.Tensor  # (S, L) right-padded
@@ -369,10 +385,11 @@ class PrefixForest:
     valid: torch.Tensor  # (R, T) bool
 
 
-def prefix_forests(rollouts: Rollouts, rows: int) -> list[PrefixForest]:
+def prefix_forests(rollouts: Rollouts, rows: int, max_tokens: int = FOREST_MAX_TOKENS) -> list[PrefixForest]:
     """`rollouts` as prefix forests of at most `rows` rows each (a group larger than that alone), the trees sorted
-    by size so that a forest's sequences carry little padding."""
-    trees = sorted(_prefix_trees(rollouts), key=lambda t: len(t.tokens))
+    by size so that a forest's sequences carry little padding; a tree holds at most `max_tokens` tokens unless
+    one row alone is longer."""
+    trees = sorted(_prefix_trees(rollouts, max_tokens), key=lambda t: len(t.tokens))
     chunks: list[list[_Tree]] = []
     for tree in trees:
         if chunks and sum(len(t.rows) for t in chunks[-1]) + len(tree.rows) <= rows:

@@ -7,6 +7,7 @@ from rakd.rollout import (
     completion_mask,
     encode_prompts,
     forest_logits,
+    forest_logprobs,
     forward_completion,
     prefix_forests,
     sample,
@@ -139,6 +140,17 @@ def test_scoring_packs_each_distinct_prefix_once_with_the_same_log_probs(model, 
             assert sum(int(f.sizes.sum()) for f in forests) == prompt_tokens + nodes
     finally:
         hook.remove()
+    longest = int((batch.prompt_mask.sum(-1) + batch.completion_mask.sum(-1)).max())
+    for cap in (1, longest, 2 * longest):  # a prompt's tree that would grow past the cap continues in another
+        forests = prefix_forests(batch, 64, max_tokens=cap)
+        sizes = torch.cat([f.sizes for f in forests])
+        assert int(sizes.max()) <= max(cap, longest) and (len(sizes) > len(QUESTIONS) or cap > longest)
+        scores = torch.zeros_like(expected)
+        with torch.no_grad():
+            for forest in forests:
+                logprobs = forest_logprobs(model, forest)
+                scores[forest.rows, : logprobs.shape[1]] = logprobs
+        torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="row 0 has an empty prompt"):
         empty = Rollouts(batch.prompt_ids[:1], 0 * batch.prompt_mask[:1], ids[:1], batch.completion_mask[:1], [""])
         prefix_forests(empty, 4)
