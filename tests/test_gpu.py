@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rakd.models.zoo import build_model, preset_config
-from rakd.rollout import sample
+from rakd.rollout import sample, score_completions
 from rakd.train.common import autocast
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -29,3 +29,12 @@ def test_autocast_is_bf16_on_cuda(tokenizer):
     with autocast(torch.device("cuda")):
         logits = model(torch.tensor([[1, 2, 3]], device="cuda")).logits
     assert logits.dtype == torch.bfloat16
+
+
+def test_prefix_forest_scoring_on_cuda_matches_cpu(tokenizer):
+    """Scoring packs rows as prefix forests with a 4-D bool mask: CUDA's SDPA kernels give the CPU's log-probs."""
+    model = build_model(preset_config("test-micro", tokenizer), seed=3).eval()
+    batch = sample(model, tokenizer, [q for q in QUESTIONS for _ in range(4)], max_new_tokens=10, seed=1, group_size=4)
+    batch.completion_ids[1] = batch.completion_ids[0]
+    cpu = score_completions(model, batch)
+    torch.testing.assert_close(score_completions(model.cuda(), batch), cpu, atol=1e-4, rtol=0)
