@@ -1,4 +1,4 @@
-"""Rollout throughput: transformers' generate() against the hand-written KV-cache loop.
+"""Rollout throughput: transformers' generate() (dynamic and static cache) against the hand-written KV-cache loop.
 
     .venv/bin/python bench/rollout.py [--model runs/tiny/teacher] [--threads 1]
     python bench/rollout.py --device cuda --preset student-tiny \
@@ -81,7 +81,7 @@ def main() -> None:
         (f"batch of {args.batch} mixed-length prompts", questions[: args.batch]),
         ("one sequence", questions[:1]),
     ):
-        for backend in ("generate", "loop"):
+        for backend in ("generate", "loop", "static"):
             tok_s, secs = measure(model, tokenizer, batch, backend, max_new_tokens=args.max_new_tokens)
             print(f"{label:<36} {backend:<9} {tok_s:9.0f} tokens/s  (last run {secs:.2f}s)")
 

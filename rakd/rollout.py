@@ -4,16 +4,21 @@ Prompts are always left-padded and position ids always follow the attention
 mask: right padding or positions counted from the padded start silently
 change what a model computes for the shorter prompts of a batch.
 
-Two samplers give the same distribution: `loop` (a hand-written KV-cache loop,
-the default) and `generate` (transformers' `model.generate`). On this 2-core
-machine `bench/rollout.py` measured the loop faster for a batch of 128
-mixed-length prompts on teacher-tiny (961 vs 810 tokens/s at 1 thread, 1386 vs
-1243 at 2) and on par for student-tiny; re-measure on other hardware.
+Three samplers give the same distribution (`distill.rl.backend`): `loop` (a
+hand-written KV-cache loop, the default), `generate` (transformers'
+`model.generate`) and `static` (`generate` over a pre-allocated cache, whose
+decode step transformers compiles once on CUDA: CUDA graphs). On this 2-core
+machine `bench/rollout.py` measured the loop fastest for a batch of 128
+mixed-length prompts: on teacher-tiny 961 vs 810 tokens/s (generate) at 1
+thread; on the demo's trained student 2626 vs 1873 (generate) and 2260
+(static). `static` is for the GPU, where it is unmeasured (no device was
+lent); `bench/gpu_check.sh` times all three at batch 512.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
@@ -23,7 +28,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from rakd.data.format import model_prompt
 from rakd.progress import Progress
 
-Backend = Literal["generate", "loop"]
+Backend = Literal["generate", "loop", "static"]
 COMPACT_EVERY = 8  # decode steps between EOS checks (and dropping finished rows) in the loop sampler
 
 
@@ -155,7 +160,9 @@ def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id
 
 
 @torch.no_grad()
-def _sample_generate(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id, pad_id, generator):
+def _sample_generate(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, cache=None):
+    """transformers' `generate`; `cache="static"` pre-allocates the KV cache for prompt + max_new_tokens, and on
+    CUDA transformers then compiles the decode step once (torch.compile, "reduce-overhead": CUDA graphs)."""
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     with torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -169,11 +176,12 @@ def _sample_generate(model, ids, mask, *, max_new_tokens, temperature, top_p, eo
             top_k=0 if temperature > 0 else None,
             eos_token_id=eos_id,
             pad_token_id=pad_id,
+            cache_implementation=cache,
         )
     return out[:, ids.shape[1] :]
 
 
-_SAMPLERS = {"loop": _sample_loop, "generate": _sample_generate}
+_SAMPLERS = {"loop": _sample_loop, "generate": _sample_generate, "static": partial(_sample_generate, cache="static")}
 
 
 def sample(

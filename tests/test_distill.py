@@ -143,6 +143,21 @@ def test_one_step_changes_every_student_parameter_and_no_teacher_parameter(
     assert all(torch.equal(v, before_t[k]) for k, v in teacher.state_dict().items())
 
 
+@pytest.mark.parametrize("backend", ["generate", "static"])
+def test_an_rl_step_runs_on_every_sampler(backend, tokenizer, tiny_records, monkeypatch, tmp_path):
+    """`distill.rl.backend`: the `generate` and `static` samplers feed a `rakd` step that updates the student
+    (`loop`, the default, is every other test's; the samplers' agreement is tests/test_rollout.py's)."""
+    monkeypatch.setattr("rakd.train.rl.reward", lambda text, answer: float(len(text) % 2))
+    teacher = build_model(preset_config("test-micro", tokenizer), seed=0).requires_grad_(False)
+    student = build_model(preset_config("test-micro", tokenizer), seed=1)
+    records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:8]]
+    cfg = RLConfig(prompts_per_step=4, group_size=4, max_new_tokens=12, minibatch_size=64, backend=backend)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    metrics = RLTrainer(student, teacher, tokenizer, records, [], "rakd", LossParams(), cfg, tmp_path, seed=0).step(0)
+    assert metrics["updates"] == 1 and metrics["rows_in_loss"] > 0
+    assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
+
+
 def test_tokenizer_mismatch_names_both(tokenizer, tmp_path, tiny_records):
     from transformers import AutoTokenizer
 

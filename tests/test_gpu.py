@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 QUESTIONS = ["1+1=?", "12*13-4+7=?", "9-2=?"]
 
 
-@pytest.mark.parametrize("backend", ["generate", "loop"])
+@pytest.mark.parametrize("backend", ["generate", "loop", "static"])
 def test_sampling_on_cuda_is_seeded_and_greedy_matches_cpu(tokenizer, backend):
     model = build_model(preset_config("test-micro", tokenizer), seed=3).eval()
     cpu = sample(model, tokenizer, QUESTIONS, max_new_tokens=10, temperature=0.0, backend=backend)

@@ -38,7 +38,7 @@ def test_prompts_are_left_padded_without_changing_the_callers_tokenizer(tokenize
         tokenizer.padding_side = "left"
 
 
-@pytest.mark.parametrize("backend", ["generate", "loop"])
+@pytest.mark.parametrize("backend", ["generate", "loop", "static"])
 def test_batched_greedy_equals_one_by_one_with_mixed_lengths(model, tokenizer, backend):
     batch = sample(model, tokenizer, QUESTIONS, max_new_tokens=12, temperature=0.0, backend=backend)
     for i, question in enumerate(QUESTIONS):
@@ -49,12 +49,14 @@ def test_batched_greedy_equals_one_by_one_with_mixed_lengths(model, tokenizer, b
 
 
 def test_backends_agree_when_greedy(model, tokenizer):
-    a = sample(model, tokenizer, QUESTIONS, max_new_tokens=10, temperature=0.0, backend="generate")
-    b = sample(model, tokenizer, QUESTIONS, max_new_tokens=10, temperature=0.0, backend="loop")
-    assert a.texts == b.texts
+    a, b, c = (
+        sample(model, tokenizer, QUESTIONS, max_new_tokens=10, temperature=0.0, backend=backend)
+        for backend in ("generate", "loop", "static")
+    )
+    assert a.texts == b.texts == c.texts
 
 
-@pytest.mark.parametrize("backend", ["generate", "loop"])
+@pytest.mark.parametrize("backend", ["generate", "loop", "static"])
 def test_sampling_is_seeded(model, tokenizer, backend):
     kw = dict(max_new_tokens=10, temperature=1.0, backend=backend)
     a = sample(model, tokenizer, QUESTIONS * 4, seed=5, **kw)

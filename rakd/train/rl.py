@@ -83,7 +83,11 @@ class RLConfig(StageConfig):
     time_budget_s: float | None = Field(
         None, gt=0, description="stop after this many seconds of RL (a compute-matched baseline); steps stays the cap"
     )
-    backend: Backend = "loop"
+    backend: Backend = Field(
+        "loop",
+        description="sampler: loop (our KV-cache loop, fastest on CPU), generate, or static (generate over a "
+        "pre-allocated cache, compiled once on CUDA); the same distribution (rakd.rollout)",
+    )
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=10, schedule="constant"))
 
 
