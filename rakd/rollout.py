@@ -103,7 +103,7 @@ def _next_token(logits, temperature, top_p, generator):
     """One token per row: sampled from softmax(logits / temperature) (top-p filtered), or greedy at 0. Sampling
     inverts the CDF with one uniform draw per row; `torch.multinomial` draws one exponential per vocabulary entry
     (17% of a decode loop's time on the demo's student). A zero-probability token is never drawn: the first
-    index whose cumulative sum exceeds u * total is taken."""
+    index whose cumulative sum exceeds u * total is taken, and u * total < total in float32 (u ≤ 1 - 2^-24)."""
     if temperature > 0:
         cdf = _filter_top_p(logits.float() / temperature, top_p).softmax(-1).cumsum(-1)
         u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device) * cdf[:, -1:]
