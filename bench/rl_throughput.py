@@ -171,7 +171,13 @@ def main() -> None:
     parser.add_argument("--trl-betas", default="0,0.04", help="comma list; empty: skip TRL")
     parser.add_argument("--rounds", type=int, default=3, help="repeats of the whole comparison (medians reported)")
     parser.add_argument("--out", default=str(RESULTS / "rl_throughput"))
+    parser.add_argument("--plot-from", help="only draw the PNG beside a saved result JSON (no bench run)")
     args = parser.parse_args()
+    if args.plot_from:
+        saved = json.loads(Path(args.plot_from).read_text())
+        title = f"{saved['machine']['cpu']}, " + ", ".join(f"{k} {v}" for k, v in saved["setup"].items())
+        plot(saved["rows"], title, Path(args.plot_from).with_suffix(".png"))
+        return
     run = Path(args.run)
     if not (run / "student" / "model.safetensors").exists():
         raise SystemExit(f"{run}/student has no model: run `make demo` first (or pass --run)")
@@ -254,7 +260,48 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "setup": setup, "rows": rows}, indent=2))
     out.with_suffix(".md").write_text(f"{title}\n\n{markdown_table(table)}\n")
-    print(f"wrote {out}.json and {out}.md")
+    plot(rows, title, out.with_suffix(".png"))
+    print(f"wrote {out}.json, {out}.md and {out}.png")
+
+
+def plot(rows: list[dict], title: str, path: Path) -> None:
+    """Seconds per step as horizontal bars, ours split into sample / teacher / update (TRL's is one bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = (
+        ("sample_s", "sample", "tab:blue"),
+        ("teacher_s", "teacher", "tab:orange"),
+        ("update_s", "update", "tab:green"),
+    )
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.4))
+    for y, row in enumerate(reversed(rows)):
+        left = 0.0
+        if row.get("sample_s") is None:
+            ax.barh(y, row["s_per_step"], color="tab:gray", label="TRL step (no split)" if y == 0 else None)
+        else:
+            for key, label, color in parts:
+                ax.barh(y, row[key], left=left, color=color, label=label if y == len(rows) - 1 else None)
+                left += row[key]
+            ax.barh(
+                y,
+                max(0.0, row["s_per_step"] - left),
+                left=left,
+                color="lightgray",
+                label="other" if y == len(rows) - 1 else None,
+            )
+        ax.text(row["s_per_step"], y, f" {row['s_per_step']:.3f} s", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r["trainer"] for r in reversed(rows)])
+    ax.set_xlabel("seconds per RL step (median)")
+    ax.set_xlim(0, 1.15 * max(r["s_per_step"] for r in rows))
+    ax.set_title(title, fontsize=7, wrap=True)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
