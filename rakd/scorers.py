@@ -3,7 +3,7 @@
 TRRD, KDRL and OPD need from the teacher only log π_T of the tokens the student sampled, so the teacher need not
 be a torch module in the training process:
 
-- `torch` (the default): the teacher checkpoint in this process, in length-sorted chunks (`score_completions`).
+- `torch` (the default): the teacher checkpoint in this process, as prefix forests (`score_completions`).
 - `llama_cpp`: a GGUF teacher (possibly quantised) scored by llama.cpp on the CPU, one sequence at a time with
   an F32 KV cache. The token ids are passed as they are, so the GGUF must carry the student's vocabulary (one
   family, or a teacher exported by `rakd export`). On an F32 GGUF it matches `torch` within 1e-4 per token
