@@ -329,6 +329,7 @@ class _Tree:
     tokens: list[int]
     positions: list[int]
     prompt_len: int
+    parents: list[int] = field(default_factory=list)  # per completion token (index prompt_len + i): its parent
     rows: list[int] = field(default_factory=list)
     paths: list[list[int]] = field(default_factory=list)  # per row: the index of each completion token
     predictors: list[list[int]] = field(default_factory=list)  # per row: the index of the token before each
@@ -371,6 +372,7 @@ def _prefix_trees(rollouts: Rollouts, max_tokens: int = FOREST_MAX_TOKENS) -> li
                 node = trie[(parent, token)] = len(tree.tokens)
                 tree.tokens.append(token)
                 tree.positions.append(tree.positions[parent] + 1)
+                tree.parents.append(parent)
             before.append(parent)
             path.append(node)
             parent = node
@@ -419,7 +421,16 @@ def _forest(trees: list[_Tree]) -> PrefixForest:
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     for s, tree in enumerate(trees):
         allowed[s, : tree.prompt_len, : tree.prompt_len] = causal[: tree.prompt_len, : tree.prompt_len]
-        allowed[s, tree.prompt_len : len(tree.tokens), : tree.prompt_len] = True
+    # a completion token sees what its parent sees, and itself: filled a depth at a time, parents first
+    seq = torch.tensor([s for s, t in enumerate(trees) for _ in t.parents], dtype=torch.long)
+    node = torch.tensor([i for t in trees for i in range(t.prompt_len, len(t.tokens))], dtype=torch.long)
+    parent = torch.tensor([p for t in trees for p in t.parents], dtype=torch.long)
+    level = torch.tensor([q - t.prompt_len for t in trees for q in t.positions[t.prompt_len :]], dtype=torch.long)
+    order = torch.argsort(level, stable=True)
+    for part in order.split(torch.bincount(level).tolist()) if len(level) else []:
+        s, n, p = seq[part], node[part], parent[part]
+        allowed[s, n] = allowed[s, p]
+        allowed[s, n, n] = True
 
     def padded(lists: list[list[int]], size: int) -> torch.Tensor:
         return torch.tensor([x + [0] * (size - len(x)) for x in lists], dtype=torch.long)
@@ -428,9 +439,6 @@ def _forest(trees: list[_Tree]) -> PrefixForest:
     predictors = padded([p for t in trees for p in t.predictors], depth)
     valid = torch.arange(depth)[None] < torch.tensor([len(p) for t in trees for p in t.paths])[:, None]
     owner = torch.tensor([s for s, t in enumerate(trees) for _ in t.rows], dtype=torch.long)
-    # a completion token attends to each token before it on its row's path (itself included)
-    r, i, j = (valid[:, :, None] & valid[:, None, :] & causal[:depth, :depth]).nonzero(as_tuple=True)
-    allowed[owner[r], paths[r, i], paths[r, j]] = True
     offset = (owner * width)[:, None]
     return PrefixForest(
         rows=torch.tensor([row for t in trees for row in t.rows], dtype=torch.long),
