@@ -349,15 +349,17 @@ def _prefix_trees(rollouts: Rollouts, max_tokens: int = FOREST_MAX_TOKENS) -> li
     for row, (g, n, completion) in enumerate(
         zip(group, rollouts.completion_mask.sum(-1).tolist(), rollouts.completion_ids.tolist())
     ):
-        completion = completion[:n]
-        if g in current:
+        completion, path, before = completion[:n], [], []
+        if g in current:  # the row's head that the tree already holds: one walk down the trie
             tree, trie = current[g]
-            shared, parent = 0, tree.prompt_len - 1
-            while shared < n and (parent, completion[shared]) in trie:
-                parent = trie[(parent, completion[shared])]
-                shared += 1
-            if shared < n and len(tree.tokens) + n - shared > max_tokens:  # a row that adds nothing joins
+            parent = tree.prompt_len - 1
+            while len(path) < n and (parent, completion[len(path)]) in trie:
+                before.append(parent)
+                parent = trie[(parent, completion[len(path)])]
+                path.append(parent)
+            if len(path) < n and len(tree.tokens) + n - len(path) > max_tokens:  # a row that adds nothing joins
                 del current[g]
+                path, before = [], []
         if g not in current:
             prompt = rollouts.prompt_ids[row][rollouts.prompt_mask[row].bool()].tolist()
             if not prompt:
@@ -365,14 +367,12 @@ def _prefix_trees(rollouts: Rollouts, max_tokens: int = FOREST_MAX_TOKENS) -> li
             current[g] = (_Tree(prompt, list(range(len(prompt))), len(prompt)), {})
             trees.append(current[g][0])
         tree, trie = current[g]
-        parent, path, before = tree.prompt_len - 1, [], []
-        for token in completion:
-            node = trie.get((parent, token))
-            if node is None:
-                node = trie[(parent, token)] = len(tree.tokens)
-                tree.tokens.append(token)
-                tree.positions.append(tree.positions[parent] + 1)
-                tree.parents.append(parent)
+        parent = path[-1] if path else tree.prompt_len - 1
+        for token in completion[len(path) :]:  # past the shared head every token is a new node
+            node = trie[(parent, token)] = len(tree.tokens)
+            tree.tokens.append(token)
+            tree.positions.append(tree.positions[parent] + 1)
+            tree.parents.append(parent)
             before.append(parent)
             path.append(node)
             parent = node
