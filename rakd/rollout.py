@@ -4,31 +4,47 @@ Prompts are always left-padded and position ids always follow the attention
 mask: right padding or positions counted from the padded start silently
 change what a model computes for the shorter prompts of a batch.
 
-Three samplers give the same distribution (`distill.rl.backend`): `loop` (a
-hand-written KV-cache loop, the default), `generate` (transformers'
-`model.generate`) and `static` (`generate` over a pre-allocated cache, whose
-decode step transformers compiles once on CUDA: CUDA graphs). On this 2-core
-machine `bench/rollout.py` measured the loop fastest for a batch of 128
-mixed-length prompts: on teacher-tiny 961 vs 810 tokens/s (generate) at 1
-thread; on the demo's trained student 2626 vs 1873 (generate) and 2260
-(static). `static` is for the GPU, where it is unmeasured (no device was
-lent); `bench/gpu_check.sh` times all three at batch 512.
+Four samplers give the same distribution (`distill.rl.backend`; `auto`, the
+default, takes `graph` on CUDA and `loop` elsewhere): `loop` (a hand-written
+KV-cache loop: each distinct prompt prefilled once for its G samples, finished
+rows dropped every 8 tokens), `graph` (our decode step over a pre-allocated
+cache, captured once per call as a CUDA graph and replayed; eager elsewhere),
+`generate` (transformers' `model.generate`) and `static` (`generate` over a
+pre-allocated cache, whose decode step transformers compiles on CUDA).
+`bench/rollout.py`, 64 prompts x G=8 = 512 rows x 160 new tokens, H200 (random
+GPU-config student, bf16 autocast): graph 243-259k tokens/s, loop 73k, static
+66k, generate 33-35k, the loop before this work 69k. On this project's 2-core
+CPU (demo student, 128 prompts): loop 2626, static 2260, generate 1873.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers.cache_utils import StaticLayer
 
 from rakd.data.format import model_prompt
 from rakd.progress import Progress
 
-Backend = Literal["generate", "loop", "static"]
+Backend = Literal["auto", "generate", "loop", "static", "graph"]
+
+
+def resolve_backend(backend: Backend, device: torch.device) -> Backend:
+    """`auto`: `graph` on CUDA, `loop` elsewhere (what `bench/rollout.py` measured fastest on each: on an H200 at
+    512 rows x 160 tokens graph 243-259k tokens/s, loop 73k, static 66k, generate 33-35k; on this project's 2-core
+    CPU loop 2626, static 2260, generate 1873 on the demo student)."""
+    if backend == "auto":
+        return "graph" if device.type == "cuda" else "loop"
+    return backend
+
+
 COMPACT_EVERY = 8  # decode steps between EOS checks (and dropping finished rows) in the loop sampler
 
 
@@ -100,14 +116,20 @@ def _mask_for(model, allowed: torch.Tensor) -> torch.Tensor:
 
 
 def _next_token(logits, temperature, top_p, generator):
-    """One token per row: sampled from softmax(logits / temperature) (top-p filtered), or greedy at 0. Sampling
-    inverts the CDF with one uniform draw per row; `torch.multinomial` draws one exponential per vocabulary entry
-    (17% of a decode loop's time on the demo's student). A zero-probability token is never drawn: the first
-    index whose cumulative sum exceeds u * total is taken, and u * total < total in float32 (u ≤ 1 - 2^-24)."""
+    """One token per row: sampled from softmax(logits / temperature) (top-p filtered), or greedy at 0."""
+    u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device) if temperature > 0 else None
+    return _draw(logits, temperature, top_p, u)
+
+
+def _draw(logits, temperature, top_p, u):
+    """The token each row's uniform `u` (B, 1) picks from softmax(logits / temperature) (top-p filtered); greedy at
+    temperature 0 (`u` unused). Inverting the CDF takes one uniform per row; `torch.multinomial` draws one
+    exponential per vocabulary entry (17% of a decode loop's time on the demo's student). A zero-probability token
+    is never drawn: the first index whose cumulative sum exceeds u * total is taken, and u * total < total in
+    float32 (u ≤ 1 - 2^-24)."""
     if temperature > 0:
         cdf = _filter_top_p(logits.float() / temperature, top_p).softmax(-1).cumsum(-1)
-        u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device) * cdf[:, -1:]
-        return torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1).squeeze(-1)
+        return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=cdf.shape[-1] - 1).squeeze(-1)
     return logits.argmax(-1)
 
 
@@ -116,20 +138,21 @@ def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id
     """The KV-cache decode loop. `ids`/`mask` hold each distinct prompt once when `group_size` > 1: the prompts
     are prefilled once and their cache expanded G times. Every `COMPACT_EVERY` tokens (the loop's only host
     synchronisation) rows that have emitted EOS leave the batch and the cache, so the rest decode a smaller one."""
-    cache = DynamicCache()
-    positions = position_ids(mask)
-    out = model(
-        input_ids=ids,
-        attention_mask=attention_mask_4d(model, mask, ids.shape[1]),
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-    )
-    logits = out.logits[:, -1]
-    positions = positions[:, -1:]
-    if group_size > 1:
-        cache.batch_repeat_interleave(group_size)
-        logits, mask, positions = (t.repeat_interleave(group_size, dim=0) for t in (logits, mask, positions))
+    with _no_cudnn_attention(ids.device):
+        return _loop(model, ids, mask, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, group_size)
+
+
+def _no_cudnn_attention(device: torch.device):
+    """SDPA without its cuDNN kernel on CUDA: cuDNN builds a plan for every new (batch, key length) shape, about
+    10 ms of host time each (H200, torch 2.11), and the loop's shapes change every step and with every seed as
+    rows leave the batch: 8.3 s instead of 0.9 s for 512 rows x 160 tokens."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def _loop(model, ids, mask, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, group_size):
+    cache, logits, mask, positions = _prefill(model, ids, mask, group_size)
     rows = logits.shape[0]
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=ids.device)
     active = torch.arange(rows, device=ids.device)  # the output row of each batch row still decoding
@@ -158,10 +181,128 @@ def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id
             past_key_values=cache,
             use_cache=True,
         ).logits[:, -1]
+    return _trim(tokens, eos_id)
+
+
+def _prefill(model, ids, mask, group_size):
+    """One forward over the distinct prompts into a DynamicCache, expanded G times: (cache, last logits, the mask
+    and each row's last position, both repeated G times)."""
+    cache = DynamicCache()
+    positions = position_ids(mask)
+    logits = model(
+        input_ids=ids,
+        attention_mask=attention_mask_4d(model, mask, ids.shape[1]),
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    ).logits[:, -1]
+    positions = positions[:, -1:]
+    if group_size > 1:
+        cache.batch_repeat_interleave(group_size)
+        logits, mask, positions = (t.repeat_interleave(group_size, dim=0) for t in (logits, mask, positions))
+    return cache, logits, mask, positions
+
+
+class _StaticLayer(StaticLayer):
+    """A StaticLayer that writes keys and values in its own dtype. Under autocast the keys leave the rotary
+    embedding in the model's dtype and the values leave their projection in bf16: StaticLayer allocates both in
+    the keys' dtype and then fails to write the values (`index_copy_`: Float and BFloat16), in transformers' own
+    static-cache `generate` too. DynamicCache's concatenation promotes the values to the keys' dtype; so does
+    this, so that every sampler computes alike."""
+
+    def update(self, key_states, value_states, cache_kwargs=None):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states)
+        return super().update(key_states.to(self.dtype), value_states.to(self.dtype), cache_kwargs)
+
+
+def _static_cache(model, length: int, like: DynamicCache | None = None) -> StaticCache:
+    """A StaticCache of `length` columns (full-attention layers as `_StaticLayer`), holding `like`'s keys and
+    values (a filled DynamicCache's) in its first columns when given."""
+    cache = StaticCache(config=model.config, max_cache_len=length)
+    cache.layers = [_StaticLayer(length) if type(layer) is StaticLayer else layer for layer in cache.layers]
+    for index, filled in enumerate(like.layers if like is not None else []):
+        columns = torch.arange(filled.keys.shape[2], device=filled.keys.device)
+        cache.layers[index].update(filled.keys, filled.values, {"cache_position": columns})
+    return cache
+
+
+def _trim(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Completions up to the last row's EOS, as generate() stops (all of them when a row never ended)."""
     is_eos = tokens == eos_id
     if not bool(is_eos.any(1).all()):
         return tokens
-    return tokens[:, : int(is_eos.float().argmax(1).max()) + 1]  # up to the last row's EOS, as generate() stops
+    return tokens[:, : int(is_eos.float().argmax(1).max()) + 1]
+
+
+@torch.no_grad()
+def _sample_graph(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, group_size=1):
+    """Decoding over a pre-allocated cache whose every step is one fixed sequence of kernels on fixed buffers, so
+    that on CUDA it is captured once as a CUDA graph and replayed: no per-token Python, allocation or kernel
+    launches beyond one replay. The step reads its token's uniform from a table drawn up front, writes the key
+    and value at the step's cache column (`StaticCache`), opens that column in the attention mask, advances
+    positions and counters in place and records the token; finished rows emit pad. The host checks for
+    all-finished every `COMPACT_EVERY` steps (rows cannot leave a fixed-shape batch). The prompt is prefilled
+    once per distinct prompt, as in `loop`, and copied into the static cache. Elsewhere the same step runs
+    eagerly."""
+    dynamic, logits, mask, positions = _prefill(model, ids, mask, group_size)
+    rows, prompt_len, device = logits.shape[0], ids.shape[1], ids.device
+    cache = _static_cache(model, prompt_len + max_new_tokens, like=dynamic)
+    del dynamic
+    allowed = torch.zeros((rows, 1, 1, prompt_len + max_new_tokens), dtype=torch.bool, device=device)
+    allowed[:, 0, 0, :prompt_len] = mask.bool()
+    uniforms = torch.rand((max_new_tokens, rows, 1), generator=generator, device=device) if temperature > 0 else None
+    tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    tokens[:, 0] = _draw(logits, temperature, top_p, uniforms[0] if uniforms is not None else None)
+    finished = tokens[:, 0] == eos_id
+    token = tokens[:, :1].clone()
+    step = torch.zeros(1, dtype=torch.long, device=device)  # the column of `tokens` last written
+    column = torch.full((1,), prompt_len, dtype=torch.long, device=device)  # the cache column `token` goes to
+
+    def decode():
+        allowed.index_fill_(-1, column, True)
+        positions.add_(1)
+        logits = model(
+            input_ids=token,
+            attention_mask=_mask_for(model, allowed),
+            position_ids=positions,
+            past_key_values=cache,
+            cache_position=column,
+            use_cache=True,
+        ).logits[:, -1]
+        column.add_(1)
+        step.add_(1)
+        u = uniforms.index_select(0, step).squeeze(0) if uniforms is not None else None
+        new = torch.where(finished, pad_id, _draw(logits, temperature, top_p, u))
+        tokens.index_copy_(1, step, new[:, None])
+        finished.logical_or_(new == eos_id)
+        token.copy_(new[:, None])
+
+    run, done = decode, 1
+    if device.type == "cuda" and max_new_tokens > 2:
+        run, done = _captured(decode), 2  # the warm-up before capture is decode step 1
+    for t in range(done, max_new_tokens):
+        if t % COMPACT_EVERY == 0 and bool(finished.all()):
+            break
+        run()
+    return _trim(tokens, eos_id)
+
+
+def _captured(step):
+    """Run `step` once (warm-up, on a side stream as capture requires), then capture it as a CUDA graph and return
+    its replay. Autocast's cast cache is off inside: a cached bf16 weight copy made before capture would be freed
+    under the graph."""
+    autocast_on = torch.is_autocast_enabled("cuda")
+    cast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=autocast_on, cache_enabled=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), cast:
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), cast:
+        step()
+    return graph.replay
 
 
 @torch.no_grad()
@@ -169,6 +310,8 @@ def _sample_generate(model, ids, mask, *, max_new_tokens, temperature, top_p, eo
     """transformers' `generate`; `cache="static"` pre-allocates the KV cache for prompt + max_new_tokens, and on
     CUDA transformers then compiles the decode step once (torch.compile, "reduce-overhead": CUDA graphs)."""
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    if cache == "static":  # ours, not cache_implementation="static": that one fails under autocast (_StaticLayer)
+        cache = _static_cache(model, ids.shape[1] + max_new_tokens)
     with torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(
@@ -181,12 +324,17 @@ def _sample_generate(model, ids, mask, *, max_new_tokens, temperature, top_p, eo
             top_k=0 if temperature > 0 else None,
             eos_token_id=eos_id,
             pad_token_id=pad_id,
-            cache_implementation=cache,
+            past_key_values=cache,
         )
     return out[:, ids.shape[1] :]
 
 
-_SAMPLERS = {"loop": _sample_loop, "generate": _sample_generate, "static": partial(_sample_generate, cache="static")}
+_SAMPLERS = {
+    "loop": _sample_loop,
+    "graph": _sample_graph,
+    "generate": _sample_generate,
+    "static": partial(_sample_generate, cache="static"),
+}
 
 
 def sample(
@@ -199,7 +347,7 @@ def sample(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 256,
-    backend: Backend = "loop",
+    backend: Backend = "auto",
     progress: str | None = None,
     group_size: int = 1,
 ) -> Rollouts:
@@ -213,8 +361,9 @@ def sample(
         ):
             raise ValueError(f"group_size={group_size}: questions must repeat each prompt {group_size} times in a row")
         batch_size = max(group_size, batch_size - batch_size % group_size)
-    shared = group_size if backend == "loop" else 1
     device = next(model.parameters()).device
+    backend = resolve_backend(backend, device)
+    shared = group_size if backend in ("loop", "graph") else 1
     generator = torch.Generator(device=device).manual_seed(seed)  # multinomial needs one on the probs' device
     parts = []
     batches = range(0, len(questions), batch_size)
@@ -473,13 +622,28 @@ def forest_logprobs(model: PreTrainedModel, forest: PrefixForest, temperature: f
     return picked * forest.valid.to(device)
 
 
-def forest_logits(model: PreTrainedModel, rollouts: Rollouts) -> torch.Tensor:
-    """`forward_completion`'s logits (B, T, V), each predicting a completion token, from one forward pass over
-    the batch packed as a prefix forest: each distinct prompt and completion prefix computed once, and gradients
-    flow to it from every row that shares it. Entries past a row's end are arbitrary (masked by the caller)."""
+def packs_forests(device: torch.device) -> bool:
+    """Whether scoring and the update pack rows as prefix forests on `device`: on a CPU only. There the shared
+    prefixes are compute saved (teacher scoring 1.9-2.8x faster on the demo's samples). On an H200 (torch 2.11,
+    the GPU config's sizes, 512 rows x up to 160 tokens, `bench/gpu_profile.py`) building the forests took the
+    host 0.16 s, and scoring the 512 rows with the 34M teacher took 0.188 s as forests against 0.059 s as plain
+    padded passes; an update's forward + backward over 256 rows 0.104 against 0.024 s: the GPU recomputes the
+    shared prefixes faster than the host finds them."""
+    return device.type == "cpu"
+
+
+def forest_logits(model: PreTrainedModel, rollouts: Rollouts, packed: bool | None = None) -> torch.Tensor:
+    """`forward_completion`'s logits (B, T, V), each predicting a completion token. Packed (the default where
+    `packs_forests`), from one forward pass over the batch as a prefix forest: each distinct prompt and
+    completion prefix computed once, and gradients flow to it from every row that shares it; else one plain
+    padded pass. Entries past a row's end are arbitrary (masked by the caller)."""
     rows, width = len(rollouts.texts), rollouts.completion_ids.shape[1]
     if not rows:
         raise ValueError("forest_logits of an empty batch")
+    device = next(model.parameters()).device
+    if not (packs_forests(device) if packed is None else packed):
+        tensors = (rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids, rollouts.completion_mask)
+        return forward_completion(model, *(t.to(device) for t in tensors))
     (forest,) = prefix_forests(rollouts, rows)
     flat = _forest_forward(model, forest)
     logits = flat[forest.predictors.to(flat.device)][torch.argsort(forest.rows).to(flat.device)]
@@ -487,19 +651,33 @@ def forest_logits(model: PreTrainedModel, rollouts: Rollouts) -> torch.Tensor:
 
 
 def score_completions(
-    model: PreTrainedModel, rollouts: Rollouts, batch_size: int | None = None, temperature: float = 1.0
+    model: PreTrainedModel,
+    rollouts: Rollouts,
+    batch_size: int | None = None,
+    temperature: float = 1.0,
+    packed: bool | None = None,
 ) -> torch.Tensor:
     """Per-token log-probabilities (B, T) of the sampled tokens under `model` on logits / `temperature`, no grad
-    (0 past each row's end). Rows go through as prefix forests (`prefix_forests`) of at most `batch_size` rows
-    (default: 64 on a CPU, 256 on an accelerator): each distinct prompt and each distinct completion prefix of a
-    chunk is computed once."""
+    (0 past each row's end), in chunks of at most `batch_size` rows (default: 64 on a CPU, 256 on an
+    accelerator). Packed (the default where `packs_forests`), each chunk is a prefix forest (`prefix_forests`):
+    each distinct prompt and each distinct completion prefix is computed once; else chunks of rows of similar
+    length go through as plain padded passes over prompt + completion."""
     device = next(model.parameters()).device
     batch_size = batch_size or (64 if device.type == "cpu" else 256)
     scores = torch.zeros(rollouts.completion_ids.shape, dtype=torch.float32)
     with torch.no_grad():
-        for forest in prefix_forests(rollouts, batch_size):
-            logprobs = forest_logprobs(model, forest, temperature).cpu()
-            scores[forest.rows, : logprobs.shape[1]] = logprobs
+        if packs_forests(device) if packed is None else packed:
+            for forest in prefix_forests(rollouts, batch_size):
+                logprobs = forest_logprobs(model, forest, temperature).cpu()
+                scores[forest.rows, : logprobs.shape[1]] = logprobs
+            return scores
+        lengths = rollouts.prompt_mask.sum(-1) + rollouts.completion_mask.sum(-1)
+        for rows in torch.argsort(lengths, stable=True).split(batch_size):
+            chunk = trimmed(select_rows(rollouts, rows))
+            tensors = (chunk.prompt_ids, chunk.prompt_mask, chunk.completion_ids, chunk.completion_mask)
+            logits = forward_completion(model, *(t.to(device) for t in tensors))
+            logprobs = token_logprobs(logits, chunk.completion_ids.to(device), temperature).float().cpu()
+            scores[rows, : logprobs.shape[1]] = logprobs * chunk.completion_mask
     return scores
 
 

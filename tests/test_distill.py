@@ -143,7 +143,7 @@ def test_one_step_changes_every_student_parameter_and_no_teacher_parameter(
     assert all(torch.equal(v, before_t[k]) for k, v in teacher.state_dict().items())
 
 
-@pytest.mark.parametrize("backend", ["generate", "static"])
+@pytest.mark.parametrize("backend", ["generate", "static", "graph"])
 def test_an_rl_step_runs_on_every_sampler(backend, tokenizer, tiny_records, monkeypatch, tmp_path):
     """`distill.rl.backend`: the `generate` and `static` samplers feed a `rakd` step that updates the student
     (`loop`, the default, is every other test's; the samplers' agreement is tests/test_rollout.py's)."""

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 QUESTIONS = ["1+1=?", "12*13-4+7=?", "9-2=?"]
 
 
-@pytest.mark.parametrize("backend", ["generate", "loop", "static"])
+@pytest.mark.parametrize("backend", ["generate", "loop", "static", "graph"])
 def test_sampling_on_cuda_is_seeded_and_greedy_matches_cpu(tokenizer, backend):
     model = build_model(preset_config("test-micro", tokenizer), seed=3).eval()
     cpu = sample(model, tokenizer, QUESTIONS, max_new_tokens=10, temperature=0.0, backend=backend)
@@ -38,3 +38,30 @@ def test_prefix_forest_scoring_on_cuda_matches_cpu(tokenizer):
     batch.completion_ids[1] = batch.completion_ids[0]
     cpu = score_completions(model, batch)
     torch.testing.assert_close(score_completions(model.cuda(), batch), cpu, atol=1e-4, rtol=0)
+
+
+def test_graph_replay_draws_what_the_same_step_draws_eagerly(tokenizer, monkeypatch):
+    """`graph` captures its decode step once and replays it: the tokens are those of running the step eagerly
+    (same uniforms, same kernels), sampled, with and without bf16 autocast."""
+    from rakd import rollout
+
+    model = build_model(preset_config("test-micro", tokenizer), seed=3).eval().cuda()
+    kw = dict(max_new_tokens=24, temperature=1.0, seed=7, backend="graph")
+    for cast in (False, True):
+        with autocast(torch.device("cuda")) if cast else torch.autocast("cuda", enabled=False):
+            captured = sample(model, tokenizer, QUESTIONS * 8, **kw)
+            with monkeypatch.context() as patch:
+                patch.setattr(rollout, "_captured", lambda step: (step(), step)[1])  # warm-up step, then eager
+                eager = sample(model, tokenizer, QUESTIONS * 8, **kw)
+        assert torch.equal(captured.completion_ids, eager.completion_ids)
+
+
+def test_samplers_agree_greedily_under_bf16_autocast_on_cuda(tokenizer):
+    """As an RL step samples on CUDA. `static` is left out: transformers compiles it (slow; it has its own test)."""
+    model = build_model(preset_config("test-micro", tokenizer), seed=3).eval().cuda()
+    with autocast(torch.device("cuda")):
+        texts = [
+            sample(model, tokenizer, QUESTIONS * 4, max_new_tokens=12, temperature=0.0, backend=backend).texts
+            for backend in ("loop", "graph", "generate")
+        ]
+    assert texts[0] == texts[1] == texts[2]

@@ -4,12 +4,16 @@ import torch
 from rakd.models.zoo import build_model, preset_config
 from rakd.rollout import (
     Rollouts,
+    _sample_graph,
+    _sample_loop,
     completion_mask,
     encode_prompts,
     forest_logits,
     forest_logprobs,
     forward_completion,
+    packs_forests,
     prefix_forests,
+    resolve_backend,
     sample,
     score_completions,
     token_logprobs,
@@ -38,7 +42,7 @@ def test_prompts_are_left_padded_without_changing_the_callers_tokenizer(tokenize
         tokenizer.padding_side = "left"
 
 
-@pytest.mark.parametrize("backend", ["generate", "loop", "static"])
+@pytest.mark.parametrize("backend", ["generate", "loop", "static", "graph"])
 def test_batched_greedy_equals_one_by_one_with_mixed_lengths(model, tokenizer, backend):
     batch = sample(model, tokenizer, QUESTIONS, max_new_tokens=12, temperature=0.0, backend=backend)
     for i, question in enumerate(QUESTIONS):
@@ -49,14 +53,30 @@ def test_batched_greedy_equals_one_by_one_with_mixed_lengths(model, tokenizer, b
 
 
 def test_backends_agree_when_greedy(model, tokenizer):
-    a, b, c = (
+    a, b, c, d = (
         sample(model, tokenizer, QUESTIONS, max_new_tokens=10, temperature=0.0, backend=backend)
-        for backend in ("generate", "loop", "static")
+        for backend in ("generate", "loop", "static", "graph")
     )
-    assert a.texts == b.texts == c.texts
+    assert a.texts == b.texts == c.texts == d.texts
+    assert sample(model, tokenizer, QUESTIONS, max_new_tokens=10, temperature=0.0).texts == b.texts  # auto: loop
+    assert resolve_backend("auto", torch.device("cpu")) == "loop"
+    assert resolve_backend("auto", torch.device("cuda")) == "graph"
+    assert resolve_backend("static", torch.device("cuda")) == "static"
 
 
-@pytest.mark.parametrize("backend", ["generate", "loop", "static"])
+def test_samplers_agree_under_bf16_autocast(model, tokenizer):
+    """As RL samples on CUDA (bf16 autocast), here on the CPU's: the keys leave the rotary embedding in fp32 and
+    the values their projection in bf16, which transformers' own static cache could not store (`index_copy_`:
+    Float and BFloat16); every sampler runs and they agree greedily."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        texts = [
+            sample(model, tokenizer, QUESTIONS, max_new_tokens=10, temperature=0.0, backend=backend).texts
+            for backend in ("generate", "loop", "static", "graph")
+        ]
+    assert texts[0] == texts[1] == texts[2] == texts[3]
+
+
+@pytest.mark.parametrize("backend", ["generate", "loop", "static", "graph"])
 def test_sampling_is_seeded(model, tokenizer, backend):
     kw = dict(max_new_tokens=10, temperature=1.0, backend=backend)
     a = sample(model, tokenizer, QUESTIONS * 4, seed=5, **kw)
@@ -64,6 +84,23 @@ def test_sampling_is_seeded(model, tokenizer, backend):
     c = sample(model, tokenizer, QUESTIONS * 4, seed=6, **kw)
     assert torch.equal(a.completion_ids, b.completion_ids)
     assert not torch.equal(a.completion_ids, c.completion_ids)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_graph_sampler_draws_the_loops_tokens_from_the_same_uniforms(model, tokenizer, monkeypatch, attention):
+    """`graph` decodes over a static cache from a table of uniforms drawn up front; the loop draws the same
+    uniforms step by step (one per row and step: the same stream while no row leaves the batch, so EOS is set to
+    a token no row emits). Sampled, top-p filtered and from shared prefills, they pick the same tokens."""
+    monkeypatch.setattr(model.config, "_attn_implementation", attention)
+    ids, mask = encode_prompts(tokenizer, QUESTIONS)
+    for temperature, top_p, group in ((1.0, 1.0, 1), (0.7, 0.9, 1), (1.0, 1.0, 4)):
+        kw = dict(max_new_tokens=19, temperature=temperature, top_p=top_p, eos_id=-1, pad_id=tokenizer.pad_token_id)
+        loop, graph = (
+            sampler(model, ids, mask, generator=torch.Generator().manual_seed(4), group_size=group, **kw)
+            for sampler in (_sample_loop, _sample_graph)
+        )
+        assert loop.shape == graph.shape == (len(QUESTIONS) * group, 19)
+        assert torch.equal(loop, graph)
 
 
 def test_completion_mask_stops_after_first_eos():
@@ -142,6 +179,9 @@ def test_scoring_packs_each_distinct_prefix_once_with_the_same_log_probs(model, 
             assert sum(int(f.sizes.sum()) for f in forests) == prompt_tokens + nodes
     finally:
         hook.remove()
+    for rows in (5, 64):  # unpacked, as on an accelerator: plain padded passes over length-sorted chunks
+        torch.testing.assert_close(score_completions(model, batch, rows, packed=False), expected, atol=1e-5, rtol=0)
+    assert packs_forests(torch.device("cpu")) and not packs_forests(torch.device("cuda"))
     longest = int((batch.prompt_mask.sum(-1) + batch.completion_mask.sum(-1)).max())
     for cap in (1, longest, 2 * longest):  # a prompt's tree that would grow past the cap continues in another
         forests = prefix_forests(batch, 64, max_tokens=cap)
@@ -201,7 +241,8 @@ def test_forest_logits_give_the_plain_pass_logits_and_gradients(model, tokenizer
     batch.completion_mask = (torch.arange(10)[None] < ends[:, None]).long()
     weights = torch.randn(batch.completion_ids.shape, generator=torch.Generator().manual_seed(0))
     results = []
-    for forward in (forward_completion, lambda m, *ids: forest_logits(m, batch)):
+    unpacked = lambda m, *ids: forest_logits(m, batch, packed=False)  # noqa: E731 (as on an accelerator)
+    for forward in (forward_completion, lambda m, *ids: forest_logits(m, batch), unpacked):
         model.zero_grad()
         logits = forward(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
         loss = (token_logprobs(logits, batch.completion_ids) * weights * batch.completion_mask).sum()
@@ -209,10 +250,11 @@ def test_forest_logits_give_the_plain_pass_logits_and_gradients(model, tokenizer
         grads = [p.grad.clone() for p in model.parameters()]
         results.append((logits.detach() * batch.completion_mask[..., None], grads))
     model.zero_grad()
-    (plain, plain_grads), (forest, forest_grads) = results
-    torch.testing.assert_close(forest, plain, atol=1e-5, rtol=0)
-    for a, b in zip(forest_grads, plain_grads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    (plain, plain_grads), *others = results
+    for logits, grads in others:
+        torch.testing.assert_close(logits, plain, atol=1e-5, rtol=0)
+        for a, b in zip(grads, plain_grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_next_token_draws_from_the_softmax_and_never_a_filtered_token():

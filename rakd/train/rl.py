@@ -84,9 +84,11 @@ class RLConfig(StageConfig):
         None, gt=0, description="stop after this many seconds of RL (a compute-matched baseline); steps stays the cap"
     )
     backend: Backend = Field(
-        "loop",
-        description="sampler: loop (our KV-cache loop, fastest on CPU), generate, or static (generate over a "
-        "pre-allocated cache, compiled once on CUDA); the same distribution (rakd.rollout)",
+        "auto",
+        description="sampler: auto (graph on CUDA, loop elsewhere: the fastest measured on each), loop (our "
+        "KV-cache loop), graph (our decode step over a pre-allocated cache, captured as a CUDA graph on CUDA), "
+        "generate, or static (generate over a pre-allocated cache, compiled on CUDA); the same distribution "
+        "(rakd.rollout)",
     )
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=10, schedule="constant"))
 
