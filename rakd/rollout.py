@@ -95,6 +95,18 @@ def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
+def no_cudnn_attention(device: torch.device):
+    """A context in which SDPA leaves out its cuDNN kernel on CUDA (flash, memory-efficient and math remain).
+    cuDNN builds an execution plan for every new shape, about 10 ms of host time each (H200, torch 2.11: 1.9 s
+    of host time in 192 attention calls of one decode loop), and sampling and scoring meet new shapes all the
+    time: the key length grows every decode step, rows leave the batch, every batch pads to its own length. The
+    loop sampler at 512 rows x 160 tokens took 8.3 s with it and 0.79 s without; with shapes seen before (plans
+    cached) the memory-efficient kernel was as fast (0.92 vs 0.88 s)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def attention_mask_4d(model, mask: torch.Tensor, query_length: int) -> torch.Tensor:
     """The (B, 1, q, k) mask attention uses, built directly from a left-padded (B, k) mask: causal over the last
     `query_length` keys, pads never attended, and each query always sees itself (a pad query with nothing to
@@ -138,20 +150,6 @@ def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id
     """The KV-cache decode loop. `ids`/`mask` hold each distinct prompt once when `group_size` > 1: the prompts
     are prefilled once and their cache expanded G times. Every `COMPACT_EVERY` tokens (the loop's only host
     synchronisation) rows that have emitted EOS leave the batch and the cache, so the rest decode a smaller one."""
-    with _no_cudnn_attention(ids.device):
-        return _loop(model, ids, mask, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, group_size)
-
-
-def _no_cudnn_attention(device: torch.device):
-    """SDPA without its cuDNN kernel on CUDA: cuDNN builds a plan for every new (batch, key length) shape, about
-    10 ms of host time each (H200, torch 2.11), and the loop's shapes change every step and with every seed as
-    rows leave the batch: 8.3 s instead of 0.9 s for 512 rows x 160 tokens."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-def _loop(model, ids, mask, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, group_size):
     cache, logits, mask, positions = _prefill(model, ids, mask, group_size)
     rows = logits.shape[0]
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=ids.device)
@@ -374,18 +372,19 @@ def sample(
     )
     for index, start in enumerate(batches):
         ids, mask = encode_prompts(tokenizer, questions[start : start + batch_size : shared])
-        completion = _SAMPLERS[backend](
-            model,
-            ids.to(device),
-            mask.to(device),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            eos_id=tokenizer.eos_token_id,
-            pad_id=tokenizer.pad_token_id,
-            generator=generator,
-            **({"group_size": shared} if shared > 1 else {}),
-        )
+        with no_cudnn_attention(device):
+            completion = _SAMPLERS[backend](
+                model,
+                ids.to(device),
+                mask.to(device),
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                eos_id=tokenizer.eos_token_id,
+                pad_id=tokenizer.pad_token_id,
+                generator=generator,
+                **({"group_size": shared} if shared > 1 else {}),
+            )
         if shared > 1:
             ids, mask = ids.repeat_interleave(shared, dim=0), mask.repeat_interleave(shared, dim=0)
         parts.append((ids, mask, completion.cpu()))
@@ -443,7 +442,8 @@ def forward_completion(
     ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
     full = attention_mask_4d(model, mask, ids.shape[1])
-    logits = model(input_ids=ids, attention_mask=full, position_ids=position_ids(mask), use_cache=False).logits
+    with no_cudnn_attention(ids.device):
+        logits = model(input_ids=ids, attention_mask=full, position_ids=position_ids(mask), use_cache=False).logits
     start = prompt_ids.shape[1]
     return logits[:, start - 1 : -1]
 
@@ -604,12 +604,13 @@ def _forest(trees: list[_Tree]) -> PrefixForest:
 def _forest_forward(model: PreTrainedModel, forest: PrefixForest) -> torch.Tensor:
     """Logits (S * L, V) of every token of the forest's sequences, flattened."""
     device = next(model.parameters()).device
-    return model(
-        input_ids=forest.ids.to(device),
-        attention_mask=_mask_for(model, forest.allowed.to(device)[:, None]),
-        position_ids=forest.positions.to(device),
-        use_cache=False,
-    ).logits.flatten(0, 1)
+    with no_cudnn_attention(device):
+        return model(
+            input_ids=forest.ids.to(device),
+            attention_mask=_mask_for(model, forest.allowed.to(device)[:, None]),
+            position_ids=forest.positions.to(device),
+            use_cache=False,
+        ).logits.flatten(0, 1)
 
 
 def forest_logprobs(model: PreTrainedModel, forest: PrefixForest, temperature: float = 1.0) -> torch.Tensor:

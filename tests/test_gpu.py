@@ -65,3 +65,22 @@ def test_samplers_agree_greedily_under_bf16_autocast_on_cuda(tokenizer):
             for backend in ("loop", "graph", "generate")
         ]
     assert texts[0] == texts[1] == texts[2]
+
+
+def test_sampling_and_scoring_run_without_cudnn_attention_on_cuda(tokenizer):
+    """Every forward pass of sampling (each sampler), scoring and the update's logits runs with SDPA's cuDNN
+    kernel off: it builds a plan per new shape, which made the loop sampler ten times slower on an H200."""
+    from rakd.rollout import forest_logits
+
+    model = build_model(preset_config("test-micro", tokenizer), seed=3).eval().cuda()
+    seen = []
+    hook = model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
+    try:
+        for backend in ("loop", "graph", "generate"):
+            batch = sample(model, tokenizer, QUESTIONS * 2, max_new_tokens=8, backend=backend)
+        score_completions(model, batch)
+        forest_logits(model, batch)
+    finally:
+        hook.remove()
+    assert seen and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()

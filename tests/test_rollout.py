@@ -11,6 +11,7 @@ from rakd.rollout import (
     forest_logits,
     forest_logprobs,
     forward_completion,
+    no_cudnn_attention,
     packs_forests,
     prefix_forests,
     resolve_backend,
@@ -101,6 +102,18 @@ def test_graph_sampler_draws_the_loops_tokens_from_the_same_uniforms(model, toke
         )
         assert loop.shape == graph.shape == (len(QUESTIONS) * group, 19)
         assert torch.equal(loop, graph)
+
+
+def test_cudnn_attention_is_left_out_on_cuda_only():
+    """cuDNN's SDPA builds a plan per new shape (about 10 ms of host time each on an H200), and sampling and
+    scoring meet new shapes all the time; the other kernels stay, and nothing changes elsewhere."""
+    cuda = torch.backends.cuda
+    with no_cudnn_attention(torch.device("cuda")):
+        assert not cuda.cudnn_sdp_enabled()
+        assert cuda.flash_sdp_enabled() and cuda.mem_efficient_sdp_enabled() and cuda.math_sdp_enabled()
+    assert cuda.cudnn_sdp_enabled()
+    with no_cudnn_attention(torch.device("cpu")):
+        assert cuda.cudnn_sdp_enabled()
 
 
 def test_completion_mask_stops_after_first_eos():
