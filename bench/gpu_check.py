@@ -10,6 +10,7 @@ Only the core stages run: export/validate need optimum and llama.cpp, which such
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -44,7 +45,19 @@ def median(values: list[float]) -> float:
 
 
 CORE_STAGES = ("prep", "teacher", "distill")
+TOY = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "max_position_embeddings": 512,
+}
 DRY_RUN = {  # `--dry-run`: the same script on CPU at toy size, to check it before spending device time
+    "teacher.model.overrides": TOY,
+    "distill.student.model.overrides": TOY,
+    "teacher.threads": 2,
+    "distill.threads": 2,
     "prep.generator.n_items": 1500,
     "teacher.train.steps": 8,
     "teacher.train.batch_size": 16,
@@ -66,7 +79,7 @@ DRY_RUN = {  # `--dry-run`: the same script on CPU at toy size, to check it befo
 }
 
 
-def main(out: Path, dry_run: bool = False) -> int:
+def main(out: Path, dry_run: bool = False, extra: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     assert dry_run or torch.cuda.is_available(), "no CUDA device"
     from rakd.config import load_config
@@ -74,10 +87,14 @@ def main(out: Path, dry_run: bool = False) -> int:
     from rakd.registry import BY_NAME, run_stage
     from rakd.train.common import autocast
 
-    result = {"gpu": "cpu (dry run)" if dry_run else torch.cuda.get_device_name(0), "torch": torch.__version__}
+    result = {
+        "gpu": "cpu (dry run)" if dry_run else torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "overrides": list(extra or []),
+    }
     config = Path("configs/gpu.yaml")
     settings = {**SMOKE, **(DRY_RUN if dry_run else {})}
-    overrides = [f"{k}={v}" for k, v in settings.items()] + [f"run.root={out / 'runs'}"]
+    overrides = [f"{k}={v}" for k, v in settings.items()] + [f"run.root={out / 'runs'}"] + list(extra or [])
     cfg = load_config(config, overrides)
 
     started = time.perf_counter()
@@ -129,5 +146,9 @@ def main(out: Path, dry_run: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--dry-run"]
-    sys.exit(main(Path(args[0] if args else "/tmp/gpu-check"), dry_run="--dry-run" in sys.argv))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, nargs="?", default=Path("/tmp/gpu-check"))
+    parser.add_argument("--dry-run", action="store_true", help="the same script on CPU at toy size")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
+    args = parser.parse_args()
+    sys.exit(main(args.out, dry_run=args.dry_run, extra=args.set))

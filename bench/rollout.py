@@ -1,30 +1,45 @@
-"""Rollout throughput: transformers' generate() (dynamic and static cache) against the hand-written KV-cache loop.
+"""Rollout throughput per sampler: our KV-cache loop, our CUDA-graph decode (`graph`), transformers' generate()
+with a dynamic and a static cache.
 
-    .venv/bin/python bench/rollout.py [--model runs/tiny/teacher] [--threads 1]
+    .venv/bin/python bench/rollout.py [--model runs/tiny/student] [--threads 1]
     python bench/rollout.py --device cuda --preset student-tiny \
         --overrides '{"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
-                      "intermediate_size": 1024, "max_position_embeddings": 512}' --batch 512 --max-new-tokens 160
+                      "intermediate_size": 1024, "max_position_embeddings": 512}' \
+        --batch 512 --group-size 8 --max-new-tokens 160 --json bench/results/rollout-gpu.json
 
-Prints sampled tokens/s for a batch of mixed-length prompts and for one
-sequence, per backend. Without --model a random model of `--preset` is used
-(random weights rarely emit EOS, so every row runs to the token limit). On
-CUDA sampling runs under the trainers' bf16 autocast, as in an RL step.
+Prints sampled tokens/s per sampler for a batch of mixed-length prompts (with --group-size G: batch/G distinct
+prompts, each G times, as an RL step draws them; `loop` and `graph` prefill each once) and, unless --no-single,
+for one sequence. Each sampler runs --repeats times with seeds 0..; the best run's tokens/s is reported beside the
+first run's seconds (on CUDA the first `static` run includes compiling, a `graph` run always includes its
+capture). Without --model a random model of `--preset` is used (random weights rarely emit EOS, so every row runs
+to the token limit). On CUDA sampling runs under the trainers' bf16 autocast, as in an RL step.
+
+A sampler the imported `rakd` lacks, or one that fails, is reported as such and the rest still run: with
+PYTHONPATH pointing at an older checkout this measures that code's samplers on the same prompts (an older
+`sample` without `group_size` draws the repeated prompts as they come).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import platform
 import time
+import traceback
+from pathlib import Path
 
 import torch
 
+import rakd
 from rakd.data.generator import GeneratorConfig, generate
 from rakd.models.load import load_causal_lm
 from rakd.models.tokenizer import TokenizerConfig, build_bpe, wrap_tokenizer
 from rakd.models.zoo import build_model, count_parameters, preset_config
 from rakd.rollout import sample
 from rakd.train.common import autocast
+
+BACKENDS = ("loop", "graph", "static", "generate")
 
 
 def load(model_path: str | None, preset: str, overrides: dict):
@@ -37,9 +52,10 @@ def load(model_path: str | None, preset: str, overrides: dict):
     return model, tokenizer, [r["question"] for r in records]
 
 
-def measure(model, tokenizer, questions, backend, repeats=3, max_new_tokens=48):
-    best = 0.0
+def measure(model, tokenizer, questions, backend, *, repeats, max_new_tokens, group_size) -> dict:
     device = next(model.parameters()).device
+    grouped = group_size > 1 and "group_size" in inspect.signature(sample).parameters
+    runs = []
     for seed in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -54,10 +70,29 @@ def measure(model, tokenizer, questions, backend, repeats=3, max_new_tokens=48):
                 seed=seed,
                 backend=backend,
                 batch_size=len(questions),
+                **({"group_size": group_size} if grouped else {}),
             )
-        elapsed = time.perf_counter() - start
-        best = max(best, int(out.completion_mask.sum()) / elapsed)
-    return best, elapsed
+        seconds = time.perf_counter() - start
+        runs.append({"seconds": seconds, "tokens": int(out.completion_mask.sum())})
+    best = max(runs, key=lambda r: r["tokens"] / r["seconds"])
+    return {
+        "tokens_per_s": best["tokens"] / best["seconds"],
+        "best_seconds": best["seconds"],
+        "first_seconds": runs[0]["seconds"],
+        "tokens": best["tokens"],
+        "shared_prefill": grouped,
+    }
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    try:
+        from deploy.validate import cpu_model
+
+        return cpu_model()
+    except ImportError:
+        return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -65,25 +100,74 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--group-size", type=int, default=1, help="G samples per distinct prompt (RL's shape)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="teacher-tiny")
     parser.add_argument("--overrides", type=json.loads, default={}, help="JSON of LlamaConfig fields")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated samplers to time")
+    parser.add_argument("--no-single", action="store_true", help="skip the one-sequence measurement")
+    parser.add_argument("--label", default=None, help="a name for this code in the JSON (default: rakd's path)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer, questions = load(args.model, args.preset, args.overrides)
     model.to(args.device)
+    if args.batch % args.group_size:
+        parser.error(f"--batch {args.batch} is not a multiple of --group-size {args.group_size}")
+    distinct = questions[: args.batch // args.group_size]
+    batch = [q for q in distinct for _ in range(args.group_size)]
+    result = {
+        "machine": machine(args.device),
+        "device": args.device,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "rakd": args.label or str(Path(rakd.__file__).parent),
+        "model": args.model or f"random {args.preset} {args.overrides}",
+        "parameters": count_parameters(model),
+        "batch": args.batch,
+        "group_size": args.group_size,
+        "max_new_tokens": args.max_new_tokens,
+        "repeats": args.repeats,
+        "results": [],
+    }
     print(
-        f"device={args.device} threads={args.threads} model={args.model or f'random {args.preset} {args.overrides}'} "
-        f"parameters={count_parameters(model):,} max_new_tokens={args.max_new_tokens}"
+        f"{result['machine']} device={args.device} threads={args.threads} rakd={result['rakd']} "
+        f"model={result['model']} parameters={result['parameters']:,} max_new_tokens={args.max_new_tokens}"
     )
-    for label, batch in (
-        (f"batch of {args.batch} mixed-length prompts", questions[: args.batch]),
-        ("one sequence", questions[:1]),
-    ):
-        for backend in ("generate", "loop", "static"):
-            tok_s, secs = measure(model, tokenizer, batch, backend, max_new_tokens=args.max_new_tokens)
-            print(f"{label:<36} {backend:<9} {tok_s:9.0f} tokens/s  (last run {secs:.2f}s)")
+    shapes = [(f"batch of {args.batch} ({len(distinct)} prompts x {args.group_size})", batch, args.group_size)]
+    if not args.no_single:
+        shapes.append(("one sequence", questions[:1], 1))
+    for label, rows, group in shapes:
+        for backend in args.backends.split(","):
+            entry = {"shape": label, "backend": backend}
+            try:
+                entry.update(
+                    measure(
+                        model,
+                        tokenizer,
+                        rows,
+                        backend,
+                        repeats=args.repeats,
+                        max_new_tokens=args.max_new_tokens,
+                        group_size=group,
+                    )
+                )
+                print(
+                    f"{label:<36} {backend:<9} {entry['tokens_per_s']:9.0f} tokens/s  "
+                    f"(best run {entry['best_seconds']:.3f}s, first {entry['first_seconds']:.3f}s, "
+                    f"{entry['tokens']} tokens)",
+                    flush=True,
+                )
+            except (KeyError, RuntimeError, ValueError, TypeError, AssertionError) as error:  # reported, not fatal
+                entry["error"] = f"{type(error).__name__}: {error}"
+                print(f"{label:<36} {backend:<9} FAILED {entry['error'][:300]}", flush=True)
+                traceback.print_exc(limit=4)
+            result["results"].append(entry)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -34,13 +34,10 @@ from rakd.io import read_jsonl
 from rakd.models.load import load_causal_lm
 from rakd.rollout import (
     Rollouts,
-    forward_completion,
     prefix_forests,
     sample,
     score_completions,
     select_rows,
-    token_logprobs,
-    trimmed,
 )
 from rakd.tables import markdown_table, text_table
 from rakd.verify import reward
@@ -50,18 +47,9 @@ GROUP, GROUPS, SIZES = 8, 5, (16, 32, 64)
 
 
 def plain_scores(model, rollouts: Rollouts, batch_size: int) -> torch.Tensor:
-    """The scoring before prefix sharing: length-sorted, trimmed chunks, one pass over prompt + completion."""
-    scores = torch.zeros(rollouts.completion_ids.shape)
-    lengths = rollouts.prompt_mask.sum(-1) + rollouts.completion_mask.sum(-1)
-    with torch.no_grad():
-        for rows in torch.argsort(lengths, stable=True).split(batch_size):
-            chunk = trimmed(select_rows(rollouts, rows))
-            logits = forward_completion(
-                model, chunk.prompt_ids, chunk.prompt_mask, chunk.completion_ids, chunk.completion_mask
-            )
-            width = chunk.completion_ids.shape[1]
-            scores[rows, :width] = token_logprobs(logits, chunk.completion_ids) * chunk.completion_mask
-    return scores
+    """The scoring before prefix sharing (and still on accelerators): length-sorted, trimmed chunks, one pass over
+    prompt + completion."""
+    return score_completions(model, rollouts, batch_size, packed=False)
 
 
 def informative_batch(student_dir: Path, run: Path, tokenizer) -> Rollouts:
