@@ -95,8 +95,42 @@ def machine(device: str) -> str:
         return platform.processor() or platform.machine()
 
 
+def plot(paths: list[Path], out: Path) -> None:
+    """Tokens/s per sampler as horizontal bars, one bar per (result file, sampler) of the batch shape."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = []
+    for path in paths:
+        result = json.loads(path.read_text())
+        for entry in result["results"]:
+            if "tokens_per_s" in entry and entry["shape"].startswith("batch"):
+                code = "this code" if "/" in result["rakd"] else result["rakd"]
+                model = "random model" if result["model"].startswith("random") else "trained model"
+                bars.append((f"{entry['backend']}: {code}, {model} ({path.stem})", entry["tokens_per_s"]))
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(bars) + 1.4))
+    for y, (_, value) in enumerate(reversed(bars)):
+        ax.barh(y, value, color="tab:blue")
+        ax.text(value, y, f" {value:,.0f}", va="center", fontsize=8)
+    ax.set_yticks(range(len(bars)), [label for label, _ in reversed(bars)], fontsize=8)
+    first = json.loads(paths[0].read_text())
+    ax.set_xlabel("sampled tokens/s (best of the seeds)")
+    ax.set_title(
+        f"{first['machine']}: {first['batch']} rows ({first['group_size']} per prompt) x {first['max_new_tokens']} "
+        "new tokens",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plot-from", type=Path, nargs="+", default=None, help="draw saved --json results")
+    parser.add_argument("--png", type=Path, default=None, help="with --plot-from: the picture's path")
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=128)
@@ -111,6 +145,9 @@ def main() -> None:
     parser.add_argument("--label", default=None, help="a name for this code in the JSON (default: rakd's path)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
+    if args.plot_from:
+        plot(args.plot_from, args.png or args.plot_from[0].with_suffix(".png"))
+        return
     torch.set_num_threads(args.threads)
     model, tokenizer, questions = load(args.model, args.preset, args.overrides)
     model.to(args.device)
