@@ -33,7 +33,15 @@ from rakd.rollout import sample
 from rakd.schema import StageConfig
 from rakd.scorers import ScorerConfig, make_scorer
 from rakd.train.common import OptimConfig, pick_device, set_threads, step_seed
-from rakd.train.distributed import World, launch_torchrun, load_full_state_dict, plain_copy, shard, world_from_env
+from rakd.train.distributed import (
+    World,
+    launch_torchrun,
+    leave_world,
+    load_full_state_dict,
+    plain_copy,
+    shard,
+    world_from_env,
+)
 from rakd.train.rl import LossParams, Method, RLConfig, RLTrainer
 from rakd.train.sft import SFTConfig, SFTTrainer
 from rakd.verify import reward
@@ -434,3 +442,4 @@ def launch_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> Distil
 
 if __name__ == "__main__":  # a torchrun worker: python -m rakd.distill CONFIG_JSON RUN_DIR
     run_distill(DistillConfig.model_validate_json(Path(sys.argv[1]).read_text()), sys.argv[2])
+    leave_world()  # only after success: on a failure torchrun ends the other workers

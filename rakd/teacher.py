@@ -28,7 +28,7 @@ from rakd.models.source import ModelSource
 from rakd.models.zoo import build_model, count_parameters, preset_config
 from rakd.schema import DataError, StageConfig
 from rakd.train.common import OptimConfig, pick_device, set_threads
-from rakd.train.distributed import launch_torchrun, world_from_env
+from rakd.train.distributed import launch_torchrun, leave_world, world_from_env
 from rakd.train.sft import SFTConfig, SFTTrainer
 
 
@@ -113,3 +113,4 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
 
 if __name__ == "__main__":  # a torchrun worker: python -m rakd.teacher CONFIG_JSON RUN_DIR
     run_teacher(TeacherConfig.model_validate_json(Path(sys.argv[1]).read_text()), sys.argv[2])
+    leave_world()  # only after success: on a failure torchrun ends the other workers

@@ -212,6 +212,14 @@ def world_from_env() -> World:
     return World(dist.get_rank(), dist.get_world_size())
 
 
+def leave_world() -> None:
+    """Destroy the process group before a torchrun worker exits. A worker that exited with it alive (rank 1 leaves
+    as soon as RL ends, while rank 0 evaluates and saves) sometimes died in gloo's teardown at interpreter exit
+    ("terminate called without an active exception", SIGABRT), failing a stage that had finished."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def launch_torchrun(stage: str, module: str, cfg, spec: Path, run_dir: Path, nproc: int, threads: int, log) -> None:
     """Run a stage's worker (`python -m MODULE SPEC RUN_DIR`) in `nproc` processes under torchrun on this machine
     (`--standalone`; one GPU each on CUDA): `cfg` (a pydantic model) is written to `spec` for the workers to read.
