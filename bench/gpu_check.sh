@@ -35,11 +35,9 @@ phase() {  # phase NAME LIMIT_S COMMAND...: run it, print its exit status and se
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-student='{"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
-          "intermediate_size": 1024, "max_position_embeddings": 512}'
 shape=(--device "${GPU_CHECK_DEVICE:-cuda}" --batch "${GPU_CHECK_BATCH:-512}" --group-size 8
        --max-new-tokens "${GPU_CHECK_TOKENS:-160}" --no-single)
-random_student=(bench/rollout.py --preset student-tiny --overrides "$student" "${shape[@]}")
+random_student=(bench/rollout.py --student-of configs/gpu.yaml "${shape[@]}")
 old=${site}$PWD/.old
 
 if [ -d .old/rakd ]; then

@@ -14,11 +14,14 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
+from gpu_check import TOY  # bench/ is the script's directory
 from torch.profiler import ProfilerActivity, profile
 
 from rakd import rollout
+from rakd.config import load_config
 from rakd.data.generator import GeneratorConfig, generate
 from rakd.models.tokenizer import TokenizerConfig, build_bpe, wrap_tokenizer
 from rakd.models.zoo import build_model, preset_config
@@ -33,32 +36,11 @@ from rakd.rollout import (
 from rakd.train.common import autocast
 from rakd.verify import reward
 
-STUDENT = dict(
-    hidden_size=256,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    intermediate_size=1024,
-    max_position_embeddings=512,
-)
-TEACHER = dict(
-    hidden_size=512,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=8,
-    intermediate_size=2048,
-    max_position_embeddings=512,
-)
+GPU = load_config(Path(__file__).parent.parent / "configs" / "gpu.yaml")  # the GPU config's model sizes
+STUDENT, TEACHER = GPU.distill.student.model.overrides, GPU.teacher.model.overrides
 DEVICE = torch.device(os.environ.get("GPU_PROFILE_DEVICE", "cuda"))  # cpu: a dry run of this script at toy sizes
 if DEVICE.type == "cpu":
-    STUDENT = TEACHER = dict(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
+    STUDENT = TEACHER = TOY
 NEW_TOKENS = 160 if DEVICE.type == "cuda" else 8
 
 

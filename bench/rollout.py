@@ -2,9 +2,7 @@
 with a dynamic and a static cache.
 
     .venv/bin/python bench/rollout.py [--model runs/tiny/student] [--threads 1]
-    python bench/rollout.py --device cuda --preset student-tiny \
-        --overrides '{"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
-                      "intermediate_size": 1024, "max_position_embeddings": 512}' \
+    python bench/rollout.py --device cuda --student-of configs/gpu.yaml \
         --batch 512 --group-size 8 --max-new-tokens 160 --json bench/results/rollout-gpu.json
 
 Prints sampled tokens/s per sampler for a batch of mixed-length prompts (with --group-size G: batch/G distinct
@@ -30,6 +28,7 @@ import traceback
 from pathlib import Path
 
 import torch
+import yaml
 
 import rakd
 from rakd.data.generator import GeneratorConfig, generate
@@ -138,6 +137,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="teacher-tiny")
     parser.add_argument("--overrides", type=json.loads, default={}, help="JSON of LlamaConfig fields")
+    parser.add_argument(
+        "--student-of", type=Path, default=None, help="a pipeline config: a random model of its student's size"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated samplers to time")
@@ -149,6 +151,9 @@ def main() -> None:
         plot(args.plot_from, args.png or args.plot_from[0].with_suffix(".png"))
         return
     torch.set_num_threads(args.threads)
+    if args.student_of:  # read as plain YAML: an older checkout's schema (timed through PYTHONPATH) may differ
+        student = yaml.safe_load(args.student_of.read_text())["distill"]["student"]["model"]
+        args.preset, args.overrides = student["preset"], student.get("overrides", {})
     model, tokenizer, questions = load(args.model, args.preset, args.overrides)
     model.to(args.device)
     if args.batch % args.group_size:
