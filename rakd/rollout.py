@@ -533,15 +533,16 @@ def _prefix_trees(rollouts: Rollouts, max_tokens: int = FOREST_MAX_TOKENS) -> li
 
 @dataclass
 class PrefixForest:
-    """Rows packed as one sequence per distinct prompt (`_Tree`; more than one where its tree would grow past
-    `FOREST_MAX_TOKENS`): the prompt, then the trie of its rows' completions, each distinct prefix computed once
+    """Rows packed as one tree per distinct prompt (`_Tree`; more than one where its tree would grow past
+    `FOREST_MAX_TOKENS`), several small trees to a sequence as long as the longest: the prompt, then the trie of
+    its rows' completions, each distinct prefix computed once
     (a group's G samples often agree for many tokens, or entirely). A token attends to its prompt and its
     ancestors and sits at the position it has in each row that passes through it, so its logits are those of a
     plain pass over any of those rows."""
 
     rows: torch.Tensor  # (R,) the packed rows of the batch
     ids: torch.Tensor  # (S, L) right-padded
-    sizes: torch.Tensor  # (S,) real tokens in each sequence (the prompt's, then one per distinct prefix)
+    sizes: torch.Tensor  # (S,) real tokens in each sequence (per tree: its prompt's, one per distinct prefix)
     positions: torch.Tensor  # (S, L)
     allowed: torch.Tensor  # (S, L, L) bool: query attends key
     paths: torch.Tensor  # (R, T) flat index (s * L + i) of each completion token; 0 past a row's end
@@ -564,17 +565,28 @@ def prefix_forests(rollouts: Rollouts, rows: int, max_tokens: int = FOREST_MAX_T
 
 
 def _forest(trees: list[_Tree]) -> PrefixForest:
+    """The trees packed into sequences as long as the longest tree: first fit, largest first, so several small
+    trees share a sequence instead of each padding to the width (a tree's tokens attend only within it). The
+    width, hence each sequence's attention cost, is what one tree per sequence would give; only padding goes."""
     width = max(len(t.tokens) for t in trees)
+    placed: list[tuple[_Tree, int, int]] = []  # (tree, sequence, offset)
+    used: list[int] = []
+    for tree in sorted(trees, key=lambda t: -len(t.tokens)):
+        s = next((i for i, n in enumerate(used) if n + len(tree.tokens) <= width), len(used))
+        if s == len(used):
+            used.append(0)
+        placed.append((tree, s, used[s]))
+        used[s] += len(tree.tokens)
     depth = max((len(p) for t in trees for p in t.paths), default=0) or 1
-    allowed = torch.eye(width, dtype=torch.bool).repeat(len(trees), 1, 1)  # a pad query sees itself (no NaN)
+    allowed = torch.eye(width, dtype=torch.bool).repeat(len(used), 1, 1)  # a pad query sees itself (no NaN)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    for s, tree in enumerate(trees):
-        allowed[s, : tree.prompt_len, : tree.prompt_len] = causal[: tree.prompt_len, : tree.prompt_len]
+    for tree, s, o in placed:
+        allowed[s, o : o + tree.prompt_len, o : o + tree.prompt_len] = causal[: tree.prompt_len, : tree.prompt_len]
     # a completion token sees what its parent sees, and itself: filled a depth at a time, parents first
-    seq = torch.tensor([s for s, t in enumerate(trees) for _ in t.parents], dtype=torch.long)
-    node = torch.tensor([i for t in trees for i in range(t.prompt_len, len(t.tokens))], dtype=torch.long)
-    parent = torch.tensor([p for t in trees for p in t.parents], dtype=torch.long)
-    level = torch.tensor([q - t.prompt_len for t in trees for q in t.positions[t.prompt_len :]], dtype=torch.long)
+    seq = torch.tensor([s for t, s, _ in placed for _ in t.parents], dtype=torch.long)
+    node = torch.tensor([o + i for t, _, o in placed for i in range(t.prompt_len, len(t.tokens))], dtype=torch.long)
+    parent = torch.tensor([o + p for t, _, o in placed for p in t.parents], dtype=torch.long)
+    level = torch.tensor([q - t.prompt_len for t, _, _ in placed for q in t.positions[t.prompt_len :]])
     order = torch.argsort(level, stable=True)
     for part in order.split(torch.bincount(level).tolist()) if len(level) else []:
         s, n, p = seq[part], node[part], parent[part]
@@ -584,16 +596,22 @@ def _forest(trees: list[_Tree]) -> PrefixForest:
     def padded(lists: list[list[int]], size: int) -> torch.Tensor:
         return torch.tensor([x + [0] * (size - len(x)) for x in lists], dtype=torch.long)
 
-    paths = padded([p for t in trees for p in t.paths], depth)
-    predictors = padded([p for t in trees for p in t.predictors], depth)
-    valid = torch.arange(depth)[None] < torch.tensor([len(p) for t in trees for p in t.paths])[:, None]
-    owner = torch.tensor([s for s, t in enumerate(trees) for _ in t.rows], dtype=torch.long)
+    def packed(field: str) -> torch.Tensor:  # per sequence: its trees' tokens or positions, one after another
+        lists: list[list[int]] = [[] for _ in used]
+        for tree, s, _ in placed:
+            lists[s] += getattr(tree, field)
+        return padded(lists, width)
+
+    paths = padded([[o + i for i in p] for t, _, o in placed for p in t.paths], depth)
+    predictors = padded([[o + i for i in p] for t, _, o in placed for p in t.predictors], depth)
+    valid = torch.arange(depth)[None] < torch.tensor([len(p) for t, _, _ in placed for p in t.paths])[:, None]
+    owner = torch.tensor([s for t, s, _ in placed for _ in t.rows], dtype=torch.long)
     offset = (owner * width)[:, None]
     return PrefixForest(
-        rows=torch.tensor([row for t in trees for row in t.rows], dtype=torch.long),
-        ids=padded([t.tokens for t in trees], width),
-        sizes=torch.tensor([len(t.tokens) for t in trees]),
-        positions=padded([t.positions for t in trees], width),
+        rows=torch.tensor([row for t, _, _ in placed for row in t.rows], dtype=torch.long),
+        ids=packed("tokens"),
+        sizes=torch.tensor(used),
+        positions=packed("positions"),
         allowed=allowed,
         paths=(paths + offset) * valid,
         predictors=(predictors + offset) * valid,

@@ -4,6 +4,7 @@ import torch
 from rakd.models.zoo import build_model, preset_config
 from rakd.rollout import (
     Rollouts,
+    _prefix_trees,
     _sample_graph,
     _sample_loop,
     completion_mask,
@@ -17,6 +18,7 @@ from rakd.rollout import (
     resolve_backend,
     sample,
     score_completions,
+    select_rows,
     token_logprobs,
 )
 
@@ -188,10 +190,15 @@ def test_scoring_packs_each_distinct_prefix_once_with_the_same_log_probs(model, 
             forests = prefix_forests(batch, rows)
             assert [x.shape for x in seen] == [f.ids.shape for f in forests]  # the model ran on the forests only
             assert len(forests) == -(-len(QUESTIONS) // (rows // group))  # whole groups, `rows` at most
-            assert sum(len(f.sizes) for f in forests) == len(QUESTIONS)  # one sequence per prompt
+            assert len(_prefix_trees(batch)) == len(QUESTIONS)  # one tree per prompt
+            for forest in forests:  # trees share sequences as long as the longest tree, never longer
+                assert int(forest.sizes.max()) <= forest.ids.shape[1]
+                assert forest.ids.shape[1] == max(len(t.tokens) for t in _prefix_trees(select_rows(batch, forest.rows)))
             assert sum(int(f.sizes.sum()) for f in forests) == prompt_tokens + nodes
     finally:
         hook.remove()
+    (whole,) = prefix_forests(batch, 64)
+    assert len(whole.sizes) < len(QUESTIONS)  # small trees packed together (the 4 prompts' trees: 3 sequences)
     for rows in (5, 64):  # unpacked, as on an accelerator: plain padded passes over length-sorted chunks
         torch.testing.assert_close(score_completions(model, batch, rows, packed=False), expected, atol=1e-5, rtol=0)
     assert packs_forests(torch.device("cpu")) and not packs_forests(torch.device("cuda"))
@@ -199,7 +206,8 @@ def test_scoring_packs_each_distinct_prefix_once_with_the_same_log_probs(model, 
     for cap in (1, longest, 2 * longest):  # a prompt's tree that would grow past the cap continues in another
         forests = prefix_forests(batch, 64, max_tokens=cap)
         sizes = torch.cat([f.sizes for f in forests])
-        assert int(sizes.max()) <= max(cap, longest) and (len(sizes) > len(QUESTIONS) or cap > longest)
+        assert int(sizes.max()) <= max(cap, longest)
+        assert len(_prefix_trees(batch, cap)) > len(QUESTIONS) or cap > longest
         scores = torch.zeros_like(expected)
         with torch.no_grad():
             for forest in forests:
