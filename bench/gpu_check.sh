@@ -3,8 +3,9 @@
 # (transformers 4.57, tokenizers 0.22, huggingface_hub < 1, pydantic, math-verify and what they need) go into a
 # private site dir first. Then, each phase under its own time limit, a failing phase reported and the rest run:
 #   1. rollout throughput per sampler at batch 512 (64 prompts x G=8, as an RL step draws them) x 160 new tokens,
-#      on a random model of the GPU config's student size (random weights run every row to 160 tokens);
-#      with `.old/rakd` present (`git archive REV rakd | tar -x -C .old`), that older code's loop first;
+#      on a random model of the GPU config's student size (random weights run most rows to 160 tokens);
+#      with `.old/rakd` present (`mkdir .old && git archive REV rakd | tar -x -C .old && echo REV > .old/REV`,
+#      `.old` ignored in .git/info/exclude and carried), that older code's loop first;
 #   2. the CUDA tests (tests/test_gpu.py), `static` ones last (transformers compiles them: slow);
 #   3. bench/gpu_check.py: the GPU config shortened to minutes (prep -> teacher -> distill), RL on the `graph`
 #      sampler (on `loop` if `graph` failed in 1), with step splits and accuracies;
