@@ -10,7 +10,8 @@ prompts, each G times, as an RL step draws them; `loop` and `graph` prefill each
 for one sequence. Each sampler runs --repeats times with seeds 0..; the best run's tokens/s is reported beside the
 first run's seconds (on CUDA the first `static` run includes compiling, a `graph` run always includes its
 capture). Without --model a random model of `--preset` is used (random weights rarely emit EOS, so most rows run
-to the token limit: 71% of 512 x 160 tokens on the GPU config's student). On CUDA sampling runs under the trainers' bf16 autocast, as in an RL step.
+to the token limit: 71% of 512 x 160 tokens on the GPU config's student). On CUDA sampling runs under the
+trainers' bf16 autocast, as in an RL step.
 
 A sampler the imported `rakd` lacks, or one that fails, is reported as such and the rest still run: with
 PYTHONPATH pointing at an older checkout this measures that code's samplers on the same prompts (an older
