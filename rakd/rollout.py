@@ -362,7 +362,7 @@ def sample(
     device = next(model.parameters()).device
     backend = resolve_backend(backend, device)
     shared = group_size if backend in ("loop", "graph") else 1
-    generator = torch.Generator(device=device).manual_seed(seed)  # multinomial needs one on the probs' device
+    generator = torch.Generator(device=device).manual_seed(seed)  # the uniforms are drawn on the model's device
     parts = []
     batches = range(0, len(questions), batch_size)
     shown = (
@@ -429,6 +429,11 @@ def _assemble(parts, tokenizer) -> Rollouts:
     cmask &= (emitted_pad.cumsum(-1) == 0).long()
     texts = tokenizer.batch_decode(completion_ids * cmask + pad * (1 - cmask), skip_special_tokens=True)
     return Rollouts(prompt_ids, prompt_mask, completion_ids, cmask, texts)
+
+
+def batch_ids(batch: Rollouts, device: torch.device) -> list[torch.Tensor]:
+    """(prompt ids, prompt mask, completion ids, completion mask) on `device`: `forward_completion`'s arguments."""
+    return [t.to(device) for t in (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)]
 
 
 def forward_completion(
@@ -535,8 +540,8 @@ def _prefix_trees(rollouts: Rollouts, max_tokens: int = FOREST_MAX_TOKENS) -> li
 class PrefixForest:
     """Rows packed as one tree per distinct prompt (`_Tree`; more than one where its tree would grow past
     `FOREST_MAX_TOKENS`), several small trees to a sequence as long as the longest: the prompt, then the trie of
-    its rows' completions, each distinct prefix computed once
-    (a group's G samples often agree for many tokens, or entirely). A token attends to its prompt and its
+    its rows' completions, each distinct prefix computed once (a group's G samples often agree for many tokens,
+    or entirely). A token attends to its prompt and its
     ancestors and sits at the position it has in each row that passes through it, so its logits are those of a
     plain pass over any of those rows."""
 
@@ -661,8 +666,7 @@ def forest_logits(model: PreTrainedModel, rollouts: Rollouts, packed: bool | Non
         raise ValueError("forest_logits of an empty batch")
     device = next(model.parameters()).device
     if not (packs_forests(device) if packed is None else packed):
-        tensors = (rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids, rollouts.completion_mask)
-        return forward_completion(model, *(t.to(device) for t in tensors))
+        return forward_completion(model, *batch_ids(rollouts, device))
     (forest,) = prefix_forests(rollouts, rows)
     flat = _forest_forward(model, forest)
     logits = flat[forest.predictors.to(flat.device)][torch.argsort(forest.rows).to(flat.device)]
@@ -693,9 +697,9 @@ def score_completions(
         lengths = rollouts.prompt_mask.sum(-1) + rollouts.completion_mask.sum(-1)
         for rows in torch.argsort(lengths, stable=True).split(batch_size):
             chunk = trimmed(select_rows(rollouts, rows))
-            tensors = (chunk.prompt_ids, chunk.prompt_mask, chunk.completion_ids, chunk.completion_mask)
-            logits = forward_completion(model, *(t.to(device) for t in tensors))
-            logprobs = token_logprobs(logits, chunk.completion_ids.to(device), temperature).float().cpu()
+            ids = batch_ids(chunk, device)
+            logits = forward_completion(model, *ids)
+            logprobs = token_logprobs(logits, ids[2], temperature).float().cpu()
             scores[rows, : logprobs.shape[1]] = logprobs * chunk.completion_mask
     return scores
 

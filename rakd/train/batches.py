@@ -19,17 +19,13 @@ def pack_pairs(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]])
     return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, [c for _, c in pairs])
 
 
-def batch_ids(batch: Rollouts, device: torch.device) -> list[torch.Tensor]:
-    """(prompt ids, prompt mask, completion ids, completion mask) on `device`."""
-    return [t.to(device) for t in (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)]
-
-
 def batch_tensors(model: PreTrainedModel, batch: Rollouts, temperature: float = 1.0) -> dict[str, torch.Tensor]:
     """The per-token tensors a loss may ask for, from one forward pass of `model` (with grad):
     `logprobs` (B, T) on logits / `temperature` (the sampling temperature), `mask` (B, T), and the raw
     `student_logits` (B, T, V). The rows go through as one prefix forest (`forest_logits`): a prefix that
-    several rows share is computed once and its gradient is the sum of theirs."""
-    ids = batch_ids(batch, next(model.parameters()).device)
+    several rows share is computed once and its gradient is the sum of theirs (on a CPU; one plain pass on
+    accelerators, `packs_forests`)."""
     logits = forest_logits(model, batch)
-    logprobs = token_logprobs(logits, ids[2], temperature)
-    return {"logprobs": logprobs, "mask": ids[3].float(), "student_logits": logits.float()}
+    completion, mask = (t.to(logits.device) for t in (batch.completion_ids, batch.completion_mask))
+    logprobs = token_logprobs(logits, completion, temperature)
+    return {"logprobs": logprobs, "mask": mask.float(), "student_logits": logits.float()}
