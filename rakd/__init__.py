@@ -1,3 +1,3 @@
 """rakd: reinforcement-aware knowledge distillation of reasoning LLMs for edge devices."""
 
-__version__ = "0.2.2"
+__version__ = "0.3.0"

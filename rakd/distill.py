@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import sys
 import time
@@ -23,16 +22,17 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from rakd.evaluate import EvalConfig, evaluate_model, format_eval
-from rakd.io import atomic_write_text, read_jsonl, to_jsonl
+from rakd.flops import merge, with_total
+from rakd.io import read_jsonl
 from rakd.layout import RunLayout
 from rakd.models.load import ModelLoadError, load_causal_lm, save_model
 from rakd.models.source import ModelSource
 from rakd.models.subset import layer_subset
 from rakd.models.zoo import build_model, count_parameters, preset_config
-from rakd.rollout import sample
 from rakd.schema import StageConfig
 from rakd.scorers import ScorerConfig, make_scorer
-from rakd.train.common import OptimConfig, pick_device, set_threads, step_seed
+from rakd.traces import TraceRounds, has_difficulty, teacher_traces, warmstart_prompts  # noqa: F401 (re-exported)
+from rakd.train.common import OptimConfig, pick_device, set_threads
 from rakd.train.distributed import (
     World,
     launch_torchrun,
@@ -44,7 +44,6 @@ from rakd.train.distributed import (
 )
 from rakd.train.rl import LossParams, Method, RLConfig, RLTrainer
 from rakd.train.sft import SFTConfig, SFTTrainer
-from rakd.verify import reward
 
 
 class StudentSource(StageConfig):
@@ -66,8 +65,19 @@ class WarmStartStop(StageConfig):
         description="check only val questions with at least this many operations (None, or a source with no "
         "difficulty at all such as GSM8K: every val question)",
     )
-    every: int = Field(50, ge=1, description="check every N SFT steps")
+    every: int = Field(25, ge=1, description="check every N SFT steps")
     problems: int = Field(200, ge=1, description="val questions per check (the first N that qualify)")
+
+
+class WarmStartRecover(StageConfig):
+    """What the warm start does while it misses its target: traces for more of the harder questions (of the same
+    `n_prompts`, so RL's unseen questions stay unseen), and SFT goes on with them (rakd.traces)."""
+
+    after: int = Field(300, ge=1, description="SFT steps of a round without reaching the target before the next")
+    add_fraction: float = Field(
+        0.1, gt=0, le=1, description="each round adds this much to harder_fraction (0.1 -> 0.2 -> 0.3 ...)"
+    )
+    rounds: int = Field(3, ge=1, description="at most this many rounds after the first")
 
 
 class WarmStartConfig(StageConfig):
@@ -89,12 +99,16 @@ class WarmStartConfig(StageConfig):
     max_new_tokens: int = Field(64, ge=1)
     sft: SFTConfig = Field(
         default_factory=lambda: SFTConfig(
-            steps=1200, log_every=100, optim=OptimConfig(warmup_steps=20, min_lr_ratio=0.05)
+            steps=1200, log_every=100, optim=OptimConfig(warmup_steps=20, min_lr_ratio=0.05, weight_decay=0.1)
         )
     )
     stop: WarmStartStop | None = Field(
         default_factory=lambda: WarmStartStop(val_accuracy=0.2, min_difficulty=4),
         description="stop SFT early at a target val accuracy (sft.steps is then the most it runs)",
+    )
+    recover: WarmStartRecover | None = Field(
+        default_factory=WarmStartRecover,
+        description="while the target is missed: more traces of the harder questions (only with stop; null: never)",
     )
 
 
@@ -174,52 +188,6 @@ def init_student(cfg: DistillConfig, teacher, teacher_tok, device):
     ), teacher_tok
 
 
-def has_difficulty(records: list[dict]) -> bool:
-    """Whether a split carries a difficulty (`ops`, as the built-in generator writes it); GSM8K and most JSONL
-    files do not, and then neither the curriculum nor the warm start's target filters by it."""
-    return any(record.get("ops") is not None for record in records)
-
-
-def warmstart_prompts(records: list[dict], cfg: WarmStartConfig, seed: int) -> list[dict]:
-    """The questions the warm start's traces answer: the first `n_prompts`, filtered by `max_difficulty`."""
-    records = records[: cfg.n_prompts]
-    if cfg.max_difficulty is None or not has_difficulty(records):
-        return records  # no curriculum asked for, or none possible: the source has no difficulty
-    rng = random.Random(step_seed(seed, 0, salt=31))
-    kept = []
-    for line, record in enumerate(records, 1):
-        if record.get("ops") is None:
-            raise ValueError(
-                f"distill.warmstart.max_difficulty needs each train record's difficulty (`ops`, as the built-in "
-                f"generator writes it); train.jsonl line {line} has none"
-            )
-        if record["ops"] <= cfg.max_difficulty or rng.random() < cfg.harder_fraction:
-            kept.append(record)
-    return kept
-
-
-def teacher_traces(teacher, tokenizer, records: list[dict], cfg: WarmStartConfig, seed: int) -> list[dict]:
-    """Sampled teacher solutions of `records` (the warm start's prompts) that the verifier accepts, one per distinct
-    (question, completion)."""
-    questions = [r["question"] for r in records for _ in range(cfg.samples_per_prompt)]
-    answers = [r["answer"] for r in records for _ in range(cfg.samples_per_prompt)]
-    rollouts = sample(
-        teacher,
-        tokenizer,
-        questions,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        seed=seed,
-        progress="teacher traces",
-    )
-    seen, traces = set(), []
-    for question, answer, text in zip(questions, answers, rollouts.texts):
-        if reward(text, answer) == 1.0 and (question, text) not in seen:
-            seen.add((question, text))
-            traces.append({"question": question, "answer": answer, "completion": text})
-    return traces
-
-
 def run_warmstart(
     cfg, student, teacher, tokenizer, train, layout: RunLayout, log, world: World | None = None
 ) -> tuple[list[dict], dict]:
@@ -233,21 +201,16 @@ def run_warmstart(
         load_full_state_dict(student, load_causal_lm(done)[0].state_dict())
         return read_jsonl(done / "traces.jsonl"), json.loads((done / "eval_warmstart.json").read_text())
     stop = warmstart_stop(cfg, student, tokenizer, layout, log)  # a bad `stop` fails before any sampling
-    pending = work / "traces.pending.jsonl"
-    if world.main and not pending.exists():
-        prompts = warmstart_prompts(train, cfg.warmstart, cfg.seed)
-        traces = teacher_traces(teacher, tokenizer, prompts, cfg.warmstart, cfg.seed) if prompts else []
-        log(f"[warmstart] {len(traces)} verified teacher traces from {len(prompts)} prompts")
-        work.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(pending, to_jsonl(traces))
+    rounds = TraceRounds(work, cfg.warmstart, cfg.seed)
+    if world.main and not rounds.rounds():
+        rounds.add(train, teacher, tokenizer, 0, log)
     world.barrier()
-    traces = read_jsonl(pending)
-    done_steps = 0
+    traces, done_steps = rounds.traces(), 0
     if traces and cfg.warmstart.sft.steps:
         trainer = SFTTrainer(
             student,
             tokenizer,
-            [(t["question"], t["completion"]) for t in traces],
+            rounds.pairs_at(0),
             cfg.warmstart.sft,
             work / "warmstart.work",
             seed=cfg.seed,
@@ -255,24 +218,87 @@ def run_warmstart(
             world=world,
         )
         trainer.resume()
-        done_steps = trainer.run(on_step=stop)
-        if done_steps < cfg.warmstart.sft.steps:
-            log(f"[warmstart] stopped after {done_steps} of {cfg.warmstart.sft.steps} SFT steps (target reached)")
+        done_steps = sft_in_rounds(trainer, rounds, stop, (train, teacher, tokenizer), world, log)
+        traces = rounds.traces()
     whole = plain_copy(student)  # a sharded student gathered on rank 0 (every rank takes part)
     if not world.main:
         world.barrier()  # rank 0 evaluates and saves; every rank holds the same weights already
         return traces, json.loads((done / "eval_warmstart.json").read_text())
     result = evaluate_model(whole, tokenizer, distill_records(layout, "test"), cfg.eval)
+    sft_log = work / "warmstart.work/metrics.jsonl"
+    sft_rows = read_jsonl(sft_log) if sft_log.exists() else []
     result["sft_steps"] = done_steps
+    result["rounds"] = rounds.rounds()
+    result["target"] = target_outcome(cfg.warmstart, sft_rows, done_steps, result["rounds"])
+    result["flops"] = with_total(
+        merge(
+            {"teacher_generate": rounds.teacher_generate_flops()},
+            {"student_sft": sum(r.get("flops", 0) for r in sft_rows)},
+            {"eval": sum(r.get("flops_eval", 0) for r in sft_rows) + result["eval_flops"]},
+        )
+    )
+    if result["target"]:
+        log(f"[warmstart] {result['target']['summary']}")
     log(format_eval("student (warm start)", result))
-    files = {"traces.jsonl": pending}
-    if (work / "warmstart.work/metrics.jsonl").exists():
-        files["metrics_warmstart.jsonl"] = work / "warmstart.work/metrics.jsonl"
+    files = {"traces.jsonl": rounds.pending}
+    if sft_log.exists():
+        files["metrics_warmstart.jsonl"] = sft_log
     save_model(whole, tokenizer, done, extra={"eval_warmstart.json": result}, copy_files=files)
     shutil.rmtree(work / "warmstart.work", ignore_errors=True)
-    pending.replace(work / "traces.jsonl")  # the final student folder carries them too
+    rounds.finish(work / "traces.jsonl")  # the final student folder carries them too
     world.barrier()
     return traces, result
+
+
+def sft_in_rounds(trainer: SFTTrainer, rounds: TraceRounds, stop, sources, world: World, log) -> int:
+    """The warm start's SFT, round by round: up to the next round's first step, and while the target is missed
+    there, that round's traces (sampled once by rank 0) join the pairs. Returns the SFT steps done."""
+    trainer.set_pairs(rounds.pairs_at(trainer.start_step))  # a resumed run trains on the rounds begun by then
+    while True:
+        boundary = rounds.boundary_after(trainer.start_step)
+        done = trainer.run(on_step=stop, until=boundary)
+        if getattr(stop, "reached", False) or boundary is None or done >= trainer.cfg.steps:
+            return done
+        if world.main and not rounds.begins_at(done):  # a round is sampled once, even across a crash
+            rounds.add(*sources, done, log)
+        world.barrier()
+        trainer.set_pairs(rounds.pairs_at(done))
+
+
+def target_outcome(cfg: WarmStartConfig, sft_rows: list[dict], sft_steps: int, rounds: list[dict]) -> dict | None:
+    """Whether the warm start reached its target (`warmstart.stop`), at which step, its best check, and what the
+    stage did about it, from the checks in the SFT log; None without a target."""
+    stop = cfg.stop
+    if stop is None:
+        return None
+    checks = [(r["step"], r["val_check_accuracy"]) for r in sft_rows if "val_check_accuracy" in r]
+    reached = [step for step, value in checks if value >= stop.val_accuracy]
+    best_step, best = max(checks, key=lambda check: (check[1], -check[0])) if checks else (None, None)
+    last = checks[-1][1] if checks else None
+    added = "".join(f"; {r['traces']} more traces of harder questions from step {r['step']}" for r in rounds[1:])
+    if reached:
+        summary = (
+            f"target {stop.val_accuracy:.0%} reached at SFT step {reached[0]} ({checks[-1][1]:.1%}){added}; "
+            "SFT stopped there"
+        )
+    elif checks:
+        summary = (
+            f"target {stop.val_accuracy:.0%} NOT reached in {sft_steps} SFT steps (best {best:.1%} at step "
+            f"{best_step}, last {last:.1%}){added}; RL starts from the last step"
+        )
+    else:
+        summary = f"target {stop.val_accuracy:.0%} never checked ({sft_steps} SFT steps, check every {stop.every})"
+    return {
+        "val_accuracy": stop.val_accuracy,
+        "reached": bool(reached),
+        "step": reached[0] if reached else None,
+        "best": best,
+        "best_step": best_step,
+        "last": last,
+        "checks": len(checks),
+        "rounds": len(rounds),
+        "summary": summary,
+    }
 
 
 def load_models(cfg: DistillConfig, layout: RunLayout):
@@ -316,6 +342,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         checkpoint_every=cfg.checkpoint_every,
         teacher_scorer=make_scorer(cfg.teacher_scorer, teacher, cfg.method, tokenizer),
         world=world,
+        flops_before=eval_warm.get("flops", {}).get("total", 0),
     )
     if trainer.resume():
         log(f"[distill] resumed from checkpoint step {trainer.start_step}")
@@ -330,8 +357,9 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
 
     result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval)
     result.update(method=cfg.method, parameters=count_parameters(student), teacher_parameters=count_parameters(teacher))
-    log(format_eval(f"student ({cfg.method})", result))
     work = layout.student_work
+    result["flops"] = stage_flops(eval_warm, work / "metrics.jsonl", result["eval_flops"])
+    log(format_eval(f"student ({cfg.method})", result))
     logs = {
         name: work / path
         for name, path in (
@@ -352,6 +380,17 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     shutil.rmtree(work, ignore_errors=True)
     timings["total"] = time.perf_counter() - t0
     return DistillResult(layout.student, result, eval_warm, timings)
+
+
+def stage_flops(eval_warm: dict, rl_metrics: Path, test_eval_flops: int) -> dict[str, int]:
+    """The distill stage's compute ledger: the warm start's phases, every RL step's, and the final evaluation."""
+    rows = read_jsonl(rl_metrics) if rl_metrics.exists() else []
+    rl = {
+        phase: sum(row.get(f"flops_{phase}", 0) for row in rows)
+        for phase in ("student_sample", "teacher_score", "student_update", "eval")
+    }
+    warm = {k: v for k, v in eval_warm.get("flops", {}).items() if k != "total"}
+    return with_total(merge(warm, rl, {"eval": test_eval_flops}))
 
 
 def rl_records(cfg: DistillConfig, train: list[dict]) -> list[dict]:
@@ -380,6 +419,7 @@ def val_evaluation(cfg: DistillConfig, student, tokenizer, layout: RunLayout):
         if step % cfg.eval_every == 0:
             val = evaluate_model(student, tokenizer, records, val_cfg)
             row.update({f"val_{k}": v for k, v in val.items() if k.endswith(("accuracy", "stderr"))})
+            row["flops_eval"] = val["eval_flops"]
 
     return hook
 
@@ -402,11 +442,14 @@ def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, lo
     def hook(step: int, row: dict) -> bool:
         if step % stop.every:
             return False
-        accuracy = evaluate_model(student, tokenizer, records, check)["greedy_accuracy"]
-        row["val_check_accuracy"] = accuracy
+        result = evaluate_model(student, tokenizer, records, check)
+        accuracy = result["greedy_accuracy"]
+        row.update(val_check_accuracy=accuracy, flops_eval=result.get("eval_flops", 0))
         log(f"[warmstart] step {step}: val accuracy {accuracy:.3f} (target {stop.val_accuracy})")
-        return accuracy >= stop.val_accuracy
+        hook.reached = accuracy >= stop.val_accuracy
+        return hook.reached
 
+    hook.reached = False
     return hook
 
 

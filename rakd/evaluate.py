@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rakd.flops import ModelDims, rollout_flops
 from rakd.rollout import sample
 from rakd.schema import StageConfig
 from rakd.tables import pct
@@ -62,6 +63,7 @@ def evaluate_model(
         "greedy_accuracy_flexible": sum(reward_flexible(t, a) for t, a in zip(greedy.texts, answers)) / len(records),
         "mean_response_tokens": float(greedy.lengths.float().mean()),
         "k_samples": cfg.k_samples,
+        "eval_flops": rollout_flops(ModelDims.of(model), greedy),  # the compute ledger's `eval` (rakd.flops)
     }
     if cfg.k_samples:
         sampled = sample(
@@ -77,6 +79,7 @@ def evaluate_model(
         rewards = torch.tensor(
             [reward(t, a) for t, a in zip(sampled.texts, [a for a in answers for _ in range(cfg.k_samples)])]
         )
+        result["eval_flops"] += rollout_flops(ModelDims.of(model), sampled)
         per_sample = rewards.view(-1, cfg.k_samples)
         per_problem, solved = per_sample.mean(-1).tolist(), (per_sample.max(-1).values == 1).float().tolist()
         result.update(

@@ -300,6 +300,39 @@ def accuracy_rows(results: dict[str, Summary]) -> list[dict]:
     return rows
 
 
+def warmstart_rows(results: dict[str, Summary]) -> list[dict]:
+    """Whether the warm start reached its target, where, and what the stage did about it (empty without one)."""
+    target = results.get("distill", {}).get("eval_warmstart", {}).get("target")
+    if not target:
+        return []
+    warm = results["distill"]["eval_warmstart"]
+    return [
+        {
+            "target": pct(target["val_accuracy"], 0),
+            "reached": target["reached"],
+            "at SFT step": target["step"],
+            "best check": pct(target["best"]),
+            "SFT steps": warm.get("sft_steps"),
+            "trace rounds": target.get("rounds", 1),
+            "what happened": target["summary"],
+        }
+    ]
+
+
+def flops_rows(results: dict[str, Summary]) -> list[dict]:
+    """The compute ledger of every stage that keeps one, phase by phase (rakd.flops)."""
+    from rakd.flops import format_flops
+
+    rows = []
+    for name in ("teacher", "distill"):
+        ledger = results.get(name, {}).get("eval", {}).get("flops") or {}
+        rows += [
+            {"stage": name, "phase": phase, "FLOPs": f"{count:.3e}", "": format_flops(count)}
+            for phase, count in ledger.items()
+        ]
+    return rows
+
+
 def stage_time_rows(results: dict[str, Summary], states: dict[str, str] | None = None) -> list[dict]:
     rows = []
     for name, summary in results.items():
@@ -319,6 +352,9 @@ def summary_sections(results: dict[str, Summary], states: dict[str, str] | None 
         ),
         ("accuracy (test split)", accuracy_rows(results)),
     ]
+    for title, rows in (("warm start", warmstart_rows(results)), ("compute (FLOPs)", flops_rows(results))):
+        if rows:
+            sections.append((title, rows))
     return sections + [
         (name, BY_NAME[name].rows(results[name])) for name in ("export", "validate", "package") if name in results
     ]

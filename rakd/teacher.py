@@ -21,6 +21,7 @@ from transformers import AutoTokenizer
 
 from rakd.data.format import completion_text
 from rakd.evaluate import EvalConfig, evaluate_model
+from rakd.flops import with_total
 from rakd.io import read_jsonl
 from rakd.layout import RunLayout
 from rakd.models.load import load_causal_lm, save_model
@@ -99,6 +100,8 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
     result = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval)
     result.update(parameters=count_parameters(model), source=cfg.model.model_dump())
     work_log = layout.teacher_work / "metrics.jsonl"
+    trained = sum(row.get("flops", 0) for row in read_jsonl(work_log)) if work_log.exists() else 0
+    result["flops"] = with_total({"teacher_train": trained, "eval": result["eval_flops"]})
     save_model(
         model.cpu(),
         tokenizer,

@@ -356,11 +356,110 @@ def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficu
     val = [{"id": str(i), "question": f"q{i}", "answer": "1"} for i in range(5)]
     layout.split("val").write_text(to_jsonl(val))
     seen = []
-    monkeypatch.setattr(
-        distill, "evaluate_model", lambda m, t, records, c: seen.append(records) or {"greedy_accuracy": 0.5}
-    )
+    result = {"greedy_accuracy": 0.5, "eval_flops": 7}
+    monkeypatch.setattr(distill, "evaluate_model", lambda m, t, records, c: seen.append(records) or result)
     cfg = load_config(None, ["distill.warmstart.stop={val_accuracy: 0.5, min_difficulty: 4, every: 3}"]).distill
     hook = distill.warmstart_stop(cfg, None, None, layout, lambda *_: None)
     assert hook(2, {}) is False and seen == []  # not a check step
     row = {}
-    assert hook(3, row) is True and row == {"val_check_accuracy": 0.5} and [r["id"] for r in seen[0]] == list("01234")
+    assert hook(3, row) is True and row == {"val_check_accuracy": 0.5, "flops_eval": 7}
+    assert [r["id"] for r in seen[0]] == list("01234")
+
+
+def scripted_warmstart(prepared, tmp_path, monkeypatch, name, extra=(), crash_at=None):
+    """A warm start whose target checks read a scripted 10% (never reached) and whose teacher answers with the
+    data's own solutions (the micro teacher solves nothing), counting its calls; returns (cfg, sampled)."""
+    import rakd.distill as distill
+    import rakd.traces as traces
+
+    solutions = {r["question"]: r["solution"] for r in read_jsonl(prepared.run.layout.split("train"))}
+    real, sampled = distill.evaluate_model, []
+
+    def scripted(model, tokenizer, records, cfg):
+        result = real(model, tokenizer, records, cfg)
+        if cfg.n_problems == 7 and cfg.k_samples == 0:
+            result["greedy_accuracy"] = 0.1
+        return result
+
+    def traces_of(model, tokenizer, records, cfg, seed):
+        sampled.append([r["question"] for r in records])
+        made = [{"question": r["question"], "answer": r["answer"], "completion": " " + solutions[r["question"]]}
+                for r in records]  # fmt: skip
+        return made, 1000 * len(records)
+
+    monkeypatch.setattr(distill, "evaluate_model", scripted)
+    monkeypatch.setattr(traces, "teacher_traces", traces_of)
+    stop = "distill.warmstart.stop={val_accuracy: 0.9, min_difficulty: 2, every: 2, problems: 7}"
+    recover = "distill.warmstart.recover={after: 4, add_fraction: 0.4, rounds: 2}"
+    overrides = [
+        *("distill.rl.steps=0", "distill.warmstart.sft.steps=10", "distill.warmstart.n_prompts=40"),
+        *("distill.warmstart.max_difficulty=1", "distill.warmstart.harder_fraction=0.2", stop, recover),
+    ]
+    cfg = fresh_run(prepared, tmp_path, name, [*overrides, *extra])
+    return cfg, sampled
+
+
+def test_a_warm_start_that_misses_its_target_adds_harder_traces_and_says_so(prepared, tmp_path, monkeypatch):
+    """warmstart.recover: while the target is missed, every `after` SFT steps the traces of another share of the
+    harder questions join SFT (at most `rounds` times); eval_warmstart.json and the log say what happened."""
+    cfg, sampled = scripted_warmstart(prepared, tmp_path, monkeypatch, "recover")
+    lines = []
+    run_distill(cfg.distill, cfg.run.dir, log=lines.append)
+    warm = json.loads((cfg.run.dir / "student/eval_warmstart.json").read_text())
+    assert [r["step"] for r in warm["rounds"]] == [0, 4, 8] and len(sampled) == 3
+    first = set(sampled[0])
+    assert all(not first & set(more) for more in sampled[1:])  # each round adds questions not traced before
+    records = read_jsonl(cfg.run.layout.split("train"))[:40]
+    assert all(r["ops"] > 1 for r in records if r["question"] in set(sampled[1] + sampled[2]))
+    traced = read_jsonl(cfg.run.dir / "student/traces.jsonl")
+    assert [t["round"] for t in traced] == sorted(t["round"] for t in traced)
+    assert len(traced) == sum(r["traces"] for r in warm["rounds"])
+    target = warm["target"]
+    assert target["reached"] is False and target["step"] is None and target["best"] == 0.1 and target["rounds"] == 3
+    assert "NOT reached in 10 SFT steps" in target["summary"] and "from step 4" in target["summary"]
+    assert any("NOT reached" in line for line in lines)
+    assert warm["flops"]["teacher_generate"] == 1000 * sum(len(q) for q in sampled)
+    from rakd.registry import summary_sections
+
+    final = json.loads((cfg.run.dir / "student/eval.json").read_text())
+    sections = dict(summary_sections({"distill": {"eval_warmstart": warm, "eval": final}}))
+    assert sections["warm start"][0]["reached"] is False and "NOT reached" in sections["warm start"][0]["what happened"]
+    assert {r["phase"] for r in sections["compute (FLOPs)"]} >= {"teacher_generate", "student_sft", "eval", "total"}
+    assert warm["flops"]["total"] == sum(v for k, v in warm["flops"].items() if k != "total")
+
+
+def test_a_resumed_warm_start_reuses_the_rounds_it_sampled(prepared, tmp_path, monkeypatch):
+    """A crash after a round was sampled: the rerun trains on the recorded rounds from their own first steps and
+    samples nothing again, ending where an unbroken run ends."""
+    import rakd.train.sft as sft
+
+    cfg, sampled = scripted_warmstart(prepared, tmp_path, monkeypatch, "recover-crash")
+    real_step = sft.SFTTrainer.step
+
+    def crashing(self, step):
+        if step == 9 and not getattr(crashing, "done", False):
+            crashing.done = True
+            raise KeyboardInterrupt
+        return real_step(self, step)
+
+    monkeypatch.setattr(sft.SFTTrainer, "step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run_distill(cfg.distill, cfg.run.dir, log=lambda *_: None)
+    assert len(sampled) == 3  # rounds at steps 0, 4 and 8 were sampled before the crash
+    run_distill(cfg.distill, cfg.run.dir, log=lambda *_: None)
+    assert len(sampled) == 3
+    warm = json.loads((cfg.run.dir / "student/eval_warmstart.json").read_text())
+    assert [r["step"] for r in warm["rounds"]] == [0, 4, 8] and warm["sft_steps"] == 10
+
+    straight, _ = scripted_warmstart(prepared, tmp_path, monkeypatch, "recover-straight")
+    monkeypatch.setattr(sft.SFTTrainer, "step", real_step)
+    run_distill(straight.distill, straight.run.dir, log=lambda *_: None)
+    a = load_causal_lm_state(cfg.run.dir / "student")
+    b = load_causal_lm_state(straight.run.dir / "student")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+
+
+def load_causal_lm_state(path):
+    from rakd.models.load import load_causal_lm
+
+    return load_causal_lm(path)[0].state_dict()

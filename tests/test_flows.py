@@ -84,6 +84,13 @@ def test_pipeline_runs_every_stage_and_writes_every_output(first_run, root):
     rows = [json.loads(line) for line in (run.student / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in results["distill"]["val_by_step"]] == [3, 6]
+    # the compute ledger: every phase the stage ran, summed into its total, the running total in each RL row
+    ledger = student["flops"]
+    phases = ("teacher_generate", "teacher_score", "student_sft", "student_sample", "student_update", "eval")
+    assert set(ledger) == {*phases, "total"} and all(ledger[p] > 0 for p in phases)
+    assert ledger["total"] == sum(ledger[p] for p in phases)
+    assert rows[-1]["flops_total"] == ledger["total"] - student["eval_flops"]  # all but the final test run
+    assert teacher["flops"]["teacher_train"] > 0 and teacher["flops"]["total"] > teacher["flops"]["teacher_train"]
     parity = results["export"]["parity"]
     assert {r["artefact"]: r["format"] for r in parity["artefacts"]} == {
         "onnx-fp32": "onnx",
@@ -114,6 +121,7 @@ def test_pipeline_publishes_artifacts(first_run):
     assert "RL step 3 (val)" in str(artifacts["smoke-distill"].data)
     report = artifacts["smoke-report"]
     assert report.type == "markdown" and "## accuracy (test split)" in report.data and "gain (distilled" in report.data
+    assert "## compute (FLOPs)" in report.data and "teacher_generate" in report.data
     assert artifacts["smoke-distill-progress"].type == "progress" and artifacts["smoke-distill-progress"].data == 100.0
 
 

@@ -77,9 +77,14 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, sort_keys=True) + "\n")
 
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
     def truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        rows = self.rows()
         kept = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows if r.get("step", 0) <= step)
         self.path.write_text(kept)

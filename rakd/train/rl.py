@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from rakd.flops import ModelDims, rollout_flops
 from rakd.losses import LOSSES, LossSpec, group_advantages
 from rakd.losses.common import Aggregation
 from rakd.progress import Progress
@@ -59,7 +60,7 @@ class LossParams(StageConfig):
 
 
 class RLConfig(StageConfig):
-    steps: int = Field(120, ge=0)
+    steps: int = Field(200, ge=0)
     prompts_per_step: int = Field(32, ge=1)
     group_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(64, ge=1)
@@ -99,6 +100,11 @@ def token_entropy(logits: torch.Tensor, mask: torch.Tensor) -> float:
     return float((entropy * mask).sum() / mask.sum().clamp(min=1))
 
 
+def step_flops_of(row: dict) -> int:
+    """The FLOPs a metrics row records for its own step: every `flops_<phase>` key (not the running total)."""
+    return sum(v for k, v in row.items() if k.startswith("flops_") and k != "flops_total")
+
+
 class RLTrainer(CheckpointedTrainer):
     """setup / step / save / resume for RL-aware distillation: one trainer for every method in the loss registry.
 
@@ -121,6 +127,7 @@ class RLTrainer(CheckpointedTrainer):
         checkpoint_every: int = 25,
         teacher_scorer=None,
         world: World | None = None,
+        flops_before: int = 0,
     ):
         self.model = self.student = student
         self.teacher, self.tokenizer = teacher, tokenizer
@@ -138,6 +145,12 @@ class RLTrainer(CheckpointedTrainer):
         self.device = next(student.parameters()).device
         # Degenerate groups get the grpo_kl KL term when zero_adv=kd and the method has advantages.
         self.kd_spec = LOSSES["grpo_kl"] if cfg.zero_adv == "kd" and "advantages" in self.spec.inputs else None
+        # the compute ledger (rakd.flops): each step's phases, and `flops_total` from the stage's earlier phases on
+        self.student_dims, self.teacher_dims, self.flops_before = (
+            ModelDims.of(student),
+            ModelDims.of(teacher),
+            flops_before,
+        )
 
     def prompt_order(self, step: int) -> list[dict]:
         """The prompts step `step` may draw, in order: `prompts_per_step` per draw, never one twice in a step."""
@@ -153,7 +166,7 @@ class RLTrainer(CheckpointedTrainer):
             picked = self.world.share(picked)
             batch = pack_pairs(self.tokenizer, [(t["question"], t["completion"]) for t in picked])
             rewards = torch.tensor([reward(text, t["answer"]) for text, t in zip(batch.texts, picked)])
-            return batch, rewards, {"reward_mean": float(rewards.mean())}
+            return batch, rewards, {"reward_mean": float(rewards.mean()), "flops_student_sample": 0}
         return self.draw_groups(step)
 
     def draw_groups(self, step: int) -> tuple[Rollouts, torch.Tensor, dict]:
@@ -161,7 +174,7 @@ class RLTrainer(CheckpointedTrainer):
         `min_informative_groups` groups with mixed rewards (all-equal groups are dropped when zero_adv=skip)."""
         cfg, group = self.cfg, self.cfg.group_size
         order, kept, kept_rewards, every_reward, informative, draws = self.prompt_order(step), [], [], [], 0, 0
-        first = None
+        first, sampled_flops = None, 0
         for start in range(0, len(order), cfg.prompts_per_step):
             chosen, draws = self.world.share(order[start : start + cfg.prompts_per_step]), draws + 1
             batch = sample(
@@ -178,6 +191,7 @@ class RLTrainer(CheckpointedTrainer):
             rewards = torch.tensor(
                 [reward(t, a) for t, a in zip(batch.texts, [r["answer"] for r in chosen for _ in range(group)])]
             )
+            sampled_flops += rollout_flops(self.student_dims, batch)  # every draw costs, kept or not
             every_reward.append(rewards)
             first = first or (batch, rewards)
             mixed = ~group_advantages(rewards, group)[1]
@@ -198,6 +212,7 @@ class RLTrainer(CheckpointedTrainer):
             "groups_drawn": int(drawn) // group,
             "groups_informative": informative,
             "informative_frac": informative / max(1, int(drawn) // group),
+            "flops_student_sample": int(self.world.sum(sampled_flops)),
         }
         if not informative:  # nothing to learn from in any draw: the first draw, whole (zero_adv decides)
             return first[0], first[1], info
@@ -220,6 +235,7 @@ class RLTrainer(CheckpointedTrainer):
         main = self.world.main
         progress = Progress(f"distill:{self.method}", self.cfg.steps, self.start_step, every=5) if main else None
         started = time.perf_counter()
+        spent = self.flops_before + sum(step_flops_of(row) for row in self.log.rows())  # rows kept on resume
         for step in range(self.start_step, self.cfg.steps):
             budget = self.cfg.time_budget_s
             if budget is not None and self.world.max(time.perf_counter() - started) >= budget:
@@ -231,6 +247,8 @@ class RLTrainer(CheckpointedTrainer):
                 with full_weights(self.student):  # a sharded student is gathered on every rank; rank 0 evaluates
                     if main:
                         on_step(step + 1, row)
+            spent += step_flops_of(row)
+            row["flops_total"] = spent  # the stage's ledger so far, warm start included
             if main:
                 self.log.append(row)
                 progress.update(step, reward=row["reward_mean"], loss=row.get("loss", 0.0))
@@ -265,6 +283,9 @@ class RLTrainer(CheckpointedTrainer):
                 if needs_old and not (self.single_update(len(rows)))
                 else None
             )
+        flops = self.step_flops(
+            select_rows(batch, rows), teacher_passes=int(needs_teacher), old_pass=old_lp is not None
+        )
         t2 = time.perf_counter()
         metrics = self.update(step, batch, advantages, old_lp, teacher_lp, main_rows, kd_rows)
         t_update = time.perf_counter() - t2
@@ -276,6 +297,7 @@ class RLTrainer(CheckpointedTrainer):
             "accuracy": float((rewards == 1).float().mean()),
             **sampled,
             **metrics,
+            **flops,
             "degenerate_frac": float(degenerate.float().mean()) if uses_adv else 0.0,
             "rows_in_loss": len(rows),
             "response_length": n_tokens / max(1, len(batch.texts)),
@@ -284,6 +306,19 @@ class RLTrainer(CheckpointedTrainer):
             "seconds_teacher": t_teacher,
             "seconds_update": t_update,
             "lr": self.scheduler.get_last_lr()[0],
+        }
+
+    def step_flops(self, loss_rows: Rollouts, *, teacher_passes: int, old_pass: bool) -> dict[str, int]:
+        """The step's teacher and update phases of the compute ledger (rakd.flops), summed over ranks: the
+        teacher's passes over the rows that enter the loss (its log-probs once; its logits in every epoch for the
+        methods that need them), and the update's training passes plus a separate π_old pass."""
+        teacher_passes += self.cfg.ppo_epochs if self.spec.needs_logits else 0
+        teacher = teacher_passes * rollout_flops(self.teacher_dims, loss_rows)
+        update = self.cfg.ppo_epochs * rollout_flops(self.student_dims, loss_rows, training=True)
+        update += rollout_flops(self.student_dims, loss_rows) if old_pass else 0
+        return {
+            "flops_teacher_score": int(self.world.sum(teacher)),
+            "flops_student_update": int(self.world.sum(update)),
         }
 
     @property

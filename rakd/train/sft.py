@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from rakd.flops import ModelDims, rollout_flops
 from rakd.losses import LOSSES
 from rakd.progress import Progress
 from rakd.rollout import Rollouts
@@ -64,6 +65,12 @@ class SFTTrainer(CheckpointedTrainer):
         self.start_step = 0
         self.world = world or World()  # under torchrun: each rank takes its share of every batch
         self._order: tuple[int, list[int]] = (-1, [])
+        self.dims = ModelDims.of(model)
+
+    def set_pairs(self, pairs: list[tuple[str, str]]) -> None:
+        """Train on `pairs` from the next step on (a warm start that adds traces); the optimiser and schedule go
+        on. A step's batch depends only on the step and the pairs, so a resumed run sees what an unbroken one did."""
+        self.pairs, self._order = pairs, (-1, [])
 
     def epoch_order(self, epoch: int) -> list[int]:
         """The seeded shuffle of epoch `epoch` (kept for the epoch's steps)."""
@@ -83,8 +90,9 @@ class SFTTrainer(CheckpointedTrainer):
 
     def step(self, step: int) -> dict:
         self.model.train()
+        batch = self.batch_for(step)
         with autocast(self.device):
-            tensors = batch_tensors(self.model, self.batch_for(step))
+            tensors = batch_tensors(self.model, batch)
             loss, metrics = LOSSES["sft"](tensors, {"agg": "token_mean"})
         # token_mean: its share of the batch's tokens (scaled where FSDP averages what it reduces)
         weight = self.world.fraction(float(tensors["mask"].sum())) * self.world.grad_scale(self.model)
@@ -99,13 +107,16 @@ class SFTTrainer(CheckpointedTrainer):
             "loss": float(loss.detach()),
             "grad_norm": grad_norm,
             "lr": self.scheduler.get_last_lr()[0],
+            "flops": int(self.world.sum(rollout_flops(self.dims, batch, training=True))),  # every rank's share
         }
 
-    def run(self, on_step: Callable[[int, dict], bool | None] | None = None) -> int:
-        """Steps `start_step`..`cfg.steps`; returns the number of steps done. `on_step(step, row)` may add to the
-        row before it is logged, and ends training early by returning True (a warm start's target accuracy)."""
+    def run(self, on_step: Callable[[int, dict], bool | None] | None = None, until: int | None = None) -> int:
+        """Steps `start_step`..`until` (default `cfg.steps`); returns the number of steps done, which is also the
+        next run's `start_step`. `on_step(step, row)` may add to the row before it is logged, and ends training
+        early by returning True (a warm start's target accuracy)."""
+        until = self.cfg.steps if until is None else min(until, self.cfg.steps)
         progress = Progress(self.name, self.cfg.steps, self.start_step, every=self.cfg.log_every)
-        for step in range(self.start_step, self.cfg.steps):
+        for step in range(self.start_step, until):
             started = time.perf_counter()
             metrics = self.step(step)
             row = {"step": step + 1, "stage": self.name, **metrics, "seconds": time.perf_counter() - started}
@@ -117,7 +128,9 @@ class SFTTrainer(CheckpointedTrainer):
                 self.log.append(row)
                 progress.update(step, loss=metrics["loss"])
             if stop:
-                return step + 1
+                self.start_step = step + 1
+                return self.start_step
             if self.cfg.checkpoint_every and (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < self.cfg.steps:
                 self.save(step + 1)
-        return self.cfg.steps
+        self.start_step = max(self.start_step, until)
+        return self.start_step

@@ -1,0 +1,150 @@
+"""The warm start's teacher traces, sampled in rounds: the curriculum's questions first, and, while the student
+misses its target, more of the harder ones (`warmstart.recover`).
+
+A round is sampled once and kept in the stage's work folder (`traces.pending.jsonl`, each trace with its
+`round`; `traces.rounds.json`, each round's first SFT step, its counts and the FLOPs of decoding it), so a
+crashed warm start resumes on the traces it had, and a step's batch depends only on the step and the rounds
+begun by then.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from rakd.flops import ModelDims, rollout_flops
+from rakd.io import atomic_write_text, read_jsonl, to_jsonl
+from rakd.rollout import sample
+from rakd.train.common import step_seed
+from rakd.verify import reward
+
+
+def has_difficulty(records: list[dict]) -> bool:
+    """Whether a split carries a difficulty (`ops`, as the built-in generator writes it); GSM8K and most JSONL
+    files do not, and then neither the curriculum nor the warm start's target filters by it."""
+    return any(record.get("ops") is not None for record in records)
+
+
+def warmstart_prompts(records: list[dict], cfg, seed: int, harder_fraction: float | None = None) -> list[dict]:
+    """The questions the warm start's traces answer: the first `n_prompts`, filtered by `max_difficulty` (plus a
+    seeded `harder_fraction` of the harder ones; a larger fraction keeps a superset of a smaller one's)."""
+    records = records[: cfg.n_prompts]
+    if cfg.max_difficulty is None or not has_difficulty(records):
+        return records  # no curriculum asked for, or none possible: the source has no difficulty
+    fraction = cfg.harder_fraction if harder_fraction is None else harder_fraction
+    rng = random.Random(step_seed(seed, 0, salt=31))
+    kept = []
+    for line, record in enumerate(records, 1):
+        if record.get("ops") is None:
+            raise ValueError(
+                f"distill.warmstart.max_difficulty needs each train record's difficulty (`ops`, as the built-in "
+                f"generator writes it); train.jsonl line {line} has none"
+            )
+        if record["ops"] <= cfg.max_difficulty or rng.random() < fraction:
+            kept.append(record)
+    return kept
+
+
+def teacher_traces(teacher, tokenizer, records: list[dict], cfg, seed: int) -> tuple[list[dict], int]:
+    """Sampled teacher solutions of `records` (the warm start's prompts) that the verifier accepts, one per distinct
+    (question, completion), and the FLOPs of decoding every sample, rejected ones included."""
+    if not records:
+        return [], 0
+    questions = [r["question"] for r in records for _ in range(cfg.samples_per_prompt)]
+    answers = [r["answer"] for r in records for _ in range(cfg.samples_per_prompt)]
+    rollouts = sample(
+        teacher,
+        tokenizer,
+        questions,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        seed=seed,
+        progress="teacher traces",
+    )
+    seen, traces = set(), []
+    for question, answer, text in zip(questions, answers, rollouts.texts):
+        if reward(text, answer) == 1.0 and (question, text) not in seen:
+            seen.add((question, text))
+            traces.append({"question": question, "answer": answer, "completion": text})
+    return traces, rollout_flops(ModelDims.of(teacher), rollouts)
+
+
+class TraceRounds:
+    """The rounds of traces in a work folder: `add(step)` samples the next round (rank 0), `pairs_at(step)` the
+    (question, completion) pairs SFT trains on at a step, `boundary_after(step)` where the next round would
+    begin (None: no more rounds)."""
+
+    def __init__(self, work: Path, cfg, seed: int):
+        self.work, self.cfg, self.seed = Path(work), cfg, seed
+        self.pending, self.index = self.work / "traces.pending.jsonl", self.work / "traces.rounds.json"
+
+    def rounds(self) -> list[dict]:
+        if self.index.exists():
+            return json.loads(self.index.read_text())
+        if self.pending.exists():  # traces left by a run before rounds were recorded: one round, cost unknown
+            return [{"round": 0, "step": 0, "traces": len(read_jsonl(self.pending)), "teacher_generate": 0}]
+        return []
+
+    def traces(self) -> list[dict]:
+        done = len(self.rounds())
+        return [t for t in read_jsonl(self.pending) if t.get("round", 0) < done] if self.pending.exists() else []
+
+    def pairs_at(self, step: int) -> list[tuple[str, str]]:
+        begun = {r["round"] for r in self.rounds() if r["step"] <= step}
+        return [(t["question"], t["completion"]) for t in self.traces() if t.get("round", 0) in begun]
+
+    def fraction(self, round_: int) -> float:
+        recover = self.cfg.recover
+        return min(1.0, self.cfg.harder_fraction + (round_ * recover.add_fraction if recover else 0.0))
+
+    def boundary_after(self, step: int) -> int | None:
+        """The SFT step after `step` at which the pairs change: a recorded round's first step (a resumed run), or
+        where the next round would begin if the target is still missed then; None: no more rounds."""
+        rounds, recover = self.rounds(), self.cfg.recover
+        later = [r["step"] for r in rounds if r["step"] > step]
+        if later:
+            return min(later)
+        if recover is None or self.cfg.stop is None or not rounds or len(rounds) > recover.rounds:
+            return None
+        if self.fraction(len(rounds) - 1) >= 1:  # every harder question is traced already
+            return None
+        return max(step + 1, rounds[-1]["step"] + recover.after)
+
+    def begins_at(self, step: int) -> bool:
+        return any(r["step"] == step for r in self.rounds())
+
+    def add(self, train: list[dict], teacher, tokenizer, step: int, log) -> dict:
+        """Sample round `len(rounds)`: the prompts its larger harder fraction adds, from step `step` on."""
+        rounds = self.rounds()
+        index = len(rounds)
+        prompts = warmstart_prompts(train, self.cfg, self.seed, self.fraction(index))
+        if index:
+            before = {r["question"] for r in warmstart_prompts(train, self.cfg, self.seed, self.fraction(index - 1))}
+            prompts = [r for r in prompts if r["question"] not in before]
+        seed = self.seed if index == 0 else step_seed(self.seed, index, salt=37)
+        traces, flops = teacher_traces(teacher, tokenizer, prompts, self.cfg, seed)
+        kept = [t for t in self.traces() if t.get("round", 0) < index]
+        entry = {
+            "round": index,
+            "step": step,
+            "prompts": len(prompts),
+            "traces": len(traces),
+            "teacher_generate": flops,
+        }
+        self.work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.pending, to_jsonl(kept + [{**t, "round": index} for t in traces]))
+        atomic_write_text(self.index, json.dumps(rounds + [entry], indent=1) + "\n")  # the round counts once here
+        what = (
+            "" if index == 0 else f" (round {index}: harder fraction {self.fraction(index):.2f}, from SFT step {step})"
+        )
+        log(f"[warmstart] {len(traces)} verified teacher traces from {len(prompts)} prompts{what}")
+        return entry
+
+    def teacher_generate_flops(self) -> int:
+        return sum(r.get("teacher_generate", 0) for r in self.rounds())
+
+    def finish(self, final: Path) -> None:
+        """Move the traces to their final name and drop the round index (its numbers are in the evaluation)."""
+        self.pending.replace(final)
+        self.index.unlink(missing_ok=True)
