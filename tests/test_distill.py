@@ -450,6 +450,8 @@ def test_a_resumed_warm_start_reuses_the_rounds_it_sampled(prepared, tmp_path, m
     assert len(sampled) == 3
     warm = json.loads((cfg.run.dir / "student/eval_warmstart.json").read_text())
     assert [r["step"] for r in warm["rounds"]] == [0, 4, 8] and warm["sft_steps"] == 10
+    rows = read_jsonl(cfg.run.dir / "student/metrics_warmstart.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 11))  # the crashed attempt's rows are not counted twice
 
     straight, _ = scripted_warmstart(prepared, tmp_path, monkeypatch, "recover-straight")
     monkeypatch.setattr(sft.SFTTrainer, "step", real_step)

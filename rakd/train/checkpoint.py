@@ -105,7 +105,7 @@ class CheckpointedTrainer:
         checkpoints = list_checkpoints(self.out_dir / "checkpoints")
         if checkpoints:
             self.start_step = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler)
-            self.log.truncate_after(self.start_step)
+        self.log.truncate_after(self.start_step)  # rows past the checkpoint (all of them without one) are redone
         return self.start_step
 
     def save(self, step: int) -> None:
