@@ -327,7 +327,7 @@ def flops_rows(results: dict[str, Summary]) -> list[dict]:
     for name in ("teacher", "distill"):
         ledger = results.get(name, {}).get("eval", {}).get("flops") or {}
         rows += [
-            {"stage": name, "phase": phase, "FLOPs": f"{count:.3e}", "": format_flops(count)}
+            {"stage": name, "phase": phase, "FLOPs": f"{count:.3e}", "≈": format_flops(count)}
             for phase, count in ledger.items()
         ]
     return rows
