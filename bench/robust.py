@@ -75,6 +75,7 @@ def row_of(folder: Path, **labels) -> dict:
         "target_reached": target.get("reached"),
         "warmstart_step": warm.get("sft_steps"),
         "warmstart_check": target.get("last"),
+        "trace_rounds": target.get("rounds"),
         "warmstart_greedy": warm["greedy_accuracy"],
         "final_greedy": final["greedy_accuracy"],
         "gain": gain,

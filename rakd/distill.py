@@ -75,7 +75,7 @@ class WarmStartRecover(StageConfig):
 
     after: int = Field(300, ge=1, description="SFT steps of a round without reaching the target before the next")
     add_fraction: float = Field(
-        0.1, gt=0, le=1, description="each round adds this much to harder_fraction (0.1 -> 0.2 -> 0.3 ...)"
+        0.1, gt=0, le=1, description="each round adds this much to harder_fraction (0.2 -> 0.3 -> 0.4 ...)"
     )
     rounds: int = Field(3, ge=1, description="at most this many rounds after the first")
 
@@ -92,7 +92,7 @@ class WarmStartConfig(StageConfig):
         "glimpsed (None: every question; questions with no difficulty at all, e.g. GSM8K, are all kept)",
     )
     harder_fraction: float = Field(
-        0.1, ge=0, le=1, description="with max_difficulty: the share of harder questions kept (chosen by seed)"
+        0.2, ge=0, le=1, description="with max_difficulty: the share of harder questions kept (chosen by seed)"
     )
     samples_per_prompt: int = Field(1, ge=1)
     temperature: float = Field(0.7, gt=0)
