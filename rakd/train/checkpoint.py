@@ -105,7 +105,8 @@ class CheckpointedTrainer:
         checkpoints = list_checkpoints(self.out_dir / "checkpoints")
         if checkpoints:
             self.start_step = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler)
-        self.log.truncate_after(self.start_step)  # rows past the checkpoint (all of them without one) are redone
+        if self.world.main:  # rank 0 writes the log; rows past the checkpoint (all, without one) are redone
+            self.log.truncate_after(self.start_step)
         return self.start_step
 
     def save(self, step: int) -> None:
