@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/tiny.yaml
 
-.PHONY: demo test lint format install clean bench-rl
+.PHONY: demo test test-fast lint format install clean bench-rl
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ test: $(STAMP)
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
+
+# The unit tests alone (the `heavy` ones left out: trained pipelines, exports, runtimes, torchrun).
+test-fast: $(STAMP)
+	@$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
 
 # ruff: lint (pycodestyle, pyflakes, isort, bugbear, pyupgrade) and formatting, as configured in pyproject.toml.
 lint: $(STAMP)

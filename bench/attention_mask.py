@@ -5,33 +5,23 @@ transformers expands on every forward call (what it did before), in one run on t
     .venv/bin/python bench/attention_mask.py --model runs/tiny/student [--teacher runs/tiny/teacher] [--threads 1]
 
 Without --model a random student-tiny is used. Prints seconds per call (median of 3) and writes
-bench/results/attention_mask.json.
+results.json and meta.json into bench/results/attention_mask-DATE/.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from pathlib import Path
 
 import torch
+from benchlib import results_dir, timed, write_meta
 
-import rakd.rollout as rollout
+import rakd.rollout.samplers as samplers
+import rakd.rollout.scoring as scoring
 from rakd.data.generator import GeneratorConfig, generate
 from rakd.models.load import load_causal_lm
 from rakd.models.tokenizer import TokenizerConfig, build_bpe, wrap_tokenizer
 from rakd.models.zoo import build_model, preset_config
-
-
-def timed(fn, repeats: int = 3) -> float:
-    runs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - started)
-    return statistics.median(runs)
 
 
 def main() -> None:
@@ -41,7 +31,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--group", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/attention_mask.json"))
+    parser.add_argument("--out", default=None, help="results folder (default: bench/results/attention_mask-DATE)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     records = generate(GeneratorConfig(n_items=args.prompts, seed=7))
@@ -52,25 +42,26 @@ def main() -> None:
         model = build_model(preset_config("student-tiny", tokenizer), seed=0)
     teacher = load_causal_lm(args.teacher)[0] if args.teacher else model
     questions = [r["question"] for r in records for _ in range(args.group)]
-    built = rollout.attention_mask_4d
+    built = samplers.attention_mask_4d
     result = {"threads": args.threads, "rollouts": len(questions)}
     for name, mask in (("2d mask (transformers builds it)", lambda model, m, q: m), ("4d mask (ours)", built)):
-        rollout.attention_mask_4d = mask
+        samplers.attention_mask_4d = scoring.attention_mask_4d = mask
         torch.manual_seed(0)
-        batch = rollout.sample(model, tokenizer, questions, max_new_tokens=48, batch_size=len(questions), seed=1)
+        batch = samplers.sample(model, tokenizer, questions, max_new_tokens=48, batch_size=len(questions), seed=1)
         result[name] = {
             "sample_s": timed(
-                lambda: rollout.sample(
+                lambda: samplers.sample(
                     model, tokenizer, questions, max_new_tokens=48, batch_size=len(questions), seed=1
                 )
             ),
-            "score_student_s": timed(lambda b=batch: rollout.score_completions(model, b)),
-            "score_teacher_s": timed(lambda b=batch: rollout.score_completions(teacher, b)),
+            "score_student_s": timed(lambda b=batch: scoring.score_completions(model, b)),
+            "score_teacher_s": timed(lambda b=batch: scoring.score_completions(teacher, b)),
         }
         print(name, {k: round(v, 3) for k, v in result[name].items()}, flush=True)
-    rollout.attention_mask_4d = built
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    samplers.attention_mask_4d = scoring.attention_mask_4d = built
+    folder = results_dir("attention_mask", args.out)
+    write_meta(folder)
+    (folder / "results.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

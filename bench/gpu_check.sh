@@ -10,7 +10,7 @@
 #   3. bench/gpu_check.py: the GPU config shortened to minutes (prep -> teacher -> distill), RL on the `graph`
 #      sampler (on `loop` if `graph` failed in 1), with step splits and accuracies;
 #   4. rollouts of the student that 3 trained (real EOS): loop and graph, and `.old`'s loop.
-# Everything printed goes to OUT/log.txt; results are OUT/*.json.
+# Everything printed goes to OUT/log.txt; results are OUT/*.json, with OUT/meta.json (bench/benchlib.py).
 # Usage: bash bench/gpu_check.sh OUT_DIR
 # Checking the script itself on a CPU first (toy sizes, no device time spent):
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_BATCH=16 GPU_CHECK_TOKENS=8 GPU_CHECK_SMOKE=--dry-run bash bench/gpu_check.sh /tmp/x
@@ -35,6 +35,8 @@ phase() {  # phase NAME LIMIT_S COMMAND...: run it, print its exit status and se
   echo "== $name: exit $status in $((SECONDS - start))s"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
+python3 -c "import sys; sys.path.insert(0, 'bench'); from benchlib import write_meta; \
+write_meta(__import__('pathlib').Path(sys.argv[1]), sys.argv[2])" "$out" "${GPU_CHECK_DEVICE:-cuda}" || echo "no meta.json"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 shape=(--device "${GPU_CHECK_DEVICE:-cuda}" --batch "${GPU_CHECK_BATCH:-512}" --group-size 8
        --max-new-tokens "${GPU_CHECK_TOKENS:-160}" --no-single)

@@ -13,26 +13,26 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
+from benchlib import timed as best_time
 from gpu_check import TOY  # bench/ is the script's directory
 from torch.profiler import ProfilerActivity, profile
 
-from rakd import rollout
 from rakd.config import load_config
 from rakd.data.generator import GeneratorConfig, generate
 from rakd.models.tokenizer import TokenizerConfig, build_bpe, wrap_tokenizer
 from rakd.models.zoo import build_model, preset_config
 from rakd.rollout import (
-    forest_logits,
+    completion_logits,
     prefix_forests,
     sample,
     score_completions,
     select_rows,
     token_logprobs,
 )
+from rakd.rollout import samplers as rollout
 from rakd.train.common import autocast
 from rakd.verify import reward
 
@@ -50,14 +50,7 @@ def sync() -> None:
 
 
 def timed(fn, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_time(fn, repeats, sync)
 
 
 def multinomial_token(logits, temperature, top_p, generator):  # the draw before the inverse CDF
@@ -118,7 +111,7 @@ def main(out: str | None) -> None:
 
         def update(packed: bool):
             student.zero_grad()
-            logits = forest_logits(student, minibatch, packed=packed)
+            logits = completion_logits(student, minibatch, packed=packed)
             loss = (token_logprobs(logits, minibatch.completion_ids.to(DEVICE)) * mask).sum() / mask.sum()
             loss.backward()
 

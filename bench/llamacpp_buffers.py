@@ -4,18 +4,19 @@
 
     .venv/bin/python bench/llamacpp_buffers.py [--hidden 512 --layers 8 --tokens 128 --repeats 3]
 
-Writes bench/results/llamacpp_buffers.json. Random weights: only speed is measured.
+Writes results.json and meta.json into bench/results/llamacpp_buffers-DATE/. Random weights: only speed is measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import cpu_model, results_dir, write_meta
 
 from export.gguf import export_gguf
 from export.quantize import quantize_gguf
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/llamacpp_buffers.json"))
+    parser.add_argument("--out", default=None, help="results folder (default: bench/results/llamacpp_buffers-DATE)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -84,7 +85,7 @@ def main() -> None:
                     flush=True,
                 )
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "llama_cpp": llamacpp.llama_settings()},
+        "machine": {"cpu": cpu_model(), "llama_cpp": llamacpp.llama_settings()},
         "model": {
             "hidden": args.hidden,
             "layers": args.layers,
@@ -94,11 +95,9 @@ def main() -> None:
         "tokens": args.tokens,
         "rows": rows,
     }
-    from deploy.validate import cpu_model
-
-    result["machine"]["cpu"] = cpu_model()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    folder = results_dir("llamacpp_buffers", args.out)
+    write_meta(folder)
+    (folder / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"machine: {result['machine']['cpu']}; {result['machine']['llama_cpp']['system_info']}")
 
 

@@ -15,7 +15,7 @@ copy of the initial student, where our grpo_kl takes it to the teacher. Dynamic 
 (min_informative_groups 0) so that both sides sample exactly prompts x G completions per step.
 
 Prints a table (median seconds per step over the measured steps, completions per second, our split into sample /
-teacher / update) and writes bench/results/rl_throughput.{json,md}.
+teacher / update) and writes results.{json,md,png} and meta.json into bench/results/rl_throughput-DATE/ (or --out).
 """
 
 from __future__ import annotations
@@ -29,17 +29,15 @@ import time
 from pathlib import Path
 
 import torch
+from benchlib import cpu_model, results_dir, write_meta
 
-from deploy.validate import cpu_model
-from rakd.data.format import prompt_text
 from rakd.io import read_jsonl
 from rakd.models.load import load_causal_lm
+from rakd.prompt import prompt_text
 from rakd.tables import markdown_table, text_table
 from rakd.train.common import OptimConfig
 from rakd.train.rl import LossParams, RLConfig, RLTrainer
 from rakd.verify import reward
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def ours(method, student, teacher, tokenizer, records, args) -> dict:
@@ -170,7 +168,7 @@ def main() -> None:
     parser.add_argument("--methods", default="grpo,grpo_kl,rakd")
     parser.add_argument("--trl-betas", default="0,0.04", help="comma list; empty: skip TRL")
     parser.add_argument("--rounds", type=int, default=3, help="repeats of the whole comparison (medians reported)")
-    parser.add_argument("--out", default=str(RESULTS / "rl_throughput"))
+    parser.add_argument("--out", default=None, help="results folder (default: bench/results/rl_throughput-DATE)")
     parser.add_argument("--plot-from", help="only draw the PNG beside a saved result JSON (no bench run)")
     args = parser.parse_args()
     if args.plot_from:
@@ -256,12 +254,13 @@ def main() -> None:
     )
     print(title)
     print(text_table(table))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = results_dir("rl_throughput", args.out)
+    out = folder / "results"
+    write_meta(folder)
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "setup": setup, "rows": rows}, indent=2))
     out.with_suffix(".md").write_text(f"{title}\n\n{markdown_table(table)}\n")
     plot(rows, title, out.with_suffix(".png"))
-    print(f"wrote {out}.json, {out}.md and {out}.png")
+    print(f"wrote results.json, results.md, results.png and meta.json into {folder}/")
 
 
 def plot(rows: list[dict], title: str, path: Path) -> None:

@@ -14,26 +14,13 @@ gain_se, n, flops), `runs.md` and `runs.png` into `--out`, with `meta.json` (com
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+from benchlib import ROOT, results_dir, write_meta
 
 
 def prepare(base: Path, run: Path) -> None:
@@ -143,8 +130,7 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="run folders go to <base>-robust-TAG/ (one per regime)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    out = args.out or ROOT / f"bench/results/robust-{datetime.date.today()}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = results_dir("robust", args.out)
     plan = [(seed, threads) for threads in args.threads for seed in args.seeds]
     # one-thread runs side by side (--jobs at a time), the others alone: never more threads than cores
     parallel, alone = [j for j in plan if j[1] == 1], [j for j in plan if j[1] != 1]
@@ -158,9 +144,7 @@ def main() -> None:
     (out / "runs.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "runs.md").write_text(table(rows))
     plot(rows, out / "runs.png")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    meta = {"command": " ".join(sys.argv), "commit": commit, "date": str(datetime.date.today()), "machine": machine()}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_meta(out)
     print(table(rows))
     print(f"written to {out}/")
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import platform
 import time
 import traceback
 from pathlib import Path
 
 import torch
 import yaml
+from benchlib import machine
 
 import rakd
 from rakd.data.generator import GeneratorConfig, generate
@@ -82,17 +82,6 @@ def measure(model, tokenizer, questions, backend, *, repeats, max_new_tokens, gr
         "tokens": best["tokens"],
         "shared_prefill": grouped,
     }
-
-
-def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(0)
-    try:
-        from deploy.validate import cpu_model
-
-        return cpu_model()
-    except ImportError:
-        return platform.processor() or platform.machine()
 
 
 def plot(paths: list[Path], out: Path) -> None:

@@ -16,7 +16,7 @@ each the 40 rows of 5 informative groups (mixed rewards: the rows a `rakd` step 
 Each is scored by the run's teacher both ways (`plain`: the scoring before prefix sharing, length-sorted chunks
 with the shared padding trimmed, one `forward_completion` each) at 16, 32 and 64 rows a chunk, interleaved,
 median of `--repeats`; the log-probs of the two are checked equal (1e-4). Writes
-bench/results/teacher_scoring.{json,md}.
+results.{json,md} and meta.json into bench/results/teacher_scoring-DATE/ (or --out).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+from benchlib import cpu_model, results_dir, write_meta
 
-from deploy.validate import cpu_model
 from rakd.io import read_jsonl
 from rakd.models.load import load_causal_lm
 from rakd.rollout import (
@@ -42,7 +42,6 @@ from rakd.rollout import (
 from rakd.tables import markdown_table, text_table
 from rakd.verify import reward
 
-RESULTS = Path(__file__).parent / "results"
 GROUP, GROUPS, SIZES = 8, 5, (16, 32, 64)
 
 
@@ -80,7 +79,7 @@ def main() -> None:
     parser.add_argument("--run", default="runs/tiny", help="a finished run: its teacher/ scores, its student/ samples")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--out", default=str(RESULTS / "teacher_scoring"))
+    parser.add_argument("--out", default=None, help="results folder (default: bench/results/teacher_scoring-DATE)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -140,8 +139,9 @@ def main() -> None:
     ]
     print(title)
     print(text_table(table))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = results_dir("teacher_scoring", args.out)
+    out = folder / "results"
+    write_meta(folder)
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
     out.with_suffix(".md").write_text(f"{title}\n\n{markdown_table(table)}\n")
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from deploy.manifest import PackageError, verify_package
 from rakd.layout import RunLayout
+from rakd.models.gguf_file import gguf_metadata
+from rakd.quant import Format, of_file_type
 from rakd.schema import ModelLoadError
-
-Format = Literal["gguf", "onnx", "pytorch"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ def discover(path: str | Path) -> list[Artefact]:
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"{path}: not a model: expected a .gguf file or a model folder")
-        return [Artefact(f"gguf-{path.stem.removeprefix('model-')}", "gguf", path)]
+        return [Artefact(gguf_label(path), "gguf", path)]
     if (path / "manifest.json").is_file():
         return package_artefacts(path)
     if RunLayout(path).is_run():
@@ -43,6 +42,13 @@ def discover(path: str | Path) -> list[Artefact]:
     if fmt is None:
         raise ModelLoadError(f"{path}: not a model: no .onnx file, no config.json, no manifest.json, no export/")
     return [Artefact(f"{fmt}-{path.name}" if fmt == "pytorch" else path.name, fmt, path, reference=fmt == "pytorch")]
+
+
+def gguf_label(path: Path) -> str:
+    """A GGUF file's label from its own file type (`general.file_type`, rakd.quant), not from its name; a file
+    type outside the table keeps the file's stem."""
+    kind = of_file_type(file_type) if (file_type := gguf_metadata(path).get("general.file_type")) is not None else None
+    return kind.label if kind is not None else f"gguf-{path.stem.removeprefix('model-')}"
 
 
 def folder_format(path: Path) -> Format | None:

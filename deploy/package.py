@@ -177,7 +177,7 @@ def ollama_modelfile(name: str, path: Path) -> str:
         f"FROM ./{name}",
     ]
     if meta.get("tokenizer.chat_template") is None:
-        # rakd's prompt format (rakd.data.format.prompt_text): the question, then a newline
+        # rakd's prompt format (rakd.prompt.prompt_text): the question, then a newline
         lines.append('TEMPLATE """{{ .Prompt }}\n"""')
     lines += ["PARAMETER temperature 0", "PARAMETER num_predict 256"]
     if stop:

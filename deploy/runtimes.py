@@ -5,7 +5,7 @@
 - `TorchGenerator`: a Hugging Face folder in PyTorch fp32: the reference the others are compared with.
 
 Every runtime formats the prompt the same way: the model's chat template when it
-has one, else `rakd.data.format.prompt_text` (how our models were taught), and
+has one, else `rakd.prompt.prompt_text` (how our models were taught), and
 decodes greedily one problem at a time, as an app on a device would. Heavy imports
 happen inside the constructors, so a llama.cpp run never loads torch.
 """
@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rakd.data.format import chat_messages, model_prompt, prompt_text
 from rakd.models.gguf_file import gguf_metadata
 from rakd.models.llamacpp import open_llama
+from rakd.prompt import chat_messages, model_prompt, prompt_text
 from rakd.schema import ModelLoadError
 
 

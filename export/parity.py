@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rakd.data.format import model_prompt
 from rakd.isolated import ChildCrashed, ChildFailed, run_isolated
 from rakd.models.llamacpp import llama_logits, open_llama_exact
+from rakd.prompt import model_prompt
+from rakd.quant import HIGH, by_label, quant
 from rakd.schema import StageError
 
-# Per-format limits: (max |Δlogit| at the last prompt token or None, minimum top-1 agreement).
+# Each type's limits are rakd.quant's: (max |Δlogit| at the last prompt token or None, minimum top-1 agreement).
 # F16 weights carry ~3 significant digits, so its bound grows with the logits, and with depth as the square
 # root of the layer count (each layer's rounding is an independent error): max(1e-2, F16_RELATIVE · √layers ·
 # max|logit|). Measured: 0.0109 on the tiny student (2 layers, max|logit| 16, bound 0.023); 0.038 on
@@ -34,16 +35,6 @@ from rakd.schema import StageError
 # whose F32 twin matched within 4e-5 and whose F16 top-1 agreement was 1.0). A wrong export (a missed bias,
 # rotary order, tied head) moves logits by whole units.
 F16_RELATIVE = 1e-3
-TOLERANCES: dict[str, tuple[float | None, float]] = {
-    "onnx-fp32": (1e-4, 1.0),
-    "gguf-f32": (1e-4, 1.0),
-    "gguf-f16": (1e-2, 1.0),
-    "onnx-w8": (None, 0.9),
-    "onnx-int8-dynamic": (None, 0.9),
-    "gguf-q8_0": (None, 0.9),
-    "onnx-w4": (None, 0.7),
-    "gguf-4bit": (None, 0.7),
-}
 
 
 class ParityError(StageError):
@@ -64,9 +55,9 @@ class Reference:
 
 
 def tolerance_for(label: str) -> tuple[float | None, float]:
-    if label.startswith("gguf-q4") or label.startswith("gguf-q5") or label.startswith("gguf-q3"):
-        return TOLERANCES["gguf-4bit"]
-    return TOLERANCES.get(label, (None, 0.9))
+    """The table's tolerance of `label`; an artefact type outside the table gets the 8-bit bound."""
+    kind = by_label(label)
+    return kind.tolerance if kind is not None else HIGH
 
 
 def build_references(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[Reference]:
@@ -100,7 +91,7 @@ def compare(label: str, path: Path, refs: list[Reference], runtime, layers: int 
         logits = runtime.logits(ref.sequence)
         scale = max(scale, float(np.abs(ref.logits[len(ref.prompt_ids) - 1]).max()))
         runs.append((ref, logits))
-    if label == "gguf-f16":
+    if label == quant("gguf", "f16").label:
         logit_tol = max(logit_tol, F16_RELATIVE * layers**0.5 * scale)
     max_diff, agree, near_ties, total = 0.0, 0, 0, 0
     for ref, logits in runs:

@@ -1,9 +1,10 @@
 """Quantisation: llama.cpp's own quantiser for GGUF, ONNX Runtime's for ONNX.
 
 llama.cpp quantises a tensor only when its row length is a multiple of the
-type's block size (32 for Q4_0/Q5_0/Q8_0, 256 for K-quants); otherwise it
-silently falls back per tensor. `expected_fallbacks` predicts that from the
-model dims, and `tensor_types` reads what was really written.
+type's block width (rakd.quant, from gguf-py's GGML_QUANT_SIZES: 32 for
+Q4_0/Q5_0/Q8_0/IQ4_NL, 256 for K-quants and IQ4_XS); otherwise it silently
+falls back per tensor. `expected_fallbacks` predicts that from the model
+dims, and `tensor_types` reads what was really written.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import numpy as np
 
 from rakd.io import publish_mode
 from rakd.models.load import gguf_metadata
+from rakd.quant import quant
 from rakd.schema import StageError
-
-_BLOCK = {"q4_0": 32, "q4_1": 32, "q5_0": 32, "q5_1": 32, "q8_0": 32}
 
 
 class QuantizeError(StageError):
@@ -30,7 +30,7 @@ class QuantizeError(StageError):
 
 
 def block_size(ftype: str) -> int:
-    return _BLOCK.get(ftype.lower(), 256)  # every K-quant and i-quant uses 256-wide super-blocks
+    return quant("gguf", ftype).block
 
 
 def expected_fallbacks(row_lengths: dict[str, int], ftype: str) -> list[str]:
@@ -50,7 +50,10 @@ def default_4bit(row_lengths: dict[str, int]) -> str:
 def _ftype(name: str) -> int:
     import llama_cpp
 
-    value = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name.upper()}", None)
+    try:
+        value = getattr(llama_cpp, f"LLAMA_FTYPE_{quant('gguf', name).file_type.name}", None)
+    except ValueError:
+        value = None
     if value is None:
         known = sorted(
             n.removeprefix("LLAMA_FTYPE_MOSTLY_").lower() for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_")

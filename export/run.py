@@ -32,6 +32,7 @@ from export.quantize import (
 from rakd.io import atomic_dir, atomic_write_json
 from rakd.models.llamacpp import llama_settings
 from rakd.models.load import ModelLoadError, load_causal_lm
+from rakd.quant import quant
 from rakd.tables import num
 
 
@@ -52,40 +53,37 @@ def export_onnx(hf_dir: Path, out: Path) -> Path:
 
 def _onnx_artefacts(cfg: ExportConfig, hf_dir: Path, staging: Path) -> dict[str, Path]:
     fp32 = export_onnx(hf_dir, staging / "onnx-fp32")
-    made = {"onnx-fp32": fp32}
+    made = {quant("onnx", "fp32").label: fp32}
     for scheme in cfg.onnx_quant:
-        target = staging / f"onnx-{scheme}"
+        kind = quant("onnx", scheme)
+        target = staging / kind.file_name
         shutil.copytree(fp32, target, ignore=shutil.ignore_patterns("*.onnx", "*.onnx_data"))
         quantize_onnx(fp32, target, scheme)
-        made[f"onnx-{scheme}"] = target
+        made[kind.label] = target
     return made
 
 
 def _gguf_artefacts(cfg: ExportConfig, model, tokenizer, staging: Path) -> tuple[dict[str, Path], dict]:
-    made = {"gguf-f16": export_gguf(model, tokenizer, staging / "model-f16.gguf", "f16")}
+    f16 = quant("gguf", "f16")
+    made = {f16.label: export_gguf(model, tokenizer, staging / f16.file_name, "f16")}
     if cfg.gguf_f32:
-        made["gguf-f32"] = export_gguf(model, tokenizer, staging / "model-f32.gguf", "f32")
+        f32 = quant("gguf", "f32")
+        made[f32.label] = export_gguf(model, tokenizer, staging / f32.file_name, "f32")
     rows = gguf_row_lengths(model)
     quant_info = {}
     for requested in cfg.gguf_quant:
-        ftype = default_4bit(rows) if requested == "4bit" else requested.lower()
-        path = quantize_gguf(made["gguf-f16"], staging / f"model-{ftype}.gguf", ftype, cfg.threads)
+        kind = quant("gguf", default_4bit(rows) if requested == "4bit" else requested)
+        path = quantize_gguf(made[f16.label], staging / kind.file_name, kind.name, cfg.threads)
         stored = tensor_types(path)
-        quant_info[f"gguf-{ftype}"] = {
-            "ftype": ftype,
-            "expected_fallbacks": expected_fallbacks(rows, ftype),
+        quant_info[kind.label] = {
+            "ftype": kind.name,
+            "expected_fallbacks": expected_fallbacks(rows, kind.name),
             "tensor_types": stored,
             # Weights stored in another type than the requested one (1-D norms stay F32 by design).
-            "other_types": {n: t for n, t in stored.items() if t not in ("F32", main_type(ftype))},
+            "other_types": {n: t for n, t in stored.items() if t not in ("F32", kind.tensor_type.name)},
         }
-        made[f"gguf-{ftype}"] = path
+        made[kind.label] = path
     return made, quant_info
-
-
-def main_type(ftype: str) -> str:
-    """The tensor type a llama.cpp ftype is named after: q4_k_m -> Q4_K, q8_0 -> Q8_0."""
-    name = ftype.upper()
-    return name[:-2] if name.endswith(("_M", "_S", "_L")) and "_K" in name else name
 
 
 def run_export(cfg: ExportConfig, hf_dir: str | Path, out_dir: str | Path, questions: list[str]) -> ExportResult:

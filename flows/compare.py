@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import statistics
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,59 +16,17 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 from prefect.cache_policies import NO_CACHE
 
 from flows.stages import slug
-from rakd.compare import CompareConfig, Job, job_distill_config, link_base, plan_jobs, run_job, write_results
+from rakd.compare import CompareConfig, Job, job_distill_config, plan_jobs, run_job, shared_warmstart, write_results
 from rakd.config import PipelineConfig, load_config
-from rakd.io import atomic_write_text, fingerprint
-from rakd.registry import BY_NAME, outputs_current, run_stage, stage_keys
-
-
-def ensure_base(cfg: PipelineConfig) -> None:
-    """prep and teacher of the comparison's run folder, run only when their outputs are not current."""
-    keys = stage_keys(cfg)
-    for name in ("prep", "teacher"):
-        stage = BY_NAME[name]
-        if not outputs_current(cfg.run.layout, stage, keys[name]):
-            run_stage(stage, cfg)
-            atomic_write_text(cfg.run.layout.stage_key(name), keys[name] + "\n")
-
-
-def ensure_warmstart(cfg: PipelineConfig) -> Path:
-    """The shared warm start in `<run>/compare/warmstart/`, made once per key (data, teacher, warm-start config)."""
-    from rakd.distill import prepare_warmstart
-
-    layout, distill = cfg.run.layout, cfg.distill
-    key = fingerprint(
-        {
-            "teacher": stage_keys(cfg)["teacher"],
-            "student": distill.student.model_dump(mode="json"),
-            "warmstart": distill.warmstart.model_dump(mode="json"),
-            "eval": distill.eval.model_dump(mode="json"),
-            "seed": distill.seed,
-        }
-    )
-    target = layout.compare / "warmstart"
-    if (
-        (target / "eval_warmstart.json").is_file()
-        and (target / ".key").is_file()
-        and (target / ".key").read_text() == key
-    ):
-        return target
-    work = layout.compare / "warmstart.work"
-    link_base(layout, work)
-    made = prepare_warmstart(
-        distill.model_copy(update={"eval": distill.eval.model_copy(update={"per_problem": True})}), work
-    )
-    (made / ".key").write_text(key)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(made, target)
-    shutil.rmtree(work, ignore_errors=True)
-    return target
+from rakd.registry import run_missing, stage_keys
 
 
 @task(name="compare-job", cache_policy=NO_CACHE, log_prints=True)
 def job_task(config: dict, job: dict, base: str, warmstart: str, out: str, time_budget_s: float | None = None) -> dict:
     """One job of the comparison on a Dask worker (one torch thread: the workers share the machine's cores)."""
     import torch
+
+    import rakd.distill  # noqa: F401 - torch, transformers and the trainers load here, before the job's clock starts
 
     torch.set_num_threads(1)
     cfg = PipelineConfig.model_validate(config)
@@ -110,8 +67,8 @@ def rakd_compare(config: dict) -> dict:
     logger = get_run_logger()
     cfg = PipelineConfig.model_validate(config)
     layout = cfg.run.layout
-    ensure_base(cfg)
-    warmstart = ensure_warmstart(cfg)
+    run_missing(cfg, ("prep", "teacher"))
+    warmstart = shared_warmstart(cfg.distill, layout, stage_keys(cfg)["teacher"])
     jobs = plan_jobs(cfg.compare, cfg.distill)
     logger.info(f"{len(jobs)} jobs from the warm start in {warmstart}")
     out = layout.compare / "jobs"

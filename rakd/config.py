@@ -1,17 +1,18 @@
 """The pipeline config: one typed section per stage, loaded from YAML with `key=value` overrides.
 
     run:            name, run folder root
-    prep:           rakd.data.prep.PrepConfig
-    teacher:        rakd.teacher.TeacherConfig
-    distill:        rakd.distill.DistillConfig
+    prep:           rakd.data.config.PrepConfig
+    teacher:        rakd.stage_config.TeacherConfig
+    distill:        rakd.stage_config.DistillConfig
     export:         export.config.ExportConfig
     validation:     deploy.config.ValidateConfig
     package:        deploy.config.PackageConfig
-    orchestration:  flows.settings.OrchestrationConfig
+    orchestration:  OrchestrationConfig (below: how the Prefect flows retry and store results)
+    compare:        rakd.stage_config.CompareConfig
 
 The defaults are the embedded default run (`configs/tiny.yaml` spells them out; a test keeps the two equal).
-This module is part of the composition root: it imports every package's config classes (light modules with
-no torch, llama.cpp or Prefect import).
+This module is part of the composition root: it imports every package's config classes, light modules with no
+torch, transformers, llama.cpp or Prefect import (a test checks `sys.modules`).
 
 Errors name the file and the dotted key, e.g.
 `configs/tiny.yaml: prep.generator.max_ops: Input should be a valid integer (got 'x')`.
@@ -29,20 +30,28 @@ from pydantic import Field, ValidationError
 
 from deploy.config import PackageConfig, ValidateConfig
 from export.config import ExportConfig
-from flows.settings import OrchestrationConfig
-from rakd.compare import CompareConfig
-from rakd.data.prep import PrepConfig
-from rakd.distill import DistillConfig
+from rakd.data.config import PrepConfig
 from rakd.layout import RunLayout
 from rakd.schema import ConfigError, StageConfig
-from rakd.teacher import TeacherConfig
+from rakd.stage_config import CompareConfig, DistillConfig, TeacherConfig
 
-__all__ = ["ConfigError", "PipelineConfig", "RunConfig", "dump_config", "load_config"]
+__all__ = ["ConfigError", "OrchestrationConfig", "PipelineConfig", "RunConfig", "dump_config", "load_config"]
+
+
+class OrchestrationConfig(StageConfig):
+    """How the Prefect flows store results and retry (read by `flows`; no Prefect import here)."""
+
+    result_storage: Path = Field(Path("runs/.prefect-results"), description="where task results and cache records live")
+    retries: int = Field(2, ge=0, description="retries of I/O-style failures (never of bad config or data)")
+    training_retries: int = Field(1, ge=0, description="teacher/distill retries; each resumes from the last checkpoint")
+    retry_delay_s: list[int] = Field(default_factory=lambda: [10, 60], description="backoff between retries")
 
 
 class RunConfig(StageConfig):
-    name: str = Field("tiny", pattern=r"^[A-Za-z0-9_.-]+$")
-    root: Path = Path("runs")
+    """Where the run lives: `root/name/` holds every stage's output."""
+
+    name: str = Field("tiny", pattern=r"^[A-Za-z0-9_.-]+$", description="the run folder's name")
+    root: Path = Field(Path("runs"), description="the folder that holds run folders")
 
     @property
     def dir(self) -> Path:
@@ -137,3 +146,67 @@ def load_config(source: str | Path | dict | None = None, overrides: Sequence[str
 def dump_config(cfg: PipelineConfig) -> str:
     """YAML of a config, loadable again by `load_config`."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+REFERENCE_BEGIN, REFERENCE_END = "<!-- config reference: begin -->", "<!-- config reference: end -->"
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if not getattr(annotation, "__args__", None) else None
+    text = text or str(annotation).replace("typing.", "").replace("pathlib.", "").replace("NoneType", "None")
+    return text.replace("Literal", "one of ").replace("|", "or")
+
+
+def _section_of(annotation: Any) -> type[StageConfig] | None:
+    """The config class a field holds (also through `X | None`), else None."""
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, StageConfig):
+            return candidate
+    return None
+
+
+def _reference_rows(model: type[StageConfig], instance: StageConfig | None, prefix: str) -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        key, value = f"{prefix}{name}", getattr(instance, name) if instance is not None else None
+        section = _section_of(field.annotation)
+        if section is not None:
+            note = " (null: off)" if value is None and field.annotation is not section else ""
+            rows.append(f"| **`{key}`** | section{note} | | {(field.description or section.__doc__ or '').strip()} |")
+            rows += _reference_rows(section, value, f"{key}.")
+            continue
+        shown = yaml.safe_dump(_plain(value), default_flow_style=True, width=1000).strip()
+        shown = shown.removesuffix("...").strip()
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{key}` | {_type_name(field.annotation)} | `{shown}` | {description} |")
+    return rows
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, StageConfig):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def config_reference() -> str:
+    """Markdown: every config key of the pipeline with its type, its default (the embedded default run's) and its
+    description, generated from the pydantic fields (docs/usage.md holds it; a test keeps it current)."""
+    rows = ["| key | type | default | what it does |", "|---|---|---|---|"]
+    return "\n".join(rows + _reference_rows(PipelineConfig, PipelineConfig(), "")) + "\n"
+
+
+def write_reference(path: Path) -> None:
+    """Replace the generated block between the reference markers in `path`."""
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index(REFERENCE_BEGIN) + len(REFERENCE_BEGIN), text.index(REFERENCE_END)
+    path.write_text(text[:start] + "\n" + config_reference() + text[end:], encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m rakd.config docs/usage.md: regenerate its configuration reference
+    import sys
+
+    write_reference(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/usage.md"))

@@ -9,23 +9,13 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rakd.flops import ModelDims, rollout_flops
 from rakd.rollout import sample
-from rakd.schema import StageConfig
+from rakd.stage_config import EvalConfig
 from rakd.tables import pct
 from rakd.verify import extract_answer, reward, reward_flexible
-
-
-class EvalConfig(StageConfig):
-    n_problems: int = Field(500, ge=1, description="first N problems of the split")
-    k_samples: int = Field(4, ge=0, description="samples per problem at temperature 1 (0: greedy only)")
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(256, ge=1)
-    seed: int = 1234
-    per_problem: bool = Field(False, description="also record each problem's greedy 0/1 (paired comparisons)")
 
 
 def _stderr(values: list[float]) -> float:

@@ -278,6 +278,19 @@ def outputs_current(layout: RunLayout, stage: Stage, key: str) -> bool:
     return stage.done_file(layout).is_file() and marker.is_file() and marker.read_text().strip() == key
 
 
+def run_missing(cfg: PipelineConfig, names: tuple[str, ...]) -> None:
+    """Run the named stages, in order, only where their outputs are not current under their keys; each key is
+    recorded once its stage is done (what `rakd compare` needs of prep and the teacher)."""
+    from rakd.io import atomic_write_text
+
+    keys = stage_keys(cfg)
+    for name in names:
+        stage = BY_NAME[name]
+        if not outputs_current(cfg.run.layout, stage, keys[name]):
+            run_stage(stage, cfg)
+            atomic_write_text(cfg.run.layout.stage_key(name), keys[name] + "\n")
+
+
 # ---------------------------------------------------------------- the whole run's summary
 
 

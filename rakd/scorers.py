@@ -28,30 +28,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
-from pydantic import Field
 
 from rakd.models.gguf_file import gguf_tokens
 from rakd.models.llamacpp import llama_logits, open_llama_exact
 from rakd.rollout import Rollouts, score_completions, token_logprobs
-from rakd.schema import StageConfig
-
-
-class ScorerConfig(StageConfig):
-    kind: Literal["torch", "llama_cpp", "openai"] = Field(
-        "torch", description="where the teacher's log-probs come from"
-    )
-    gguf: str | None = Field(None, description="llama_cpp: the teacher as a GGUF file (its vocabulary: the student's)")
-    threads: int = Field(1, ge=1, description="llama_cpp: CPU threads")
-    n_ctx: int = Field(0, ge=0, description="llama_cpp: context length (0: the model's own)")
-    url: str | None = Field(None, description="openai: the server's base URL, e.g. http://teacher-host:8000")
-    model: str | None = Field(None, description="openai: the model name the server expects (vLLM: as served)")
-    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable with a bearer key, if set")
-    batch_rows: int = Field(16, ge=1, description="openai: rows per request")
-    timeout_s: float = Field(120.0, gt=0, description="openai: seconds to wait for one request")
-    retries: int = Field(2, ge=0, description="openai: retries of a request that failed to connect or got a 5xx")
+from rakd.stage_config import ScorerConfig
 
 
 class TeacherScorer(Protocol):

@@ -16,37 +16,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field
 from transformers import AutoTokenizer
 
-from rakd.data.format import completion_text
-from rakd.evaluate import EvalConfig, evaluate_model
+from rakd.evaluate import evaluate_model
 from rakd.flops import with_total
 from rakd.io import read_jsonl
 from rakd.layout import RunLayout
 from rakd.models.load import load_causal_lm, save_model
-from rakd.models.source import ModelSource
 from rakd.models.zoo import build_model, count_parameters, preset_config
-from rakd.schema import DataError, StageConfig
-from rakd.train.common import OptimConfig, pick_device, set_threads
+from rakd.prompt import completion_text
+from rakd.schema import DataError
+from rakd.stage_config import TeacherConfig
+from rakd.train.common import pick_device, set_threads
 from rakd.train.distributed import launch_torchrun, leave_world, world_from_env
-from rakd.train.sft import SFTConfig, SFTTrainer
-
-
-class TeacherConfig(StageConfig):
-    model: ModelSource = Field(default_factory=lambda: ModelSource(preset="teacher-tiny"))
-    train: SFTConfig = Field(
-        default_factory=lambda: SFTConfig(
-            steps=800, checkpoint_every=200, log_every=100, optim=OptimConfig(min_lr_ratio=0.05)
-        )
-    )
-    eval: EvalConfig = Field(default_factory=lambda: EvalConfig(n_problems=1000))
-    threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default); per process with nproc > 1")
-    nproc: int = Field(
-        1, ge=1, description="processes for data-parallel training under torchrun on this machine (one GPU each)"
-    )
-    device: str = "auto"
-    seed: int = 0
+from rakd.train.sft import SFTTrainer
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,28 @@ import os
 
 import pytest
 
+# Modules whose tests train models, run whole stages or flows, start runtimes or processes: marked `heavy`, so
+# `make test-fast` (-m "not heavy") runs the unit tests alone; `make test` and CI run everything.
+HEAVY_MODULES = {
+    "test_cli",
+    "test_deploy",
+    "test_distill",
+    "test_distributed",
+    "test_export",
+    "test_flows",
+    "test_llamacpp",
+    "test_prefect_server",
+    "test_pretrained",
+    "test_scorers",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in HEAVY_MODULES:
+            item.add_marker(pytest.mark.heavy)
+
+
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -63,7 +63,7 @@ def test_composition_root_never_imports_prefect_at_module_level():
         tree = ast.parse((ROOT / (name.replace(".", "/") + ".py")).read_text())
         top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
         top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
-        assert not top & {"prefect", "flows"} or name == "rakd.config", name  # config reads flows.settings only
+        assert not top & {"prefect", "flows"}, name
 
 
 def project_graph() -> dict[str, set[str]]:
@@ -111,3 +111,41 @@ def test_walker_sees_imports(tmp_path):
         "import prefect.tasks\nfrom flows.pipeline import x\nfrom . import y\ndef f():\n    import deploy\n"
     )
     assert imported_roots(sample) == {"prefect", "flows", "deploy"}
+
+
+LIGHT_CHECK = """
+import contextlib, io, sys
+from rakd.cli import build_parser, main
+from rakd.config import load_config
+
+load_config("configs/tiny.yaml", ["distill.rl.steps=3"])
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    build_parser().parse_args(["--help"])
+with contextlib.redirect_stderr(io.StringIO()):
+    code = main(["verify-package", "no-such-package"])
+heavy = sorted(name for name in ("torch", "transformers", "tokenizers", "llama_cpp", "onnxruntime", "prefect")
+               if name in sys.modules)
+print(code, ",".join(heavy))
+"""
+
+
+def test_the_command_line_and_loading_a_config_stay_light():
+    """`rakd --help`, `rakd verify-package` and loading a config import neither torch nor transformers (nor
+    llama.cpp, ONNX Runtime or Prefect): a device that only verifies a package needs none of them."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LIGHT_CHECK], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    code, heavy = done.stdout.split()[-2:] if len(done.stdout.split()) > 1 else (done.stdout.strip(), "")
+    assert code == "2", done.stdout  # a missing package is a user error, reported
+    assert heavy == "", f"imported: {heavy}"
+
+
+def test_models_never_import_data_and_the_prompt_format_is_ground_floor():
+    """The prompt format is read by data, models, rollout, export and deploy: it imports nothing of the project,
+    and the models package (the tokenizer) never reaches up into the data package that uses it."""
+    graph = project_graph()
+    assert graph["rakd.prompt"] == set()
+    up = {f"{m} -> {t}" for m, targets in graph.items() if m.startswith("rakd.models") for t in targets}
+    assert not {edge for edge in up if " -> rakd.data" in edge}, up

@@ -100,9 +100,11 @@ def test_compare_flow_runs_jobs_in_parallel_on_two_dask_workers(prefect_harness,
     assert expected <= set(saved["runs"][0])
     assert "vs rakd (α=0.5)" in (results / "results.md").read_text()
     assert (results / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    from flows.compare import ensure_warmstart
+    from rakd.compare import shared_warmstart
+    from rakd.registry import stage_keys
 
     warmstart = tmp_path / "cmp" / "compare" / "warmstart"
     made = (warmstart / "model.safetensors").stat().st_mtime_ns
-    assert ensure_warmstart(load_config("configs/smoke.yaml", overrides)) == warmstart  # reused, not made again
+    cfg = load_config("configs/smoke.yaml", overrides)
+    assert shared_warmstart(cfg.distill, cfg.run.layout, stage_keys(cfg)["teacher"]) == warmstart  # reused
     assert (warmstart / "model.safetensors").stat().st_mtime_ns == made

@@ -66,16 +66,18 @@ def test_quantisation_names_are_checked_and_the_error_lists_the_allowed_ones():
         load_config(None, ["export.onnx_quant=[int4]"])
 
 
-def test_every_gguf_type_we_accept_is_a_llama_cpp_type():
-    import llama_cpp
-
-    from export.config import GGUF_QUANTS
-
-    for name in GGUF_QUANTS:
-        assert name == "4bit" or hasattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name.upper()}"), name
-
-
 def test_fsdp_without_processes_is_an_error_naming_both_fields():
     with pytest.raises(ConfigError, match=r"distill.fsdp .* set distill.nproc to 2 or more"):
         load_config("configs/tiny.yaml", ["distill.fsdp=true"])
     assert load_config("configs/tiny.yaml", ["distill.fsdp=true", "distill.nproc=2"]).distill.fsdp
+
+
+def test_the_configuration_reference_in_docs_usage_is_current():
+    from pathlib import Path
+
+    from rakd.config import REFERENCE_BEGIN, REFERENCE_END, config_reference
+
+    text = Path("docs/usage.md").read_text(encoding="utf-8")
+    block = text[text.index(REFERENCE_BEGIN) + len(REFERENCE_BEGIN) : text.index(REFERENCE_END)]
+    assert block.strip() == config_reference().strip(), "regenerate it: python -m rakd.config docs/usage.md"
+    assert "| `distill.rl.group_size` | int | `8` | samples per prompt (G) |" in block

@@ -6,20 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from deploy.config import PackageConfig
+from deploy.artefacts import discover
+from deploy.config import Gates, PackageConfig, ValidateConfig
 from deploy.manifest import PackageError, verify_package
 from deploy.package import build_package
+from deploy.report import REPORT_KEYS, apply_gates, validation_rows
 from deploy.runtimes import load_package
-from deploy.validate import (
-    REPORT_KEYS,
-    Gates,
-    ValidateConfig,
-    apply_gates,
-    discover,
-    load_problems,
-    validate,
-    validation_rows,
-)
+from deploy.validate import load_problems, validate
 from export.quantize import quantize_gguf
 from export.run import ExportConfig, run_export
 from rakd.data.generator import GeneratorConfig, generate
@@ -130,7 +123,7 @@ def test_external_gguf_from_llama_cpp_quantiser_validates_like_ours(run_dir, tmp
     data = run_dir / "data" / "test.jsonl"
     theirs = validate(ValidateConfig(**FAST), external, data, tmp_path / "theirs").report["artefacts"]
     ours = validate(ValidateConfig(**FAST), run_dir / "export" / "model-q8_0.gguf", data, tmp_path / "ours").report
-    assert [a["label"] for a in theirs] == ["gguf-someone-elses-Q8_0"]
+    assert [a["label"] for a in theirs] == ["gguf-q8_0"]  # from the file's own file type, not its name
     assert theirs[0]["passed"] and theirs[0]["reference"] is False
     assert [s["output"] for s in theirs[0]["samples"]] == [s["output"] for s in ours["artefacts"][0]["samples"]]
     assert ours["reference"] is None  # a lone file has no fp32 reference

@@ -6,20 +6,16 @@ from conftest import MICRO_RUN
 
 from rakd.config import load_config
 from rakd.data.prep import run_prep
-from rakd.distill import (
-    InjectedFault,
-    WarmStartConfig,
-    check_same_tokenizer,
-    distill_records,
-    run_distill,
-    warmstart_prompts,
-)
+from rakd.distill import InjectedFault, run_distill
 from rakd.io import read_jsonl, to_jsonl
 from rakd.losses import LOSSES
 from rakd.models.load import ModelLoadError
 from rakd.models.zoo import build_model, preset_config
+from rakd.stage_config import WarmStartConfig
 from rakd.teacher import run_teacher
+from rakd.traces import warmstart_prompts
 from rakd.train.rl import LossParams, RLConfig, RLTrainer
+from rakd.warmstart import check_same_tokenizer, distill_records
 
 FAST = [
     *MICRO_RUN,
@@ -308,9 +304,9 @@ def test_the_warm_start_alone_is_a_distill_stage(prepared, tmp_path):
 def test_warmstart_stops_at_its_target_val_accuracy(prepared, tmp_path, monkeypatch):
     """warmstart.stop: SFT checks greedy accuracy on the qualifying val questions every `every` steps and ends
     the warm start once it reaches the target; the checks land in the warm start's metrics."""
-    import rakd.distill as distill
+    import rakd.warmstart as warmstart
 
-    real, checks = distill.evaluate_model, []
+    real, checks = warmstart.evaluate_model, []
 
     def scripted(model, tokenizer, records, cfg):  # the real evaluation, with a scripted accuracy for the checks
         result = real(model, tokenizer, records, cfg)
@@ -319,7 +315,7 @@ def test_warmstart_stops_at_its_target_val_accuracy(prepared, tmp_path, monkeypa
             result["greedy_accuracy"] = [0.1, 0.3][len(checks) - 1]
         return result
 
-    monkeypatch.setattr(distill, "evaluate_model", scripted)
+    monkeypatch.setattr(warmstart, "evaluate_model", scripted)
     stop = "distill.warmstart.stop={val_accuracy: 0.25, min_difficulty: 2, every: 2, problems: 7}"
     cfg = fresh_run(prepared, tmp_path, "stop", ["distill.rl.steps=0", "distill.warmstart.sft.steps=12", stop])
     # the micro teacher solves nothing: traces as a crashed run would have left them (the data's own solutions)
@@ -348,7 +344,7 @@ def test_warmstart_stop_names_a_val_split_without_such_questions(prepared, tmp_p
 
 def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficulty(tmp_path, monkeypatch):
     """GSM8K-like data (no `ops`): min_difficulty cannot filter, so the target is checked on all val questions."""
-    import rakd.distill as distill
+    import rakd.warmstart as warmstart
     from rakd.layout import RunLayout
 
     layout = RunLayout(tmp_path)
@@ -357,9 +353,9 @@ def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficu
     layout.split("val").write_text(to_jsonl(val))
     seen = []
     result = {"greedy_accuracy": 0.5, "eval_flops": 7}
-    monkeypatch.setattr(distill, "evaluate_model", lambda m, t, records, c: seen.append(records) or result)
+    monkeypatch.setattr(warmstart, "evaluate_model", lambda m, t, records, c: seen.append(records) or result)
     cfg = load_config(None, ["distill.warmstart.stop={val_accuracy: 0.5, min_difficulty: 4, every: 3}"]).distill
-    hook = distill.warmstart_stop(cfg, None, None, layout, lambda *_: None)
+    hook = warmstart.warmstart_stop(cfg, None, None, layout, lambda *_: None)
     assert hook(2, {}) is False and seen == []  # not a check step
     row = {}
     assert hook(3, row) is True and row == {"val_check_accuracy": 0.5, "flops_eval": 7}
@@ -369,11 +365,11 @@ def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficu
 def scripted_warmstart(prepared, tmp_path, monkeypatch, name, extra=(), crash_at=None):
     """A warm start whose target checks read a scripted 10% (never reached) and whose teacher answers with the
     data's own solutions (the micro teacher solves nothing), counting its calls; returns (cfg, sampled)."""
-    import rakd.distill as distill
     import rakd.traces as traces
+    import rakd.warmstart as warmstart
 
     solutions = {r["question"]: r["solution"] for r in read_jsonl(prepared.run.layout.split("train"))}
-    real, sampled = distill.evaluate_model, []
+    real, sampled = warmstart.evaluate_model, []
 
     def scripted(model, tokenizer, records, cfg):
         result = real(model, tokenizer, records, cfg)
@@ -387,7 +383,7 @@ def scripted_warmstart(prepared, tmp_path, monkeypatch, name, extra=(), crash_at
                 for r in records]  # fmt: skip
         return made, 1000 * len(records)
 
-    monkeypatch.setattr(distill, "evaluate_model", scripted)
+    monkeypatch.setattr(warmstart, "evaluate_model", scripted)
     monkeypatch.setattr(traces, "teacher_traces", traces_of)
     stop = "distill.warmstart.stop={val_accuracy: 0.9, min_difficulty: 2, every: 2, problems: 7}"
     recover = "distill.warmstart.recover={after: 4, add_fraction: 0.4, rounds: 2}"

@@ -9,7 +9,7 @@ import torch
 from export.gguf import UnsupportedModelError, export_gguf, permute_rotary
 from export.parity import LlamaCppRuntime
 from export.quantize import QuantizeError, default_4bit, expected_fallbacks, gguf_row_lengths, quantize_gguf
-from export.run import ExportConfig, main_type, run_export
+from export.run import ExportConfig, run_export
 from rakd.models.load import ModelLoadError, load_causal_lm, save_model
 from rakd.models.zoo import build_model, preset_config
 
@@ -85,7 +85,40 @@ def test_dims_check_predicts_fallbacks_and_warns(tokenizer):
         assert default_4bit(rows) == "q4_0"
     assert any("multiples of 256" in str(w.message) for w in caught)
     assert default_4bit({"w": 512}) == "q4_k_m"
-    assert main_type("q4_k_m") == "Q4_K" and main_type("q8_0") == "Q8_0"
+
+
+def test_the_type_table_matches_llama_cpp_and_gguf():
+    """Every file type llama-cpp-python accepts is in rakd.quant's table (with llama.cpp's number, gguf-py's
+    block width and a tolerance) or named as not offered, with the reason; the config offers exactly the table."""
+    import llama_cpp
+    from gguf import GGML_QUANT_SIZES
+
+    from export.config import GGUF_QUANTS, ONNX_QUANTS
+    from rakd.quant import NOT_OFFERED, QUANTS, by_label, names, of_file_type, quant
+
+    accepted = {
+        n.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_"): getattr(llama_cpp, n)
+        for n in dir(llama_cpp)
+        if n.startswith("LLAMA_FTYPE_")
+    }
+    offered = {
+        q.file_type.name.removeprefix("ALL_").removeprefix("MOSTLY_"): q for q in QUANTS if q.file_type is not None
+    }
+    skipped = {name for reason in NOT_OFFERED.values() for name in reason}
+    assert set(accepted) == set(offered) | skipped, set(accepted) ^ (set(offered) | skipped)
+    assert not set(offered) & skipped
+    for name, kind in offered.items():
+        assert int(kind.file_type) == accepted[name], name  # gguf-py's number is llama.cpp's
+        assert kind.block == GGML_QUANT_SIZES[kind.tensor_type][0]
+        assert of_file_type(accepted[name]) is kind and by_label(kind.label) is kind
+        assert kind.tolerance[1] == (1.0 if kind.bits >= 16 else 0.9 if kind.bits >= 6 else 0.7), name
+    assert quant("gguf", "iq4_nl").block == 32 and quant("gguf", "iq4_xs").block == 256
+    assert quant("gguf", "q4_k_m").tensor_type.name == "Q4_K" and quant("gguf", "q8_0").tensor_type.name == "Q8_0"
+    assert set(GGUF_QUANTS) - {"4bit"} == set(names("gguf")) - {"f16", "f32"}
+    assert set(ONNX_QUANTS) == set(names("onnx")) - {"fp32"}
+    assert quant("gguf", "q4_k_m").file_name == "model-q4_k_m.gguf" and quant("onnx", "w8").file_name == "onnx-w8"
+    with pytest.raises(ValueError, match="known: .*q8_0"):
+        quant("gguf", "q9_9")
 
 
 def test_quantised_file_reports_its_tensor_types(micro_dir, tmp_path):

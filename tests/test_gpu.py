@@ -70,7 +70,7 @@ def test_samplers_agree_greedily_under_bf16_autocast_on_cuda(tokenizer):
 def test_sampling_and_scoring_run_without_cudnn_attention_on_cuda(tokenizer):
     """Every forward pass of sampling (each sampler), scoring and the update's logits runs with SDPA's cuDNN
     kernel off: it builds a plan per new shape, which made the loop sampler ten times slower on an H200."""
-    from rakd.rollout import forest_logits
+    from rakd.rollout import completion_logits
 
     model = build_model(preset_config("test-micro", tokenizer), seed=3).eval().cuda()
     seen = []
@@ -79,7 +79,7 @@ def test_sampling_and_scoring_run_without_cudnn_attention_on_cuda(tokenizer):
         for backend in ("loop", "graph", "generate"):
             batch = sample(model, tokenizer, QUESTIONS * 2, max_new_tokens=8, backend=backend)
         score_completions(model, batch)
-        forest_logits(model, batch)
+        completion_logits(model, batch)
     finally:
         hook.remove()
     assert seen and not any(seen)

@@ -213,3 +213,30 @@ def test_registry_describes_inputs():
     assert set(LOSSES["rakd"].hparams) == {"alpha", "eps_low", "eps_high", "teacher_clamp", "agg"}
     with pytest.raises(KeyError, match="needs tensors"):
         LOSSES["rakd"]({}, {})
+
+
+@pytest.mark.parametrize("method", sorted(LOSSES))
+def test_every_loss_hyperparameter_is_a_config_field_with_the_loss_default(method):
+    from rakd.train.config import LossParams
+
+    spec, fields = LOSSES[method], LossParams.model_fields
+    assert set(spec.hparams) <= set(fields), f"{method}: hyper-parameters missing from LossParams"
+    resolved = spec.resolve(LossParams().model_dump())
+    for name, default in spec.defaults.items():
+        assert resolved[name] == default, f"{method}.{name}: LossParams gives {resolved[name]!r}, the loss {default!r}"
+
+
+def test_aggregation_defaults_per_method_and_an_explicit_choice_wins():
+    from rakd.train.config import LossParams
+
+    own = {m: LOSSES[m].resolve(LossParams().model_dump()).get("agg") for m in LOSSES}
+    assert own == {
+        "sft": "token_mean",
+        "opd": "token_mean",
+        "rakd": "seq_mean",
+        "grpo": "seq_mean",
+        "grpo_kl": "seq_mean",
+        "fkl": None,
+        "gkd": None,
+    }
+    assert LOSSES["opd"].resolve(LossParams(agg="seq_mean").model_dump())["agg"] == "seq_mean"

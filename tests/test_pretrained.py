@@ -11,9 +11,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 
 from export.gguf import UnsupportedModelError, export_gguf, pre_tokenizer_name
 from export.run import ExportConfig, run_export
-from rakd.data.format import model_prompt
 from rakd.models.load import load_causal_lm, save_model
 from rakd.models.tokenizer import TokenizerConfig, train_tokenizer
+from rakd.prompt import model_prompt
 from rakd.rollout import encode_prompts
 from rakd.scorers import check_vocabulary
 

@@ -4,12 +4,9 @@ import torch
 from rakd.models.zoo import build_model, preset_config
 from rakd.rollout import (
     Rollouts,
-    _prefix_trees,
-    _sample_graph,
-    _sample_loop,
+    completion_logits,
     completion_mask,
     encode_prompts,
-    forest_logits,
     forest_logprobs,
     forward_completion,
     no_cudnn_attention,
@@ -21,6 +18,8 @@ from rakd.rollout import (
     select_rows,
     token_logprobs,
 )
+from rakd.rollout.forests import _prefix_trees
+from rakd.rollout.samplers import _sample_graph, _sample_loop
 
 QUESTIONS = [
     "1+1=?",
@@ -223,7 +222,7 @@ def test_finished_rows_leave_the_batch_without_changing_any_row(model, tokenizer
     """Rows that have emitted EOS are dropped from the decode batch (and the cache) every few tokens; each
     row's tokens stay what a batch that keeps every row computes. A common token stands in for EOS so that
     the random model's rows end at different steps."""
-    from rakd import rollout
+    from rakd.rollout import samplers as rollout
 
     ids, mask = encode_prompts(tokenizer, QUESTIONS * 3)
     kw = dict(max_new_tokens=24, temperature=0.0, top_p=1.0, pad_id=tokenizer.pad_token_id, generator=None)
@@ -250,7 +249,7 @@ def test_a_completion_ends_at_its_first_eos_or_emitted_pad(model, tokenizer):
         assert batch.completion_ids[row, last] == tokenizer.eos_token_id or cut == tokenizer.pad_token_id
 
 
-def test_forest_logits_give_the_plain_pass_logits_and_gradients(model, tokenizer):
+def test_completion_logits_give_the_plain_pass_logits_and_gradients(model, tokenizer):
     """The update's forward pass packs its rows as a prefix forest: at every completion token the logits are the
     plain pass's, and the gradient of a masked per-token loss is the same (a shared prefix collects the
     gradient of every row through it)."""
@@ -262,8 +261,8 @@ def test_forest_logits_give_the_plain_pass_logits_and_gradients(model, tokenizer
     batch.completion_mask = (torch.arange(10)[None] < ends[:, None]).long()
     weights = torch.randn(batch.completion_ids.shape, generator=torch.Generator().manual_seed(0))
     results = []
-    unpacked = lambda m, *ids: forest_logits(m, batch, packed=False)  # noqa: E731 (as on an accelerator)
-    for forward in (forward_completion, lambda m, *ids: forest_logits(m, batch), unpacked):
+    unpacked = lambda m, *ids: completion_logits(m, batch, packed=False)  # noqa: E731 (as on an accelerator)
+    for forward in (forward_completion, lambda m, *ids: completion_logits(m, batch), unpacked):
         model.zero_grad()
         logits = forward(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
         loss = (token_logprobs(logits, batch.completion_ids) * weights * batch.completion_mask).sum()
@@ -282,7 +281,7 @@ def test_next_token_draws_from_the_softmax_and_never_a_filtered_token():
     """The sampler inverts the CDF with one uniform per row: over 40000 draws each token's frequency is its
     probability within 4 standard errors, at temperature 0.7 and under top-p, where tokens outside the nucleus
     (and a -inf logit) are never drawn; greedy is the argmax."""
-    from rakd.rollout import _filter_top_p, _next_token
+    from rakd.rollout.samplers import _filter_top_p, _next_token
 
     logits = torch.tensor([2.0, 1.0, 0.5, -1.0, float("-inf"), 0.0])
     rows = 40000

@@ -14,52 +14,16 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
-
-from rakd.data.generator import GeneratorConfig, generate
+from rakd.data.config import PrepConfig
+from rakd.data.generator import generate
 from rakd.data.loaders import load_task_file
 from rakd.io import atomic_dir, atomic_write_json, sha256_bytes, sha256_file, to_jsonl
 from rakd.layout import RunLayout
-from rakd.models.tokenizer import TokenizerConfig, train_tokenizer
-from rakd.schema import DataError, StageConfig
+from rakd.schema import DataError
 from rakd.verify import normalize_number, reward
 
 SPLITS = ("train", "val", "test")
-
-
-class PrepConfig(StageConfig):
-    """Where the tasks come from and how they are split."""
-
-    source: Literal["generator", "gsm8k", "jsonl"] = "generator"
-    path: Path | None = Field(None, description="task file for the gsm8k/jsonl sources")
-    generator: GeneratorConfig = Field(
-        default_factory=lambda: GeneratorConfig(n_items=21000, max_ops=5, operators=["+", "-"])
-    )
-    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    split_salt: str = "rakd"
-    skip_invalid: bool = False
-    tokenizer: TokenizerConfig | None = Field(
-        default_factory=TokenizerConfig,
-        description="train a tokenizer on the train split (null: the models bring their own)",
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _path_exists(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError(f"task file not found: {path}")
-        return path
-
-    @model_validator(mode="after")
-    def _check(self) -> PrepConfig:
-        if self.source != "generator" and self.path is None:
-            raise ValueError(f"source {self.source!r} needs 'path' (a JSONL task file)")
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError("val_fraction + test_fraction must leave room for a train split")
-        return self
 
 
 @dataclass(frozen=True)
@@ -168,6 +132,8 @@ def run_prep(cfg: PrepConfig, run_dir: str | Path) -> PrepResult:
     if cfg.tokenizer is not None:
         tokenizer_dir = layout.tokenizer
         with atomic_dir(tokenizer_dir) as staging:
+            from rakd.models.tokenizer import train_tokenizer  # tokenizers and transformers: only when training
+
             tokenizer = train_tokenizer(splits["train"], cfg.tokenizer, staging)
         card["tokenizer"] = {"path": "tokenizer", "vocab_size": len(tokenizer)}
     with atomic_dir(layout.data) as staging:

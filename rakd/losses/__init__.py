@@ -39,6 +39,21 @@ class LossSpec:
         return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
 
     @property
+    def defaults(self) -> dict[str, object]:
+        """The loss function's own default of each hyper-parameter that has one: the one place a method's
+        defaults are written (`LossParams` fields left at None take these)."""
+        params = inspect.signature(self.fn).parameters.values()
+        return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+
+    def resolve(self, params: Mapping[str, object]) -> dict[str, object]:
+        """`params` (e.g. `LossParams.model_dump()`) with each None replaced by this loss's own default, and
+        dropped where the loss has none."""
+        defaults = self.defaults
+        resolved = {key: value for key, value in params.items() if value is not None}
+        resolved.update({key: defaults[key] for key, value in params.items() if value is None and key in defaults})
+        return resolved
+
+    @property
     def needs_teacher(self) -> bool:
         return any(name.startswith("teacher_") for name in self.inputs)
 

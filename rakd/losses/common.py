@@ -7,11 +7,9 @@ gives a finite (zero) loss instead of NaN.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Aggregation = Literal["seq_mean", "token_mean"]
+from rakd.train.config import Aggregation
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -10,21 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from rakd.data.format import completion_text, prompt_text
-from rakd.schema import StageConfig
+from rakd.models.config import TokenizerConfig
+from rakd.prompt import completion_text, prompt_text
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
-
-
-class TokenizerConfig(StageConfig):
-    """Knobs of the from-scratch tokenizer."""
-
-    vocab_size: int = Field(512, ge=260, description="upper bound; a small corpus may give fewer")
-    min_frequency: int = Field(2, ge=1)
 
 
 def _corpus(records: Iterable[dict]) -> Iterable[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rakd.rollout import Rollouts, encode_prompts, forest_logits, token_logprobs
+from rakd.rollout import Rollouts, completion_logits, encode_prompts, token_logprobs
 
 
 def pack_pairs(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> Rollouts:
@@ -22,10 +22,10 @@ def pack_pairs(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]])
 def batch_tensors(model: PreTrainedModel, batch: Rollouts, temperature: float = 1.0) -> dict[str, torch.Tensor]:
     """The per-token tensors a loss may ask for, from one forward pass of `model` (with grad):
     `logprobs` (B, T) on logits / `temperature` (the sampling temperature), `mask` (B, T), and the raw
-    `student_logits` (B, T, V). The rows go through as one prefix forest (`forest_logits`): a prefix that
+    `student_logits` (B, T, V). The rows go through as one prefix forest (`completion_logits`): a prefix that
     several rows share is computed once and its gradient is the sum of theirs (on a CPU; one plain pass on
     accelerators, `packs_forests`)."""
-    logits = forest_logits(model, batch)
+    logits = completion_logits(model, batch)
     completion, mask = (t.to(logits.device) for t in (batch.completion_ids, batch.completion_mask))
     logprobs = token_logprobs(logits, completion, temperature)
     return {"logprobs": logprobs, "mask": mask.float(), "student_logits": logits.float()}

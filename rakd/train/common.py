@@ -6,22 +6,10 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 
-from rakd.schema import StageConfig
-
-
-class OptimConfig(StageConfig):
-    lr: float = Field(3e-3, gt=0)
-    warmup_steps: int = Field(50, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
+from rakd.train.config import OptimConfig
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -15,83 +15,27 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 
 from rakd.flops import ModelDims, rollout_flops
 from rakd.losses import LOSSES, LossSpec, group_advantages
-from rakd.losses.common import Aggregation
 from rakd.progress import Progress
 from rakd.rollout import (
-    Backend,
     Rollouts,
+    completion_logits,
     concat_rollouts,
-    forest_logits,
     sample,
     select_rows,
     trimmed,
 )
-from rakd.schema import StageConfig
 from rakd.scorers import TorchScorer
 from rakd.train.batches import batch_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
-from rakd.train.common import MetricsLog, OptimConfig, autocast, make_optimizer, make_scheduler, step_seed
+from rakd.train.common import MetricsLog, autocast, make_optimizer, make_scheduler, step_seed
+from rakd.train.config import LossParams, Method, RLConfig
 from rakd.train.distributed import World, clip_gradients, full_weights, is_sharded
 from rakd.verify import reward
-
-Method = Literal["sft", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"]
-
-
-class LossParams(StageConfig):
-    """Hyper-parameters of the losses; each method takes the ones it declares."""
-
-    alpha: float = Field(0.5, ge=0, le=1, description="rakd (TRRD): weight of the old policy in the anchor")
-    teacher_clamp: float = Field(1.0, gt=0, description="rakd (TRRD): clamp c on the teacher log-ratio")
-    eps_low: float = Field(0.2, ge=0, description="rakd/grpo/grpo_kl: lower clip of the ratio")
-    eps_high: float = Field(0.28, ge=0, description="rakd/grpo/grpo_kl: upper clip of the ratio")
-    agg: Aggregation = Field("seq_mean", description="every method: seq_mean or token_mean")
-    kl_coef: float = Field(0.1, ge=0, description="grpo_kl: weight of KL(student || teacher); also zero_adv=kd")
-    beta: float = Field(0.5, ge=0, le=1, description="gkd: JSD mixture weight (1: reverse KL)")
-    kd_temperature: float = Field(
-        1.0, gt=0, description="fkl/gkd: softmax temperature of the vocabulary KL (not the sampling temperature)"
-    )
-
-
-class RLConfig(StageConfig):
-    steps: int = Field(200, ge=0)
-    prompts_per_step: int = Field(32, ge=1)
-    group_size: int = Field(8, ge=1)
-    max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    ppo_epochs: int = Field(1, ge=1)
-    minibatch_size: int = Field(1024, ge=1, description="rollouts per optimiser step (>= the step's rows: one step)")
-    zero_adv: Literal["skip", "kd"] = "skip"
-    min_informative_groups: int = Field(
-        16,
-        ge=0,
-        description="dynamic sampling (DAPO): draw more prompts until the step holds this many groups with "
-        "mixed rewards (0: one draw of prompts_per_step)",
-    )
-    max_draws: int = Field(3, ge=1, description="dynamic sampling: at most this many draws of prompts_per_step")
-    prompts: Literal["unseen", "all"] = Field(
-        "unseen",
-        description="unseen: RL draws train questions the warm start's traces did not cover (all of "
-        "train when too few are left); all: any train question",
-    )
-    time_budget_s: float | None = Field(
-        None, gt=0, description="stop after this many seconds of RL (a compute-matched baseline); steps stays the cap"
-    )
-    backend: Backend = Field(
-        "auto",
-        description="sampler: auto (graph on CUDA, loop elsewhere: the fastest measured on each), loop (our "
-        "KV-cache loop), graph (our decode step over a pre-allocated cache, captured as a CUDA graph on CUDA), "
-        "generate, or static (generate over a pre-allocated cache, compiled on CUDA); the same distribution "
-        "(rakd.rollout)",
-    )
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=10, schedule="constant"))
 
 
 def token_entropy(logits: torch.Tensor, mask: torch.Tensor) -> float:
@@ -137,7 +81,7 @@ class RLTrainer(CheckpointedTrainer):
         self.student_scorer = TorchScorer(student)  # π_old, when the update needs a pass of its own
         self.records, self.traces, self.cfg, self.seed, self.method = records, traces, cfg, seed, method
         self.spec: LossSpec = LOSSES[method]
-        self.hparams = loss.model_dump()
+        self.hparams = self.spec.resolve(loss.model_dump())  # None: the method's own default
         self.optimizer = make_optimizer(student, cfg.optim)
         self.scheduler = make_scheduler(self.optimizer, cfg.steps, cfg.optim)
         self.out_dir, self.checkpoint_every = Path(out_dir), checkpoint_every
@@ -365,7 +309,7 @@ class RLTrainer(CheckpointedTrainer):
     def share_of_batch(self, batch: Rollouts) -> float:
         """This rank's share of the global minibatch in the loss's own units (rows for seq_mean, tokens for
         token_mean): the weight that makes the summed gradients those of the whole minibatch. 1 alone."""
-        token_mean = self.hparams["agg"] == "token_mean"
+        token_mean = self.hparams.get("agg", "token_mean") == "token_mean"  # fkl, gkd: always over tokens
         share = self.world.fraction(float(batch.completion_mask.sum()) if token_mean else len(batch.texts))
         return share * self.world.grad_scale(self.student)
 
@@ -387,7 +331,7 @@ class RLTrainer(CheckpointedTrainer):
                 tensors["teacher_logprobs"] = teacher_lp.to(self.device)
             if self.spec.needs_logits:
                 with torch.no_grad():
-                    tensors["teacher_logits"] = forest_logits(self.teacher, batch).float()
+                    tensors["teacher_logits"] = completion_logits(self.teacher, batch).float()
             logits = tensors["student_logits"]
             loss, metrics = logits.sum() * 0.0, {}
             for spec, rows, prefix in ((self.spec, ~is_kd, ""), (self.kd_spec, is_kd, "kd/")):

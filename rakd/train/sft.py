@@ -11,25 +11,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import Field
-
 from rakd.flops import ModelDims, rollout_flops
 from rakd.losses import LOSSES
 from rakd.progress import Progress
 from rakd.rollout import Rollouts
-from rakd.schema import StageConfig
 from rakd.train.batches import batch_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
-from rakd.train.common import MetricsLog, OptimConfig, autocast, make_optimizer, make_scheduler, step_seed
+from rakd.train.common import MetricsLog, autocast, make_optimizer, make_scheduler, step_seed
+from rakd.train.config import SFTConfig
 from rakd.train.distributed import World, clip_gradients, full_weights
-
-
-class SFTConfig(StageConfig):
-    steps: int = Field(1000, ge=0)
-    batch_size: int = Field(64, ge=1)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
-    log_every: int = Field(25, ge=1)
 
 
 class SFTTrainer(CheckpointedTrainer):
@@ -93,7 +83,7 @@ class SFTTrainer(CheckpointedTrainer):
         batch = self.batch_for(step)
         with autocast(self.device):
             tensors = batch_tensors(self.model, batch)
-            loss, metrics = LOSSES["sft"](tensors, {"agg": "token_mean"})
+            loss, metrics = LOSSES["sft"](tensors, {})  # the loss's own aggregation (token_mean)
         # token_mean: its share of the batch's tokens (scaled where FSDP averages what it reduces)
         weight = self.world.fraction(float(tensors["mask"].sum())) * self.world.grad_scale(self.model)
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,85 @@
+"""What every benchmark shares: one results folder per run with its `meta.json`, the machine, and timing.
+
+A run writes into `bench/results/<bench>-<date>/` (or `--out`): its numbers (JSON, Markdown, PNG) and
+`meta.json` with the commit (`-dirty` when the work tree had changes), the rakd version, the date, the command
+and the machine, so every figure says where it came from.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
+    from deploy.validate import cpu_model as model
+
+    return model()
+
+
+def machine(device: str = "cpu") -> str:
+    """`<CPU model>, N cores`, or the GPU's name on a CUDA device."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return f"{torch.cuda.get_device_name(0)} (host: {cpu_model()}, {os.cpu_count()} cores)"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
+def timed(fn: Callable[[], object], repeats: int = 3, sync: Callable[[], None] | None = None) -> float:
+    """The best wall time of `repeats` calls of `fn` in seconds (`sync` waits for an accelerator first)."""
+    best = float("inf")
+    for _ in range(repeats):
+        if sync:
+            sync()
+        started = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def commit() -> str:
+    """HEAD's commit, with `-dirty` when tracked files differ from it; "unknown" outside a git checkout."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+    head = git("rev-parse", "HEAD")
+    if not head:
+        return "unknown"
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def results_dir(name: str, out: str | Path | None = None) -> Path:
+    """The folder of this run's results: `out`, else `bench/results/<name>-<today>`; created."""
+    folder = Path(out) if out is not None else RESULTS / f"{name}-{datetime.date.today()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_meta(folder: Path, device: str = "cpu", **extra) -> dict:
+    """`folder/meta.json`: commit, rakd version, date, command, machine, plus `extra`; returns it."""
+    import rakd
+
+    meta = {
+        "commit": commit(),
+        "rakd_version": rakd.__version__,
+        "date": str(datetime.date.today()),
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "machine": machine(device),
+        **extra,
+    }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta

@@ -1,0 +1,181 @@
+"""The comparison's jobs: the plan (one job per method, seed, lr, and for `rakd` per α and clamp), each job's
+distill config, one job run from the shared warm start, and that warm start, made once per key.
+
+Every job starts from the same warm-started student, runs the same RL budget (steps × prompts × G) and evaluates
+on val every `eval_every` steps and on the test split at the end. `sft` (SeqKD continued on the teacher's traces)
+gets the mean wall time of the `rakd` jobs instead of their step count: the compute-matched baseline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rakd.io import fingerprint
+from rakd.layout import RunLayout
+from rakd.stage_config import CLAMP_OFF, CompareConfig
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str
+    seed: int
+    lr: float
+    alpha: float
+    teacher_clamp: float
+    lr_in_variant: bool = False  # when the comparison sweeps learning rates, each lr is a variant of its own
+
+    @property
+    def name(self) -> str:
+        clamp = "off" if self.teacher_clamp >= CLAMP_OFF else f"{self.teacher_clamp:g}"
+        return f"{self.method}-a{self.alpha:g}-c{clamp}-lr{self.lr:g}-s{self.seed}"
+
+    @property
+    def variant(self) -> str:
+        """The configuration without the seed: what seeds are averaged over."""
+        lr = f", lr {self.lr:g}" if self.lr_in_variant else ""
+        if self.method != "rakd":
+            return f"{self.method} (lr {self.lr:g})" if lr else self.method
+        clamp = ", no clamp" if self.teacher_clamp >= CLAMP_OFF else ""
+        return f"rakd (α={self.alpha:g}{clamp}{lr})"
+
+
+def plan_jobs(cfg: CompareConfig, distill) -> list[Job]:
+    """Every job of the comparison; `sft` jobs last (their time budget comes from the rakd jobs)."""
+    lrs = cfg.lrs or [distill.rl.optim.lr]
+    alpha, clamp = distill.loss.alpha, distill.loss.teacher_clamp
+    jobs = []
+    for method in cfg.methods:
+        variants = [(alpha, clamp)]
+        if method == "rakd":
+            # α = 1 is GRPO exactly (log ρ = log π_θ − log π_old): the grpo jobs stand for it when they run.
+            alphas = [a for a in dict.fromkeys([alpha, *cfg.alphas]) if a != 1.0 or "grpo" not in cfg.methods]
+            variants = [(a, clamp) for a in alphas]
+            variants += [(alpha, CLAMP_OFF)] if cfg.clamp_off else []
+        for a, c in variants:
+            jobs += [Job(method, seed, lr, a, c, len(lrs) > 1) for lr in lrs for seed in cfg.seeds]
+    return sorted(jobs, key=lambda job: job.method == "sft")
+
+
+def job_distill_config(distill, compare: CompareConfig, job: Job, time_budget_s: float | None = None):
+    """The distill config of one job: the shared warm start's config with the job's method and knobs."""
+    rl = distill.rl.model_copy(
+        update={
+            "steps": compare.steps or distill.rl.steps,
+            "optim": distill.rl.optim.model_copy(update={"lr": job.lr}),
+            "time_budget_s": time_budget_s,
+        }
+    )
+    if time_budget_s is not None:  # sft: as many steps as fit in the time; the cap only guards against runaways
+        rl = rl.model_copy(update={"steps": 50 * rl.steps})
+    loss = distill.loss.model_copy(update={"alpha": job.alpha, "teacher_clamp": job.teacher_clamp})
+    return distill.model_copy(
+        update={
+            "method": job.method,
+            "seed": job.seed,
+            "loss": loss,
+            "rl": rl,
+            "eval_every": compare.eval_every,
+            "val_problems": compare.val_problems,
+            "eval": distill.eval.model_copy(update={"per_problem": True}),
+            "checkpoint_every": 10**9,
+            "fail_after_step": None,
+            "threads": 1,  # one torch thread per job: the jobs share the machine's cores
+        }
+    )
+
+
+def link_base(base: RunLayout, target: Path) -> None:
+    """A fresh folder `target` that sees the base run's data, tokenizer and teacher (symlinks, no copies)."""
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for name in ("data", "tokenizer", "teacher"):
+        if (base.root / name).exists():
+            os.symlink((base.root / name).resolve(), target / name)
+
+
+def link_run(base: RunLayout, warmstart: Path, target: RunLayout) -> None:
+    """A job's run folder: the base run's data, tokenizer and teacher (links) and a copy of the warm start."""
+    link_base(base, target.root)
+    shutil.copytree(warmstart, target.student_work / "warmstart")
+
+
+def _elapsed(rows: list[dict], step: int) -> float:
+    return sum(
+        r.get("seconds_sample", 0) + r.get("seconds_teacher", 0) + r.get("seconds_update", 0)
+        for r in rows
+        if r["step"] <= step
+    )
+
+
+def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) -> dict:
+    """One job from the shared warm start; returns its results row (the job folder is removed after)."""
+    from rakd.distill import run_distill
+    from rakd.io import read_jsonl
+
+    layout = RunLayout(out / job.name)
+    link_run(base, warmstart, layout)
+    started = time.time()
+    result = run_distill(distill_cfg, layout.root, log=lambda *_: None)
+    finished = time.time()
+    rows = read_jsonl(layout.student / "metrics.jsonl")
+    final = result.eval
+    row = {
+        **asdict(job),
+        "name": job.name,
+        "variant": job.variant,
+        "steps": len(rows),
+        "greedy_accuracy": final["greedy_accuracy"],
+        "greedy_stderr": final["greedy_stderr"],
+        "sampled_accuracy": final.get("sampled_accuracy"),
+        "sampled_stderr": final.get("sampled_stderr"),
+        "pass_at_k": final.get("pass_at_k"),
+        "by_difficulty": final.get("by_difficulty"),
+        "warmstart_greedy_accuracy": result.eval_warmstart["greedy_accuracy"],
+        "seconds": result.seconds["rl"],
+        "started": started,
+        "finished": finished,
+        "greedy_correct": final.get("greedy_correct"),
+        "curve": [
+            {"step": r["step"], "seconds": _elapsed(rows, r["step"]), "val": r["val_greedy_accuracy"]}
+            for r in rows
+            if "val_greedy_accuracy" in r
+        ],
+    }
+    for part in ("sample", "teacher", "update"):
+        row[f"seconds_{part}"] = sum(r.get(f"seconds_{part}", 0.0) for r in rows)
+    shutil.rmtree(layout.root, ignore_errors=True)
+    return row
+
+
+def shared_warmstart(distill, layout: RunLayout, teacher_key: str) -> Path:
+    """The comparison's one warm start in `<run>/compare/warmstart/`, made once per key (the teacher's stage key,
+    the student, warm-start and eval config, the seed) and swapped into place only when complete."""
+    from rakd.warmstart import prepare_warmstart
+
+    key = fingerprint(
+        {
+            "teacher": teacher_key,
+            "student": distill.student.model_dump(mode="json"),
+            "warmstart": distill.warmstart.model_dump(mode="json"),
+            "eval": distill.eval.model_dump(mode="json"),
+            "seed": distill.seed,
+        }
+    )
+    target = layout.compare / "warmstart"
+    if (target / "eval_warmstart.json").is_file() and (target / ".key").is_file():
+        if (target / ".key").read_text() == key:
+            return target
+    work = layout.compare / "warmstart.work"
+    link_base(layout, work)
+    made = prepare_warmstart(
+        distill.model_copy(update={"eval": distill.eval.model_copy(update={"per_problem": True})}), work
+    )
+    (made / ".key").write_text(key)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(made, target)
+    shutil.rmtree(work, ignore_errors=True)
+    return target

@@ -1,0 +1,159 @@
+"""The comparison's results: per-variant statistics over seeds, paired bootstrap intervals against the
+reference, the α table, the val curves, and `results.{json,md}` + `curves.png` under `<run>/compare/results/`."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+from pathlib import Path
+
+from rakd.stage_config import CLAMP_OFF, CompareConfig
+
+
+def variants_in_order(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["variant"] for r in rows))
+
+
+def summary_rows(rows: list[dict], reference: str, resamples: int, seed: int = 0) -> list[dict]:
+    """Mean ± std over seeds per variant, and the paired bootstrap 95% interval of (variant − reference)."""
+    by_variant: dict[str, list[dict]] = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(row)
+    table = []
+    for variant in variants_in_order(rows):
+        runs = by_variant[variant]
+        greedy = [r["greedy_accuracy"] for r in runs]
+        sampled = [r["sampled_accuracy"] for r in runs if r["sampled_accuracy"] is not None]
+        entry = {
+            "method": variant,
+            "seeds": len(runs),
+            "greedy": _mean_std(greedy),
+            "sampled": _mean_std(sampled),
+            "pass@k": _mean_std([r["pass_at_k"] for r in runs if r["pass_at_k"] is not None]),
+            "steps": f"{statistics.fmean(r['steps'] for r in runs):.0f}",
+            "seconds": f"{statistics.fmean(r['seconds'] for r in runs):.0f}",
+        }
+        if variant != reference and reference in by_variant:
+            low, mid, high = paired_bootstrap(runs, by_variant[reference], resamples, seed)
+            entry[f"vs {reference} (greedy, 95% CI)"] = f"{100 * mid:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+        table.append(entry)
+    return table
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * std:.1f}"
+
+
+def paired_bootstrap(runs: list[dict], reference: list[dict], resamples: int, seed: int) -> tuple[float, float, float]:
+    """(2.5%, mean, 97.5%) of mean greedy accuracy difference, resampling seeds and test problems (paired by
+    problem: both sides see the same resampled problems)."""
+    ours = [[c == "1" for c in r["greedy_correct"]] for r in runs]
+    theirs = [[c == "1" for c in r["greedy_correct"]] for r in reference]
+    n = len(ours[0])
+    rng = random.Random(seed)
+    diffs = []
+    for _ in range(resamples):
+        problems = [rng.randrange(n) for _ in range(n)]
+        a = [ours[rng.randrange(len(ours))] for _ in ours]
+        b = [theirs[rng.randrange(len(theirs))] for _ in theirs]
+        mean_a = sum(run[i] for run in a for i in problems) / (len(a) * n)
+        mean_b = sum(run[i] for run in b for i in problems) / (len(b) * n)
+        diffs.append(mean_a - mean_b)
+    diffs.sort()
+    point = statistics.fmean(r["greedy_accuracy"] for r in runs) - statistics.fmean(
+        r["greedy_accuracy"] for r in reference
+    )
+    return diffs[int(0.025 * resamples)], point, diffs[min(resamples - 1, math.ceil(0.975 * resamples))]
+
+
+def alpha_rows(rows: list[dict]) -> list[dict]:
+    """The α curve of rakd (clamp on): mean ± std greedy and sampled accuracy per α."""
+    runs = [r for r in rows if r["method"] == "rakd" and r["teacher_clamp"] < CLAMP_OFF]
+    if not any(r["alpha"] == 1.0 for r in runs):  # α = 1 is GRPO: its jobs stand for that point
+        runs += [{**r, "alpha": 1.0} for r in rows if r["method"] == "grpo"]
+    table = []
+    for alpha in sorted({r["alpha"] for r in runs}):
+        chosen = [r for r in runs if r["alpha"] == alpha]
+        label = f"{alpha:g}" + (" (the grpo runs)" if chosen[0]["method"] == "grpo" else "")
+        table.append(
+            {
+                "α": label,
+                "seeds": len(chosen),
+                "greedy": _mean_std([r["greedy_accuracy"] for r in chosen]),
+                "sampled": _mean_std([r["sampled_accuracy"] for r in chosen]),
+            }
+        )
+    return table
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Val accuracy against RL step and against wall-clock seconds: mean and min-max band per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    colours = plt.cm.tab20.colors  # more variants than tab10 has colours
+    for index, variant in enumerate(variants_in_order(rows)):
+        curves = [r["curve"] for r in rows if r["variant"] == variant and r["curve"]]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        for ax, key in zip(axes, ("step", "seconds")):
+            xs = [statistics.fmean(c[i][key] for c in curves) for i in range(length)]
+            values = [[100 * c[i]["val"] for c in curves] for i in range(length)]
+            colour = colours[(2 * index) % len(colours) + (2 * index) // len(colours)]
+            ax.plot(xs, [statistics.fmean(v) for v in values], label=variant, color=colour, marker="o", markersize=3)
+            ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], alpha=0.12, color=colour)
+    axes[0].set_xlabel("RL step")
+    axes[1].set_xlabel("wall-clock seconds of RL (sampling + teacher + update)")
+    axes[0].set_ylabel("val greedy accuracy (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("distillation methods from one warm start (mean over seeds, band: min-max)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(rows: list[dict], out: Path, cfg: CompareConfig, reference: str, context: dict) -> dict:
+    """results.json, per_problem.json, results.md and curves.png in `out/results/` (atomically); returns the
+    summary tables. `reference` is the variant every other is compared with (the default rakd)."""
+    from rakd.io import atomic_dir, atomic_write_json, atomic_write_text
+    from rakd.tables import markdown_table
+
+    tables = {"methods": summary_rows(rows, reference, cfg.bootstrap), "alpha": alpha_rows(rows)}
+    slim = [{k: v for k, v in r.items() if k != "greedy_correct"} for r in rows]
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out / "results") as staging:
+        atomic_write_json(staging / "results.json", {"context": context, "runs": slim})
+        atomic_write_json(staging / "per_problem.json", {r["name"]: r["greedy_correct"] for r in rows})
+        lines = [
+            "# Distillation methods compared",
+            "",
+            *[f"- {k}: {v}" for k, v in context.items()],
+            "",
+            "## Methods (test greedy / sampled accuracy and pass@k, mean ± std over seeds)",
+            "",
+            markdown_table(tables["methods"]),
+            "",
+            "## α (rakd, teacher clamp on)",
+            "",
+            markdown_table(tables["alpha"]),
+            "",
+        ]
+        atomic_write_text(staging / "results.md", "\n".join(lines))
+        plot_curves(rows, staging / "curves.png")
+    return tables
+
+
+def load_rows(path: Path) -> list[dict]:
+    data = json.loads(path.read_text())
+    return data["runs"]

@@ -1,0 +1,312 @@
+"""Batched, seeded sampling from a causal LM: four samplers that give the same distribution.
+
+`distill.rl.backend` picks one (`auto`, the default, takes `graph` on CUDA and `loop` elsewhere): `loop` (a
+hand-written KV-cache loop: each distinct prompt prefilled once for its G samples, finished rows dropped every 8
+tokens), `graph` (our decode step over a pre-allocated cache, captured once per call as a CUDA graph and
+replayed; eager elsewhere), `generate` (transformers' `model.generate`) and `static` (`generate` over a
+pre-allocated cache, whose decode step transformers compiles on CUDA). `bench/rollout.py`, 64 prompts x G=8 = 512
+rows x 160 new tokens, H200 (random GPU-config student, bf16 autocast): graph 243-259k tokens/s, loop 73k, static
+66k, generate 33-35k. On this project's 2-core CPU (demo student, 128 prompts): loop 2626, static 2260, generate
+1873.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers.cache_utils import StaticLayer
+
+from rakd.progress import Progress
+from rakd.rollout.batch import Rollouts, assemble, encode_prompts, position_ids
+from rakd.rollout.masks import attention_mask_4d, mask_for_model, no_cudnn_attention
+from rakd.train.config import Backend
+
+
+def resolve_backend(backend: Backend, device: torch.device) -> Backend:
+    """`auto`: `graph` on CUDA, `loop` elsewhere (what `bench/rollout.py` measured fastest on each: on an H200 at
+    512 rows x 160 tokens graph 243-259k tokens/s, loop 73k, static 66k, generate 33-35k; on this project's 2-core
+    CPU loop 2626, static 2260, generate 1873 on the demo student)."""
+    if backend == "auto":
+        return "graph" if device.type == "cuda" else "loop"
+    return backend
+
+
+COMPACT_EVERY = 8  # decode steps between EOS checks (and dropping finished rows) in the loop sampler
+
+
+def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the token that crosses top_p
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def _next_token(logits, temperature, top_p, generator):
+    """One token per row: sampled from softmax(logits / temperature) (top-p filtered), or greedy at 0."""
+    u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device) if temperature > 0 else None
+    return _draw(logits, temperature, top_p, u)
+
+
+def _draw(logits, temperature, top_p, u):
+    """The token each row's uniform `u` (B, 1) picks from softmax(logits / temperature) (top-p filtered); greedy at
+    temperature 0 (`u` unused). Inverting the CDF takes one uniform per row; `torch.multinomial` draws one
+    exponential per vocabulary entry (17% of a decode loop's time on the demo's student). A zero-probability token
+    is never drawn: the first index whose cumulative sum exceeds u * total is taken, and u * total < total in
+    float32 (u ≤ 1 - 2^-24)."""
+    if temperature > 0:
+        cdf = _filter_top_p(logits.float() / temperature, top_p).softmax(-1).cumsum(-1)
+        return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=cdf.shape[-1] - 1).squeeze(-1)
+    return logits.argmax(-1)
+
+
+@torch.no_grad()
+def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, group_size=1):
+    """The KV-cache decode loop. `ids`/`mask` hold each distinct prompt once when `group_size` > 1: the prompts
+    are prefilled once and their cache expanded G times. Every `COMPACT_EVERY` tokens (the loop's only host
+    synchronisation) rows that have emitted EOS leave the batch and the cache, so the rest decode a smaller one."""
+    cache, logits, mask, positions = _prefill(model, ids, mask, group_size)
+    rows = logits.shape[0]
+    tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=ids.device)
+    active = torch.arange(rows, device=ids.device)  # the output row of each batch row still decoding
+    finished = torch.zeros(rows, dtype=torch.bool, device=ids.device)
+    for t in range(max_new_tokens):
+        token = torch.where(
+            finished, torch.full_like(active, pad_id), _next_token(logits, temperature, top_p, generator)
+        )
+        tokens[active, t] = token
+        finished |= token == eos_id
+        if t + 1 == max_new_tokens:
+            break
+        if (t + 1) % COMPACT_EVERY == 0:
+            keep = torch.nonzero(~finished).squeeze(-1)
+            if len(keep) == 0:
+                break
+            if len(keep) < len(active):
+                cache.batch_select_indices(keep)
+                active, token, mask, positions, finished = (x[keep] for x in (active, token, mask, positions, finished))
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+        positions = positions + 1
+        logits = model(
+            input_ids=token[:, None],
+            attention_mask=attention_mask_4d(model, mask, 1),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[:, -1]
+    return _trim(tokens, eos_id)
+
+
+def _prefill(model, ids, mask, group_size):
+    """One forward over the distinct prompts into a DynamicCache, expanded G times: (cache, last logits, the mask
+    and each row's last position, both repeated G times)."""
+    cache = DynamicCache()
+    positions = position_ids(mask)
+    logits = model(
+        input_ids=ids,
+        attention_mask=attention_mask_4d(model, mask, ids.shape[1]),
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    ).logits[:, -1]
+    positions = positions[:, -1:]
+    if group_size > 1:
+        cache.batch_repeat_interleave(group_size)
+        logits, mask, positions = (t.repeat_interleave(group_size, dim=0) for t in (logits, mask, positions))
+    return cache, logits, mask, positions
+
+
+class _StaticLayer(StaticLayer):
+    """A StaticLayer that writes keys and values in its own dtype. Under autocast the keys leave the rotary
+    embedding in the model's dtype and the values leave their projection in bf16: StaticLayer allocates both in
+    the keys' dtype and then fails to write the values (`index_copy_`: Float and BFloat16), in transformers' own
+    static-cache `generate` too. DynamicCache's concatenation promotes the values to the keys' dtype; so does
+    this, so that every sampler computes alike."""
+
+    def update(self, key_states, value_states, cache_kwargs=None):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states)
+        return super().update(key_states.to(self.dtype), value_states.to(self.dtype), cache_kwargs)
+
+
+def _static_cache(model, length: int, like: DynamicCache | None = None) -> StaticCache:
+    """A StaticCache of `length` columns (full-attention layers as `_StaticLayer`), holding `like`'s keys and
+    values (a filled DynamicCache's) in its first columns when given."""
+    cache = StaticCache(config=model.config, max_cache_len=length)
+    cache.layers = [_StaticLayer(length) if type(layer) is StaticLayer else layer for layer in cache.layers]
+    for index, filled in enumerate(like.layers if like is not None else []):
+        columns = torch.arange(filled.keys.shape[2], device=filled.keys.device)
+        cache.layers[index].update(filled.keys, filled.values, {"cache_position": columns})
+    return cache
+
+
+def _trim(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Completions up to the last row's EOS, as generate() stops (all of them when a row never ended)."""
+    is_eos = tokens == eos_id
+    if not bool(is_eos.any(1).all()):
+        return tokens
+    return tokens[:, : int(is_eos.float().argmax(1).max()) + 1]
+
+
+@torch.no_grad()
+def _sample_graph(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, group_size=1):
+    """Decoding over a pre-allocated cache whose every step is one fixed sequence of kernels on fixed buffers, so
+    that on CUDA it is captured once as a CUDA graph and replayed: no per-token Python, allocation or kernel
+    launches beyond one replay. The step reads its token's uniform from a table drawn up front, writes the key
+    and value at the step's cache column (`StaticCache`), opens that column in the attention mask, advances
+    positions and counters in place and records the token; finished rows emit pad. The host checks for
+    all-finished every `COMPACT_EVERY` steps (rows cannot leave a fixed-shape batch). The prompt is prefilled
+    once per distinct prompt, as in `loop`, and copied into the static cache. Elsewhere the same step runs
+    eagerly."""
+    dynamic, logits, mask, positions = _prefill(model, ids, mask, group_size)
+    rows, prompt_len, device = logits.shape[0], ids.shape[1], ids.device
+    cache = _static_cache(model, prompt_len + max_new_tokens, like=dynamic)
+    del dynamic
+    allowed = torch.zeros((rows, 1, 1, prompt_len + max_new_tokens), dtype=torch.bool, device=device)
+    allowed[:, 0, 0, :prompt_len] = mask.bool()
+    uniforms = torch.rand((max_new_tokens, rows, 1), generator=generator, device=device) if temperature > 0 else None
+    tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    tokens[:, 0] = _draw(logits, temperature, top_p, uniforms[0] if uniforms is not None else None)
+    finished = tokens[:, 0] == eos_id
+    token = tokens[:, :1].clone()
+    step = torch.zeros(1, dtype=torch.long, device=device)  # the column of `tokens` last written
+    column = torch.full((1,), prompt_len, dtype=torch.long, device=device)  # the cache column `token` goes to
+
+    def decode():
+        allowed.index_fill_(-1, column, True)
+        positions.add_(1)
+        logits = model(
+            input_ids=token,
+            attention_mask=mask_for_model(model, allowed),
+            position_ids=positions,
+            past_key_values=cache,
+            cache_position=column,
+            use_cache=True,
+        ).logits[:, -1]
+        column.add_(1)
+        step.add_(1)
+        u = uniforms.index_select(0, step).squeeze(0) if uniforms is not None else None
+        new = torch.where(finished, pad_id, _draw(logits, temperature, top_p, u))
+        tokens.index_copy_(1, step, new[:, None])
+        finished.logical_or_(new == eos_id)
+        token.copy_(new[:, None])
+
+    run, done = decode, 1
+    if device.type == "cuda" and max_new_tokens > 2:
+        run, done = _captured(decode), 2  # the warm-up before capture is decode step 1
+    for t in range(done, max_new_tokens):
+        if t % COMPACT_EVERY == 0 and bool(finished.all()):
+            break
+        run()
+    return _trim(tokens, eos_id)
+
+
+def _captured(step):
+    """Run `step` once (warm-up, on a side stream as capture requires), then capture it as a CUDA graph and return
+    its replay. Autocast's cast cache is off inside: a cached bf16 weight copy made before capture would be freed
+    under the graph."""
+    autocast_on = torch.is_autocast_enabled("cuda")
+    cast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=autocast_on, cache_enabled=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), cast:
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), cast:
+        step()
+    return graph.replay
+
+
+@torch.no_grad()
+def _sample_generate(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, cache=None):
+    """transformers' `generate`; `cache="static"` pre-allocates the KV cache for prompt + max_new_tokens, and on
+    CUDA transformers then compiles the decode step once (torch.compile, "reduce-overhead": CUDA graphs)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    if cache == "static":  # ours, not cache_implementation="static": that one fails under autocast (_StaticLayer)
+        cache = _static_cache(model, ids.shape[1] + max_new_tokens)
+    with torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_p=top_p if temperature > 0 else None,
+            top_k=0 if temperature > 0 else None,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+            past_key_values=cache,
+        )
+    return out[:, ids.shape[1] :]
+
+
+_SAMPLERS = {
+    "loop": _sample_loop,
+    "graph": _sample_graph,
+    "generate": _sample_generate,
+    "static": partial(_sample_generate, cache="static"),
+}
+
+
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 256,
+    backend: Backend = "auto",
+    progress: str | None = None,
+    group_size: int = 1,
+) -> Rollouts:
+    """Sample one completion per question (repeat questions for G per prompt); temperature 0 is greedy.
+    With `group_size` G > 1, `questions` holds each prompt G times in a row and the loop sampler prefills each
+    prompt once for its G samples. `progress` names a progress display over the batches (shown when there is
+    more than one)."""
+    if group_size > 1:
+        if len(questions) % group_size or any(
+            questions[i] != questions[i - i % group_size] for i in range(len(questions))
+        ):
+            raise ValueError(f"group_size={group_size}: questions must repeat each prompt {group_size} times in a row")
+        batch_size = max(group_size, batch_size - batch_size % group_size)
+    device = next(model.parameters()).device
+    backend = resolve_backend(backend, device)
+    shared = group_size if backend in ("loop", "graph") else 1
+    generator = torch.Generator(device=device).manual_seed(seed)  # the uniforms are drawn on the model's device
+    parts = []
+    batches = range(0, len(questions), batch_size)
+    shown = (
+        Progress(progress, len(batches), every=max(1, len(batches) // 4), unit="batch")
+        if progress and len(batches) > 1
+        else None
+    )
+    for index, start in enumerate(batches):
+        ids, mask = encode_prompts(tokenizer, questions[start : start + batch_size : shared])
+        with no_cudnn_attention(device):
+            completion = _SAMPLERS[backend](
+                model,
+                ids.to(device),
+                mask.to(device),
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                eos_id=tokenizer.eos_token_id,
+                pad_id=tokenizer.pad_token_id,
+                generator=generator,
+                **({"group_size": shared} if shared > 1 else {}),
+            )
+        if shared > 1:
+            ids, mask = ids.repeat_interleave(shared, dim=0), mask.repeat_interleave(shared, dim=0)
+        parts.append((ids, mask, completion.cpu()))
+        if shown:
+            shown.update(index)
+    return assemble(parts, tokenizer)

@@ -1,0 +1,170 @@
+"""The config sections of the core stages (teacher, distill, compare) and of what they share (evaluation, the
+teacher's scorer). Light: pydantic only, so the command line, `rakd verify-package` and loading a config never
+import torch or transformers; the stage modules read their sections from here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from rakd.models.source import ModelSource
+from rakd.schema import StageConfig
+from rakd.train.config import LossParams, Method, OptimConfig, RLConfig, SFTConfig
+
+CLAMP_OFF = 1e9  # a teacher clamp that never binds
+
+
+class EvalConfig(StageConfig):
+    n_problems: int = Field(500, ge=1, description="first N problems of the split")
+    k_samples: int = Field(4, ge=0, description="samples per problem at temperature 1 (0: greedy only)")
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(256, ge=1)
+    seed: int = 1234
+    per_problem: bool = Field(False, description="also record each problem's greedy 0/1 (paired comparisons)")
+
+
+class ScorerConfig(StageConfig):
+    kind: Literal["torch", "llama_cpp", "openai"] = Field(
+        "torch", description="where the teacher's log-probs come from"
+    )
+    gguf: str | None = Field(None, description="llama_cpp: the teacher as a GGUF file (its vocabulary: the student's)")
+    threads: int = Field(1, ge=1, description="llama_cpp: CPU threads")
+    n_ctx: int = Field(0, ge=0, description="llama_cpp: context length (0: the model's own)")
+    url: str | None = Field(None, description="openai: the server's base URL, e.g. http://teacher-host:8000")
+    model: str | None = Field(None, description="openai: the model name the server expects (vLLM: as served)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable with a bearer key, if set")
+    batch_rows: int = Field(16, ge=1, description="openai: rows per request")
+    timeout_s: float = Field(120.0, gt=0, description="openai: seconds to wait for one request")
+    retries: int = Field(2, ge=0, description="openai: retries of a request that failed to connect or got a 5xx")
+
+
+class TeacherConfig(StageConfig):
+    model: ModelSource = Field(default_factory=lambda: ModelSource(preset="teacher-tiny"))
+    train: SFTConfig = Field(
+        default_factory=lambda: SFTConfig(
+            steps=800, checkpoint_every=200, log_every=100, optim=OptimConfig(min_lr_ratio=0.05)
+        )
+    )
+    eval: EvalConfig = Field(default_factory=lambda: EvalConfig(n_problems=1000))
+    threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default); per process with nproc > 1")
+    nproc: int = Field(
+        1, ge=1, description="processes for data-parallel training under torchrun on this machine (one GPU each)"
+    )
+    device: str = "auto"
+    seed: int = 0
+
+
+class StudentSource(StageConfig):
+    """A model source, or a layer subset of the teacher (`from_teacher_every_k`)."""
+
+    model: ModelSource | None = Field(default_factory=lambda: ModelSource(preset="student-tiny"))
+    from_teacher_every_k: int | None = Field(None, ge=1)
+
+
+class WarmStartStop(StageConfig):
+    """End the warm start's SFT once the student reaches a greedy val accuracy, rather than after a fixed number of
+    steps: SFT on few traces is on a steep learning curve, so a step count lands anywhere from "solves nothing new"
+    to the plateau; RL needs a student at the edge of its competence (README "Results")."""
+
+    val_accuracy: float = Field(gt=0, le=1, description="greedy accuracy on the checked val questions that ends SFT")
+    min_difficulty: int | None = Field(
+        None,
+        ge=1,
+        description="check only val questions with at least this many operations (None, or a source with no "
+        "difficulty at all such as GSM8K: every val question)",
+    )
+    every: int = Field(25, ge=1, description="check every N SFT steps")
+    problems: int = Field(200, ge=1, description="val questions per check (the first N that qualify)")
+
+
+class WarmStartRecover(StageConfig):
+    """What the warm start does while it misses its target: traces for more of the harder questions (of the same
+    `n_prompts`, so RL's unseen questions stay unseen), and SFT goes on with them (rakd.traces)."""
+
+    after: int = Field(300, ge=1, description="SFT steps of a round without reaching the target before the next")
+    add_fraction: float = Field(
+        0.1, gt=0, le=1, description="each round adds this much to harder_fraction (0.2 -> 0.3 -> 0.4 ...)"
+    )
+    rounds: int = Field(3, ge=1, description="at most this many rounds after the first")
+
+
+class WarmStartConfig(StageConfig):
+    """Rejection-sampled SeqKD: teacher traces the verifier accepts, then SFT."""
+
+    n_prompts: int = Field(6000, ge=0, description="train questions the teacher answers (0: no warm start)")
+    max_difficulty: int | None = Field(
+        3,
+        ge=1,
+        description="a curriculum: of the n_prompts questions, only those with at most this many operations (the "
+        "records' `ops`) plus `harder_fraction` of the harder ones; RL then works at the edge the student has only "
+        "glimpsed (None: every question; questions with no difficulty at all, e.g. GSM8K, are all kept)",
+    )
+    harder_fraction: float = Field(
+        0.2, ge=0, le=1, description="with max_difficulty: the share of harder questions kept (chosen by seed)"
+    )
+    samples_per_prompt: int = Field(1, ge=1)
+    temperature: float = Field(0.7, gt=0)
+    max_new_tokens: int = Field(64, ge=1)
+    sft: SFTConfig = Field(
+        default_factory=lambda: SFTConfig(
+            steps=1200, log_every=100, optim=OptimConfig(warmup_steps=20, min_lr_ratio=0.05, weight_decay=0.1)
+        )
+    )
+    stop: WarmStartStop | None = Field(
+        default_factory=lambda: WarmStartStop(val_accuracy=0.2, min_difficulty=4),
+        description="stop SFT early at a target val accuracy (sft.steps is then the most it runs)",
+    )
+    recover: WarmStartRecover | None = Field(
+        default_factory=WarmStartRecover,
+        description="while the target is missed: more traces of the harder questions (only with stop; null: never)",
+    )
+
+
+class DistillConfig(StageConfig):
+    student: StudentSource = Field(default_factory=StudentSource)
+    method: Method = "rakd"
+    loss: LossParams = Field(default_factory=LossParams)
+    warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    teacher_scorer: ScorerConfig = Field(
+        default_factory=ScorerConfig, description="where the teacher's log-probs come from (rakd/scorers.py)"
+    )
+    eval: EvalConfig = Field(default_factory=lambda: EvalConfig(n_problems=1000))
+    checkpoint_every: int = Field(40, ge=1)
+    eval_every: int = Field(40, ge=0, description="evaluate on the val split every N RL steps (0: never)")
+    val_problems: int = Field(200, ge=1)
+    threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default); per process with nproc > 1")
+    nproc: int = Field(
+        1, ge=1, description="processes for data-parallel RL under torchrun on this machine (one GPU each on CUDA)"
+    )
+    fsdp: bool = Field(
+        False,
+        description="shard the student's weights, gradients and optimiser state across the nproc processes "
+        "(torch FSDP2), for a student that does not fit on one device; needs nproc > 1",
+    )
+    device: str = "auto"
+    seed: int = 0
+    fail_after_step: int | None = Field(None, description="fault injection for tests: crash after this RL step")
+
+    @model_validator(mode="after")
+    def _fsdp_needs_processes(self):
+        if self.fsdp and self.nproc < 2:
+            raise ValueError("distill.fsdp shards the student across processes: set distill.nproc to 2 or more")
+        return self
+
+
+class CompareConfig(StageConfig):
+    methods: list[Method] = Field(default_factory=lambda: ["rakd", "grpo", "grpo_kl", "opd", "gkd", "fkl", "sft"])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    alphas: list[float] = Field(default_factory=lambda: [0.0, 0.3, 0.5, 0.7, 1.0], description="rakd only")
+    clamp_off: bool = Field(True, description="also run rakd with the teacher clamp switched off")
+    lrs: list[float] = Field(default_factory=list, description="RL learning rates (default: distill.rl.optim.lr)")
+    steps: int | None = Field(None, ge=1, description="RL steps per job (default: distill.rl.steps)")
+    eval_every: int = Field(25, ge=1, description="val accuracy every N steps (the curves)")
+    val_problems: int = Field(200, ge=1)
+    sft_time_matched: bool = Field(True, description="sft gets the rakd jobs' mean wall time, not their steps")
+    workers: int = Field(0, ge=0, description="Dask workers of the local cluster (0: one per CPU core)")
+    dask_address: str | None = Field(None, description="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for the confidence intervals")

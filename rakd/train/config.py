@@ -1,0 +1,95 @@
+"""The trainers' config sections: optimiser, SFT, the loss hyper-parameters and RL (light: no torch import)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rakd.schema import StageConfig
+
+Method = Literal["sft", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"]
+Aggregation = Literal["seq_mean", "token_mean"]
+Backend = Literal["auto", "generate", "loop", "static", "graph"]
+
+
+class OptimConfig(StageConfig):
+    """AdamW with a linear warm-up, then a cosine decay (or a constant rate)."""
+
+    lr: float = Field(3e-3, gt=0, description="peak learning rate")
+    warmup_steps: int = Field(50, ge=0, description="steps of linear warm-up from 0 to lr")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="after the warm-up")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine: the last step's rate as a share of lr")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled weight decay")
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW's moment decay rates")
+
+
+class SFTConfig(StageConfig):
+    """Next-token training on (question, completion) pairs, the loss on completion tokens only."""
+
+    steps: int = Field(1000, ge=0, description="optimiser steps")
+    batch_size: int = Field(64, ge=1, description="pairs per step")
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: only at the end)")
+    log_every: int = Field(25, ge=1, description="steps between metrics rows")
+
+
+class LossParams(StageConfig):
+    """Hyper-parameters of the losses; each method takes the ones its loss function declares. A value left at None
+    is the loss function's own default (rakd.losses: the one place a method's default is written)."""
+
+    alpha: float = Field(0.5, ge=0, le=1, description="rakd (TRRD): weight of the old policy in the anchor")
+    teacher_clamp: float = Field(1.0, gt=0, description="rakd (TRRD): clamp c on the teacher log-ratio")
+    eps_low: float = Field(0.2, ge=0, description="rakd/grpo/grpo_kl: lower clip of the ratio")
+    eps_high: float = Field(0.28, ge=0, description="rakd/grpo/grpo_kl: upper clip of the ratio")
+    agg: Aggregation | None = Field(
+        None,
+        description="seq_mean (mean over a row's tokens, then over rows) or token_mean (over every token of the "
+        "batch); None: the method's own, token_mean for sft and opd, seq_mean for rakd, grpo and grpo_kl (fkl and gkd "
+        "always average over tokens)",
+    )
+    kl_coef: float = Field(0.1, ge=0, description="grpo_kl: weight of KL(student || teacher); also zero_adv=kd")
+    beta: float = Field(0.5, ge=0, le=1, description="gkd: JSD mixture weight (1: reverse KL)")
+    kd_temperature: float = Field(
+        1.0, gt=0, description="fkl/gkd: softmax temperature of the vocabulary KL (not the sampling temperature)"
+    )
+
+
+class RLConfig(StageConfig):
+    """The RL loop: G samples per prompt, verifier rewards, group advantages, the method's loss."""
+
+    steps: int = Field(200, ge=0, description="RL steps")
+    prompts_per_step: int = Field(32, ge=1, description="prompts of one draw")
+    group_size: int = Field(8, ge=1, description="samples per prompt (G)")
+    max_new_tokens: int = Field(64, ge=1, description="longest completion sampled")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling (1: off)")
+    ppo_epochs: int = Field(1, ge=1, description="passes over a step's rollouts")
+    minibatch_size: int = Field(1024, ge=1, description="rollouts per optimiser step (>= the step's rows: one step)")
+    zero_adv: Literal["skip", "kd"] = Field(
+        "skip", description="groups whose rewards all agree: skip them, or train them on KL to the teacher"
+    )
+    min_informative_groups: int = Field(
+        16,
+        ge=0,
+        description="dynamic sampling (DAPO): draw more prompts until the step holds this many groups with "
+        "mixed rewards (0: one draw of prompts_per_step)",
+    )
+    max_draws: int = Field(3, ge=1, description="dynamic sampling: at most this many draws of prompts_per_step")
+    prompts: Literal["unseen", "all"] = Field(
+        "unseen",
+        description="unseen: RL draws train questions the warm start's traces did not cover (all of "
+        "train when too few are left); all: any train question",
+    )
+    time_budget_s: float | None = Field(
+        None, gt=0, description="stop after this many seconds of RL (a compute-matched baseline); steps stays the cap"
+    )
+    backend: Backend = Field(
+        "auto",
+        description="sampler: auto (graph on CUDA, loop elsewhere: the fastest measured on each), loop (our "
+        "KV-cache loop), graph (our decode step over a pre-allocated cache, captured as a CUDA graph on CUDA), "
+        "generate, or static (generate over a pre-allocated cache, compiled on CUDA); the same distribution "
+        "(rakd.rollout)",
+    )
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=10, schedule="constant"))
