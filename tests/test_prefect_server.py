@@ -121,9 +121,10 @@ def test_edge_deployment_runs_on_a_process_worker(server, tmp_path, tokenizer):
     assert len(runs) == 1
     assert runs[0]["state"]["type"] == "COMPLETED", runs[0]["state"]
     report = json.loads((out / "report.json").read_text())
-    assert report["artefacts"][0]["label"] == "gguf-device-model" and report["data"]["n"] == 4
+    assert report["artefacts"][0]["label"] == "gguf-f16"  # from the file's own file type, not its name
+    assert report["data"]["n"] == 4
     artifacts = httpx.post(
         f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}}}
     ).json()
     assert [a["key"] for a in artifacts] == ["edge-validate-device-model"]
-    assert "gguf-device-model" in json.dumps(artifacts[0]["data"])
+    assert "gguf-f16" in json.dumps(artifacts[0]["data"])
