@@ -22,7 +22,7 @@ RESULTS = ROOT / "bench" / "results"
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
-    from deploy.validate import cpu_model as model
+    from deploy.measure import cpu_model as model
 
     return model()
 

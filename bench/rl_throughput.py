@@ -36,7 +36,8 @@ from rakd.models.load import load_causal_lm
 from rakd.prompt import prompt_text
 from rakd.tables import markdown_table, text_table
 from rakd.train.common import OptimConfig
-from rakd.train.rl import LossParams, RLConfig, RLTrainer
+from rakd.train.config import LossParams, RLConfig
+from rakd.train.rl import RLTrainer
 from rakd.verify import reward
 
 

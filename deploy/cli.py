@@ -40,7 +40,8 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def validate_command(args: argparse.Namespace, cfg) -> int:
     from deploy.config import ValidateConfig
-    from deploy.validate import shippable, validate, validation_rows
+    from deploy.report import shippable, validation_rows
+    from deploy.validate import validate
 
     update = {k: v for k, v in (("threads", args.threads), ("n_problems", args.limit)) if v is not None}
     try:

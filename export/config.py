@@ -35,12 +35,16 @@ GGUF_QUANTS: tuple[str, ...] = get_args(GgufQuant)
 
 
 class ExportConfig(StageConfig):
-    formats: list[Literal["onnx", "gguf"]] = Field(default_factory=lambda: ["onnx", "gguf"])
+    """ONNX and GGUF artefacts of the student, each checked against PyTorch."""
+
+    formats: list[Literal["onnx", "gguf"]] = Field(
+        default_factory=lambda: ["onnx", "gguf"], description="onnx: fp32 + onnx_quant; gguf: f16 + gguf_quant"
+    )
     onnx_quant: list[OnnxQuant] = Field(
         default_factory=lambda: ["w8"], description="w8 held parity here; int8-dynamic changed greedy answers"
     )
     gguf_quant: list[GgufQuant] = Field(default_factory=lambda: ["q8_0", "4bit"], description="llama.cpp types")
-    gguf_f32: bool = False
-    parity_prompts: int = Field(16, ge=1)
-    parity_max_new_tokens: int = Field(32, ge=1)
-    threads: int = Field(1, ge=1)
+    gguf_f32: bool = Field(False, description="also an F32 GGUF (exact parity; twice the f16 size)")
+    parity_prompts: int = Field(16, ge=1, description="val questions each artefact is checked on against PyTorch")
+    parity_max_new_tokens: int = Field(32, ge=1, description="length of the greedy continuation checked")
+    threads: int = Field(1, ge=1, description="runtime threads of the parity checks")

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.stages import edge_validate_task, slug, stage_task
 from rakd.config import PipelineConfig, dump_config, load_config
 from rakd.io import atomic_write_text
-from rakd.registry import STAGES, Stage, outputs_current, stage_keys, summary_sections
+from rakd.registry import STAGES, Stage, outputs_current, record_key, stage_keys, summary_sections
 from rakd.tables import markdown_table
 
 
@@ -42,7 +42,7 @@ def _run_stage(stage: Stage, cfg: PipelineConfig, key: str, refresh: bool) -> tu
         stage.name, cfg.model_dump(mode="json"), key=key, progress_key=progress_key, return_state=True
     )
     summary = state.result()  # raises the stage's own exception when it failed
-    atomic_write_text(layout.stage_key(stage.name), key + "\n")
+    record_key(layout, stage, key)
     return state.name, summary
 
 
@@ -92,7 +92,7 @@ def rakd_validate(
 ) -> dict:
     """Validate a model file, ONNX folder or package against a data file (an edge device's job)."""
     from deploy.config import ValidateConfig
-    from deploy.validate import shippable, validation_rows
+    from deploy.report import shippable, validation_rows
 
     cfg = ValidateConfig.model_validate(validation or {})
     out = out or str(Path("runs") / f"validate-{Path(model).stem}")

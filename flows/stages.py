@@ -81,7 +81,8 @@ def stage_task(stage: str, config: dict, key: str, progress_key: str | None = No
 
 def _edge_validate(cfg: dict, model: str, data: str, out: str) -> dict:
     from deploy.config import ValidateConfig
-    from deploy.validate import validate, validation_rows
+    from deploy.report import validation_rows
+    from deploy.validate import validate
     from rakd.tables import text_table
 
     started = time.perf_counter()

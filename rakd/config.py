@@ -165,38 +165,28 @@ def _section_of(annotation: Any) -> type[StageConfig] | None:
     return None
 
 
-def _reference_rows(model: type[StageConfig], instance: StageConfig | None, prefix: str) -> list[str]:
+def _reference_rows(model: type[StageConfig], defaults: dict | None, prefix: str) -> list[str]:
+    """Rows of `model`'s fields; `defaults` is the section's default as JSON (None: a section that is off)."""
     rows = []
     for name, field in model.model_fields.items():
-        key, value = f"{prefix}{name}", getattr(instance, name) if instance is not None else None
+        key, value = f"{prefix}{name}", (defaults or {}).get(name)
         section = _section_of(field.annotation)
         if section is not None:
             note = " (null: off)" if value is None and field.annotation is not section else ""
             rows.append(f"| **`{key}`** | section{note} | | {(field.description or section.__doc__ or '').strip()} |")
             rows += _reference_rows(section, value, f"{key}.")
             continue
-        shown = yaml.safe_dump(_plain(value), default_flow_style=True, width=1000).strip()
-        shown = shown.removesuffix("...").strip()
+        shown = yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
         description = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{key}` | {_type_name(field.annotation)} | `{shown}` | {description} |")
     return rows
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, StageConfig):
-        return value.model_dump(mode="json")
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return value
 
 
 def config_reference() -> str:
     """Markdown: every config key of the pipeline with its type, its default (the embedded default run's) and its
     description, generated from the pydantic fields (docs/usage.md holds it; a test keeps it current)."""
     rows = ["| key | type | default | what it does |", "|---|---|---|---|"]
-    return "\n".join(rows + _reference_rows(PipelineConfig, PipelineConfig(), "")) + "\n"
+    return "\n".join(rows + _reference_rows(PipelineConfig, PipelineConfig().model_dump(mode="json"), "")) + "\n"
 
 
 def write_reference(path: Path) -> None:

@@ -152,7 +152,7 @@ def export_rows(summary: Summary) -> list[dict]:
 
 
 def validate_rows(summary: Summary) -> list[dict]:
-    from deploy.validate import validation_rows
+    from deploy.report import validation_rows
 
     return validation_rows(summary["report"]["artefacts"])
 
@@ -278,17 +278,22 @@ def outputs_current(layout: RunLayout, stage: Stage, key: str) -> bool:
     return stage.done_file(layout).is_file() and marker.is_file() and marker.read_text().strip() == key
 
 
+def record_key(layout: RunLayout, stage: Stage, key: str) -> None:
+    """Mark the stage's outputs as written under `key` (what `outputs_current` reads back)."""
+    from rakd.io import atomic_write_text
+
+    atomic_write_text(layout.stage_key(stage.name), key + "\n")
+
+
 def run_missing(cfg: PipelineConfig, names: tuple[str, ...]) -> None:
     """Run the named stages, in order, only where their outputs are not current under their keys; each key is
     recorded once its stage is done (what `rakd compare` needs of prep and the teacher)."""
-    from rakd.io import atomic_write_text
-
     keys = stage_keys(cfg)
     for name in names:
         stage = BY_NAME[name]
         if not outputs_current(cfg.run.layout, stage, keys[name]):
             run_stage(stage, cfg)
-            atomic_write_text(cfg.run.layout.stage_key(name), keys[name] + "\n")
+            record_key(cfg.run.layout, stage, keys[name])
 
 
 # ---------------------------------------------------------------- the whole run's summary

@@ -125,7 +125,7 @@ with contextlib.redirect_stderr(io.StringIO()):
     code = main(["verify-package", "no-such-package"])
 heavy = sorted(name for name in ("torch", "transformers", "tokenizers", "llama_cpp", "onnxruntime", "prefect")
                if name in sys.modules)
-print(code, ",".join(heavy))
+print(f"exit={code} heavy={','.join(heavy)}")
 """
 
 
@@ -137,9 +137,9 @@ def test_the_command_line_and_loading_a_config_stay_light():
 
     done = subprocess.run([sys.executable, "-c", LIGHT_CHECK], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
-    code, heavy = done.stdout.split()[-2:] if len(done.stdout.split()) > 1 else (done.stdout.strip(), "")
-    assert code == "2", done.stdout  # a missing package is a user error, reported
-    assert heavy == "", f"imported: {heavy}"
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("exit=2 "), done.stdout  # a missing package is a user error, reported
+    assert last == "exit=2 heavy=", f"imported: {last.removeprefix('exit=2 heavy=')}"
 
 
 def test_models_never_import_data_and_the_prompt_format_is_ground_floor():

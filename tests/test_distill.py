@@ -14,7 +14,8 @@ from rakd.models.zoo import build_model, preset_config
 from rakd.stage_config import WarmStartConfig
 from rakd.teacher import run_teacher
 from rakd.traces import warmstart_prompts
-from rakd.train.rl import LossParams, RLConfig, RLTrainer
+from rakd.train.config import LossParams, RLConfig
+from rakd.train.rl import RLTrainer
 from rakd.warmstart import check_same_tokenizer, distill_records
 
 FAST = [

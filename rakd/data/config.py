@@ -16,15 +16,21 @@ from rakd.schema import StageConfig
 class PrepConfig(StageConfig):
     """Where the tasks come from and how they are split."""
 
-    source: Literal["generator", "gsm8k", "jsonl"] = "generator"
+    source: Literal["generator", "gsm8k", "jsonl"] = Field(
+        "generator",
+        description="generator: built-in arithmetic; gsm8k: `answer` ends in `#### N`; jsonl: question/answer "
+        "(+ optional solution) per line",
+    )
     path: Path | None = Field(None, description="task file for the gsm8k/jsonl sources")
     generator: GeneratorConfig = Field(
         default_factory=lambda: GeneratorConfig(n_items=21000, max_ops=5, operators=["+", "-"])
     )
-    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    split_salt: str = "rakd"
-    skip_invalid: bool = False
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of the problems in val")
+    test_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of the problems in test")
+    split_salt: str = Field(
+        "rakd", description="the split hashes each question with this salt: a problem stays in its split as data grows"
+    )
+    skip_invalid: bool = Field(False, description="drop malformed rows (counted in the data card) instead of failing")
     tokenizer: TokenizerConfig | None = Field(
         default_factory=TokenizerConfig,
         description="train a tokenizer on the train split (null: the models bring their own)",

@@ -27,13 +27,19 @@ class GeneratorConfig(StageConfig):
     """Difficulty knobs of the built-in task generator."""
 
     n_items: int = Field(6000, ge=1, description="distinct problems to generate")
-    min_ops: int = Field(1, ge=1)
-    max_ops: int = Field(3, ge=1)
-    operand_min: int = Field(1, ge=0)
-    operand_max: int = Field(9, ge=1)
-    operators: list[Operator] = Field(default_factory=lambda: ["+", "-", "*"], min_length=1)
-    templates: list[Template] = Field(default_factory=lambda: ["expression"], min_length=1)
-    seed: int = 0
+    min_ops: int = Field(1, ge=1, description="fewest operations in a problem")
+    max_ops: int = Field(3, ge=1, description="most operations in a problem (the hardest difficulty)")
+    operand_min: int = Field(1, ge=0, description="smallest operand")
+    operand_max: int = Field(9, ge=1, description="largest operand")
+    operators: list[Operator] = Field(
+        default_factory=lambda: ["+", "-", "*"], min_length=1, description="operators drawn from (only exact divisions)"
+    )
+    templates: list[Template] = Field(
+        default_factory=lambda: ["expression"],
+        min_length=1,
+        description="expression: `23+14*2-5=?` (precedence); word: a story whose steps apply in order",
+    )
+    seed: int = Field(0, description="the same seed gives the same problems")
 
     @model_validator(mode="after")
     def _check_ranges(self) -> GeneratorConfig:

@@ -11,4 +11,4 @@ class TokenizerConfig(StageConfig):
     """Knobs of the from-scratch tokenizer."""
 
     vocab_size: int = Field(512, ge=260, description="upper bound; a small corpus may give fewer")
-    min_frequency: int = Field(2, ge=1)
+    min_frequency: int = Field(2, ge=1, description="a merge must occur this often in the train split")
