@@ -35,7 +35,7 @@ import torch
 from rakd.models.gguf_file import gguf_tokens
 from rakd.models.llamacpp import llama_logits, open_llama_exact
 from rakd.rollout import Rollouts, score_completions, token_logprobs
-from rakd.stage_config import ScorerConfig
+from rakd.stage_config import ScorerConfig, scorer_problem
 
 
 class TeacherScorer(Protocol):
@@ -179,15 +179,8 @@ def make_scorer(cfg: ScorerConfig, teacher, method: str, tokenizer=None) -> Teac
     the student's `tokenizer`, a GGUF teacher's vocabulary is checked against it."""
     if cfg.kind == "torch":
         return TorchScorer(teacher)
-    if method in ("gkd", "fkl"):
-        raise ValueError(
-            f"distill.teacher_scorer.kind={cfg.kind!r}: method {method!r} needs the teacher's whole distribution "
-            "at every position; use kind 'torch' (or a method that needs only log-probs: rakd, grpo_kl, opd)"
-        )
+    if problem := scorer_problem(cfg, method):
+        raise ValueError(problem)
     if cfg.kind == "openai":
-        if not cfg.url:
-            raise ValueError("distill.teacher_scorer.url: kind 'openai' needs the server's URL")
         return OpenAIScorer(cfg.url, cfg.model, cfg.api_key_env, cfg.batch_rows, cfg.timeout_s, cfg.retries)
-    if not cfg.gguf:
-        raise ValueError("distill.teacher_scorer.gguf: kind 'llama_cpp' needs the teacher's GGUF file")
     return LlamaCppScorer(cfg.gguf, threads=cfg.threads, n_ctx=cfg.n_ctx, tokenizer=tokenizer)

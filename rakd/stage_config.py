@@ -17,15 +17,19 @@ CLAMP_OFF = 1e9  # a teacher clamp that never binds
 
 
 class EvalConfig(StageConfig):
+    """Accuracy on a split: greedy, and pass@k / mean@k of k sampled answers."""
+
     n_problems: int = Field(500, ge=1, description="first N problems of the split")
     k_samples: int = Field(4, ge=0, description="samples per problem at temperature 1 (0: greedy only)")
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(256, ge=1)
-    seed: int = 1234
+    max_new_tokens: int = Field(64, ge=1, description="a longer answer counts as wrong")
+    batch_size: int = Field(256, ge=1, description="problems decoded together")
+    seed: int = Field(1234, description="seed of the sampled (k_samples) answers")
     per_problem: bool = Field(False, description="also record each problem's greedy 0/1 (paired comparisons)")
 
 
 class ScorerConfig(StageConfig):
+    """Where the teacher's log-probs of the sampled tokens come from."""
+
     kind: Literal["torch", "llama_cpp", "openai"] = Field(
         "torch", description="where the teacher's log-probs come from"
     )
@@ -41,6 +45,8 @@ class ScorerConfig(StageConfig):
 
 
 class TeacherConfig(StageConfig):
+    """The teacher: a checkpoint evaluated as it is, or a preset trained from scratch on the CoT traces."""
+
     model: ModelSource = Field(default_factory=lambda: ModelSource(preset="teacher-tiny"))
     train: SFTConfig = Field(
         default_factory=lambda: SFTConfig(
@@ -52,15 +58,37 @@ class TeacherConfig(StageConfig):
     nproc: int = Field(
         1, ge=1, description="processes for data-parallel training under torchrun on this machine (one GPU each)"
     )
-    device: str = "auto"
-    seed: int = 0
+    device: str = Field("auto", description="auto (cuda when there is one), cpu, cuda, cuda:1, ...")
+    seed: int = Field(0, description="the from-scratch teacher's initial weights and data order")
 
 
 class StudentSource(StageConfig):
-    """A model source, or a layer subset of the teacher (`from_teacher_every_k`)."""
+    """A model source, or a layer subset of the teacher (`from_teacher_every_k`): exactly one. Setting
+    `from_teacher_every_k` alone takes the place of the default model."""
 
     model: ModelSource | None = Field(default_factory=lambda: ModelSource(preset="student-tiny"))
-    from_teacher_every_k: int | None = Field(None, ge=1)
+    from_teacher_every_k: int | None = Field(
+        None,
+        ge=1,
+        description="a student of the teacher's layers 0, k, 2k, ... (its embeddings and head too); set model: null",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _subset_replaces_the_default_model(cls, data):
+        if isinstance(data, dict) and data.get("from_teacher_every_k") is not None and "model" not in data:
+            return {**data, "model": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.model is None) == (self.from_teacher_every_k is None):
+            raise ValueError(
+                "give exactly one of distill.student.model (a preset or a path) and "
+                "distill.student.from_teacher_every_k (a layer subset of the teacher)"
+                + (": set distill.student.model=null" if self.model is not None else "")
+            )
+        return self
 
 
 class WarmStartStop(StageConfig):
@@ -104,9 +132,11 @@ class WarmStartConfig(StageConfig):
     harder_fraction: float = Field(
         0.2, ge=0, le=1, description="with max_difficulty: the share of harder questions kept (chosen by seed)"
     )
-    samples_per_prompt: int = Field(1, ge=1)
-    temperature: float = Field(0.7, gt=0)
-    max_new_tokens: int = Field(64, ge=1)
+    samples_per_prompt: int = Field(
+        1, ge=1, description="teacher samples per question; the verifier keeps the right ones"
+    )
+    temperature: float = Field(0.7, gt=0, description="the teacher's sampling temperature for the traces")
+    max_new_tokens: int = Field(64, ge=1, description="longest trace")
     sft: SFTConfig = Field(
         default_factory=lambda: SFTConfig(
             steps=1200, log_every=100, optim=OptimConfig(warmup_steps=20, min_lr_ratio=0.05, weight_decay=0.1)
@@ -123,8 +153,10 @@ class WarmStartConfig(StageConfig):
 
 
 class DistillConfig(StageConfig):
+    """The student, its warm start on the teacher's traces and the RL-aware distillation after it."""
+
     student: StudentSource = Field(default_factory=StudentSource)
-    method: Method = "rakd"
+    method: Method = Field("rakd", description="the loss of the RL stage (rakd.losses.LOSSES); rakd is TRRD")
     loss: LossParams = Field(default_factory=LossParams)
     warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
@@ -132,9 +164,9 @@ class DistillConfig(StageConfig):
         default_factory=ScorerConfig, description="where the teacher's log-probs come from (rakd/scorers.py)"
     )
     eval: EvalConfig = Field(default_factory=lambda: EvalConfig(n_problems=1000))
-    checkpoint_every: int = Field(40, ge=1)
+    checkpoint_every: int = Field(40, ge=1, description="RL steps between checkpoints (a crash resumes from the last)")
     eval_every: int = Field(40, ge=0, description="evaluate on the val split every N RL steps (0: never)")
-    val_problems: int = Field(200, ge=1)
+    val_problems: int = Field(200, ge=1, description="val problems of each eval_every check")
     threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default); per process with nproc > 1")
     nproc: int = Field(
         1, ge=1, description="processes for data-parallel RL under torchrun on this machine (one GPU each on CUDA)"
@@ -144,26 +176,60 @@ class DistillConfig(StageConfig):
         description="shard the student's weights, gradients and optimiser state across the nproc processes "
         "(torch FSDP2), for a student that does not fit on one device; needs nproc > 1",
     )
-    device: str = "auto"
-    seed: int = 0
+    device: str = Field("auto", description="auto (cuda when there is one), cpu, cuda, cuda:1, ...")
+    seed: int = Field(0, description="the student's initial weights, the traces' sampling, the RL prompts and samples")
     fail_after_step: int | None = Field(None, description="fault injection for tests: crash after this RL step")
 
     @model_validator(mode="after")
-    def _fsdp_needs_processes(self):
+    def _combinations(self):
         if self.fsdp and self.nproc < 2:
             raise ValueError("distill.fsdp shards the student across processes: set distill.nproc to 2 or more")
+        problem = scorer_problem(self.teacher_scorer, self.method, self.rl.temperature)
+        if problem:
+            raise ValueError(problem)
+        if self.warmstart.n_prompts == 0 and self.warmstart.stop is not None:
+            raise ValueError(
+                "distill.warmstart.n_prompts=0 (no warm start) leaves distill.warmstart.stop no SFT to stop: "
+                "set distill.warmstart.stop=null"
+            )
         return self
 
 
+def scorer_problem(cfg: ScorerConfig, method: str, temperature: float = 1.0) -> str | None:
+    """Why the teacher scorer `cfg` cannot serve `method` at this sampling temperature, naming the keys; None if
+    it can. Checked when a config loads and again when a scorer is made."""
+    if cfg.kind == "torch":
+        return None
+    if method in ("gkd", "fkl"):
+        return (
+            f"distill.teacher_scorer.kind={cfg.kind!r}: method {method!r} needs the teacher's whole distribution at "
+            "every position; use kind 'torch' (or a method that needs only log-probs: rakd, grpo_kl, opd)"
+        )
+    if cfg.kind == "openai" and not cfg.url:
+        return "distill.teacher_scorer.url: kind 'openai' needs the server's URL"
+    if cfg.kind == "openai" and temperature != 1.0:
+        return (
+            f"distill.teacher_scorer.kind='openai' returns log-probs of the raw logits: distill.rl.temperature must "
+            f"be 1 (it is {temperature:g})"
+        )
+    if cfg.kind == "llama_cpp" and not cfg.gguf:
+        return "distill.teacher_scorer.gguf: kind 'llama_cpp' needs the teacher's GGUF file"
+    return None
+
+
 class CompareConfig(StageConfig):
-    methods: list[Method] = Field(default_factory=lambda: ["rakd", "grpo", "grpo_kl", "opd", "gkd", "fkl", "sft"])
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    """`rakd compare`: methods x seeds x alphas from one warm start, on Dask."""
+
+    methods: list[Method] = Field(
+        default_factory=lambda: ["rakd", "grpo", "grpo_kl", "opd", "gkd", "fkl", "sft"], description="methods compared"
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one job per seed and method")
     alphas: list[float] = Field(default_factory=lambda: [0.0, 0.3, 0.5, 0.7, 1.0], description="rakd only")
     clamp_off: bool = Field(True, description="also run rakd with the teacher clamp switched off")
     lrs: list[float] = Field(default_factory=list, description="RL learning rates (default: distill.rl.optim.lr)")
     steps: int | None = Field(None, ge=1, description="RL steps per job (default: distill.rl.steps)")
     eval_every: int = Field(25, ge=1, description="val accuracy every N steps (the curves)")
-    val_problems: int = Field(200, ge=1)
+    val_problems: int = Field(200, ge=1, description="val problems of each curve point")
     sft_time_matched: bool = Field(True, description="sft gets the rakd jobs' mean wall time, not their steps")
     workers: int = Field(0, ge=0, description="Dask workers of the local cluster (0: one per CPU core)")
     dask_address: str | None = Field(None, description="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")

@@ -1,4 +1,7 @@
+import contextlib
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -92,3 +95,40 @@ def smoke_run(prefect_harness, smoke_root):
     from flows.pipeline import rakd_pipeline
 
     return rakd_pipeline(config="configs/smoke.yaml", overrides=smoke_overrides(smoke_root))
+
+
+# ---------------------------------------------------------------- a GGUF teacher behind `python -m rakd.teacher_server`
+
+
+@contextlib.contextmanager
+def served_teacher(gguf):
+    """`python -m rakd.teacher_server` on `gguf`, on a free loopback port, in its own process; yields its URL."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rakd.teacher_server", "--gguf", str(gguf), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = server.stdout.readline()  # "serving NAME on http://127.0.0.1:PORT"
+        assert line.startswith("serving"), f"teacher_server did not start: {line!r}"
+        yield line.split()[-1]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def serve_teacher():
+    return served_teacher
+
+
+def parse_modelfile(text: str) -> dict[str, list[str]]:
+    """An Ollama Modelfile as Ollama reads it: instruction -> its arguments (a triple-quoted one over lines)."""
+    instructions, lines = {}, iter(text.splitlines())
+    for line in lines:
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            while rest.startswith('"""') and (len(rest) < 6 or not rest.endswith('"""')):
+                rest += "\n" + next(lines)
+            instructions.setdefault(keyword, []).append(rest)
+    return instructions

@@ -6,7 +6,8 @@ import torch
 from export.gguf import export_gguf
 from rakd.models.zoo import build_model, preset_config
 from rakd.rollout import sample, score_completions
-from rakd.scorers import LlamaCppScorer, ScorerConfig, make_scorer
+from rakd.scorers import LlamaCppScorer, make_scorer
+from rakd.stage_config import ScorerConfig
 
 QUESTIONS = ["1+1=?", "12*13-4+7=?", "9-2=?"]
 
@@ -42,24 +43,11 @@ def test_scorer_config_errors_name_the_field(teacher):
 
 
 @pytest.fixture(scope="module")
-def teacher_server(teacher, tokenizer, tmp_path_factory):
-    """`python -m rakd.teacher_server` on the F32 GGUF of the teacher, on a free loopback port, in its own process."""
-    import subprocess
-    import sys
-
+def teacher_server(teacher, tokenizer, tmp_path_factory, serve_teacher):
+    """`python -m rakd.teacher_server` on the F32 GGUF of the teacher."""
     path = export_gguf(teacher, tokenizer, tmp_path_factory.mktemp("server") / "teacher-f32.gguf", dtype="f32")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rakd.teacher_server", "--gguf", str(path), "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = server.stdout.readline()  # "serving NAME on http://127.0.0.1:PORT"
-        assert line.startswith("serving"), f"teacher_server did not start: {line!r}"
-        yield line.split()[-1]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with serve_teacher(path) as url:
+        yield url
 
 
 def test_openai_scorer_against_the_teacher_server_equals_torch(teacher, tokenizer, teacher_server):
@@ -110,7 +98,8 @@ def test_an_rl_step_on_the_served_teacher_equals_the_torch_teacher_step(
     teacher (within 1e-5). A reward by answer length makes groups informative on the random student; the clamp is
     wide, or the random pair's log-ratios (beyond ±1 almost everywhere) would be clamped and the teacher unread."""
     from rakd.scorers import OpenAIScorer
-    from rakd.train.rl import LossParams, RLConfig, RLTrainer
+    from rakd.train.config import LossParams, RLConfig
+    from rakd.train.rl import RLTrainer
 
     monkeypatch.setattr("rakd.train.rl.reward", lambda text, answer: float(len(text) % 3 == 0))
     records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:4]]

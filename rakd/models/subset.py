@@ -16,7 +16,8 @@ def kept_layers(num_layers: int, every_k: int) -> list[int]:
 
 
 def layer_subset(teacher: PreTrainedModel, every_k: int) -> PreTrainedModel:
-    """A copy of `teacher` holding only layers 0, k, 2k, ... (embeddings, norm and head kept)."""
+    """A trainable copy of `teacher` holding only layers 0, k, 2k, ... (embeddings, norm and head kept). The teacher
+    is usually frozen (`requires_grad_(False)`) when this runs, and a deep copy would keep it so."""
     decoder = getattr(teacher, "model", None)
     if decoder is None or not hasattr(decoder, "layers"):
         raise TypeError(f"layer_subset needs a decoder with `.model.layers`; got {type(teacher).__name__}")
@@ -29,4 +30,4 @@ def layer_subset(teacher: PreTrainedModel, every_k: int) -> PreTrainedModel:
     student.config.num_hidden_layers = len(keep)
     if getattr(student.config, "layer_types", None):
         student.config.layer_types = [student.config.layer_types[i] for i in keep]
-    return student
+    return student.requires_grad_(True)

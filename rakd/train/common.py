@@ -14,6 +14,8 @@ from rakd.train.config import OptimConfig
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:  # e.g. a copy of a frozen teacher: say so, not torch's "empty parameter list"
+        raise ValueError(f"{type(model).__name__}: no trainable parameters (every one has requires_grad=False)")
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
