@@ -12,16 +12,22 @@ and q4_k_m (rows of 576 are not multiples of 256, so llama.cpp stores those tens
 parity record lists them). The run folder gets `student/` (that HF folder), then the export and validate stages
 run on it as on a distilled student: parity on the model's own chat template prompts, then greedy accuracy
 (strict markers and lm-eval's flexible last-number extraction) on the first `--problems` test questions, one at a
-time in isolated runtimes. Prints the two tables; results stay in the run folder (parity.json, report.md).
+time in isolated runtimes, and against the reference's own completions the token KL divergence, top-1 agreement,
+answer flips, truncations and loops. Prints the two tables; copies parity.json, the validation report (md, json,
+png) and meta.json into bench/results/pretrained-smollm2-<date>/ (or --out).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from benchlib import results_dir, write_meta
 
 from rakd.models.load import load_causal_lm, save_model
 
@@ -42,6 +48,7 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=160, help="an instruct model's answers run long")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="results folder (default bench/results/pretrained-smollm2-<date>)")
     args = parser.parse_args()
     run = Path(args.run)
     if not (run / "data" / "test.jsonl").is_file():
@@ -65,10 +72,19 @@ def main() -> None:
         "validation.gates.max_size_mb=null",
     ]
     overrides = [arg for s in sets for arg in ("--set", s)]
+    seconds = {}
     for stage in ("export", "validate"):
+        started = time.perf_counter()
         command = [sys.executable, "-m", "rakd.cli", stage, "--config", "configs/tiny.yaml", *overrides]
         if subprocess.run(command).returncode:
             raise SystemExit(f"rakd {stage} failed (see above)")
+        seconds[stage] = round(time.perf_counter() - started, 1)
+    out = results_dir("pretrained-smollm2", args.out)
+    shutil.copyfile(run / "export" / "parity.json", out / "parity.json")
+    for name in ("report.md", "report.json", "accuracy_vs_latency.png"):
+        shutil.copyfile(run / "validate" / name, out / f"validate-{name}")
+    write_meta(out, model=package_gguf().name, problems=args.problems, seconds=seconds)
+    print(f"results in {out}")
 
 
 if __name__ == "__main__":

@@ -50,60 +50,117 @@ def size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in weights) / 1e6
 
 
-def run_artefact(artefact: Artefact, problems: list[dict], cfg: ValidateConfig) -> dict:
-    """Greedy-decode every problem with the artefact's runtime; accuracy, latency and memory."""
-    from deploy.runtimes import open_runtime
+def repeats_to_the_end(ids: list[int] | tuple[int, ...], min_repeats: int = 3, min_share: float = 0.25) -> bool:
+    """True when `ids` ends in one n-gram repeated back to back: some period p whose copies cover the last
+    max(min_repeats * p, min_share * len(ids)) tokens (`1+1=2.` over and over until the token limit)."""
+    n = len(ids)
+    for period in range(1, n // min_repeats + 1):
+        i = n - period - 1
+        while i >= 0 and ids[i] == ids[i + period]:
+            i -= 1
+        if n - 1 - i >= max(min_repeats * period, min_share * n):
+            return True
+    return False
 
+
+def run_artefact(artefact: Artefact, problems: list[dict], cfg: ValidateConfig) -> dict:
+    """Greedy-decode every problem with the artefact's runtime, one at a time as a device does: accuracy, length,
+    truncation and loops, latency and memory. The PyTorch reference decodes in batches (it is the yardstick, not a
+    device runtime: no latency)."""
     rss_before = _rss_mb()
     loaded = time.perf_counter()
-    runtime = open_runtime(artefact.format, artefact.path, cfg.threads, cfg.seed)
-    load_s = time.perf_counter() - loaded
-    for problem in problems[: cfg.warmup]:
-        runtime.generate(problem["question"], cfg.max_new_tokens)
-    correct, flexible, no_answer, ttft, latency, decode, tokens, outputs = 0, 0, 0, [], [], [], [], []
-    started = time.perf_counter()
-    for i, problem in enumerate(problems):
-        out = runtime.generate(problem["question"], cfg.max_new_tokens)
-        score = reward(out.text, problem["answer"])
-        correct += score == 1.0
-        flexible += reward_flexible(out.text, problem["answer"]) == 1.0
-        no_answer += extract_answer(out.text) is None
-        ttft.append(1e3 * out.ttft_s)
-        latency.append(1e3 * out.total_s)
-        tokens.append(out.new_tokens)
-        if out.decode_tok_s is not None:
-            decode.append(out.decode_tok_s)
-        outputs.append(
-            {"question": problem["question"], "answer": problem["answer"], "output": out.text, "correct": score == 1.0}
-        )
-        done = i + 1
-        if done % cfg.progress_every == 0 or done == len(problems):
-            print(
-                f"[validate] {artefact.label}: {done}/{len(problems)} accuracy {100 * correct / done:.1f}% "
-                f"({time.perf_counter() - started:.0f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
-    runtime.close()
+    if artefact.format == "pytorch":
+        generations, load_s = reference_generations(artefact, problems, cfg), None
+    else:
+        generations, load_s = _generate_one_by_one(artefact, problems, cfg, loaded)
     n, peak_rss = len(problems), _peak_rss_mb()
+    correct = [reward(g.text, p["answer"]) == 1.0 for g, p in zip(generations, problems)]
+    flexible = [reward_flexible(g.text, p["answer"]) == 1.0 for g, p in zip(generations, problems)]
+    truncated = [g.end_token is None and g.new_tokens >= cfg.max_new_tokens for g in generations]
+    looped = [cut and repeats_to_the_end(g.ids) for g, cut in zip(generations, truncated)]
+    timed = [g for g in generations if g.total_s is not None]
+    decode = [g.decode_tok_s for g in timed if g.decode_tok_s is not None]
     return {
-        "accuracy": correct / n,
-        "accuracy_flexible": flexible / n,  # the last number when no answer is marked; never gated
-        "no_answer_rate": no_answer / n,
+        "accuracy": sum(correct) / n,
+        "accuracy_flexible": sum(flexible) / n,  # the last number when no answer is marked; never gated
+        "no_answer_rate": sum(extract_answer(g.text) is None for g in generations) / n,
         "n": n,
-        "ttft_ms_p50": _percentile(ttft, 50),
-        "ttft_ms_p95": _percentile(ttft, 95),
+        "ttft_ms_p50": _percentile([1e3 * g.ttft_s for g in timed], 50),
+        "ttft_ms_p95": _percentile([1e3 * g.ttft_s for g in timed], 95),
         "decode_tok_s_p50": _percentile(decode, 50),
         "decode_tok_s_p95": _percentile(decode, 95),
-        "latency_ms_p50": _percentile(latency, 50),
-        "latency_ms_p95": _percentile(latency, 95),
-        "mean_new_tokens": float(np.mean(tokens)),
+        "latency_ms_p50": _percentile([1e3 * g.total_s for g in timed], 50),
+        "latency_ms_p95": _percentile([1e3 * g.total_s for g in timed], 95),
+        "mean_new_tokens": float(np.mean([g.new_tokens for g in generations])),
+        "truncation_rate": sum(truncated) / n,
+        "loop_rate": sum(looped) / n,
         "load_s": load_s,
         "peak_rss_mb": peak_rss,
         "rss_before_load_mb": rss_before,
         "runtime_rss_mb": peak_rss - rss_before,  # what loading and running the model added
-        "samples": outputs[:20],
+        "per_problem": {"correct": correct, "new_tokens": [g.new_tokens for g in generations], "loop": looped},
+        # (token ids, prompt length) of each problem, for the token agreement (deploy.agreement); not in the report
+        "sequences": [[g.sequence, len(g.prompt_ids)] for g in generations],
+        "samples": [
+            {"question": p["question"], "answer": p["answer"], "output": g.text, "correct": c}
+            for g, p, c in zip(generations[:20], problems, correct)
+        ],
     }
+
+
+def _generate_one_by_one(artefact: Artefact, problems: list[dict], cfg: ValidateConfig, loaded: float):
+    from deploy.runtimes import open_runtime
+
+    runtime = open_runtime(artefact.format, artefact.path, cfg.threads, cfg.seed)
+    load_s = time.perf_counter() - loaded
+    for problem in problems[: cfg.warmup]:
+        runtime.generate(problem["question"], cfg.max_new_tokens)
+    generations, correct, started = [], 0, time.perf_counter()
+    for i, problem in enumerate(problems):
+        generations.append(runtime.generate(problem["question"], cfg.max_new_tokens))
+        correct += reward(generations[-1].text, problem["answer"]) == 1.0
+        _report_progress(artefact.label, i + 1, len(problems), correct, started, cfg.progress_every)
+    runtime.close()
+    return generations, load_s
+
+
+def _report_progress(label: str, done: int, total: int, correct: int, started: float, every: int) -> None:
+    if done % every == 0 or done == total:
+        print(
+            f"[validate] {label}: {done}/{total} accuracy {100 * correct / done:.1f}% "
+            f"({time.perf_counter() - started:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def reference_generations(artefact: Artefact, problems: list[dict], cfg: ValidateConfig):
+    """The PyTorch model's greedy completions of every problem, `cfg.reference_batch` at a time, as `Generation`s
+    without timings."""
+    import torch
+
+    from deploy.runtimes import Generation
+    from rakd.models.load import load_causal_lm
+    from rakd.rollout import sample
+
+    torch.set_num_threads(cfg.threads)
+    model, tokenizer = load_causal_lm(artefact.path)
+    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    generations, correct, started = [], 0, time.perf_counter()
+    for start in range(0, len(problems), cfg.reference_batch):
+        chunk = problems[start : start + cfg.reference_batch]
+        batch = sample(
+            model, tokenizer, [p["question"] for p in chunk], max_new_tokens=cfg.max_new_tokens, temperature=0.0
+        )
+        for row, problem in enumerate(chunk):
+            prompt = batch.prompt_ids[row][batch.prompt_mask[row].bool()].tolist()
+            new = batch.completion_ids[row][batch.completion_mask[row].bool()].tolist()
+            end = new.pop() if new and new[-1] in ends else None
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            generations.append(Generation(text, len(new), None, None, tuple(prompt), tuple(new), end))
+            correct += reward(text, problem["answer"]) == 1.0
+        _report_progress(artefact.label, len(generations), len(problems), correct, started, 1)
+    return generations
 
 
 def run_artefact_spec(spec: dict) -> dict:

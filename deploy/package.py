@@ -19,10 +19,11 @@ import yaml
 
 from deploy.config import PackageConfig
 from deploy.manifest import SCHEMA_VERSION, Manifest, PackageError, file_entries
-from deploy.validate import REPORT_KEYS, shippable, validation_rows
+from deploy.report import REPORT_KEYS, shippable, validation_rows
 from rakd.io import atomic_dir, atomic_write_json, atomic_write_text
 from rakd.layout import RunLayout
 from rakd.models.gguf_file import gguf_metadata, gguf_token
+from rakd.prompt import prompt_around, turn_end
 from rakd.tables import markdown_table
 
 TOKENIZER_FILES = (
@@ -156,7 +157,8 @@ def build_package(
         gguf_model = next((m for m in models if m["format"] == "gguf"), None)
         if gguf_model:
             atomic_write_text(staging / "Modelfile", ollama_modelfile(gguf_model["path"], staging / gguf_model["path"]))
-        atomic_write_text(staging / "README.md", model_card(manifest))
+        example = next((r["samples"][0]["question"] for r in chosen if r.get("samples")), None)
+        atomic_write_text(staging / "README.md", model_card(manifest, example, has_chat_template(layout.student)))
         manifest["files"] = file_entries(staging)
         Manifest.model_validate(manifest)
         atomic_write_json(staging / "manifest.json", manifest)
@@ -167,28 +169,51 @@ def build_package(
 
 
 def ollama_modelfile(name: str, path: Path) -> str:
-    """An Ollama Modelfile for the GGUF `name` (read at `path`): greedy, its stop token, and the prompt format.
-    A model with a chat template in its GGUF gets no TEMPLATE line: Ollama uses the embedded template."""
+    """An Ollama Modelfile for the GGUF `name` (read at `path`): greedy, the prompt format the model was validated
+    with as its TEMPLATE (its chat template rendered around `{{ .Prompt }}`, else rakd's question-and-newline), and
+    every token that ends its turn as a stop."""
     meta = gguf_metadata(path)
-    eos = meta.get("tokenizer.ggml.eos_token_id")
-    stop = gguf_token(path, eos) if eos is not None else None
+    token = lambda key: gguf_token(path, meta[key]) if meta.get(key) is not None else ""  # noqa: E731
+    bos, eos = token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")
+    stops = [eos, token("tokenizer.ggml.eot_token_id"), token("tokenizer.ggml.eom_token_id")]
+    template = meta.get("tokenizer.chat_template")
+    if template:
+        before, after = prompt_around(template, bos=bos, eos=eos)
+        if meta.get("tokenizer.ggml.add_bos_token") and bos and before.startswith(bos):
+            before = before[len(bos) :]  # Ollama adds the BOS itself, as llama.cpp does
+        stops.append(turn_end(template, bos=bos, eos=eos))
+    else:
+        before, after = "", "\n"  # rakd's prompt format (rakd.prompt.prompt_text)
+    body = _go_literal(before) + "{{ .Prompt }}" + _go_literal(after)
     lines = [
         f"# Ollama: ollama create {Path(name).stem} -f Modelfile && ollama run {Path(name).stem}",
         f"FROM ./{name}",
+        f'TEMPLATE """{body}"""',
+        "PARAMETER temperature 0",
+        "PARAMETER num_predict 256",
     ]
-    if meta.get("tokenizer.chat_template") is None:
-        # rakd's prompt format (rakd.prompt.prompt_text): the question, then a newline
-        lines.append('TEMPLATE """{{ .Prompt }}\n"""')
-    lines += ["PARAMETER temperature 0", "PARAMETER num_predict 256"]
-    if stop:
-        lines.append(f'PARAMETER stop "{stop}"')
+    lines += [f'PARAMETER stop "{stop}"' for stop in dict.fromkeys(s for s in stops if s)]
     return "\n".join(lines) + "\n"
+
+
+def _go_literal(text: str) -> str:
+    """`text` as literal text of a Go template (Ollama's TEMPLATE): its own `{{` cannot start an action."""
+    return text.replace("{{", '{{ "{{" }}')
 
 
 # ---------------------------------------------------------------- model card
 
 
-def model_card(manifest: dict) -> str:
+def has_chat_template(folder: Path) -> bool:
+    """Whether the Hugging Face folder's tokenizer has a chat template (the prompts then went through it)."""
+    config = folder / "tokenizer_config.json"
+    in_config = config.is_file() and "chat_template" in json.loads(config.read_text())
+    return in_config or (folder / "chat_template.jinja").is_file()
+
+
+def model_card(manifest: dict, example: str | None = None, chat: bool = False) -> str:
+    """The package's README: models, training, the validation table, and how to run it on one of its own task
+    prompts (`example`, e.g. the first validated problem), through the chat template when the model has one."""
     configs, student, teacher = manifest["configs"], manifest["student"], manifest["teacher"]
     distill = configs.get("distill", {})
     validation = manifest["validation"]
@@ -237,43 +262,13 @@ def model_card(manifest: dict) -> str:
     ]
     gates = ", ".join(f"{k} = {v}" for k, v in validation["gates"].items() if v is not None)
     lines += ["", f"Gates: {gates}.", "", "## Run it", ""]
-    if model["format"] == "gguf":
-        lines += [
-            "llama.cpp (`pip install llama-cpp-python`):",
-            "",
-            "```python",
-            "from llama_cpp import Llama",
-            f'llm = Llama(model_path="{model["path"]}", verbose=False)',
-            'print(llm("7+3*2-4=?\\n", max_tokens=64, temperature=0)["choices"][0]["text"])',
-            "```",
-            "",
-            f'or `llama-cli -m {model["path"]} -p "7+3*2-4=?" -n 64 --temp 0`.',
-            "",
-            f"Ollama: `ollama create {Path(model['path']).stem} -f Modelfile && ollama run "
-            f"{Path(model['path']).stem}` (the package's `Modelfile`: greedy, the model's stop token).",
-            "",
-            "On an Intel CPU with AMX (Sapphire Rapids and later), a llama.cpp built for that CPU can crash on "
-            "quantised weights in its AMX kernels (ggml-org/llama.cpp#20824). Stock llama.cpp avoids them with "
-            f"`--no-repack` (`-nr`): `llama-cli -m {model['path']} -nr ...`, `llama-server -m {model['path']} -nr`. "
-            "llama-cpp-python's `Llama(...)` does not expose that switch; set `use_extra_bufts = False` in the "
-            "model params it loads with (rakd's validation does this whenever `llama_print_system_info()` "
-            "reports `AMX_INT8 = 1`).",
-        ]
-    else:
-        lines += [
-            "ONNX Runtime through optimum (`pip install optimum-onnx onnxruntime`):",
-            "",
-            "```python",
-            "from optimum.onnxruntime import ORTModelForCausalLM; from transformers import AutoTokenizer",
-            f'model = ORTModelForCausalLM.from_pretrained("{model["path"]}")',
-            f'tok = AutoTokenizer.from_pretrained("{model["path"]}")',
-            'print(tok.decode(model.generate(**tok("7+3*2-4=?\\n", return_tensors="pt"), max_new_tokens=64)[0]))',
-            "```",
-        ]
+    lines += [*_run_it(model, example or "1+2=?", chat), ""]
+    how = "the model's chat template, the question as one user turn" if chat else "the question followed by a newline"
+    lines.append(
+        f"Prompt format: {how}. The model answers with its working and a final `A: <number>` (read it with "
+        "`rakd.verify.extract_answer`)."
+    )
     lines += [
-        "",
-        "Prompt format: the question followed by a newline; the model answers with its working and a final "
-        "`A: <number>` (read it with `rakd.verify.extract_answer`).",
         "",
         "Check the files before use: `rakd verify-package .` (every sha256 in `manifest.json`).",
         "",
@@ -287,3 +282,53 @@ def model_card(manifest: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _run_it(model: dict, example: str, chat: bool) -> list[str]:
+    """The card's "Run it" lines for the shipped model, asking `example` (through the chat template with `chat`)."""
+    path, stem, question = model["path"], Path(model["path"]).stem, json.dumps(example)
+    raw = json.dumps(example + "\n")
+    if model["format"] != "gguf":
+        ask = (
+            f"tok.apply_chat_template([{{'role': 'user', 'content': {question}}}], add_generation_prompt=True, "
+            'return_dict=True, return_tensors="pt")'
+            if chat
+            else f'tok({raw}, return_tensors="pt")'
+        )
+        return [
+            "ONNX Runtime through optimum (`pip install optimum-onnx onnxruntime`):",
+            "",
+            "```python",
+            "from optimum.onnxruntime import ORTModelForCausalLM; from transformers import AutoTokenizer",
+            f'model = ORTModelForCausalLM.from_pretrained("{path}")',
+            f'tok = AutoTokenizer.from_pretrained("{path}")',
+            f"print(tok.decode(model.generate(**{ask}, max_new_tokens=64)[0]))",
+            "```",
+        ]
+    if chat:
+        call = f"llm.create_chat_completion([{{'role': 'user', 'content': {question}}}], max_tokens=64, temperature=0)"
+        shown, cli = f'print({call}["choices"][0]["message"]["content"])', f"llama-cli -m {path} -cnv -p {question}"
+    else:
+        shown = f'print(llm({raw}, max_tokens=64, temperature=0)["choices"][0]["text"])'
+        cli = f"llama-cli -m {path} -p {question} -n 64 --temp 0"
+    return [
+        "llama.cpp (`pip install llama-cpp-python`):",
+        "",
+        "```python",
+        "from llama_cpp import Llama",
+        f'llm = Llama(model_path="{path}", verbose=False)',
+        shown,
+        "```",
+        "",
+        f"or `{cli}`.",
+        "",
+        f"Ollama: `ollama create {stem} -f Modelfile && ollama run {stem} {question}` (the package's `Modelfile`: "
+        "greedy, the prompt format it was validated with, its stop tokens).",
+        "",
+        "On an Intel CPU with AMX (Sapphire Rapids and later), a llama.cpp built for that CPU can crash on "
+        "quantised weights in its AMX kernels (ggml-org/llama.cpp#20824). Stock llama.cpp avoids them with "
+        f"`--no-repack` (`-nr`): `llama-cli -m {path} -nr ...`, `llama-server -m {path} -nr`. "
+        "llama-cpp-python's `Llama(...)` does not expose that switch; set `use_extra_bufts = False` in the "
+        "model params it loads with (rakd's validation does this whenever `llama_print_system_info()` "
+        "reports `AMX_INT8 = 1`).",
+    ]

@@ -21,13 +21,23 @@ REPORT_KEYS = (
     "latency_ms_p95",
     "peak_rss_mb",
     "size_mb",
+    "kld_mean",
+    "kld_p99",
+    "top1_agreement",
+    "flips_to_wrong",
+    "flips_to_right",
+    "mean_new_tokens",
+    "truncation_rate",
+    "loop_rate",
     "passed",
     "failed_gates",
 )
 
 
 def apply_gates(record: dict, gates: Gates, reference_accuracy: float | None) -> list[str]:
-    """Names (with numbers) of the gates `record` fails; an unloadable artefact fails `loads`."""
+    """Names (with numbers) of the gates `record` fails; an unloadable artefact fails `loads`. A measure the record
+    does not have (the batched reference has no latency; no reference, no KLD) is not gated, except a token agreement
+    that failed to run: that fails the KLD gate."""
     if record.get("error"):
         return ["loads"]
     failed = []
@@ -37,10 +47,19 @@ def apply_gates(record: dict, gates: Gates, reference_accuracy: float | None) ->
         drop = reference_accuracy - record["accuracy"]
         if drop > gates.max_accuracy_drop + 1e-12:
             failed.append(f"max_accuracy_drop: {drop:.3f} > {gates.max_accuracy_drop:g}")
-    if gates.max_latency_ms_p95 is not None and record["latency_ms_p95"] > gates.max_latency_ms_p95:
-        failed.append(f"max_latency_ms_p95: {record['latency_ms_p95']:.1f} > {gates.max_latency_ms_p95:g}")
-    if gates.max_size_mb is not None and record["size_mb"] > gates.max_size_mb:
-        failed.append(f"max_size_mb: {record['size_mb']:.2f} > {gates.max_size_mb:g}")
+    flips = record.get("flips_to_wrong")
+    ceilings = (
+        ("max_latency_ms_p95", record.get("latency_ms_p95"), ".1f"),
+        ("max_size_mb", record.get("size_mb"), ".2f"),
+        ("max_kld_mean", record.get("kld_mean"), ".4f"),
+        ("max_flips_to_wrong", flips / record["n"] if flips is not None else None, ".3f"),
+    )
+    for name, value, fmt in ceilings:
+        limit = getattr(gates, name)
+        if limit is not None and value is not None and value > limit + 1e-12:
+            failed.append(f"{name}: {value:{fmt}} > {limit:g}")
+    if gates.max_kld_mean is not None and record.get("agreement_error"):
+        failed.append(f"max_kld_mean: not measured ({record['agreement_error']})")
     return failed
 
 
@@ -68,6 +87,11 @@ def _result(record: dict) -> str:
     return "pass" if record.get("accuracy_gated", True) else "pass (accuracy not gated: min_accuracy 0, no reference)"
 
 
+def _flips(record: dict) -> str:
+    wrong, right = record.get("flips_to_wrong"), record.get("flips_to_right")
+    return "-" if wrong is None else f"-{wrong} / +{right}"
+
+
 def validation_rows(records: list[dict]) -> list[dict]:
     """Validation records (a report's, or a manifest's summaries) as table rows, one per artefact."""
     return [
@@ -84,6 +108,13 @@ def validation_rows(records: list[dict]) -> list[dict]:
             "latency p50 ms": num(r["latency_ms_p50"], ".1f"),
             "latency p95 ms": num(r["latency_ms_p95"], ".1f"),
             "peak RSS MB": num(r["peak_rss_mb"], ".0f"),
+            "KLD mean": num(r.get("kld_mean"), ".4f"),
+            "KLD p99": num(r.get("kld_p99"), ".3f"),
+            "same top-1": pct(r.get("top1_agreement")),
+            "flips -/+": _flips(r),
+            "mean tokens": num(r.get("mean_new_tokens"), ".1f"),
+            "truncated": pct(r.get("truncation_rate")),
+            "loops": pct(r.get("loop_rate")),
             "result": _result(r),
         }
         for r in records
@@ -108,34 +139,60 @@ def format_report_md(report: dict) -> str:
         "",
         "Accuracy counts the answer the output marks (`####`, `A:`, `answer is`, `\\boxed{}`); flexible also counts "
         "the last number of an output that marks none (lm-eval's GSM8K flexible-extract), and is never gated. "
-        "Peak RSS is the whole runtime process (Python, the runtime library and the model).",
+        "Peak RSS is the whole runtime process (Python, the runtime library and the model). The reference decodes "
+        "in batches and has no latency. Against the reference, over its own greedy completions of these problems: "
+        "KLD is the token KL divergence KL(reference ‖ artefact) in nats (mean and 99th percentile over every "
+        "completion token), same top-1 the share of those positions where both pick the same next token, flips -/+ "
+        "the problems the artefact gets wrong that the reference solves / right that it misses. Truncated: stopped "
+        "by the token limit; loops: truncated while repeating one n-gram to the end.",
         "",
     ]
     return "\n".join(lines)
 
 
 def plot_accuracy_vs_latency(report: dict, path: Path) -> None:
+    """Accuracy and mean token KLD against latency, one point per artefact (green: passed its gates); the batched
+    reference, which has no latency, as a dashed line of its accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (acc, kld) = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in report["artefacts"]:
         if r["accuracy"] is None:
             continue
-        ax.scatter(r["latency_ms_p50"], 100 * r["accuracy"], color="tab:green" if r["passed"] else "tab:red")
-        ax.annotate(
-            f"{r['label']} ({r['size_mb']:.2f} MB)",
-            (r["latency_ms_p50"], 100 * r["accuracy"]),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=8,
-        )
-    ax.set_xlabel(f"latency per problem, p50 (ms, {report['threads']} thread(s))")
-    ax.set_ylabel("greedy accuracy (%)")
-    ax.set_title(f"accuracy vs latency on {report['data']['n']} problems (green: passed gates)")
-    ax.grid(alpha=0.3)
+        if r["latency_ms_p50"] is None:
+            acc.axhline(100 * r["accuracy"], color="gray", linestyle="--", linewidth=1)
+            acc.annotate(
+                f"{r['label']} (reference)",
+                (0, 100 * r["accuracy"]),
+                xycoords=("axes fraction", "data"),
+                xytext=(4, 3),
+                textcoords="offset points",
+                fontsize=8,
+                color="gray",
+            )
+            continue
+        color = "tab:green" if r["passed"] else "tab:red"
+        for ax, value in ((acc, 100 * r["accuracy"]), (kld, r.get("kld_mean"))):
+            if value is None:
+                continue
+            ax.scatter(r["latency_ms_p50"], value, color=color)
+            ax.annotate(
+                f"{r['label']} ({r['size_mb']:.2f} MB)",
+                (r["latency_ms_p50"], value),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=8,
+            )
+    for ax in (acc, kld):
+        ax.set_xlabel(f"latency per problem, p50 (ms, {report['threads']} thread(s))")
+        ax.grid(alpha=0.3)
+    acc.set_ylabel("greedy accuracy (%)")
+    acc.set_title(f"accuracy vs latency, {report['data']['n']} problems (green: passed gates)")
+    kld.set_ylabel("mean token KL divergence from the reference (nats)")
+    kld.set_title(f"KLD vs latency (reference: {report['reference'] or 'none'})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -26,12 +26,22 @@ from rakd.schema import ModelLoadError
 class Generation:
     text: str
     new_tokens: int
-    ttft_s: float  # prompt submitted -> first new token available
-    total_s: float  # prompt submitted -> last token (or EOS) produced
+    ttft_s: float | None  # prompt submitted -> first new token available (None: not timed, a batch)
+    total_s: float | None  # prompt submitted -> last token (or EOS) produced
+    prompt_ids: tuple[int, ...] = ()
+    ids: tuple[int, ...] = ()  # the new tokens, the end-of-generation token left out
+    end_token: int | None = None  # the end-of-generation token that stopped it; None: cut at max_new_tokens
+
+    @property
+    def sequence(self) -> list[int]:
+        """Prompt, new tokens and the end token: what the token agreement scores (deploy.agreement)."""
+        return [*self.prompt_ids, *self.ids, *([self.end_token] if self.end_token is not None else [])]
 
     @property
     def decode_tok_s(self) -> float | None:
         """Tokens per second after the first one; None when there was nothing to decode."""
+        if self.total_s is None:
+            return None
         decode_s = self.total_s - self.ttft_s
         return (self.new_tokens - 1) / decode_s if self.new_tokens > 1 and decode_s > 0 else None
 
@@ -65,17 +75,18 @@ class LlamaCppGenerator:
 
         ids = self.prompt_ids(question)
         self.llm.reset()  # no KV prefix reuse between problems: every prompt is timed cold
-        started, first, out = time.perf_counter(), None, []
+        started, first, out, end = time.perf_counter(), None, [], None
         for token in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
             first = first or time.perf_counter()
             if llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token):  # EOS, EOT and the like
+                end = int(token)
                 break
             out.append(token)
             if len(out) >= max_new_tokens:
                 break
         done = time.perf_counter()
         text = self.llm.detokenize(out).decode("utf-8", "replace")
-        return Generation(text, len(out), (first or done) - started, done - started)
+        return Generation(text, len(out), (first or done) - started, done - started, tuple(ids), tuple(out), end)
 
     def close(self) -> None:
         self.llm.close()
@@ -121,12 +132,12 @@ class _HFGenerator:
             )
         done = time.perf_counter()
         new = output[0, ids.shape[1] :].tolist()
-        if self.tokenizer.eos_token_id in new:
-            new = new[: new.index(self.tokenizer.eos_token_id)]
+        end = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id in new else None
+        if end is not None:
+            new = new[: new.index(end)]
         first = clock.times[1] if len(clock.times) > 1 else done
-        return Generation(
-            self.tokenizer.decode(new, skip_special_tokens=True), len(new), first - started, done - started
-        )
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        return Generation(text, len(new), first - started, done - started, tuple(ids[0].tolist()), tuple(new), end)
 
     def close(self) -> None:
         pass

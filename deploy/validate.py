@@ -19,16 +19,8 @@ from pathlib import Path
 
 from deploy.artefacts import Artefact, discover
 from deploy.config import ValidateConfig
-from deploy.measure import cpu_model, machine_info, run_artefact, run_artefact_spec, size_mb  # noqa: F401
-from deploy.report import (  # noqa: F401
-    REPORT_KEYS,
-    apply_gates,
-    format_report_md,
-    plot_accuracy_vs_latency,
-    reference_of,
-    shippable,
-    validation_rows,
-)
+from deploy.measure import machine_info, run_artefact, size_mb
+from deploy.report import REPORT_KEYS, apply_gates, format_report_md, plot_accuracy_vs_latency, reference_of
 from rakd.data.loaders import load_task_file
 from rakd.io import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
 from rakd.isolated import ChildCrashed, ChildFailed, run_isolated
@@ -82,6 +74,45 @@ def _progress_bar(progress: Progress):
     return feed
 
 
+def compare_with_reference(records: list[dict], reference: dict | None, cfg: ValidateConfig) -> None:
+    """Each artefact against the fp32 reference: answer flips per problem, and the token agreement (KL divergence,
+    top-1) over the reference's own completions, each in a fresh process as the runs were. Drops the token ids."""
+    sequences = reference.get("sequences") if reference else None
+    for record in records:
+        if record.get("error") or record is reference or not sequences:
+            continue
+        ours, theirs = record["per_problem"]["correct"], reference["per_problem"]["correct"]
+        record["flips_to_wrong"] = sum(r and not a for r, a in zip(theirs, ours))
+        record["flips_to_right"] = sum(a and not r for r, a in zip(theirs, ours))
+        spec = {
+            "reference": {"format": reference["format"], "path": reference["path"]},
+            "artefact": {"format": record["format"], "path": record["path"]},
+            "sequences": sequences,
+            "threads": cfg.threads,
+        }
+        print(f"[validate] {record['label']}: token agreement with {reference['label']}", file=sys.stderr, flush=True)
+        try:
+            record.update(_agreement(spec, cfg.isolate))
+        except Exception as err:  # noqa: BLE001 - reported; the gates see no KLD
+            record["agreement_error"] = str(err) if isinstance(err, ModelLoadError) else f"{type(err).__name__}: {err}"
+            print(f"[validate] {record['label']}: token agreement FAILED: {record['agreement_error']}", file=sys.stderr)
+    for record in records:
+        record.pop("sequences", None)
+
+
+def _agreement(spec: dict, isolate: bool) -> dict:
+    if not isolate:
+        from deploy.agreement import agreement_spec
+
+        return agreement_spec(spec)
+    try:
+        return run_isolated(
+            "deploy.agreement:agreement_spec", spec, what=f"{spec['artefact']['path']}: the token agreement"
+        )
+    except (ChildFailed, ChildCrashed) as err:
+        raise ModelLoadError(str(err)) from err
+
+
 @dataclass(frozen=True)
 class ValidateResult:
     out_dir: Path
@@ -118,6 +149,7 @@ def validate(cfg: ValidateConfig, path: str | Path, data: str | Path, out_dir: s
         records.append(record)
     reference = reference_of(records)
     reference_accuracy = reference["accuracy"] if reference else None
+    compare_with_reference(records, reference, cfg)
     for record in records:
         for key in REPORT_KEYS:
             record.setdefault(key, None)

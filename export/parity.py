@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rakd.isolated import ChildCrashed, ChildFailed, run_isolated
-from rakd.models.llamacpp import llama_logits, open_llama_exact
+from rakd.models.logits import LlamaCppLogits, OnnxLogits
 from rakd.prompt import model_prompt
 from rakd.quant import HIGH, by_label, quant
 from rakd.schema import StageError
@@ -143,9 +143,9 @@ def load_references(path: Path) -> list[Reference]:
         return [Reference(**m, logits=data[f"logits_{i}"]) for i, m in enumerate(meta)]
 
 
-PARITY_RUNTIMES = {
-    "onnx": lambda path, threads: OnnxRuntime(path, threads),
-    "gguf": lambda path, threads: LlamaCppRuntime(path, threads),
+PARITY_RUNTIMES = {  # an F32 KV cache in llama.cpp: exact against PyTorch on F32/F16 files
+    "onnx": lambda path, threads: OnnxLogits(path, threads),
+    "gguf": lambda path, threads: LlamaCppLogits(path, threads, exact=True),
 }
 
 
@@ -186,49 +186,3 @@ def check_isolated(label: str, fmt: str, path: Path, references: Path, threads: 
 
 def _size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-class LlamaCppRuntime:
-    """A GGUF file in llama.cpp with an F32 KV cache (exact comparison for F32/F16 files)."""
-
-    def __init__(self, path: Path, threads: int = 1, n_ctx: int = 0):  # 0: the model's own context
-        self.llm = open_llama_exact(path, threads=threads, n_ctx=n_ctx)
-
-    def tokenize(self, text: str, special: bool = True) -> list[int]:
-        # a chat template writes its own BOS (as `deploy.runtimes` prompts it); the special tokens in it parse
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=special, special=True)
-
-    def logits(self, ids: list[int]) -> np.ndarray:
-        return llama_logits(self.llm, ids)
-
-    def close(self) -> None:
-        self.llm.close()
-
-
-class OnnxRuntime:
-    """An optimum ONNX folder (model.onnx + config + tokenizer) in ONNX Runtime on CPU."""
-
-    def __init__(self, folder: Path, threads: int = 1):
-        import onnxruntime
-        from optimum.onnxruntime import ORTModelForCausalLM
-        from transformers import AutoTokenizer
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.model = ORTModelForCausalLM.from_pretrained(
-            folder, session_options=options, provider="CPUExecutionProvider"
-        )
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-
-    def tokenize(self, text: str, special: bool = True) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
-
-    def logits(self, ids: list[int]) -> np.ndarray:
-        import torch
-
-        tensor = torch.tensor([ids])
-        with torch.no_grad():
-            return self.model(input_ids=tensor, attention_mask=torch.ones_like(tensor)).logits[0].float().numpy()
-
-    def close(self) -> None:
-        pass

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import parse_modelfile
 
 from deploy.artefacts import discover
 from deploy.config import Gates, PackageConfig, ValidateConfig
@@ -53,19 +54,34 @@ def test_validation_writes_every_key_with_sane_values(report, run_dir):
     by_label = {r["label"]: r for r in report["artefacts"]}
     assert set(by_label) == {"pytorch", "onnx-fp32", "gguf-f16", "gguf-q8_0"}
     assert report["reference"] == "pytorch" and report["data"]["n"] == 6
+    reference = by_label["pytorch"]
     for record in by_label.values():
         assert set(REPORT_KEYS) <= set(record), record["label"]
         assert record.get("error") is None, record.get("error")
         assert 0 <= record["accuracy"] <= 1 and 0 <= record["no_answer_rate"] <= 1
+        assert 0 <= record["loop_rate"] <= record["truncation_rate"] <= 1 and 0 <= record["mean_new_tokens"] <= 10
+        assert record["peak_rss_mb"] > 10 and record["size_mb"] > 0 and record["threads"] == 1
+        assert record["passed"] is True and record["failed_gates"] == []
+        assert "sequences" not in record and len(record["per_problem"]["correct"]) == 6
+        if record is reference:  # decoded in batches: the yardstick, not timed, not compared with itself
+            assert record["latency_ms_p50"] is None and record["kld_mean"] is None and record["flips_to_wrong"] is None
+            continue
         assert 0 < record["ttft_ms_p50"] <= record["ttft_ms_p95"]
         assert 0 < record["latency_ms_p50"] <= record["latency_ms_p95"]
         assert record["ttft_ms_p50"] <= record["latency_ms_p50"]
-        assert record["peak_rss_mb"] > 10 and record["size_mb"] > 0 and record["threads"] == 1
-        assert record["passed"] is True and record["failed_gates"] == []
+        # every flip is one problem's correctness changing: the accuracy difference is their balance
+        flips = record["flips_to_wrong"] - record["flips_to_right"]
+        assert round(6 * (reference["accuracy"] - record["accuracy"])) == flips
+        assert 0 <= record["kld_mean"] <= record["kld_p99"] <= record["kld_max"] and record["kld_tokens"] > 0
+    # Token agreement over the reference's completions: fp32 ONNX matches to float rounding, the F16 GGUF (with a
+    # device's F16 KV cache) closely, q8_0 less closely.
+    assert by_label["onnx-fp32"]["kld_mean"] < 1e-6 and by_label["onnx-fp32"]["top1_agreement"] == 1.0
+    assert by_label["gguf-f16"]["kld_mean"] < 1e-3 and by_label["gguf-f16"]["top1_agreement"] > 0.9
+    assert by_label["gguf-f16"]["kld_mean"] < by_label["gguf-q8_0"]["kld_mean"]
     # The same greedy decoding everywhere: fp32 ONNX and F16 GGUF reproduce the PyTorch outputs.
-    reference = [s["output"] for s in by_label["pytorch"]["samples"]]
-    assert [s["output"] for s in by_label["onnx-fp32"]["samples"]] == reference
-    assert [s["output"] for s in by_label["gguf-f16"]["samples"]] == reference
+    outputs = [s["output"] for s in reference["samples"]]
+    assert [s["output"] for s in by_label["onnx-fp32"]["samples"]] == outputs
+    assert [s["output"] for s in by_label["gguf-f16"]["samples"]] == outputs
     assert by_label["gguf-q8_0"]["size_mb"] < by_label["gguf-f16"]["size_mb"]
     # llama.cpp runs without torch in its process: far less memory than the PyTorch reference.
     assert by_label["gguf-f16"]["peak_rss_mb"] < by_label["pytorch"]["peak_rss_mb"]
@@ -226,16 +242,12 @@ def test_package_is_built_verified_and_refuses_to_overwrite(report, run_dir, tmp
     assert manifest.student["parameters"] > 0 and manifest.teacher is None
     readme = (package / "README.md").read_text()
     assert "from llama_cpp import Llama" in readme and "## Limitations" in readme and "rakd" in readme
+    example = report["artefacts"][0]["samples"][0]["question"]  # one of the model's own task prompts
+    assert f"llm({json.dumps(example + chr(10))}" in readme and "KLD mean" in readme
     assert all(f"| {r['label']} |" in readme for r in report["artefacts"])
     # The Ollama Modelfile beside the GGUF: parsed as Ollama reads it (instruction, then its arguments).
     model_path = manifest.models[0].path
-    instructions, lines = {}, iter((package / "Modelfile").read_text().splitlines())
-    for line in lines:
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            while rest.startswith('"""') and (len(rest) < 6 or not rest.endswith('"""')):
-                rest += "\n" + next(lines)  # a triple-quoted value runs over lines
-            instructions.setdefault(keyword, []).append(rest)
+    instructions = parse_modelfile((package / "Modelfile").read_text())
     assert instructions["FROM"] == [f"./{model_path}"] and (package / model_path).is_file()
     assert instructions["TEMPLATE"] == ['"""{{ .Prompt }}\n"""']  # no chat template: rakd's prompt format
     params = dict(p.split(" ", 1) for p in instructions["PARAMETER"])

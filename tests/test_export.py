@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from export.gguf import UnsupportedModelError, export_gguf, permute_rotary
-from export.parity import LlamaCppRuntime
 from export.quantize import QuantizeError, default_4bit, expected_fallbacks, gguf_row_lengths, quantize_gguf
 from export.run import ExportConfig, run_export
 from rakd.models.load import ModelLoadError, load_causal_lm, save_model
+from rakd.models.logits import LlamaCppLogits
 from rakd.models.zoo import build_model, preset_config
 
 pytestmark = pytest.mark.parity
@@ -70,7 +70,7 @@ def test_llama_cpp_tokenises_like_hf(micro_dir, tmp_path_factory, text):
     path = tmp_path_factory.getbasetemp() / "tok.gguf"
     if not path.exists():
         export_gguf(model, tokenizer, path, "f16")
-    runtime = LlamaCppRuntime(path)
+    runtime = LlamaCppLogits(path)
     assert runtime.tokenize(text) == tokenizer(text)["input_ids"]
     runtime.close()
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import parse_modelfile
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -179,8 +180,17 @@ def test_a_pretrained_pair_runs_every_stage_to_a_package(kind, chat_tokenizer, t
     assert all(not r.get("error") for r in report["artefacts"])
     manifest = json.loads((run / "package" / "manifest.json").read_text())
     assert manifest["student"]["architecture"] == type(student).__name__
-    modelfile = (run / "package" / "Modelfile").read_text()
-    assert manifest["models"][0]["format"] == "gguf" and "TEMPLATE" not in modelfile  # the GGUF has the template
+    # The Modelfile asks Ollama in the chat template, as validation asked llama.cpp (Ollama adds the BOS itself),
+    # and stops at the end token.
+    modelfile = parse_modelfile((run / "package" / "Modelfile").read_text())
+    assert manifest["models"][0]["format"] == "gguf"
+    [template] = modelfile["TEMPLATE"]
+    question = "9-2=?"
+    asked = template.removeprefix('"""').removesuffix('"""').replace("{{ .Prompt }}", question)
+    assert "<|bos|>" + asked == model_prompt(chat_tokenizer, question)[0]
+    assert f'stop "{chat_tokenizer.eos_token}"' in modelfile["PARAMETER"]
+    card = (run / "package" / "README.md").read_text()
+    assert "create_chat_completion" in card and "chat template" in card
 
 
 def test_the_pretrained_config_loads_once_its_placeholders_are_set(tmp_path):
