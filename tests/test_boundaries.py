@@ -149,3 +149,17 @@ def test_models_never_import_data_and_the_prompt_format_is_ground_floor():
     assert graph["rakd.prompt"] == set()
     up = {f"{m} -> {t}" for m, targets in graph.items() if m.startswith("rakd.models") for t in targets}
     assert not {edge for edge in up if " -> rakd.data" in edge}, up
+
+
+def test_the_flows_give_a_fresh_machine_s_ephemeral_prefect_server_time_to_start():
+    """Prefect's 20-second default was too short for the first start (database migration) on 2 cores."""
+    import os
+    import subprocess
+    import sys
+
+    name = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    code = f"import flows.pipeline, prefect.settings as s; print(s.{name}.value())"
+    env = {k: v for k, v in os.environ.items() if k != name}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) >= 120
