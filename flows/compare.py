@@ -6,8 +6,8 @@ cluster by address). The jobs, one job and the results are library code in `rakd
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +16,25 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 from prefect.cache_policies import NO_CACHE
 
 from flows.stages import slug
-from rakd.compare import CompareConfig, Job, job_distill_config, plan_jobs, run_job, shared_warmstart, write_results
+from rakd.compare import (
+    CompareConfig,
+    Job,
+    job_distill_config,
+    matched_budget,
+    parameter_ratio,
+    plan_jobs,
+    reference_variant,
+    run_job,
+    shared_warmstart,
+    write_results,
+)
 from rakd.config import PipelineConfig, load_config
+from rakd.flops import format_flops
 from rakd.registry import run_missing, stage_keys
 
 
 @task(name="compare-job", cache_policy=NO_CACHE, log_prints=True)
-def job_task(config: dict, job: dict, base: str, warmstart: str, out: str, time_budget_s: float | None = None) -> dict:
+def job_task(config: dict, job: dict, base: str, warmstart: str, out: str, budget: dict | None = None) -> dict:
     """One job of the comparison on a Dask worker (one torch thread: the workers share the machine's cores)."""
     import torch
 
@@ -31,7 +43,7 @@ def job_task(config: dict, job: dict, base: str, warmstart: str, out: str, time_
     torch.set_num_threads(1)
     cfg = PipelineConfig.model_validate(config)
     entry = Job(**job)
-    distill = job_distill_config(cfg.distill, cfg.compare, entry, time_budget_s)
+    distill = job_distill_config(cfg.distill, cfg.compare, entry, budget)
     return run_job(distill, entry, cfg.run.layout.__class__(base), Path(warmstart), Path(out))
 
 
@@ -73,21 +85,26 @@ def rakd_compare(config: dict) -> dict:
     logger.info(f"{len(jobs)} jobs from the warm start in {warmstart}")
     out = layout.compare / "jobs"
 
-    def submit(job: Job, budget: float | None = None):
+    def submit(job: Job, budget: dict | None = None):
         return job_task.submit(config, job.__dict__, str(layout.root), str(warmstart), str(out), budget)
 
-    rows = [f.result() for f in [submit(job) for job in jobs if job.method != "sft"]]
-    reference = next((job.variant for job in jobs if job.method == "rakd"), jobs[0].variant)
-    rakd_seconds = [r["seconds"] for r in rows if r["variant"] == reference] or [r["seconds"] for r in rows]
-    budget = statistics.fmean(rakd_seconds) if cfg.compare.sft_time_matched and rakd_seconds else None
-    rows += [f.result() for f in [submit(job, budget) for job in jobs if job.method == "sft"]]
+    reference = reference_variant(jobs)
+    rows = [f.result() for f in [submit(job) for job in jobs if job.variant == reference]]
+    budget = matched_budget(cfg.compare, rows)
+    logger.info(f"budget of every other job ({cfg.compare.budget}): {budget or 'the same steps'}")
+    rows += [f.result() for f in [submit(job, budget) for job in jobs if job.variant != reference]]
+    params = parameter_ratio(layout.teacher, warmstart)
     context = {
         "config": cfg.run.name,
         "warm start greedy": f"{100 * rows[0]['warmstart_greedy_accuracy']:.1f}%",
+        "warm start FLOPs (shared, not in the budget)": format_flops(_warmstart_flops(warmstart)),
         "jobs": len(rows),
-        "sft time budget (s)": None if budget is None else round(budget),
-        "RL steps": cfg.compare.steps or cfg.distill.rl.steps,
+        "budget": cfg.compare.budget,
+        "budget per job": _describe_budget(budget, cfg.compare.steps or cfg.distill.rl.steps),
+        "reference": f"{reference}, {cfg.compare.steps or cfg.distill.rl.steps} RL steps",
         "prompts x G": f"{cfg.distill.rl.prompts_per_step} x {cfg.distill.rl.group_size}",
+        "teacher:student non-embedding parameters": f"{params['teacher']:,} : {params['student']:,} "
+        f"({params['ratio']:.1f}x)",
     }
     tables = write_results(rows, layout.compare, cfg.compare, reference, context)
     name = slug(cfg.run.name)
@@ -95,6 +112,18 @@ def rakd_compare(config: dict) -> dict:
     create_markdown_artifact((layout.compare / "results" / "results.md").read_text(), key=f"{name}-compare-report")
     _image_artifact(layout.compare / "results" / "curves.png", f"{name}-compare-curves")
     return {"results": str(layout.compare / "results"), "tables": tables, "rows": rows}
+
+
+def _warmstart_flops(warmstart: Path) -> int:
+    return json.loads((warmstart / "eval_warmstart.json").read_text()).get("flops", {}).get("total", 0)
+
+
+def _describe_budget(budget: dict, steps: int) -> str:
+    if "flops_budget" in budget:
+        return f"{format_flops(budget['flops_budget'])} of training"
+    if "time_budget_s" in budget:
+        return f"{budget['time_budget_s']:.0f} s of RL"
+    return f"{steps} RL steps"
 
 
 def _image_artifact(path: Path, key: str) -> None:

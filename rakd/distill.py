@@ -119,7 +119,7 @@ def stage_flops(eval_warm: dict, rl_metrics: Path, test_eval_flops: int) -> dict
     rows = read_jsonl(rl_metrics) if rl_metrics.exists() else []
     rl = {
         phase: sum(row.get(f"flops_{phase}", 0) for row in rows)
-        for phase in ("student_sample", "teacher_score", "student_update", "eval")
+        for phase in ("teacher_generate", "student_sample", "teacher_score", "student_update", "eval")
     }
     warm = {k: v for k, v in eval_warm.get("flops", {}).items() if k != "total"}
     return with_total(merge(warm, rl, {"eval": test_eval_flops}))

@@ -218,19 +218,27 @@ def scorer_problem(cfg: ScorerConfig, method: str, temperature: float = 1.0) -> 
 
 
 class CompareConfig(StageConfig):
-    """`rakd compare`: methods x seeds x alphas from one warm start, on Dask."""
+    """`rakd compare`: methods x seeds x alphas from one warm start, on Dask, at an equal budget."""
 
     methods: list[Method] = Field(
-        default_factory=lambda: ["rakd", "grpo", "grpo_kl", "opd", "gkd", "fkl", "sft"], description="methods compared"
+        default_factory=lambda: ["rakd", "grpo", "grpo_kl", "opd", "gkd", "seqkd_fresh", "sft"],
+        description="methods compared (sft is labelled sft_continue: more epochs on the warm start's traces)",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one job per seed and method")
-    alphas: list[float] = Field(default_factory=lambda: [0.0, 0.3, 0.5, 0.7, 1.0], description="rakd only")
-    clamp_off: bool = Field(True, description="also run rakd with the teacher clamp switched off")
+    alphas: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7], description="rakd only")
+    clamp_off: bool = Field(False, description="also run rakd with the teacher clamp switched off")
     lrs: list[float] = Field(default_factory=list, description="RL learning rates (default: distill.rl.optim.lr)")
-    steps: int | None = Field(None, ge=1, description="RL steps per job (default: distill.rl.steps)")
+    steps: int | None = Field(None, ge=1, description="RL steps of the reference jobs (default: distill.rl.steps)")
+    budget: Literal["steps", "seconds", "flops"] = Field(
+        "flops",
+        description="what every job gets as much of as the reference rakd jobs spent: their steps, their wall "
+        "seconds, or their training FLOPs (the ledger: teacher generation and scoring, student sampling and updates)",
+    )
+    flops: float | None = Field(
+        None, gt=0, description="budget flops: this many training FLOPs per job (default: the reference jobs' mean)"
+    )
     eval_every: int = Field(25, ge=1, description="val accuracy every N steps (the curves)")
     val_problems: int = Field(200, ge=1, description="val problems of each curve point")
-    sft_time_matched: bool = Field(True, description="sft gets the rakd jobs' mean wall time, not their steps")
     workers: int = Field(0, ge=0, description="Dask workers of the local cluster (0: one per CPU core)")
     dask_address: str | None = Field(None, description="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for the confidence intervals")

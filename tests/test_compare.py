@@ -6,7 +6,18 @@ import json
 import pytest
 from conftest import MICRO_RUN
 
-from rakd.compare import CLAMP_OFF, CompareConfig, Job, paired_bootstrap, plan_jobs, summary_rows
+from rakd.compare import (
+    CLAMP_OFF,
+    CompareConfig,
+    Job,
+    job_distill_config,
+    matched_budget,
+    paired_bootstrap,
+    plan_jobs,
+    reference_variant,
+    summary_rows,
+)
+from rakd.compare.results import pareto_front
 from rakd.config import load_config
 
 MICRO = [
@@ -14,29 +25,49 @@ MICRO = [
     "distill.warmstart.n_prompts=32",
     "distill.eval.n_problems=24",  # jobs long enough to cover the workers' uneven start-up
     "distill.eval.k_samples=2",
-    "compare.steps=4",
-    "compare.eval_every=2",
+    "distill.rl.zero_adv=kd",  # random micro models: the KD term trains when no group has mixed rewards
+    "compare.steps=3",
+    "compare.eval_every=1",
     "compare.val_problems=4",
-    "compare.methods=[rakd,grpo]",
-    "compare.seeds=[0]",
+    "compare.methods=[rakd,seqkd_fresh]",
+    "compare.seeds=[0,1]",
     "compare.alphas=[]",
-    "compare.clamp_off=false",
     "compare.workers=2",
     "compare.bootstrap=200",
 ]
 
 
-def test_plan_covers_methods_seeds_alphas_and_the_clamp():
+def test_plan_covers_methods_seeds_alphas_and_puts_the_reference_first():
     distill = load_config(None).distill
     jobs = plan_jobs(CompareConfig(), distill)
     rakd = [j for j in jobs if j.method == "rakd"]
-    assert {j.alpha for j in rakd} == {0.0, 0.3, 0.5, 0.7}  # α = 1 is GRPO: the grpo jobs stand for it
-    assert sum(j.teacher_clamp >= CLAMP_OFF for j in rakd) == 3  # clamp off, one per seed
-    assert len(rakd) == 3 * 5 and len(jobs) == 3 * 5 + 6 * 3
-    alone = plan_jobs(CompareConfig(methods=["rakd"], seeds=[0], clamp_off=False), distill)
-    assert sorted(j.alpha for j in alone) == [0.0, 0.3, 0.5, 0.7, 1.0]
-    assert jobs[-1].method == "sft" and {j.method for j in jobs[-3:]} == {"sft"}  # sft last: it needs rakd's time
+    assert {j.alpha for j in rakd} == {0.3, 0.5, 0.7} and len(rakd) == 3 * 3
+    assert len(jobs) == 3 * 3 + 6 * 3 and {j.method for j in jobs} >= {"seqkd_fresh", "sft"}
+    assert reference_variant(jobs) == "rakd (α=0.5)" and {j.variant for j in jobs[:3]} == {"rakd (α=0.5)"}
+    clamp = plan_jobs(CompareConfig(clamp_off=True, methods=["rakd"], seeds=[0]), distill)
+    assert sum(j.teacher_clamp >= CLAMP_OFF for j in clamp) == 1
+    alone = plan_jobs(CompareConfig(methods=["rakd"], seeds=[0], alphas=[0.0, 1.0]), distill)
+    assert sorted(j.alpha for j in alone) == [0.0, 0.5, 1.0]  # α = 1 runs when no grpo job stands for it
     assert Job("rakd", 0, 1e-4, 0.5, CLAMP_OFF).variant == "rakd (α=0.5, no clamp)"
+    assert Job("sft", 0, 1e-4, 0.5, 1.0).variant == "sft_continue"
+
+
+def test_every_other_job_gets_what_the_reference_jobs_spent():
+    reference = [{"seconds": 10.0, "flops_total": 3e12}, {"seconds": 20.0, "flops_total": 5e12}]
+    assert matched_budget(CompareConfig(budget="flops"), reference) == {"flops_budget": 4e12}
+    assert matched_budget(CompareConfig(budget="flops", flops=1e12), reference) == {"flops_budget": 1e12}
+    assert matched_budget(CompareConfig(budget="seconds"), reference) == {"time_budget_s": 15.0}
+    assert matched_budget(CompareConfig(budget="steps"), reference) == {}
+    distill = load_config(None).distill
+    job = Job("grpo", 0, 1e-4, 0.5, 1.0)
+    capped = job_distill_config(distill, CompareConfig(steps=10), job, {"flops_budget": 4e12})
+    assert capped.rl.flops_budget == 4e12 and capped.rl.time_budget_s is None and capped.rl.steps == 500
+    assert job_distill_config(distill, CompareConfig(steps=10), job).rl.steps == 10
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_on_cost_and_accuracy():
+    points = [(1.0, 50.0), (2.0, 40.0), (2.0, 60.0), (3.0, 55.0), (4.0, 70.0), (0.5, 10.0)]
+    assert pareto_front(points) == [(0.5, 10.0), (1.0, 50.0), (2.0, 60.0), (4.0, 70.0)]
 
 
 def _run(variant, seed, correct):
@@ -60,26 +91,36 @@ def test_paired_bootstrap_brackets_the_difference_and_sees_no_difference_between
     assert mid == pytest.approx(0.2) and 0.1 < low < 0.2 < high < 0.3
     low, mid, high = paired_bootstrap(worse, worse, 500, seed=0)
     assert mid == 0 and low <= 0 <= high
-    rows = summary_rows(better + worse, "b", 500)
-    assert (
-        rows[0]["method"] == "a" and rows[0]["greedy"] == "60.0 ± 0.0" and "+20.0 [" in rows[0]["vs b (greedy, 95% CI)"]
-    )
+    rows = summary_rows(worse + better, "b", 500)  # ranked by mean greedy accuracy, whatever the order of runs
+    assert [(r["rank"], r["method"]) for r in rows] == [(1, "a"), (2, "b")]
+    assert rows[0]["greedy"] == "60.0 ± 0.0" and "+20.0 [" in rows[0]["vs b (greedy, 95% CI)"]
 
 
 @pytest.mark.integration
-def test_compare_flow_runs_jobs_in_parallel_on_two_dask_workers(prefect_harness, tmp_path):
+def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_harness, tmp_path):
+    """Two reference rakd jobs side by side on two Dask workers, then two seqkd_fresh jobs with the reference
+    jobs' mean training FLOPs as their budget; a re-run of the comparison trains nothing again."""
     from flows.compare import compare_flow
 
     overrides = [f"run.root={tmp_path}", "run.name=cmp", *MICRO]
     outcome = compare_flow("configs/smoke.yaml", overrides)
     rows = {r["name"]: r for r in outcome["rows"]}
-    assert set(rows) == {"rakd-a0.5-c1-lr0.0001-s0", "grpo-a0.5-c1-lr0.0001-s0"}
-    a, b = rows.values()
+    reference = [rows[f"rakd-a0.5-c1-lr0.0001-s{s}"] for s in (0, 1)]
+    fresh = [rows[f"seqkd_fresh-a0.5-c1-lr0.0001-s{s}"] for s in (0, 1)]
+    a, b = reference
     assert a["started"] < b["finished"] and b["started"] < a["finished"], "the two jobs did not overlap"
-    assert all(r["steps"] == 4 and [p["step"] for p in r["curve"]] == [2, 4] for r in rows.values())
+    assert all(r["steps"] == 3 and [p["step"] for p in r["curve"]] == [1, 2, 3] for r in reference)
+    budget = (a["flops_total"] + b["flops_total"]) / 2
+    for row in fresh:  # it stops at the first step that reaches the budget: no step short of it, none past it
+        per_step = [p["flops"] for p in row["curve"]]
+        assert per_step[-1] == row["flops_total"] >= budget and (len(per_step) == 1 or per_step[-2] < budget)
+        assert row["flops"]["teacher_generate"] > 0 and "student_sample" not in row["flops"]
+    assert all(r["flops"]["student_sample"] > 0 and r["flops"]["teacher_score"] > 0 for r in reference)
     results = tmp_path / "cmp" / "compare" / "results"
     saved = json.loads((results / "results.json").read_text())
     assert {r["name"] for r in saved["runs"]} == set(rows)
+    context = saved["context"]
+    assert context["budget"] == "flops" and context["teacher:student non-embedding parameters"].endswith("x)")
     expected = {
         "method",
         "alpha",
@@ -93,12 +134,15 @@ def test_compare_flow_runs_jobs_in_parallel_on_two_dask_workers(prefect_harness,
         "sampled_stderr",
         "by_difficulty",
         "seconds",
+        "flops_total",
+        "flops",
         "seconds_sample",
         "seconds_teacher",
         "seconds_update",
     }
     assert expected <= set(saved["runs"][0])
-    assert "vs rakd (α=0.5)" in (results / "results.md").read_text()
+    markdown = (results / "results.md").read_text()
+    assert "vs rakd (α=0.5)" in markdown and "| rank |" in markdown
     assert (results / "curves.png").read_bytes()[:4] == b"\x89PNG"
     from rakd.compare import shared_warmstart
     from rakd.registry import stage_keys
@@ -108,3 +152,6 @@ def test_compare_flow_runs_jobs_in_parallel_on_two_dask_workers(prefect_harness,
     cfg = load_config("configs/smoke.yaml", overrides)
     assert shared_warmstart(cfg.distill, cfg.run.layout, stage_keys(cfg)["teacher"]) == warmstart  # reused
     assert (warmstart / "model.safetensors").stat().st_mtime_ns == made
+    # A re-run (as after a kill): every finished job's row comes back as it was, nothing trains again.
+    again = {r["name"]: r for r in compare_flow("configs/smoke.yaml", overrides)["rows"]}
+    assert again == json.loads(json.dumps(rows))  # the kept rows, as JSON keeps them

@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import MICRO_RUN
 
+import rakd.train.rl as rl
 from rakd.config import load_config
 from rakd.data.prep import run_prep
 from rakd.distill import InjectedFault, run_distill
@@ -462,3 +463,73 @@ def load_causal_lm_state(path):
     from rakd.models.load import load_causal_lm
 
     return load_causal_lm(path)[0].state_dict()
+
+
+def test_seqkd_fresh_traces_new_questions_each_step_and_pays_for_them(tokenizer, tiny_records, monkeypatch, tmp_path):
+    """seqkd_fresh: each step the teacher samples G solutions of questions no earlier step traced; the verifier's
+    accepted ones train the student, and every sample is charged to `teacher_generate` at the teacher's size."""
+    from rakd.flops import ModelDims, rollout_flops
+
+    traced = []
+    real_sample = rl.sample
+
+    def spy(model, tok, questions, **kw):
+        batch = real_sample(model, tok, questions, **kw)
+        traced.append((questions, rollout_flops(ModelDims.of(model), batch)))
+        return batch
+
+    monkeypatch.setattr(rl, "sample", spy)
+    monkeypatch.setattr(rl, "reward", lambda text, answer: float(len(text) % 2))
+    teacher = build_model(preset_config("test-micro", tokenizer), seed=0).requires_grad_(False)
+    student = build_model(preset_config("test-micro", tokenizer), seed=1)
+    records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:12]]
+    cfg = RLConfig(prompts_per_step=3, group_size=2, max_new_tokens=10)
+    trainer = RLTrainer(student, teacher, tokenizer, records, [], "seqkd_fresh", LossParams(), cfg, tmp_path, seed=0)
+    first, second = trainer.step(0), trainer.step(1)
+    (asked_0, flops_0), (asked_1, flops_1) = traced
+    assert len(asked_0) == len(asked_1) == 6 and not set(asked_0) & set(asked_1)  # 3 new questions x G each step
+    assert first["flops_teacher_generate"] == flops_0 and second["flops_teacher_generate"] == flops_1 > 0
+    assert first["flops_student_sample"] == 0 and first["flops_teacher_score"] == 0  # SFT reads no teacher log-probs
+    assert 0 < first["rows_in_loss"] < 6  # the accepted samples only
+
+
+def test_an_rl_flops_budget_stops_the_run_once_spent(tokenizer, tiny_records, tmp_path):
+    """`rl.flops_budget` counts RL's training phases (evaluation left out) and stops before the step that would
+    start past it; `steps` stays the cap."""
+    teacher = build_model(preset_config("test-micro", tokenizer), seed=0).requires_grad_(False)
+    records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:8]]
+    cfg = RLConfig(
+        steps=10, prompts_per_step=2, group_size=4, max_new_tokens=8, min_informative_groups=0, zero_adv="kd"
+    )
+    probe = RLTrainer(
+        build_model(preset_config("test-micro", tokenizer), seed=1),
+        teacher,
+        tokenizer,
+        records,
+        [],
+        "rakd",
+        LossParams(),
+        cfg,
+        tmp_path / "probe",
+        seed=0,
+    )
+    one_step = rl.step_flops_of(probe.step(0), training_only=True)
+    budgeted = cfg.model_copy(update={"flops_budget": 1.5 * one_step})
+    trainer = RLTrainer(
+        build_model(preset_config("test-micro", tokenizer), seed=1),
+        teacher,
+        tokenizer,
+        records,
+        [],
+        "rakd",
+        LossParams(),
+        budgeted,
+        tmp_path / "run",
+        seed=0,
+    )
+    trainer.run()
+    rows = trainer.log.rows()
+    spent = [rl.step_flops_of(r, training_only=True) for r in rows]
+    assert rows[0]["flops_student_update"] > 0 and spent[0] == one_step  # the same first step
+    assert 1 < len(rows) < 10 and sum(spent[:-1]) < 1.5 * one_step <= sum(spent)
+    assert rl.step_flops_of({"flops_eval": 5, "flops_total": 9, "flops_student_update": 2}, training_only=True) == 2

@@ -207,7 +207,7 @@ def test_empty_mask_gives_finite_loss(name):
 
 
 def test_registry_describes_inputs():
-    assert set(LOSSES) == {"sft", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"}
+    assert set(LOSSES) == {"sft", "seqkd_fresh", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"}
     assert LOSSES["rakd"].needs_teacher and not LOSSES["grpo"].needs_teacher
     assert LOSSES["gkd"].needs_logits and LOSSES["gkd"].on_policy and not LOSSES["fkl"].on_policy
     assert set(LOSSES["rakd"].hparams) == {"alpha", "eps_low", "eps_high", "teacher_clamp", "agg"}

@@ -1,18 +1,32 @@
-"""Comparing distillation methods from one shared warm start: the jobs (`jobs`) and the results
-(`results`: statistics, tables, plots).
+"""Comparing distillation methods from one shared warm start at an equal budget: the jobs (`jobs`) and the
+results (`results`: statistics, tables, plots).
 
-A comparison plans one job per (method, seed, lr) plus, for `rakd`, one per α and the teacher clamp switched off.
-Every job starts from the same warm-started student (made once), runs the same RL budget (steps × prompts × G)
-and evaluates on val every `eval_every` steps and on the test split at the end. `sft` (SeqKD continued on the
-teacher's traces) gets the mean wall time of the `rakd` jobs instead of their step count: the compute-matched
-baseline. The orchestration (Prefect tasks on a Dask cluster) lives in `flows/compare.py`; this module holds no
-Prefect code.
+A comparison plans one job per (method, seed, lr) plus, for `rakd`, one per α (and with the teacher clamp switched
+off). Every job starts from the same warm-started student (made once) and evaluates on val every `eval_every` steps
+and on the test split at the end. The reference jobs (the default `rakd`) run `compare.steps` RL steps; every
+other job gets as much as they spent (`compare.budget`: their steps, wall seconds, or training FLOPs from the
+compute ledger, teacher generation included). Two SFT arms: `seqkd_fresh` buys new teacher traces with its budget
+and trains on them; `sft` (labelled `sft_continue`) continues on the warm start's traces, which cost it nothing.
+A finished job's row is kept, so a killed comparison re-run skips it. The orchestration (Prefect tasks on a Dask
+cluster) lives in `flows/compare.py`; this module holds no Prefect code.
 
-Outputs under `<run>/compare/`: `results.json` (a row per job), `results.md` (mean ± std over seeds, each
-method against `rakd` with a paired bootstrap confidence interval), `curves.png`.
+Outputs under `<run>/compare/results/`: `results.json` (a row per job, with its FLOPs by phase), `results.md`
+(methods ranked by mean greedy accuracy, each against the reference with a paired bootstrap interval),
+`curves.png` (val accuracy against step, training FLOPs with the Pareto front, and wall seconds).
 """
 
-from rakd.compare.jobs import Job, job_distill_config, link_base, link_run, plan_jobs, run_job, shared_warmstart
+from rakd.compare.jobs import (
+    Job,
+    job_distill_config,
+    link_base,
+    link_run,
+    matched_budget,
+    parameter_ratio,
+    plan_jobs,
+    reference_variant,
+    run_job,
+    shared_warmstart,
+)
 from rakd.compare.results import (
     alpha_rows,
     load_rows,
@@ -33,9 +47,12 @@ __all__ = [
     "link_base",
     "link_run",
     "load_rows",
+    "matched_budget",
     "paired_bootstrap",
+    "parameter_ratio",
     "plan_jobs",
     "plot_curves",
+    "reference_variant",
     "run_job",
     "shared_warmstart",
     "summary_rows",

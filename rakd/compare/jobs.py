@@ -1,22 +1,30 @@
 """The comparison's jobs: the plan (one job per method, seed, lr, and for `rakd` per α and clamp), each job's
-distill config, one job run from the shared warm start, and that warm start, made once per key.
+distill config, one job run from the shared warm start (its row kept, so a re-run skips it), and that warm start,
+made once per key.
 
-Every job starts from the same warm-started student, runs the same RL budget (steps × prompts × G) and evaluates
-on val every `eval_every` steps and on the test split at the end. `sft` (SeqKD continued on the teacher's traces)
-gets the mean wall time of the `rakd` jobs instead of their step count: the compute-matched baseline.
+Every job starts from the same warm-started student and evaluates on val every `eval_every` steps and on the test
+split at the end. The reference jobs (the default `rakd`) run `compare.steps`; every other job then gets as much
+as they spent (`compare.budget`): their steps, their wall seconds, or their training FLOPs from the compute ledger,
+teacher generation included, so `seqkd_fresh` pays for the traces it buys and `sft` (sft_continue) reuses the
+warm start's for free.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rakd.io import fingerprint
+from rakd.flops import PHASES
+from rakd.io import atomic_write_json, fingerprint
 from rakd.layout import RunLayout
 from rakd.stage_config import CLAMP_OFF, CompareConfig
+
+LABELS = {"sft": "sft_continue"}  # how a method is named in results, where its config name is ambiguous
 
 
 @dataclass(frozen=True)
@@ -37,14 +45,15 @@ class Job:
     def variant(self) -> str:
         """The configuration without the seed: what seeds are averaged over."""
         lr = f", lr {self.lr:g}" if self.lr_in_variant else ""
+        label = LABELS.get(self.method, self.method)
         if self.method != "rakd":
-            return f"{self.method} (lr {self.lr:g})" if lr else self.method
+            return f"{label} (lr {self.lr:g})" if lr else label
         clamp = ", no clamp" if self.teacher_clamp >= CLAMP_OFF else ""
         return f"rakd (α={self.alpha:g}{clamp}{lr})"
 
 
 def plan_jobs(cfg: CompareConfig, distill) -> list[Job]:
-    """Every job of the comparison; `sft` jobs last (their time budget comes from the rakd jobs)."""
+    """Every job of the comparison, the reference jobs first (the others' budget is what they spend)."""
     lrs = cfg.lrs or [distill.rl.optim.lr]
     alpha, clamp = distill.loss.alpha, distill.loss.teacher_clamp
     jobs = []
@@ -57,20 +66,39 @@ def plan_jobs(cfg: CompareConfig, distill) -> list[Job]:
             variants += [(alpha, CLAMP_OFF)] if cfg.clamp_off else []
         for a, c in variants:
             jobs += [Job(method, seed, lr, a, c, len(lrs) > 1) for lr in lrs for seed in cfg.seeds]
-    return sorted(jobs, key=lambda job: job.method == "sft")
+    reference = reference_variant(jobs)
+    return sorted(jobs, key=lambda job: job.variant != reference)
 
 
-def job_distill_config(distill, compare: CompareConfig, job: Job, time_budget_s: float | None = None):
-    """The distill config of one job: the shared warm start's config with the job's method and knobs."""
+def reference_variant(jobs: list[Job]) -> str:
+    """The variant every other is measured against and budgeted by: the first rakd one (the default α and
+    clamp), else the first planned."""
+    return next((job.variant for job in jobs if job.method == "rakd"), jobs[0].variant)
+
+
+def matched_budget(cfg: CompareConfig, reference_rows: list[dict]) -> dict:
+    """The RL budget of every non-reference job, as `job_distill_config` takes it: nothing (budget steps: the
+    same steps), the reference jobs' mean wall seconds, or their mean training FLOPs (or `compare.flops`)."""
+    if cfg.budget == "seconds":
+        return {"time_budget_s": statistics.fmean(r["seconds"] for r in reference_rows)}
+    if cfg.budget == "flops":
+        return {"flops_budget": cfg.flops or statistics.fmean(r["flops_total"] for r in reference_rows)}
+    return {}
+
+
+def job_distill_config(distill, compare: CompareConfig, job: Job, budget: dict | None = None):
+    """The distill config of one job: the shared warm start's config with the job's method and knobs; with a
+    `budget` (`matched_budget`), as many steps as it buys (the step count then only guards against runaways)."""
+    steps = compare.steps or distill.rl.steps
     rl = distill.rl.model_copy(
         update={
-            "steps": compare.steps or distill.rl.steps,
+            "steps": 50 * steps if budget else steps,
             "optim": distill.rl.optim.model_copy(update={"lr": job.lr}),
-            "time_budget_s": time_budget_s,
+            "time_budget_s": None,
+            "flops_budget": None,
+            **(budget or {}),
         }
     )
-    if time_budget_s is not None:  # sft: as many steps as fit in the time; the cap only guards against runaways
-        rl = rl.model_copy(update={"steps": 50 * rl.steps})
     loss = distill.loss.model_copy(update={"alpha": job.alpha, "teacher_clamp": job.teacher_clamp})
     return distill.model_copy(
         update={
@@ -111,11 +139,22 @@ def _elapsed(rows: list[dict], step: int) -> float:
     )
 
 
+def _trained(rows: list[dict], step: int) -> int:
+    """Training FLOPs of RL up to `step` (the ledger's phases, evaluation left out: what a FLOP budget counts)."""
+    return sum(r.get(f"flops_{phase}", 0) for r in rows if r["step"] <= step for phase in PHASES if phase != "eval")
+
+
 def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) -> dict:
-    """One job from the shared warm start; returns its results row (the job folder is removed after)."""
+    """One job from the shared warm start; returns its results row. The row is kept in `out/<job>.json` under a
+    key (the job's distill config and the warm start's key), so a re-run of a killed comparison returns it
+    without training; the job's run folder is removed after."""
     from rakd.distill import run_distill
     from rakd.io import read_jsonl
 
+    key = fingerprint({"distill": distill_cfg.model_dump(mode="json"), "warmstart": _warmstart_key(warmstart)})
+    kept = out / f"{job.name}.json"
+    if kept.is_file() and json.loads(kept.read_text()).get("key") == key:
+        return json.loads(kept.read_text())["row"]
     layout = RunLayout(out / job.name)
     link_run(base, warmstart, layout)
     started = time.time()
@@ -123,6 +162,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
     finished = time.time()
     rows = read_jsonl(layout.student / "metrics.jsonl")
     final = result.eval
+    phases = {phase: sum(r.get(f"flops_{phase}", 0) for r in rows) for phase in PHASES}
     row = {
         **asdict(job),
         "name": job.name,
@@ -136,19 +176,48 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
         "by_difficulty": final.get("by_difficulty"),
         "warmstart_greedy_accuracy": result.eval_warmstart["greedy_accuracy"],
         "seconds": result.seconds["rl"],
+        "flops_total": _trained(rows, len(rows)),  # the job's own training; the shared warm start is the context's
+        "flops": {phase: count for phase, count in phases.items() if count},
         "started": started,
         "finished": finished,
         "greedy_correct": final.get("greedy_correct"),
         "curve": [
-            {"step": r["step"], "seconds": _elapsed(rows, r["step"]), "val": r["val_greedy_accuracy"]}
+            {
+                "step": r["step"],
+                "seconds": _elapsed(rows, r["step"]),
+                "flops": _trained(rows, r["step"]),
+                "val": r["val_greedy_accuracy"],
+            }
             for r in rows
             if "val_greedy_accuracy" in r
         ],
     }
     for part in ("sample", "teacher", "update"):
         row[f"seconds_{part}"] = sum(r.get(f"seconds_{part}", 0.0) for r in rows)
+    atomic_write_json(kept, {"key": key, "row": row})
     shutil.rmtree(layout.root, ignore_errors=True)
     return row
+
+
+def _warmstart_key(warmstart: Path) -> str | None:
+    key = warmstart / ".key"
+    return key.read_text() if key.is_file() else None
+
+
+def parameter_ratio(teacher: Path, student: Path) -> dict:
+    """Non-embedding parameters of the teacher and the student (models built on the meta device: nothing loaded)
+    and their ratio, for the comparison's context."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rakd.flops import ModelDims
+
+    counts = {}
+    for role, folder in (("teacher", teacher), ("student", student)):
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+        counts[role] = ModelDims.of(model).params
+    return {**counts, "ratio": counts["teacher"] / counts["student"]}
 
 
 def shared_warmstart(distill, layout: RunLayout, teacher_key: str) -> Path:

@@ -9,6 +9,7 @@ import random
 import statistics
 from pathlib import Path
 
+from rakd.flops import format_flops
 from rakd.stage_config import CLAMP_OFF, CompareConfig
 
 
@@ -17,7 +18,8 @@ def variants_in_order(rows: list[dict]) -> list[str]:
 
 
 def summary_rows(rows: list[dict], reference: str, resamples: int, seed: int = 0) -> list[dict]:
-    """Mean ± std over seeds per variant, and the paired bootstrap 95% interval of (variant − reference)."""
+    """Mean ± std over seeds per variant, ranked by mean greedy accuracy, with the mean training FLOPs and the
+    paired bootstrap 95% interval of (variant − reference)."""
     by_variant: dict[str, list[dict]] = {}
     for row in rows:
         by_variant.setdefault(row["variant"], []).append(row)
@@ -33,13 +35,15 @@ def summary_rows(rows: list[dict], reference: str, resamples: int, seed: int = 0
             "sampled": _mean_std(sampled),
             "pass@k": _mean_std([r["pass_at_k"] for r in runs if r["pass_at_k"] is not None]),
             "steps": f"{statistics.fmean(r['steps'] for r in runs):.0f}",
+            "FLOPs": format_flops(statistics.fmean(r.get("flops_total", 0) for r in runs)),
             "seconds": f"{statistics.fmean(r['seconds'] for r in runs):.0f}",
         }
         if variant != reference and reference in by_variant:
             low, mid, high = paired_bootstrap(runs, by_variant[reference], resamples, seed)
             entry[f"vs {reference} (greedy, 95% CI)"] = f"{100 * mid:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
-        table.append(entry)
-    return table
+        table.append((statistics.fmean(greedy), entry))
+    ranked = sorted(table, key=lambda pair: -pair[0])
+    return [{"rank": rank, **entry} for rank, (_, entry) in enumerate(ranked, 1)]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -91,28 +95,58 @@ def alpha_rows(rows: list[dict]) -> list[dict]:
     return table
 
 
+def mean_curve(curves: list[list[dict]], key: str) -> tuple[list[float], list[list[float]]]:
+    """x (the mean of `key` at each curve point, over seeds) and the val accuracies (%) at each point."""
+    length = min(len(c) for c in curves)
+    xs = [statistics.fmean(c[i][key] for c in curves) for i in range(length)]
+    return xs, [[100 * c[i]["val"] for c in curves] for i in range(length)]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other beats on both cost (x, lower is better) and accuracy (y, higher is better), by x."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
 def plot_curves(rows: list[dict], path: Path) -> None:
-    """Val accuracy against RL step and against wall-clock seconds: mean and min-max band per variant."""
+    """Val accuracy against RL step, training FLOPs (the Pareto front of every method's points marked) and
+    wall-clock seconds: mean and min-max band per variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), sharey=True)
     colours = plt.cm.tab20.colors  # more variants than tab10 has colours
+    points = []
     for index, variant in enumerate(variants_in_order(rows)):
         curves = [r["curve"] for r in rows if r["variant"] == variant and r["curve"]]
         if not curves:
             continue
-        length = min(len(c) for c in curves)
-        for ax, key in zip(axes, ("step", "seconds")):
-            xs = [statistics.fmean(c[i][key] for c in curves) for i in range(length)]
-            values = [[100 * c[i]["val"] for c in curves] for i in range(length)]
-            colour = colours[(2 * index) % len(colours) + (2 * index) // len(colours)]
-            ax.plot(xs, [statistics.fmean(v) for v in values], label=variant, color=colour, marker="o", markersize=3)
+        colour = colours[(2 * index) % len(colours) + (2 * index) // len(colours)]
+        for ax, key in zip(axes, ("step", "flops", "seconds")):
+            if any(key not in point for curve in curves for point in curve):
+                continue  # rows of an older comparison without FLOPs
+            xs, values = mean_curve(curves, key)
+            means = [statistics.fmean(v) for v in values]
+            ax.plot(xs, means, label=variant, color=colour, marker="o", markersize=3)
             ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], alpha=0.12, color=colour)
+            if key == "flops":
+                points += list(zip(xs, means))
+    front = pareto_front(points)
+    if front:
+        axes[1].plot(
+            *zip(*front), color="black", linestyle="--", linewidth=1, drawstyle="steps-post", label="Pareto front"
+        )
+        axes[1].scatter(*zip(*front), facecolors="none", edgecolors="black", s=60, zorder=3)
     axes[0].set_xlabel("RL step")
-    axes[1].set_xlabel("wall-clock seconds of RL (sampling + teacher + update)")
+    axes[1].set_xlabel("training FLOPs of the job (ledger, evaluation left out)")
+    axes[1].set_xscale("log")
+    axes[2].set_xlabel("wall-clock seconds of RL (sampling + teacher + update)")
     axes[0].set_ylabel("val greedy accuracy (%)")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -140,7 +174,7 @@ def write_results(rows: list[dict], out: Path, cfg: CompareConfig, reference: st
             "",
             *[f"- {k}: {v}" for k, v in context.items()],
             "",
-            "## Methods (test greedy / sampled accuracy and pass@k, mean ± std over seeds)",
+            "## Methods, ranked (test greedy / sampled accuracy and pass@k, mean ± std over seeds)",
             "",
             markdown_table(tables["methods"]),
             "",

@@ -27,6 +27,7 @@ class LossSpec:
     name: str
     fn: LossFn
     on_policy: bool  # trained on the student's own samples (else on teacher traces)
+    fresh_traces: bool = False  # off-policy on new teacher traces each step (else on the warm start's traces)
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -73,6 +74,7 @@ LOSSES: dict[str, LossSpec] = {
     spec.name: spec
     for spec in (
         LossSpec("sft", sft_loss, on_policy=False),
+        LossSpec("seqkd_fresh", sft_loss, on_policy=False, fresh_traces=True),
         LossSpec("fkl", fkl_loss, on_policy=False),
         LossSpec("gkd", gkd_loss, on_policy=True),
         LossSpec("opd", opd_loss, on_policy=True),

@@ -8,7 +8,9 @@ from pydantic import Field
 
 from rakd.schema import StageConfig
 
-Method = Literal["sft", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"]
+# sft: SFT continued on the warm start's traces; seqkd_fresh: SFT on new teacher traces each step (SeqKD that pays
+# for its traces); the rest learn from the student's own samples or the teacher's distributions (rakd.losses)
+Method = Literal["sft", "seqkd_fresh", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"]
 Aggregation = Literal["seq_mean", "token_mean"]
 Backend = Literal["auto", "generate", "loop", "static", "graph"]
 
@@ -84,6 +86,12 @@ class RLConfig(StageConfig):
     )
     time_budget_s: float | None = Field(
         None, gt=0, description="stop after this many seconds of RL (a compute-matched baseline); steps stays the cap"
+    )
+    flops_budget: float | None = Field(
+        None,
+        gt=0,
+        description="stop once RL's own training FLOPs (teacher generation and scoring, student sampling and "
+        "updates; evaluation left out) reach this (a compute-matched baseline); steps stays the cap",
     )
     backend: Backend = Field(
         "auto",

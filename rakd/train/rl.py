@@ -9,6 +9,7 @@ updates. The method enters only through its `LossSpec`.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 import warnings
@@ -44,9 +45,11 @@ def token_entropy(logits: torch.Tensor, mask: torch.Tensor) -> float:
     return float((entropy * mask).sum() / mask.sum().clamp(min=1))
 
 
-def step_flops_of(row: dict) -> int:
-    """The FLOPs a metrics row records for its own step: every `flops_<phase>` key (not the running total)."""
-    return sum(v for k, v in row.items() if k.startswith("flops_") and k != "flops_total")
+def step_flops_of(row: dict, *, training_only: bool = False) -> int:
+    """The FLOPs a metrics row records for its own step: every `flops_<phase>` key (not the running total); with
+    `training_only`, evaluation left out (what `rl.flops_budget` counts)."""
+    skip = {"flops_total", "flops_eval"} if training_only else {"flops_total"}
+    return sum(v for k, v in row.items() if k.startswith("flops_") and k not in skip)
 
 
 class RLTrainer(CheckpointedTrainer):
@@ -103,7 +106,10 @@ class RLTrainer(CheckpointedTrainer):
         return rng.sample(self.records, min(self.cfg.prompts_per_step * draws, len(self.records)))
 
     def collect(self, step: int) -> tuple[Rollouts, torch.Tensor, dict]:
-        """(batch, rewards, sampling metrics): student samples for on-policy methods, teacher traces otherwise."""
+        """(batch, rewards, sampling metrics): student samples for on-policy methods, teacher traces otherwise (new
+        ones for `fresh_traces` methods)."""
+        if self.spec.fresh_traces:
+            return self.fresh_traces(step)
         if not self.spec.on_policy:
             rng = random.Random(step_seed(self.seed, step, salt=13))
             picked = rng.sample(self.traces, min(len(self.traces), self.cfg.prompts_per_step * self.cfg.group_size))
@@ -112,6 +118,34 @@ class RLTrainer(CheckpointedTrainer):
             rewards = torch.tensor([reward(text, t["answer"]) for text, t in zip(batch.texts, picked)])
             return batch, rewards, {"reward_mean": float(rewards.mean()), "flops_student_sample": 0}
         return self.draw_groups(step)
+
+    @functools.cached_property
+    def trace_order(self) -> list[dict]:
+        """The RL pool in the seeded order seqkd_fresh traces it."""
+        return random.Random(step_seed(self.seed, 0, salt=211)).sample(self.records, len(self.records))
+
+    def fresh_traces(self, step: int) -> tuple[Rollouts, torch.Tensor, dict]:
+        """seqkd_fresh: the teacher samples G solutions of `prompts_per_step` questions of the RL pool that no earlier
+        step traced (the step's slice of one seeded order, starting over once the pool is used up), at the RL
+        sampling temperature; the verifier's rewards say which rows train. Every sample costs teacher decoding."""
+        order, size = self.trace_order, self.cfg.prompts_per_step
+        chosen = self.world.share([order[(step * size + i) % len(order)] for i in range(min(size, len(order)))])
+        questions = [r["question"] for r in chosen for _ in range(self.cfg.group_size)]
+        batch = sample(
+            self.teacher,
+            self.tokenizer,
+            questions,
+            max_new_tokens=self.cfg.max_new_tokens,
+            temperature=self.cfg.temperature,
+            seed=step_seed(self.seed, step, salt=17 + 104729 * self.world.rank),
+            backend=self.cfg.backend,
+            group_size=self.cfg.group_size,
+        )
+        answers = [r["answer"] for r in chosen for _ in range(self.cfg.group_size)]
+        rewards = torch.tensor([reward(text, answer) for text, answer in zip(batch.texts, answers)])
+        generated = int(self.world.sum(rollout_flops(self.teacher_dims, batch)))
+        info = {"reward_mean": float(rewards.mean()), "flops_student_sample": 0, "flops_teacher_generate": generated}
+        return batch, rewards, info
 
     def draw_groups(self, step: int) -> tuple[Rollouts, torch.Tensor, dict]:
         """G samples for each of `prompts_per_step` prompts; with dynamic sampling, more draws until the step holds
@@ -180,9 +214,9 @@ class RLTrainer(CheckpointedTrainer):
         progress = Progress(f"distill:{self.method}", self.cfg.steps, self.start_step, every=5) if main else None
         started = time.perf_counter()
         spent = self.flops_before + sum(step_flops_of(row) for row in self.log.rows())  # rows kept on resume
+        trained = sum(step_flops_of(row, training_only=True) for row in self.log.rows())
         for step in range(self.start_step, self.cfg.steps):
-            budget = self.cfg.time_budget_s
-            if budget is not None and self.world.max(time.perf_counter() - started) >= budget:
+            if self.over_budget(time.perf_counter() - started, trained):
                 if step > self.start_step:
                     self.save(step)
                 break
@@ -192,6 +226,7 @@ class RLTrainer(CheckpointedTrainer):
                     if main:
                         on_step(step + 1, row)
             spent += step_flops_of(row)
+            trained += step_flops_of(row, training_only=True)
             row["flops_total"] = spent  # the stage's ledger so far, warm start included
             if main:
                 self.log.append(row)
@@ -200,6 +235,12 @@ class RLTrainer(CheckpointedTrainer):
                 self.save(step + 1)
             if after_step:
                 after_step(step + 1)
+
+    def over_budget(self, seconds: float, trained_flops: int) -> bool:
+        """Whether `rl.time_budget_s` or `rl.flops_budget` is spent (every rank decides alike)."""
+        if self.cfg.time_budget_s is not None and self.world.max(seconds) >= self.cfg.time_budget_s:
+            return True
+        return self.cfg.flops_budget is not None and trained_flops >= self.cfg.flops_budget
 
     def step(self, step: int) -> dict:
         self.student.eval()
@@ -212,7 +253,10 @@ class RLTrainer(CheckpointedTrainer):
             group = self.cfg.group_size if self.spec.on_policy else 1
             advantages, degenerate = group_advantages(rewards, group)
             uses_adv = "advantages" in self.spec.inputs
-            main_rows = torch.nonzero(~degenerate if uses_adv else torch.ones_like(degenerate)).squeeze(-1)
+            trains = ~degenerate if uses_adv else torch.ones_like(degenerate)
+            if self.spec.fresh_traces:  # new teacher samples: the ones the verifier accepts
+                trains = rewards == 1
+            main_rows = torch.nonzero(trains).squeeze(-1)
             kd_rows = torch.nonzero(degenerate).squeeze(-1) if self.kd_spec else main_rows[:0]
             rows = torch.cat([main_rows, kd_rows])
             t1 = time.perf_counter()
