@@ -191,6 +191,7 @@ def plot_accuracy_vs_latency(report: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     acc.set_ylabel("greedy accuracy (%)")
     acc.set_title(f"accuracy vs latency, {report['data']['n']} problems (green: passed gates)")
+    kld.set_yscale("symlog", linthresh=1e-5)  # near-exact exports (~1e-6) and 4-bit ones (~1e-2) on one axis
     kld.set_ylabel("mean token KL divergence from the reference (nats)")
     kld.set_title(f"KLD vs latency (reference: {report['reference'] or 'none'})")
     fig.tight_layout()

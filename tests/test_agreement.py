@@ -84,27 +84,10 @@ def test_kld_and_flip_gates_name_the_numbers():
 
 
 def test_the_table_shows_the_new_measures():
-    [row] = validation_rows(
-        [
-            record(
-                format="gguf",
-                accuracy_flexible=0.8,
-                no_answer_rate=0.0,
-                ttft_ms_p50=1.0,
-                decode_tok_s_p50=100.0,
-                latency_ms_p50=5.0,
-                peak_rss_mb=50.0,
-                kld_p99=0.3,
-                top1_agreement=0.97,
-                flips_to_right=2,
-                mean_new_tokens=31.5,
-                truncation_rate=0.02,
-                loop_rate=0.01,
-                passed=True,
-                failed_gates=[],
-            )
-        ]
-    )
+    shown = dict(format="gguf", accuracy_flexible=0.8, no_answer_rate=0.0, ttft_ms_p50=1.0, decode_tok_s_p50=100.0)
+    shown.update(latency_ms_p50=5.0, peak_rss_mb=50.0, kld_p99=0.3, top1_agreement=0.97, flips_to_right=2)
+    shown.update(mean_new_tokens=31.5, truncation_rate=0.02, loop_rate=0.01, passed=True, failed_gates=[])
+    [row] = validation_rows([record(**shown)])
     assert row["KLD mean"] == "0.0200" and row["KLD p99"] == "0.300" and row["same top-1"] == "97.0%"
     assert row["flips -/+"] == "-6 / +2" and row["truncated"] == "2.0%" and row["loops"] == "1.0%"
 
