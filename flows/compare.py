@@ -80,10 +80,11 @@ def rakd_compare(config: dict) -> dict:
     cfg = PipelineConfig.model_validate(config)
     layout = cfg.run.layout
     run_missing(cfg, ("prep", "teacher"))
-    warmstart = shared_warmstart(cfg.distill, layout, stage_keys(cfg)["teacher"])
+    folder = layout.comparison(cfg.compare.regime)
+    warmstart = shared_warmstart(cfg.distill, layout, stage_keys(cfg)["teacher"], folder)
     jobs = plan_jobs(cfg.compare, cfg.distill)
     logger.info(f"{len(jobs)} jobs from the warm start in {warmstart}")
-    out = layout.compare / "jobs"
+    out = folder / "jobs"
 
     def submit(job: Job, budget: dict | None = None):
         return job_task.submit(config, job.__dict__, str(layout.root), str(warmstart), str(out), budget)
@@ -95,7 +96,7 @@ def rakd_compare(config: dict) -> dict:
     rows += [f.result() for f in [submit(job, budget) for job in jobs if job.variant != reference]]
     params = parameter_ratio(layout.teacher, warmstart)
     context = {
-        "config": cfg.run.name,
+        "config": cfg.run.name + (f", regime {cfg.compare.regime}" if cfg.compare.regime else ""),
         "warm start greedy": f"{100 * rows[0]['warmstart_greedy_accuracy']:.1f}%",
         "warm start FLOPs (shared, not in the budget)": format_flops(_warmstart_flops(warmstart)),
         "jobs": len(rows),
@@ -106,12 +107,12 @@ def rakd_compare(config: dict) -> dict:
         "teacher:student non-embedding parameters": f"{params['teacher']:,} : {params['student']:,} "
         f"({params['ratio']:.1f}x)",
     }
-    tables = write_results(rows, layout.compare, cfg.compare, reference, context)
-    name = slug(cfg.run.name)
+    tables = write_results(rows, folder, cfg.compare, reference, context)
+    name = slug(f"{cfg.run.name}-{cfg.compare.regime}" if cfg.compare.regime else cfg.run.name)
     create_table_artifact(tables["methods"], key=f"{name}-compare", description="methods compared (test split)")
-    create_markdown_artifact((layout.compare / "results" / "results.md").read_text(), key=f"{name}-compare-report")
-    _image_artifact(layout.compare / "results" / "curves.png", f"{name}-compare-curves")
-    return {"results": str(layout.compare / "results"), "tables": tables, "rows": rows}
+    create_markdown_artifact((folder / "results" / "results.md").read_text(), key=f"{name}-compare-report")
+    _image_artifact(folder / "results" / "curves.png", f"{name}-compare-curves")
+    return {"results": str(folder / "results"), "tables": tables, "rows": rows}
 
 
 def _warmstart_flops(warmstart: Path) -> int:

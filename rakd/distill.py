@@ -98,6 +98,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
             ("metrics.jsonl", "metrics.jsonl"),
             ("traces.jsonl", "traces.jsonl"),
             ("metrics_warmstart.jsonl", "warmstart/metrics_warmstart.jsonl"),
+            ("metrics_base.jsonl", "warmstart/metrics_base.jsonl"),
             ("checkpoints", "checkpoints"),
         )
         if (work / path).exists()

@@ -92,6 +92,10 @@ class RunLayout:
         """`rakd compare`: the shared warm start, the job folders and the results."""
         return self.root / "compare"
 
+    def comparison(self, regime: str | None = None) -> Path:
+        """One comparison's folder: `compare/`, or `compare/<regime>/` for a named regime of the same run."""
+        return self.compare / regime if regime else self.compare
+
     def stage_key(self, stage: str) -> Path:
         return self.root / ".stage-keys" / stage
 

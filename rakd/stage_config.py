@@ -96,7 +96,15 @@ class WarmStartStop(StageConfig):
     steps: SFT on few traces is on a steep learning curve, so a step count lands anywhere from "solves nothing new"
     to the plateau; RL needs a student at the edge of its competence (README "Results")."""
 
-    val_accuracy: float = Field(gt=0, le=1, description="greedy accuracy on the checked val questions that ends SFT")
+    val_accuracy: float | None = Field(
+        gt=0, le=1, description="greedy accuracy on the checked val questions that ends SFT (null: no target)"
+    )
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="also end SFT at its plateau: after this many checks in a row without a new best val accuracy "
+        "(early stopping; null: never)",
+    )
     min_difficulty: int | None = Field(
         None,
         ge=1,
@@ -105,6 +113,12 @@ class WarmStartStop(StageConfig):
     )
     every: int = Field(25, ge=1, description="check every N SFT steps")
     problems: int = Field(200, ge=1, description="val questions per check (the first N that qualify)")
+
+    @model_validator(mode="after")
+    def _a_reason_to_stop(self):
+        if self.val_accuracy is None and self.patience is None:
+            raise ValueError("distill.warmstart.stop needs val_accuracy (a target), patience (the plateau) or both")
+        return self
 
 
 class WarmStartRecover(StageConfig):
@@ -145,6 +159,12 @@ class WarmStartConfig(StageConfig):
     stop: WarmStartStop | None = Field(
         default_factory=lambda: WarmStartStop(val_accuracy=0.2, min_difficulty=4),
         description="stop SFT early at a target val accuracy (sft.steps is then the most it runs)",
+    )
+    base: SFTConfig | None = Field(
+        None,
+        description="before any trace: SFT of the student on every train question with its bare final answer "
+        "(`A: 46`, no worked solution), a base model that has seen the task but no reasoning (the comparison's "
+        "base-start regime); null: none",
     )
     recover: WarmStartRecover | None = Field(
         default_factory=WarmStartRecover,
@@ -220,6 +240,12 @@ def scorer_problem(cfg: ScorerConfig, method: str, temperature: float = 1.0) -> 
 class CompareConfig(StageConfig):
     """`rakd compare`: methods x seeds x alphas from one warm start, on Dask, at an equal budget."""
 
+    regime: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="a name for this comparison: its warm start, jobs and results go to <run>/compare/<regime>/ "
+        "(null: <run>/compare/), so several regimes share one run's data and teacher",
+    )
     methods: list[Method] = Field(
         default_factory=lambda: ["rakd", "grpo", "grpo_kl", "opd", "gkd", "seqkd_fresh", "sft"],
         description="methods compared (sft is labelled sft_continue: more epochs on the warm start's traces)",

@@ -20,6 +20,7 @@ from rakd.layout import RunLayout
 from rakd.models.load import ModelLoadError, load_causal_lm, save_model
 from rakd.models.subset import layer_subset
 from rakd.models.zoo import build_model, preset_config
+from rakd.prompt import completion_text
 from rakd.stage_config import DistillConfig, WarmStartConfig
 from rakd.traces import TraceRounds, has_difficulty
 from rakd.train.common import pick_device, set_threads
@@ -81,6 +82,8 @@ def run_warmstart(
         load_full_state_dict(student, load_causal_lm(done)[0].state_dict())
         return read_jsonl(done / "traces.jsonl"), json.loads((done / "eval_warmstart.json").read_text())
     stop = warmstart_stop(cfg, student, tokenizer, layout, log)  # a bad `stop` fails before any sampling
+    if cfg.warmstart.base is not None:
+        train_base(cfg, student, tokenizer, train, work, world)
     rounds = TraceRounds(work, cfg.warmstart, cfg.seed)
     if world.main and not rounds.rounds():
         rounds.add(train, teacher, tokenizer, 0, log)
@@ -105,15 +108,16 @@ def run_warmstart(
         world.barrier()  # rank 0 evaluates and saves; every rank holds the same weights already
         return traces, json.loads((done / "eval_warmstart.json").read_text())
     result = evaluate_model(whole, tokenizer, distill_records(layout, "test"), cfg.eval)
-    sft_log = work / "warmstart.work/metrics.jsonl"
+    sft_log, base_log = work / "warmstart.work/metrics.jsonl", work / "base.work/metrics.jsonl"
     sft_rows = read_jsonl(sft_log) if sft_log.exists() else []
+    base_rows = read_jsonl(base_log) if base_log.exists() else []
     result["sft_steps"] = done_steps
     result["rounds"] = rounds.rounds()
     result["target"] = target_outcome(cfg.warmstart, sft_rows, done_steps, result["rounds"])
     result["flops"] = with_total(
         merge(
             {"teacher_generate": rounds.teacher_generate_flops()},
-            {"student_sft": sum(r.get("flops", 0) for r in sft_rows)},
+            {"student_sft": sum(r.get("flops", 0) for r in sft_rows + base_rows)},
             {"eval": sum(r.get("flops_eval", 0) for r in sft_rows) + result["eval_flops"]},
         )
     )
@@ -123,11 +127,25 @@ def run_warmstart(
     files = {"traces.jsonl": rounds.pending}
     if sft_log.exists():
         files["metrics_warmstart.jsonl"] = sft_log
+    if base_log.exists():
+        files["metrics_base.jsonl"] = base_log
     save_model(whole, tokenizer, done, extra={"eval_warmstart.json": result}, copy_files=files)
     shutil.rmtree(work / "warmstart.work", ignore_errors=True)
+    shutil.rmtree(work / "base.work", ignore_errors=True)
     rounds.finish(work / "traces.jsonl")  # the final student folder carries them too
     world.barrier()
     return traces, result
+
+
+def train_base(cfg: DistillConfig, student, tokenizer, train: list[dict], work: Path, world: World) -> None:
+    """`warmstart.base`: SFT on (question, `A: <answer>`) of every train question, no worked solutions (what the
+    distill stage may see), checkpointed in `base.work/` so that a crash resumes there."""
+    pairs = [(r["question"], completion_text(f"A: {r['answer']}")) for r in train]
+    trainer = SFTTrainer(
+        student, tokenizer, pairs, cfg.warmstart.base, work / "base.work", seed=cfg.seed, name="base", world=world
+    )
+    trainer.resume()
+    trainer.run()
 
 
 def sft_in_rounds(trainer: SFTTrainer, rounds: TraceRounds, stop, sources, world: World, log) -> int:
@@ -137,7 +155,7 @@ def sft_in_rounds(trainer: SFTTrainer, rounds: TraceRounds, stop, sources, world
     while True:
         boundary = rounds.boundary_after(trainer.start_step)
         done = trainer.run(on_step=stop, until=boundary)
-        if getattr(stop, "reached", False) or boundary is None or done >= trainer.cfg.steps:
+        if getattr(stop, "stopped", False) or boundary is None or done >= trainer.cfg.steps:
             return done
         if world.main and not rounds.begins_at(done):  # a round is sampled once, even across a crash
             rounds.add(*sources, done, log)
@@ -146,32 +164,40 @@ def sft_in_rounds(trainer: SFTTrainer, rounds: TraceRounds, stop, sources, world
 
 
 def target_outcome(cfg: WarmStartConfig, sft_rows: list[dict], sft_steps: int, rounds: list[dict]) -> dict | None:
-    """Whether the warm start reached its target (`warmstart.stop`), at which step, its best check, and what the
-    stage did about it, from the checks in the SFT log; None without a target."""
+    """Whether the warm start reached its target (`warmstart.stop`) or its plateau, at which step, its best check,
+    and what the stage did about it, from the checks in the SFT log; None without a stop."""
     stop = cfg.stop
     if stop is None:
         return None
     checks = [(r["step"], r["val_check_accuracy"]) for r in sft_rows if "val_check_accuracy" in r]
-    reached = [step for step, value in checks if value >= stop.val_accuracy]
+    target = stop.val_accuracy
+    reached = [step for step, value in checks if target is not None and value >= target]
+    plateau = next(
+        (checks[i][0] for i in range(len(checks)) if plateaued([v for _, v in checks[: i + 1]], stop.patience)), None
+    )
     best_step, best = max(checks, key=lambda check: (check[1], -check[0])) if checks else (None, None)
     last = checks[-1][1] if checks else None
     added = "".join(f"; {r['traces']} more traces of harder questions from step {r['step']}" for r in rounds[1:])
+    goal = f"target {target:.0%}" if target is not None else "plateau"
     if reached:
+        summary = f"{goal} reached at SFT step {reached[0]} ({checks[-1][1]:.1%}){added}; SFT stopped there"
+    elif plateau is not None:
         summary = (
-            f"target {stop.val_accuracy:.0%} reached at SFT step {reached[0]} ({checks[-1][1]:.1%}){added}; "
-            "SFT stopped there"
+            f"plateau at SFT step {plateau}: no new best in {stop.patience} checks (best {best:.1%} at step "
+            f"{best_step}){added}; SFT stopped there"
         )
     elif checks:
         summary = (
-            f"target {stop.val_accuracy:.0%} NOT reached in {sft_steps} SFT steps (best {best:.1%} at step "
+            f"{goal} NOT reached in {sft_steps} SFT steps (best {best:.1%} at step "
             f"{best_step}, last {last:.1%}){added}; RL starts from the last step"
         )
     else:
-        summary = f"target {stop.val_accuracy:.0%} never checked ({sft_steps} SFT steps, check every {stop.every})"
+        summary = f"{goal} never checked ({sft_steps} SFT steps, check every {stop.every})"
     return {
-        "val_accuracy": stop.val_accuracy,
-        "reached": bool(reached),
-        "step": reached[0] if reached else None,
+        "val_accuracy": target,
+        "reached": bool(reached) or (target is None and plateau is not None),
+        "step": reached[0] if reached else plateau,
+        "plateau_step": plateau,
         "best": best,
         "best_step": best_step,
         "last": last,
@@ -179,6 +205,13 @@ def target_outcome(cfg: WarmStartConfig, sft_rows: list[dict], sft_steps: int, r
         "rounds": len(rounds),
         "summary": summary,
     }
+
+
+def plateaued(checks: list[float], patience: int | None) -> bool:
+    """True when the last `patience` checks brought no new best over the ones before (early stopping)."""
+    if patience is None or len(checks) <= patience:
+        return False
+    return max(checks[-patience:]) <= max(checks[:-patience])
 
 
 def prepare_warmstart(cfg: DistillConfig, run_dir: str | Path, log=print) -> Path:
@@ -192,8 +225,9 @@ def prepare_warmstart(cfg: DistillConfig, run_dir: str | Path, log=print) -> Pat
 
 def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, log):
     """An SFT `on_step` hook for `warmstart.stop`: every `stop.every` steps, greedy accuracy on the qualifying val
-    questions into the metrics row (`val_check_accuracy`); True (stop) once it reaches `stop.val_accuracy`. Greedy
-    and deterministic, so every torchrun rank takes the same decision."""
+    questions into the metrics row (`val_check_accuracy`); True (stop) once it reaches `stop.val_accuracy`, or once
+    `stop.patience` checks in a row bring no new best (the plateau; a resumed run counts the checks it logged
+    before). Greedy and deterministic, so every torchrun rank takes the same decision."""
     stop = cfg.warmstart.stop
     if stop is None:
         return None
@@ -204,6 +238,9 @@ def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, lo
         where = f" with at least {stop.min_difficulty} operations (`ops`)" if stop.min_difficulty else ""
         raise ValueError(f"distill.warmstart.stop: {layout.split('val')} has no questions{where} to check")
     check = cfg.eval.model_copy(update={"n_problems": stop.problems, "k_samples": 0, "per_problem": False})
+    log_path = layout.student_work / "warmstart.work" / "metrics.jsonl"  # a resumed run's earlier checks
+    rows = read_jsonl(log_path) if log_path.exists() else []
+    earlier = [(r["step"], r["val_check_accuracy"]) for r in rows if "val_check_accuracy" in r]
 
     def hook(step: int, row: dict) -> bool:
         if step % stop.every:
@@ -212,8 +249,10 @@ def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, lo
         accuracy = result["greedy_accuracy"]
         row.update(val_check_accuracy=accuracy, flops_eval=result.get("eval_flops", 0))
         log(f"[warmstart] step {step}: val accuracy {accuracy:.3f} (target {stop.val_accuracy})")
-        hook.reached = accuracy >= stop.val_accuracy
-        return hook.reached
+        hook.checks = [c for c in hook.checks if c[0] < step] + [(step, accuracy)]
+        hook.reached = stop.val_accuracy is not None and accuracy >= stop.val_accuracy
+        hook.stopped = hook.reached or plateaued([value for _, value in hook.checks], stop.patience)
+        return hook.stopped
 
-    hook.reached = False
+    hook.checks, hook.reached, hook.stopped = earlier, False, False
     return hook

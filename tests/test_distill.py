@@ -501,35 +501,67 @@ def test_an_rl_flops_budget_stops_the_run_once_spent(tokenizer, tiny_records, tm
     cfg = RLConfig(
         steps=10, prompts_per_step=2, group_size=4, max_new_tokens=8, min_informative_groups=0, zero_adv="kd"
     )
-    probe = RLTrainer(
-        build_model(preset_config("test-micro", tokenizer), seed=1),
-        teacher,
-        tokenizer,
-        records,
-        [],
-        "rakd",
-        LossParams(),
-        cfg,
-        tmp_path / "probe",
-        seed=0,
-    )
-    one_step = rl.step_flops_of(probe.step(0), training_only=True)
-    budgeted = cfg.model_copy(update={"flops_budget": 1.5 * one_step})
-    trainer = RLTrainer(
-        build_model(preset_config("test-micro", tokenizer), seed=1),
-        teacher,
-        tokenizer,
-        records,
-        [],
-        "rakd",
-        LossParams(),
-        budgeted,
-        tmp_path / "run",
-        seed=0,
-    )
+
+    def make(rl_cfg, folder):
+        student = build_model(preset_config("test-micro", tokenizer), seed=1)
+        return RLTrainer(student, teacher, tokenizer, records, [], "rakd", LossParams(), rl_cfg, folder, seed=0)
+
+    one_step = rl.step_flops_of(make(cfg, tmp_path / "probe").step(0), training_only=True)
+    trainer = make(cfg.model_copy(update={"flops_budget": 1.5 * one_step}), tmp_path / "run")
     trainer.run()
     rows = trainer.log.rows()
     spent = [rl.step_flops_of(r, training_only=True) for r in rows]
     assert rows[0]["flops_student_update"] > 0 and spent[0] == one_step  # the same first step
     assert 1 < len(rows) < 10 and sum(spent[:-1]) < 1.5 * one_step <= sum(spent)
     assert rl.step_flops_of({"flops_eval": 5, "flops_total": 9, "flops_student_update": 2}, training_only=True) == 2
+
+
+def test_plateau_is_no_new_best_in_patience_checks():
+    from rakd.warmstart import plateaued
+
+    assert not plateaued([0.1, 0.3], 2) and not plateaued([0.1, 0.3, 0.2], 2)
+    assert plateaued([0.1, 0.3, 0.2, 0.3], 2)  # equalling the best is no new best
+    assert not plateaued([0.1, 0.3, 0.2, 0.31], 2) and not plateaued([0.5, 0.1, 0.1], None)
+
+
+def test_warmstart_stops_at_its_plateau_without_a_target(prepared, tmp_path, monkeypatch):
+    """warmstart.stop with patience and no target: SFT ends once `patience` checks in a row bring no new best
+    (early stopping, the trace-budget regime's SFT), and the summary says so."""
+    import rakd.warmstart as warmstart
+
+    real, scripted_values = warmstart.evaluate_model, iter([0.1, 0.3, 0.2, 0.3, 0.9])
+
+    def scripted(model, tokenizer, records, cfg):
+        result = real(model, tokenizer, records, cfg)
+        if cfg.n_problems == 7 and cfg.k_samples == 0:
+            result["greedy_accuracy"] = next(scripted_values)
+        return result
+
+    monkeypatch.setattr(warmstart, "evaluate_model", scripted)
+    stop = "distill.warmstart.stop={val_accuracy: null, patience: 2, every: 2, problems: 7}"
+    cfg = fresh_run(prepared, tmp_path, "plateau", ["distill.rl.steps=0", "distill.warmstart.sft.steps=20", stop])
+    traces = [
+        {"question": r["question"], "answer": r["answer"], "completion": " " + r["solution"]}
+        for r in read_jsonl(cfg.run.layout.split("train"))[:16]
+    ]
+    cfg.run.layout.student_work.mkdir(parents=True)
+    (cfg.run.layout.student_work / "traces.pending.jsonl").write_text(to_jsonl(traces))
+    run_distill(cfg.distill, cfg.run.dir)
+    warm = json.loads((cfg.run.dir / "student" / "eval_warmstart.json").read_text())
+    assert warm["sft_steps"] == 8 and warm["target"]["plateau_step"] == 8 and warm["target"]["best_step"] == 4
+    assert warm["target"]["summary"].startswith("plateau at SFT step 8: no new best in 2 checks")
+
+
+def test_a_base_start_trains_on_bare_answers_before_any_trace(prepared, tmp_path):
+    """warmstart.base: the student's first SFT sees every train question with its final answer only; its steps
+    count in the warm start's ledger and log, and no teacher trace is sampled."""
+    base = "distill.warmstart.base={steps: 3, batch_size: 4, log_every: 1}"
+    sets = ["distill.rl.steps=0", "distill.warmstart.n_prompts=0", "distill.warmstart.stop=null", base]
+    cfg = fresh_run(prepared, tmp_path, "base", sets)
+    run_distill(cfg.distill, cfg.run.dir)
+    student = cfg.run.dir / "student"
+    rows = [json.loads(line) for line in (student / "metrics_base.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["flops"] > 0 for r in rows)
+    warm = json.loads((student / "eval_warmstart.json").read_text())
+    assert warm["flops"]["student_sft"] == sum(r["flops"] for r in rows) and warm["flops"]["teacher_generate"] == 0
+    assert not (student / "traces.jsonl").read_text().strip()

@@ -232,6 +232,7 @@ def test_aggregation_defaults_per_method_and_an_explicit_choice_wins():
     own = {m: LOSSES[m].resolve(LossParams().model_dump()).get("agg") for m in LOSSES}
     assert own == {
         "sft": "token_mean",
+        "seqkd_fresh": "token_mean",
         "opd": "token_mean",
         "rakd": "seq_mean",
         "grpo": "seq_mean",

@@ -220,7 +220,7 @@ def parameter_ratio(teacher: Path, student: Path) -> dict:
     return {**counts, "ratio": counts["teacher"] / counts["student"]}
 
 
-def shared_warmstart(distill, layout: RunLayout, teacher_key: str) -> Path:
+def shared_warmstart(distill, layout: RunLayout, teacher_key: str, folder: Path | None = None) -> Path:
     """The comparison's one warm start in `<run>/compare/warmstart/`, made once per key (the teacher's stage key,
     the student, warm-start and eval config, the seed) and swapped into place only when complete."""
     from rakd.warmstart import prepare_warmstart
@@ -234,11 +234,12 @@ def shared_warmstart(distill, layout: RunLayout, teacher_key: str) -> Path:
             "seed": distill.seed,
         }
     )
-    target = layout.compare / "warmstart"
+    folder = folder or layout.compare
+    target = folder / "warmstart"
     if (target / "eval_warmstart.json").is_file() and (target / ".key").is_file():
         if (target / ".key").read_text() == key:
             return target
-    work = layout.compare / "warmstart.work"
+    work = folder / "warmstart.work"
     link_base(layout, work)
     made = prepare_warmstart(
         distill.model_copy(update={"eval": distill.eval.model_copy(update={"per_problem": True})}), work
