@@ -23,6 +23,7 @@ from rakd.compare import (
     matched_budget,
     parameter_ratio,
     plan_jobs,
+    plan_problem,
     reference_variant,
     run_job,
     shared_warmstart,
@@ -31,6 +32,7 @@ from rakd.compare import (
 from rakd.config import PipelineConfig, load_config
 from rakd.flops import format_flops
 from rakd.registry import run_missing, stage_keys
+from rakd.schema import ConfigError
 
 
 @task(name="compare-job", cache_policy=NO_CACHE, log_prints=True)
@@ -68,6 +70,9 @@ def compare_flow(config: str | dict | None, overrides: list[str] | None = None) 
     from prefect_dask import DaskTaskRunner
 
     cfg = load_config(config, overrides or [])
+    problem = plan_problem(cfg.compare, cfg.distill)
+    if problem:
+        raise ConfigError(f"{config}: {problem}" if isinstance(config, str | Path) else problem)
     with dask_address(cfg.compare) as address:
         runner = DaskTaskRunner(address=address)
         return rakd_compare.with_options(task_runner=runner)(config=cfg.model_dump(mode="json"))

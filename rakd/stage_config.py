@@ -212,6 +212,11 @@ class DistillConfig(StageConfig):
                 "distill.warmstart.n_prompts=0 (no warm start) leaves distill.warmstart.stop no SFT to stop: "
                 "set distill.warmstart.stop=null"
             )
+        if self.method == "sft" and self.warmstart.n_prompts == 0:
+            raise ValueError(
+                "distill.method='sft' trains on the warm start's teacher traces, and distill.warmstart.n_prompts=0 "
+                "leaves none: use method 'seqkd_fresh' (it buys new traces from the teacher) or set n_prompts"
+            )
         return self
 
 

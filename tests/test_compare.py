@@ -14,6 +14,7 @@ from rakd.compare import (
     matched_budget,
     paired_bootstrap,
     plan_jobs,
+    plan_problem,
     reference_variant,
     summary_rows,
 )
@@ -50,6 +51,19 @@ def test_plan_covers_methods_seeds_alphas_and_puts_the_reference_first():
     assert sorted(j.alpha for j in alone) == [0.0, 0.5, 1.0]  # α = 1 runs when no grpo job stands for it
     assert Job("rakd", 0, 1e-4, 0.5, CLAMP_OFF).variant == "rakd (α=0.5, no clamp)"
     assert Job("sft", 0, 1e-4, 0.5, 1.0).variant == "sft_continue"
+
+
+def test_sft_continue_is_refused_where_the_warm_start_has_no_traces(tmp_path):
+    from flows.compare import compare_flow
+    from rakd.schema import ConfigError
+
+    base = load_config("configs/compare-base.yaml")
+    assert base.distill.warmstart.n_prompts == 0 and plan_problem(base.compare, base.distill) is None
+    assert plan_problem(CompareConfig(), load_config(None).distill) is None
+    path = tmp_path / "c.yaml"
+    path.write_text("distill: {warmstart: {n_prompts: 0, stop: null}}\ncompare: {methods: [rakd, sft]}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: compare.methods has 'sft'.*n_prompts=0"):
+        compare_flow(str(path))  # refused before any cluster starts or any stage runs
 
 
 def test_every_other_job_gets_what_the_reference_jobs_spent():

@@ -91,6 +91,7 @@ def test_a_frozen_model_is_refused_by_name_not_by_torch():
         ),
         (["distill.student.model=null"], "give exactly one of distill.student.model"),
         (["distill.warmstart.n_prompts=0"], "set distill.warmstart.stop=null"),
+        (["distill.warmstart.n_prompts=0", "distill.warmstart.stop=null", "distill.method=sft"], "seqkd_fresh"),
         (
             ["distill.method=gkd", "distill.teacher_scorer.kind=llama_cpp", "distill.teacher_scorer.gguf=t.gguf"],
             "whole distribution",

@@ -70,6 +70,16 @@ def plan_jobs(cfg: CompareConfig, distill) -> list[Job]:
     return sorted(jobs, key=lambda job: job.variant != reference)
 
 
+def plan_problem(cfg: CompareConfig, distill) -> str | None:
+    """Why the comparison `cfg` cannot run on `distill`'s warm start, naming the keys; None if it can."""
+    if "sft" in cfg.methods and distill.warmstart.n_prompts == 0:
+        return (
+            "compare.methods has 'sft' (sft_continue: more epochs on the warm start's teacher traces), and "
+            "distill.warmstart.n_prompts=0 leaves it none: drop it from compare.methods (seqkd_fresh buys its own)"
+        )
+    return None
+
+
 def reference_variant(jobs: list[Job]) -> str:
     """The variant every other is measured against and budgeted by: the first rakd one (the default α and
     clamp), else the first planned."""
