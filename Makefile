@@ -29,7 +29,7 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collected no tests: that is a failure here, said plainly.
 test: $(STAMP)
-	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
 
