@@ -1,0 +1,152 @@
+"""Keep the method comparison's regimes in bench/results/ and put them side by side.
+
+Each regime's `rakd compare --config configs/compare-<regime>.yaml` leaves its results in
+`<run>/compare/<regime>/results/` when it finishes; this copies them to `bench/results/compare-<regime>-<date>/`
+(with meta.json). A regime that did not finish is kept from its finished jobs' rows (`jobs/<job>.json`), marked
+partial with how many of its planned jobs are in. Then `bench/results/compare-regimes-<date>/` gets one table
+(`regimes.md`, `regimes.json`) and one figure (`regimes.png`): every method's test greedy accuracy per regime, its
+seeds, and its paired bootstrap interval against TRRD (rakd, α 0.5) of the same regime.
+
+    python bench/compare_regimes.py                      # edge, trace, base
+    python bench/compare_regimes.py --regimes edge trace
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from benchlib import ROOT, results_dir, write_meta
+
+sys.path.insert(0, str(ROOT))
+
+from rakd.compare import plan_jobs, reference_variant, summary_rows, write_results  # noqa: E402
+from rakd.config import load_config  # noqa: E402
+from rakd.tables import markdown_table  # noqa: E402
+
+REGIMES = {
+    "edge": "the demo's warm start, stopped at its edge-of-competence target",
+    "trace": "1000 teacher traces, SFT to its val plateau",
+    "base": "no worked solution: SFT on bare final answers only",
+}
+
+
+def regime_rows(config: Path) -> tuple[list[dict], dict, int, Path]:
+    """(rows with their per-problem answers, context, planned jobs, the run's results folder) of one regime."""
+    cfg = load_config(config)
+    folder = cfg.run.layout.comparison(cfg.compare.regime)
+    planned = len(plan_jobs(cfg.compare, cfg.distill))
+    results = folder / "results"
+    if (results / "results.json").is_file():
+        data = json.loads((results / "results.json").read_text())
+        answers = json.loads((results / "per_problem.json").read_text())
+        rows = [{**row, "greedy_correct": answers[row["name"]]} for row in data["runs"]]
+        if len(rows) == planned:
+            return rows, data["context"], planned, results
+    rows = [json.loads(p.read_text())["row"] for p in sorted((folder / "jobs").glob("*.json"))]
+    return rows, {}, planned, folder
+
+
+def keep(regime: str, config: Path, date: str | None) -> tuple[list[dict], dict]:
+    """Copy one regime's results to bench/results/compare-<regime>-<date>/; returns (rows, context)."""
+    rows, context, planned, source = regime_rows(config)
+    if not rows:
+        raise SystemExit(f"{config}: no finished job under {source}: run `rakd compare --config {config}` first")
+    cfg = load_config(config)
+    out = results_dir(f"compare-{regime}", f"{ROOT}/bench/results/compare-{regime}-{date}" if date else None)
+    partial = None
+    if context:
+        shutil.copytree(source, out, dirs_exist_ok=True)
+    else:
+        partial = f"{len(rows)} of {planned} planned jobs finished; the others were not run to the end"
+        reference = reference_variant(plan_jobs(cfg.compare, cfg.distill))
+        rows.sort(key=lambda r: (r["variant"] != reference, r["name"]))
+        context = {"config": f"{cfg.run.name}, regime {regime}", "PARTIAL": partial, "jobs": len(rows)}
+        with tempfile.TemporaryDirectory() as tmp:
+            write_results(rows, Path(tmp), cfg.compare, reference, context)
+            shutil.copytree(Path(tmp) / "results", out, dirs_exist_ok=True)
+    write_meta(out, command=f"rakd compare --config {config}", partial=partial)
+    print(f"{regime}: {len(rows)} of {planned} jobs -> {out}")
+    return rows, context
+
+
+def regime_table(kept: dict[str, tuple[list[dict], dict]], resamples: int) -> list[dict]:
+    """One row per method: its greedy accuracy (mean ± std over seeds) and interval against TRRD α 0.5, per
+    regime."""
+    table: dict[str, dict] = {}
+    for regime, (rows, _) in kept.items():
+        reference = "rakd (α=0.5)"
+        for entry in summary_rows(rows, reference, resamples):
+            line = table.setdefault(entry["method"], {"method": entry["method"]})
+            versus = next((v for k, v in entry.items() if k.startswith("vs ")), "reference")
+            line[regime] = f"{entry['greedy']} (n={entry['seeds']}, #{entry['rank']})"
+            line[f"{regime} vs TRRD α 0.5"] = versus
+    return list(table.values())
+
+
+def plot(kept: dict[str, tuple[list[dict], dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(kept), figsize=(5.2 * len(kept), 4.2), sharex=False, squeeze=False)
+    for ax, (regime, (rows, _)) in zip(axes[0], kept.items()):
+        by_variant: dict[str, list[float]] = {}
+        for row in rows:
+            by_variant.setdefault(row["variant"], []).append(100 * row["greedy_accuracy"])
+        order = sorted(by_variant, key=lambda v: statistics.fmean(by_variant[v]))
+        for y, variant in enumerate(order):
+            values = by_variant[variant]
+            colour = "tab:red" if variant.startswith("rakd") else "tab:blue"
+            ax.barh(y, statistics.fmean(values), color=colour, alpha=0.35)
+            ax.plot(values, [y] * len(values), "o", color=colour, markersize=4)
+        warm = statistics.fmean(100 * r["warmstart_greedy_accuracy"] for r in rows)
+        ax.axvline(warm, color="grey", linestyle="--", linewidth=1)
+        ax.text(warm, -0.7, " warm start", color="grey", fontsize=8, va="bottom")
+        ax.set_yticks(range(len(order)), order, fontsize=8)
+        ax.set_ylim(-0.8, len(order) - 0.4)
+        ax.set_xlabel("test greedy accuracy (%), equal training FLOPs")
+        ax.set_title(f"{regime}\n{REGIMES.get(regime, '')}", fontsize=9)
+        low = min(min(v) for v in by_variant.values())
+        ax.set_xlim(max(0.0, min(low, warm) - 5), None)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES))
+    parser.add_argument("--date", help="the results folders' date (default: today)")
+    parser.add_argument("--bootstrap", type=int, default=2000)
+    args = parser.parse_args(argv)
+    kept = {}
+    for regime in args.regimes:
+        config = Path("configs") / f"compare-{regime}.yaml"
+        kept[regime] = keep(regime, config, args.date)
+    out = results_dir("compare-regimes", f"{ROOT}/bench/results/compare-regimes-{args.date}" if args.date else None)
+    table = regime_table(kept, args.bootstrap)
+    contexts = {regime: context for regime, (_, context) in kept.items()}
+    (out / "regimes.json").write_text(json.dumps({"contexts": contexts, "methods": table}, indent=1) + "\n")
+    lines = ["# Methods at equal training FLOPs, per regime", ""]
+    for regime, (rows, context) in kept.items():
+        lines.append(
+            f"- **{regime}** ({REGIMES.get(regime, '')}): {len(rows)} jobs; "
+            + "; ".join(f"{k} {v}" for k, v in context.items() if k not in ("config", "jobs"))
+        )
+    lines += ["", markdown_table(table), ""]
+    (out / "regimes.md").write_text("\n".join(lines))
+    plot(kept, out / "regimes.png")
+    write_meta(out, regimes=list(kept))
+    print((out / "regimes.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
