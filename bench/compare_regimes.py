@@ -29,6 +29,7 @@ from rakd.compare import plan_jobs, reference_variant, summary_rows, write_resul
 from rakd.config import load_config  # noqa: E402
 from rakd.tables import markdown_table  # noqa: E402
 
+REFERENCE = "rakd (α=0.5)"  # every regime's reference jobs: what the table's intervals are against
 REGIMES = {
     "edge": "the demo's warm start, stopped at its edge-of-competence target",
     "trace": "1000 teacher traces, SFT to its val plateau",
@@ -36,35 +37,36 @@ REGIMES = {
 }
 
 
-def regime_rows(config: Path) -> tuple[list[dict], dict, int, Path]:
-    """(rows with their per-problem answers, context, planned jobs, the run's results folder) of one regime."""
-    cfg = load_config(config)
+def regime_rows(cfg, planned: int) -> tuple[list[dict], dict, Path]:
+    """(rows with their per-problem answers, context, the folder they came from) of one regime: its finished
+    results when all `planned` jobs are in them, else its finished jobs' kept rows (no context)."""
     folder = cfg.run.layout.comparison(cfg.compare.regime)
-    planned = len(plan_jobs(cfg.compare, cfg.distill))
     results = folder / "results"
     if (results / "results.json").is_file():
         data = json.loads((results / "results.json").read_text())
         answers = json.loads((results / "per_problem.json").read_text())
         rows = [{**row, "greedy_correct": answers[row["name"]]} for row in data["runs"]]
         if len(rows) == planned:
-            return rows, data["context"], planned, results
+            return rows, data["context"], results
     rows = [json.loads(p.read_text())["row"] for p in sorted((folder / "jobs").glob("*.json"))]
-    return rows, {}, planned, folder
+    return rows, {}, folder
 
 
 def keep(regime: str, config: Path, date: str | None) -> tuple[list[dict], dict]:
     """Copy one regime's results to bench/results/compare-<regime>-<date>/; returns (rows, context)."""
-    rows, context, planned, source = regime_rows(config)
+    cfg = load_config(config)
+    jobs = plan_jobs(cfg.compare, cfg.distill)
+    planned = len(jobs)
+    rows, context, source = regime_rows(cfg, planned)
     if not rows:
         raise SystemExit(f"{config}: no finished job under {source}: run `rakd compare --config {config}` first")
-    cfg = load_config(config)
     out = results_dir(f"compare-{regime}", f"{ROOT}/bench/results/compare-{regime}-{date}" if date else None)
     partial = None
     if context:
         shutil.copytree(source, out, dirs_exist_ok=True)
     else:
         partial = f"{len(rows)} of {planned} planned jobs finished; the others were not run to the end"
-        reference = reference_variant(plan_jobs(cfg.compare, cfg.distill))
+        reference = reference_variant(jobs)
         rows.sort(key=lambda r: (r["variant"] != reference, r["name"]))
         context = {"config": f"{cfg.run.name}, regime {regime}", "PARTIAL": partial, "jobs": len(rows)}
         with tempfile.TemporaryDirectory() as tmp:
@@ -80,8 +82,7 @@ def regime_table(kept: dict[str, tuple[list[dict], dict]], resamples: int) -> li
     regime."""
     table: dict[str, dict] = {}
     for regime, (rows, _) in kept.items():
-        reference = "rakd (α=0.5)"
-        for entry in summary_rows(rows, reference, resamples):
+        for entry in summary_rows(rows, REFERENCE, resamples):
             line = table.setdefault(entry["method"], {"method": entry["method"]})
             versus = next((v for k, v in entry.items() if k.startswith("vs ")), "reference")
             line[regime] = f"{entry['greedy']} (n={entry['seeds']}, #{entry['rank']})"

@@ -60,6 +60,8 @@ def test_sft_continue_is_refused_where_the_warm_start_has_no_traces(tmp_path):
     base = load_config("configs/compare-base.yaml")
     assert base.distill.warmstart.n_prompts == 0 and plan_problem(base.compare, base.distill) is None
     assert plan_problem(CompareConfig(), load_config(None).distill) is None
+    scored = load_config(None, ["distill.teacher_scorer.kind=llama_cpp", "distill.teacher_scorer.gguf=t.gguf"])
+    assert "compare.methods has 'gkd'" in plan_problem(scored.compare, scored.distill)  # each method's own checks
     path = tmp_path / "c.yaml"
     path.write_text("distill: {warmstart: {n_prompts: 0, stop: null}}\ncompare: {methods: [rakd, sft]}\n")
     with pytest.raises(ConfigError, match=r"c.yaml: compare.methods has 'sft'.*n_prompts=0"):

@@ -71,12 +71,17 @@ def plan_jobs(cfg: CompareConfig, distill) -> list[Job]:
 
 
 def plan_problem(cfg: CompareConfig, distill) -> str | None:
-    """Why the comparison `cfg` cannot run on `distill`'s warm start, naming the keys; None if it can."""
-    if "sft" in cfg.methods and distill.warmstart.n_prompts == 0:
-        return (
-            "compare.methods has 'sft' (sft_continue: more epochs on the warm start's teacher traces), and "
-            "distill.warmstart.n_prompts=0 leaves it none: drop it from compare.methods (seqkd_fresh buys its own)"
-        )
+    """Why a job of the comparison `cfg` cannot run, naming the keys; None if every one can. Each job's distill
+    config is `distill` with the job's method (`job_distill_config` copies it without validation), so every method
+    in `compare.methods` goes through the distill config's own checks here, before anything runs."""
+    from pydantic import ValidationError
+
+    for method in dict.fromkeys(cfg.methods):
+        try:
+            type(distill).model_validate({**distill.model_dump(), "method": method})
+        except ValidationError as err:
+            reason = err.errors()[0]["msg"].removeprefix("Value error, ")
+            return f"compare.methods has {method!r}, which this distill config refuses: {reason}"
     return None
 
 
