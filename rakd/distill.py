@@ -78,8 +78,13 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     )
     if trainer.resume():
         log(f"[distill] resumed from checkpoint step {trainer.start_step}")
+    readouts: list[dict] = []
     try:
-        trainer.run(on_step=val_evaluation(cfg, student, tokenizer, layout), after_step=fault_injection(cfg))
+        trainer.run(
+            on_step=val_evaluation(cfg, student, tokenizer, layout),
+            after_step=fault_injection(cfg),
+            on_readout=test_readout(cfg, student, tokenizer, layout, readouts) if world.main else _quiet,
+        )
     finally:
         getattr(trainer.teacher_scorer, "close", lambda: None)()  # a llama.cpp teacher frees its model now
     timings["rl"] = time.perf_counter() - t1
@@ -91,6 +96,10 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     result.update(method=cfg.method, parameters=count_parameters(student), teacher_parameters=count_parameters(teacher))
     work = layout.student_work
     result["flops"] = stage_flops(eval_warm, work / "metrics.jsonl", result["eval_flops"])
+    result["steps"] = len(read_jsonl(work / "metrics.jsonl")) if (work / "metrics.jsonl").exists() else 0
+    if readouts:  # the student read out earlier in the same run (rl.readout_steps): the budget's, or the steps'
+        result["readouts"] = readouts
+    result["seconds"] = {"warmstart": timings["warmstart"], "rl": timings["rl"]}
     log(format_eval(f"student ({cfg.method})", result))
     logs = {
         name: work / path
@@ -148,6 +157,20 @@ def val_evaluation(cfg: DistillConfig, student, tokenizer, layout: RunLayout):
     return hook
 
 
+def test_readout(cfg: DistillConfig, student, tokenizer, layout: RunLayout, readouts: list[dict]):
+    """An `on_readout` hook: the test split's greedy accuracy, per problem, of the student after `steps` RL steps
+    (where its budget ran out, or at `rl.readout_steps`), appended to `readouts`."""
+    test_cfg = cfg.eval.model_copy(update={"k_samples": 0, "per_problem": True})
+    records = distill_records(layout, "test")
+
+    def hook(steps: int, reason: str) -> None:
+        result = evaluate_model(student, tokenizer, records, test_cfg)
+        keep = ("greedy_accuracy", "greedy_stderr", "greedy_correct")
+        readouts.append({"steps": steps, "at": reason, **{k: result[k] for k in keep if k in result}})
+
+    return hook
+
+
 def fault_injection(cfg: DistillConfig):
     """An `after_step` hook that crashes after step `fail_after_step` (tests of crash and resume)."""
 
@@ -169,12 +192,10 @@ def launch_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> Distil
     t0 = time.perf_counter()
     spec = layout.student_work / "torchrun-config.json"
     launch_torchrun("distill", "rakd.distill", cfg, spec, layout.root, cfg.nproc, cfg.threads, log)
-    read = json.loads
+    result = json.loads((layout.student / "eval.json").read_text())
+    seconds = {**result.get("seconds", {}), "total": time.perf_counter() - t0}  # rank 0's stage times
     return DistillResult(
-        layout.student,
-        read((layout.student / "eval.json").read_text()),
-        read((layout.student / "eval_warmstart.json").read_text()),
-        {"total": time.perf_counter() - t0},
+        layout.student, result, json.loads((layout.student / "eval_warmstart.json").read_text()), seconds
     )
 
 

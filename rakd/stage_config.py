@@ -272,4 +272,6 @@ class CompareConfig(StageConfig):
     val_problems: int = Field(200, ge=1, description="val problems of each curve point")
     workers: int = Field(0, ge=0, description="Dask workers of the local cluster (0: one per CPU core)")
     dask_address: str | None = Field(None, description="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
-    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for the confidence intervals")
+    interval_level: float = Field(
+        0.95, gt=0, lt=1, description="coverage of the intervals against the reference (rakd.compare.stats: Welch t)"
+    )

@@ -1,5 +1,5 @@
-"""`rakd compare`: planning, the paired bootstrap, and the flow on a 2-worker local Dask cluster (marker
-`integration`)."""
+"""`rakd compare`: planning, the summary's intervals, one job under torchrun and without sampled answers, and the
+flow on a 2-worker local Dask cluster (marker `integration`)."""
 
 import json
 
@@ -12,7 +12,6 @@ from rakd.compare import (
     Job,
     job_distill_config,
     matched_budget,
-    paired_bootstrap,
     plan_jobs,
     plan_problem,
     reference_variant,
@@ -34,7 +33,6 @@ MICRO = [
     "compare.seeds=[0,1]",
     "compare.alphas=[]",
     "compare.workers=2",
-    "compare.bootstrap=200",
 ]
 
 
@@ -100,16 +98,30 @@ def _run(variant, seed, correct):
     }
 
 
-def test_paired_bootstrap_brackets_the_difference_and_sees_no_difference_between_equals():
-    better = [_run("a", s, "1" * 60 + "0" * 40) for s in range(3)]
-    worse = [_run("b", s, "1" * 40 + "0" * 60) for s in range(3)]
-    low, mid, high = paired_bootstrap(better, worse, 500, seed=0)
-    assert mid == pytest.approx(0.2) and 0.1 < low < 0.2 < high < 0.3
-    low, mid, high = paired_bootstrap(worse, worse, 500, seed=0)
-    assert mid == 0 and low <= 0 <= high
-    rows = summary_rows(worse + better, "b", 500)  # ranked by mean greedy accuracy, whatever the order of runs
+def test_the_summary_ranks_and_reads_each_variant_per_budget_and_per_step():
+    better = [_run("a", s, "1" * 60 + "0" * 40 if s else "1" * 62 + "0" * 38) for s in range(3)]
+    worse = [_run("b", s, "1" * 40 + "0" * 60 if s != 1 else "1" * 41 + "0" * 59) for s in range(3)]
+    for row in better:  # read out at the reference's step count too: 10 points lower
+        row["at_reference_steps"] = {"greedy_accuracy": row["greedy_accuracy"] - 0.1, "steps": 5,
+                                     "greedy_correct": "0" * 10 + row["greedy_correct"][10:]}  # fmt: skip
+    rows = summary_rows(worse + better, "b")  # ranked by mean greedy accuracy, whatever the order of runs
     assert [(r["rank"], r["method"]) for r in rows] == [(1, "a"), (2, "b")]
-    assert rows[0]["greedy"] == "60.0 ± 0.0" and "+20.0 [" in rows[0]["vs b (greedy, 95% CI)"]
+    assert rows[0]["greedy"] == "60.7 ± 1.2" and rows[0]["greedy at reference steps"] == "50.7 ± 1.2"
+    assert rows[0]["vs b at equal budget"].startswith("+20.3 [")
+    assert rows[0]["vs b at equal steps"].startswith("+10.3 [")
+    assert rows[1]["greedy at reference steps"] == "-" and "vs b at equal budget" not in rows[1]
+
+
+def test_a_job_reads_out_its_budget_and_the_reference_steps_from_one_run():
+    from rakd.compare.jobs import readouts
+
+    final = {"greedy_accuracy": 0.5, "greedy_stderr": 0.1, "greedy_correct": "10",
+             "readouts": [{"steps": 4, "at": "budget", "greedy_accuracy": 0.4, "greedy_correct": "00"}]}  # fmt: skip
+    budget, at_steps = readouts(final, 10, 10)
+    assert budget == {"steps": 4, "greedy_accuracy": 0.4, "greedy_correct": "00"}
+    assert at_steps == {"steps": 10, "greedy_accuracy": 0.5, "greedy_stderr": 0.1, "greedy_correct": "10"}
+    assert readouts({**final, "readouts": []}, 7, 10)[1] is None  # the step cap stopped it short of 10
+    assert readouts({**final, "readouts": []}, 10, None) == (at_steps, None)  # a reference job: one readout
 
 
 @pytest.mark.integration
@@ -127,10 +139,15 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
     assert a["started"] < b["finished"] and b["started"] < a["finished"], "the two jobs did not overlap"
     assert all(r["steps"] == 3 and [p["step"] for p in r["curve"]] == [1, 2, 3] for r in reference)
     budget = (a["flops_total"] + b["flops_total"]) / 2
-    for row in fresh:  # it stops at the first step that reaches the budget: no step short of it, none past it
-        per_step = [p["flops"] for p in row["curve"]]
-        assert per_step[-1] == row["flops_total"] >= budget and (len(per_step) == 1 or per_step[-2] < budget)
+    for row in fresh:  # it reads out at the first step that reaches the budget: no step short of it, none past it
+        spent = {p["step"]: p["flops"] for p in row["curve"]}
+        assert spent[row["steps"]] == row["flops_total"] >= budget and spent.get(row["steps"] - 1, 0) < budget
         assert row["flops"]["teacher_generate"] > 0 and "student_sample" not in row["flops"]
+        assert row["at_reference_steps"]["steps"] == 3 and row["steps_run"] == max(3, row["steps"])
+        assert len(row["greedy_correct"]) == len(row["at_reference_steps"]["greedy_correct"]) > 0
+        if row["steps"] == 3:  # one run read out once: both readings are the same evaluation
+            assert row["at_reference_steps"]["greedy_correct"] == row["greedy_correct"]
+    assert all(r["at_reference_steps"] is None for r in reference)
     assert all(r["flops"]["student_sample"] > 0 and r["flops"]["teacher_score"] > 0 for r in reference)
     results = tmp_path / "cmp" / "compare" / "results"
     saved = json.loads((results / "results.json").read_text())
@@ -158,7 +175,8 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
     }
     assert expected <= set(saved["runs"][0])
     markdown = (results / "results.md").read_text()
-    assert "vs rakd (α=0.5)" in markdown and "| rank |" in markdown
+    assert "vs rakd (α=0.5) at equal budget" in markdown and "| rank |" in markdown
+    assert "vs rakd (α=0.5) at equal steps" in markdown and context["interval"].startswith("95%, Welch t")
     assert (results / "curves.png").read_bytes()[:4] == b"\x89PNG"
     from rakd.compare import shared_warmstart
     from rakd.registry import stage_keys
@@ -171,3 +189,30 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
     # A re-run (as after a kill): every finished job's row comes back as it was, nothing trains again.
     again = {r["name"]: r for r in compare_flow("configs/smoke.yaml", overrides)["rows"]}
     assert again == json.loads(json.dumps(rows))  # the kept rows, as JSON keeps them
+
+
+@pytest.mark.integration
+def test_compare_ends_with_its_rows_under_torchrun_and_without_sampled_answers(prefect_harness, tmp_path):
+    """Jobs of `distill.nproc: 2` (each a torchrun of 2 gloo processes; rank 0's stage times come back through
+    eval.json) and `eval.k_samples: 0` (no sampled accuracy: the α table says '-') finish with their rows."""
+    from flows.compare import compare_flow
+
+    overrides = [
+        f"run.root={tmp_path}",
+        "run.name=cmp2",
+        *MICRO,
+        "distill.nproc=2",
+        "distill.eval.k_samples=0",
+        "compare.methods=[rakd,grpo]",
+        "compare.seeds=[0]",
+        "compare.alphas=[0.3]",
+        "compare.steps=2",
+        "compare.workers=1",
+    ]
+    outcome = compare_flow("configs/smoke.yaml", overrides)
+    rows = {r["name"]: r for r in outcome["rows"]}
+    assert set(rows) == {"rakd-a0.5-c1-lr0.0001-s0", "rakd-a0.3-c1-lr0.0001-s0", "grpo-a0.5-c1-lr0.0001-s0"}
+    assert all(r["seconds"] > 0 and r["sampled_accuracy"] is None and r["steps_run"] >= 2 for r in rows.values())
+    alpha = {r["α"]: r for r in outcome["tables"]["alpha"]}
+    assert alpha["0.3"]["sampled"] == "-" and alpha["0.3"]["greedy"] != "-"
+    assert (tmp_path / "cmp2" / "compare" / "results" / "results.md").is_file()

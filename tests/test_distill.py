@@ -185,14 +185,49 @@ def test_all_equal_groups_are_skipped_or_distilled(
         assert metrics["kd/kl_student_teacher"] > 0
 
 
-def test_minibatch_order_differs_between_steps_and_is_reproducible(tokenizer, tmp_path):
-    # The shuffle was seeded with the PPO epoch only, so every RL step used the same minibatch order (a latent bug).
+def test_minibatches_are_cut_from_the_world_rows_alike_for_any_number_of_ranks():
+    """The world's loss rows (named by position) shuffled by seed and cut into equal parts: one process and two
+    ranks holding every other row get the same parts; the order differs between steps and epochs (the shuffle
+    was once seeded with the epoch only, so every step used the same order)."""
+    from rakd.train.distributed import World
+    from rakd.train.plan import minibatch_chunks
+
+    class Two(World):  # two ranks in one process: the other rank's positions are added by hand
+        def __init__(self, rank, other):
+            super().__init__(rank, 2)
+            object.__setattr__(self, "other", other)
+
+        def max(self, value):
+            return max(value, int(self.other.max()) + 1)
+
+        def sum_tensor(self, tensor):
+            extra = torch.zeros_like(tensor)
+            extra[self.other] = 1.0
+            return tensor + extra
+
+    positions = torch.tensor([0, 2, 3, 5, 6, 7, 9, 11, 12, 13])  # the loss rows of 14 drawn
+    alone = [positions[c].tolist() for c in minibatch_chunks(positions, 3, seed=5, world=World())]
+    assert sorted(sum(alone, [])) == positions.tolist() and [len(c) for c in alone] == [4, 3, 3]
+    even, odd = positions[positions % 2 == 0], positions[positions % 2 == 1]
+    ranks = [[p[c].tolist() for c in minibatch_chunks(p, 3, seed=5, world=Two(r, q))] for r, p, q in
+             ((0, even, odd), (1, odd, even))]  # fmt: skip
+    assert [sorted(a + b) for a, b in zip(*ranks)] == [sorted(c) for c in alone]
+    assert minibatch_chunks(positions, 3, seed=6, world=World())[0].tolist() != alone[0]
+    assert minibatch_chunks(positions[:0], 0, seed=5, world=World()) == []
+
+
+def test_opd_and_gkd_train_on_every_group_without_redraws(tokenizer, tiny_records, monkeypatch, tmp_path):
+    """A loss that reads no advantage keeps all-equal groups and draws once, whatever dynamic sampling says."""
+    monkeypatch.setattr("rakd.train.rl.reward", lambda text, answer: 0.0)  # every group all-wrong
     student = build_model(preset_config("test-micro", tokenizer), seed=1)
-    trainer = RLTrainer(student, student, tokenizer, [], [], "grpo", LossParams(), RLConfig(), tmp_path, seed=0)
-    orders = [trainer.minibatch_order(step, 0, 64).tolist() for step in range(4)]
-    assert len({tuple(order) for order in orders}) == 4
-    assert trainer.minibatch_order(2, 0, 64).tolist() == orders[2]
-    assert trainer.minibatch_order(2, 1, 64).tolist() != orders[2]
+    records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:40]]
+    cfg = RLConfig(prompts_per_step=2, group_size=4, max_new_tokens=6, min_informative_groups=3, max_draws=4)
+    for method in ("opd", "gkd"):
+        trainer = RLTrainer(student, student, tokenizer, records, [], method, LossParams(), cfg, tmp_path, seed=0)
+        batch, rewards, info = trainer.collect(0)
+        assert info["draws"] == 1 and len(batch.texts) == 8 and len(trainer.prompt_order(0)) == 2
+    grpo = RLTrainer(student, student, tokenizer, records, [], "grpo", LossParams(), cfg, tmp_path, seed=0)
+    assert grpo.collect(0).info["draws"] == 4  # an advantage method redraws
 
 
 def test_dynamic_sampling_draws_until_enough_mixed_groups_and_drops_the_rest(

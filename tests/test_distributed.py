@@ -91,6 +91,25 @@ def test_two_processes_take_the_one_process_step_and_stay_in_sync(setup):
     assert any(float(v.abs().max()) > 0 for k, v in rank0.items() if k.startswith("grad."))
 
 
+def test_minibatches_below_a_ranks_rows_take_the_one_process_step_with_pi_old(setup):
+    """grpo on a fixed global batch cut into minibatches of 4 rows (each rank holds more): the decisions that must
+    agree across ranks (a π_old pass of its own, the number of optimiser steps) are taken once for the world, and
+    two processes take the one-process step (a rank that skipped π_old trained its later minibatches on a ratio of
+    exactly 1, never clipped)."""
+    two_processes(setup, "grpo-fixed")
+    one_process(setup, "grpo-fixed")
+    alone, rank0, rank1 = (result(setup, run, "grpo-fixed", r) for run, r in (("one", 0), ("two", 0), ("two", 1)))
+    rows = [
+        json.loads((setup / run / f"grpo-fixed-rank-{r}.json").read_text())
+        for run, r in (("one", 0), ("two", 0), ("two", 1))
+    ]
+    assert all(row["old_pass"] and row["updates"] >= 2 for row in rows)
+    assert rows[0]["updates"] == rows[1]["updates"] == rows[2]["updates"]
+    for key in alone:
+        torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)
+        assert float((rank0[key] - alone[key]).abs().max()) <= 1e-5, key
+
+
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory):
     """A prepared micro run trained in one process: data, tokenizer and teacher (a 3-step teacher)."""

@@ -102,6 +102,20 @@ def test_sft_golden():
 
 STUDENT = torch.tensor([[[0.0, 0.0]]], dtype=torch.float64)  # probs .5, .5
 TEACHER = torch.tensor([[[L(0.75), L(0.25)]]], dtype=torch.float64)  # probs .75, .25
+
+
+def test_trrd_golden_two_rows_of_different_lengths():
+    # row 1: the two tokens above, A = +1: per-token losses -1.28 and -0.632456, row mean -0.956228
+    # row 2: one token (the second masked), lp = old = teacher = log .5 -> rho = 1, A = -1: loss +1
+    # seq_mean: (-0.956228 + 1) / 2 = 0.021886 ; token_mean: (-1.28 - 0.632456 + 1) / 3 = -0.304152
+    lp = torch.cat([t(L(0.5), L(0.4)), t(L(0.5), L(0.9))])
+    old = torch.cat([t(L(0.5), L(0.5)), t(L(0.5), L(0.1))])
+    teacher = torch.cat([t(L(0.25), L(0.8)), t(L(0.5), L(0.1))])
+    mask, adv = torch.cat([ONES, t(1.0, 0.0)]), torch.tensor([1.0, -1.0])
+    assert trrd_loss(lp, old, teacher, adv, mask)[0].item() == pytest.approx(0.021886, abs=1e-6)
+    assert trrd_loss(lp, old, teacher, adv, mask, agg="token_mean")[0].item() == pytest.approx(-0.304152, abs=1e-6)
+
+
 FORWARD_KL = 0.75 * L(0.75 / 0.5) + 0.25 * L(0.25 / 0.5)  # 0.130812
 REVERSE_KL = 0.5 * L(0.5 / 0.75) + 0.5 * L(0.5 / 0.25)  # 0.143841
 
@@ -120,6 +134,19 @@ def test_gkd_golden_and_ends():
     assert gkd_loss(STUDENT, TEACHER, t(1.0), beta=1.0)[0].item() == pytest.approx(REVERSE_KL, abs=1e-9)
     with pytest.raises(ValueError, match="beta"):
         gkd_loss(STUDENT, TEACHER, t(1.0), beta=1.5)
+
+
+def test_gkd_golden_at_temperature_two():
+    # at tau = 2 the teacher's [.75, .25] becomes [sqrt .75, sqrt .25] / (sqrt .75 + sqrt .25) = [.633975, .366025];
+    # the student's [.5, .5] stays. M = [.566987, .433013]; JSD_.5 = (KL(T||M) + KL(S||M)) / 2, not scaled by tau^2
+    teacher = [math.sqrt(0.75) / (math.sqrt(0.75) + 0.5), 0.5 / (math.sqrt(0.75) + 0.5)]
+    mix = [(teacher[0] + 0.5) / 2, (teacher[1] + 0.5) / 2]
+    kl_tm = sum(p * L(p / m) for p, m in zip(teacher, mix))
+    kl_sm = sum(0.5 * L(0.5 / m) for m in mix)
+    expected = 0.5 * kl_tm + 0.5 * kl_sm  # (0.009283 + 0.009054) / 2 = 0.009169
+    assert expected == pytest.approx(0.009169, abs=1e-6)
+    got = gkd_loss(STUDENT, TEACHER, t(1.0), beta=0.5, kd_temperature=2.0)[0].item()
+    assert got == pytest.approx(expected, abs=1e-9)
 
 
 def test_group_advantages_golden():
@@ -208,8 +235,19 @@ def test_empty_mask_gives_finite_loss(name):
 
 def test_registry_describes_inputs():
     assert set(LOSSES) == {"sft", "seqkd_fresh", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"}
-    assert LOSSES["rakd"].needs_teacher and not LOSSES["grpo"].needs_teacher
-    assert LOSSES["gkd"].needs_logits and LOSSES["gkd"].on_policy and not LOSSES["fkl"].on_policy
+    # what each loss reads of the teacher and which rows it trains on: the trainer runs and charges its passes
+    # from these (gkd and fkl read whole distributions and no sampled-token log-probs; opd and gkd no advantage)
+    assert {m: (spec.teacher, spec.trains_on) for m, spec in LOSSES.items()} == {
+        "sft": ("none", "all"),
+        "seqkd_fresh": ("none", "verified"),
+        "fkl": ("logits", "all"),
+        "gkd": ("logits", "all"),
+        "opd": ("logprobs", "all"),
+        "grpo": ("none", "informative"),
+        "grpo_kl": ("logprobs", "informative"),
+        "rakd": ("logprobs", "informative"),
+    }
+    assert LOSSES["gkd"].needs_student_logits and LOSSES["gkd"].on_policy and not LOSSES["fkl"].on_policy
     assert set(LOSSES["rakd"].hparams) == {"alpha", "eps_low", "eps_high", "teacher_clamp", "agg"}
     with pytest.raises(KeyError, match="needs tensors"):
         LOSSES["rakd"]({}, {})

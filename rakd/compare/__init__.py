@@ -11,7 +11,8 @@ A finished job's row is kept, so a killed comparison re-run skips it. The orches
 cluster) lives in `flows/compare.py`; this module holds no Prefect code.
 
 Outputs under `<run>/compare/results/`: `results.json` (a row per job, with its FLOPs by phase), `results.md`
-(methods ranked by mean greedy accuracy, each against the reference with a paired bootstrap interval),
+(methods ranked by mean greedy accuracy, each against the reference with a Welch-t interval, at the equal budget
+and at the reference's step count),
 `curves.png` (val accuracy against step, training FLOPs with the Pareto front, and wall seconds).
 """
 
@@ -31,25 +32,27 @@ from rakd.compare.jobs import (
 from rakd.compare.results import (
     alpha_rows,
     load_rows,
-    paired_bootstrap,
     plot_curves,
     summary_rows,
     variants_in_order,
     write_results,
 )
+from rakd.compare.stats import INTERVAL, Interval, difference_interval
 from rakd.stage_config import CLAMP_OFF, CompareConfig
 
 __all__ = [
     "CLAMP_OFF",
     "CompareConfig",
+    "INTERVAL",
+    "Interval",
     "Job",
     "alpha_rows",
+    "difference_interval",
     "job_distill_config",
     "link_base",
     "link_run",
     "load_rows",
     "matched_budget",
-    "paired_bootstrap",
     "parameter_ratio",
     "plan_jobs",
     "plan_problem",

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rakd.flops import PHASES
+from rakd.flops import Ledger
 from rakd.io import atomic_write_json, fingerprint
 from rakd.layout import RunLayout
 from rakd.stage_config import CLAMP_OFF, CompareConfig
@@ -111,6 +111,7 @@ def job_distill_config(distill, compare: CompareConfig, job: Job, budget: dict |
             "optim": distill.rl.optim.model_copy(update={"lr": job.lr}),
             "time_budget_s": None,
             "flops_budget": None,
+            "readout_steps": steps if budget else None,  # each job read per step too, at the reference's count
             **(budget or {}),
         }
     )
@@ -155,8 +156,21 @@ def _elapsed(rows: list[dict], step: int) -> float:
 
 
 def _trained(rows: list[dict], step: int) -> int:
-    """Training FLOPs of RL up to `step` (the ledger's phases, evaluation left out: what a FLOP budget counts)."""
-    return sum(r.get(f"flops_{phase}", 0) for r in rows if r["step"] <= step for phase in PHASES if phase != "eval")
+    """Training FLOPs of RL up to `step` (`Ledger.training`: what a FLOP budget counts)."""
+    return Ledger.of_rows(r for r in rows if r["step"] <= step).training
+
+
+def readouts(final: dict, steps: int, reference_steps: int | None) -> tuple[dict, dict | None]:
+    """The job's test results (greedy accuracy, s.e., per problem, steps) at its budget and at the reference's step
+    count: from the run's readouts (`rl.readout_steps`), else the final evaluation stands for both."""
+    keep = ("greedy_accuracy", "greedy_stderr", "greedy_correct")
+    last = {"steps": steps, **{k: final.get(k) for k in keep}}
+    by_reason = {r["at"]: r for r in final.get("readouts", [])}
+    budget = {k: v for k, v in by_reason.get("budget", last).items() if k != "at"}
+    at_steps = {k: v for k, v in by_reason.get("steps", last).items() if k != "at"}
+    if reference_steps is None or at_steps["steps"] != reference_steps:
+        at_steps = None  # a reference job, or a job the step cap stopped short
+    return budget, at_steps
 
 
 def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) -> dict:
@@ -177,25 +191,31 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
     finished = time.time()
     rows = read_jsonl(layout.student / "metrics.jsonl")
     final = result.eval
-    phases = {phase: sum(r.get(f"flops_{phase}", 0) for r in rows) for phase in PHASES}
+    budget, at_steps = readouts(final, len(rows), distill_cfg.rl.readout_steps)
+    budget_rows = [r for r in rows if r["step"] <= budget["steps"]]
     row = {
         **asdict(job),
         "name": job.name,
         "variant": job.variant,
-        "steps": len(rows),
-        "greedy_accuracy": final["greedy_accuracy"],
-        "greedy_stderr": final["greedy_stderr"],
-        "sampled_accuracy": final.get("sampled_accuracy"),
+        "steps": budget["steps"],
+        "steps_run": len(rows),
+        "greedy_accuracy": budget["greedy_accuracy"],
+        "greedy_stderr": budget["greedy_stderr"],
+        "greedy_correct": budget["greedy_correct"],
+        "at_reference_steps": at_steps,
+        # sampled accuracy and pass@k come from the final evaluation: kept only where that is the budget's point
+        "sampled_accuracy": final.get("sampled_accuracy") if budget["steps"] == len(rows) else None,
         "sampled_stderr": final.get("sampled_stderr"),
-        "pass_at_k": final.get("pass_at_k"),
-        "by_difficulty": final.get("by_difficulty"),
+        "pass_at_k": final.get("pass_at_k") if budget["steps"] == len(rows) else None,
+        "by_difficulty": final.get("by_difficulty") if budget["steps"] == len(rows) else None,
         "warmstart_greedy_accuracy": result.eval_warmstart["greedy_accuracy"],
-        "seconds": result.seconds["rl"],
-        "flops_total": _trained(rows, len(rows)),  # the job's own training; the shared warm start is the context's
-        "flops": {phase: count for phase, count in phases.items() if count},
+        "seconds": result.seconds["rl"],  # the whole RL run's wall time, readouts past the budget included
+        "seconds_compute": _elapsed(rows, budget["steps"]),  # sampling, teacher and update up to the budget
+        # the job's own training at its budget; the shared warm start is the context's
+        "flops_total": _trained(rows, budget["steps"]),
+        "flops": Ledger.of_rows(budget_rows).phases(),
         "started": started,
         "finished": finished,
-        "greedy_correct": final.get("greedy_correct"),
         "curve": [
             {
                 "step": r["step"],
@@ -208,7 +228,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
         ],
     }
     for part in ("sample", "teacher", "update"):
-        row[f"seconds_{part}"] = sum(r.get(f"seconds_{part}", 0.0) for r in rows)
+        row[f"seconds_{part}"] = sum(r.get(f"seconds_{part}", 0.0) for r in budget_rows)
     atomic_write_json(kept, {"key": key, "row": row})
     shutil.rmtree(layout.root, ignore_errors=True)
     return row

@@ -1,14 +1,14 @@
-"""The comparison's results: per-variant statistics over seeds, paired bootstrap intervals against the
-reference, the α table, the val curves, and `results.{json,md}` + `curves.png` under `<run>/compare/results/`."""
+"""The comparison's results: per-variant statistics over seeds, intervals against the reference (`stats`: Welch t over
+seed means plus the paired per-problem component), each row read at the equal budget and at the reference's step
+count, the α table, the val curves, and `results.{json,md}` + `curves.png` under `<run>/compare/results/`."""
 
 from __future__ import annotations
 
 import json
-import math
-import random
 import statistics
 from pathlib import Path
 
+from rakd.compare.stats import INTERVAL, correctness, difference_interval
 from rakd.flops import format_flops
 from rakd.stage_config import CLAMP_OFF, CompareConfig
 
@@ -17,9 +17,10 @@ def variants_in_order(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["variant"] for r in rows))
 
 
-def summary_rows(rows: list[dict], reference: str, resamples: int, seed: int = 0) -> list[dict]:
-    """Mean ± std over seeds per variant, ranked by mean greedy accuracy, with the mean training FLOPs and the
-    paired bootstrap 95% interval of (variant − reference)."""
+def summary_rows(rows: list[dict], reference: str, level: float = 0.95) -> list[dict]:
+    """Mean ± std over seeds per variant, ranked by mean greedy accuracy at the equal budget, with the mean steps,
+    training FLOPs and seconds, the greedy accuracy at the reference jobs' step count, and the interval of
+    (variant − reference) at `level` both ways."""
     by_variant: dict[str, list[dict]] = {}
     for row in rows:
         by_variant.setdefault(row["variant"], []).append(row)
@@ -27,52 +28,38 @@ def summary_rows(rows: list[dict], reference: str, resamples: int, seed: int = 0
     for variant in variants_in_order(rows):
         runs = by_variant[variant]
         greedy = [r["greedy_accuracy"] for r in runs]
-        sampled = [r["sampled_accuracy"] for r in runs if r["sampled_accuracy"] is not None]
         entry = {
             "method": variant,
             "seeds": len(runs),
             "greedy": _mean_std(greedy),
-            "sampled": _mean_std(sampled),
-            "pass@k": _mean_std([r["pass_at_k"] for r in runs if r["pass_at_k"] is not None]),
+            "sampled": _mean_std([r.get("sampled_accuracy") for r in runs]),
+            "pass@k": _mean_std([r.get("pass_at_k") for r in runs]),
             "steps": f"{statistics.fmean(r['steps'] for r in runs):.0f}",
             "FLOPs": format_flops(statistics.fmean(r.get("flops_total", 0) for r in runs)),
-            "seconds": f"{statistics.fmean(r['seconds'] for r in runs):.0f}",
+            "seconds": f"{statistics.fmean(r.get('seconds_compute', r['seconds']) for r in runs):.0f}",
         }
+        at_steps = [r["at_reference_steps"] for r in runs if r.get("at_reference_steps")]
+        entry["greedy at reference steps"] = _mean_std([a["greedy_accuracy"] for a in at_steps])
         if variant != reference and reference in by_variant:
-            low, mid, high = paired_bootstrap(runs, by_variant[reference], resamples, seed)
-            entry[f"vs {reference} (greedy, 95% CI)"] = f"{100 * mid:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+            theirs = by_variant[reference]
+            budget = difference_interval([correctness(r) for r in runs], [correctness(r) for r in theirs], level)
+            entry[f"vs {reference} at equal budget"] = budget.format()
+            if len(at_steps) == len(runs):
+                per_step = difference_interval(
+                    [correctness(a) for a in at_steps], [correctness(r) for r in theirs], level
+                )
+                entry[f"vs {reference} at equal steps"] = per_step.format()
         table.append((statistics.fmean(greedy), entry))
     ranked = sorted(table, key=lambda pair: -pair[0])
     return [{"rank": rank, **entry} for rank, (_, entry) in enumerate(ranked, 1)]
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
     if not values:
         return "-"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * statistics.fmean(values):.1f} ± {100 * std:.1f}"
-
-
-def paired_bootstrap(runs: list[dict], reference: list[dict], resamples: int, seed: int) -> tuple[float, float, float]:
-    """(2.5%, mean, 97.5%) of mean greedy accuracy difference, resampling seeds and test problems (paired by
-    problem: both sides see the same resampled problems)."""
-    ours = [[c == "1" for c in r["greedy_correct"]] for r in runs]
-    theirs = [[c == "1" for c in r["greedy_correct"]] for r in reference]
-    n = len(ours[0])
-    rng = random.Random(seed)
-    diffs = []
-    for _ in range(resamples):
-        problems = [rng.randrange(n) for _ in range(n)]
-        a = [ours[rng.randrange(len(ours))] for _ in ours]
-        b = [theirs[rng.randrange(len(theirs))] for _ in theirs]
-        mean_a = sum(run[i] for run in a for i in problems) / (len(a) * n)
-        mean_b = sum(run[i] for run in b for i in problems) / (len(b) * n)
-        diffs.append(mean_a - mean_b)
-    diffs.sort()
-    point = statistics.fmean(r["greedy_accuracy"] for r in runs) - statistics.fmean(
-        r["greedy_accuracy"] for r in reference
-    )
-    return diffs[int(0.025 * resamples)], point, diffs[min(resamples - 1, math.ceil(0.975 * resamples))]
 
 
 def alpha_rows(rows: list[dict]) -> list[dict]:
@@ -163,18 +150,30 @@ def write_results(rows: list[dict], out: Path, cfg: CompareConfig, reference: st
     from rakd.io import atomic_dir, atomic_write_json, atomic_write_text
     from rakd.tables import markdown_table
 
-    tables = {"methods": summary_rows(rows, reference, cfg.bootstrap), "alpha": alpha_rows(rows)}
+    tables = {"methods": summary_rows(rows, reference, cfg.interval_level), "alpha": alpha_rows(rows)}
+    context = {**context, "interval": f"{cfg.interval_level:.0%}, {INTERVAL}"}
     slim = [{k: v for k, v in r.items() if k != "greedy_correct"} for r in rows]
+    slim = [
+        {**r, "at_reference_steps": {k: v for k, v in r["at_reference_steps"].items() if k != "greedy_correct"}}
+        if r.get("at_reference_steps")
+        else r
+        for r in slim
+    ]
     out.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out / "results") as staging:
         atomic_write_json(staging / "results.json", {"context": context, "runs": slim})
         atomic_write_json(staging / "per_problem.json", {r["name"]: r["greedy_correct"] for r in rows})
+        at_steps = {r["name"]: r["at_reference_steps"]["greedy_correct"] for r in rows if r.get("at_reference_steps")}
+        atomic_write_json(staging / "per_problem_at_reference_steps.json", at_steps)
         lines = [
             "# Distillation methods compared",
             "",
             *[f"- {k}: {v}" for k, v in context.items()],
             "",
             "## Methods, ranked (test greedy / sampled accuracy and pass@k, mean ± std over seeds)",
+            "",
+            "Each job is read twice from one run: at the equal budget (greedy, and the interval at equal budget) and "
+            "at the reference jobs' step count (greedy at reference steps, and the interval at equal steps).",
             "",
             markdown_table(tables["methods"]),
             "",

@@ -1,8 +1,12 @@
 """The loss registry: every distillation method as a pure function over per-token tensors.
 
 `LOSSES[name]` is a `LossSpec` whose `inputs` say which tensors the method
-needs (so a trainer fetches teacher log-probs or logits only when asked) and
-whose `hparams` are its keyword-only hyper-parameters. Trainers call
+needs and whose `hparams` are its keyword-only hyper-parameters. From the
+inputs, by construction, each spec declares the teacher signal it needs
+(`teacher`: none, the sampled tokens' log-probs, or whole logits) and the rows
+it trains on (`trains_on`: the groups with mixed rewards when it reads an
+advantage, the verified rows of new teacher traces, else every row); the
+trainer both runs and charges its passes from those two. Trainers call
 `spec(tensors, hparams)` and never branch on the method name.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -20,6 +25,8 @@ from rakd.losses.distill import fkl_loss, gkd_loss, sft_loss
 from rakd.losses.policy import grpo_kl_loss, grpo_loss, k3_kl, opd_loss, trrd_loss
 
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
+TeacherSignal = Literal["none", "logprobs", "logits"]
+RowSource = Literal["informative", "verified", "all"]
 
 
 @dataclass(frozen=True)
@@ -55,11 +62,24 @@ class LossSpec:
         return resolved
 
     @property
-    def needs_teacher(self) -> bool:
-        return any(name.startswith("teacher_") for name in self.inputs)
+    def teacher(self) -> TeacherSignal:
+        """What the loss reads of the teacher: its whole distribution at every position (`logits`, a forward pass
+        in every epoch), the log-probs of the sampled tokens (`logprobs`, one scoring pass), or nothing."""
+        if "teacher_logits" in self.inputs:
+            return "logits"
+        return "logprobs" if "teacher_logprobs" in self.inputs else "none"
 
     @property
-    def needs_logits(self) -> bool:
+    def trains_on(self) -> RowSource:
+        """The rows that enter the loss: groups with mixed rewards when the loss reads an advantage (an all-equal
+        group's is zero), the verified rows of new teacher traces, else every row."""
+        if self.fresh_traces:
+            return "verified"
+        return "informative" if "advantages" in self.inputs else "all"
+
+    @property
+    def needs_student_logits(self) -> bool:
+        """Whether the loss reads the student's whole distribution (not only its sampled tokens' log-probs)."""
         return "student_logits" in self.inputs
 
     def __call__(self, tensors: Mapping[str, torch.Tensor], hparams: Mapping[str, object]):

@@ -93,6 +93,12 @@ class RLConfig(StageConfig):
         description="stop once RL's own training FLOPs (teacher generation and scoring, student sampling and "
         "updates; evaluation left out) reach this (a compute-matched baseline); steps stays the cap",
     )
+    readout_steps: int | None = Field(
+        None,
+        ge=1,
+        description="with a budget: also read the student out after this many RL steps, running past the spent "
+        "budget if need be (rakd compare reads each job per step and per FLOP from one run; eval.json readouts)",
+    )
     backend: Backend = Field(
         "auto",
         description="sampler: auto (graph on CUDA, loop elsewhere: the fastest measured on each), loop (our "

@@ -53,6 +53,14 @@ class World:
     def max(self, value: float) -> float:
         return self._reduce(value, "MAX")
 
+    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of `tensor` over ranks (float64, on the CPU); `tensor` itself in a world of one."""
+        if not self.active:
+            return tensor
+        summed = tensor.to(dtype=torch.float64, device=_device())
+        dist.all_reduce(summed)
+        return summed.cpu()
+
     def fraction(self, units: float) -> float:
         """This rank's share of a global batch measured in `units` (rows or tokens): the weight of its loss, so
         that the summed gradients are those of the whole batch. 1 in a world of one."""

@@ -9,6 +9,7 @@ updates. The method enters only through its `LossSpec`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rakd.flops import ModelDims, rollout_flops
+from rakd.flops import Ledger, ModelDims, rollout_flops
 from rakd.losses import LOSSES, LossSpec, group_advantages
 from rakd.progress import Progress
 from rakd.rollout import (
@@ -36,6 +37,7 @@ from rakd.train.checkpoint import CheckpointedTrainer
 from rakd.train.common import MetricsLog, autocast, make_optimizer, make_scheduler, step_seed
 from rakd.train.config import LossParams, Method, RLConfig
 from rakd.train.distributed import World, clip_gradients, full_weights, is_sharded
+from rakd.train.plan import StepPlan, minibatch_chunks
 from rakd.verify import reward
 
 
@@ -46,10 +48,31 @@ def token_entropy(logits: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 def step_flops_of(row: dict, *, training_only: bool = False) -> int:
-    """The FLOPs a metrics row records for its own step: every `flops_<phase>` key (not the running total); with
-    `training_only`, evaluation left out (what `rl.flops_budget` counts)."""
-    skip = {"flops_total", "flops_eval"} if training_only else {"flops_total"}
-    return sum(v for k, v in row.items() if k.startswith("flops_") and k not in skip)
+    """The FLOPs a metrics row records for its own step (not the running total); with `training_only`, the
+    ledger's training FLOPs (what `rl.flops_budget` counts)."""
+    ledger = Ledger.of_row(row)
+    return ledger.training if training_only else ledger.total
+
+
+@dataclasses.dataclass
+class Collected:
+    """A step's rows (`batch`, their `rewards`), the sampling metrics (`info`) and each row's position among the
+    step's rows over every rank (`positions`: what the world's minibatches are cut by)."""
+
+    batch: Rollouts
+    rewards: torch.Tensor
+    info: dict
+    positions: torch.Tensor
+
+    def __iter__(self):  # batch, rewards, info = trainer.collect(step)
+        return iter((self.batch, self.rewards, self.info))
+
+
+def shared_positions(world: World, local_units: int, unit: int, offset: int = 0) -> torch.Tensor:
+    """Positions over every rank of this rank's rows when a list of units (prompts, or traces) was shared out with
+    `world.share` (rank r holds units r, r + size, ...) and each unit became `unit` consecutive rows."""
+    units = torch.arange(local_units).repeat_interleave(unit) * world.size + world.rank
+    return offset + units * unit + torch.arange(unit).repeat(local_units)
 
 
 class RLTrainer(CheckpointedTrainer):
@@ -102,12 +125,12 @@ class RLTrainer(CheckpointedTrainer):
     def prompt_order(self, step: int) -> list[dict]:
         """The prompts step `step` may draw, in order: `prompts_per_step` per draw, never one twice in a step."""
         rng = random.Random(step_seed(self.seed, step, salt=101))
-        draws = self.cfg.max_draws if self.cfg.min_informative_groups else 1
+        draws = self.cfg.max_draws if self.dynamic_sampling else 1
         return rng.sample(self.records, min(self.cfg.prompts_per_step * draws, len(self.records)))
 
-    def collect(self, step: int) -> tuple[Rollouts, torch.Tensor, dict]:
-        """(batch, rewards, sampling metrics): student samples for on-policy methods, teacher traces otherwise (new
-        ones for `fresh_traces` methods)."""
+    def collect(self, step: int) -> Collected:
+        """The step's rows: student samples for on-policy methods, teacher traces otherwise (new ones for
+        `fresh_traces` methods)."""
         if self.spec.fresh_traces:
             return self.fresh_traces(step)
         if not self.spec.on_policy:
@@ -116,7 +139,8 @@ class RLTrainer(CheckpointedTrainer):
             picked = self.world.share(picked)
             batch = pack_pairs(self.tokenizer, [(t["question"], t["completion"]) for t in picked])
             rewards = torch.tensor([reward(text, t["answer"]) for text, t in zip(batch.texts, picked)])
-            return batch, rewards, {"reward_mean": float(rewards.mean()), "flops_student_sample": 0}
+            info = {"reward_mean": float(rewards.mean()), "flops_student_sample": 0}
+            return Collected(batch, rewards, info, shared_positions(self.world, len(picked), 1))
         return self.draw_groups(step)
 
     @functools.cached_property
@@ -124,7 +148,7 @@ class RLTrainer(CheckpointedTrainer):
         """The RL pool in the seeded order seqkd_fresh traces it."""
         return random.Random(step_seed(self.seed, 0, salt=211)).sample(self.records, len(self.records))
 
-    def fresh_traces(self, step: int) -> tuple[Rollouts, torch.Tensor, dict]:
+    def fresh_traces(self, step: int) -> Collected:
         """seqkd_fresh: the teacher samples G solutions of `prompts_per_step` questions of the RL pool that no earlier
         step traced (the step's slice of one seeded order, starting over once the pool is used up), at the RL
         sampling temperature; the verifier's rewards say which rows train. Every sample costs teacher decoding."""
@@ -145,14 +169,20 @@ class RLTrainer(CheckpointedTrainer):
         rewards = torch.tensor([reward(text, answer) for text, answer in zip(batch.texts, answers)])
         generated = int(self.world.sum(rollout_flops(self.teacher_dims, batch)))
         info = {"reward_mean": float(rewards.mean()), "flops_student_sample": 0, "flops_teacher_generate": generated}
-        return batch, rewards, info
+        return Collected(batch, rewards, info, shared_positions(self.world, len(chosen), self.cfg.group_size))
 
-    def draw_groups(self, step: int) -> tuple[Rollouts, torch.Tensor, dict]:
+    @property
+    def dynamic_sampling(self) -> bool:
+        """Whether steps draw more prompts until they hold `min_informative_groups` groups with mixed rewards: only
+        for a loss that reads an advantage (for the others an all-equal group is a signal like any other)."""
+        return bool(self.cfg.min_informative_groups) and self.spec.trains_on == "informative"
+
+    def draw_groups(self, step: int) -> Collected:
         """G samples for each of `prompts_per_step` prompts; with dynamic sampling, more draws until the step holds
         `min_informative_groups` groups with mixed rewards (all-equal groups are dropped when zero_adv=skip)."""
         cfg, group = self.cfg, self.cfg.group_size
         order, kept, kept_rewards, every_reward, informative, draws = self.prompt_order(step), [], [], [], 0, 0
-        first, sampled_flops = None, 0
+        first, sampled_flops, kept_positions = None, 0, []
         for start in range(0, len(order), cfg.prompts_per_step):
             chosen, draws = self.world.share(order[start : start + cfg.prompts_per_step]), draws + 1
             batch = sample(
@@ -170,16 +200,18 @@ class RLTrainer(CheckpointedTrainer):
                 [reward(t, a) for t, a in zip(batch.texts, [r["answer"] for r in chosen for _ in range(group)])]
             )
             sampled_flops += rollout_flops(self.student_dims, batch)  # every draw costs, kept or not
+            positions = shared_positions(self.world, len(chosen), group, offset=start * group)
             every_reward.append(rewards)
-            first = first or (batch, rewards)
+            first = first or (batch, rewards, positions)
             mixed = ~group_advantages(rewards, group)[1]
-            if cfg.min_informative_groups and cfg.zero_adv == "skip":
+            if self.dynamic_sampling and cfg.zero_adv == "skip":
                 keep = torch.nonzero(mixed).squeeze(-1)
-                batch, rewards = select_rows(batch, keep), rewards[keep]
+                batch, rewards, positions = select_rows(batch, keep), rewards[keep], positions[keep]
             kept.append(batch)
             kept_rewards.append(rewards)
+            kept_positions.append(positions)
             informative += int(self.world.sum(int(mixed.sum()) // group))  # every rank decides alike
-            if informative >= cfg.min_informative_groups:
+            if not self.dynamic_sampling or informative >= cfg.min_informative_groups:
                 break
         every_reward = torch.cat(every_reward)
         drawn = self.world.sum(len(every_reward))
@@ -193,8 +225,9 @@ class RLTrainer(CheckpointedTrainer):
             "flops_student_sample": int(self.world.sum(sampled_flops)),
         }
         if not informative:  # nothing to learn from in any draw: the first draw, whole (zero_adv decides)
-            return first[0], first[1], info
-        return concat_rollouts(kept, self.tokenizer.pad_token_id), torch.cat(kept_rewards), info
+            return Collected(first[0], first[1], info, first[2])
+        batch = concat_rollouts(kept, self.tokenizer.pad_token_id)
+        return Collected(batch, torch.cat(kept_rewards), info, torch.cat(kept_positions))
 
     def score_rows(self, scorer, batch: Rollouts, rows: torch.Tensor, temperature: float) -> torch.Tensor:
         """Per-token log-probs (B, T) from `scorer(batch, temperature)` for `rows` only (the rows that enter the
@@ -205,18 +238,28 @@ class RLTrainer(CheckpointedTrainer):
         return scores
 
     def run(
-        self, on_step: Callable[[int, dict], None] | None = None, after_step: Callable[[int], None] | None = None
+        self,
+        on_step: Callable[[int, dict], None] | None = None,
+        after_step: Callable[[int], None] | None = None,
+        on_readout: Callable[[int, str], None] | None = None,
     ) -> None:
         """Steps `start_step`..`cfg.steps`: `on_step(step, row)` may add to the row before it is logged;
         `after_step(step)` runs once the step is logged and checkpointed. Under torchrun only rank 0 calls
-        `on_step`, logs and checkpoints (every rank holds the same weights)."""
+        `on_step`, logs and checkpoints (every rank holds the same weights). With a budget and
+        `cfg.readout_steps`, the run goes on to whichever comes later, and `on_readout(steps_done, "budget")` or
+        `on_readout(steps_done, "steps")` reads the student out at the earlier one (every rank calls it)."""
         main = self.world.main
         progress = Progress(f"distill:{self.method}", self.cfg.steps, self.start_step, every=5) if main else None
         started = time.perf_counter()
         spent = self.flops_before + sum(step_flops_of(row) for row in self.log.rows())  # rows kept on resume
         trained = sum(step_flops_of(row, training_only=True) for row in self.log.rows())
+        readout, budget_spent = self.cfg.readout_steps or 0, False
         for step in range(self.start_step, self.cfg.steps):
-            if self.over_budget(time.perf_counter() - started, trained):
+            if not budget_spent and self.over_budget(time.perf_counter() - started, trained):
+                budget_spent = True
+                if step < readout and on_readout:
+                    self.read_out(on_readout, step, "budget")
+            if budget_spent and step >= readout:
                 if step > self.start_step:
                     self.save(step)
                 break
@@ -235,6 +278,17 @@ class RLTrainer(CheckpointedTrainer):
                 self.save(step + 1)
             if after_step:
                 after_step(step + 1)
+            if step + 1 == readout and on_readout and self.budgeted and step + 1 < self.cfg.steps:
+                if not self.over_budget(time.perf_counter() - started, trained):  # else the budget reads it out
+                    self.read_out(on_readout, step + 1, "steps")
+
+    @property
+    def budgeted(self) -> bool:
+        return self.cfg.time_budget_s is not None or self.cfg.flops_budget is not None
+
+    def read_out(self, on_readout: Callable[[int, str], None], steps_done: int, reason: str) -> None:
+        with full_weights(self.student):
+            on_readout(steps_done, reason)
 
     def over_budget(self, seconds: float, trained_flops: int) -> bool:
         """Whether `rl.time_budget_s` or `rl.flops_budget` is spent (every rank decides alike)."""
@@ -248,34 +302,33 @@ class RLTrainer(CheckpointedTrainer):
         # π_old and π_θ agree exactly before the first optimiser step (on a sharded student's gathered weights).
         with autocast(self.device), full_weights(self.student):
             t0 = time.perf_counter()
-            batch, rewards, sampled = self.collect(step)
+            collected = self.collect(step)
+            batch, rewards = collected.batch, collected.rewards
             t_sample = time.perf_counter() - t0
             group = self.cfg.group_size if self.spec.on_policy else 1
             advantages, degenerate = group_advantages(rewards, group)
-            uses_adv = "advantages" in self.spec.inputs
-            trains = ~degenerate if uses_adv else torch.ones_like(degenerate)
-            if self.spec.fresh_traces:  # new teacher samples: the ones the verifier accepts
-                trains = rewards == 1
-            main_rows = torch.nonzero(trains).squeeze(-1)
+            trains = {"informative": ~degenerate, "verified": rewards == 1}.get(self.spec.trains_on)
+            main_rows = torch.nonzero(trains if trains is not None else torch.ones_like(degenerate)).squeeze(-1)
             kd_rows = torch.nonzero(degenerate).squeeze(-1) if self.kd_spec else main_rows[:0]
             rows = torch.cat([main_rows, kd_rows])
+            plan = StepPlan.make(self.spec, self.cfg, int(self.world.sum(len(rows))), kd=self.kd_spec is not None)
+            teacher_rows = {"loss": rows, "kd": kd_rows}.get(plan.teacher_logprobs, rows[:0])
             t1 = time.perf_counter()
-            needs_teacher = self.spec.needs_teacher or self.kd_spec is not None
-            teacher_lp = self.score_rows(self.teacher_scorer, batch, rows, self.temperature) if needs_teacher else None
+            teacher_lp = (
+                self.score_rows(self.teacher_scorer, batch, teacher_rows, self.temperature)
+                if plan.teacher_logprobs != "none"
+                else None
+            )
             t_teacher = time.perf_counter() - t1
             # π_old: a forward pass of its own only when the update takes more than one optimiser step; with
             # one step on-policy, π_old is π_θ before that step, i.e. the update's own log-probs, detached.
-            needs_old = "old_logprobs" in self.spec.inputs or self.kd_spec is not None
-            old_lp = (
-                self.score_rows(self.student_scorer, batch, rows, self.temperature)
-                if needs_old and not (self.single_update(len(rows)))
-                else None
-            )
-        flops = self.step_flops(
-            select_rows(batch, rows), teacher_passes=int(needs_teacher), old_pass=old_lp is not None
+            old_lp = self.score_rows(self.student_scorer, batch, rows, self.temperature) if plan.old_pass else None
+        ledger = plan.ledger(
+            self.student_dims, self.teacher_dims, select_rows(batch, rows), select_rows(batch, teacher_rows)
         )
         t2 = time.perf_counter()
-        metrics = self.update(step, batch, advantages, old_lp, teacher_lp, main_rows, kd_rows)
+        positions = collected.positions[rows]
+        metrics = self.update(step, plan, batch, advantages, old_lp, teacher_lp, main_rows, kd_rows, positions)
         t_update = time.perf_counter() - t2
         with warnings.catch_warnings():  # a step whose groups were all degenerate took no optimiser step
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
@@ -283,10 +336,12 @@ class RLTrainer(CheckpointedTrainer):
         n_tokens = int(batch.completion_mask.sum())
         return {
             "accuracy": float((rewards == 1).float().mean()),
-            **sampled,
+            **collected.info,
             **metrics,
-            **flops,
-            "degenerate_frac": float(degenerate.float().mean()) if uses_adv else 0.0,
+            "flops_teacher_score": int(self.world.sum(ledger.teacher_score)),
+            "flops_student_update": int(self.world.sum(ledger.student_update)),
+            "old_pass": plan.old_pass,
+            "degenerate_frac": float(degenerate.float().mean()) if self.spec.trains_on == "informative" else 0.0,
             "rows_in_loss": len(rows),
             "response_length": n_tokens / max(1, len(batch.texts)),
             "tokens_per_s": n_tokens / max(t_sample, 1e-9),
@@ -296,45 +351,22 @@ class RLTrainer(CheckpointedTrainer):
             "lr": self.scheduler.get_last_lr()[0],
         }
 
-    def step_flops(self, loss_rows: Rollouts, *, teacher_passes: int, old_pass: bool) -> dict[str, int]:
-        """The step's teacher and update phases of the compute ledger (rakd.flops), summed over ranks: the
-        teacher's passes over the rows that enter the loss (its log-probs once; its logits in every epoch for the
-        methods that need them), and the update's training passes plus a separate π_old pass."""
-        teacher_passes += self.cfg.ppo_epochs if self.spec.needs_logits else 0
-        teacher = teacher_passes * rollout_flops(self.teacher_dims, loss_rows)
-        update = self.cfg.ppo_epochs * rollout_flops(self.student_dims, loss_rows, training=True)
-        update += rollout_flops(self.student_dims, loss_rows) if old_pass else 0
-        return {
-            "flops_teacher_score": int(self.world.sum(teacher)),
-            "flops_student_update": int(self.world.sum(update)),
-        }
-
     @property
     def temperature(self) -> float:
         """The temperature rollouts were sampled at: π_old, π_θ and the teacher are all taken on logits / T."""
         return self.cfg.temperature if self.spec.on_policy else 1.0
 
-    def single_update(self, n_rows: int) -> bool:
-        """True when the step's update is one optimiser step over all its rows (one epoch, one minibatch)."""
-        return self.cfg.ppo_epochs == 1 and n_rows <= self.cfg.minibatch_size
-
-    def minibatch_order(self, step: int, epoch: int, n_rows: int) -> torch.Tensor:
-        """The seeded shuffle of the rows for one PPO epoch of one step (a different order every step and epoch)."""
-        return torch.randperm(n_rows, generator=torch.Generator().manual_seed(step_seed(self.seed, step, salt=epoch)))
-
-    def update(self, step, batch, advantages, old_lp, teacher_lp, main_rows, kd_rows) -> dict:
-        """`ppo_epochs` passes of minibatch steps over the rows that carry a signal (under torchrun: every rank
-        takes the same number of optimiser steps, each over its share of the rows)."""
+    def update(self, step, plan: StepPlan, batch, advantages, old_lp, teacher_lp, main_rows, kd_rows, positions):
+        """`plan.epochs` passes of `plan.chunks` minibatch steps over the rows that carry a signal (under torchrun:
+        every rank takes the same optimiser steps, each over its rows of the world's minibatch)."""
         self.student.train()
         rows = torch.cat([main_rows, kd_rows])
         is_kd = torch.cat([torch.zeros(len(main_rows), dtype=torch.bool), torch.ones(len(kd_rows), dtype=torch.bool)])
         sums: dict[str, float] = defaultdict(float)
         updates = 0
-        n_chunks = int(self.world.max(-(-len(rows) // self.cfg.minibatch_size)))
-        for epoch in range(self.cfg.ppo_epochs if n_chunks else 0):
-            order = self.minibatch_order(step, epoch, len(rows))
-            chunks = order.tensor_split(n_chunks) if self.world.active else order.split(self.cfg.minibatch_size)
-            for chunk in chunks:
+        for epoch in range(plan.epochs):
+            seed = step_seed(self.seed, step, salt=epoch)  # a different order every step and epoch
+            for chunk in minibatch_chunks(positions, plan.chunks, seed, self.world):
                 picked = rows[chunk]
                 part = trimmed(select_rows(batch, picked))  # padding every row shares costs compute, not signal
                 width = part.completion_ids.shape[1]
@@ -373,7 +405,7 @@ class RLTrainer(CheckpointedTrainer):
             tensors.update(old_logprobs=old, advantages=advantages.to(self.device))
             if teacher_lp is not None:
                 tensors["teacher_logprobs"] = teacher_lp.to(self.device)
-            if self.spec.needs_logits:
+            if self.spec.teacher == "logits":
                 with torch.no_grad():
                     tensors["teacher_logits"] = completion_logits(self.teacher, batch).float()
             logits = tensors["student_logits"]

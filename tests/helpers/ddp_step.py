@@ -3,9 +3,11 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/helpers/ddp_step.py MODEL TRACES OUT METHODS
 
 For each method of the comma list METHODS, one step from the same initial student; writes
-OUT/METHOD-rank-R.safetensors: the weights after the step and the summed gradients of that step. A method
-written METHOD+fsdp shards the student first (FSDP2); its weights and gradients are gathered to rank 0, which
-alone writes them.
+OUT/METHOD-rank-R.safetensors: the weights after the step and the summed gradients of that step (and the step's
+metrics row as OUT/METHOD-rank-R.json). A method written METHOD+fsdp shards the student first (FSDP2); its weights
+and gradients are gathered to rank 0, which alone writes them. `grpo-fixed` is a grpo step on a fixed global batch
+(16 traces as 4 groups of 4, shared out by group) cut into minibatches of 4 rows: several optimiser steps, π_old
+from a pass of its own, and the same step in any number of processes.
 """
 
 import json
@@ -21,7 +23,7 @@ from rakd.models.load import load_causal_lm
 from rakd.train.common import OptimConfig
 from rakd.train.config import LossParams, RLConfig
 from rakd.train.distributed import World, full_state_dict, is_sharded, shard, world_from_env
-from rakd.train.rl import RLTrainer
+from rakd.train.rl import Collected, RLTrainer, shared_positions
 from rakd.train.sft import SFTConfig, SFTTrainer
 
 
@@ -44,7 +46,9 @@ def one_step(model_dir: str, traces_path: str, out: str, method: str) -> None:
     world = world_from_env()
     student, tokenizer = load_causal_lm(model_dir)
     label, method = method, method.removesuffix("+fsdp")
-    if label != method:
+    fixed = method == "grpo-fixed"
+    method = "grpo" if fixed else method
+    if label.endswith("+fsdp"):
         student = shard(student, world)
     traces = json.loads(Path(traces_path).read_text())
     records = [{"question": t["question"], "answer": t["answer"]} for t in traces]
@@ -54,6 +58,7 @@ def one_step(model_dir: str, traces_path: str, out: str, method: str) -> None:
         group_size=4,
         max_new_tokens=8,
         min_informative_groups=0,
+        minibatch_size=4 if fixed else 1024,
         prompts="all",
         optim=OptimConfig(lr=1e-3, warmup_steps=0, schedule="constant"),
     )
@@ -75,7 +80,7 @@ def one_step(model_dir: str, traces_path: str, out: str, method: str) -> None:
         trainer.step(0)
         save(student, grads, out, label, world.rank)
         return
-    trainer = RLTrainer(
+    trainer = (FixedBatchTrainer if fixed else RLTrainer)(
         student,
         student,
         tokenizer,
@@ -88,8 +93,24 @@ def one_step(model_dir: str, traces_path: str, out: str, method: str) -> None:
         seed=0,
         world=Recording(world.rank, world.size),
     )
-    trainer.step(0)
+    row = trainer.step(0)
     save(student, grads, out, label, world.rank)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"{label}-rank-{world.rank}.json").write_text(json.dumps(row))
+
+
+class FixedBatchTrainer(RLTrainer):
+    """grpo on 16 of the traces as 4 groups of 4 rows, each rank taking every other group: the global batch of a
+    step is the same in one process and in two."""
+
+    def collect(self, step: int) -> Collected:
+        from rakd.train.batches import pack_pairs
+
+        groups = self.world.share([self.traces[4 * g : 4 * g + 4] for g in range(4)])
+        picked = [t for group in groups for t in group]
+        batch = pack_pairs(self.tokenizer, [(t["question"], t["completion"]) for t in picked])
+        rewards = torch.tensor([rl.reward(text, t["answer"]) for text, t in zip(batch.texts, picked)])
+        return Collected(batch, rewards, {"reward_mean": 0.0}, shared_positions(self.world, len(groups), 4))
 
 
 def save(student, grads: dict, out: str, method: str, rank: int) -> None:
