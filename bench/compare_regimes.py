@@ -5,10 +5,11 @@ Each regime's `rakd compare --config configs/compare-<regime>.yaml` leaves its r
 (with meta.json). A regime that did not finish is kept from its finished jobs' rows (`jobs/<job>.json`), marked
 partial with how many of its planned jobs are in. Then `bench/results/compare-regimes-<date>/` gets one table
 (`regimes.md`, `regimes.json`) and one figure (`regimes.png`): every method's test greedy accuracy per regime, its
-seeds, and its paired bootstrap interval against TRRD (rakd, α 0.5) of the same regime.
+seeds, and its interval against TRRD (rakd, α 0.5) of the same regime (rakd.compare.stats: Welch t over seed means
+plus the paired problem component), at equal training FLOPs and at the reference's step count.
 
     python bench/compare_regimes.py                      # edge, trace, base
-    python bench/compare_regimes.py --regimes edge trace
+    python bench/compare_regimes.py --regimes edge trace --name 2026-12-03-ledger
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from benchlib import ROOT, results_dir, write_meta
 
 sys.path.insert(0, str(ROOT))
 
-from rakd.compare import plan_jobs, reference_variant, summary_rows, write_results  # noqa: E402
+from rakd.compare import (  # noqa: E402
+    choose_lrs,
+    plan_jobs,
+    reference_variant,
+    summary_rows,
+    sweeps_lr,
+    write_results,
+)
 from rakd.config import load_config  # noqa: E402
 from rakd.tables import markdown_table  # noqa: E402
 
@@ -39,21 +47,32 @@ REGIMES = {
 
 def regime_rows(cfg, planned: int) -> tuple[list[dict], dict, Path]:
     """(rows with their per-problem answers, context, the folder they came from) of one regime: its finished
-    results when all `planned` jobs are in them, else its finished jobs' kept rows (no context)."""
+    results, else its finished jobs' kept rows (no context), at each variant's learning rate as the sweep's seed-0
+    jobs choose it on val."""
     folder = cfg.run.layout.comparison(cfg.compare.regime)
     results = folder / "results"
     if (results / "results.json").is_file():
         data = json.loads((results / "results.json").read_text())
         answers = json.loads((results / "per_problem.json").read_text())
+        at_steps = results / "per_problem_at_reference_steps.json"
+        steps = json.loads(at_steps.read_text()) if at_steps.is_file() else {}
         rows = [{**row, "greedy_correct": answers[row["name"]]} for row in data["runs"]]
-        if len(rows) == planned:
+        for row in rows:
+            if row.get("at_reference_steps"):
+                row["at_reference_steps"] = {**row["at_reference_steps"], "greedy_correct": steps[row["name"]]}
+        if not any(k == "PARTIAL" for k in data["context"]):
             return rows, data["context"], results
     rows = [json.loads(p.read_text())["row"] for p in sorted((folder / "jobs").glob("*.json"))]
+    if sweeps_lr(cfg.compare):
+        first = [row for row in rows if row["seed"] == cfg.compare.seeds[0]]
+        lrs = choose_lrs(first)
+        rows = [row for row in rows if row["lr"] == lrs.get(row["variant"])]
     return rows, {}, folder
 
 
 def keep(regime: str, config: Path, date: str | None) -> tuple[list[dict], dict]:
-    """Copy one regime's results to bench/results/compare-<regime>-<date>/; returns (rows, context)."""
+    """Copy one regime's results to bench/results/compare-<regime>-<date>/ (`date`: any name, by default
+    today's date); returns (rows, context)."""
     cfg = load_config(config)
     jobs = plan_jobs(cfg.compare, cfg.distill)
     planned = len(jobs)
@@ -77,16 +96,18 @@ def keep(regime: str, config: Path, date: str | None) -> tuple[list[dict], dict]
     return rows, context
 
 
-def regime_table(kept: dict[str, tuple[list[dict], dict]], resamples: int) -> list[dict]:
+def regime_table(kept: dict[str, tuple[list[dict], dict]]) -> list[dict]:
     """One row per method: its greedy accuracy (mean ± std over seeds) and interval against TRRD α 0.5, per
-    regime."""
+    regime, at equal training FLOPs and at the reference's step count."""
     table: dict[str, dict] = {}
     for regime, (rows, _) in kept.items():
-        for entry in summary_rows(rows, REFERENCE, resamples):
+        for entry in summary_rows(rows, REFERENCE):
             line = table.setdefault(entry["method"], {"method": entry["method"]})
-            versus = next((v for k, v in entry.items() if k.startswith("vs ")), "reference")
+            budget = next((v for k, v in entry.items() if k.endswith("at equal budget")), "reference")
+            steps = next((v for k, v in entry.items() if k.endswith("at equal steps")), "reference")
             line[regime] = f"{entry['greedy']} (n={entry['seeds']}, #{entry['rank']})"
-            line[f"{regime} vs TRRD α 0.5"] = versus
+            line[f"{regime} vs TRRD α 0.5, equal FLOPs"] = budget
+            line[f"{regime} at equal steps"] = f"{entry['greedy at reference steps']}, {steps}"
     return list(table.values())
 
 
@@ -124,15 +145,14 @@ def plot(kept: dict[str, tuple[list[dict], dict]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES))
-    parser.add_argument("--date", help="the results folders' date (default: today)")
-    parser.add_argument("--bootstrap", type=int, default=2000)
+    parser.add_argument("--name", "--date", dest="date", help="the results folders' suffix (default: today's date)")
     args = parser.parse_args(argv)
     kept = {}
     for regime in args.regimes:
         config = Path("configs") / f"compare-{regime}.yaml"
         kept[regime] = keep(regime, config, args.date)
     out = results_dir("compare-regimes", f"{ROOT}/bench/results/compare-regimes-{args.date}" if args.date else None)
-    table = regime_table(kept, args.bootstrap)
+    table = regime_table(kept)
     contexts = {regime: context for regime, (_, context) in kept.items()}
     (out / "regimes.json").write_text(json.dumps({"contexts": contexts, "methods": table}, indent=1) + "\n")
     lines = ["# Methods at equal training FLOPs, per regime", ""]

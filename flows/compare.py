@@ -19,6 +19,8 @@ from flows.stages import slug
 from rakd.compare import (
     CompareConfig,
     Job,
+    choose_lrs,
+    extra_jobs,
     job_distill_config,
     matched_budget,
     parameter_ratio,
@@ -26,7 +28,10 @@ from rakd.compare import (
     plan_problem,
     reference_variant,
     run_job,
+    seed_jobs,
     shared_warmstart,
+    sweep_jobs,
+    sweeps_lr,
     write_results,
 )
 from rakd.config import PipelineConfig, load_config
@@ -91,14 +96,34 @@ def rakd_compare(config: dict) -> dict:
     logger.info(f"{len(jobs)} jobs from the warm start in {warmstart}")
     out = folder / "jobs"
 
-    def submit(job: Job, budget: dict | None = None):
-        return job_task.submit(config, job.__dict__, str(layout.root), str(warmstart), str(out), budget)
+    def run(chosen: list[Job], budget: dict | None = None) -> list[dict]:
+        futures = [
+            job_task.submit(config, job.__dict__, str(layout.root), str(warmstart), str(out), budget) for job in chosen
+        ]
+        return [future.result() for future in futures]
+
+    def run_choosing(chosen: list[Job], budget: dict | None) -> tuple[list[dict], list[dict]]:
+        """(the rows of `chosen` at each variant's learning rate, the lr sweep's rows): with an lr sweep, every lr
+        on the first seed, the choice on val, then the other seeds at the chosen lr."""
+        first = run(sweep_jobs(cfg.compare, chosen), budget)
+        if not sweeps_lr(cfg.compare):
+            return first, []
+        lrs = choose_lrs(first)
+        logger.info(f"learning rates chosen on val: {lrs}")
+        kept = [row for row in first if row["lr"] == lrs[row["variant"]]]
+        return kept + run(seed_jobs(cfg.compare, chosen, lrs), budget), first
 
     reference = reference_variant(jobs)
-    rows = [f.result() for f in [submit(job) for job in jobs if job.variant == reference]]
+    rows, sweep = run_choosing([job for job in jobs if job.variant == reference], None)
     budget = matched_budget(cfg.compare, rows)
     logger.info(f"budget of every other job ({cfg.compare.budget}): {budget or 'the same steps'}")
-    rows += [f.result() for f in [submit(job, budget) for job in jobs if job.variant != reference]]
+    others, others_sweep = run_choosing([job for job in jobs if job.variant != reference], budget)
+    rows, sweep = rows + others, sweep + others_sweep
+    extra = extra_jobs(cfg.compare, jobs, rows, reference)
+    if extra:
+        logger.info(f"{len(extra)} jobs of extra seeds for the variants within {cfg.compare.close_points} points")
+        rows += run([job for job in extra if job.variant == reference], None)
+        rows += run([job for job in extra if job.variant != reference], budget)
     params = parameter_ratio(layout.teacher, warmstart)
     context = {
         "config": cfg.run.name + (f", regime {cfg.compare.regime}" if cfg.compare.regime else ""),
@@ -112,7 +137,7 @@ def rakd_compare(config: dict) -> dict:
         "teacher:student non-embedding parameters": f"{params['teacher']:,} : {params['student']:,} "
         f"({params['ratio']:.1f}x)",
     }
-    tables = write_results(rows, folder, cfg.compare, reference, context)
+    tables = write_results(rows, folder, cfg.compare, reference, context, sweep)
     name = slug(f"{cfg.run.name}-{cfg.compare.regime}" if cfg.compare.regime else cfg.run.name)
     create_table_artifact(tables["methods"], key=f"{name}-compare", description="methods compared (test split)")
     create_markdown_artifact((folder / "results" / "results.md").read_text(), key=f"{name}-compare-report")

@@ -96,7 +96,18 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     result.update(method=cfg.method, parameters=count_parameters(student), teacher_parameters=count_parameters(teacher))
     work = layout.student_work
     result["flops"] = stage_flops(eval_warm, work / "metrics.jsonl", result["eval_flops"])
-    result["steps"] = len(read_jsonl(work / "metrics.jsonl")) if (work / "metrics.jsonl").exists() else 0
+    rows = read_jsonl(work / "metrics.jsonl") if (work / "metrics.jsonl").exists() else []
+    result["steps"] = len(rows)
+    if (
+        cfg.eval_every and rows
+    ):  # the val accuracy of the student as written (the last check's when it is the last step)
+        last = rows[-1]
+        has_val = "val_greedy_accuracy" in last
+        result["val_greedy_accuracy"] = (
+            last["val_greedy_accuracy"]
+            if has_val
+            else final_val(cfg, student, tokenizer, layout)["val_greedy_accuracy"]
+        )
     if readouts:  # the student read out earlier in the same run (rl.readout_steps): the budget's, or the steps'
         result["readouts"] = readouts
     result["seconds"] = {"warmstart": timings["warmstart"], "rl": timings["rl"]}
@@ -158,17 +169,29 @@ def val_evaluation(cfg: DistillConfig, student, tokenizer, layout: RunLayout):
 
 
 def test_readout(cfg: DistillConfig, student, tokenizer, layout: RunLayout, readouts: list[dict]):
-    """An `on_readout` hook: the test split's greedy accuracy, per problem, of the student after `steps` RL steps
-    (where its budget ran out, or at `rl.readout_steps`), appended to `readouts`."""
+    """An `on_readout` hook: the test split's greedy accuracy, per problem, and the val split's greedy accuracy (what
+    a choice between runs may read) of the student after `steps` RL steps (where its budget ran out, or at
+    `rl.readout_steps`), appended to `readouts`."""
     test_cfg = cfg.eval.model_copy(update={"k_samples": 0, "per_problem": True})
     records = distill_records(layout, "test")
 
     def hook(steps: int, reason: str) -> None:
         result = evaluate_model(student, tokenizer, records, test_cfg)
         keep = ("greedy_accuracy", "greedy_stderr", "greedy_correct")
-        readouts.append({"steps": steps, "at": reason, **{k: result[k] for k in keep if k in result}})
+        val = final_val(cfg, student, tokenizer, layout)
+        readouts.append({"steps": steps, "at": reason, **{k: result[k] for k in keep if k in result}, **val})
 
     return hook
+
+
+def final_val(cfg: DistillConfig, student, tokenizer, layout: RunLayout) -> dict:
+    """The val split's greedy accuracy on `val_problems` problems, as the `eval_every` checks read it."""
+    val_cfg = cfg.eval.model_copy(update={"n_problems": cfg.val_problems, "k_samples": 0})
+    return {
+        "val_greedy_accuracy": evaluate_model(student, tokenizer, distill_records(layout, "val"), val_cfg)[
+            "greedy_accuracy"
+        ]
+    }
 
 
 def fault_injection(cfg: DistillConfig):

@@ -259,6 +259,18 @@ class CompareConfig(StageConfig):
     alphas: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7], description="rakd only")
     clamp_off: bool = Field(False, description="also run rakd with the teacher clamp switched off")
     lrs: list[float] = Field(default_factory=list, description="RL learning rates (default: distill.rl.optim.lr)")
+    lr_choice: Literal["variant", "val"] = Field(
+        "variant",
+        description="with several lrs: each lr a variant of its own (variant), or each variant's lr chosen on val "
+        "from its first seed's jobs at every lr, and only the chosen lr run on the other seeds (val: the same sweep "
+        "for every method; test is read for the chosen ones only)",
+    )
+    extra_seeds: list[int] = Field(
+        default_factory=list,
+        description="seeds added to the reference and to every variant whose mean greedy accuracy at the equal "
+        "budget lies within close_points of the reference's (few seeds cannot part close methods)",
+    )
+    close_points: float = Field(2.0, ge=0, description="extra_seeds: how close (accuracy points) counts as close")
     steps: int | None = Field(None, ge=1, description="RL steps of the reference jobs (default: distill.rl.steps)")
     budget: Literal["steps", "seconds", "flops"] = Field(
         "flops",

@@ -33,6 +33,8 @@ MICRO = [
     "compare.seeds=[0,1]",
     "compare.alphas=[]",
     "compare.workers=2",
+    "compare.lrs=[1e-4,3e-4]",
+    "compare.lr_choice=val",
 ]
 
 
@@ -112,6 +114,31 @@ def test_the_summary_ranks_and_reads_each_variant_per_budget_and_per_step():
     assert rows[1]["greedy at reference steps"] == "-" and "vs b at equal budget" not in rows[1]
 
 
+def test_learning_rates_are_chosen_on_val_and_close_variants_get_more_seeds():
+    from rakd.compare import choose_lrs, extra_jobs, seed_jobs, sweep_jobs
+
+    cfg = CompareConfig(methods=["rakd", "grpo"], alphas=[], seeds=[0, 1], lrs=[1e-4, 3e-4], lr_choice="val",
+                        extra_seeds=[2, 0], close_points=2.0)  # fmt: skip
+    jobs = plan_jobs(cfg, load_config(None).distill)
+    assert {j.variant for j in jobs} == {"rakd (α=0.5)", "grpo"} and len(jobs) == 8  # lr is no variant of its own
+    first = sweep_jobs(cfg, jobs)
+    assert {(j.method, j.lr, j.seed) for j in first} == {(m, lr, 0) for m in ("rakd", "grpo") for lr in (1e-4, 3e-4)}
+    sweep = [{"name": j.name, "variant": j.variant, "lr": j.lr, "val_at_budget": 0.5} for j in first]
+    sweep[0]["val_at_budget"] = sweep[3]["val_at_budget"] = 0.6  # rakd at 1e-4, grpo at 3e-4
+    assert choose_lrs(sweep) == {"rakd (α=0.5)": 1e-4, "grpo": 3e-4}
+    assert choose_lrs([{**r, "val_at_budget": 0.5} for r in sweep]) == {"rakd (α=0.5)": 1e-4, "grpo": 1e-4}  # ties
+    rest = seed_jobs(cfg, jobs, choose_lrs(sweep))
+    assert {(j.method, j.lr, j.seed) for j in rest} == {("rakd", 1e-4, 1), ("grpo", 3e-4, 1)}
+    rows = [{"variant": "rakd (α=0.5)", "lr": 1e-4, "greedy_accuracy": 0.60},
+            {"variant": "grpo", "lr": 3e-4, "greedy_accuracy": 0.615}]  # fmt: skip
+    extra = extra_jobs(cfg, jobs, rows, "rakd (α=0.5)")  # 1.5 points apart: both get seed 2 (seed 0 ran already)
+    assert {(j.method, j.lr, j.seed) for j in extra} == {("rakd", 1e-4, 2), ("grpo", 3e-4, 2)}
+    rows[1]["greedy_accuracy"] = 0.63
+    assert extra_jobs(cfg, jobs, rows, "rakd (α=0.5)") == []
+    with pytest.raises(ValueError, match="no val accuracy"):
+        choose_lrs([{**sweep[0], "val_at_budget": None}])
+
+
 def test_a_job_reads_out_its_budget_and_the_reference_steps_from_one_run():
     from rakd.compare.jobs import readouts
 
@@ -119,26 +146,37 @@ def test_a_job_reads_out_its_budget_and_the_reference_steps_from_one_run():
              "readouts": [{"steps": 4, "at": "budget", "greedy_accuracy": 0.4, "greedy_correct": "00"}]}  # fmt: skip
     budget, at_steps = readouts(final, 10, 10)
     assert budget == {"steps": 4, "greedy_accuracy": 0.4, "greedy_correct": "00"}
-    assert at_steps == {"steps": 10, "greedy_accuracy": 0.5, "greedy_stderr": 0.1, "greedy_correct": "10"}
+    assert at_steps == {"steps": 10, "greedy_accuracy": 0.5, "greedy_stderr": 0.1, "greedy_correct": "10",
+                        "val_greedy_accuracy": None}  # fmt: skip
     assert readouts({**final, "readouts": []}, 7, 10)[1] is None  # the step cap stopped it short of 10
     assert readouts({**final, "readouts": []}, 10, None) == (at_steps, None)  # a reference job: one readout
 
 
 @pytest.mark.integration
 def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_harness, tmp_path):
-    """Two reference rakd jobs side by side on two Dask workers, then two seqkd_fresh jobs with the reference
-    jobs' mean training FLOPs as their budget; a re-run of the comparison trains nothing again."""
+    """The reference rakd's learning-rate sweep (seed 0 at two lrs) side by side on two Dask workers, the choice
+    on val, seed 1 at the chosen lr; then seqkd_fresh the same way with the reference jobs' mean training FLOPs as
+    its budget; a re-run of the comparison trains nothing again."""
     from flows.compare import compare_flow
 
     overrides = [f"run.root={tmp_path}", "run.name=cmp", *MICRO]
     outcome = compare_flow("configs/smoke.yaml", overrides)
     rows = {r["name"]: r for r in outcome["rows"]}
-    reference = [rows[f"rakd-a0.5-c1-lr0.0001-s{s}"] for s in (0, 1)]
-    fresh = [rows[f"seqkd_fresh-a0.5-c1-lr0.0001-s{s}"] for s in (0, 1)]
-    a, b = reference
+    reference = sorted((r for r in rows.values() if r["method"] == "rakd"), key=lambda r: r["seed"])
+    fresh = [r for r in rows.values() if r["method"] == "seqkd_fresh"]
+    assert [r["seed"] for r in reference] == [0, 1] and sorted(r["seed"] for r in fresh) == [0, 1]
+    results = tmp_path / "cmp" / "compare" / "results"
+    sweep = json.loads((results / "results.json").read_text())["lr_sweep"]
+    assert sorted((r["method"], r["lr"], r["seed"]) for r in sweep) == [
+        (m, lr, 0) for m in ("rakd", "seqkd_fresh") for lr in (1e-4, 3e-4)
+    ]
+    for method in ("rakd", "seqkd_fresh"):  # the chosen lr is the sweep's best on val, and every seed ran at it
+        tried = sorted((r for r in sweep if r["method"] == method), key=lambda r: (-r["val_at_budget"], r["lr"]))
+        assert {r["lr"] for r in rows.values() if r["method"] == method} == {tried[0]["lr"]}
+    a, b = (r for r in sweep if r["method"] == "rakd")
     assert a["started"] < b["finished"] and b["started"] < a["finished"], "the two jobs did not overlap"
     assert all(r["steps"] == 3 and [p["step"] for p in r["curve"]] == [1, 2, 3] for r in reference)
-    budget = (a["flops_total"] + b["flops_total"]) / 2
+    budget = sum(r["flops_total"] for r in reference) / 2
     for row in fresh:  # it reads out at the first step that reaches the budget: no step short of it, none past it
         spent = {p["step"]: p["flops"] for p in row["curve"]}
         assert spent[row["steps"]] == row["flops_total"] >= budget and spent.get(row["steps"] - 1, 0) < budget
@@ -149,7 +187,6 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
             assert row["at_reference_steps"]["greedy_correct"] == row["greedy_correct"]
     assert all(r["at_reference_steps"] is None for r in reference)
     assert all(r["flops"]["student_sample"] > 0 and r["flops"]["teacher_score"] > 0 for r in reference)
-    results = tmp_path / "cmp" / "compare" / "results"
     saved = json.loads((results / "results.json").read_text())
     assert {r["name"] for r in saved["runs"]} == set(rows)
     context = saved["context"]
@@ -208,6 +245,7 @@ def test_compare_ends_with_its_rows_under_torchrun_and_without_sampled_answers(p
         "compare.alphas=[0.3]",
         "compare.steps=2",
         "compare.workers=1",
+        "compare.lrs=[]",
     ]
     outcome = compare_flow("configs/smoke.yaml", overrides)
     rows = {r["name"]: r for r in outcome["rows"]}

@@ -11,6 +11,7 @@ warm start's for free.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -65,9 +66,62 @@ def plan_jobs(cfg: CompareConfig, distill) -> list[Job]:
             variants = [(a, clamp) for a in alphas]
             variants += [(alpha, CLAMP_OFF)] if cfg.clamp_off else []
         for a, c in variants:
-            jobs += [Job(method, seed, lr, a, c, len(lrs) > 1) for lr in lrs for seed in cfg.seeds]
+            in_variant = len(lrs) > 1 and cfg.lr_choice == "variant"
+            jobs += [Job(method, seed, lr, a, c, in_variant) for lr in lrs for seed in cfg.seeds]
     reference = reference_variant(jobs)
     return sorted(jobs, key=lambda job: job.variant != reference)
+
+
+def sweeps_lr(cfg: CompareConfig) -> bool:
+    """Whether each variant's learning rate is chosen on val from a sweep (`compare.lr_choice: val`)."""
+    return cfg.lr_choice == "val" and len(cfg.lrs) > 1
+
+
+def sweep_jobs(cfg: CompareConfig, jobs: list[Job]) -> list[Job]:
+    """The jobs that run first: with an lr sweep, every lr on the first seed; else every job."""
+    return [job for job in jobs if job.seed == cfg.seeds[0]] if sweeps_lr(cfg) else jobs
+
+
+def choose_lrs(rows: list[dict]) -> dict[str, float]:
+    """Each variant's learning rate: the one whose sweep job reached the highest val greedy accuracy at its budget
+    (ties: the smaller lr). Reads val only."""
+    best: dict[str, tuple[float, float]] = {}
+    for row in sorted(rows, key=lambda r: r["lr"]):
+        score = row.get("val_at_budget")
+        if score is None:
+            raise ValueError(f"job {row['name']}: no val accuracy at its budget to choose a learning rate by")
+        if row["variant"] not in best or score > best[row["variant"]][1]:
+            best[row["variant"]] = (row["lr"], score)
+    return {variant: lr for variant, (lr, _) in best.items()}
+
+
+def seed_jobs(cfg: CompareConfig, jobs: list[Job], chosen: dict[str, float]) -> list[Job]:
+    """After an lr sweep: the other seeds' jobs, at each variant's chosen lr."""
+    return [job for job in jobs if job.seed != cfg.seeds[0] and job.lr == chosen[job.variant]]
+
+
+def close_variants(cfg: CompareConfig, rows: list[dict], reference: str) -> list[str]:
+    """The variants whose mean greedy accuracy at the equal budget lies within `close_points` of the reference's
+    (each gets `extra_seeds`, and so does the reference when any does)."""
+    means: dict[str, list[float]] = {}
+    for row in rows:
+        means.setdefault(row["variant"], []).append(row["greedy_accuracy"])
+    if not cfg.extra_seeds or reference not in means:
+        return []
+    ref = statistics.fmean(means[reference])
+    close = [
+        v for v, acc in means.items() if v != reference and abs(statistics.fmean(acc) - ref) * 100 <= cfg.close_points
+    ]
+    return [reference, *close] if close else []
+
+
+def extra_jobs(cfg: CompareConfig, jobs: list[Job], rows: list[dict], reference: str) -> list[Job]:
+    """`extra_seeds` jobs of the close variants (`close_variants`), each at the lr its rows ran at."""
+    lrs = {row["variant"]: row["lr"] for row in rows}
+    close = close_variants(cfg, rows, reference)
+    first = {job.variant: job for job in jobs if job.seed == cfg.seeds[0] and job.lr == lrs.get(job.variant)}
+    seeds = [seed for seed in cfg.extra_seeds if seed not in cfg.seeds]
+    return [dataclasses.replace(first[v], seed=seed) for v in close for seed in seeds if v in first]
 
 
 def plan_problem(cfg: CompareConfig, distill) -> str | None:
@@ -163,7 +217,7 @@ def _trained(rows: list[dict], step: int) -> int:
 def readouts(final: dict, steps: int, reference_steps: int | None) -> tuple[dict, dict | None]:
     """The job's test results (greedy accuracy, s.e., per problem, steps) at its budget and at the reference's step
     count: from the run's readouts (`rl.readout_steps`), else the final evaluation stands for both."""
-    keep = ("greedy_accuracy", "greedy_stderr", "greedy_correct")
+    keep = ("greedy_accuracy", "greedy_stderr", "greedy_correct", "val_greedy_accuracy")
     last = {"steps": steps, **{k: final.get(k) for k in keep}}
     by_reason = {r["at"]: r for r in final.get("readouts", [])}
     budget = {k: v for k, v in by_reason.get("budget", last).items() if k != "at"}
@@ -202,6 +256,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
         "greedy_accuracy": budget["greedy_accuracy"],
         "greedy_stderr": budget["greedy_stderr"],
         "greedy_correct": budget["greedy_correct"],
+        "val_at_budget": budget.get("val_greedy_accuracy"),  # what a learning-rate choice reads (never test)
         "at_reference_steps": at_steps,
         # sampled accuracy and pass@k come from the final evaluation: kept only where that is the budget's point
         "sampled_accuracy": final.get("sampled_accuracy") if budget["steps"] == len(rows) else None,

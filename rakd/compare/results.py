@@ -144,13 +144,29 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_results(rows: list[dict], out: Path, cfg: CompareConfig, reference: str, context: dict) -> dict:
+def lr_rows(sweep: list[dict], rows: list[dict]) -> list[dict]:
+    """The learning-rate sweep: per variant, each lr's val greedy accuracy at the budget (first seed), the chosen
+    one marked."""
+    chosen = {row["variant"]: row["lr"] for row in rows}
+    table: dict[str, dict] = {}
+    for row in sorted(sweep, key=lambda r: r["lr"]):
+        mark = " (chosen)" if chosen.get(row["variant"]) == row["lr"] else ""
+        val = row.get("val_at_budget")
+        cell = ("-" if val is None else f"{100 * val:.1f}") + mark
+        table.setdefault(row["variant"], {"method": row["variant"]})[f"lr {row['lr']:g}"] = cell
+    return list(table.values())
+
+
+def write_results(
+    rows: list[dict], out: Path, cfg: CompareConfig, reference: str, context: dict, sweep: list[dict] | None = None
+) -> dict:
     """results.json, per_problem.json, results.md and curves.png in `out/results/` (atomically); returns the
     summary tables. `reference` is the variant every other is compared with (the default rakd)."""
     from rakd.io import atomic_dir, atomic_write_json, atomic_write_text
     from rakd.tables import markdown_table
 
     tables = {"methods": summary_rows(rows, reference, cfg.interval_level), "alpha": alpha_rows(rows)}
+    tables["learning rates"] = lr_rows(sweep or [], rows)
     context = {**context, "interval": f"{cfg.interval_level:.0%}, {INTERVAL}"}
     slim = [{k: v for k, v in r.items() if k != "greedy_correct"} for r in rows]
     slim = [
@@ -161,7 +177,10 @@ def write_results(rows: list[dict], out: Path, cfg: CompareConfig, reference: st
     ]
     out.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out / "results") as staging:
-        atomic_write_json(staging / "results.json", {"context": context, "runs": slim})
+        sweep_slim = [
+            {k: v for k, v in r.items() if k not in ("greedy_correct", "at_reference_steps")} for r in sweep or []
+        ]
+        atomic_write_json(staging / "results.json", {"context": context, "runs": slim, "lr_sweep": sweep_slim})
         atomic_write_json(staging / "per_problem.json", {r["name"]: r["greedy_correct"] for r in rows})
         at_steps = {r["name"]: r["at_reference_steps"]["greedy_correct"] for r in rows if r.get("at_reference_steps")}
         atomic_write_json(staging / "per_problem_at_reference_steps.json", at_steps)
@@ -182,6 +201,13 @@ def write_results(rows: list[dict], out: Path, cfg: CompareConfig, reference: st
             markdown_table(tables["alpha"]),
             "",
         ]
+        if tables["learning rates"]:
+            lines += [
+                "## Learning rates (val greedy accuracy at the budget, first seed; the chosen lr ran every seed)",
+                "",
+                markdown_table(tables["learning rates"]),
+                "",
+            ]
         atomic_write_text(staging / "results.md", "\n".join(lines))
         plot_curves(rows, staging / "curves.png")
     return tables
