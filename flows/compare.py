@@ -34,6 +34,7 @@ from rakd.compare import (
     sweeps_lr,
     write_results,
 )
+from rakd.compare.diagnostic import describe, warmstart_diagnostic
 from rakd.config import PipelineConfig, load_config
 from rakd.flops import format_flops
 from rakd.registry import run_missing, stage_keys
@@ -93,6 +94,8 @@ def rakd_compare(config: dict) -> dict:
     folder = layout.comparison(cfg.compare.regime)
     warmstart = shared_warmstart(cfg.distill, layout, stage_keys(cfg)["teacher"], folder)
     jobs = plan_jobs(cfg.compare, cfg.distill)
+    diagnostic = warmstart_diagnostic(cfg.distill, layout, warmstart, folder)
+    logger.info(f"step 0 of the warm start: {describe(diagnostic)}")
     logger.info(f"{len(jobs)} jobs from the warm start in {warmstart}")
     out = folder / "jobs"
 
@@ -136,6 +139,7 @@ def rakd_compare(config: dict) -> dict:
         "prompts x G": f"{cfg.distill.rl.prompts_per_step} x {cfg.distill.rl.group_size}",
         "teacher:student non-embedding parameters": f"{params['teacher']:,} : {params['student']:,} "
         f"({params['ratio']:.1f}x)",
+        "step 0 (TRRD's teacher term on the warm start's own samples)": describe(diagnostic),
     }
     tables = write_results(rows, folder, cfg.compare, reference, context, sweep)
     name = slug(f"{cfg.run.name}-{cfg.compare.regime}" if cfg.compare.regime else cfg.run.name)

@@ -191,6 +191,8 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
     assert {r["name"] for r in saved["runs"]} == set(rows)
     context = saved["context"]
     assert context["budget"] == "flops" and context["teacher:student non-embedding parameters"].endswith("x)")
+    assert "TRRD's clip removes" in context["step 0 (TRRD's teacher term on the warm start's own samples)"]
+    assert (tmp_path / "cmp" / "compare" / "diagnostic.json").is_file()
     expected = {
         "method",
         "alpha",

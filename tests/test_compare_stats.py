@@ -69,3 +69,23 @@ def test_three_seeds_cover_the_true_difference(seed_sd):
     assert covered / trials >= 0.93, covered / trials
     if seed_sd >= 0.3:
         assert normal_covered / trials < covered / trials
+
+
+def test_the_step0_diagnostic_by_hand():
+    """TRRD at θ = θ_old: log ρ = (1 − α) clamp(log π − log π_T, −c, c) with α 0.5, c 1. Row 1 (A > 0): gaps 0,
+    ln 10 (clamped to 1: ρ = e^0.5 = 1.65 > 1.28, no gradient) and ln(.5/.9) = −0.59 (ρ = 0.75); row 2 (A < 0): gaps
+    0 and −0.59 (ρ = 0.75 < 0.8: no gradient)."""
+    import torch
+
+    from rakd.compare.diagnostic import clip_shares
+    from rakd.train.config import LossParams
+
+    ln = math.log
+    own = torch.tensor([[ln(0.5), ln(0.5), ln(0.5)], [ln(0.5), ln(0.5), 0.0]])
+    theirs = torch.tensor([[ln(0.5), ln(0.05), ln(0.9)], [ln(0.5), ln(0.9), 0.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    shares = clip_shares(own, theirs, torch.tensor([1.0, -1.0]), mask, LossParams())
+    assert shares["tokens"] == 5 and shares["gap_median"] == pytest.approx(0.0, abs=1e-6)
+    assert shares["clamped"] == pytest.approx(1 / 5)
+    assert shares["positive_no_gradient"] == pytest.approx(1 / 3) and shares["negative_no_gradient"] == 0.5
+    assert shares["no_gradient"] == pytest.approx(2 / 5)
