@@ -120,20 +120,25 @@ def plot(kept: dict[str, tuple[list[dict], dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(kept), figsize=(5.2 * len(kept), 4.2), sharex=False, squeeze=False)
     for ax, (regime, (rows, _)) in zip(axes[0], kept.items()):
         by_variant: dict[str, list[float]] = {}
+        at_steps: dict[str, list[float]] = {}
         for row in rows:
             by_variant.setdefault(row["variant"], []).append(100 * row["greedy_accuracy"])
+            if row.get("at_reference_steps"):
+                at_steps.setdefault(row["variant"], []).append(100 * row["at_reference_steps"]["greedy_accuracy"])
         order = sorted(by_variant, key=lambda v: statistics.fmean(by_variant[v]))
         for y, variant in enumerate(order):
             values = by_variant[variant]
             colour = "tab:red" if variant.startswith("rakd") else "tab:blue"
             ax.barh(y, statistics.fmean(values), color=colour, alpha=0.35)
             ax.plot(values, [y] * len(values), "o", color=colour, markersize=4)
+            steps = at_steps.get(variant, [])
+            ax.plot(steps, [y + 0.25] * len(steps), "x", color="black", markersize=4, label="at the reference's steps")
         warm = statistics.fmean(100 * r["warmstart_greedy_accuracy"] for r in rows)
         ax.axvline(warm, color="grey", linestyle="--", linewidth=1)
         ax.text(warm, -0.7, " warm start", color="grey", fontsize=8, va="bottom")
         ax.set_yticks(range(len(order)), order, fontsize=8)
         ax.set_ylim(-0.8, len(order) - 0.4)
-        ax.set_xlabel("test greedy accuracy (%), equal training FLOPs")
+        ax.set_xlabel("test greedy accuracy (%): dots at equal training FLOPs, x at equal steps")
         ax.set_title(f"{regime}\n{REGIMES.get(regime, '')}", fontsize=9)
         low = min(min(v) for v in by_variant.values())
         ax.set_xlim(max(0.0, min(low, warm) - 5), None)

@@ -122,9 +122,9 @@ def rakd_compare(config: dict) -> dict:
     logger.info(f"budget of every other job ({cfg.compare.budget}): {budget or 'the same steps'}")
     others, others_sweep = run_choosing([job for job in jobs if job.variant != reference], budget)
     rows, sweep = rows + others, sweep + others_sweep
-    extra = extra_jobs(cfg.compare, jobs, rows, reference)
+    extra = extra_jobs(cfg.compare, jobs, rows)
     if extra:
-        logger.info(f"{len(extra)} jobs of extra seeds for the variants within {cfg.compare.close_points} points")
+        logger.info(f"{len(extra)} jobs of extra seeds: variants within {cfg.compare.close_points} points of another")
         rows += run([job for job in extra if job.variant == reference], None)
         rows += run([job for job in extra if job.variant != reference], budget)
     params = parameter_ratio(layout.teacher, warmstart)

@@ -267,8 +267,8 @@ class CompareConfig(StageConfig):
     )
     extra_seeds: list[int] = Field(
         default_factory=list,
-        description="seeds added to the reference and to every variant whose mean greedy accuracy at the equal "
-        "budget lies within close_points of the reference's (few seeds cannot part close methods)",
+        description="seeds added to every variant whose mean greedy accuracy at the equal budget lies within "
+        "close_points of another variant's (few seeds cannot part close methods)",
     )
     close_points: float = Field(2.0, ge=0, description="extra_seeds: how close (accuracy points) counts as close")
     steps: int | None = Field(None, ge=1, description="RL steps of the reference jobs (default: distill.rl.steps)")

@@ -131,10 +131,10 @@ def test_learning_rates_are_chosen_on_val_and_close_variants_get_more_seeds():
     assert {(j.method, j.lr, j.seed) for j in rest} == {("rakd", 1e-4, 1), ("grpo", 3e-4, 1)}
     rows = [{"variant": "rakd (α=0.5)", "lr": 1e-4, "greedy_accuracy": 0.60},
             {"variant": "grpo", "lr": 3e-4, "greedy_accuracy": 0.615}]  # fmt: skip
-    extra = extra_jobs(cfg, jobs, rows, "rakd (α=0.5)")  # 1.5 points apart: both get seed 2 (seed 0 ran already)
+    extra = extra_jobs(cfg, jobs, rows)  # 1.5 points apart: both get seed 2 (seed 0 ran already)
     assert {(j.method, j.lr, j.seed) for j in extra} == {("rakd", 1e-4, 2), ("grpo", 3e-4, 2)}
     rows[1]["greedy_accuracy"] = 0.63
-    assert extra_jobs(cfg, jobs, rows, "rakd (α=0.5)") == []
+    assert extra_jobs(cfg, jobs, rows) == []
     with pytest.raises(ValueError, match="no val accuracy"):
         choose_lrs([{**sweep[0], "val_at_budget": None}])
 

@@ -100,25 +100,22 @@ def seed_jobs(cfg: CompareConfig, jobs: list[Job], chosen: dict[str, float]) -> 
     return [job for job in jobs if job.seed != cfg.seeds[0] and job.lr == chosen[job.variant]]
 
 
-def close_variants(cfg: CompareConfig, rows: list[dict], reference: str) -> list[str]:
-    """The variants whose mean greedy accuracy at the equal budget lies within `close_points` of the reference's
-    (each gets `extra_seeds`, and so does the reference when any does)."""
+def close_variants(cfg: CompareConfig, rows: list[dict]) -> list[str]:
+    """The variants whose mean greedy accuracy at the equal budget lies within `close_points` of another variant's:
+    where a few seeds cannot tell two methods apart, each of the two gets `extra_seeds`."""
     means: dict[str, list[float]] = {}
     for row in rows:
         means.setdefault(row["variant"], []).append(row["greedy_accuracy"])
-    if not cfg.extra_seeds or reference not in means:
+    if not cfg.extra_seeds:
         return []
-    ref = statistics.fmean(means[reference])
-    close = [
-        v for v, acc in means.items() if v != reference and abs(statistics.fmean(acc) - ref) * 100 <= cfg.close_points
-    ]
-    return [reference, *close] if close else []
+    mean = {variant: statistics.fmean(values) for variant, values in means.items()}
+    return [v for v in mean if any(w != v and abs(mean[v] - mean[w]) * 100 <= cfg.close_points for w in mean)]
 
 
-def extra_jobs(cfg: CompareConfig, jobs: list[Job], rows: list[dict], reference: str) -> list[Job]:
+def extra_jobs(cfg: CompareConfig, jobs: list[Job], rows: list[dict]) -> list[Job]:
     """`extra_seeds` jobs of the close variants (`close_variants`), each at the lr its rows ran at."""
     lrs = {row["variant"]: row["lr"] for row in rows}
-    close = close_variants(cfg, rows, reference)
+    close = close_variants(cfg, rows)
     first = {job.variant: job for job in jobs if job.seed == cfg.seeds[0] and job.lr == lrs.get(job.variant)}
     seeds = [seed for seed in cfg.extra_seeds if seed not in cfg.seeds]
     return [dataclasses.replace(first[v], seed=seed) for v in close for seed in seeds if v in first]
