@@ -92,7 +92,7 @@ def keep(regime: str, config: Path, date: str | None) -> tuple[list[dict], dict]
             write_results(rows, Path(tmp), cfg.compare, reference, context)
             shutil.copytree(Path(tmp) / "results", out, dirs_exist_ok=True)
     write_meta(out, command=f"rakd compare --config {config}", partial=partial)
-    print(f"{regime}: {len(rows)} of {planned} jobs -> {out}")
+    print(f"{regime}: {len(rows)} jobs at the chosen learning rates -> {out}")
     return rows, context
 
 
@@ -138,9 +138,9 @@ def plot(kept: dict[str, tuple[list[dict], dict]], path: Path) -> None:
         ax.text(warm, -0.7, " warm start", color="grey", fontsize=8, va="bottom")
         ax.set_yticks(range(len(order)), order, fontsize=8)
         ax.set_ylim(-0.8, len(order) - 0.4)
-        ax.set_xlabel("test greedy accuracy (%): dots at equal training FLOPs, x at equal steps")
+        ax.set_xlabel("test greedy accuracy (%)\ndots: equal training FLOPs; x: the reference's step count", fontsize=8)
         ax.set_title(f"{regime}\n{REGIMES.get(regime, '')}", fontsize=9)
-        low = min(min(v) for v in by_variant.values())
+        low = min(min(v) for v in [*by_variant.values(), *at_steps.values()])
         ax.set_xlim(max(0.0, min(low, warm) - 5), None)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
