@@ -4,7 +4,7 @@ The warm start (rakd.warmstart) gives RL a student at the edge of its competence
 configured method (rakd.train.rl) from the teacher's log-probabilities (rakd.scorers).
 
 Writes `student/` (HF folder), `student/checkpoints/step-N/`, `student/metrics.jsonl`,
-`student/eval.json`, `student/eval_warmstart.json`, `student/traces.jsonl`.
+`student/eval.json`, `student/eval_warmstart.json`, `student/seconds.json` (wall times), `student/traces.jsonl`.
 Work in progress lives in `student.work/` so a crash resumes from the last checkpoint.
 """
 
@@ -110,7 +110,6 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         )
     if readouts:  # the student read out earlier in the same run (rl.readout_steps): the budget's, or the steps'
         result["readouts"] = readouts
-    result["seconds"] = {"warmstart": timings["warmstart"], "rl": timings["rl"]}
     log(format_eval(f"student ({cfg.method})", result))
     logs = {
         name: work / path
@@ -127,7 +126,8 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         student.cpu(),
         tokenizer,
         layout.student,
-        extra={"eval.json": result, "eval_warmstart.json": eval_warm},
+        # wall seconds apart from eval.json, whose numbers are deterministic: torchrun's launcher reads them back
+        extra={"eval.json": result, "eval_warmstart.json": eval_warm, "seconds.json": timings},
         copy_files=logs,
     )
     shutil.rmtree(work, ignore_errors=True)
@@ -216,7 +216,7 @@ def launch_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> Distil
     spec = layout.student_work / "torchrun-config.json"
     launch_torchrun("distill", "rakd.distill", cfg, spec, layout.root, cfg.nproc, cfg.threads, log)
     result = json.loads((layout.student / "eval.json").read_text())
-    seconds = {**result.get("seconds", {}), "total": time.perf_counter() - t0}  # rank 0's stage times
+    seconds = {**json.loads((layout.student / "seconds.json").read_text()), "total": time.perf_counter() - t0}
     return DistillResult(
         layout.student, result, json.loads((layout.student / "eval_warmstart.json").read_text()), seconds
     )
