@@ -122,4 +122,7 @@ def save(student, grads: dict, out: str, method: str, rank: int) -> None:
 
 
 if __name__ == "__main__":
+    from rakd.train.distributed import leave_world
+
     main(*sys.argv[1:5])
+    leave_world()  # a worker that exits with its process group alive sometimes dies in gloo's teardown (SIGABRT)
