@@ -45,7 +45,7 @@ REGIMES = {
 }
 
 
-def regime_rows(cfg, planned: int) -> tuple[list[dict], dict, Path]:
+def regime_rows(cfg) -> tuple[list[dict], dict, Path]:
     """(rows with their per-problem answers, context, the folder they came from) of one regime: its finished
     results, else its finished jobs' kept rows (no context), at each variant's learning rate as the sweep's seed-0
     jobs choose it on val."""
@@ -76,7 +76,7 @@ def keep(regime: str, config: Path, date: str | None) -> tuple[list[dict], dict]
     cfg = load_config(config)
     jobs = plan_jobs(cfg.compare, cfg.distill)
     planned = len(jobs)
-    rows, context, source = regime_rows(cfg, planned)
+    rows, context, source = regime_rows(cfg)
     if not rows:
         raise SystemExit(f"{config}: no finished job under {source}: run `rakd compare --config {config}` first")
     out = results_dir(f"compare-{regime}", f"{ROOT}/bench/results/compare-{regime}-{date}" if date else None)

@@ -95,19 +95,13 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval)
     result.update(method=cfg.method, parameters=count_parameters(student), teacher_parameters=count_parameters(teacher))
     work = layout.student_work
-    result["flops"] = stage_flops(eval_warm, work / "metrics.jsonl", result["eval_flops"])
     rows = read_jsonl(work / "metrics.jsonl") if (work / "metrics.jsonl").exists() else []
+    result["flops"] = stage_flops(eval_warm, rows, result["eval_flops"])
     result["steps"] = len(rows)
-    if (
-        cfg.eval_every and rows
-    ):  # the val accuracy of the student as written (the last check's when it is the last step)
-        last = rows[-1]
-        has_val = "val_greedy_accuracy" in last
-        result["val_greedy_accuracy"] = (
-            last["val_greedy_accuracy"]
-            if has_val
-            else final_val(cfg, student, tokenizer, layout)["val_greedy_accuracy"]
-        )
+    if cfg.eval_every and rows:  # the student as written: the last check's val when it is the last step's
+        result["val_greedy_accuracy"] = rows[-1].get("val_greedy_accuracy")
+        if result["val_greedy_accuracy"] is None:
+            result.update(final_val(cfg, student, tokenizer, layout))
     if readouts:  # the student read out earlier in the same run (rl.readout_steps): the budget's, or the steps'
         result["readouts"] = readouts
     log(format_eval(f"student ({cfg.method})", result))
@@ -135,9 +129,9 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     return DistillResult(layout.student, result, eval_warm, timings)
 
 
-def stage_flops(eval_warm: dict, rl_metrics: Path, test_eval_flops: int) -> dict[str, int]:
-    """The distill stage's compute ledger: the warm start's phases, every RL step's, and the final evaluation."""
-    rows = read_jsonl(rl_metrics) if rl_metrics.exists() else []
+def stage_flops(eval_warm: dict, rows: list[dict], test_eval_flops: int) -> dict[str, int]:
+    """The distill stage's compute ledger: the warm start's phases, every RL step's (its metrics `rows`), and the
+    final evaluation."""
     rl = {
         phase: sum(row.get(f"flops_{phase}", 0) for row in rows)
         for phase in ("teacher_generate", "student_sample", "teacher_score", "student_update", "eval")

@@ -10,12 +10,11 @@ tokens, causal, so that the token at position p attends p keys, costs
 
     forward(L) = 2·(N + H)·L + 4·n_layers·d_attn·(1 + 2 + ... + L) = 2·(N + H)·L + 2·n_layers·d_attn·L·(L + 1)
 
-The head matters for small students: the embedded default's head (64 x 512) is a third of its body, a pruned
-SmolLM2's (576 x 49152) outweighs its body.
-
 and decoding it token by token with a KV cache costs the same. Rows count as a plain implementation computes
 them, prompt and completion, with padding left out: the prefix forests and shared prefills that make our
 passes cheaper are speed, not a different amount of work, so methods compare on the ledger whatever path ran.
+The head matters for small students: the embedded default's head (64 x 512) is a quarter of its body, a pruned
+SmolLM2's (576 x 49152) outweighs its body.
 
 Phases (`Phase`, `PHASES`): the teacher's own training (`teacher_train`), its decoding of the warm start's traces,
 rejected ones included (`teacher_generate`), its prefill over the rollouts that enter the loss

@@ -224,8 +224,8 @@ def test_opd_and_gkd_train_on_every_group_without_redraws(tokenizer, tiny_record
     cfg = RLConfig(prompts_per_step=2, group_size=4, max_new_tokens=6, min_informative_groups=3, max_draws=4)
     for method in ("opd", "gkd"):
         trainer = RLTrainer(student, student, tokenizer, records, [], method, LossParams(), cfg, tmp_path, seed=0)
-        batch, rewards, info = trainer.collect(0)
-        assert info["draws"] == 1 and len(batch.texts) == 8 and len(trainer.prompt_order(0)) == 2
+        collected = trainer.collect(0)
+        assert collected.info["draws"] == 1 and len(collected.batch.texts) == 8 and len(trainer.prompt_order(0)) == 2
     grpo = RLTrainer(student, student, tokenizer, records, [], "grpo", LossParams(), cfg, tmp_path, seed=0)
     assert grpo.collect(0).info["draws"] == 4  # an advantage method redraws
 
@@ -244,7 +244,8 @@ def test_dynamic_sampling_draws_until_enough_mixed_groups_and_drops_the_rest(
     records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:40]]
     cfg = RLConfig(prompts_per_step=2, group_size=4, max_new_tokens=6, min_informative_groups=3, max_draws=4)
     trainer = RLTrainer(student, student, tokenizer, records, [], "grpo", LossParams(), cfg, tmp_path, seed=0)
-    batch, rewards, info = trainer.collect(0)
+    collected = trainer.collect(0)
+    batch, rewards, info = collected.batch, collected.rewards, collected.info
     assert info["draws"] == 3 and info["groups_drawn"] == 6 and info["groups_informative"] == 4
     assert len(rewards) == 16 and len(batch.texts) == 16  # the all-wrong groups of draw 1 were dropped
     assert info["reward_mean"] == pytest.approx(8 / 24)  # over every sampled rollout, kept or not

@@ -15,6 +15,8 @@ import random
 
 import torch
 
+from rakd.losses.common import masked_stat
+
 
 def step0_diagnostic(student, teacher, tokenizer, records: list[dict], rl, loss, *, prompts: int = 64, seed: int = 0):
     """The diagnostic's numbers (a flat dict) for `student` and `teacher` on `prompts` questions of `records`, sampled
@@ -57,16 +59,11 @@ def clip_shares(own, theirs, advantages, mask, loss) -> dict:
         "gap_p5": float(quantiles[0]),
         "gap_median": float(quantiles[1]),
         "gap_p95": float(quantiles[2]),
-        "clamped": float((gap.abs() > c).double().mean()) if len(gap) else 0.0,
-        "positive_no_gradient": _share(no_gradient & positive, positive),
-        "negative_no_gradient": _share(no_gradient & negative, negative),
-        "no_gradient": _share(no_gradient, mask & (adv != 0)),
+        "clamped": masked_stat((own - theirs).abs() > c, mask, "mean"),
+        "positive_no_gradient": masked_stat(no_gradient, positive, "mean"),
+        "negative_no_gradient": masked_stat(no_gradient, negative, "mean"),
+        "no_gradient": masked_stat(no_gradient, mask & (adv != 0), "mean"),
     }
-
-
-def _share(part: torch.Tensor, whole: torch.Tensor) -> float:
-    total = int(whole.sum())
-    return int(part.sum()) / total if total else 0.0
 
 
 def warmstart_diagnostic(distill, layout, warmstart, folder, *, prompts: int = 64) -> dict:
@@ -74,12 +71,13 @@ def warmstart_diagnostic(distill, layout, warmstart, folder, *, prompts: int = 6
     `folder/diagnostic.json` under the warm start's key (computed once per warm start)."""
     import json
 
+    from rakd.compare.jobs import warmstart_key
     from rakd.distill import rl_records
     from rakd.io import atomic_write_json
     from rakd.models.load import load_causal_lm
     from rakd.warmstart import distill_records
 
-    key = (warmstart / ".key").read_text() if (warmstart / ".key").is_file() else None
+    key = warmstart_key(warmstart)
     kept = folder / "diagnostic.json"
     if kept.is_file() and json.loads(kept.read_text()).get("key") == key:
         return json.loads(kept.read_text())["diagnostic"]

@@ -231,7 +231,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
     from rakd.distill import run_distill
     from rakd.io import read_jsonl
 
-    key = fingerprint({"distill": distill_cfg.model_dump(mode="json"), "warmstart": _warmstart_key(warmstart)})
+    key = fingerprint({"distill": distill_cfg.model_dump(mode="json"), "warmstart": warmstart_key(warmstart)})
     kept = out / f"{job.name}.json"
     if kept.is_file() and json.loads(kept.read_text()).get("key") == key:
         return json.loads(kept.read_text())["row"]
@@ -244,6 +244,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
     final = result.eval
     budget, at_steps = readouts(final, len(rows), distill_cfg.rl.readout_steps)
     budget_rows = [r for r in rows if r["step"] <= budget["steps"]]
+    final_is_budget = budget["steps"] == len(rows)  # sampled accuracy and pass@k come from the final evaluation
     row = {
         **asdict(job),
         "name": job.name,
@@ -255,11 +256,10 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
         "greedy_correct": budget["greedy_correct"],
         "val_at_budget": budget.get("val_greedy_accuracy"),  # what a learning-rate choice reads (never test)
         "at_reference_steps": at_steps,
-        # sampled accuracy and pass@k come from the final evaluation: kept only where that is the budget's point
-        "sampled_accuracy": final.get("sampled_accuracy") if budget["steps"] == len(rows) else None,
+        "sampled_accuracy": final.get("sampled_accuracy") if final_is_budget else None,
         "sampled_stderr": final.get("sampled_stderr"),
-        "pass_at_k": final.get("pass_at_k") if budget["steps"] == len(rows) else None,
-        "by_difficulty": final.get("by_difficulty") if budget["steps"] == len(rows) else None,
+        "pass_at_k": final.get("pass_at_k") if final_is_budget else None,
+        "by_difficulty": final.get("by_difficulty") if final_is_budget else None,
         "warmstart_greedy_accuracy": result.eval_warmstart["greedy_accuracy"],
         "seconds": result.seconds["rl"],  # the whole RL run's wall time, readouts past the budget included
         "seconds_compute": _elapsed(rows, budget["steps"]),  # sampling, teacher and update up to the budget
@@ -286,7 +286,8 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
     return row
 
 
-def _warmstart_key(warmstart: Path) -> str | None:
+def warmstart_key(warmstart: Path) -> str | None:
+    """The key a shared warm start was made under (`shared_warmstart`), or None for one without."""
     key = warmstart / ".key"
     return key.read_text() if key.is_file() else None
 

@@ -64,9 +64,6 @@ class Collected:
     info: dict
     positions: torch.Tensor
 
-    def __iter__(self):  # batch, rewards, info = trainer.collect(step)
-        return iter((self.batch, self.rewards, self.info))
-
 
 def shared_positions(world: World, local_units: int, unit: int, offset: int = 0) -> torch.Tensor:
     """Positions over every rank of this rank's rows when a list of units (prompts, or traces) was shared out with
@@ -114,7 +111,7 @@ class RLTrainer(CheckpointedTrainer):
         self.log = MetricsLog(self.out_dir / "metrics.jsonl")
         self.device = next(student.parameters()).device
         # Degenerate groups get the grpo_kl KL term when zero_adv=kd and the method has advantages.
-        self.kd_spec = LOSSES["grpo_kl"] if cfg.zero_adv == "kd" and "advantages" in self.spec.inputs else None
+        self.kd_spec = LOSSES["grpo_kl"] if cfg.zero_adv == "kd" and self.spec.trains_on == "informative" else None
         # the compute ledger (rakd.flops): each step's phases, and `flops_total` from the stage's earlier phases on
         self.student_dims, self.teacher_dims, self.flops_before = (
             ModelDims.of(student),
@@ -307,8 +304,8 @@ class RLTrainer(CheckpointedTrainer):
             t_sample = time.perf_counter() - t0
             group = self.cfg.group_size if self.spec.on_policy else 1
             advantages, degenerate = group_advantages(rewards, group)
-            trains = {"informative": ~degenerate, "verified": rewards == 1}.get(self.spec.trains_on)
-            main_rows = torch.nonzero(trains if trains is not None else torch.ones_like(degenerate)).squeeze(-1)
+            trains = {"informative": ~degenerate, "verified": rewards == 1, "all": torch.ones_like(degenerate)}
+            main_rows = torch.nonzero(trains[self.spec.trains_on]).squeeze(-1)
             kd_rows = torch.nonzero(degenerate).squeeze(-1) if self.kd_spec else main_rows[:0]
             rows = torch.cat([main_rows, kd_rows])
             plan = StepPlan.make(self.spec, self.cfg, int(self.world.sum(len(rows))), kd=self.kd_spec is not None)
