@@ -70,7 +70,7 @@ def regime_rows(cfg) -> tuple[list[dict], dict, Path]:
     return rows, {}, folder
 
 
-def keep(regime: str, config: Path, date: str | None) -> tuple[list[dict], dict]:
+def keep(regime: str, config: Path, date: str | None, runs_commit: str | None = None) -> tuple[list[dict], dict]:
     """Copy one regime's results to bench/results/compare-<regime>-<date>/ (`date`: any name, by default
     today's date); returns (rows, context)."""
     cfg = load_config(config)
@@ -91,7 +91,7 @@ def keep(regime: str, config: Path, date: str | None) -> tuple[list[dict], dict]
         with tempfile.TemporaryDirectory() as tmp:
             write_results(rows, Path(tmp), cfg.compare, reference, context)
             shutil.copytree(Path(tmp) / "results", out, dirs_exist_ok=True)
-    write_meta(out, command=f"rakd compare --config {config}", partial=partial)
+    write_meta(out, command=f"rakd compare --config {config}", partial=partial, runs_commit=runs_commit)
     print(f"{regime}: {len(rows)} jobs at the chosen learning rates -> {out}")
     return rows, context
 
@@ -151,11 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES))
     parser.add_argument("--name", "--date", dest="date", help="the results folders' suffix (default: today's date)")
+    parser.add_argument(
+        "--runs-commit",
+        help="the commit whose code ran the comparison's jobs, when it is not the one this script runs at (meta.json "
+        "names both; the jobs take hours, this script seconds)",
+    )
     args = parser.parse_args(argv)
     kept = {}
     for regime in args.regimes:
         config = Path("configs") / f"compare-{regime}.yaml"
-        kept[regime] = keep(regime, config, args.date)
+        kept[regime] = keep(regime, config, args.date, args.runs_commit)
     out = results_dir("compare-regimes", f"{ROOT}/bench/results/compare-regimes-{args.date}" if args.date else None)
     table = regime_table(kept)
     contexts = {regime: context for regime, (_, context) in kept.items()}
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", markdown_table(table), ""]
     (out / "regimes.md").write_text("\n".join(lines))
     plot(kept, out / "regimes.png")
-    write_meta(out, regimes=list(kept))
+    write_meta(out, regimes=list(kept), runs_commit=args.runs_commit)
     print((out / "regimes.md").read_text())
     return 0
 
