@@ -130,6 +130,7 @@ def validate(cfg: ValidateConfig, path: str | Path, data: str | Path, out_dir: s
             "path": str(artefact.path),
             "format": artefact.format,
             "reference": artefact.reference,
+            "model": artefact.model,
             "size_mb": size_mb(artefact.path),
             "threads": cfg.threads,
         }
@@ -147,20 +148,24 @@ def validate(cfg: ValidateConfig, path: str | Path, data: str | Path, out_dir: s
             )
             print(f"[validate] {artefact.label}: FAILED to run: {record['error']}", file=sys.stderr, flush=True)
         records.append(record)
-    reference = reference_of(records)
-    reference_accuracy = reference["accuracy"] if reference else None
-    compare_with_reference(records, reference, cfg)
-    for record in records:
-        for key in REPORT_KEYS:
-            record.setdefault(key, None)
-        record["failed_gates"] = apply_gates(record, cfg.gates, reference_accuracy)
-        record["passed"] = not record["failed_gates"]
-        # a pass says nothing about answers when no gate looked at accuracy
-        record["accuracy_gated"] = cfg.gates.min_accuracy > 0 or (
-            cfg.gates.max_accuracy_drop is not None and reference_accuracy is not None and not record["reference"]
-        )
-        if reference_accuracy is not None and record["accuracy"] is not None:
-            record["accuracy_drop"] = reference_accuracy - record["accuracy"]
+    references = {}  # each model's artefacts against its own fp32 reference (the student's, the teacher's)
+    for model in dict.fromkeys(r["model"] for r in records):
+        own = [r for r in records if r["model"] == model]
+        references[model] = reference = reference_of(own)
+        compare_with_reference(own, reference, cfg)
+        reference_accuracy = reference["accuracy"] if reference else None
+        for record in own:
+            for key in REPORT_KEYS:
+                record.setdefault(key, None)
+            record["failed_gates"] = apply_gates(record, cfg.gates, reference_accuracy)
+            record["passed"] = not record["failed_gates"]
+            # a pass says nothing about answers when no gate looked at accuracy
+            record["accuracy_gated"] = cfg.gates.min_accuracy > 0 or (
+                cfg.gates.max_accuracy_drop is not None and reference_accuracy is not None and not record["reference"]
+            )
+            if reference_accuracy is not None and record["accuracy"] is not None:
+                record["accuracy_drop"] = reference_accuracy - record["accuracy"]
+    reference = references.get("student")
     report = {
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "source": str(path),
@@ -170,6 +175,7 @@ def validate(cfg: ValidateConfig, path: str | Path, data: str | Path, out_dir: s
         "max_new_tokens": cfg.max_new_tokens,
         "gates": cfg.gates.model_dump(),
         "reference": reference["label"] if reference else None,
+        "references": {model: ref["label"] if ref else None for model, ref in references.items()},
         "artefacts": records,
     }
     out_dir = Path(out_dir)

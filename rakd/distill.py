@@ -28,7 +28,7 @@ from rakd.scorers import make_scorer
 from rakd.stage_config import DistillConfig
 from rakd.train.distributed import launch_torchrun, leave_world, plain_copy, shard, world_from_env
 from rakd.train.rl import RLTrainer
-from rakd.warmstart import distill_records, load_models, run_warmstart
+from rakd.warmstart import distill_records, load_models, run_warmstart, stage_precision
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         teacher_scorer=make_scorer(cfg.teacher_scorer, teacher, cfg.method, tokenizer),
         world=world,
         flops_before=eval_warm.get("flops", {}).get("total", 0),
+        precision=stage_precision(cfg, student),
     )
     if trainer.resume():
         log(f"[distill] resumed from checkpoint step {trainer.start_step}")
@@ -93,7 +94,12 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         return DistillResult(layout.student, {}, eval_warm, timings)
 
     result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval)
-    result.update(method=cfg.method, parameters=count_parameters(student), teacher_parameters=count_parameters(teacher))
+    result.update(
+        method=cfg.method,
+        parameters=count_parameters(student),
+        teacher_parameters=count_parameters(teacher),
+        precision=trainer.precision,
+    )
     work = layout.student_work
     rows = read_jsonl(work / "metrics.jsonl") if (work / "metrics.jsonl").exists() else []
     result["flops"] = stage_flops(eval_warm, rows, result["eval_flops"])

@@ -90,7 +90,9 @@ def run_export(cfg, layout: RunLayout) -> Summary:
     from export.run import run_export as export
 
     questions = export_cli.parity_questions(None, layout, cfg.parity_prompts)
-    return {"path": str(layout.export), "parity": export(cfg, layout.student, layout.export, questions).parity}
+    teacher = layout.teacher if cfg.teacher else None
+    result = export(cfg, layout.student, layout.export, questions, teacher_dir=teacher)
+    return {"path": str(layout.export), "parity": result.parity}
 
 
 def run_validate(cfg, layout: RunLayout) -> Summary:
@@ -127,7 +129,8 @@ def prep_rows(summary: Summary) -> list[dict]:
 def teacher_rows(summary: Summary) -> list[dict]:
     from rakd.evaluate import eval_row
 
-    return [eval_row("teacher", summary["eval"])]
+    before = summary["eval"].get("before")
+    return ([eval_row("teacher (before tuning)", before)] if before else []) + [eval_row("teacher", summary["eval"])]
 
 
 def distill_rows(summary: Summary) -> list[dict]:
@@ -305,7 +308,7 @@ def accuracy_rows(results: dict[str, Summary]) -> list[dict]:
 
     rows = []
     if "teacher" in results:
-        rows.append(eval_row("teacher", results["teacher"]["eval"]))
+        rows += teacher_rows(results["teacher"])
     if "distill" in results:
         warm, final = results["distill"]["eval_warmstart"], results["distill"]["eval"]
         rows += [eval_row("student (warm start)", warm), eval_row(f"student ({final.get('method', '?')})", final)]

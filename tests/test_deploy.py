@@ -343,3 +343,42 @@ def test_a_real_instruct_gguf_is_prompted_in_its_chat_template_and_read_flexibly
     [artefact] = validate(cfg, path, tmp_path / "p.jsonl", tmp_path / "v").report["artefacts"]
     assert not artefact.get("error") and all(s["output"].strip() for s in artefact["samples"])
     assert 0 <= artefact["accuracy"] <= artefact["accuracy_flexible"] <= 1 and not artefact["accuracy_gated"]
+
+
+def test_the_teacher_is_exported_and_validated_beside_the_student_and_never_shipped(tokenizer, tmp_path):
+    """export.teacher: the teacher's artefacts under export/teacher/ (labelled teacher/<label>, parity against the
+    teacher); validation measures them on the same problems, each model against its own fp32 reference, reports
+    the student against the teacher per artefact type, and packaging ships only the student."""
+    from deploy.report import against_teacher_rows, format_report_md, shippable
+
+    run = tmp_path / "with-teacher"
+    save_model(build_model(preset_config("test-micro", tokenizer), seed=3), tokenizer, run / "student")
+    teacher = build_model(preset_config("test-micro", tokenizer, num_hidden_layers=3), seed=5)
+    save_model(teacher, tokenizer, run / "teacher")
+    problems = generate(GeneratorConfig(n_items=6, seed=4))
+    (run / "data").mkdir()
+    (run / "data" / "test.jsonl").write_text(to_jsonl(problems))
+    cfg = ExportConfig(formats=["gguf"], gguf_quant=["q8_0"], parity_prompts=2, parity_max_new_tokens=6, teacher=True)
+    parity = run_export(cfg, run / "student", run / "export", [p["question"] for p in problems], run / "teacher").parity
+    by_label = {r["artefact"]: r for r in parity["artefacts"]}
+    assert set(by_label) == {"gguf-f16", "gguf-q8_0", "teacher/gguf-f16", "teacher/gguf-q8_0"}
+    assert by_label["teacher/gguf-q8_0"]["path"] == "teacher/model-q8_0.gguf" and all(
+        r["passed"] for r in by_label.values()
+    )
+    assert {r["model"] for r in parity["artefacts"]} == {"student", "teacher"}
+
+    report = validate(ValidateConfig(**FAST), run, run / "data" / "test.jsonl", run / "validate").report
+    records = {r["label"]: r for r in report["artefacts"]}
+    assert records["teacher/pytorch"]["reference"] and records["teacher/pytorch"]["model"] == "teacher"
+    assert report["references"] == {"student": "pytorch", "teacher": "teacher/pytorch"}
+    teacher_q8 = records["teacher/gguf-q8_0"]
+    # against the teacher's reference: its drop is from the teacher's accuracy, its KLD from the teacher's logits
+    assert teacher_q8["accuracy_drop"] == pytest.approx(records["teacher/pytorch"]["accuracy"] - teacher_q8["accuracy"])
+    assert teacher_q8["kld_mean"] is not None and teacher_q8["kld_mean"] < 0.05
+    assert all(r.get("model") != "teacher" for r in shippable(report)) and shippable(report)
+    rows = against_teacher_rows(report)
+    assert [r["artefact"] for r in rows] == ["pytorch", "gguf-f16", "gguf-q8_0"]
+    assert rows[0]["speed-up"] == "-" and rows[1]["speed-up"].endswith("x")  # the batched references are not timed
+    assert "The student against shipping the teacher" in format_report_md(report)
+    manifest = build_package(PackageConfig(), run).manifest
+    assert [m["label"] for m in manifest["models"]] in (["gguf-f16"], ["gguf-q8_0"])

@@ -342,9 +342,9 @@ def test_the_warm_start_alone_is_a_distill_stage(prepared, tmp_path):
 def test_warmstart_stops_at_its_target_val_accuracy(prepared, tmp_path, monkeypatch):
     """warmstart.stop: SFT checks greedy accuracy on the qualifying val questions every `every` steps and ends
     the warm start once it reaches the target; the checks land in the warm start's metrics."""
-    import rakd.warmstart as warmstart
+    import rakd.valstop as valstop
 
-    real, checks = warmstart.evaluate_model, []
+    real, checks = valstop.evaluate_model, []
 
     def scripted(model, tokenizer, records, cfg):  # the real evaluation, with a scripted accuracy for the checks
         result = real(model, tokenizer, records, cfg)
@@ -353,7 +353,7 @@ def test_warmstart_stops_at_its_target_val_accuracy(prepared, tmp_path, monkeypa
             result["greedy_accuracy"] = [0.1, 0.3][len(checks) - 1]
         return result
 
-    monkeypatch.setattr(warmstart, "evaluate_model", scripted)
+    monkeypatch.setattr(valstop, "evaluate_model", scripted)
     stop = "distill.warmstart.stop={val_accuracy: 0.25, min_difficulty: 2, every: 2, problems: 7}"
     cfg = fresh_run(prepared, tmp_path, "stop", ["distill.rl.steps=0", "distill.warmstart.sft.steps=12", stop])
     # the micro teacher solves nothing: traces as a crashed run would have left them (the data's own solutions)
@@ -382,6 +382,7 @@ def test_warmstart_stop_names_a_val_split_without_such_questions(prepared, tmp_p
 
 def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficulty(tmp_path, monkeypatch):
     """GSM8K-like data (no `ops`): min_difficulty cannot filter, so the target is checked on all val questions."""
+    import rakd.valstop as valstop
     import rakd.warmstart as warmstart
     from rakd.layout import RunLayout
 
@@ -391,7 +392,7 @@ def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficu
     layout.split("val").write_text(to_jsonl(val))
     seen = []
     result = {"greedy_accuracy": 0.5, "eval_flops": 7}
-    monkeypatch.setattr(warmstart, "evaluate_model", lambda m, t, records, c: seen.append(records) or result)
+    monkeypatch.setattr(valstop, "evaluate_model", lambda m, t, records, c: seen.append(records) or result)
     cfg = load_config(None, ["distill.warmstart.stop={val_accuracy: 0.5, min_difficulty: 4, every: 3}"]).distill
     hook = warmstart.warmstart_stop(cfg, None, None, layout, lambda *_: None)
     assert hook(2, {}) is False and seen == []  # not a check step
@@ -404,10 +405,10 @@ def scripted_warmstart(prepared, tmp_path, monkeypatch, name, extra=(), crash_at
     """A warm start whose target checks read a scripted 10% (never reached) and whose teacher answers with the
     data's own solutions (the micro teacher solves nothing), counting its calls; returns (cfg, sampled)."""
     import rakd.traces as traces
-    import rakd.warmstart as warmstart
+    import rakd.valstop as valstop
 
     solutions = {r["question"]: r["solution"] for r in read_jsonl(prepared.run.layout.split("train"))}
-    real, sampled = warmstart.evaluate_model, []
+    real, sampled = valstop.evaluate_model, []
 
     def scripted(model, tokenizer, records, cfg):
         result = real(model, tokenizer, records, cfg)
@@ -415,13 +416,13 @@ def scripted_warmstart(prepared, tmp_path, monkeypatch, name, extra=(), crash_at
             result["greedy_accuracy"] = 0.1
         return result
 
-    def traces_of(model, tokenizer, records, cfg, seed):
+    def traces_of(model, tokenizer, records, cfg, seed, precision="fp32"):
         sampled.append([r["question"] for r in records])
         made = [{"question": r["question"], "answer": r["answer"], "completion": " " + solutions[r["question"]]}
                 for r in records]  # fmt: skip
         return made, 1000 * len(records)
 
-    monkeypatch.setattr(warmstart, "evaluate_model", scripted)
+    monkeypatch.setattr(valstop, "evaluate_model", scripted)
     monkeypatch.setattr(traces, "teacher_traces", traces_of)
     stop = "distill.warmstart.stop={val_accuracy: 0.9, min_difficulty: 2, every: 2, problems: 7}"
     recover = "distill.warmstart.recover={after: 4, add_fraction: 0.4, rounds: 2}"
@@ -553,7 +554,7 @@ def test_an_rl_flops_budget_stops_the_run_once_spent(tokenizer, tiny_records, tm
 
 
 def test_plateau_is_no_new_best_in_patience_checks():
-    from rakd.warmstart import plateaued
+    from rakd.valstop import plateaued
 
     assert not plateaued([0.1, 0.3], 2) and not plateaued([0.1, 0.3, 0.2], 2)
     assert plateaued([0.1, 0.3, 0.2, 0.3], 2)  # equalling the best is no new best
@@ -563,9 +564,9 @@ def test_plateau_is_no_new_best_in_patience_checks():
 def test_warmstart_stops_at_its_plateau_without_a_target(prepared, tmp_path, monkeypatch):
     """warmstart.stop with patience and no target: SFT ends once `patience` checks in a row bring no new best
     (early stopping, the trace-budget regime's SFT), and the summary says so."""
-    import rakd.warmstart as warmstart
+    import rakd.valstop as valstop
 
-    real, scripted_values = warmstart.evaluate_model, iter([0.1, 0.3, 0.2, 0.3, 0.9])
+    real, scripted_values = valstop.evaluate_model, iter([0.1, 0.3, 0.2, 0.3, 0.9])
 
     def scripted(model, tokenizer, records, cfg):
         result = real(model, tokenizer, records, cfg)
@@ -573,7 +574,7 @@ def test_warmstart_stops_at_its_plateau_without_a_target(prepared, tmp_path, mon
             result["greedy_accuracy"] = next(scripted_values)
         return result
 
-    monkeypatch.setattr(warmstart, "evaluate_model", scripted)
+    monkeypatch.setattr(valstop, "evaluate_model", scripted)
     stop = "distill.warmstart.stop={val_accuracy: null, patience: 2, every: 2, problems: 7}"
     cfg = fresh_run(prepared, tmp_path, "plateau", ["distill.rl.steps=0", "distill.warmstart.sft.steps=20", stop])
     traces = [

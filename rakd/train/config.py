@@ -13,6 +13,8 @@ from rakd.schema import StageConfig
 Method = Literal["sft", "seqkd_fresh", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"]
 Aggregation = Literal["seq_mean", "token_mean"]
 Backend = Literal["auto", "generate", "loop", "static", "graph"]
+# auto: bf16 autocast on CUDA and on CPUs with bf16 units (AVX512_BF16 or AMX), fp32 elsewhere (rakd.train.common)
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 class OptimConfig(StageConfig):
