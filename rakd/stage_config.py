@@ -103,9 +103,10 @@ class TeacherConfig(StageConfig):
     )
     device: str = Field("auto", description="auto (cuda when there is one), cpu, cuda, cuda:1, ...")
     precision: Precision = Field(
-        "auto",
+        "fp32",
         description="training: bf16 autocast (weights and optimiser state stay fp32) or fp32; auto: bf16 on CUDA "
-        "and on a CPU with bf16 units (AVX512_BF16 or AMX), fp32 elsewhere (where bf16 is emulated and slower)",
+        "and on a CPU with bf16 units (AVX512_BF16 or AMX), fp32 elsewhere (where bf16 is emulated and slower); "
+        "fp32 by default: the embedded default's small models gain nothing from bf16",
     )
     seed: int = Field(0, description="the from-scratch teacher's initial weights and data order")
 
@@ -216,10 +217,11 @@ class DistillConfig(StageConfig):
     )
     device: str = Field("auto", description="auto (cuda when there is one), cpu, cuda, cuda:1, ...")
     precision: Precision = Field(
-        "auto",
+        "fp32",
         description="the warm start's traces and SFT, RL's sampling, scoring and updates: bf16 autocast (weights "
         "and optimiser state stay fp32) or fp32; auto: bf16 on CUDA and on a CPU with bf16 units (AVX512_BF16 or "
-        "AMX), fp32 elsewhere (where bf16 is emulated and slower)",
+        "AMX), fp32 elsewhere (where bf16 is emulated and slower); fp32 by default: the embedded default's small "
+        "models gain nothing from bf16",
     )
     seed: int = Field(0, description="the student's initial weights, the traces' sampling, the RL prompts and samples")
     fail_after_step: int | None = Field(None, description="fault injection for tests: crash after this RL step")
