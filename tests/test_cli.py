@@ -63,7 +63,7 @@ def test_user_errors_exit_2_with_message(tmp_path, capsys):
 def test_every_registry_stage_is_a_command():
     commands = build_parser()._subparsers._group_actions[0].choices
     assert [s.name for s in STAGES] == ["prep", "teacher", "distill", "export", "validate", "package"]
-    assert {s.name for s in STAGES} | {"demo", "run", "compare", "verify-package"} == set(commands)
+    assert {s.name for s in STAGES} | {"demo", "run", "compare", "verify-package", "serve"} == set(commands)
 
 
 def test_console_script_is_installed():
