@@ -83,11 +83,7 @@ class TraceRounds:
         self.pending, self.index = self.work / "traces.pending.jsonl", self.work / "traces.rounds.json"
 
     def rounds(self) -> list[dict]:
-        if self.index.exists():
-            return json.loads(self.index.read_text())
-        if self.pending.exists():  # traces left by a run before rounds were recorded: one round, cost unknown
-            return [{"round": 0, "step": 0, "traces": len(read_jsonl(self.pending)), "teacher_generate": 0}]
-        return []
+        return json.loads(self.index.read_text()) if self.index.exists() else []
 
     def traces(self) -> list[dict]:
         done = len(self.rounds())

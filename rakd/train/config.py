@@ -36,7 +36,7 @@ class SFTConfig(StageConfig):
     batch_size: int = Field(64, ge=1, description="pairs per step")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: only at the end)")
-    log_every: int = Field(25, ge=1, description="steps between metrics rows")
+    log_every: int = Field(25, ge=1, description="steps between progress lines (a metrics row is written every step)")
 
 
 class LossParams(StageConfig):
