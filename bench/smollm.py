@@ -4,8 +4,8 @@ run resumes in the stage it was in (`make smollm` runs the same config as a Pref
 
     .venv/bin/python bench/smollm.py [--set key=value ...] [--out DIR] [--until STAGE]
 
-Writes `bench/results/smollm-<date>/` (or --out): `stages/<stage>.json` (its summary and seconds, the moment it
-finishes), `summary.md` (the run's summary tables so far), once validated the report (`report.json`, `report.md`,
+Writes `bench/results/smollm-<date>/` (or --out): `stages/<stage>.json` (its summary, seconds and the commit that
+ran it, the moment it finishes), `summary.md` (the run's summary tables so far), once validated the report (`report.json`, `report.md`,
 `accuracy_vs_latency.png`), and `meta.json` (commit, machine, CPU flags that decide bf16, the resolved precision).
 A stage whose outputs are current under its cache key and whose summary is kept is not run again.
 """
@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from benchlib import results_dir, write_meta
+from benchlib import commit, results_dir, write_meta
 
 from rakd.config import load_config
 from rakd.io import atomic_write_json, atomic_write_text
@@ -63,7 +63,8 @@ def main() -> None:
             print(f"[{stage.name}] running", flush=True)
             results[stage.name] = run_stage(stage, cfg)
             record_key(cfg.run.layout, stage, keys[stage.name])
-            atomic_write_json(kept, {"summary": results[stage.name], "seconds": results[stage.name]["seconds"]})
+            record = {"summary": results[stage.name], "seconds": results[stage.name]["seconds"], "commit": commit()}
+            atomic_write_json(kept, record)
         write_summary(out, results)
         if stage.name == "validate":
             for name in ("report.json", "report.md", "accuracy_vs_latency.png"):
