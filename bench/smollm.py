@@ -5,8 +5,9 @@ run resumes in the stage it was in (`make smollm` runs the same config as a Pref
     .venv/bin/python bench/smollm.py [--set key=value ...] [--out DIR] [--until STAGE]
 
 Writes `bench/results/smollm-<date>/` (or --out): `stages/<stage>.json` (its summary, seconds and the commit that
-ran it, the moment it finishes), `summary.md` (the run's summary tables so far), once validated the report (`report.json`, `report.md`,
-`accuracy_vs_latency.png`), and `meta.json` (commit, machine, CPU flags that decide bf16, the resolved precision).
+ran it, the moment it finishes), `summary.md` (the run's summary tables so far), once validated the report
+(`report.json`, `report.md`, `accuracy_vs_latency.png`), and `meta.json` (commit, machine, CPU flags that decide
+bf16, the resolved precision).
 A stage whose outputs are current under its cache key and whose summary is kept is not run again.
 """
 

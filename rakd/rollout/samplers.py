@@ -19,7 +19,7 @@ from transformers.cache_utils import StaticLayer
 from rakd.progress import Progress
 from rakd.rollout.batch import Rollouts, assemble, encode_prompts, position_ids
 from rakd.rollout.masks import attention_mask_4d, mask_for_model, no_cudnn_attention
-from rakd.train.config import Backend
+from rakd.schema import Backend
 
 
 def resolve_backend(backend: Backend, device: torch.device) -> Backend:

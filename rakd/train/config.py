@@ -6,15 +6,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from rakd.schema import StageConfig
+from rakd.schema import Aggregation, Backend, Precision, StageConfig
+
+__all__ = ["Aggregation", "Backend", "Precision"]
 
 # sft: SFT continued on the warm start's traces; seqkd_fresh: SFT on new teacher traces each step (SeqKD that pays
 # for its traces); the rest learn from the student's own samples or the teacher's distributions (rakd.losses)
 Method = Literal["sft", "seqkd_fresh", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"]
-Aggregation = Literal["seq_mean", "token_mean"]
-Backend = Literal["auto", "generate", "loop", "static", "graph"]
-# auto: bf16 autocast on CUDA and on CPUs with bf16 units (AVX512_BF16 or AMX), fp32 elsewhere (rakd.train.common)
-Precision = Literal["auto", "fp32", "bf16"]
 
 
 class OptimConfig(StageConfig):

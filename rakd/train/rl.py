@@ -25,13 +25,13 @@ from rakd.losses import LOSSES, LossSpec, group_advantages
 from rakd.progress import Progress
 from rakd.rollout import (
     Rollouts,
+    TorchScorer,
     completion_logits,
     concat_rollouts,
     sample,
     select_rows,
     trimmed,
 )
-from rakd.scorers import TorchScorer
 from rakd.train.batches import batch_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
 from rakd.train.common import MetricsLog, autocast, make_optimizer, make_scheduler, step_seed
