@@ -69,7 +69,7 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
         model, tokenizer = load_causal_lm(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         model.to(device)
         if cfg.tune:
-            before = evaluation_before(cfg, model, tokenizer, layout, world, log)
+            before = evaluation_before(cfg, model, tokenizer, layout, world, log, precision)
     else:
         tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer)
         model = build_model(preset_config(cfg.model.preset, tokenizer, **cfg.model.overrides), cfg.seed).to(device)
@@ -86,16 +86,17 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
             precision=precision,
         )
         trainer.resume()
-        trainer.run(on_step=teacher_stop(cfg, model, tokenizer, layout, log))
+        trainer.run(on_step=teacher_stop(cfg, model, tokenizer, layout, log, precision))
     if not world.main:  # rank 0 evaluates and writes the teacher; every rank holds the same weights
         world.barrier()
         return TeacherResult(layout.teacher, {}, time.perf_counter() - started)
-    result = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval)
+    result = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval, precision)
     result.update(parameters=count_parameters(model), source=cfg.model.model_dump())
     work_log = layout.teacher_work / "metrics.jsonl"
     rows = read_jsonl(work_log) if work_log.exists() else []
+    result["precision"] = precision
     if trains:
-        result.update(precision=precision, train_steps=len(rows), tuning=outcome(cfg.stop, rows, len(rows)))
+        result.update(train_steps=len(rows), tuning=outcome(cfg.stop, rows, len(rows)))
     if before is not None:
         result["before"] = before
     trained = sum(row.get("flops", 0) for row in rows)
@@ -114,19 +115,19 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
     return TeacherResult(layout.teacher, result, time.perf_counter() - started)
 
 
-def evaluation_before(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, world, log) -> dict:
+def evaluation_before(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, world, log, precision: str) -> dict:
     """The checkpoint's test accuracy before it is tuned (rank 0; kept in teacher.work/, so a resumed run does not
     evaluate it again)."""
     path = layout.teacher_work / "eval_before.json"
     if world.main and not path.exists():
-        result = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval)
+        result = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval, precision)
         log(format_eval("teacher (before tuning)", result))
         atomic_write_json(path, {k: v for k, v in result.items() if k != "greedy_correct"})
     world.barrier()
     return json.loads(path.read_text())
 
 
-def teacher_stop(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, log) -> ValCheck | None:
+def teacher_stop(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, log, precision: str) -> ValCheck | None:
     """The SFT hook of `teacher.stop` (rakd.valstop) on the val split."""
     if cfg.stop is None:
         return None
@@ -141,6 +142,7 @@ def teacher_stop(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, log) -
         eval_cfg=cfg.eval,
         name="teacher",
         log=log,
+        precision=precision,
     )
 
 

@@ -46,6 +46,7 @@ class ValCheck:
     eval_cfg: EvalConfig
     name: str
     log: Callable[[str], None] = print
+    precision: str = "fp32"  # the SFT's resolved precision, which the checks decode under too
     checks: list[tuple[int, float]] = field(default_factory=list)
     reached: bool = False
     stopped: bool = False
@@ -65,7 +66,7 @@ class ValCheck:
     def __call__(self, step: int, row: dict) -> bool:
         if step % self.stop.every:
             return False
-        result = evaluate_model(self.model, self.tokenizer, self.records, self.eval_cfg)
+        result = evaluate_model(self.model, self.tokenizer, self.records, self.eval_cfg, self.precision)
         accuracy = result["greedy_accuracy"]
         row.update(val_check_accuracy=accuracy, flops_eval=result.get("eval_flops", 0))
         target = "" if self.stop.val_accuracy is None else f" (target {self.stop.val_accuracy})"

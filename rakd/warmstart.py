@@ -115,7 +115,7 @@ def run_warmstart(
     if not world.main:
         world.barrier()  # rank 0 evaluates and saves; every rank holds the same weights already
         return traces, json.loads((done / "eval_warmstart.json").read_text())
-    result = evaluate_model(whole, tokenizer, distill_records(layout, "test"), cfg.eval)
+    result = evaluate_model(whole, tokenizer, distill_records(layout, "test"), cfg.eval, precision)
     sft_log, base_log = work / "warmstart.work/metrics.jsonl", work / "base.work/metrics.jsonl"
     sft_rows = read_jsonl(sft_log) if sft_log.exists() else []
     base_rows = read_jsonl(base_log) if base_log.exists() else []
@@ -214,4 +214,5 @@ def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, lo
         eval_cfg=cfg.eval,
         name="warmstart",
         log=log,
+        precision=stage_precision(cfg, student) if student is not None else "fp32",
     )

@@ -272,14 +272,14 @@ def test_log_probs_are_taken_at_the_sampling_temperature(tokenizer, tiny_records
 
 
 def test_teacher_scores_only_the_rows_that_enter_the_loss(tokenizer, tiny_records, monkeypatch, tmp_path):
-    import rakd.scorers as scorers
+    import rakd.rollout.scoring as scoring
     import rakd.train.rl as rl
 
     outcomes = iter([1.0, 0.0, 1.0, 0.0] + [0.0] * 4)  # group 1 mixed, group 2 all wrong (no RL signal)
     monkeypatch.setattr(rl, "reward", lambda text, answer: next(outcomes))
-    scored, real = [], scorers.score_completions  # every torch scoring pass (teacher and π_old) goes through it
+    scored, real = [], scoring.score_completions  # every torch scoring pass (teacher and π_old) goes through it
     monkeypatch.setattr(
-        scorers,
+        scoring,
         "score_completions",
         lambda model, batch, **kw: scored.append(len(batch.texts)) or real(model, batch, **kw),
     )
@@ -355,8 +355,8 @@ def test_warmstart_stops_at_its_target_val_accuracy(prepared, tmp_path, monkeypa
 
     real, checks = valstop.evaluate_model, []
 
-    def scripted(model, tokenizer, records, cfg):  # the real evaluation, with a scripted accuracy for the checks
-        result = real(model, tokenizer, records, cfg)
+    def scripted(model, tokenizer, records, cfg, precision):  # the real evaluation, a scripted accuracy
+        result = real(model, tokenizer, records, cfg, precision)
         if cfg.n_problems == 7 and cfg.k_samples == 0:
             checks.append(records)
             result["greedy_accuracy"] = [0.1, 0.3][len(checks) - 1]
@@ -400,7 +400,7 @@ def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficu
     layout.split("val").write_text(to_jsonl(val))
     seen = []
     result = {"greedy_accuracy": 0.5, "eval_flops": 7}
-    monkeypatch.setattr(valstop, "evaluate_model", lambda m, t, records, c: seen.append(records) or result)
+    monkeypatch.setattr(valstop, "evaluate_model", lambda m, t, records, c, p: seen.append(records) or result)
     cfg = load_config(None, ["distill.warmstart.stop={val_accuracy: 0.5, min_difficulty: 4, every: 3}"]).distill
     hook = warmstart.warmstart_stop(cfg, None, None, layout, lambda *_: None)
     assert hook(2, {}) is False and seen == []  # not a check step
@@ -418,8 +418,8 @@ def scripted_warmstart(prepared, tmp_path, monkeypatch, name, extra=(), crash_at
     solutions = {r["question"]: r["solution"] for r in read_jsonl(prepared.run.layout.split("train"))}
     real, sampled = valstop.evaluate_model, []
 
-    def scripted(model, tokenizer, records, cfg):
-        result = real(model, tokenizer, records, cfg)
+    def scripted(model, tokenizer, records, cfg, precision):
+        result = real(model, tokenizer, records, cfg, precision)
         if cfg.n_problems == 7 and cfg.k_samples == 0:
             result["greedy_accuracy"] = 0.1
         return result
@@ -576,8 +576,8 @@ def test_warmstart_stops_at_its_plateau_without_a_target(prepared, tmp_path, mon
 
     real, scripted_values = valstop.evaluate_model, iter([0.1, 0.3, 0.2, 0.3, 0.9])
 
-    def scripted(model, tokenizer, records, cfg):
-        result = real(model, tokenizer, records, cfg)
+    def scripted(model, tokenizer, records, cfg, precision):
+        result = real(model, tokenizer, records, cfg, precision)
         if cfg.n_problems == 7 and cfg.k_samples == 0:
             result["greedy_accuracy"] = next(scripted_values)
         return result
