@@ -8,7 +8,7 @@ Writes `bench/results/smollm-<date>/` (or --out): `stages/<stage>.json` (its sum
 ran it, the moment it finishes), `summary.md` (the run's summary tables so far), once validated the report
 (`report.json`, `report.md`, `accuracy_vs_latency.png`), and `meta.json` (commit, machine, CPU flags that decide
 bf16, the resolved precision).
-A stage whose outputs are current under its cache key and whose summary is kept is not run again.
+A stage whose outputs are current under its cache key is not run again (its summary is read back from them).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from benchlib import commit, results_dir, write_meta
 from rakd.config import load_config
 from rakd.io import atomic_write_json, atomic_write_text
 from rakd.models.gguf_file import packaged_gguf
-from rakd.registry import STAGES, outputs_current, record_key, run_stage, stage_keys, summary_sections
+from rakd.registry import STAGES, current_summary, outputs_current, run_stage, stage_keys
+from rakd.summary import summary_sections
 from rakd.tables import markdown_table
 from rakd.train.common import cpu_bf16_units, resolve_precision
 
@@ -57,13 +58,13 @@ def main() -> None:
     keys, results = stage_keys(cfg), {}
     for stage in STAGES:
         kept = out / "stages" / f"{stage.name}.json"
-        if outputs_current(cfg.run.layout, stage, keys[stage.name]) and kept.is_file():
-            results[stage.name] = json.loads(kept.read_text())["summary"]
-            print(f"[{stage.name}] current (kept in {kept})", flush=True)
+        if outputs_current(cfg.run.layout, stage, keys[stage.name]):
+            results[stage.name] = current_summary(stage, cfg)
+            print(f"[{stage.name}] current", flush=True)
         else:
             print(f"[{stage.name}] running", flush=True)
             results[stage.name] = run_stage(stage, cfg)
-            record_key(cfg.run.layout, stage, keys[stage.name])
+        if not kept.is_file() or json.loads(kept.read_text())["summary"] != results[stage.name]:
             record = {"summary": results[stage.name], "seconds": results[stage.name]["seconds"], "commit": commit()}
             atomic_write_json(kept, record)
         write_summary(out, results)

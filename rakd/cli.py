@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 from deploy.cli import add_serve_arguments, add_verify_arguments, serve_command, verify_command
 from rakd.config import ConfigError, PipelineConfig, dump_config, load_config
 from rakd.io import atomic_write_text
-from rakd.registry import STAGES, Stage, run_stage, summary_sections
+from rakd.registry import STAGES, Stage, run_stage
 from rakd.schema import DataError, ModelLoadError, StageError
+from rakd.summary import summary_sections
 from rakd.tables import text_table
 
 USER_ERRORS = (ConfigError, DataError, ModelLoadError, StageError, FileNotFoundError, FileExistsError)

@@ -462,7 +462,7 @@ def test_a_warm_start_that_misses_its_target_adds_harder_traces_and_says_so(prep
     assert "NOT reached in 10 SFT steps" in target["summary"] and "from step 4" in target["summary"]
     assert any("NOT reached" in line for line in lines)
     assert warm["flops"]["teacher_generate"] == 1000 * sum(len(q) for q in sampled)
-    from rakd.registry import summary_sections
+    from rakd.summary import summary_sections
 
     final = json.loads((cfg.run.dir / "student/eval.json").read_text())
     sections = dict(summary_sections({"distill": {"eval_warmstart": warm, "eval": final}}))
