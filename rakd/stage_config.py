@@ -110,6 +110,15 @@ class TeacherConfig(StageConfig):
     )
     seed: int = Field(0, description="the from-scratch teacher's initial weights and data order")
 
+    @model_validator(mode="after")
+    def _tune_needs_a_checkpoint(self):
+        if self.tune and self.model.path is None:
+            raise ValueError(
+                "teacher.tune fine-tunes a checkpoint: set teacher.model.path (a preset teacher trains from scratch "
+                "with teacher.train anyway)"
+            )
+        return self
+
 
 class StudentSource(StageConfig):
     """A model source, or a layer subset of the teacher (`from_teacher_every_k`): exactly one. Setting
