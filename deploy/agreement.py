@@ -3,8 +3,14 @@ validation problems (the student's real reasoning traces): the artefact and the 
 and at every position that predicts a completion token (its end token included) we take the KL divergence
 KL(reference ‖ artefact) of the two next-token distributions and whether their top-1 tokens agree. This is what
 llama.cpp's `llama-perplexity --kl-divergence` reports (KLD mean and percentiles, "same top p"), on reasoning
-traces rather than generic text. Both models run in one child process (`agreement_spec`), llama.cpp with the KV
-cache a device uses, so its rounding counts.
+traces rather than generic text. llama.cpp runs with the KV cache a device uses, so its rounding counts.
+
+The reference is read once per validation, not once per artefact: `reference_spec` (one child process) keeps, at
+every completion position, the reference's `top_k` most likely tokens with their log-probabilities and the log of
+the mass left in the tail (as llama-perplexity keeps a KL base file), and each artefact's child
+(`agreement_spec`) compares its own full distribution with that. The KL divergence over the top-k tokens plus
+the tail lumped into one outcome is a lower bound of the exact one (merging outcomes never raises a divergence)
+and equals it once the tail is empty; `top_k` 0 keeps the whole distribution (exact).
 """
 
 from __future__ import annotations
@@ -31,6 +37,39 @@ def token_kld(reference_logits: np.ndarray, artefact_logits: np.ndarray) -> np.n
     return np.maximum((np.exp(p) * (p - q)).sum(-1), 0.0)
 
 
+def top_k_distribution(logits: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """(T, V) logits -> the top-k token ids and log-probabilities per position (most likely first) and the log of the
+    probability left outside them (`tail_logp`, -inf when nothing is left); k 0 or >= V keeps every token."""
+    logp = log_softmax(logits)
+    vocab = logp.shape[-1]
+    k = vocab if k <= 0 or k >= vocab else k
+    ids = np.argpartition(-logp, k - 1, axis=-1)[:, :k] if k < vocab else np.tile(np.arange(vocab), (len(logp), 1))
+    order = np.argsort(-np.take_along_axis(logp, ids, -1), axis=-1, kind="stable")  # most likely first
+    ids = np.take_along_axis(ids, order, -1)
+    top = np.take_along_axis(logp, ids, -1)
+    if k == vocab:
+        return {"ids": ids.astype(np.int32), "logp": top, "tail_logp": np.full(len(top), -np.inf)}
+    with np.errstate(divide="ignore"):
+        tail = np.log(np.clip(1.0 - np.exp(top).sum(-1), 0.0, None))
+    return {"ids": ids.astype(np.int32), "logp": top, "tail_logp": tail}
+
+
+def lumped_kld(reference: dict[str, np.ndarray], artefact_logits: np.ndarray) -> np.ndarray:
+    """Per position KL(P ‖ Q) over the reference's top-k tokens and its tail lumped into one outcome:
+    Σ_top P(v) (log P(v) − log Q(v)) + P_tail (log P_tail − log Q_tail); ≤ the exact KLD, equal when P_tail is 0."""
+    q = log_softmax(artefact_logits)
+    if q.shape[0] != reference["ids"].shape[0]:
+        raise ValueError(f"{q.shape[0]} artefact positions against {reference['ids'].shape[0]} of the reference")
+    q_top = np.take_along_axis(q, reference["ids"].astype(np.int64), -1)
+    p_top = reference["logp"]
+    kld = (np.exp(p_top) * (p_top - q_top)).sum(-1)
+    p_tail = np.exp(reference["tail_logp"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q_tail = np.log(np.clip(1.0 - np.exp(q_top).sum(-1), 1e-300, None))
+        tail = np.where(p_tail > 0, p_tail * (reference["tail_logp"] - q_tail), 0.0)
+    return np.maximum(kld + tail, 0.0)
+
+
 def sequence_agreement(reference, artefact, sequence: list[int], prompt_length: int) -> tuple[np.ndarray, np.ndarray]:
     """(KLD, same top-1) at the positions of `sequence` that predict its tokens after the prompt."""
     if len(sequence) <= prompt_length:
@@ -42,12 +81,54 @@ def sequence_agreement(reference, artefact, sequence: list[int], prompt_length: 
 
 def token_agreement(reference, artefact, sequences: list[tuple[list[int], int]]) -> dict:
     """KLD mean, p95, p99 and max, and top-1 agreement over every completion position of `sequences`
-    ((token ids, prompt length) pairs); two logits runtimes (rakd.models.logits)."""
+    ((token ids, prompt length) pairs) of two logits runtimes (rakd.models.logits), each distribution whole."""
     klds, same = [], []
     for sequence, prompt_length in sequences:
         kld, agree = sequence_agreement(reference, artefact, sequence, prompt_length)
         klds.append(kld)
         same.append(agree)
+    return summarise(klds, same)
+
+
+def reference_spec(spec: dict) -> dict:
+    """The reference's top-k distribution at every completion position of `spec["sequences"]`, saved to
+    `spec["out"]` (.npz): what the isolated reference child runs, once per validation."""
+    reference = open_logits(spec["reference"]["format"], Path(spec["reference"]["path"]), spec["threads"], exact=True)
+    arrays = {}
+    try:
+        for i, (sequence, prompt_length) in enumerate(spec["sequences"]):
+            if len(sequence) <= prompt_length:
+                continue
+            logits = reference.logits(sequence[:-1])[prompt_length - 1 :]
+            for name, value in top_k_distribution(logits, spec["top_k"]).items():
+                arrays[f"{name}_{i}"] = value
+    finally:
+        reference.close()
+    np.savez(spec["out"], **arrays)
+    return {"positions": int(sum(v.shape[0] for k, v in arrays.items() if k.startswith("ids_")))}
+
+
+def agreement_spec(spec: dict) -> dict:
+    """KLD and top-1 agreement of the artefact in `spec` against the saved reference distribution
+    (`spec["distribution"]`, from `reference_spec`): what each artefact's isolated child runs."""
+    artefact = open_logits(spec["artefact"]["format"], Path(spec["artefact"]["path"]), spec["threads"], exact=False)
+    klds, same = [], []
+    try:
+        with np.load(spec["distribution"]) as saved:
+            for i, (sequence, prompt_length) in enumerate(spec["sequences"]):
+                if f"ids_{i}" not in saved:
+                    continue
+                reference = {name: saved[f"{name}_{i}"] for name in ("ids", "logp", "tail_logp")}
+                logits = artefact.logits(sequence[:-1])[prompt_length - 1 :]
+                klds.append(lumped_kld(reference, logits))
+                same.append(logits.argmax(-1) == reference["ids"][:, 0])
+    finally:
+        artefact.close()
+    return summarise(klds, same)
+
+
+def summarise(klds: list[np.ndarray], same: list[np.ndarray]) -> dict:
+    """KLD mean, p95, p99 and max, and top-1 agreement over every position of every sequence."""
     kld, agree = np.concatenate(klds or [np.zeros(0)]), np.concatenate(same or [np.zeros(0, dtype=bool)])
     if not len(kld):
         return {
@@ -66,16 +147,3 @@ def token_agreement(reference, artefact, sequences: list[tuple[list[int], int]])
         "top1_agreement": float(agree.mean()),
         "kld_tokens": int(len(kld)),
     }
-
-
-def agreement_spec(spec: dict) -> dict:
-    """`token_agreement` of the artefact in `spec` against its reference: what the isolated child runs."""
-    reference = open_logits(spec["reference"]["format"], Path(spec["reference"]["path"]), spec["threads"], exact=True)
-    try:
-        artefact = open_logits(spec["artefact"]["format"], Path(spec["artefact"]["path"]), spec["threads"], exact=False)
-        try:
-            return token_agreement(reference, artefact, [tuple(s) for s in spec["sequences"]])
-        finally:
-            artefact.close()
-    finally:
-        reference.close()

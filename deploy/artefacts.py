@@ -22,7 +22,8 @@ class Artefact:
     label: str
     format: Format
     path: Path
-    reference: bool = False
+    reference: bool = False  # the fp32 PyTorch model its `model`'s other artefacts are compared with
+    model: str = "student"  # whose artefact: the student's, or the teacher's (validated beside it, never shipped)
 
 
 def discover(path: str | Path) -> list[Artefact]:
@@ -60,15 +61,20 @@ def folder_format(path: Path) -> Format | None:
 
 
 def run_artefacts(layout: RunLayout) -> list[Artefact]:
-    """The run's PyTorch student (the fp32 reference) and every artefact export recorded in parity.json."""
+    """The run's PyTorch student (the fp32 reference) and every artefact export recorded in parity.json; where export
+    also wrote the teacher's artefacts, the PyTorch teacher (their reference) and those too."""
     found = []
     if (layout.student / "config.json").is_file():
         found.append(Artefact("pytorch", "pytorch", layout.student, reference=True))
     if layout.export.is_dir():
         if not layout.parity.is_file():
             raise ModelLoadError(f"{layout.parity}: missing; export/ is incomplete (run `rakd export` again)")
-        for record in json.loads(layout.parity.read_text())["artefacts"]:
-            found.append(Artefact(record["artefact"], record["format"], layout.export / record["path"]))
+        records = json.loads(layout.parity.read_text())["artefacts"]
+        if any(r.get("model") == "teacher" for r in records) and (layout.teacher / "config.json").is_file():
+            found.append(Artefact("teacher/pytorch", "pytorch", layout.teacher, reference=True, model="teacher"))
+        for record in records:
+            model = record.get("model", "student")
+            found.append(Artefact(record["artefact"], record["format"], layout.export / record["path"], model=model))
     if not found:
         raise ModelLoadError(f"{layout.root}: run directory without student/ or exported artefacts in export/")
     return found

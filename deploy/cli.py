@@ -93,3 +93,22 @@ def verify_command(args: argparse.Namespace, cfg) -> int:
     manifest = verify_package(args.package_dir)
     print(f"{args.package_dir}: ok, {manifest.name} {manifest.version}, {len(manifest.files)} files verified")
     return 0
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("package_dir", type=Path, help="package folder (with manifest.json and a GGUF model)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (0: a free one, printed at start)")
+    parser.add_argument("--label", default=None, help="which packaged model (default: the first, the best)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: validation.threads)")
+    parser.add_argument("--n-ctx", type=int, default=0, help="context length (0: the model's own)")
+
+
+def serve_command(args: argparse.Namespace, cfg) -> int:
+    from deploy.serve import serve
+
+    threads = args.threads if args.threads is not None else cfg.validation.threads
+    if threads < 1 or not 0 <= args.port < 65536:
+        raise ConfigError(f"rakd serve: --threads must be >= 1 and --port in 0..65535 (got {threads}, {args.port})")
+    serve(args.package_dir, host=args.host, port=args.port, label=args.label, threads=threads, n_ctx=args.n_ctx)
+    return 0

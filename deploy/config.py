@@ -40,6 +40,13 @@ class ValidateConfig(StageConfig):
     reference_batch: int = Field(
         64, ge=1, description="problems the PyTorch reference decodes at once (it is not timed: not a device runtime)"
     )
+    kld_top_k: int = Field(
+        256,
+        ge=0,
+        description="the reference's most likely tokens kept at each position for the KL divergence, the rest of its "
+        "mass lumped into one outcome: a lower bound of the exact KLD (tests/test_agreement.py bounds the error); 0: "
+        "every token, exact",
+    )
     seed: int = Field(0, description="runtime seed (decoding is greedy)")
     isolate: bool = Field(True, description="one spawned process per artefact (own peak RSS, crash isolation)")
     gates: Gates = Field(default_factory=Gates)

@@ -20,10 +20,11 @@ import yaml
 from deploy.config import PackageConfig
 from deploy.manifest import SCHEMA_VERSION, Manifest, PackageError, file_entries
 from deploy.report import REPORT_KEYS, shippable, validation_rows
+from deploy.serve import stop_texts
 from rakd.io import atomic_dir, atomic_write_json, atomic_write_text
 from rakd.layout import RunLayout
 from rakd.models.gguf_file import gguf_metadata, gguf_token
-from rakd.prompt import prompt_around, turn_end
+from rakd.prompt import prompt_around
 from rakd.tables import markdown_table
 
 TOKENIZER_FILES = (
@@ -175,13 +176,11 @@ def ollama_modelfile(name: str, path: Path) -> str:
     meta = gguf_metadata(path)
     token = lambda key: gguf_token(path, meta[key]) if meta.get(key) is not None else ""  # noqa: E731
     bos, eos = token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")
-    stops = [eos, token("tokenizer.ggml.eot_token_id"), token("tokenizer.ggml.eom_token_id")]
     template = meta.get("tokenizer.chat_template")
     if template:
         before, after = prompt_around(template, bos=bos, eos=eos)
         if meta.get("tokenizer.ggml.add_bos_token") and bos and before.startswith(bos):
             before = before[len(bos) :]  # Ollama adds the BOS itself, as llama.cpp does
-        stops.append(turn_end(template, bos=bos, eos=eos))
     else:
         before, after = "", "\n"  # rakd's prompt format (rakd.prompt.prompt_text)
     body = _go_literal(before) + "{{ .Prompt }}" + _go_literal(after)
@@ -192,7 +191,7 @@ def ollama_modelfile(name: str, path: Path) -> str:
         "PARAMETER temperature 0",
         "PARAMETER num_predict 256",
     ]
-    lines += [f'PARAMETER stop "{stop}"' for stop in dict.fromkeys(s for s in stops if s)]
+    lines += [f'PARAMETER stop "{stop}"' for stop in stop_texts(path, meta)]
     return "\n".join(lines) + "\n"
 
 

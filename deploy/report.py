@@ -74,8 +74,9 @@ def reference_of(records: list[dict]) -> dict | None:
 
 
 def shippable(report: dict) -> list[dict]:
-    """Artefacts of a report that passed their gates and could be shipped (not the PyTorch reference)."""
-    return [r for r in report["artefacts"] if r["passed"] and not r["reference"]]
+    """Artefacts of a report that passed their gates and could be shipped (not a PyTorch reference, not the
+    teacher's: those are validated beside the student to compare with)."""
+    return [r for r in report["artefacts"] if r["passed"] and not r["reference"] and r.get("model") != "teacher"]
 
 
 def _result(record: dict) -> str:
@@ -121,6 +122,48 @@ def validation_rows(records: list[dict]) -> list[dict]:
     ]
 
 
+def references(report: dict) -> str:
+    """The fp32 reference of each model in the report (the student's, and the teacher's where it was validated)."""
+    found = report.get("references") or {"student": report.get("reference")}
+    return ", ".join(
+        label if model == "student" else f"{label} (the teacher's)" for model, label in found.items() if label
+    )
+
+
+def against_teacher_rows(report: dict) -> list[dict]:
+    """The student against the teacher at each artefact type both were validated as: accuracy, answer length, decode
+    speed and its ratio, latency p50 and its ratio, size; empty when no teacher artefact was validated."""
+    ok = [r for r in report["artefacts"] if not r.get("error")]
+    teacher = {r["label"].removeprefix("teacher/"): r for r in ok if r.get("model") == "teacher"}
+    rows = []
+    for student in (r for r in ok if r.get("model", "student") == "student"):
+        other = teacher.get(student["label"])
+        if other is None:
+            continue
+        timed = student["latency_ms_p50"] and other["latency_ms_p50"]
+        decoded = student["decode_tok_s_p50"] and other["decode_tok_s_p50"]
+        rows.append(
+            {
+                "artefact": student["label"],
+                "student accuracy": pct(student["accuracy"]),
+                "teacher accuracy": pct(other["accuracy"]),
+                "student tokens": num(student.get("mean_new_tokens"), ".1f"),
+                "teacher tokens": num(other.get("mean_new_tokens"), ".1f"),
+                "student decode tok/s": num(student["decode_tok_s_p50"], ".0f"),
+                "teacher decode tok/s": num(other["decode_tok_s_p50"], ".0f"),
+                "decode speed-up": (
+                    f"{student['decode_tok_s_p50'] / other['decode_tok_s_p50']:.2f}x" if decoded else "-"
+                ),
+                "latency p50 ms (student / teacher)": (
+                    f"{student['latency_ms_p50']:.0f} / {other['latency_ms_p50']:.0f}" if timed else "-"
+                ),
+                "latency speed-up": f"{other['latency_ms_p50'] / student['latency_ms_p50']:.2f}x" if timed else "-",
+                "size MB (student / teacher)": f"{student['size_mb']:.1f} / {other['size_mb']:.1f}",
+            }
+        )
+    return rows
+
+
 def format_report_md(report: dict) -> str:
     machine = report["machine"]
     gates = ", ".join(f"{k}={v}" for k, v in report["gates"].items() if v is not None)
@@ -132,7 +175,7 @@ def format_report_md(report: dict) -> str:
         f"max {report['max_new_tokens']} new tokens)",
         f"- machine: {machine['cpu']} ({machine['cores']} cores), {report['threads']} runtime thread(s)",
         f"- llama.cpp: {machine['llama_cpp']['system_info']} (extra buffers: {machine['llama_cpp']['reason']})",
-        f"- reference: {report['reference'] or 'none (drop gate not applied)'}",
+        f"- reference: {references(report) or 'none (drop gate not applied)'}",
         f"- gates: {gates}",
         "",
         markdown_table(validation_rows(report["artefacts"])),
@@ -147,6 +190,20 @@ def format_report_md(report: dict) -> str:
         "by the token limit; loops: truncated while repeating one n-gram to the end.",
         "",
     ]
+    versus = against_teacher_rows(report)
+    if versus:
+        lines += [
+            "## The student against shipping the teacher",
+            "",
+            "The teacher's artefacts (`teacher/...`) ran on the same problems with the same measures, each against "
+            "the teacher's own fp32 reference; they are never shipped. Decode speed-up: the student's decode tokens "
+            "per second over the teacher's (per token, whatever the answers' lengths); latency speed-up: the "
+            "teacher's latency per problem (p50) over the student's, which also counts how long each model's "
+            "answers run (tokens: the mean per problem).",
+            "",
+            markdown_table(versus),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -175,10 +232,11 @@ def plot_accuracy_vs_latency(report: dict, path: Path) -> None:
             )
             continue
         color = "tab:green" if r["passed"] else "tab:red"
+        marker = "s" if r.get("model") == "teacher" else "o"  # the teacher's artefacts: squares
         for ax, value in ((acc, 100 * r["accuracy"]), (kld, r.get("kld_mean"))):
             if value is None:
                 continue
-            ax.scatter(r["latency_ms_p50"], value, color=color)
+            ax.scatter(r["latency_ms_p50"], value, color=color, marker=marker)
             ax.annotate(
                 f"{r['label']} ({r['size_mb']:.2f} MB)",
                 (r["latency_ms_p50"], value),
@@ -190,10 +248,12 @@ def plot_accuracy_vs_latency(report: dict, path: Path) -> None:
         ax.set_xlabel(f"latency per problem, p50 (ms, {report['threads']} thread(s))")
         ax.grid(alpha=0.3)
     acc.set_ylabel("greedy accuracy (%)")
-    acc.set_title(f"accuracy vs latency, {report['data']['n']} problems (green: passed gates)")
+    teacher = any(r.get("model") == "teacher" for r in report["artefacts"])
+    shapes = " ; squares: the teacher's" if teacher else ""
+    acc.set_title(f"accuracy vs latency, {report['data']['n']} problems (green: passed gates{shapes})")
     kld.set_yscale("symlog", linthresh=1e-5)  # near-exact exports (~1e-6) and 4-bit ones (~1e-2) on one axis
     kld.set_ylabel("mean token KL divergence from the reference (nats)")
-    kld.set_title(f"KLD vs latency (reference: {report['reference'] or 'none'})")
+    kld.set_title(f"KLD vs latency (each model against its own reference: {references(report)})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -12,8 +12,11 @@ Writes `report.json`, `report.md` and `accuracy_vs_latency.png` atomically.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import re
 import sys
+import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -76,39 +79,67 @@ def _progress_bar(progress: Progress):
 
 def compare_with_reference(records: list[dict], reference: dict | None, cfg: ValidateConfig) -> None:
     """Each artefact against the fp32 reference: answer flips per problem, and the token agreement (KL divergence,
-    top-1) over the reference's own completions, each in a fresh process as the runs were. Drops the token ids."""
+    top-1) over the reference's own completions. The reference's distributions are computed once (its top
+    `kld_top_k` tokens and the tail's mass at every completion position, deploy.agreement) and each artefact is
+    compared with them in a fresh process as its run was. Records the seconds of each part; drops the token ids."""
     sequences = reference.get("sequences") if reference else None
-    for record in records:
-        if record.get("error") or record is reference or not sequences:
-            continue
-        ours, theirs = record["per_problem"]["correct"], reference["per_problem"]["correct"]
-        record["flips_to_wrong"] = sum(r and not a for r, a in zip(theirs, ours))
-        record["flips_to_right"] = sum(a and not r for r, a in zip(theirs, ours))
-        spec = {
-            "reference": {"format": reference["format"], "path": reference["path"]},
-            "artefact": {"format": record["format"], "path": record["path"]},
-            "sequences": sequences,
-            "threads": cfg.threads,
-        }
-        print(f"[validate] {record['label']}: token agreement with {reference['label']}", file=sys.stderr, flush=True)
-        try:
-            record.update(_agreement(spec, cfg.isolate))
-        except Exception as err:  # noqa: BLE001 - reported; the gates see no KLD
-            record["agreement_error"] = str(err) if isinstance(err, ModelLoadError) else f"{type(err).__name__}: {err}"
-            print(f"[validate] {record['label']}: token agreement FAILED: {record['agreement_error']}", file=sys.stderr)
+    others = [r for r in records if not r.get("error") and r is not reference]
+    if sequences and others:
+        with tempfile.TemporaryDirectory(prefix="rakd-reference-") as tmp:
+            distribution = Path(tmp) / "reference.npz"
+            started = time.perf_counter()
+            spec = {
+                "reference": {"format": reference["format"], "path": reference["path"]},
+                "sequences": sequences,
+                "threads": cfg.threads,
+                "top_k": cfg.kld_top_k,
+                "out": str(distribution),
+            }
+            print(f"[validate] {reference['label']}: reference distributions", file=sys.stderr, flush=True)
+            try:
+                _child("deploy.agreement:reference_spec", spec, cfg.isolate, f"{reference['path']}: the reference")
+                reference["seconds_reference_distributions"] = time.perf_counter() - started
+            except Exception as err:  # noqa: BLE001 - reported; the gates see no KLD
+                message = str(err) if isinstance(err, ModelLoadError) else f"{type(err).__name__}: {err}"
+                for record in others:
+                    record["agreement_error"] = f"the reference's distributions: {message}"
+                print(f"[validate] {reference['label']}: reference FAILED: {message}", file=sys.stderr)
+                distribution = None
+            for record in others:
+                _compare_one(record, reference, distribution, sequences, cfg)
     for record in records:
         record.pop("sequences", None)
 
 
-def _agreement(spec: dict, isolate: bool) -> dict:
-    if not isolate:
-        from deploy.agreement import agreement_spec
-
-        return agreement_spec(spec)
+def _compare_one(record: dict, reference: dict, distribution: Path | None, sequences, cfg: ValidateConfig) -> None:
+    ours, theirs = record["per_problem"]["correct"], reference["per_problem"]["correct"]
+    record["flips_to_wrong"] = sum(r and not a for r, a in zip(theirs, ours))
+    record["flips_to_right"] = sum(a and not r for r, a in zip(theirs, ours))
+    if distribution is None:
+        return
+    spec = {
+        "distribution": str(distribution),
+        "artefact": {"format": record["format"], "path": record["path"]},
+        "sequences": sequences,
+        "threads": cfg.threads,
+    }
+    print(f"[validate] {record['label']}: token agreement with {reference['label']}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
     try:
-        return run_isolated(
-            "deploy.agreement:agreement_spec", spec, what=f"{spec['artefact']['path']}: the token agreement"
-        )
+        record.update(_child("deploy.agreement:agreement_spec", spec, cfg.isolate, f"{record['path']}: the agreement"))
+        record["seconds_agreement"] = time.perf_counter() - started
+    except Exception as err:  # noqa: BLE001 - reported; the gates see no KLD
+        record["agreement_error"] = str(err) if isinstance(err, ModelLoadError) else f"{type(err).__name__}: {err}"
+        print(f"[validate] {record['label']}: token agreement FAILED: {record['agreement_error']}", file=sys.stderr)
+
+
+def _child(target: str, spec: dict, isolate: bool, what: str) -> dict:
+    """`target` (module:function) on `spec`, in a fresh process unless `isolate` is off."""
+    if not isolate:
+        module, function = target.split(":")
+        return getattr(importlib.import_module(module), function)(spec)
+    try:
+        return run_isolated(target, spec, what=what)
     except (ChildFailed, ChildCrashed) as err:
         raise ModelLoadError(str(err)) from err
 
@@ -130,6 +161,7 @@ def validate(cfg: ValidateConfig, path: str | Path, data: str | Path, out_dir: s
             "path": str(artefact.path),
             "format": artefact.format,
             "reference": artefact.reference,
+            "model": artefact.model,
             "size_mb": size_mb(artefact.path),
             "threads": cfg.threads,
         }
@@ -140,27 +172,33 @@ def validate(cfg: ValidateConfig, path: str | Path, data: str | Path, out_dir: s
         )
         try:
             runner = _isolated if cfg.isolate else run_artefact
+            started = time.perf_counter()
             record.update(runner(artefact, problems, cfg))
+            record["seconds_run"] = time.perf_counter() - started
         except Exception as err:  # noqa: BLE001 - one bad artefact must not stop the others
             record["error"] = (
                 str(err) if isinstance(err, (ModelLoadError, DataError)) else f"{type(err).__name__}: {err}"
             )
             print(f"[validate] {artefact.label}: FAILED to run: {record['error']}", file=sys.stderr, flush=True)
         records.append(record)
-    reference = reference_of(records)
-    reference_accuracy = reference["accuracy"] if reference else None
-    compare_with_reference(records, reference, cfg)
-    for record in records:
-        for key in REPORT_KEYS:
-            record.setdefault(key, None)
-        record["failed_gates"] = apply_gates(record, cfg.gates, reference_accuracy)
-        record["passed"] = not record["failed_gates"]
-        # a pass says nothing about answers when no gate looked at accuracy
-        record["accuracy_gated"] = cfg.gates.min_accuracy > 0 or (
-            cfg.gates.max_accuracy_drop is not None and reference_accuracy is not None and not record["reference"]
-        )
-        if reference_accuracy is not None and record["accuracy"] is not None:
-            record["accuracy_drop"] = reference_accuracy - record["accuracy"]
+    references = {}  # each model's artefacts against its own fp32 reference (the student's, the teacher's)
+    for model in dict.fromkeys(r["model"] for r in records):
+        own = [r for r in records if r["model"] == model]
+        references[model] = reference = reference_of(own)
+        compare_with_reference(own, reference, cfg)
+        reference_accuracy = reference["accuracy"] if reference else None
+        for record in own:
+            for key in REPORT_KEYS:
+                record.setdefault(key, None)
+            record["failed_gates"] = apply_gates(record, cfg.gates, reference_accuracy)
+            record["passed"] = not record["failed_gates"]
+            # a pass says nothing about answers when no gate looked at accuracy
+            record["accuracy_gated"] = cfg.gates.min_accuracy > 0 or (
+                cfg.gates.max_accuracy_drop is not None and reference_accuracy is not None and not record["reference"]
+            )
+            if reference_accuracy is not None and record["accuracy"] is not None:
+                record["accuracy_drop"] = reference_accuracy - record["accuracy"]
+    reference = references.get("student")
     report = {
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "source": str(path),
@@ -170,6 +208,7 @@ def validate(cfg: ValidateConfig, path: str | Path, data: str | Path, out_dir: s
         "max_new_tokens": cfg.max_new_tokens,
         "gates": cfg.gates.model_dump(),
         "reference": reference["label"] if reference else None,
+        "references": {model: ref["label"] if ref else None for model, ref in references.items()},
         "artefacts": records,
     }
     out_dir = Path(out_dir)

@@ -35,7 +35,7 @@ GGUF_QUANTS: tuple[str, ...] = get_args(GgufQuant)
 
 
 class ExportConfig(StageConfig):
-    """ONNX and GGUF artefacts of the student, each checked against PyTorch."""
+    """ONNX and GGUF artefacts of the student (and optionally of the teacher), each checked against PyTorch."""
 
     formats: list[Literal["onnx", "gguf"]] = Field(
         default_factory=lambda: ["onnx", "gguf"], description="onnx: fp32 + onnx_quant; gguf: f16 + gguf_quant"
@@ -48,3 +48,8 @@ class ExportConfig(StageConfig):
     parity_prompts: int = Field(16, ge=1, description="val questions each artefact is checked on against PyTorch")
     parity_max_new_tokens: int = Field(32, ge=1, description="length of the greedy continuation checked")
     threads: int = Field(1, ge=1, description="runtime threads of the parity checks")
+    teacher: bool = Field(
+        False,
+        description="also export the teacher to the same artefacts (export/teacher/, labelled teacher/<label>), so "
+        "that validation measures the student against what shipping the teacher itself would give",
+    )

@@ -2,8 +2,9 @@
 
 Tensor names come from gguf's llama name map; Q and K projections are permuted
 into llama.cpp's rotary layout (transformers' GGUF loader undoes it, so a round
-trip gives back identical weights); the tokenizer is embedded as a GPT-2 style
-BPE (`tokenizer.ggml.pre = gpt-2`, which splits digits the way ours does).
+trip gives back identical weights); the tokenizer is embedded as a byte-level
+BPE with llama.cpp's pre-tokenizer name read off its split regex (`gpt-2`, as
+ours splits, `qwen2` or `llama-bpe`; any other regex is an error naming it).
 """
 
 from __future__ import annotations

@@ -22,19 +22,17 @@ from pathlib import Path
 import numpy as np
 
 from rakd.isolated import ChildCrashed, ChildFailed, run_isolated
-from rakd.models.logits import LlamaCppLogits, OnnxLogits
+from rakd.models.logits import open_logits
 from rakd.prompt import model_prompt
-from rakd.quant import HIGH, by_label, quant
+from rakd.quant import HIGH, by_label
 from rakd.schema import StageError
 
-# Each type's limits are rakd.quant's: (max |Δlogit| at the last prompt token or None, minimum top-1 agreement).
-# F16 weights carry ~3 significant digits, so its bound grows with the logits, and with depth as the square
-# root of the layer count (each layer's rounding is an independent error): max(1e-2, F16_RELATIVE · √layers ·
-# max|logit|). Measured: 0.0109 on the tiny student (2 layers, max|logit| 16, bound 0.023); 0.038 on
-# SmolLM2-135M-Instruct (30 layers, max|logit| 28, bound 0.15; the bound without depth, 0.028, failed an export
-# whose F32 twin matched within 4e-5 and whose F16 top-1 agreement was 1.0). A wrong export (a missed bias,
-# rotary order, tied head) moves logits by whole units.
-F16_RELATIVE = 1e-3
+# Each type's limits are rakd.quant's: (max |Δlogit| at the last prompt token or None, minimum top-1 agreement),
+# and for F16 a bound that grows with the logits and with depth as the square root of the layer count (each layer's
+# rounding is an independent error): max(1e-2, relative · √layers · max|logit|). Measured: 0.0109 on the tiny
+# student (2 layers, max|logit| 16, bound 0.023); 0.038 on SmolLM2-135M-Instruct (30 layers, max|logit| 28, bound
+# 0.15; the bound without depth, 0.028, failed an export whose F32 twin matched within 4e-5 and whose F16 top-1
+# agreement was 1.0). A wrong export (a missed bias, rotary order, tied head) moves logits by whole units.
 
 
 class ParityError(StageError):
@@ -54,10 +52,16 @@ class Reference:
         return self.prompt_ids + self.continuation[:-1]
 
 
-def tolerance_for(label: str) -> tuple[float | None, float]:
-    """The table's tolerance of `label`; an artefact type outside the table gets the 8-bit bound."""
+def tolerance_for(label: str, layers: int = 1, scale: float = 0.0) -> tuple[float | None, float]:
+    """The table's tolerance of `label` for a model of `layers` layers whose largest reference logit is `scale`; an
+    artefact type outside the table gets the 8-bit bound."""
     kind = by_label(label)
-    return kind.tolerance if kind is not None else HIGH
+    if kind is None:
+        return HIGH
+    logit_tol, min_agree = kind.tolerance
+    if kind.relative and logit_tol is not None:
+        logit_tol = max(logit_tol, kind.relative * layers**0.5 * scale)
+    return logit_tol, min_agree
 
 
 def build_references(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[Reference]:
@@ -84,15 +88,13 @@ def compare(label: str, path: Path, refs: list[Reference], runtime, layers: int 
     For formats with a logit bound, a different top-1 token counts as a near tie (not a disagreement)
     when the reference scores the two tokens within that bound: either is right to the precision the
     format promises. Untrained models have many such ties."""
-    logit_tol, min_agree = tolerance_for(label)
     runs, scale, tokens_equal = [], 0.0, True
     for ref in refs:
         tokens_equal &= runtime.tokenize(ref.text, ref.special) == ref.prompt_ids
         logits = runtime.logits(ref.sequence)
         scale = max(scale, float(np.abs(ref.logits[len(ref.prompt_ids) - 1]).max()))
         runs.append((ref, logits))
-    if label == quant("gguf", "f16").label:
-        logit_tol = max(logit_tol, F16_RELATIVE * layers**0.5 * scale)
+    logit_tol, min_agree = tolerance_for(label, layers, scale)
     max_diff, agree, near_ties, total = 0.0, 0, 0, 0
     for ref, logits in runs:
         last = len(ref.prompt_ids) - 1
@@ -143,16 +145,11 @@ def load_references(path: Path) -> list[Reference]:
         return [Reference(**m, logits=data[f"logits_{i}"]) for i, m in enumerate(meta)]
 
 
-PARITY_RUNTIMES = {  # an F32 KV cache in llama.cpp: exact against PyTorch on F32/F16 files
-    "onnx": lambda path, threads: OnnxLogits(path, threads),
-    "gguf": lambda path, threads: LlamaCppLogits(path, threads, exact=True),
-}
-
-
 def check_artefact(spec: dict) -> dict:
-    """`compare` one artefact against saved references: what the isolated check process runs."""
+    """`compare` one artefact against saved references: what the isolated check process runs (llama.cpp with an F32
+    KV cache: exact against PyTorch on F32/F16 files)."""
     label, path = spec["label"], Path(spec["path"])
-    runtime = PARITY_RUNTIMES[spec["format"]](path, spec["threads"])
+    runtime = open_logits(spec["format"], path, spec["threads"], exact=True)
     try:
         return compare(label, path, load_references(Path(spec["references"])), runtime, spec.get("layers", 1))
     finally:

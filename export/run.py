@@ -86,34 +86,32 @@ def _gguf_artefacts(cfg: ExportConfig, model, tokenizer, staging: Path) -> tuple
     return made, quant_info
 
 
-def run_export(cfg: ExportConfig, hf_dir: str | Path, out_dir: str | Path, questions: list[str]) -> ExportResult:
-    """Export `hf_dir` to every configured artefact under `out_dir`; raises ParityError on a failure."""
+def run_export(
+    cfg: ExportConfig,
+    hf_dir: str | Path,
+    out_dir: str | Path,
+    questions: list[str],
+    teacher_dir: str | Path | None = None,
+) -> ExportResult:
+    """Export `hf_dir` to every configured artefact under `out_dir` (and, with `teacher_dir`, the teacher to the same
+    artefacts under `out_dir/teacher/`, labelled `teacher/<label>`: what validation compares the student with);
+    raises ParityError on a failure."""
     for noisy in ("gguf", "onnxruntime.quantization.matmul_nbits_quantizer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # per-tensor INFO lines
-    hf_dir, out_dir, started = Path(hf_dir), Path(out_dir), time.perf_counter()
-    if not hf_dir.is_dir():
-        raise ModelLoadError(f"{hf_dir}: no such model folder")
+    out_dir, started = Path(out_dir), time.perf_counter()
     torch.set_num_threads(cfg.threads)
-    model, tokenizer = load_causal_lm(hf_dir)
-    if "gguf" in cfg.formats:
-        check_supported(model.config)
-    refs = build_references(model, tokenizer, questions[: cfg.parity_prompts], cfg.parity_max_new_tokens)
+    models = [("student", Path(hf_dir))] + ([("teacher", Path(teacher_dir))] if teacher_dir is not None else [])
+    for _, folder in models:
+        if not folder.is_dir():
+            raise ModelLoadError(f"{folder}: no such model folder")
     with atomic_dir(out_dir) as staging:
-        artefacts, quant_info = {}, {}  # label -> (format, path): the labels validation and packaging use
-        if "onnx" in cfg.formats:
-            artefacts.update({label: ("onnx", path) for label, path in _onnx_artefacts(cfg, hf_dir, staging).items()})
-        if "gguf" in cfg.formats:
-            made, quant_info = _gguf_artefacts(cfg, model, tokenizer, staging)
-            artefacts.update({label: ("gguf", path) for label, path in made.items()})
-        records = []
-        layers = getattr(model.config, "num_hidden_layers", 1)  # the F16 bound grows with depth
-        with tempfile.TemporaryDirectory(prefix="rakd-parity-") as tmp:
-            references = save_references(refs, Path(tmp) / "references.npz")
-            for label, (fmt, path) in artefacts.items():
-                record = check_isolated(label, fmt, path, references, cfg.threads, layers)
-                record.update(format=fmt, path=str(path.relative_to(staging)), **quant_info.get(label, {}))
-                records.append(record)
-        parity = {"source": str(hf_dir), "prompts": len(refs), "llama_cpp": llama_settings(), "artefacts": records}
+        records, prompts = [], 0
+        for model_name, folder in models:
+            made, prompts = _model_artefacts(cfg, folder, staging, questions, model_name)
+            records += made
+        parity = {"source": str(hf_dir), "prompts": prompts, "llama_cpp": llama_settings(), "artefacts": records}
+        if teacher_dir is not None:
+            parity["teacher_source"] = str(teacher_dir)
         atomic_write_json(staging / "parity.json", parity)
         failed = [r for r in records if not r["passed"]]
         if failed:
@@ -121,6 +119,37 @@ def run_export(cfg: ExportConfig, hf_dir: str | Path, out_dir: str | Path, quest
             error.parity = parity  # every artefact's record, for callers that show more than the message
             raise error
     return ExportResult(out_dir, parity, time.perf_counter() - started)
+
+
+def _model_artefacts(
+    cfg: ExportConfig, hf_dir: Path, staging: Path, questions: list[str], model_name: str
+) -> tuple[list[dict], int]:
+    """One model's artefacts in `staging` (the student's at its top, another model's in its own folder, labels
+    prefixed with its name), each checked against that model in PyTorch; (parity records, prompts checked)."""
+    model, tokenizer = load_causal_lm(hf_dir)
+    if "gguf" in cfg.formats:
+        check_supported(model.config)
+    refs = build_references(model, tokenizer, questions[: cfg.parity_prompts], cfg.parity_max_new_tokens)
+    prefix = "" if model_name == "student" else f"{model_name}/"
+    folder = staging / prefix if prefix else staging
+    folder.mkdir(parents=True, exist_ok=True)
+    artefacts, quant_info = {}, {}  # label -> (format, path): the labels validation and packaging use
+    if "onnx" in cfg.formats:
+        artefacts.update({label: ("onnx", path) for label, path in _onnx_artefacts(cfg, hf_dir, folder).items()})
+    if "gguf" in cfg.formats:
+        made, quant_info = _gguf_artefacts(cfg, model, tokenizer, folder)
+        artefacts.update({label: ("gguf", path) for label, path in made.items()})
+    records = []
+    layers = getattr(model.config, "num_hidden_layers", 1)  # the F16 bound grows with depth
+    del model
+    with tempfile.TemporaryDirectory(prefix="rakd-parity-") as tmp:
+        references = save_references(refs, Path(tmp) / "references.npz")
+        for label, (fmt, path) in artefacts.items():
+            record = check_isolated(label, fmt, path, references, cfg.threads, layers)
+            record.update(format=fmt, path=str(path.relative_to(staging)), **quant_info.get(label, {}))
+            record.update(artefact=prefix + label, model=model_name)
+            records.append(record)
+    return records, len(refs)
 
 
 def parity_rows(parity: dict) -> list[dict]:

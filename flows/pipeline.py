@@ -2,10 +2,12 @@
 against a data file: what an edge device's worker runs).
 
 Caching: each stage's cache key (`rakd.registry.stage_keys`) is the fingerprint of its config, its input files,
-its upstream stage's key and the run directory. Re-running a finished pipeline with the same config runs
-nothing; changing only `export` re-runs export, validate and package; a pipeline that crashed in distill re-runs
-distill, which resumes from its last checkpoint. A stage whose done-file has gone is re-run even when its key is
-cached, and so is one whose folder holds another config's outputs (`<run>/.stage-keys/<stage>`).
+its upstream stage's key and the run directory, and the marker beside its outputs (`<run>/.stage-keys/<stage>`)
+says which key they were written under: that marker alone decides whether a stage runs (Prefect's result storage
+holds nothing the pipeline needs). Re-running a finished pipeline with the same config runs nothing (every task
+run `Cached`, its summary read back from the outputs); changing only `export` re-runs export, validate and
+package; a pipeline that crashed in distill re-runs distill, which resumes from its last checkpoint. A stage
+whose done-file has gone is re-run, and so is one whose folder holds another config's outputs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.stages import edge_validate_task, slug, stage_task
 from rakd.config import PipelineConfig, dump_config, load_config
 from rakd.io import atomic_write_text
-from rakd.registry import STAGES, Stage, outputs_current, record_key, stage_keys, summary_sections
+from rakd.registry import STAGES, Stage, outputs_current, stage_keys
+from rakd.summary import summary_sections
 from rakd.tables import markdown_table
 
 
@@ -28,22 +31,21 @@ def pipeline_config(config: str | dict | None, overrides: list[str] | None = Non
 
 
 def _run_stage(stage: Stage, cfg: PipelineConfig, key: str, refresh: bool) -> tuple[str, dict]:
+    """One task run per stage. Whether it runs is decided by the key marker beside the stage's outputs (the one
+    cache truth, as for the CLI and `rakd compare`): current outputs are read back (state `Cached`), anything else
+    runs the stage."""
     layout, orchestration = cfg.run.layout, cfg.orchestration
     done = outputs_current(layout, stage, key) and not refresh
     options = dict(
         name=stage.name,
-        result_storage=Path(orchestration.result_storage).resolve(),
-        refresh_cache=not done,
         retries=orchestration.training_retries if stage.training else orchestration.retries,
         retry_delay_seconds=orchestration.retry_delay_s,
     )
-    progress_key = f"{slug(cfg.run.name)}-{stage.name}-progress" if stage.training else None
+    progress_key = f"{slug(cfg.run.name)}-{stage.name}-progress" if stage.training and not done else None
     state = stage_task.with_options(**options)(
-        stage.name, cfg.model_dump(mode="json"), key=key, progress_key=progress_key, return_state=True
+        stage.name, cfg.model_dump(mode="json"), key=key, cached=done, progress_key=progress_key, return_state=True
     )
-    summary = state.result()  # raises the stage's own exception when it failed
-    record_key(layout, stage, key)
-    return state.name, summary
+    return state.name, state.result()  # raises the stage's own exception when it failed
 
 
 def final_report(cfg: PipelineConfig, results: dict, states: dict) -> str:

@@ -1,7 +1,8 @@
 """One Prefect task for every registry stage: it runs the stage's library function and returns its JSON summary.
 
-The task takes the stage's name, its config as a dict, the run directory and a cache key, and passes paths, never
-tensors. Results are persisted as JSON so a cache hit (same key) returns the summary without running the stage.
+The task takes the stage's name, its config as a dict and its cache key, and passes paths, never tensors. Whether
+it runs is decided by the key marker beside the stage's outputs (flows.pipeline); a stage whose outputs are
+current returns the summary read back from them as a `Cached` state.
 Retries only for failures that can be transient (I/O); a bad config, bad data, a failed check or an injected
 fault fails at once with the library's message.
 """
@@ -14,10 +15,11 @@ import time
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 
 from rakd.config import PipelineConfig
 from rakd.progress import progress_listener
-from rakd.registry import BY_NAME, run_stage
+from rakd.registry import BY_NAME, current_summary, run_stage
 
 # Deterministic failures: OSError subclasses that retrying cannot fix.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -57,19 +59,17 @@ class _ProgressArtifact:
         )
 
 
-@task(
-    name="stage",
-    persist_result=True,
-    result_serializer="json",
-    log_prints=True,
-    cache_key_fn=lambda context, parameters: parameters["key"],
-    retry_condition_fn=transient_only,
-)
-def stage_task(stage: str, config: dict, key: str, progress_key: str | None = None) -> dict:
-    """Run registry stage `stage` on the pipeline config `config` (a dict) and return its summary."""
+@task(name="stage", cache_policy=NO_CACHE, persist_result=False, log_prints=True, retry_condition_fn=transient_only)
+def stage_task(stage: str, config: dict, key: str, cached: bool = False, progress_key: str | None = None):
+    """Run registry stage `stage` on the pipeline config `config` (a dict) and return its summary; with `cached`
+    (its outputs are current under `key`), read the summary back from them instead, as a `Cached` state."""
     from rakd.tables import text_table
 
     entry, cfg = BY_NAME[stage], PipelineConfig.model_validate(config)
+    if cached:
+        summary = current_summary(entry, cfg)
+        print(text_table(entry.rows(summary)))
+        return Completed(name="Cached", message=f"outputs current under key {key[:12]}", data=summary)
     if progress_key:
         with progress_listener(_ProgressArtifact(progress_key, f"{stage} training")):
             summary = run_stage(entry, cfg)

@@ -1,3 +1,3 @@
 """rakd: reinforcement-aware knowledge distillation of reasoning LLMs for edge devices."""
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"

@@ -1,4 +1,5 @@
-"""The `rakd` command line: one subcommand per registry stage, plus `demo`, `run` and `verify-package`.
+"""The `rakd` command line: one subcommand per registry stage, plus `demo`, `run`, `compare`, `verify-package` and
+`serve`.
 
 Every subcommand takes `--config FILE` and repeated `--set key=value`
 overrides (dotted keys into the config's sections).
@@ -10,11 +11,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from deploy.cli import add_verify_arguments, verify_command
+from deploy.cli import add_serve_arguments, add_verify_arguments, serve_command, verify_command
 from rakd.config import ConfigError, PipelineConfig, dump_config, load_config
 from rakd.io import atomic_write_text
-from rakd.registry import STAGES, Stage, run_stage, summary_sections
+from rakd.registry import STAGES, Stage, run_stage
 from rakd.schema import DataError, ModelLoadError, StageError
+from rakd.summary import summary_sections
 from rakd.tables import text_table
 
 USER_ERRORS = (ConfigError, DataError, ModelLoadError, StageError, FileNotFoundError, FileExistsError)
@@ -113,6 +115,11 @@ EXTRA_COMMANDS = {
         "recompute every sha256 of a package against its manifest",
         add_verify_arguments,
         verify_command,
+    ),
+    "serve": (
+        "serve a package's GGUF model over HTTP, OpenAI-compatible (/v1/chat/completions), as it was validated",
+        add_serve_arguments,
+        serve_command,
     ),
 }
 

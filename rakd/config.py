@@ -39,9 +39,8 @@ __all__ = ["ConfigError", "OrchestrationConfig", "PipelineConfig", "RunConfig", 
 
 
 class OrchestrationConfig(StageConfig):
-    """How the Prefect flows store results and retry (read by `flows`; no Prefect import here)."""
+    """How the Prefect flows retry (read by `flows`; no Prefect import here)."""
 
-    result_storage: Path = Field(Path("runs/.prefect-results"), description="where task results and cache records live")
     retries: int = Field(2, ge=0, description="retries of I/O-style failures (never of bad config or data)")
     training_retries: int = Field(1, ge=0, description="teacher/distill retries; each resumes from the last checkpoint")
     retry_delay_s: list[int] = Field(default_factory=lambda: [10, 60], description="backoff between retries")

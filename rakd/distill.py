@@ -28,7 +28,7 @@ from rakd.scorers import make_scorer
 from rakd.stage_config import DistillConfig
 from rakd.train.distributed import launch_torchrun, leave_world, plain_copy, shard, world_from_env
 from rakd.train.rl import RLTrainer
-from rakd.warmstart import distill_records, load_models, run_warmstart
+from rakd.warmstart import distill_records, load_models, run_warmstart, stage_precision
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         teacher_scorer=make_scorer(cfg.teacher_scorer, teacher, cfg.method, tokenizer),
         world=world,
         flops_before=eval_warm.get("flops", {}).get("total", 0),
+        precision=stage_precision(cfg, student),
     )
     if trainer.resume():
         log(f"[distill] resumed from checkpoint step {trainer.start_step}")
@@ -92,8 +93,13 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     if not world.main:  # rank 0 evaluates and writes the student
         return DistillResult(layout.student, {}, eval_warm, timings)
 
-    result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval)
-    result.update(method=cfg.method, parameters=count_parameters(student), teacher_parameters=count_parameters(teacher))
+    result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval, trainer.precision)
+    result.update(
+        method=cfg.method,
+        parameters=count_parameters(student),
+        teacher_parameters=count_parameters(teacher),
+        precision=trainer.precision,
+    )
     work = layout.student_work
     rows = read_jsonl(work / "metrics.jsonl") if (work / "metrics.jsonl").exists() else []
     result["flops"] = stage_flops(eval_warm, rows, result["eval_flops"])
@@ -155,7 +161,7 @@ def val_evaluation(cfg: DistillConfig, student, tokenizer, layout: RunLayout):
 
     def hook(step: int, row: dict) -> None:
         if step % cfg.eval_every == 0:
-            val = evaluate_model(student, tokenizer, records, val_cfg)
+            val = evaluate_model(student, tokenizer, records, val_cfg, stage_precision(cfg, student))
             row.update({f"val_{k}": v for k, v in val.items() if k.endswith(("accuracy", "stderr"))})
             row["flops_eval"] = val["eval_flops"]
 
@@ -170,7 +176,7 @@ def test_readout(cfg: DistillConfig, student, tokenizer, layout: RunLayout, read
     records = distill_records(layout, "test")
 
     def hook(steps: int, reason: str) -> None:
-        result = evaluate_model(student, tokenizer, records, test_cfg)
+        result = evaluate_model(student, tokenizer, records, test_cfg, stage_precision(cfg, student))
         keep = ("greedy_accuracy", "greedy_stderr", "greedy_correct")
         val = final_val(cfg, student, tokenizer, layout)
         readouts.append({"steps": steps, "at": reason, **{k: result[k] for k in keep if k in result}, **val})
@@ -182,9 +188,9 @@ def final_val(cfg: DistillConfig, student, tokenizer, layout: RunLayout) -> dict
     """The val split's greedy accuracy on `val_problems` problems, as the `eval_every` checks read it."""
     val_cfg = cfg.eval.model_copy(update={"n_problems": cfg.val_problems, "k_samples": 0})
     return {
-        "val_greedy_accuracy": evaluate_model(student, tokenizer, distill_records(layout, "val"), val_cfg)[
-            "greedy_accuracy"
-        ]
+        "val_greedy_accuracy": evaluate_model(
+            student, tokenizer, distill_records(layout, "val"), val_cfg, stage_precision(cfg, student)
+        )["greedy_accuracy"]
     }
 
 

@@ -15,6 +15,7 @@ from rakd.flops import ModelDims, rollout_flops
 from rakd.rollout import sample
 from rakd.stage_config import EvalConfig
 from rakd.tables import pct
+from rakd.train.common import autocast
 from rakd.verify import extract_answer, reward, reward_flexible
 
 
@@ -26,9 +27,19 @@ def _stderr(values: list[float]) -> float:
 
 
 def evaluate_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[dict], cfg: EvalConfig
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[dict],
+    cfg: EvalConfig,
+    precision: str = "fp32",
 ) -> dict:
-    """Greedy and sampled accuracy on `records[:cfg.n_problems]` with the project's verifier."""
+    """Greedy and sampled accuracy on `records[:cfg.n_problems]` with the project's verifier, decoding under the
+    stage's resolved `precision` (bf16: autocast, rakd.train.common)."""
+    with autocast(next(model.parameters()).device, precision):
+        return _evaluate(model, tokenizer, records, cfg)
+
+
+def _evaluate(model, tokenizer, records: list[dict], cfg: EvalConfig) -> dict:
     records = records[: cfg.n_problems]
     questions, answers = [r["question"] for r in records], [r["answer"] for r in records]
     was_training = model.training

@@ -31,6 +31,9 @@ class QuantType:
     tolerance: tuple[float | None, float]
     file_type: LlamaFileType | None = None  # gguf: what llama.cpp's quantiser is asked for
     tensor_type: GGMLQuantizationType | None = None  # gguf: the tensor type the file type is named after
+    # the logit bound also grows as relative · √layers · max|logit| (F16: ~3 significant digits per weight, each
+    # layer's rounding an independent error; export.parity)
+    relative: float = 0.0
 
     @property
     def label(self) -> str:
@@ -54,9 +57,11 @@ class QuantType:
         return self.bits >= 16
 
 
-def _gguf(name: str, bits: int, tolerance, tensor: str, file_type: str | None = None) -> QuantType:
+def _gguf(name: str, bits: int, tolerance, tensor: str, file_type: str | None = None, relative: float = 0.0):
     file_type = file_type or f"MOSTLY_{name.upper()}"
-    return QuantType("gguf", name, bits, tolerance, LlamaFileType[file_type], GGMLQuantizationType[tensor])
+    return QuantType(
+        "gguf", name, bits, tolerance, LlamaFileType[file_type], GGMLQuantizationType[tensor], relative=relative
+    )
 
 
 QUANTS: tuple[QuantType, ...] = (
@@ -66,7 +71,7 @@ QUANTS: tuple[QuantType, ...] = (
     QuantType("onnx", "int8-dynamic", 8, HIGH),  # ONNX Runtime's dynamic int8 quantisation
     QuantType("onnx", "w4", 4, LOW),  # weight-only MatMulNBits, 4 bits
     _gguf("f32", 32, EXACT, "F32", "ALL_F32"),
-    _gguf("f16", 16, F16, "F16"),
+    _gguf("f16", 16, F16, "F16", relative=1e-3),
     _gguf("q8_0", 8, HIGH, "Q8_0"),
     _gguf("q6_k", 6, HIGH, "Q6_K"),
     _gguf("q5_k_m", 5, LOW, "Q5_K"),

@@ -11,6 +11,7 @@ This module and `rakd.cli` are the composition root: the only modules that impor
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +26,15 @@ from rakd.config import PipelineConfig
 from rakd.io import fingerprint, fingerprint_path, read_jsonl
 from rakd.layout import RunLayout
 from rakd.schema import StageConfig
-from rakd.tables import pct
-
-Summary = dict[str, Any]
+from rakd.summary import (
+    Summary,
+    distill_rows,
+    export_rows,
+    package_rows,
+    prep_rows,
+    teacher_rows,
+    validate_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class Stage:
     name: str
     section: str  # the PipelineConfig field holding this stage's config
     run: Callable[[Any, RunLayout], Summary]
+    read: Callable[[Any, RunLayout], Summary]  # the summary of finished outputs, read back from them
     done_file: Callable[[RunLayout], Path]  # written last: without it the stage has not finished
     rows: Callable[[Summary], list[dict]]  # the stage's summary table
     help: str
@@ -50,38 +58,56 @@ class Stage:
         return PipelineConfig.model_fields[self.section].annotation
 
 
-# ---------------------------------------------------------------- run functions (section config, layout) -> summary
+# ---------------------------------------------------------------- run and read: (section config, layout) -> summary
+# A stage's summary is read back from its outputs, so that the same summary comes from a run that just finished
+# and from outputs that are current under their key (one cache truth: the key marker beside the outputs).
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
 def run_prep(cfg, layout: RunLayout) -> Summary:
     from rakd.data.prep import run_prep as prep
 
-    result = prep(cfg, layout.root)
-    return {"path": str(result.data_dir), "card": result.card}
+    prep(cfg, layout.root)
+    return read_prep(cfg, layout)
+
+
+def read_prep(cfg, layout: RunLayout) -> Summary:
+    return {"path": str(layout.card.parent), "card": _json(layout.card)}
 
 
 def run_teacher(cfg, layout: RunLayout) -> Summary:
     from rakd.teacher import run_teacher as teacher
 
-    result = teacher(cfg, layout.root)
-    return {"path": str(result.teacher_dir), "eval": result.eval}
+    teacher(cfg, layout.root)
+    return read_teacher(cfg, layout)
+
+
+def read_teacher(cfg, layout: RunLayout) -> Summary:
+    return {"path": str(layout.teacher), "eval": _json(layout.teacher / "eval.json")}
 
 
 def run_distill(cfg, layout: RunLayout) -> Summary:
     from rakd.distill import run_distill as distill
 
-    result = distill(cfg, layout.root)
+    distill(cfg, layout.root)
+    return read_distill(cfg, layout)
+
+
+def read_distill(cfg, layout: RunLayout) -> Summary:
     keep = ("step", "reward_mean", "val_greedy_accuracy", "val_sampled_accuracy")
-    metrics = result.student_dir / "metrics.jsonl"  # absent when rl.steps is 0 (the warm start alone)
+    metrics = layout.student / "metrics.jsonl"  # absent when rl.steps is 0 (the warm start alone)
     by_step = [
         {k: row[k] for k in keep if k in row}
         for row in (read_jsonl(metrics) if metrics.exists() else [])
         if "val_greedy_accuracy" in row
     ]
     return {
-        "path": str(result.student_dir),
-        "eval": result.eval,
-        "eval_warmstart": result.eval_warmstart,
+        "path": str(layout.student),
+        "eval": _json(layout.student / "eval.json"),
+        "eval_warmstart": _json(layout.student / "eval_warmstart.json"),
         "val_by_step": by_step,
     }
 
@@ -90,84 +116,42 @@ def run_export(cfg, layout: RunLayout) -> Summary:
     from export.run import run_export as export
 
     questions = export_cli.parity_questions(None, layout, cfg.parity_prompts)
-    return {"path": str(layout.export), "parity": export(cfg, layout.student, layout.export, questions).parity}
+    teacher = layout.teacher if cfg.teacher else None
+    export(cfg, layout.student, layout.export, questions, teacher_dir=teacher)
+    return read_export(cfg, layout)
+
+
+def read_export(cfg, layout: RunLayout) -> Summary:
+    return {"path": str(layout.export), "parity": _json(layout.parity)}
 
 
 def run_validate(cfg, layout: RunLayout) -> Summary:
     from deploy.validate import validate
 
-    return {
-        "path": str(layout.validate),
-        "report": validate(cfg, layout.root, layout.split("test"), layout.validate).report,
-    }
+    validate(cfg, layout.root, layout.split("test"), layout.validate)
+    return read_validate(cfg, layout)
+
+
+def read_validate(cfg, layout: RunLayout) -> Summary:
+    return {"path": str(layout.validate), "report": _json(layout.report)}
 
 
 def run_package(cfg, layout: RunLayout) -> Summary:
-    from deploy.manifest import verify_package
     from deploy.package import build_package
 
-    result = build_package(cfg, layout.root, force=True)  # the pipeline re-runs its own last stage
-    manifest = verify_package(result.out_dir)
+    build_package(cfg, layout.root, force=True)  # the pipeline re-runs its own last stage
+    return read_package(cfg, layout)
+
+
+def read_package(cfg, layout: RunLayout) -> Summary:
+    from deploy.manifest import verify_package
+
+    manifest = verify_package(layout.manifest.parent)
     return {
-        "path": str(result.out_dir),
+        "path": str(layout.manifest.parent),
         "models": [m.model_dump() for m in manifest.models],
         "files": len(manifest.files),
     }
-
-
-# ---------------------------------------------------------------- summary rows
-
-
-def prep_rows(summary: Summary) -> list[dict]:
-    from rakd.data.prep import card_rows
-
-    return card_rows(summary["card"])
-
-
-def teacher_rows(summary: Summary) -> list[dict]:
-    from rakd.evaluate import eval_row
-
-    return [eval_row("teacher", summary["eval"])]
-
-
-def distill_rows(summary: Summary) -> list[dict]:
-    from rakd.evaluate import eval_row
-
-    rows = [eval_row("warm start (test)", summary["eval_warmstart"])]
-    rows += [
-        {
-            "model": f"RL step {r['step']} (val)",
-            "greedy": pct(r.get("val_greedy_accuracy")),
-            "sampled": pct(r.get("val_sampled_accuracy")),
-        }
-        for r in summary["val_by_step"]
-    ]
-    return rows + [eval_row(f"{summary['eval'].get('method', 'distilled')} (test)", summary["eval"])]
-
-
-def export_rows(summary: Summary) -> list[dict]:
-    from export.run import parity_rows
-
-    return parity_rows(summary["parity"])
-
-
-def validate_rows(summary: Summary) -> list[dict]:
-    from deploy.report import validation_rows
-
-    return validation_rows(summary["report"]["artefacts"])
-
-
-def package_rows(summary: Summary) -> list[dict]:
-    return [
-        {
-            "file": m["path"],
-            "artefact": m["label"],
-            "format": m["format"],
-            "accuracy": pct(m["metrics"]["accuracy"]),
-            "verified": f"{summary['files']} files, sha256",
-        }
-        for m in summary["models"]
-    ]
 
 
 def _checkpoint(model) -> dict:
@@ -179,6 +163,7 @@ STAGES: tuple[Stage, ...] = (
         "prep",
         "prep",
         run_prep,
+        read_prep,
         lambda layout: layout.card,
         prep_rows,
         help="prepare tasks: generate or load, deduplicate, split, write the data card",
@@ -190,6 +175,7 @@ STAGES: tuple[Stage, ...] = (
         "teacher",
         "teacher",
         run_teacher,
+        read_teacher,
         lambda layout: layout.teacher / "eval.json",
         teacher_rows,
         help="train the from-scratch teacher on CoT traces (or load a checkpoint) and evaluate it",
@@ -201,6 +187,7 @@ STAGES: tuple[Stage, ...] = (
         "distill",
         "distill",
         run_distill,
+        read_distill,
         lambda layout: layout.student / "eval.json",
         distill_rows,
         help="warm-start the student on teacher traces, then RL-aware distillation",
@@ -213,6 +200,7 @@ STAGES: tuple[Stage, ...] = (
         "export",
         "export",
         run_export,
+        read_export,
         lambda layout: layout.parity,
         export_rows,
         help="export a HF model to ONNX and GGUF (+ quantised variants) and check parity with PyTorch",
@@ -224,6 +212,7 @@ STAGES: tuple[Stage, ...] = (
         "validate",
         "validation",
         run_validate,
+        read_validate,
         lambda layout: layout.report,
         validate_rows,
         help="accuracy and latency of every artefact on llama.cpp / ONNX Runtime, against gates",
@@ -235,6 +224,7 @@ STAGES: tuple[Stage, ...] = (
         "package",
         "package",
         run_package,
+        read_package,
         lambda layout: layout.manifest,
         package_rows,
         help="bundle the best validated artefact with tokenizer, manifest (sha256) and model card",
@@ -247,10 +237,13 @@ BY_NAME = {stage.name: stage for stage in STAGES}
 
 
 def run_stage(stage: Stage, cfg: PipelineConfig) -> Summary:
-    """Run one stage of `cfg` in its run folder; the summary gets the stage's wall time."""
+    """Run one stage of `cfg` in its run folder and mark its outputs with the stage's key (whoever runs it: the
+    CLI, `rakd demo`, the flow, `rakd compare`); the summary gets the stage's wall time."""
     started = time.perf_counter()
     summary = stage.run(getattr(cfg, stage.section), cfg.run.layout)
-    return {**summary, "seconds": time.perf_counter() - started}
+    seconds = time.perf_counter() - started
+    record_key(cfg.run.layout, stage, stage_keys(cfg)[stage.name], seconds)
+    return {**summary, "seconds": seconds}
 
 
 def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
@@ -272,107 +265,42 @@ def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
     return keys
 
 
+def _marker(layout: RunLayout, stage: Stage) -> dict:
+    """What `record_key` wrote for the stage: its key and the wall seconds of the run that made its outputs."""
+    path = layout.stage_key(stage.name)
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or an unreadable one: the outputs count as not current
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
 def outputs_current(layout: RunLayout, stage: Stage, key: str) -> bool:
-    """The stage's outputs are on disk and were written under this key (not by another config in the same folder)."""
-    marker = layout.stage_key(stage.name)
-    return stage.done_file(layout).is_file() and marker.is_file() and marker.read_text().strip() == key
+    """The stage's outputs are on disk and were written under this key (not by another config in the same folder):
+    the one thing that decides whether a stage runs, for the CLI, the flow and `rakd compare` alike."""
+    return stage.done_file(layout).is_file() and _marker(layout, stage).get("key") == key
 
 
-def record_key(layout: RunLayout, stage: Stage, key: str) -> None:
-    """Mark the stage's outputs as written under `key` (what `outputs_current` reads back)."""
-    from rakd.io import atomic_write_text
+def record_key(layout: RunLayout, stage: Stage, key: str, seconds: float | None = None) -> None:
+    """Mark the stage's outputs as written under `key` by a run of `seconds` (what `outputs_current` and
+    `current_summary` read back)."""
+    from rakd.io import atomic_write_json
 
-    atomic_write_text(layout.stage_key(stage.name), key + "\n")
+    atomic_write_json(layout.stage_key(stage.name), {"key": key, "seconds": seconds})
+
+
+def current_summary(stage: Stage, cfg: PipelineConfig) -> Summary:
+    """The summary of a stage whose outputs are current, read back from them, with the seconds of the run that
+    made them."""
+    summary = stage.read(getattr(cfg, stage.section), cfg.run.layout)
+    return {**summary, "seconds": _marker(cfg.run.layout, stage).get("seconds") or 0.0}
 
 
 def run_missing(cfg: PipelineConfig, names: tuple[str, ...]) -> None:
-    """Run the named stages, in order, only where their outputs are not current under their keys; each key is
-    recorded once its stage is done (what `rakd compare` needs of prep and the teacher)."""
+    """Run the named stages, in order, only where their outputs are not current under their keys (what `rakd
+    compare` needs of prep and the teacher)."""
     keys = stage_keys(cfg)
     for name in names:
         stage = BY_NAME[name]
         if not outputs_current(cfg.run.layout, stage, keys[name]):
             run_stage(stage, cfg)
-            record_key(cfg.run.layout, stage, keys[name])
-
-
-# ---------------------------------------------------------------- the whole run's summary
-
-
-def accuracy_rows(results: dict[str, Summary]) -> list[dict]:
-    """Teacher, warm-started student and distilled student on the test split, and the distillation gain."""
-    from rakd.evaluate import eval_row
-
-    rows = []
-    if "teacher" in results:
-        rows.append(eval_row("teacher", results["teacher"]["eval"]))
-    if "distill" in results:
-        warm, final = results["distill"]["eval_warmstart"], results["distill"]["eval"]
-        rows += [eval_row("student (warm start)", warm), eval_row(f"student ({final.get('method', '?')})", final)]
-        gain = final["greedy_accuracy"] - warm["greedy_accuracy"]
-        stderr = (final["greedy_stderr"] ** 2 + warm["greedy_stderr"] ** 2) ** 0.5
-        ratio = f" ({gain / stderr:+.1f} s.e.)" if stderr > 0 else ""
-        rows.append(
-            {"model": "gain (distilled - warm start)", "greedy": f"{100 * gain:+.1f} ± {100 * stderr:.1f}{ratio}"}
-        )
-    return rows
-
-
-def warmstart_rows(results: dict[str, Summary]) -> list[dict]:
-    """Whether the warm start reached its target, where, and what the stage did about it (empty without one)."""
-    target = results.get("distill", {}).get("eval_warmstart", {}).get("target")
-    if not target:
-        return []
-    warm = results["distill"]["eval_warmstart"]
-    return [
-        {
-            "target": pct(target["val_accuracy"], 0),
-            "reached": target["reached"],
-            "at SFT step": target["step"],
-            "best check": pct(target["best"]),
-            "SFT steps": warm.get("sft_steps"),
-            "trace rounds": target.get("rounds", 1),
-            "what happened": target["summary"],
-        }
-    ]
-
-
-def flops_rows(results: dict[str, Summary]) -> list[dict]:
-    """The compute ledger of every stage that keeps one, phase by phase (rakd.flops)."""
-    from rakd.flops import format_flops
-
-    rows = []
-    for name in ("teacher", "distill"):
-        ledger = results.get(name, {}).get("eval", {}).get("flops") or {}
-        rows += [
-            {"stage": name, "phase": phase, "FLOPs": f"{count:.3e}", "≈": format_flops(count)}
-            for phase, count in ledger.items()
-        ]
-    return rows
-
-
-def stage_time_rows(results: dict[str, Summary], states: dict[str, str] | None = None) -> list[dict]:
-    rows = []
-    for name, summary in results.items():
-        row = {"stage": name, "seconds": f"{summary.get('seconds', 0):.0f}"}
-        if states:
-            row["state"] = states[name]
-        rows.append(row)
-    return rows
-
-
-def summary_sections(results: dict[str, Summary], states: dict[str, str] | None = None) -> list[tuple[str, list[dict]]]:
-    """(title, rows) of everything a finished run reports, in order: rendered as text or markdown."""
-    sections = [
-        (
-            "stages" + (" (a cached stage shows the time of the run that made it)" if states else ""),
-            stage_time_rows(results, states),
-        ),
-        ("accuracy (test split)", accuracy_rows(results)),
-    ]
-    for title, rows in (("warm start", warmstart_rows(results)), ("compute (FLOPs)", flops_rows(results))):
-        if rows:
-            sections.append((title, rows))
-    return sections + [
-        (name, BY_NAME[name].rows(results[name])) for name in ("export", "validate", "package") if name in results
-    ]

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
+
+# Names that travel between the floors (losses, rollout, train): here, so that no lower floor imports a config.
+Aggregation = Literal["seq_mean", "token_mean"]
+Backend = Literal["auto", "generate", "loop", "static", "graph"]
+# auto: bf16 autocast on CUDA and on CPUs with bf16 units (AVX512_BF16 or AMX), fp32 elsewhere (rakd.train.common)
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 class StageConfig(BaseModel):

@@ -34,21 +34,13 @@ import torch
 
 from rakd.models.gguf_file import gguf_tokens
 from rakd.models.llamacpp import llama_logits, open_llama_exact
-from rakd.rollout import Rollouts, score_completions, token_logprobs
+from rakd.rollout import Rollouts, TorchScorer, token_logprobs
 from rakd.stage_config import ScorerConfig, scorer_problem
 
 
 class TeacherScorer(Protocol):
     def __call__(self, batch: Rollouts, temperature: float) -> torch.Tensor:
         """Per-token log π_T (B, T) of `batch`'s completion tokens on logits / temperature; 0 past each row's end."""
-
-
-class TorchScorer:
-    def __init__(self, teacher):
-        self.teacher = teacher
-
-    def __call__(self, batch: Rollouts, temperature: float) -> torch.Tensor:
-        return score_completions(self.teacher, batch, temperature=temperature)
 
 
 def scored_rows(batch: Rollouts) -> list[tuple[int, torch.Tensor, list[int], list[int]]]:

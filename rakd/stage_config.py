@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from rakd.models.source import ModelSource
 from rakd.schema import StageConfig
-from rakd.train.config import LossParams, Method, OptimConfig, RLConfig, SFTConfig
+from rakd.train.config import LossParams, Method, OptimConfig, Precision, RLConfig, SFTConfig
 
 CLAMP_OFF = 1e9  # a teacher clamp that never binds
 
@@ -44,8 +44,40 @@ class ScorerConfig(StageConfig):
     retries: int = Field(2, ge=0, description="openai: retries of a request that failed to connect or got a 5xx")
 
 
+class ValStop(StageConfig):
+    """End an SFT once the model reaches a greedy val accuracy, or at its plateau, rather than after a fixed number
+    of steps: the warm start's SFT on few traces is on a steep learning curve, so a step count lands anywhere from
+    "solves nothing new" to the plateau, and RL needs a student at the edge of its competence; a pretrained teacher
+    tuned on the task is done at its plateau (rakd.valstop)."""
+
+    val_accuracy: float | None = Field(
+        None, gt=0, le=1, description="greedy accuracy on the checked val questions that ends SFT (null: no target)"
+    )
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="also end SFT at its plateau: after this many checks in a row without a new best val accuracy "
+        "(early stopping; null: never)",
+    )
+    min_difficulty: int | None = Field(
+        None,
+        ge=1,
+        description="check only val questions with at least this many operations (None, or a source with no "
+        "difficulty at all such as GSM8K: every val question)",
+    )
+    every: int = Field(25, ge=1, description="check every N SFT steps")
+    problems: int = Field(200, ge=1, description="val questions per check (the first N that qualify)")
+
+    @model_validator(mode="after")
+    def _a_reason_to_stop(self):
+        if self.val_accuracy is None and self.patience is None:
+            raise ValueError("stop needs val_accuracy (a target), patience (the plateau) or both")
+        return self
+
+
 class TeacherConfig(StageConfig):
-    """The teacher: a checkpoint evaluated as it is, or a preset trained from scratch on the CoT traces."""
+    """The teacher: a checkpoint evaluated as it is or tuned on the task, or a preset trained from scratch on the
+    CoT traces."""
 
     model: ModelSource = Field(default_factory=lambda: ModelSource(preset="teacher-tiny"))
     train: SFTConfig = Field(
@@ -53,13 +85,39 @@ class TeacherConfig(StageConfig):
             steps=800, checkpoint_every=200, log_every=100, optim=OptimConfig(min_lr_ratio=0.05)
         )
     )
+    tune: bool = Field(
+        False,
+        description="a checkpoint (model.path): fine-tune it with `train` on the train split's worked solutions, "
+        "through its chat template, before its evaluation; eval.json keeps its accuracy before (false: evaluated "
+        "as it is)",
+    )
+    stop: ValStop | None = Field(
+        None,
+        description="end the teacher's training at a greedy val accuracy or at its plateau (train.steps is then "
+        "the most it runs; null: train.steps)",
+    )
     eval: EvalConfig = Field(default_factory=lambda: EvalConfig(n_problems=1000))
     threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default); per process with nproc > 1")
     nproc: int = Field(
         1, ge=1, description="processes for data-parallel training under torchrun on this machine (one GPU each)"
     )
     device: str = Field("auto", description="auto (cuda when there is one), cpu, cuda, cuda:1, ...")
+    precision: Precision = Field(
+        "fp32",
+        description="training: bf16 autocast (weights and optimiser state stay fp32) or fp32; auto: bf16 on CUDA "
+        "and on a CPU with bf16 units (AVX512_BF16 or AMX), fp32 elsewhere (where bf16 is emulated and slower); "
+        "fp32 by default: the embedded default's small models gain nothing from bf16",
+    )
     seed: int = Field(0, description="the from-scratch teacher's initial weights and data order")
+
+    @model_validator(mode="after")
+    def _tune_needs_a_checkpoint(self):
+        if self.tune and self.model.path is None:
+            raise ValueError(
+                "teacher.tune fine-tunes a checkpoint: set teacher.model.path (a preset teacher trains from scratch "
+                "with teacher.train anyway)"
+            )
+        return self
 
 
 class StudentSource(StageConfig):
@@ -88,36 +146,6 @@ class StudentSource(StageConfig):
                 "distill.student.from_teacher_every_k (a layer subset of the teacher)"
                 + (": set distill.student.model=null" if self.model is not None else "")
             )
-        return self
-
-
-class WarmStartStop(StageConfig):
-    """End the warm start's SFT once the student reaches a greedy val accuracy, rather than after a fixed number of
-    steps: SFT on few traces is on a steep learning curve, so a step count lands anywhere from "solves nothing new"
-    to the plateau; RL needs a student at the edge of its competence (README "Results")."""
-
-    val_accuracy: float | None = Field(
-        gt=0, le=1, description="greedy accuracy on the checked val questions that ends SFT (null: no target)"
-    )
-    patience: int | None = Field(
-        None,
-        ge=1,
-        description="also end SFT at its plateau: after this many checks in a row without a new best val accuracy "
-        "(early stopping; null: never)",
-    )
-    min_difficulty: int | None = Field(
-        None,
-        ge=1,
-        description="check only val questions with at least this many operations (None, or a source with no "
-        "difficulty at all such as GSM8K: every val question)",
-    )
-    every: int = Field(25, ge=1, description="check every N SFT steps")
-    problems: int = Field(200, ge=1, description="val questions per check (the first N that qualify)")
-
-    @model_validator(mode="after")
-    def _a_reason_to_stop(self):
-        if self.val_accuracy is None and self.patience is None:
-            raise ValueError("distill.warmstart.stop needs val_accuracy (a target), patience (the plateau) or both")
         return self
 
 
@@ -156,8 +184,8 @@ class WarmStartConfig(StageConfig):
             steps=1200, log_every=100, optim=OptimConfig(warmup_steps=20, min_lr_ratio=0.05, weight_decay=0.1)
         )
     )
-    stop: WarmStartStop | None = Field(
-        default_factory=lambda: WarmStartStop(val_accuracy=0.2, min_difficulty=4),
+    stop: ValStop | None = Field(
+        default_factory=lambda: ValStop(val_accuracy=0.2, min_difficulty=4),
         description="stop SFT early at a target val accuracy (sft.steps is then the most it runs)",
     )
     base: SFTConfig | None = Field(
@@ -197,6 +225,13 @@ class DistillConfig(StageConfig):
         "(torch FSDP2), for a student that does not fit on one device; needs nproc > 1",
     )
     device: str = Field("auto", description="auto (cuda when there is one), cpu, cuda, cuda:1, ...")
+    precision: Precision = Field(
+        "fp32",
+        description="the warm start's traces and SFT, RL's sampling, scoring and updates: bf16 autocast (weights "
+        "and optimiser state stay fp32) or fp32; auto: bf16 on CUDA and on a CPU with bf16 units (AVX512_BF16 or "
+        "AMX), fp32 elsewhere (where bf16 is emulated and slower); fp32 by default: the embedded default's small "
+        "models gain nothing from bf16",
+    )
     seed: int = Field(0, description="the student's initial weights, the traces' sampling, the RL prompts and samples")
     fail_after_step: int | None = Field(None, description="fault injection for tests: crash after this RL step")
 

@@ -1,9 +1,12 @@
-"""The teacher stage: train the from-scratch teacher on CoT traces, or load a checkpoint; evaluate it.
+"""The teacher stage: train the from-scratch teacher on CoT traces, or load a checkpoint (and, with `teacher.tune`,
+fine-tune it on the task's worked solutions through its chat template); evaluate it.
 
-Writes `teacher/` (HF folder with tokenizer), `teacher/eval.json` (the ceiling
-the student aims at) and, when trained, `teacher/metrics.jsonl`. With `teacher.nproc` > 1 a from-scratch
-teacher trains data parallel under torchrun (each rank its share of every batch, gradients summed: the step of
-one process on the same global batch); rank 0 checkpoints, evaluates and writes `teacher/`.
+Writes `teacher/` (HF folder with tokenizer), `teacher/eval.json` (the ceiling the student aims at; a tuned
+checkpoint's accuracy before tuning under `before`, the stop's outcome under `tuning`) and, when trained,
+`teacher/metrics.jsonl`. Training stops at `teacher.stop` (a val target or plateau) when one is set. With
+`teacher.nproc` > 1 a teacher that trains does so data parallel under torchrun (each rank its share of every
+batch, gradients summed: the step of one process on the same global batch); rank 0 checkpoints, evaluates and
+writes `teacher/`.
 """
 
 from __future__ import annotations
@@ -18,18 +21,19 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from rakd.evaluate import evaluate_model
+from rakd.evaluate import evaluate_model, format_eval
 from rakd.flops import with_total
-from rakd.io import read_jsonl
+from rakd.io import atomic_write_json, read_jsonl
 from rakd.layout import RunLayout
 from rakd.models.load import load_causal_lm, save_model
 from rakd.models.zoo import build_model, count_parameters, preset_config
 from rakd.prompt import completion_text
 from rakd.schema import DataError
 from rakd.stage_config import TeacherConfig
-from rakd.train.common import pick_device, set_threads
+from rakd.train.common import pick_device, resolve_precision, set_threads
 from rakd.train.distributed import launch_torchrun, leave_world, world_from_env
 from rakd.train.sft import SFTTrainer
+from rakd.valstop import ValCheck, check_records, outcome
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,8 @@ def sft_pairs(records: list[dict], split: str) -> list[tuple[str, str]]:
 
 def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherResult:
     layout, started = RunLayout(run_dir), time.perf_counter()
-    if cfg.nproc > 1 and cfg.model.path is None and "WORLD_SIZE" not in os.environ:
+    trains = cfg.model.path is None or cfg.tune
+    if cfg.nproc > 1 and trains and "WORLD_SIZE" not in os.environ:
         spec = layout.teacher_work / "torchrun-config.json"
         launch_torchrun("teacher", "rakd.teacher", cfg, spec, layout.root, cfg.nproc, cfg.threads, log)
         result = json.loads((layout.teacher / "eval.json").read_text())
@@ -58,13 +63,17 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
     world = world_from_env()
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    before = None
     if cfg.model.path is not None:
         model, tokenizer = load_causal_lm(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         model.to(device)
+        if cfg.tune:
+            before = evaluation_before(cfg, model, tokenizer, layout, world, log, precision)
     else:
         tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer)
         model = build_model(preset_config(cfg.model.preset, tokenizer, **cfg.model.overrides), cfg.seed).to(device)
-        # checkpoints and log live in teacher.work/ until the model is final
+    if trains:  # checkpoints and log live in teacher.work/ until the model is final
         trainer = SFTTrainer(
             model,
             tokenizer,
@@ -74,17 +83,26 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
             seed=cfg.seed,
             name="teacher",
             world=world,
+            precision=precision,
         )
         trainer.resume()
-        trainer.run()
+        trainer.run(on_step=teacher_stop(cfg, model, tokenizer, layout, log, precision))
     if not world.main:  # rank 0 evaluates and writes the teacher; every rank holds the same weights
         world.barrier()
         return TeacherResult(layout.teacher, {}, time.perf_counter() - started)
-    result = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval)
+    result = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval, precision)
     result.update(parameters=count_parameters(model), source=cfg.model.model_dump())
     work_log = layout.teacher_work / "metrics.jsonl"
-    trained = sum(row.get("flops", 0) for row in read_jsonl(work_log)) if work_log.exists() else 0
-    result["flops"] = with_total({"teacher_train": trained, "eval": result["eval_flops"]})
+    rows = read_jsonl(work_log) if work_log.exists() else []
+    result["precision"] = precision
+    if trains:
+        result.update(train_steps=len(rows), tuning=outcome(cfg.stop, rows, len(rows)))
+    if before is not None:
+        result["before"] = before
+    trained = sum(row.get("flops", 0) for row in rows)
+    checks = sum(row.get("flops_eval", 0) for row in rows) + (before or {}).get("eval_flops", 0)
+    result["flops"] = with_total({"teacher_train": trained, "eval": result["eval_flops"] + checks})
+    log(format_eval("teacher", result))
     save_model(
         model.cpu(),
         tokenizer,
@@ -95,6 +113,37 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
     shutil.rmtree(layout.teacher_work, ignore_errors=True)
     world.barrier()
     return TeacherResult(layout.teacher, result, time.perf_counter() - started)
+
+
+def evaluation_before(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, world, log, precision: str) -> dict:
+    """The checkpoint's test accuracy before it is tuned (rank 0; kept in teacher.work/, so a resumed run does not
+    evaluate it again)."""
+    path = layout.teacher_work / "eval_before.json"
+    if world.main and not path.exists():
+        result = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval, precision)
+        log(format_eval("teacher (before tuning)", result))
+        atomic_write_json(path, {k: v for k, v in result.items() if k != "greedy_correct"})
+    world.barrier()
+    return json.loads(path.read_text())
+
+
+def teacher_stop(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, log, precision: str) -> ValCheck | None:
+    """The SFT hook of `teacher.stop` (rakd.valstop) on the val split."""
+    if cfg.stop is None:
+        return None
+    records = check_records(read_jsonl(layout.split("val")), cfg.stop, f"teacher.stop: {layout.split('val')}")
+    log_path = layout.teacher_work / "metrics.jsonl"  # a resumed run's earlier checks
+    return ValCheck.from_log(
+        read_jsonl(log_path) if log_path.exists() else [],
+        stop=cfg.stop,
+        model=model,
+        tokenizer=tokenizer,
+        records=records,
+        eval_cfg=cfg.eval,
+        name="teacher",
+        log=log,
+        precision=precision,
+    )
 
 
 if __name__ == "__main__":  # a torchrun worker: python -m rakd.teacher CONFIG_JSON RUN_DIR

@@ -16,7 +16,7 @@ from pathlib import Path
 from rakd.flops import ModelDims, rollout_flops
 from rakd.io import atomic_write_text, read_jsonl, to_jsonl
 from rakd.rollout import sample
-from rakd.train.common import step_seed
+from rakd.train.common import autocast, step_seed
 from rakd.verify import reward
 
 
@@ -46,22 +46,25 @@ def warmstart_prompts(records: list[dict], cfg, seed: int, harder_fraction: floa
     return kept
 
 
-def teacher_traces(teacher, tokenizer, records: list[dict], cfg, seed: int) -> tuple[list[dict], int]:
+def teacher_traces(
+    teacher, tokenizer, records: list[dict], cfg, seed: int, precision: str = "fp32"
+) -> tuple[list[dict], int]:
     """Sampled teacher solutions of `records` (the warm start's prompts) that the verifier accepts, one per distinct
     (question, completion), and the FLOPs of decoding every sample, rejected ones included."""
     if not records:
         return [], 0
     questions = [r["question"] for r in records for _ in range(cfg.samples_per_prompt)]
     answers = [r["answer"] for r in records for _ in range(cfg.samples_per_prompt)]
-    rollouts = sample(
-        teacher,
-        tokenizer,
-        questions,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        seed=seed,
-        progress="teacher traces",
-    )
+    with autocast(next(teacher.parameters()).device, precision):
+        rollouts = sample(
+            teacher,
+            tokenizer,
+            questions,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            seed=seed,
+            progress="teacher traces",
+        )
     seen, traces = set(), []
     for question, answer, text in zip(questions, answers, rollouts.texts):
         if reward(text, answer) == 1.0 and (question, text) not in seen:
@@ -75,16 +78,12 @@ class TraceRounds:
     (question, completion) pairs SFT trains on at a step, `boundary_after(step)` where the next round would
     begin (None: no more rounds)."""
 
-    def __init__(self, work: Path, cfg, seed: int):
-        self.work, self.cfg, self.seed = Path(work), cfg, seed
+    def __init__(self, work: Path, cfg, seed: int, precision: str = "fp32"):
+        self.work, self.cfg, self.seed, self.precision = Path(work), cfg, seed, precision
         self.pending, self.index = self.work / "traces.pending.jsonl", self.work / "traces.rounds.json"
 
     def rounds(self) -> list[dict]:
-        if self.index.exists():
-            return json.loads(self.index.read_text())
-        if self.pending.exists():  # traces left by a run before rounds were recorded: one round, cost unknown
-            return [{"round": 0, "step": 0, "traces": len(read_jsonl(self.pending)), "teacher_generate": 0}]
-        return []
+        return json.loads(self.index.read_text()) if self.index.exists() else []
 
     def traces(self) -> list[dict]:
         done = len(self.rounds())
@@ -123,7 +122,7 @@ class TraceRounds:
             before = {r["question"] for r in warmstart_prompts(train, self.cfg, self.seed, self.fraction(index - 1))}
             prompts = [r for r in prompts if r["question"] not in before]
         seed = self.seed if index == 0 else step_seed(self.seed, index, salt=37)
-        traces, flops = teacher_traces(teacher, tokenizer, prompts, self.cfg, seed)
+        traces, flops = teacher_traces(teacher, tokenizer, prompts, self.cfg, seed, self.precision)
         kept = [t for t in self.traces() if t.get("round", 0) < index]
         entry = {
             "round": index,

@@ -22,10 +22,11 @@ from rakd.models.subset import layer_subset
 from rakd.models.zoo import build_model, preset_config
 from rakd.prompt import completion_text
 from rakd.stage_config import DistillConfig, WarmStartConfig
-from rakd.traces import TraceRounds, has_difficulty
-from rakd.train.common import pick_device, set_threads
+from rakd.traces import TraceRounds
+from rakd.train.common import pick_device, resolve_precision, set_threads
 from rakd.train.distributed import World, load_full_state_dict, plain_copy
 from rakd.train.sft import SFTTrainer
+from rakd.valstop import ValCheck, check_records, outcome
 
 
 def distill_records(layout: RunLayout, split: str) -> list[dict]:
@@ -59,6 +60,11 @@ def init_student(cfg: DistillConfig, teacher, teacher_tok, device):
     ), teacher_tok
 
 
+def stage_precision(cfg, model) -> str:
+    """The stage's resolved precision (`fp32` or `bf16`) on the device its model lives on."""
+    return resolve_precision(cfg.precision, next(model.parameters()).device)
+
+
 def load_models(cfg: DistillConfig, layout: RunLayout):
     """(frozen teacher, initial student, tokenizer) on the configured device and thread count."""
     set_threads(cfg.threads)
@@ -82,9 +88,10 @@ def run_warmstart(
         load_full_state_dict(student, load_causal_lm(done)[0].state_dict())
         return read_jsonl(done / "traces.jsonl"), json.loads((done / "eval_warmstart.json").read_text())
     stop = warmstart_stop(cfg, student, tokenizer, layout, log)  # a bad `stop` fails before any sampling
+    precision = stage_precision(cfg, student)
     if cfg.warmstart.base is not None:
         train_base(cfg, student, tokenizer, train, work, world)
-    rounds = TraceRounds(work, cfg.warmstart, cfg.seed)
+    rounds = TraceRounds(work, cfg.warmstart, cfg.seed, precision)
     if world.main and not rounds.rounds():
         rounds.add(train, teacher, tokenizer, 0, log)
     world.barrier()
@@ -99,6 +106,7 @@ def run_warmstart(
             seed=cfg.seed,
             name="warmstart",
             world=world,
+            precision=precision,
         )
         trainer.resume()
         done_steps = sft_in_rounds(trainer, rounds, stop, (train, teacher, tokenizer), world, log)
@@ -107,11 +115,12 @@ def run_warmstart(
     if not world.main:
         world.barrier()  # rank 0 evaluates and saves; every rank holds the same weights already
         return traces, json.loads((done / "eval_warmstart.json").read_text())
-    result = evaluate_model(whole, tokenizer, distill_records(layout, "test"), cfg.eval)
+    result = evaluate_model(whole, tokenizer, distill_records(layout, "test"), cfg.eval, precision)
     sft_log, base_log = work / "warmstart.work/metrics.jsonl", work / "base.work/metrics.jsonl"
     sft_rows = read_jsonl(sft_log) if sft_log.exists() else []
     base_rows = read_jsonl(base_log) if base_log.exists() else []
     result["sft_steps"] = done_steps
+    result["precision"] = precision
     result["rounds"] = rounds.rounds()
     result["target"] = target_outcome(cfg.warmstart, sft_rows, done_steps, result["rounds"])
     result["flops"] = with_total(
@@ -142,7 +151,15 @@ def train_base(cfg: DistillConfig, student, tokenizer, train: list[dict], work: 
     distill stage may see), checkpointed in `base.work/` so that a crash resumes there."""
     pairs = [(r["question"], completion_text(f"A: {r['answer']}")) for r in train]
     trainer = SFTTrainer(
-        student, tokenizer, pairs, cfg.warmstart.base, work / "base.work", seed=cfg.seed, name="base", world=world
+        student,
+        tokenizer,
+        pairs,
+        cfg.warmstart.base,
+        work / "base.work",
+        seed=cfg.seed,
+        name="base",
+        world=world,
+        precision=stage_precision(cfg, student),
     )
     trainer.resume()
     trainer.run()
@@ -155,7 +172,7 @@ def sft_in_rounds(trainer: SFTTrainer, rounds: TraceRounds, stop, sources, world
     while True:
         boundary = rounds.boundary_after(trainer.start_step)
         done = trainer.run(on_step=stop, until=boundary)
-        if getattr(stop, "stopped", False) or boundary is None or done >= trainer.cfg.steps:
+        if (stop is not None and stop.stopped) or boundary is None or done >= trainer.cfg.steps:
             return done
         if world.main and not rounds.begins_at(done):  # a round is sampled once, even across a crash
             rounds.add(*sources, done, log)
@@ -165,53 +182,10 @@ def sft_in_rounds(trainer: SFTTrainer, rounds: TraceRounds, stop, sources, world
 
 def target_outcome(cfg: WarmStartConfig, sft_rows: list[dict], sft_steps: int, rounds: list[dict]) -> dict | None:
     """Whether the warm start reached its target (`warmstart.stop`) or its plateau, at which step, its best check,
-    and what the stage did about it, from the checks in the SFT log; None without a stop."""
-    stop = cfg.stop
-    if stop is None:
-        return None
-    checks = [(r["step"], r["val_check_accuracy"]) for r in sft_rows if "val_check_accuracy" in r]
-    target = stop.val_accuracy
-    reached = [step for step, value in checks if target is not None and value >= target]
-    plateau = next(
-        (checks[i][0] for i in range(len(checks)) if plateaued([v for _, v in checks[: i + 1]], stop.patience)), None
-    )
-    best_step, best = max(checks, key=lambda check: (check[1], -check[0])) if checks else (None, None)
-    last = checks[-1][1] if checks else None
+    and what the stage did about it (its rounds of traces), from the checks in the SFT log; None without a stop."""
     added = "".join(f"; {r['traces']} more traces of harder questions from step {r['step']}" for r in rounds[1:])
-    goal = f"target {target:.0%}" if target is not None else "plateau"
-    if reached:
-        summary = f"{goal} reached at SFT step {reached[0]} ({checks[-1][1]:.1%}){added}; SFT stopped there"
-    elif plateau is not None:
-        summary = (
-            f"plateau at SFT step {plateau}: no new best in {stop.patience} checks (best {best:.1%} at step "
-            f"{best_step}){added}; SFT stopped there"
-        )
-    elif checks:
-        summary = (
-            f"{goal} NOT reached in {sft_steps} SFT steps (best {best:.1%} at step "
-            f"{best_step}, last {last:.1%}){added}; RL starts from the last step"
-        )
-    else:
-        summary = f"{goal} never checked ({sft_steps} SFT steps, check every {stop.every})"
-    return {
-        "val_accuracy": target,
-        "reached": bool(reached) or (target is None and plateau is not None),
-        "step": reached[0] if reached else plateau,
-        "plateau_step": plateau,
-        "best": best,
-        "best_step": best_step,
-        "last": last,
-        "checks": len(checks),
-        "rounds": len(rounds),
-        "summary": summary,
-    }
-
-
-def plateaued(checks: list[float], patience: int | None) -> bool:
-    """True when the last `patience` checks brought no new best over the ones before (early stopping)."""
-    if patience is None or len(checks) <= patience:
-        return False
-    return max(checks[-patience:]) <= max(checks[:-patience])
+    result = outcome(cfg.stop, sft_rows, sft_steps, added)
+    return None if result is None else {**result, "rounds": len(rounds)}
 
 
 def prepare_warmstart(cfg: DistillConfig, run_dir: str | Path, log=print) -> Path:
@@ -223,36 +197,22 @@ def prepare_warmstart(cfg: DistillConfig, run_dir: str | Path, log=print) -> Pat
     return layout.student_work / "warmstart"
 
 
-def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, log):
-    """An SFT `on_step` hook for `warmstart.stop`: every `stop.every` steps, greedy accuracy on the qualifying val
-    questions into the metrics row (`val_check_accuracy`); True (stop) once it reaches `stop.val_accuracy`, or once
-    `stop.patience` checks in a row bring no new best (the plateau; a resumed run counts the checks it logged
-    before). Greedy and deterministic, so every torchrun rank takes the same decision."""
+def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, log) -> ValCheck | None:
+    """The SFT hook of `warmstart.stop` (rakd.valstop) on the qualifying val questions: those with at least
+    `stop.min_difficulty` operations where the source has a difficulty, every val question otherwise."""
     stop = cfg.warmstart.stop
     if stop is None:
         return None
-    records = distill_records(layout, "val")
-    if stop.min_difficulty is not None and has_difficulty(records):
-        records = [r for r in records if r.get("ops") is not None and r["ops"] >= stop.min_difficulty]
-    if not records:
-        where = f" with at least {stop.min_difficulty} operations (`ops`)" if stop.min_difficulty else ""
-        raise ValueError(f"distill.warmstart.stop: {layout.split('val')} has no questions{where} to check")
-    check = cfg.eval.model_copy(update={"n_problems": stop.problems, "k_samples": 0, "per_problem": False})
+    records = check_records(distill_records(layout, "val"), stop, f"distill.warmstart.stop: {layout.split('val')}")
     log_path = layout.student_work / "warmstart.work" / "metrics.jsonl"  # a resumed run's earlier checks
-    rows = read_jsonl(log_path) if log_path.exists() else []
-    earlier = [(r["step"], r["val_check_accuracy"]) for r in rows if "val_check_accuracy" in r]
-
-    def hook(step: int, row: dict) -> bool:
-        if step % stop.every:
-            return False
-        result = evaluate_model(student, tokenizer, records, check)
-        accuracy = result["greedy_accuracy"]
-        row.update(val_check_accuracy=accuracy, flops_eval=result.get("eval_flops", 0))
-        log(f"[warmstart] step {step}: val accuracy {accuracy:.3f} (target {stop.val_accuracy})")
-        hook.checks = [c for c in hook.checks if c[0] < step] + [(step, accuracy)]
-        hook.reached = stop.val_accuracy is not None and accuracy >= stop.val_accuracy
-        hook.stopped = hook.reached or plateaued([value for _, value in hook.checks], stop.patience)
-        return hook.stopped
-
-    hook.checks, hook.reached, hook.stopped = earlier, False, False
-    return hook
+    return ValCheck.from_log(
+        read_jsonl(log_path) if log_path.exists() else [],
+        stop=stop,
+        model=student,
+        tokenizer=tokenizer,
+        records=records,
+        eval_cfg=cfg.eval,
+        name="warmstart",
+        log=log,
+        precision=stage_precision(cfg, student) if student is not None else "fp32",
+    )

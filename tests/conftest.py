@@ -85,7 +85,7 @@ def smoke_root(tmp_path_factory):
 
 
 def smoke_overrides(root, *extra):
-    return [f"run.root={root}", f"orchestration.result_storage={root / '.results'}", *extra]
+    return [f"run.root={root}", *extra]
 
 
 @pytest.fixture(scope="session")

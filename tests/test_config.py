@@ -81,3 +81,12 @@ def test_the_configuration_reference_in_docs_usage_is_current():
     block = text[text.index(REFERENCE_BEGIN) + len(REFERENCE_BEGIN) : text.index(REFERENCE_END)]
     assert block.strip() == config_reference().strip(), "regenerate it: python -m rakd.config docs/usage.md"
     assert "| `distill.rl.group_size` | int | `8` | samples per prompt (G) |" in block
+
+
+def test_tuning_a_teacher_needs_a_checkpoint_and_a_stop_names_its_reason():
+    with pytest.raises(ConfigError, match=r"teacher.tune fine-tunes a checkpoint: set teacher.model.path"):
+        load_config(None, ["teacher.tune=true"])
+    with pytest.raises(ConfigError, match=r"teacher.stop: .*needs val_accuracy \(a target\), patience"):
+        load_config(None, ["teacher.stop={every: 10}"])
+    cfg = load_config(None, ["teacher.model={path: some.gguf}", "teacher.tune=true", "teacher.stop={patience: 2}"])
+    assert cfg.teacher.stop.patience == 2 and cfg.teacher.stop.val_accuracy is None

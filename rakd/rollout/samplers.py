@@ -4,10 +4,8 @@
 hand-written KV-cache loop: each distinct prompt prefilled once for its G samples, finished rows dropped every 8
 tokens), `graph` (our decode step over a pre-allocated cache, captured once per call as a CUDA graph and
 replayed; eager elsewhere), `generate` (transformers' `model.generate`) and `static` (`generate` over a
-pre-allocated cache, whose decode step transformers compiles on CUDA). `bench/rollout.py`, 64 prompts x G=8 = 512
-rows x 160 new tokens, H200 (random GPU-config student, bf16 autocast): graph 243-259k tokens/s, loop 73k, static
-66k, generate 33-35k. On this project's 2-core CPU (demo student, 128 prompts): loop 2626, static 2260, generate
-1873.
+pre-allocated cache, whose decode step transformers compiles on CUDA). `bench/rollout.py` measures them
+(bench/README.md has the figures).
 """
 
 from __future__ import annotations
@@ -21,13 +19,11 @@ from transformers.cache_utils import StaticLayer
 from rakd.progress import Progress
 from rakd.rollout.batch import Rollouts, assemble, encode_prompts, position_ids
 from rakd.rollout.masks import attention_mask_4d, mask_for_model, no_cudnn_attention
-from rakd.train.config import Backend
+from rakd.schema import Backend
 
 
 def resolve_backend(backend: Backend, device: torch.device) -> Backend:
-    """`auto`: `graph` on CUDA, `loop` elsewhere (what `bench/rollout.py` measured fastest on each: on an H200 at
-    512 rows x 160 tokens graph 243-259k tokens/s, loop 73k, static 66k, generate 33-35k; on this project's 2-core
-    CPU loop 2626, static 2260, generate 1873 on the demo student)."""
+    """`auto`: `graph` on CUDA, `loop` elsewhere (what `bench/rollout.py` measured fastest on each)."""
     if backend == "auto":
         return "graph" if device.type == "cuda" else "loop"
     return backend

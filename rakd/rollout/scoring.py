@@ -80,3 +80,13 @@ def score_completions(
             logprobs = token_logprobs(logits, ids[2], temperature).float().cpu()
             scores[rows, : logprobs.shape[1]] = logprobs * chunk.completion_mask
     return scores
+
+
+class TorchScorer:
+    """Per-token log-probs of a batch's completions under `model` in this process (the teacher's, or π_old's)."""
+
+    def __init__(self, model):
+        self.teacher = model
+
+    def __call__(self, batch: Rollouts, temperature: float) -> torch.Tensor:
+        return score_completions(self.teacher, batch, temperature=temperature)

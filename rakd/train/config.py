@@ -6,13 +6,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from rakd.schema import StageConfig
+from rakd.schema import Aggregation, Backend, Precision, StageConfig
+
+__all__ = ["Aggregation", "Backend", "Precision"]
 
 # sft: SFT continued on the warm start's traces; seqkd_fresh: SFT on new teacher traces each step (SeqKD that pays
 # for its traces); the rest learn from the student's own samples or the teacher's distributions (rakd.losses)
 Method = Literal["sft", "seqkd_fresh", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"]
-Aggregation = Literal["seq_mean", "token_mean"]
-Backend = Literal["auto", "generate", "loop", "static", "graph"]
 
 
 class OptimConfig(StageConfig):
@@ -34,7 +34,7 @@ class SFTConfig(StageConfig):
     batch_size: int = Field(64, ge=1, description="pairs per step")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: only at the end)")
-    log_every: int = Field(25, ge=1, description="steps between metrics rows")
+    log_every: int = Field(25, ge=1, description="steps between progress lines (a metrics row is written every step)")
 
 
 class LossParams(StageConfig):

@@ -25,13 +25,13 @@ from rakd.losses import LOSSES, LossSpec, group_advantages
 from rakd.progress import Progress
 from rakd.rollout import (
     Rollouts,
+    TorchScorer,
     completion_logits,
     concat_rollouts,
     sample,
     select_rows,
     trimmed,
 )
-from rakd.scorers import TorchScorer
 from rakd.train.batches import batch_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
 from rakd.train.common import MetricsLog, autocast, make_optimizer, make_scheduler, step_seed
@@ -95,6 +95,7 @@ class RLTrainer(CheckpointedTrainer):
         teacher_scorer=None,
         world: World | None = None,
         flops_before: int = 0,
+        precision: str = "fp32",
     ):
         self.model = self.student = student
         self.teacher, self.tokenizer = teacher, tokenizer
@@ -110,6 +111,7 @@ class RLTrainer(CheckpointedTrainer):
         self.out_dir, self.checkpoint_every = Path(out_dir), checkpoint_every
         self.log = MetricsLog(self.out_dir / "metrics.jsonl")
         self.device = next(student.parameters()).device
+        self.precision = precision  # resolved: sampling, scoring and the update under one autocast
         # Degenerate groups get the grpo_kl KL term when zero_adv=kd and the method has advantages.
         self.kd_spec = LOSSES["grpo_kl"] if cfg.zero_adv == "kd" and self.spec.trains_on == "informative" else None
         # the compute ledger (rakd.flops): each step's phases, and `flops_total` from the stage's earlier phases on
@@ -297,7 +299,7 @@ class RLTrainer(CheckpointedTrainer):
         self.student.eval()
         # Sampling and scoring run under the same precision as the update, so that
         # π_old and π_θ agree exactly before the first optimiser step (on a sharded student's gathered weights).
-        with autocast(self.device), full_weights(self.student):
+        with autocast(self.device, self.precision), full_weights(self.student):
             t0 = time.perf_counter()
             collected = self.collect(step)
             batch, rewards = collected.batch, collected.rewards
@@ -396,7 +398,7 @@ class RLTrainer(CheckpointedTrainer):
                 pad = torch.full((1, 1), self.tokenizer.pad_token_id, device=self.device)
                 (self.student(input_ids=pad).logits.sum() * 0.0).backward()
             return self.optimizer_step({})
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             tensors = batch_tensors(self.student, batch, temperature=self.temperature)
             old = tensors["logprobs"].detach() if old_lp is None else old_lp.to(self.device)
             tensors.update(old_logprobs=old, advantages=advantages.to(self.device))

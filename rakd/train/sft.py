@@ -36,6 +36,7 @@ class SFTTrainer(CheckpointedTrainer):
         seed: int,
         name: str,
         world: World | None = None,
+        precision: str = "fp32",
     ):
         if not pairs:
             raise ValueError(f"{name}: no training pairs")
@@ -56,6 +57,7 @@ class SFTTrainer(CheckpointedTrainer):
         self.world = world or World()  # under torchrun: each rank takes its share of every batch
         self._order: tuple[int, list[int]] = (-1, [])
         self.dims = ModelDims.of(model)
+        self.precision = precision  # resolved: fp32 or bf16 autocast (rakd.train.common.resolve_precision)
 
     def set_pairs(self, pairs: list[tuple[str, str]]) -> None:
         """Train on `pairs` from the next step on (a warm start that adds traces); the optimiser and schedule go
@@ -81,7 +83,7 @@ class SFTTrainer(CheckpointedTrainer):
     def step(self, step: int) -> dict:
         self.model.train()
         batch = self.batch_for(step)
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             tensors = batch_tensors(self.model, batch)
             loss, metrics = LOSSES["sft"](tensors, {})  # the loss's own aggregation (token_mean)
         # token_mean: its share of the batch's tokens (scaled where FSDP averages what it reduces)

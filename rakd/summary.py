@@ -1,0 +1,143 @@
+"""The run's summary tables: each stage's rows from its summary, and the whole run's sections (stage times,
+accuracy with the distillation gain, the warm start's target, the compute ledger, export, validation, package),
+built once as rows and rendered as text by the CLI and as markdown by the flow and the benchmarks (rakd.tables).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rakd.tables import pct
+
+Summary = dict[str, Any]
+
+
+def prep_rows(summary: Summary) -> list[dict]:
+    from rakd.data.prep import card_rows
+
+    return card_rows(summary["card"])
+
+
+def teacher_rows(summary: Summary) -> list[dict]:
+    from rakd.evaluate import eval_row
+
+    before = summary["eval"].get("before")
+    return ([eval_row("teacher (before tuning)", before)] if before else []) + [eval_row("teacher", summary["eval"])]
+
+
+def distill_rows(summary: Summary) -> list[dict]:
+    from rakd.evaluate import eval_row
+
+    rows = [eval_row("warm start (test)", summary["eval_warmstart"])]
+    rows += [
+        {
+            "model": f"RL step {r['step']} (val)",
+            "greedy": pct(r.get("val_greedy_accuracy")),
+            "sampled": pct(r.get("val_sampled_accuracy")),
+        }
+        for r in summary["val_by_step"]
+    ]
+    return rows + [eval_row(f"{summary['eval'].get('method', 'distilled')} (test)", summary["eval"])]
+
+
+def export_rows(summary: Summary) -> list[dict]:
+    from export.run import parity_rows
+
+    return parity_rows(summary["parity"])
+
+
+def validate_rows(summary: Summary) -> list[dict]:
+    from deploy.report import validation_rows
+
+    return validation_rows(summary["report"]["artefacts"])
+
+
+def package_rows(summary: Summary) -> list[dict]:
+    return [
+        {
+            "file": m["path"],
+            "artefact": m["label"],
+            "format": m["format"],
+            "accuracy": pct(m["metrics"]["accuracy"]),
+            "verified": f"{summary['files']} files, sha256",
+        }
+        for m in summary["models"]
+    ]
+
+
+def accuracy_rows(results: dict[str, Summary]) -> list[dict]:
+    """Teacher, warm-started student and distilled student on the test split, and the distillation gain."""
+    from rakd.evaluate import eval_row
+
+    rows = []
+    if "teacher" in results:
+        rows += teacher_rows(results["teacher"])
+    if "distill" in results:
+        warm, final = results["distill"]["eval_warmstart"], results["distill"]["eval"]
+        rows += [eval_row("student (warm start)", warm), eval_row(f"student ({final.get('method', '?')})", final)]
+        gain = final["greedy_accuracy"] - warm["greedy_accuracy"]
+        stderr = (final["greedy_stderr"] ** 2 + warm["greedy_stderr"] ** 2) ** 0.5
+        ratio = f" ({gain / stderr:+.1f} s.e.)" if stderr > 0 else ""
+        rows.append(
+            {"model": "gain (distilled - warm start)", "greedy": f"{100 * gain:+.1f} ± {100 * stderr:.1f}{ratio}"}
+        )
+    return rows
+
+
+def warmstart_rows(results: dict[str, Summary]) -> list[dict]:
+    """Whether the warm start reached its target, where, and what the stage did about it (empty without one)."""
+    target = results.get("distill", {}).get("eval_warmstart", {}).get("target")
+    if not target:
+        return []
+    warm = results["distill"]["eval_warmstart"]
+    return [
+        {
+            "target": pct(target["val_accuracy"], 0),
+            "reached": target["reached"],
+            "at SFT step": target["step"],
+            "best check": pct(target["best"]),
+            "SFT steps": warm.get("sft_steps"),
+            "trace rounds": target.get("rounds", 1),
+            "what happened": target["summary"],
+        }
+    ]
+
+
+def flops_rows(results: dict[str, Summary]) -> list[dict]:
+    """The compute ledger of every stage that keeps one, phase by phase (rakd.flops)."""
+    from rakd.flops import format_flops
+
+    rows = []
+    for name in ("teacher", "distill"):
+        ledger = results.get(name, {}).get("eval", {}).get("flops") or {}
+        rows += [
+            {"stage": name, "phase": phase, "FLOPs": f"{count:.3e}", "≈": format_flops(count)}
+            for phase, count in ledger.items()
+        ]
+    return rows
+
+
+def stage_time_rows(results: dict[str, Summary], states: dict[str, str] | None = None) -> list[dict]:
+    rows = []
+    for name, summary in results.items():
+        row = {"stage": name, "seconds": f"{summary.get('seconds', 0):.0f}"}
+        if states:
+            row["state"] = states[name]
+        rows.append(row)
+    return rows
+
+
+def summary_sections(results: dict[str, Summary], states: dict[str, str] | None = None) -> list[tuple[str, list[dict]]]:
+    """(title, rows) of everything a finished run reports, in order: rendered as text or markdown."""
+    sections = [
+        (
+            "stages" + (" (a cached stage shows the time of the run that made it)" if states else ""),
+            stage_time_rows(results, states),
+        ),
+        ("accuracy (test split)", accuracy_rows(results)),
+    ]
+    for title, rows in (("warm start", warmstart_rows(results)), ("compute (FLOPs)", flops_rows(results))):
+        if rows:
+            sections.append((title, rows))
+    tables = {"export": export_rows, "validate": validate_rows, "package": package_rows}
+    return sections + [(name, rows(results[name])) for name, rows in tables.items() if name in results]
