@@ -8,19 +8,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from export.config import ONNX_QUANTS, ExportConfig
-from rakd.data.generator import GeneratorConfig, generate
-from rakd.io import read_jsonl
-from rakd.layout import RunLayout
 from rakd.schema import ConfigError
 from rakd.tables import text_table
-
-
-def parity_questions(data: Path | None, layout: RunLayout, n: int) -> list[str]:
-    """Validation questions of the run (or `--data`), else generated arithmetic prompts."""
-    source = data or layout.split("val")
-    if source.is_file():
-        return [row["question"] for row in read_jsonl(source)][:n]
-    return [item["question"] for item in generate(GeneratorConfig(n_items=n, seed=99))]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +36,7 @@ def _overrides(args: argparse.Namespace, cfg: ExportConfig) -> ExportConfig:
 
 
 def command(args: argparse.Namespace, cfg) -> int:
+    from export.parity import parity_questions
     from export.run import parity_rows, run_export
 
     export_cfg = _overrides(args, cfg.export)

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rakd.data.generator import GeneratorConfig, generate
+from rakd.io import read_jsonl
 from rakd.isolated import ChildCrashed, ChildFailed, run_isolated
+from rakd.layout import RunLayout
 from rakd.models.logits import open_logits
 from rakd.prompt import model_prompt
 from rakd.quant import HIGH, by_label
@@ -33,6 +36,14 @@ from rakd.schema import StageError
 # student (2 layers, max|logit| 16, bound 0.023); 0.038 on SmolLM2-135M-Instruct (30 layers, max|logit| 28, bound
 # 0.15; the bound without depth, 0.028, failed an export whose F32 twin matched within 4e-5 and whose F16 top-1
 # agreement was 1.0). A wrong export (a missed bias, rotary order, tied head) moves logits by whole units.
+
+
+def parity_questions(data: Path | None, layout: RunLayout, n: int) -> list[str]:
+    """Validation questions of the run (or `--data`), else generated arithmetic prompts."""
+    source = data or layout.split("val")
+    if source.is_file():
+        return [row["question"] for row in read_jsonl(source)][:n]
+    return [item["question"] for item in generate(GeneratorConfig(n_items=n, seed=99))]
 
 
 class ParityError(StageError):

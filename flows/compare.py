@@ -37,6 +37,7 @@ from rakd.compare import (
 from rakd.compare.diagnostic import describe, warmstart_diagnostic
 from rakd.config import PipelineConfig, load_config
 from rakd.flops import format_flops
+from rakd.layout import RunLayout
 from rakd.registry import run_missing, stage_keys
 from rakd.schema import ConfigError
 
@@ -52,7 +53,7 @@ def job_task(config: dict, job: dict, base: str, warmstart: str, out: str, budge
     cfg = PipelineConfig.model_validate(config)
     entry = Job(**job)
     distill = job_distill_config(cfg.distill, cfg.compare, entry, budget)
-    return run_job(distill, entry, cfg.run.layout.__class__(base), Path(warmstart), Path(out))
+    return run_job(distill, entry, RunLayout(base), Path(warmstart), Path(out))
 
 
 @contextlib.contextmanager

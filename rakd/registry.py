@@ -5,8 +5,8 @@ A `Stage` names its config section, the stage it depends on, its run function `(
 summary` (a small JSON dict: what a Prefect task persists), the file it writes last, and its table rows. Adding a
 stage is one module with its config and run function plus one entry in `STAGES` (docs/design.md shows the diff).
 
-This module and `rakd.cli` are the composition root: the only modules that import every package. Heavy imports
-(torch, llama.cpp, ONNX Runtime) stay inside the run functions, so listing the stages costs nothing.
+This module, `rakd.summary` and `rakd.cli` are the composition root: the only modules that import every package.
+Heavy imports (torch, llama.cpp, ONNX Runtime) stay inside the run functions, so listing the stages costs nothing.
 """
 
 from __future__ import annotations
@@ -113,9 +113,10 @@ def read_distill(cfg, layout: RunLayout) -> Summary:
 
 
 def run_export(cfg, layout: RunLayout) -> Summary:
+    from export.parity import parity_questions
     from export.run import run_export as export
 
-    questions = export_cli.parity_questions(None, layout, cfg.parity_prompts)
+    questions = parity_questions(None, layout, cfg.parity_prompts)
     teacher = layout.teacher if cfg.teacher else None
     export(cfg, layout.student, layout.export, questions, teacher_dir=teacher)
     return read_export(cfg, layout)
