@@ -2,8 +2,9 @@
 done-files and every summary table loop over.
 
 A `Stage` names its config section, the stage it depends on, its run function `(section config, RunLayout) ->
-summary` (a small JSON dict: what a Prefect task persists), the file it writes last, and its table rows. Adding a
-stage is one module with its config and run function plus one entry in `STAGES` (docs/design.md shows the diff).
+summary` (a small JSON dict), its read function (the same summary read back from the outputs), the file it writes
+last, and its table rows. Adding a stage is one module with its config and run function plus one entry in `STAGES`
+(docs/design.md shows the diff).
 
 This module, `rakd.summary` and `rakd.cli` are the composition root: the only modules that import every package.
 Heavy imports (torch, llama.cpp, ONNX Runtime) stay inside the run functions, so listing the stages costs nothing.
