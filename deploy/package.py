@@ -23,7 +23,7 @@ from deploy.report import REPORT_KEYS, shippable, validation_rows
 from deploy.serve import stop_texts
 from rakd.io import atomic_dir, atomic_write_json, atomic_write_text
 from rakd.layout import RunLayout
-from rakd.models.gguf_file import gguf_metadata, gguf_token
+from rakd.models.gguf_file import gguf_metadata, special_token
 from rakd.prompt import prompt_around
 from rakd.tables import markdown_table
 
@@ -174,8 +174,7 @@ def ollama_modelfile(name: str, path: Path) -> str:
     with as its TEMPLATE (its chat template rendered around `{{ .Prompt }}`, else rakd's question-and-newline), and
     every token that ends its turn as a stop."""
     meta = gguf_metadata(path)
-    token = lambda key: gguf_token(path, meta[key]) if meta.get(key) is not None else ""  # noqa: E731
-    bos, eos = token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")
+    bos, eos = special_token(path, meta, "bos"), special_token(path, meta, "eos")
     template = meta.get("tokenizer.chat_template")
     if template:
         before, after = prompt_around(template, bos=bos, eos=eos)

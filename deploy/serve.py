@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from deploy.artefacts import Artefact, discover, package_artefact
-from rakd.models.gguf_file import gguf_metadata, gguf_token
+from rakd.models.gguf_file import gguf_metadata, special_token
 from rakd.prompt import prompt_text, turn_end
 from rakd.schema import ModelLoadError
 
@@ -28,9 +28,8 @@ GENERATING_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 def stop_texts(path: Path, meta: dict) -> list[str]:
     """The text of every token that ends the model's turn: EOS, EOT, EOM and the chat template's end of turn."""
-    token = lambda key: gguf_token(path, meta[key]) if meta.get(key) is not None else ""  # noqa: E731
-    bos, eos = token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")
-    stops = [eos, token("tokenizer.ggml.eot_token_id"), token("tokenizer.ggml.eom_token_id")]
+    bos, eos = special_token(path, meta, "bos"), special_token(path, meta, "eos")
+    stops = [eos, special_token(path, meta, "eot"), special_token(path, meta, "eom")]
     if template := meta.get("tokenizer.chat_template"):
         stops.append(turn_end(template, bos=bos, eos=eos))
     return list(dict.fromkeys(s for s in stops if s))
@@ -45,9 +44,8 @@ def chat_formatter(path: Path):
     stops = stop_texts(path, meta)
     template = meta.get("tokenizer.chat_template")
     if template:
-        token = lambda key: gguf_token(path, meta[key]) if meta.get(key) is not None else ""  # noqa: E731
         jinja = Jinja2ChatFormatter(
-            template, eos_token=token("tokenizer.ggml.eos_token_id"), bos_token=token("tokenizer.ggml.bos_token_id")
+            template, eos_token=special_token(path, meta, "eos"), bos_token=special_token(path, meta, "bos")
         )
 
         def templated(*, messages, **kwargs):

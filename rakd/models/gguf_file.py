@@ -48,6 +48,13 @@ def gguf_token(path: Path, token_id: int) -> str:
     return bytes(tokens.parts[tokens.data[token_id]]).decode("utf-8", "replace")
 
 
+def special_token(path: Path, meta: dict, role: str) -> str:
+    """The text of the GGUF's `role` token (bos, eos, eot, eom: `tokenizer.ggml.<role>_token_id` in its metadata
+    `meta`), or '' when the file names none."""
+    token_id = meta.get(f"tokenizer.ggml.{role}_token_id")
+    return gguf_token(path, token_id) if token_id is not None else ""
+
+
 def gguf_tokens(path: Path) -> list[str]:
     """The GGUF file's vocabulary (`tokenizer.ggml.tokens`), in id order."""
     tokens = _vocabulary(path)
