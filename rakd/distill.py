@@ -60,6 +60,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     timings["warmstart"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
+    precision = stage_precision(cfg, student)  # resolved once: sampling, scoring, the update and every evaluation
     trainer = RLTrainer(
         student,
         teacher,
@@ -75,16 +76,16 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         teacher_scorer=make_scorer(cfg.teacher_scorer, teacher, cfg.method, tokenizer),
         world=world,
         flops_before=eval_warm.get("flops", {}).get("total", 0),
-        precision=stage_precision(cfg, student),
+        precision=precision,
     )
     if trainer.resume():
         log(f"[distill] resumed from checkpoint step {trainer.start_step}")
     readouts: list[dict] = []
     try:
         trainer.run(
-            on_step=val_evaluation(cfg, student, tokenizer, layout),
+            on_step=val_evaluation(cfg, student, tokenizer, layout, precision),
             after_step=fault_injection(cfg),
-            on_readout=test_readout(cfg, student, tokenizer, layout, readouts) if world.main else _quiet,
+            on_readout=test_readout(cfg, student, tokenizer, layout, readouts, precision) if world.main else _quiet,
         )
     finally:
         getattr(trainer.teacher_scorer, "close", lambda: None)()  # a llama.cpp teacher frees its model now
@@ -93,12 +94,12 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     if not world.main:  # rank 0 evaluates and writes the student
         return DistillResult(layout.student, {}, eval_warm, timings)
 
-    result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval, trainer.precision)
+    result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval, precision)
     result.update(
         method=cfg.method,
         parameters=count_parameters(student),
         teacher_parameters=count_parameters(teacher),
-        precision=trainer.precision,
+        precision=precision,
     )
     work = layout.student_work
     rows = read_jsonl(work / "metrics.jsonl") if (work / "metrics.jsonl").exists() else []
@@ -107,7 +108,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     if cfg.eval_every and rows:  # the student as written: the last check's val when it is the last step's
         result["val_greedy_accuracy"] = rows[-1].get("val_greedy_accuracy")
         if result["val_greedy_accuracy"] is None:
-            result.update(final_val(cfg, student, tokenizer, layout))
+            result.update(final_val(cfg, student, tokenizer, layout, precision))
     if readouts:  # the student read out earlier in the same run (rl.readout_steps): the budget's, or the steps'
         result["readouts"] = readouts
     log(format_eval(f"student ({cfg.method})", result))
@@ -152,7 +153,7 @@ def rl_records(cfg: DistillConfig, train: list[dict]) -> list[dict]:
     return unseen if cfg.rl.prompts == "unseen" and len(unseen) >= cfg.rl.prompts_per_step else train
 
 
-def val_evaluation(cfg: DistillConfig, student, tokenizer, layout: RunLayout):
+def val_evaluation(cfg: DistillConfig, student, tokenizer, layout: RunLayout, precision: str):
     """An `on_step` hook: val-split accuracy every `eval_every` RL steps, into that step's metrics row."""
     if not cfg.eval_every:
         return None
@@ -161,14 +162,14 @@ def val_evaluation(cfg: DistillConfig, student, tokenizer, layout: RunLayout):
 
     def hook(step: int, row: dict) -> None:
         if step % cfg.eval_every == 0:
-            val = evaluate_model(student, tokenizer, records, val_cfg, stage_precision(cfg, student))
+            val = evaluate_model(student, tokenizer, records, val_cfg, precision)
             row.update({f"val_{k}": v for k, v in val.items() if k.endswith(("accuracy", "stderr"))})
             row["flops_eval"] = val["eval_flops"]
 
     return hook
 
 
-def test_readout(cfg: DistillConfig, student, tokenizer, layout: RunLayout, readouts: list[dict]):
+def test_readout(cfg: DistillConfig, student, tokenizer, layout: RunLayout, readouts: list[dict], precision: str):
     """An `on_readout` hook: the test split's greedy accuracy, per problem, and the val split's greedy accuracy (what
     a choice between runs may read) of the student after `steps` RL steps (where its budget ran out, or at
     `rl.readout_steps`), appended to `readouts`."""
@@ -176,21 +177,21 @@ def test_readout(cfg: DistillConfig, student, tokenizer, layout: RunLayout, read
     records = distill_records(layout, "test")
 
     def hook(steps: int, reason: str) -> None:
-        result = evaluate_model(student, tokenizer, records, test_cfg, stage_precision(cfg, student))
+        result = evaluate_model(student, tokenizer, records, test_cfg, precision)
         keep = ("greedy_accuracy", "greedy_stderr", "greedy_correct")
-        val = final_val(cfg, student, tokenizer, layout)
+        val = final_val(cfg, student, tokenizer, layout, precision)
         readouts.append({"steps": steps, "at": reason, **{k: result[k] for k in keep if k in result}, **val})
 
     return hook
 
 
-def final_val(cfg: DistillConfig, student, tokenizer, layout: RunLayout) -> dict:
+def final_val(cfg: DistillConfig, student, tokenizer, layout: RunLayout, precision: str) -> dict:
     """The val split's greedy accuracy on `val_problems` problems, as the `eval_every` checks read it."""
     val_cfg = cfg.eval.model_copy(update={"n_problems": cfg.val_problems, "k_samples": 0})
     return {
-        "val_greedy_accuracy": evaluate_model(
-            student, tokenizer, distill_records(layout, "val"), val_cfg, stage_precision(cfg, student)
-        )["greedy_accuracy"]
+        "val_greedy_accuracy": evaluate_model(student, tokenizer, distill_records(layout, "val"), val_cfg, precision)[
+            "greedy_accuracy"
+        ]
     }
 
 

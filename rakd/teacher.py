@@ -132,9 +132,8 @@ def teacher_stop(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, log, p
     if cfg.stop is None:
         return None
     records = check_records(read_jsonl(layout.split("val")), cfg.stop, f"teacher.stop: {layout.split('val')}")
-    log_path = layout.teacher_work / "metrics.jsonl"  # a resumed run's earlier checks
-    return ValCheck.from_log(
-        read_jsonl(log_path) if log_path.exists() else [],
+    return ValCheck.resuming(
+        layout.teacher_work / "metrics.jsonl",
         stop=cfg.stop,
         model=model,
         tokenizer=tokenizer,

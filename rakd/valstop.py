@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rakd.evaluate import evaluate_model
+from rakd.io import read_jsonl
 from rakd.stage_config import EvalConfig, ValStop
 
 
@@ -59,8 +61,10 @@ class ValCheck:
         )
 
     @classmethod
-    def from_log(cls, rows: list[dict], **kwargs) -> ValCheck:
-        """A hook that resumes the checks logged in `rows` (an SFT's metrics rows)."""
+    def resuming(cls, metrics: Path, **kwargs) -> ValCheck:
+        """A hook that resumes the checks an interrupted SFT logged in `metrics` (its metrics.jsonl, if there is
+        one)."""
+        rows = read_jsonl(metrics) if metrics.exists() else []
         return cls(checks=[(r["step"], r["val_check_accuracy"]) for r in rows if "val_check_accuracy" in r], **kwargs)
 
     def __call__(self, step: int, row: dict) -> bool:

@@ -87,10 +87,10 @@ def run_warmstart(
     if (done / "eval_warmstart.json").exists():
         load_full_state_dict(student, load_causal_lm(done)[0].state_dict())
         return read_jsonl(done / "traces.jsonl"), json.loads((done / "eval_warmstart.json").read_text())
-    stop = warmstart_stop(cfg, student, tokenizer, layout, log)  # a bad `stop` fails before any sampling
     precision = stage_precision(cfg, student)
+    stop = warmstart_stop(cfg, student, tokenizer, layout, log, precision)  # a bad `stop` fails before any sampling
     if cfg.warmstart.base is not None:
-        train_base(cfg, student, tokenizer, train, work, world)
+        train_base(cfg, student, tokenizer, train, work, world, precision)
     rounds = TraceRounds(work, cfg.warmstart, cfg.seed, precision)
     if world.main and not rounds.rounds():
         rounds.add(train, teacher, tokenizer, 0, log)
@@ -146,7 +146,9 @@ def run_warmstart(
     return traces, result
 
 
-def train_base(cfg: DistillConfig, student, tokenizer, train: list[dict], work: Path, world: World) -> None:
+def train_base(
+    cfg: DistillConfig, student, tokenizer, train: list[dict], work: Path, world: World, precision: str
+) -> None:
     """`warmstart.base`: SFT on (question, `A: <answer>`) of every train question, no worked solutions (what the
     distill stage may see), checkpointed in `base.work/` so that a crash resumes there."""
     pairs = [(r["question"], completion_text(f"A: {r['answer']}")) for r in train]
@@ -159,7 +161,7 @@ def train_base(cfg: DistillConfig, student, tokenizer, train: list[dict], work: 
         seed=cfg.seed,
         name="base",
         world=world,
-        precision=stage_precision(cfg, student),
+        precision=precision,
     )
     trainer.resume()
     trainer.run()
@@ -197,16 +199,15 @@ def prepare_warmstart(cfg: DistillConfig, run_dir: str | Path, log=print) -> Pat
     return layout.student_work / "warmstart"
 
 
-def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, log) -> ValCheck | None:
+def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, log, precision: str) -> ValCheck | None:
     """The SFT hook of `warmstart.stop` (rakd.valstop) on the qualifying val questions: those with at least
     `stop.min_difficulty` operations where the source has a difficulty, every val question otherwise."""
     stop = cfg.warmstart.stop
     if stop is None:
         return None
     records = check_records(distill_records(layout, "val"), stop, f"distill.warmstart.stop: {layout.split('val')}")
-    log_path = layout.student_work / "warmstart.work" / "metrics.jsonl"  # a resumed run's earlier checks
-    return ValCheck.from_log(
-        read_jsonl(log_path) if log_path.exists() else [],
+    return ValCheck.resuming(
+        layout.student_work / "warmstart.work" / "metrics.jsonl",
         stop=stop,
         model=student,
         tokenizer=tokenizer,
@@ -214,5 +215,5 @@ def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, lo
         eval_cfg=cfg.eval,
         name="warmstart",
         log=log,
-        precision=stage_precision(cfg, student) if student is not None else "fp32",
+        precision=precision,
     )

@@ -402,7 +402,7 @@ def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficu
     result = {"greedy_accuracy": 0.5, "eval_flops": 7}
     monkeypatch.setattr(valstop, "evaluate_model", lambda m, t, records, c, p: seen.append(records) or result)
     cfg = load_config(None, ["distill.warmstart.stop={val_accuracy: 0.5, min_difficulty: 4, every: 3}"]).distill
-    hook = warmstart.warmstart_stop(cfg, None, None, layout, lambda *_: None)
+    hook = warmstart.warmstart_stop(cfg, None, None, layout, lambda *_: None, "fp32")
     assert hook(2, {}) is False and seen == []  # not a check step
     row = {}
     assert hook(3, row) is True and row == {"val_check_accuracy": 0.5, "flops_eval": 7}
