@@ -70,61 +70,65 @@ def lumped_kld(reference: dict[str, np.ndarray], artefact_logits: np.ndarray) ->
     return np.maximum(kld + tail, 0.0)
 
 
-def sequence_agreement(reference, artefact, sequence: list[int], prompt_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """(KLD, same top-1) at the positions of `sequence` that predict its tokens after the prompt."""
+def completion_logits(runtime, sequence: list[int], prompt_length: int) -> np.ndarray | None:
+    """`runtime`'s logits at the positions of `sequence` that predict its tokens after the prompt (the last token is
+    predicted, never fed); None for a prompt alone."""
     if len(sequence) <= prompt_length:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    ids = sequence[:-1]
-    ref, art = reference.logits(ids)[prompt_length - 1 :], artefact.logits(ids)[prompt_length - 1 :]
-    return token_kld(ref, art), ref.argmax(-1) == art.argmax(-1)
+        return None
+    return runtime.logits(sequence[:-1])[prompt_length - 1 :]
 
 
-def token_agreement(reference, artefact, sequences: list[tuple[list[int], int]]) -> dict:
-    """KLD mean, p95, p99 and max, and top-1 agreement over every completion position of `sequences`
-    ((token ids, prompt length) pairs) of two logits runtimes (rakd.models.logits), each distribution whole."""
-    klds, same = [], []
+def reference_distributions(reference, sequences: list[tuple[list[int], int]], top_k: int) -> list[dict | None]:
+    """The reference runtime's top-k distribution (`top_k_distribution`) at every completion position of each of
+    `sequences` ((token ids, prompt length) pairs); None for a sequence with no completion."""
+    found = []
     for sequence, prompt_length in sequences:
-        kld, agree = sequence_agreement(reference, artefact, sequence, prompt_length)
-        klds.append(kld)
-        same.append(agree)
+        logits = completion_logits(reference, sequence, prompt_length)
+        found.append(None if logits is None else top_k_distribution(logits, top_k))
+    return found
+
+
+def token_agreement(distributions: list[dict | None], artefact, sequences: list[tuple[list[int], int]]) -> dict:
+    """KLD (`lumped_kld`) and top-1 agreement of the `artefact` runtime against the reference's `distributions` of
+    the same `sequences`, summarised over every completion position."""
+    klds, same = [], []
+    for (sequence, prompt_length), reference in zip(sequences, distributions):
+        if reference is None:
+            continue
+        logits = completion_logits(artefact, sequence, prompt_length)
+        klds.append(lumped_kld(reference, logits))
+        same.append(logits.argmax(-1) == reference["ids"][:, 0])
     return summarise(klds, same)
+
+
+FIELDS = ("ids", "logp", "tail_logp")
 
 
 def reference_spec(spec: dict) -> dict:
-    """The reference's top-k distribution at every completion position of `spec["sequences"]`, saved to
-    `spec["out"]` (.npz): what the isolated reference child runs, once per validation."""
+    """The reference's distributions over `spec["sequences"]`, saved to `spec["out"]` (.npz): what the isolated
+    reference child runs, once per validation."""
     reference = open_logits(spec["reference"]["format"], Path(spec["reference"]["path"]), spec["threads"], exact=True)
-    arrays = {}
     try:
-        for i, (sequence, prompt_length) in enumerate(spec["sequences"]):
-            if len(sequence) <= prompt_length:
-                continue
-            logits = reference.logits(sequence[:-1])[prompt_length - 1 :]
-            for name, value in top_k_distribution(logits, spec["top_k"]).items():
-                arrays[f"{name}_{i}"] = value
+        distributions = reference_distributions(reference, [tuple(s) for s in spec["sequences"]], spec["top_k"])
     finally:
         reference.close()
-    np.savez(spec["out"], **arrays)
-    return {"positions": int(sum(v.shape[0] for k, v in arrays.items() if k.startswith("ids_")))}
+    np.savez(spec["out"], **{f"{f}_{i}": d[f] for i, d in enumerate(distributions) if d is not None for f in FIELDS})
+    return {"positions": sum(len(d["ids"]) for d in distributions if d is not None)}
 
 
 def agreement_spec(spec: dict) -> dict:
-    """KLD and top-1 agreement of the artefact in `spec` against the saved reference distribution
+    """KLD and top-1 agreement of the artefact in `spec` against the saved reference distributions
     (`spec["distribution"]`, from `reference_spec`): what each artefact's isolated child runs."""
+    sequences = [tuple(s) for s in spec["sequences"]]
+    with np.load(spec["distribution"]) as saved:
+        distributions = [
+            {f: saved[f"{f}_{i}"] for f in FIELDS} if f"ids_{i}" in saved else None for i in range(len(sequences))
+        ]
     artefact = open_logits(spec["artefact"]["format"], Path(spec["artefact"]["path"]), spec["threads"], exact=False)
-    klds, same = [], []
     try:
-        with np.load(spec["distribution"]) as saved:
-            for i, (sequence, prompt_length) in enumerate(spec["sequences"]):
-                if f"ids_{i}" not in saved:
-                    continue
-                reference = {name: saved[f"{name}_{i}"] for name in ("ids", "logp", "tail_logp")}
-                logits = artefact.logits(sequence[:-1])[prompt_length - 1 :]
-                klds.append(lumped_kld(reference, logits))
-                same.append(logits.argmax(-1) == reference["ids"][:, 0])
+        return token_agreement(distributions, artefact, sequences)
     finally:
         artefact.close()
-    return summarise(klds, same)
 
 
 def summarise(klds: list[np.ndarray], same: list[np.ndarray]) -> dict:

@@ -6,7 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from deploy.agreement import log_softmax, lumped_kld, token_agreement, token_kld, top_k_distribution
+from deploy.agreement import (
+    log_softmax,
+    lumped_kld,
+    reference_distributions,
+    token_agreement,
+    token_kld,
+    top_k_distribution,
+)
 from deploy.config import Gates, ValidateConfig
 from deploy.measure import repeats_to_the_end
 from deploy.report import apply_gates, validation_rows
@@ -42,13 +49,15 @@ def test_token_agreement_scores_the_completion_positions_only():
     reference = FixedLogits([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
     artefact = FixedLogits([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 0.0, 5.0]])  # disagrees after token 2
     # prompt [0, 1] (length 2), completion [0, 2, 1]: positions predicting them read the rows of tokens 1, 0, 2
-    result = token_agreement(reference, artefact, [([0, 1, 0, 2, 1], 2), ([1], 1)])
+    sequences = [([0, 1, 0, 2, 1], 2), ([1], 1)]
+    result = token_agreement(reference_distributions(reference, sequences, 0), artefact, sequences)
     assert reference.calls == [[0, 1, 0, 2]]  # the last token is predicted, never fed; a prompt alone scores nothing
+    assert artefact.calls == [[0, 1, 0, 2]]
     row = token_kld(reference.table[[2]], artefact.table[[2]])[0]
     assert result["kld_tokens"] == 3 and result["top1_agreement"] == pytest.approx(2 / 3)
     assert result["kld_mean"] == pytest.approx(row / 3) and result["kld_max"] == pytest.approx(row)
     assert result["kld_p99"] == pytest.approx(np.percentile([0, 0, row], 99))
-    assert token_agreement(reference, artefact, [])["kld_mean"] is None
+    assert token_agreement([], artefact, [])["kld_mean"] is None
 
 
 def test_the_lumped_kld_by_hand():
