@@ -16,6 +16,16 @@ from rakd.train.config import LossParams, Method, OptimConfig, Precision, RLConf
 CLAMP_OFF = 1e9  # a teacher clamp that never binds
 
 
+def precision_field(what: str):
+    """A stage's `precision` setting (rakd.train.common.resolve_precision), `what` naming what runs under it."""
+    return Field(
+        "fp32",
+        description=f"{what}: bf16 autocast (weights and optimiser state stay fp32) or fp32; auto: bf16 on CUDA and "
+        "on a CPU with bf16 units (AVX512_BF16 or AMX), fp32 elsewhere (where bf16 is emulated and slower); fp32 by "
+        "default: the embedded default's small models gain nothing from bf16",
+    )
+
+
 class EvalConfig(StageConfig):
     """Accuracy on a split: greedy, and pass@k / mean@k of k sampled answers."""
 
@@ -102,12 +112,7 @@ class TeacherConfig(StageConfig):
         1, ge=1, description="processes for data-parallel training under torchrun on this machine (one GPU each)"
     )
     device: str = Field("auto", description="auto (cuda when there is one), cpu, cuda, cuda:1, ...")
-    precision: Precision = Field(
-        "fp32",
-        description="training: bf16 autocast (weights and optimiser state stay fp32) or fp32; auto: bf16 on CUDA "
-        "and on a CPU with bf16 units (AVX512_BF16 or AMX), fp32 elsewhere (where bf16 is emulated and slower); "
-        "fp32 by default: the embedded default's small models gain nothing from bf16",
-    )
+    precision: Precision = precision_field("training and evaluation")
     seed: int = Field(0, description="the from-scratch teacher's initial weights and data order")
 
     @model_validator(mode="after")
@@ -225,12 +230,8 @@ class DistillConfig(StageConfig):
         "(torch FSDP2), for a student that does not fit on one device; needs nproc > 1",
     )
     device: str = Field("auto", description="auto (cuda when there is one), cpu, cuda, cuda:1, ...")
-    precision: Precision = Field(
-        "fp32",
-        description="the warm start's traces and SFT, RL's sampling, scoring and updates: bf16 autocast (weights "
-        "and optimiser state stay fp32) or fp32; auto: bf16 on CUDA and on a CPU with bf16 units (AVX512_BF16 or "
-        "AMX), fp32 elsewhere (where bf16 is emulated and slower); fp32 by default: the embedded default's small "
-        "models gain nothing from bf16",
+    precision: Precision = precision_field(
+        "the warm start's traces and SFT, RL's sampling, scoring and updates, and every evaluation"
     )
     seed: int = Field(0, description="the student's initial weights, the traces' sampling, the RL prompts and samples")
     fail_after_step: int | None = Field(None, description="fault injection for tests: crash after this RL step")
