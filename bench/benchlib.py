@@ -51,7 +51,8 @@ def timed(fn: Callable[[], object], repeats: int = 3, sync: Callable[[], None] |
 
 
 def commit() -> str:
-    """HEAD's commit, with `-dirty` when tracked files differ from it; "unknown" outside a git checkout."""
+    """HEAD's commit, with `-dirty` when tracked files other than benchmark results differ from it (a bench that keeps
+    several results folders rewrites some before it names the code in the next); "unknown" outside a git checkout."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
@@ -59,7 +60,8 @@ def commit() -> str:
     head = git("rev-parse", "HEAD")
     if not head:
         return "unknown"
-    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
+    return head + ("-dirty" if changed else "")
 
 
 def results_dir(name: str, out: str | Path | None = None) -> Path:
