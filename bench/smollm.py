@@ -63,7 +63,7 @@ def main() -> None:
             print(f"[{stage.name}] current", flush=True)
         else:
             print(f"[{stage.name}] running", flush=True)
-            results[stage.name] = run_stage(stage, cfg)
+            results[stage.name] = run_stage(stage, cfg, keys[stage.name])
         if not kept.is_file() or json.loads(kept.read_text())["summary"] != results[stage.name]:
             record = {"summary": results[stage.name], "seconds": results[stage.name]["seconds"], "commit": commit()}
             atomic_write_json(kept, record)

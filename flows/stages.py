@@ -72,9 +72,9 @@ def stage_task(stage: str, config: dict, key: str, cached: bool = False, progres
         return Completed(name="Cached", message=f"outputs current under key {key[:12]}", data=summary)
     if progress_key:
         with progress_listener(_ProgressArtifact(progress_key, f"{stage} training")):
-            summary = run_stage(entry, cfg)
+            summary = run_stage(entry, cfg, key)
     else:
-        summary = run_stage(entry, cfg)
+        summary = run_stage(entry, cfg, key)
     print(text_table(entry.rows(summary)))
     return summary
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from deploy.cli import add_serve_arguments, add_verify_arguments, serve_command, verify_command
 from rakd.config import ConfigError, PipelineConfig, dump_config, load_config
 from rakd.io import atomic_write_text
-from rakd.registry import STAGES, Stage, run_stage
+from rakd.registry import STAGES, Stage, run_stage, stage_keys
 from rakd.schema import DataError, ModelLoadError, StageError
 from rakd.summary import summary_sections
 from rakd.tables import text_table
@@ -55,10 +55,10 @@ def render_sections(sections: list[tuple[str, list[dict]]]) -> str:
 def cmd_demo(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     """Every registry stage as plain function calls (no Prefect), with the run's summary at the end."""
     atomic_write_text(cfg.run.layout.config, dump_config(cfg))
-    results = {}
+    results, keys = {}, stage_keys(cfg)
     for stage in STAGES:
         print(f"[{stage.name}]", flush=True)
-        results[stage.name] = run_stage(stage, cfg)
+        results[stage.name] = run_stage(stage, cfg, keys[stage.name])
         print(text_table(stage.rows(results[stage.name])), flush=True)
     print("\n" + render_sections(summary_sections(results)))
     print(f"\nresults are in {cfg.run.dir}/")

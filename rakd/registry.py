@@ -238,13 +238,15 @@ STAGES: tuple[Stage, ...] = (
 BY_NAME = {stage.name: stage for stage in STAGES}
 
 
-def run_stage(stage: Stage, cfg: PipelineConfig) -> Summary:
+def run_stage(stage: Stage, cfg: PipelineConfig, key: str | None = None) -> Summary:
     """Run one stage of `cfg` in its run folder and mark its outputs with the stage's key (whoever runs it: the
-    CLI, `rakd demo`, the flow, `rakd compare`); the summary gets the stage's wall time."""
+    CLI, `rakd demo`, the flow, `rakd compare`); the summary gets the stage's wall time. Callers that hold the key
+    pass it: computing it reads every input file (a checkpoint given by path) again."""
+    key = key if key is not None else stage_keys(cfg)[stage.name]
     started = time.perf_counter()
     summary = stage.run(getattr(cfg, stage.section), cfg.run.layout)
     seconds = time.perf_counter() - started
-    record_key(cfg.run.layout, stage, stage_keys(cfg)[stage.name], seconds)
+    record_key(cfg.run.layout, stage, key, seconds)
     return {**summary, "seconds": seconds}
 
 
@@ -305,4 +307,4 @@ def run_missing(cfg: PipelineConfig, names: tuple[str, ...]) -> None:
     for name in names:
         stage = BY_NAME[name]
         if not outputs_current(cfg.run.layout, stage, keys[name]):
-            run_stage(stage, cfg)
+            run_stage(stage, cfg, keys[name])
