@@ -50,6 +50,28 @@ def timed(fn: Callable[[], object], repeats: int = 3, sync: Callable[[], None] |
     return best
 
 
+def matmul_peak(
+    precision: str = "fp32",
+    threads: int | None = None,
+    shape: tuple[int, int, int] = (2048, 2048, 2048),
+    repeats: int = 5,
+) -> float:
+    """GFLOP/s of the best of `repeats` (m x k) @ (k x n) matmuls on the CPU in `precision` (fp32, or bf16 under the
+    autocast the trainers use, its casts included): the peak the benches hold achieved rates against, or with a
+    phase's own shape (decoding: m = the rows decoded together) the ceiling of that phase's matmuls."""
+    import torch
+
+    from rakd.train.common import autocast
+
+    if threads:
+        torch.set_num_threads(threads)
+    m, k, n = shape
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    with autocast(torch.device("cpu"), precision):
+        seconds = timed(lambda: a @ b, repeats=repeats)
+    return 2 * m * k * n / seconds / 1e9
+
+
 def commit() -> str:
     """HEAD's commit, with `-dirty` when tracked files other than benchmark results differ from it (a bench that keeps
     several results folders rewrites some before it names the code in the next); "unknown" outside a git checkout."""

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchlib import results_dir, timed, write_meta
+from benchlib import matmul_peak, results_dir, timed, write_meta
 
 from rakd.flops import ModelDims, rollout_flops
 from rakd.models.gguf_file import packaged_gguf
@@ -55,9 +55,7 @@ def main() -> None:
     device, rows = torch.device("cpu"), []
     pairs = [(question(i), " ".join([f"{i}+{j}={i + j};" for j in range(64)])) for i in range(args.batch)]
     for precision in ("fp32", "bf16"):
-        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-        with autocast(device, precision):
-            matmul = timed(lambda a=a, b=b: a @ b, repeats=5)
+        matmul = matmul_peak(precision)
         cfg = SFTConfig(steps=args.steps, batch_size=args.batch, optim=OptimConfig(lr=1e-6, warmup_steps=0))
         with tempfile.TemporaryDirectory() as out:
             trainer = SFTTrainer(model, tokenizer, pairs, cfg, Path(out), seed=0, name="x", precision=precision)
@@ -76,7 +74,7 @@ def main() -> None:
         rows.append(
             {
                 "precision": precision,
-                "matmul 2048² GFLOP/s": round(2 * 2048**3 / matmul / 1e9, 1),
+                "matmul 2048² GFLOP/s": round(matmul, 1),
                 "SFT step s": round(step, 2),
                 "SFT GFLOP/s": round(flops / step / 1e9, 1),
                 "sampling tokens/s": round(int(rollouts.completion_mask.sum()) / seconds, 1),

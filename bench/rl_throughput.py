@@ -1,27 +1,40 @@
-"""RL step throughput: our trainer (grpo, grpo_kl, rakd) against TRL's GRPOTrainer, in one run.
+"""RL step throughput: our trainer (grpo, grpo_kl, rakd) against TRL's GRPOTrainer, in one run, with each phase's
+achieved GFLOP/s against the CPU's own matmul peak.
 
     make bench-rl                      # installs the bench extra (TRL), then runs this on runs/tiny
     .venv/bin/python bench/rl_throughput.py [--run runs/tiny] [--threads 1] [--prompts 16] [--group 8]
+    .venv/bin/python bench/rl_throughput.py --run runs/smollm --threads 2 --precision auto ...   # a real size
 
-Everything that could differ is set the same on both sides: the trained student and teacher of a finished run
-(`make demo` makes runs/tiny), the same pool of train prompts in the same prompt format, the same verifier reward,
-the batch (prompts x G completions per step), max new tokens, temperature 1, learning rate, clip range
-(0.2 / 0.28), sequence-mean loss, thread count and fp32. TRL's own defaults that would silently differ are set
-explicitly (bf16 off, gradient checkpointing off, one generation per optimiser step, one iteration).
+`--run` is a finished run: its student/ and teacher/ (runs/tiny: `make demo`; runs/smollm: SmolLM2-135M-Instruct
+tuned on the task and its healed every-3rd-layer student, `make smollm` or bench/smollm.py).
 
-Not the same work, said beside the numbers: our trainer drops groups whose rewards are all equal before the
-update (they carry no gradient), TRL's loss runs over every completion; and TRL's beta > 0 takes KL to a frozen
-copy of the initial student, where our grpo_kl takes it to the teacher. Dynamic sampling is off here
-(min_informative_groups 0) so that both sides sample exactly prompts x G completions per step.
+Everything that could differ is set the same on both sides: the same student and teacher, the same pool of train
+prompts asked the same way (the student's chat template when it has one, as a conversation for TRL; else the bare
+prompt), the same verifier reward, prompts x G completions per step, max new tokens, temperature 1, learning rate,
+clip range (0.2 / 0.28), sequence-mean loss, thread count and precision (fp32, or bf16 autocast on both sides).
+TRL's own defaults that would silently differ are set explicitly (gradient checkpointing off, one generation per
+optimiser step, one iteration).
 
-Prints a table (median seconds per step over the measured steps, completions per second, our split into sample /
-teacher / update) and writes results.{json,md,png} and meta.json into bench/results/rl_throughput-DATE/ (or --out).
+The same work: TRL's loss runs over every completion; our trainer drops groups whose rewards all agree before the
+update (their advantage is zero: they carry no gradient). The row `ours grpo, every row` trains on every row as
+TRL does, the equal-work comparison; `ours grpo` is the trainer as it ships (dynamic sampling off: exactly prompts
+x G completions per step); `ours grpo, dynamic sampling` draws up to `--dynamic-draws` times until the step holds
+`--dynamic-groups` groups with mixed rewards, as a run configures it. TRL's beta > 0 takes KL to a frozen copy of
+the initial student, where our grpo_kl takes it to the teacher.
+
+Achieved GFLOP/s are the compute ledger's counts (rakd.flops) over each phase's seconds; TRL's is the ledger count
+of the same work (ours, every row, the same step) over TRL's seconds. The peak is a 2048 x 2048 matmul in the same
+precision, measured here. The goals (ours at least 2x TRL on equal work; sampling at least 40% and the update at
+least 60% of the peak; a rakd step at most 1.25x a grpo step) are checked and each miss names its phase.
+
+Prints the tables and writes results.{json,md,png} and meta.json into bench/results/rl_throughput-DATE/ (or --out).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -29,68 +42,120 @@ import time
 from pathlib import Path
 
 import torch
-from benchlib import cpu_model, results_dir, write_meta
+from benchlib import cpu_model, matmul_peak, results_dir, write_meta
 
 from rakd.io import read_jsonl
+from rakd.losses import LOSSES, LossSpec
 from rakd.models.load import load_causal_lm
-from rakd.prompt import prompt_text
+from rakd.prompt import chat_messages, prompt_text
 from rakd.tables import markdown_table, text_table
-from rakd.train.common import OptimConfig
+from rakd.train.common import OptimConfig, cpu_bf16_units
 from rakd.train.config import LossParams, RLConfig
 from rakd.train.rl import RLTrainer
 from rakd.verify import reward
 
+PHASES = (("sample", "student_sample"), ("teacher", "teacher_score"), ("update", "student_update"))
+GOALS = {"vs_trl": 2.0, "sample_peak": 0.40, "update_peak": 0.60, "rakd_vs_grpo": 1.25}
 
-def ours(method, student, teacher, tokenizer, records, args) -> dict:
-    """Our RLTrainer, `args.steps` steps from a fresh copy of the student; per-step seconds and their split."""
+
+class EveryRow(LossSpec):
+    """A method's loss over every row of the step, groups whose rewards all agree included (TRL's work)."""
+
+    @property
+    def trains_on(self):
+        return "all"
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One of our trainers' rows: the method, whether it trains every row, and dynamic sampling (0: off)."""
+
+    method: str
+    every_row: bool = False
+    min_groups: int = 0
+    draws: int = 1
+
+    @property
+    def label(self) -> str:
+        if self.every_row:
+            return f"ours {self.method}, every row"
+        return f"ours {self.method}" + (", dynamic sampling" if self.min_groups else "")
+
+
+def ours(variant: Variant, student, teacher, tokenizer, records, args, precision: str) -> dict:
+    """Our RLTrainer, `args.steps` steps from a fresh copy of the student; per-step seconds, their split and each
+    phase's ledger FLOPs."""
     cfg = RLConfig(
         steps=args.steps,
         prompts_per_step=args.prompts,
         group_size=args.group,
         max_new_tokens=args.max_new_tokens,
         temperature=1.0,
-        min_informative_groups=0,
+        min_informative_groups=variant.min_groups,
+        max_draws=variant.draws,
         prompts="all",
         optim=OptimConfig(lr=args.lr, warmup_steps=0, schedule="constant"),
     )
     with tempfile.TemporaryDirectory() as out:
         trainer = RLTrainer(
-            copy.deepcopy(student), teacher, tokenizer, records, [], method, LossParams(), cfg, Path(out), seed=0
+            copy.deepcopy(student),
+            teacher,
+            tokenizer,
+            records,
+            [],
+            variant.method,
+            LossParams(),
+            cfg,
+            Path(out),
+            seed=0,
+            precision=precision,
         )
+        if variant.every_row:
+            spec = LOSSES[variant.method]
+            trainer.spec = EveryRow(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)})
         rows = []
         for step in range(args.steps):
             start = time.perf_counter()
             metrics = trainer.step(step)
             rows.append({"seconds": time.perf_counter() - start, **metrics})
     measured = rows[args.warmup :]
-    med = {
-        key: statistics.median(r[key] for r in measured)
-        for key in ("seconds", "seconds_sample", "seconds_teacher", "seconds_update")
-    }
-    return {
-        "trainer": f"ours {method}",
-        "s_per_step": med["seconds"],
-        "completions_per_s": args.prompts * args.group / med["seconds"],
-        "sample_s": med["seconds_sample"],
-        "teacher_s": med["seconds_teacher"],
-        "update_s": med["seconds_update"],
-        "rows_in_loss": statistics.median(r["rows_in_loss"] for r in measured),
+
+    def median(key):
+        return statistics.median(float(r.get(key, 0) or 0) for r in measured)
+
+    result = {
+        "trainer": variant.label,
+        "precision": precision,
+        "s_per_step": median("seconds"),
+        "completions_per_s": args.prompts * args.group / median("seconds"),
+        "rows_in_loss": median("rows_in_loss"),
+        "draws": median("draws"),
         "reward_mean": statistics.mean(r["reward_mean"] for r in rows),
     }
+    for phase, ledger in PHASES:
+        result[f"{phase}_s"] = median(f"seconds_{phase}")
+        result[f"{phase}_flops"] = median(f"flops_{ledger}")
+    result["step_flops"] = sum(result[f"{phase}_flops"] for phase, _ in PHASES)
+    return result
 
 
-def trl(beta, student, tokenizer, records, args) -> dict:
+def trl(beta, student, tokenizer, records, args, precision: str) -> dict:
     """TRL's GRPOTrainer with every setting that matters stated explicitly."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    chat = bool(getattr(tokenizer, "chat_template", None))  # asked as our sampler asks: rakd.prompt.model_prompt
     dataset = Dataset.from_list(
-        [{"prompt": prompt_text(r["question"]), "answer": r["answer"]} for r in records[: args.prompts * args.steps]]
+        [
+            {"prompt": chat_messages(r["question"]) if chat else prompt_text(r["question"]), "answer": r["answer"]}
+            for r in records[: args.prompts * args.steps]
+        ]
     )
 
     def verifier(prompts, completions, answer, **_):
-        return [reward(text, gold) for text, gold in zip(completions, answer)]
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [reward(text, gold) for text, gold in zip(texts, answer)]
 
     times: list[float] = []
 
@@ -123,7 +188,7 @@ def trl(beta, student, tokenizer, records, args) -> dict:
             loss_type="grpo",  # per-sequence mean, then mean over sequences: our seq_mean
             scale_rewards="group",
             max_steps=args.steps,
-            bf16=False,
+            bf16=precision == "bf16",
             fp16=False,
             use_cpu=True,
             gradient_checkpointing=False,
@@ -146,14 +211,116 @@ def trl(beta, student, tokenizer, records, args) -> dict:
     seconds = statistics.median(times[args.warmup :])
     return {
         "trainer": f"TRL GRPOTrainer beta={beta:g}",
+        "precision": precision,
         "s_per_step": seconds,
         "completions_per_s": args.prompts * args.group / seconds,
-        "sample_s": None,
-        "teacher_s": None,
-        "update_s": None,
         "rows_in_loss": args.prompts * args.group,
-        "reward_mean": None,
     }
+
+
+def one_round(variants, betas, student, teacher, tokenizer, records, args, precision) -> list[dict]:
+    """Every trainer once in `precision`, with the ratios between them (a drifting machine moves them all alike)."""
+    rows = [ours(v, student, teacher, tokenizer, records, args, precision) for v in variants]
+    rows += [trl(b, student, tokenizer, records, args, precision) for b in betas]
+    by_name = {r["trainer"]: r for r in rows}
+    trl0, grpo = by_name.get("TRL GRPOTrainer beta=0"), by_name.get("ours grpo")
+    every = by_name.get("ours grpo, every row")
+    if trl0 and every:  # TRL's achieved rate: the ledger count of the same work over its seconds
+        trl0["step_flops"] = every["step_flops"]
+    for r in rows:
+        r["x_trl_beta0"] = trl0["s_per_step"] / r["s_per_step"] if trl0 else None
+        r["x_grpo_time"] = r["s_per_step"] / grpo["s_per_step"] if grpo else None
+    return rows
+
+
+def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """Each trainer's medians over the rounds, the rounds kept, and the range of each ratio."""
+    rows = []
+    for i, first in enumerate(rounds[0]):
+        merged: dict = {
+            "trainer": first["trainer"],
+            "precision": first["precision"],
+            "rounds": [rd[i] for rd in rounds],
+        }
+        for key in first:
+            if key in ("trainer", "precision"):
+                continue
+            values = [rd[i].get(key) for rd in rounds if rd[i].get(key) is not None]
+            merged[key] = statistics.median(values) if values else None
+        for key in ("x_trl_beta0", "x_grpo_time"):
+            values = [rd[i][key] for rd in rounds if rd[i].get(key) is not None]
+            merged[key + "_range"] = (min(values), max(values)) if values else None
+        rows.append(merged)
+    return rows
+
+
+def rates(row: dict, peak: float) -> dict:
+    """Achieved GFLOP/s of each phase and of the whole step, and each as a share of `peak`."""
+    out = {}
+    for phase, _ in (*PHASES, ("step", None)):
+        seconds = row.get("s_per_step" if phase == "step" else f"{phase}_s")
+        flops = row.get(f"{phase}_flops")
+        if seconds and flops:
+            out[f"{phase}_gflops"] = flops / seconds / 1e9
+            out[f"{phase}_of_peak"] = out[f"{phase}_gflops"] / peak
+    return out
+
+
+def goals(rows: list[dict], peak: float, decode_peak: float, precision: str) -> list[dict]:
+    """The goals on this machine in `precision`: met or not, and which phase holds a miss back (`decode_peak`: a
+    matmul at the shape decoding runs, the rows of one step by the student's MLP, the most sampling could reach)."""
+    by_name = {r["trainer"]: r for r in rows if r["precision"] == precision}
+    out = []
+
+    def add(goal, measured, met, held_back):
+        out.append({"precision": precision, "goal": goal, "measured": measured, "met": met, "held back by": held_back})
+
+    every, trl0 = by_name.get("ours grpo, every row"), by_name.get("TRL GRPOTrainer beta=0")
+    if every and trl0:
+        speed = trl0["s_per_step"] / every["s_per_step"]
+        slowest = max((phase for phase, _ in PHASES), key=lambda phase: every[f"{phase}_s"])
+        met = speed >= GOALS["vs_trl"]
+        add(f"ours >= {GOALS['vs_trl']:g}x TRL on equal work", f"{speed:.2f}x", met, "-" if met else slowest)
+    grpo = by_name.get("ours grpo")
+    if grpo:
+        achieved = rates(grpo, peak)
+        for phase, key in (("sample", "sample_peak"), ("update", "update_peak")):
+            share = achieved.get(f"{phase}_of_peak")
+            if share is not None:
+                why = (
+                    f"a matmul at decoding's shape ({grpo_rows(grpo)} rows at once) reaches {decode_peak:.0f} GFLOP/s "
+                    f"({decode_peak / peak:.0%} of the peak); what sampling loses beyond that is per-token work "
+                    "besides the matmuls: attention over the cache, the sampler, the Python loop"
+                    if phase == "sample"
+                    else "the vocabulary's softmax and log-probs, the optimiser step and attention, beside the matmuls"
+                )
+                add(
+                    f"{phase} >= {GOALS[key]:.0%} of the {precision} matmul peak ({peak:.0f} GFLOP/s)",
+                    f"{share:.0%} ({achieved[f'{phase}_gflops']:.0f} GFLOP/s)",
+                    share >= GOALS[key],
+                    "-" if share >= GOALS[key] else f"{phase}: {why}",
+                )
+    trrd = by_name.get("ours rakd")
+    if trrd and grpo:
+        ratio = trrd["s_per_step"] / grpo["s_per_step"]
+        add(
+            f"rakd step <= {GOALS['rakd_vs_grpo']:g}x a grpo step",
+            f"{ratio:.2f}x (teacher {trrd['teacher_s']:.1f} s)",
+            ratio <= GOALS["rakd_vs_grpo"],
+            "-" if ratio <= GOALS["rakd_vs_grpo"] else "teacher scoring",
+        )
+    return out
+
+
+def grpo_rows(row: dict) -> int:
+    return int(row["completions_per_s"] * row["s_per_step"] + 0.5)
+
+
+def precisions(choice: str) -> list[str]:
+    """`auto`: fp32, and bf16 too where the CPU has bf16 units; else the comma list as given."""
+    if choice == "auto":
+        return ["fp32", "bf16"] if cpu_bf16_units() else ["fp32"]
+    return [p for p in choice.split(",") if p]
 
 
 def main() -> None:
@@ -168,6 +335,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--methods", default="grpo,grpo_kl,rakd")
     parser.add_argument("--trl-betas", default="0,0.04", help="comma list; empty: skip TRL")
+    parser.add_argument(
+        "--precision", default="fp32", help="fp32, bf16, a comma list, or auto (fp32, and bf16 where the CPU has it)"
+    )
+    parser.add_argument(
+        "--dynamic-groups", type=int, default=0, help="also ours grpo with dynamic sampling (0: not run)"
+    )
+    parser.add_argument("--dynamic-draws", type=int, default=2, help="dynamic sampling: most draws per step")
     parser.add_argument("--rounds", type=int, default=3, help="repeats of the whole comparison (medians reported)")
     parser.add_argument("--out", default=None, help="results folder (default: bench/results/rl_throughput-DATE)")
     parser.add_argument("--plot-from", help="only draw the PNG beside a saved result JSON (no bench run)")
@@ -179,39 +353,48 @@ def main() -> None:
         return
     run = Path(args.run)
     if not (run / "student" / "model.safetensors").exists():
-        raise SystemExit(f"{run}/student has no model: run `make demo` first (or pass --run)")
+        raise SystemExit(f"{run}/student has no model: run `make demo` (or `make smollm`) first, or pass --run")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     student, tokenizer = load_causal_lm(run / "student")
     teacher, _ = load_causal_lm(run / "teacher")
     records = read_jsonl(run / "data" / "train.jsonl")
-    rounds = []
-    for _ in range(args.rounds):  # every trainer once per round: a drifting machine moves them all alike
-        one = [ours(method, student, teacher, tokenizer, records, args) for method in args.methods.split(",") if method]
-        one += [trl(float(b), student, tokenizer, records, args) for b in args.trl_betas.split(",") if b]
-        trl0 = next((r for r in one if r["trainer"] == "TRL GRPOTrainer beta=0"), None)
-        grpo = next((r for r in one if r["trainer"] == "ours grpo"), None)
-        for r in one:
-            r["x_trl_beta0"] = trl0["s_per_step"] / r["s_per_step"] if trl0 else None
-            r["x_grpo_time"] = r["s_per_step"] / grpo["s_per_step"] if grpo else None
-        rounds.append(one)
-    rows = []
-    for i, first in enumerate(rounds[0]):
-        merged = {"trainer": first["trainer"], "rounds": [rd[i] for rd in rounds]}
-        for key, value in first.items():
-            if key != "trainer" and value is not None:
-                merged[key] = statistics.median(rd[i][key] for rd in rounds)
-            elif key != "trainer":
-                merged[key] = None
-        for key in ("x_trl_beta0", "x_grpo_time"):
-            values = [rd[i][key] for rd in rounds if rd[i][key] is not None]
-            merged[key + "_range"] = (min(values), max(values)) if values else None
-        rows.append(merged)
+    methods = [m for m in args.methods.split(",") if m]
+    betas = [float(b) for b in args.trl_betas.split(",") if b]
+    variants = ([Variant("grpo", every_row=True)] if 0.0 in betas and "grpo" in methods else []) + [
+        Variant(m) for m in methods
+    ]
+    if args.dynamic_groups:
+        variants.append(Variant("grpo", min_groups=args.dynamic_groups, draws=args.dynamic_draws))
+    peaks, decode_peaks, rows, goal_rows = {}, {}, [], []
+    config = student.config
+    decode_shape = (args.prompts * args.group, config.hidden_size, config.intermediate_size)
+    for precision in precisions(args.precision):
+        peaks[precision] = matmul_peak(precision, args.threads)
+        decode_peaks[precision] = matmul_peak(precision, args.threads, shape=decode_shape, repeats=20)
+        print(
+            f"[{precision}] matmul peak {peaks[precision]:.0f} GFLOP/s; at decoding's shape {decode_shape} "
+            f"{decode_peaks[precision]:.0f}",
+            flush=True,
+        )
+        rounds = [
+            one_round(variants, betas, student, teacher, tokenizer, records, args, precision)
+            for _ in range(args.rounds)
+        ]
+        merged = merge_rounds(rounds)
+        for row in merged:
+            row.update(rates(row, peaks[precision]))
+        rows += merged
+        goal_rows += goals(merged, peaks[precision], decode_peaks[precision], precision)
+        print(text_table(table_rows(merged)), flush=True)
     machine = {
         "cpu": cpu_model(),
         "threads": args.threads,
         "torch": torch.__version__,
-        "dtype": "fp32",
+        "precisions": list(peaks),
+        "matmul_peak_gflops": peaks,
+        "decode_shape": decode_shape,
+        "decode_shape_matmul_gflops": decode_peaks,
         "student_parameters": sum(p.numel() for p in student.parameters()),
         "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
     }
@@ -222,11 +405,34 @@ def main() -> None:
     except ImportError:
         machine["trl"] = None
     setup = {
-        k: getattr(args, k) for k in ("prompts", "group", "max_new_tokens", "steps", "warmup", "lr", "run", "rounds")
+        k: getattr(args, k)
+        for k in ("prompts", "group", "max_new_tokens", "steps", "warmup", "lr", "run", "rounds", "dynamic_groups")
     }
+    title = (
+        f"{machine['cpu']}, {args.threads} thread(s), {args.prompts} prompts x G={args.group}, up to "
+        f"{args.max_new_tokens} new tokens, median of steps {args.warmup + 1}-{args.steps}, median (range) of "
+        f"{args.rounds} round(s); student {machine['student_parameters'] / 1e6:.1f}M, teacher "
+        f"{machine['teacher_parameters'] / 1e6:.1f}M parameters; matmul peak "
+        + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items())
+    )
+    print(title)
+    print(text_table(table_rows(rows)))
+    print(text_table(goal_rows))
+    folder = results_dir("rl_throughput", args.out)
+    out = folder / "results"
+    write_meta(folder, threads=args.threads, run=args.run)
+    payload = {"machine": machine, "setup": setup, "rows": rows, "goals": goal_rows}
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    out.with_suffix(".md").write_text(
+        f"{title}\n\n{markdown_table(table_rows(rows))}\n\nGoals\n\n{markdown_table(goal_rows)}\n"
+    )
+    plot(rows, title, out.with_suffix(".png"))
+    print(f"wrote results.json, results.md, results.png and meta.json into {folder}/")
 
+
+def table_rows(rows: list[dict]) -> list[dict]:
     def ratio(row, key):
-        if row[key] is None:
+        if row.get(key) is None:
             return "-"
         low, high = row[key + "_range"]
         return f"{row[key]:.2f}x ({low:.2f}-{high:.2f})"
@@ -234,34 +440,24 @@ def main() -> None:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
-    table = [
+    return [
         {
             "trainer": r["trainer"],
+            "precision": r["precision"],
             "s/step": fmt(r["s_per_step"], ".3f"),
-            "completions/s": fmt(r["completions_per_s"], ".0f"),
-            "sample s": fmt(r["sample_s"], ".3f"),
-            "teacher s": fmt(r["teacher_s"], ".3f"),
-            "update s": fmt(r["update_s"], ".3f"),
+            "completions/s": fmt(r["completions_per_s"], ".1f"),
+            "sample s": fmt(r.get("sample_s"), ".2f"),
+            "teacher s": fmt(r.get("teacher_s"), ".2f"),
+            "update s": fmt(r.get("update_s"), ".2f"),
             "rows in loss": fmt(r["rows_in_loss"], ".0f"),
+            "GFLOP/s sample / update / step": " / ".join(
+                fmt(r.get(f"{p}_gflops"), ".0f") for p in ("sample", "update", "step")
+            ),
             "speed vs TRL β=0": ratio(r, "x_trl_beta0"),
             "time vs our grpo": ratio(r, "x_grpo_time"),
         }
         for r in rows
     ]
-    title = (
-        f"{machine['cpu']}, {args.threads} thread(s), fp32, {args.prompts} prompts x G={args.group}, "
-        f"up to {args.max_new_tokens} new tokens, median of steps {args.warmup + 1}-{args.steps}, median (range) of "
-        f"{args.rounds} rounds"
-    )
-    print(title)
-    print(text_table(table))
-    folder = results_dir("rl_throughput", args.out)
-    out = folder / "results"
-    write_meta(folder)
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "setup": setup, "rows": rows}, indent=2))
-    out.with_suffix(".md").write_text(f"{title}\n\n{markdown_table(table)}\n")
-    plot(rows, title, out.with_suffix(".png"))
-    print(f"wrote results.json, results.md, results.png and meta.json into {folder}/")
 
 
 def plot(rows: list[dict], title: str, path: Path) -> None:
@@ -276,7 +472,7 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
         ("teacher_s", "teacher", "tab:orange"),
         ("update_s", "update", "tab:green"),
     )
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.4))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.6))
     for y, row in enumerate(reversed(rows)):
         left = 0.0
         if row.get("sample_s") is None:
@@ -292,10 +488,11 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
                 color="lightgray",
                 label="other" if y == len(rows) - 1 else None,
             )
-        ax.text(row["s_per_step"], y, f" {row['s_per_step']:.3f} s", va="center", fontsize=8)
-    ax.set_yticks(range(len(rows)), [r["trainer"] for r in reversed(rows)])
+        ax.text(row["s_per_step"], y, f" {row['s_per_step']:.3g} s", va="center", fontsize=8)
+    names = [f"{r['trainer']} [{r.get('precision', 'fp32')}]" for r in reversed(rows)]
+    ax.set_yticks(range(len(rows)), names)
     ax.set_xlabel("seconds per RL step (median)")
-    ax.set_xlim(0, 1.15 * max(r["s_per_step"] for r in rows))
+    ax.set_xlim(0, 1.18 * max(r["s_per_step"] for r in rows))
     ax.set_title(title, fontsize=7, wrap=True)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles, labels, fontsize=7, loc="upper right")
