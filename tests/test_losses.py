@@ -44,6 +44,29 @@ def test_trrd_golden_seq_mean():
     assert m["kl_student_teacher"] == pytest.approx(((0.5 + L(2) - 1) + (2 - L(2) - 1)) / 2, abs=1e-9)
 
 
+def test_rakd_lower_golden_keeps_the_teacher_term_only_where_it_lowers_the_ratio():
+    # the inputs of test_trrd_golden_seq_mean, through the registry (rakd_lower fixes teacher_lowers_only)
+    # token 1: lp-old = 0, clamp(lp-teacher) = log 2 > 0 -> GRPO's term 0 instead -> rho = 1; A = +1 -> loss -1
+    #          (TRRD's rho sqrt 2 was clipped at 1.28: no gradient)
+    # token 2: lp-old = log .8, clamp(lp-teacher) = log .5 < log .8 -> kept -> rho = sqrt(.8*.5) = 0.632456
+    # seq_mean: (-1 - 0.632456) / 2 = -0.816228
+    lp, old, teacher = t(L(0.5), L(0.4)), t(L(0.5), L(0.5)), t(L(0.25), L(0.8))
+    tensors = dict(logprobs=lp, old_logprobs=old, teacher_logprobs=teacher, advantages=torch.tensor([1.0]), mask=ONES)
+    spec = LOSSES["rakd_lower"]
+    assert "teacher_lowers_only" not in spec.hparams and spec.defaults == LOSSES["rakd"].defaults
+    loss, m = spec(tensors, spec.defaults)
+    assert loss.item() == pytest.approx(-0.816228, abs=1e-6)
+    assert m["clip_high_frac"] == 0.0 and m["teacher_term_frac"] == 0.5
+    assert m["ratio_mean"] == pytest.approx((1 + math.sqrt(0.4)) / 2, abs=1e-9)
+
+
+def test_rakd_lower_never_clips_a_positive_token_before_the_first_update():
+    lp, _, teacher, adv, mask = random_tokens()
+    _, m = trrd_loss(lp, lp.clone(), teacher, adv.abs() + 0.1, mask, teacher_lowers_only=True)
+    _, trrd = trrd_loss(lp, lp.clone(), teacher, adv.abs() + 0.1, mask)
+    assert m["ratio_max"] <= 1.0 and m["clip_high_frac"] == 0.0 and trrd["clip_high_frac"] > 0.0
+
+
 def test_trrd_teacher_clamp():
     # lp - teacher = log 10 = 2.303 > c = 1 -> clamped to 1; lp = old -> log rho = 0.5 * 1
     # rho = e^0.5 = 1.648721; A = -1: min(-1.648721, -clip(1.648721, .8, 1.28)) = -1.648721 -> loss 1.648721
@@ -179,7 +202,7 @@ def test_trrd_alpha_one_is_exactly_grpo(agg):
     assert {k: ma[k] for k in mb} == mb
 
 
-@pytest.mark.parametrize("name", ["grpo", "rakd"])
+@pytest.mark.parametrize("name", ["grpo", "rakd", "rakd_lower"])
 def test_zero_advantages_give_zero_loss_and_gradient(name):
     lp, old, teacher, _, mask = random_tokens(1)
     lp.requires_grad_()
@@ -234,7 +257,11 @@ def test_empty_mask_gives_finite_loss(name):
 
 
 def test_registry_describes_inputs():
-    assert set(LOSSES) == {"sft", "seqkd_fresh", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"}
+    from typing import get_args
+
+    from rakd.train.config import Method
+
+    assert list(LOSSES) == list(get_args(Method))  # the config's method names are the registry's, in its order
     # what each loss reads of the teacher and which rows it trains on: the trainer runs and charges its passes
     # from these (gkd and fkl read whole distributions and no sampled-token log-probs; opd and gkd no advantage)
     assert {m: (spec.teacher, spec.trains_on) for m, spec in LOSSES.items()} == {
@@ -246,6 +273,7 @@ def test_registry_describes_inputs():
         "grpo": ("none", "informative"),
         "grpo_kl": ("logprobs", "informative"),
         "rakd": ("logprobs", "informative"),
+        "rakd_lower": ("logprobs", "informative"),
     }
     assert LOSSES["gkd"].needs_student_logits and LOSSES["gkd"].on_policy and not LOSSES["fkl"].on_policy
     assert set(LOSSES["rakd"].hparams) == {"alpha", "eps_low", "eps_high", "teacher_clamp", "agg"}
@@ -273,6 +301,7 @@ def test_aggregation_defaults_per_method_and_an_explicit_choice_wins():
         "seqkd_fresh": "token_mean",
         "opd": "token_mean",
         "rakd": "seq_mean",
+        "rakd_lower": "seq_mean",
         "grpo": "seq_mean",
         "grpo_kl": "seq_mean",
         "fkl": None,

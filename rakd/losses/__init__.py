@@ -1,7 +1,8 @@
 """The loss registry: every distillation method as a pure function over per-token tensors.
 
 `LOSSES[name]` is a `LossSpec` whose `inputs` say which tensors the method
-needs and whose `hparams` are its keyword-only hyper-parameters. From the
+needs and whose `hparams` are its keyword-only hyper-parameters (less those the
+method `fixes`: rakd_lower is TRRD's function with `teacher_lowers_only`). From the
 inputs, by construction, each spec declares the teacher signal it needs
 (`teacher`: none, the sampled tokens' log-probs, or whole logits) and the rows
 it trains on (`trains_on`: the groups with mixed rewards when it reads an
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -35,6 +36,7 @@ class LossSpec:
     fn: LossFn
     on_policy: bool  # trained on the student's own samples (else on teacher traces)
     fresh_traces: bool = False  # off-policy on new teacher traces each step (else on the warm start's traces)
+    fixes: Mapping[str, object] = field(default_factory=dict, hash=False)  # keyword arguments the method sets
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -44,14 +46,14 @@ class LossSpec:
     @property
     def hparams(self) -> tuple[str, ...]:
         params = inspect.signature(self.fn).parameters.values()
-        return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+        return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in self.fixes)
 
     @property
     def defaults(self) -> dict[str, object]:
         """The loss function's own default of each hyper-parameter that has one: the one place a method's
         defaults are written (`LossParams` fields left at None take these)."""
         params = inspect.signature(self.fn).parameters.values()
-        return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+        return {p.name: p.default for p in params if p.name in self.hparams and p.default is not p.empty}
 
     def resolve(self, params: Mapping[str, object]) -> dict[str, object]:
         """`params` (e.g. `LossParams.model_dump()`) with each None replaced by this loss's own default, and
@@ -87,7 +89,7 @@ class LossSpec:
         if missing:
             raise KeyError(f"loss {self.name!r} needs tensors {missing}")
         kwargs = {key: hparams[key] for key in self.hparams if key in hparams}
-        return self.fn(*(tensors[name] for name in self.inputs), **kwargs)
+        return self.fn(*(tensors[name] for name in self.inputs), **kwargs, **self.fixes)
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -100,7 +102,8 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec("opd", opd_loss, on_policy=True),
         LossSpec("grpo", grpo_loss, on_policy=True),
         LossSpec("grpo_kl", grpo_kl_loss, on_policy=True),
-        LossSpec("rakd", trrd_loss, on_policy=True),
+        LossSpec("rakd", trrd_loss, on_policy=True, fixes={"teacher_lowers_only": False}),
+        LossSpec("rakd_lower", trrd_loss, on_policy=True, fixes={"teacher_lowers_only": True}),
     )
 }
 

@@ -93,6 +93,7 @@ def trrd_loss(
     eps_high: float = 0.28,
     teacher_clamp: float = 1.0,
     agg: Aggregation = "seq_mean",
+    teacher_lowers_only: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Trust Region Ratio Distillation (RLAD, arXiv 2602.22495): the teacher joins the trust-region anchor.
 
@@ -101,15 +102,29 @@ def trrd_loss(
     i.e. ρ = π_θ / π_anchor with log π_anchor = α log π_old + (1 − α) log π_T,
     and the clamp c (`teacher_clamp`) keeps ρ finite where the teacher finds a
     sampled token very unlikely. α = 1 is exactly GRPO.
+
+    `teacher_lowers_only` (the `rakd_lower` method) keeps the teacher term only
+    where it lowers the ratio below GRPO's, min(clamp(log π_θ − log π_T, −c, c),
+    log π_θ − log π_old): where the student is surer of a sampled token than the
+    teacher, TRRD's ratio starts above 1 and the clip takes the gradient of a
+    positive-advantage token before any update; there this variant falls back to
+    GRPO's ratio, and the teacher only widens the trust region toward tokens it
+    prefers.
     """
     teacher_log_ratio = logprobs - teacher_logprobs.detach()  # the teacher is frozen
+    old_log_ratio = logprobs - old_logprobs.detach()
     clamped = torch.clamp(teacher_log_ratio, -teacher_clamp, teacher_clamp)
-    log_ratio = alpha * (logprobs - old_logprobs.detach()) + (1.0 - alpha) * clamped
+    if teacher_lowers_only:
+        lowers = clamped < old_log_ratio
+        clamped = torch.where(lowers, clamped, old_log_ratio)
+    log_ratio = alpha * old_log_ratio + (1.0 - alpha) * clamped
     loss, metrics = clipped_surrogate(log_ratio, advantages, mask, eps_low=eps_low, eps_high=eps_high, agg=agg)
     metrics.update(
         teacher_clamp_frac=masked_stat(teacher_log_ratio.abs() > teacher_clamp, mask, "mean"),
         kl_student_teacher=float(masked_mean(k3_kl(logprobs.detach(), teacher_logprobs.detach()), mask)),
     )
+    if teacher_lowers_only:
+        metrics["teacher_term_frac"] = masked_stat(lowers, mask, "mean")
     return loss, metrics
 
 

@@ -11,8 +11,9 @@ from rakd.schema import Aggregation, Backend, Precision, StageConfig
 __all__ = ["Aggregation", "Backend", "Precision"]
 
 # sft: SFT continued on the warm start's traces; seqkd_fresh: SFT on new teacher traces each step (SeqKD that pays
-# for its traces); the rest learn from the student's own samples or the teacher's distributions (rakd.losses)
-Method = Literal["sft", "seqkd_fresh", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd"]
+# for its traces); the rest learn from the student's own samples or the teacher's distributions (rakd.losses);
+# rakd_lower: TRRD with the teacher term only where it lowers the ratio
+Method = Literal["sft", "seqkd_fresh", "fkl", "gkd", "opd", "grpo", "grpo_kl", "rakd", "rakd_lower"]
 
 
 class OptimConfig(StageConfig):
@@ -41,10 +42,10 @@ class LossParams(StageConfig):
     """Hyper-parameters of the losses; each method takes the ones its loss function declares. A value left at None
     is the loss function's own default (rakd.losses: the one place a method's default is written)."""
 
-    alpha: float = Field(0.5, ge=0, le=1, description="rakd (TRRD): weight of the old policy in the anchor")
-    teacher_clamp: float = Field(1.0, gt=0, description="rakd (TRRD): clamp c on the teacher log-ratio")
-    eps_low: float = Field(0.2, ge=0, description="rakd/grpo/grpo_kl: lower clip of the ratio")
-    eps_high: float = Field(0.28, ge=0, description="rakd/grpo/grpo_kl: upper clip of the ratio")
+    alpha: float = Field(0.5, ge=0, le=1, description="rakd (TRRD), rakd_lower: weight of the old policy in the anchor")
+    teacher_clamp: float = Field(1.0, gt=0, description="rakd (TRRD), rakd_lower: clamp c on the teacher log-ratio")
+    eps_low: float = Field(0.2, ge=0, description="rakd/rakd_lower/grpo/grpo_kl: lower clip of the ratio")
+    eps_high: float = Field(0.28, ge=0, description="rakd/rakd_lower/grpo/grpo_kl: upper clip of the ratio")
     agg: Aggregation | None = Field(
         None,
         description="seq_mean (mean over a row's tokens, then over rows) or token_mean (over every token of the "
