@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -90,3 +92,12 @@ def test_tuning_a_teacher_needs_a_checkpoint_and_a_stop_names_its_reason():
         load_config(None, ["teacher.stop={every: 10}"])
     cfg = load_config(None, ["teacher.model={path: some.gguf}", "teacher.tune=true", "teacher.stop={patience: 2}"])
     assert cfg.teacher.stop.patience == 2 and cfg.teacher.stop.val_accuracy is None
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path, tmp_path):
+    task = tmp_path / "task.jsonl"
+    task.write_text('{"question": "1+1=?", "answer": "2"}\n')
+    overrides = [f"prep.path={task}"] if path.name == "pretrained.yaml" else []  # it names the user's own file
+    cfg = load_config(path, overrides)
+    assert cfg.run.name

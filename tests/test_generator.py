@@ -56,3 +56,31 @@ def test_bad_knobs_are_errors():
         GeneratorConfig(min_ops=3, max_ops=2)
     with pytest.raises(ValidationError, match="operators"):
         GeneratorConfig(operators=["^"])
+
+
+def test_any_order_keeps_the_value_and_gives_several_chains():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        numbers = [rng.randint(1, 9) for _ in range(5)]
+        ops = [rng.choice("+-*/") for _ in range(4)]
+        fixed = solve_expression(numbers, ops)
+        drawn = solve_expression(numbers, ops, random.Random(rng.random()))
+        if fixed is not None and drawn is not None:
+            assert drawn[1] == fixed[1], (numbers, ops, drawn)
+            assert len(drawn[0]) == len(fixed[0])
+    # 2*3+4*5 has two valid chains (either product first); a-b-c has one
+    chains = {tuple(solve_expression([2, 3, 4, 5], ["*", "+", "*"], random.Random(s))[0]) for s in range(20)}
+    assert chains == {("2*3=6", "4*5=20", "6+20=26"), ("4*5=20", "2*3=6", "6+20=26")}
+    orders = {tuple(solve_expression([9, 2, 3], ["-", "-"], random.Random(s))[0]) for s in range(20)}
+    assert orders == {("9-2=7", "7-3=4")}
+
+
+def test_any_order_is_seeded_and_leaves_the_default_alone():
+    base = dict(n_items=200, min_ops=2, max_ops=4, operators=["+", "-", "*"], seed=5)
+    assert generate(GeneratorConfig(**base)) == generate(GeneratorConfig(**base, orders="precedence"))
+    shuffled = generate(GeneratorConfig(**base, orders="any"))
+    assert shuffled == generate(GeneratorConfig(**base, orders="any"))
+    default = {item["question"]: item["solution"] for item in generate(GeneratorConfig(**base))}
+    assert any(default.get(item["question"], item["solution"]) != item["solution"] for item in shuffled)

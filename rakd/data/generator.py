@@ -5,6 +5,12 @@ the difficulty that evaluation reports accuracy by), e.g.
 question `23+14*2-5=?`, solution `14*2=28; 23+28=51; 51-5=46. A: 46`.
 Expressions follow operator precedence; word problems apply their steps in
 the order the story tells them. Only exact integer divisions are generated.
+
+With `orders: any`, an expression's solution takes its steps in one of the
+orders that give the same value, drawn per problem (`2*3+4*5`: `2*3=6; 4*5=20;
+6+20=26` or `4*5=20; 2*3=6; 6+20=26`), so a task has several valid chains and a
+teacher trained on them uses more than one: a student and teacher then disagree
+on the student's own samples. The verifier reads only the answer.
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ class GeneratorConfig(StageConfig):
         min_length=1,
         description="expression: `23+14*2-5=?` (precedence); word: a story whose steps apply in order",
     )
+    orders: Literal["precedence", "any"] = Field(
+        "precedence",
+        description="expressions' solutions: precedence (left to right within a precedence level), or any (each "
+        "problem's steps in one order drawn from those that give the same value: several valid chains per task)",
+    )
     seed: int = Field(0, description="the same seed gives the same problems")
 
     @model_validator(mode="after")
@@ -63,15 +74,24 @@ def _apply(left: int, op: str, right: int) -> int | None:
     return left // right
 
 
-def solve_expression(numbers: list[int], ops: list[str]) -> tuple[list[str], int] | None:
-    """Steps and value of an expression under precedence (* and / first, then left to right)."""
+def _reducible(ops: list[str], i: int, level: str) -> bool:
+    """Whether op i may be applied before the ops left of it at its precedence level: when the op on its left is
+    of a lower level, or is + (before + or -) or * (before * or /), so that regrouping keeps the value."""
+    if i == 0 or ops[i - 1] not in level:
+        return True
+    return ops[i - 1] in "+*"
+
+
+def solve_expression(
+    numbers: list[int], ops: list[str], rng: random.Random | None = None
+) -> tuple[list[str], int] | None:
+    """Steps and value of an expression under precedence (* and / first, then + and -): left to right within a
+    level, or with `rng` in a random order among those that keep the value (`_reducible`)."""
     numbers, ops, steps = list(numbers), list(ops), []
     for level in ("*/", "+-"):
-        i = 0
-        while i < len(ops):
-            if ops[i] not in level:
-                i += 1
-                continue
+        while any(op in level for op in ops):
+            candidates = [i for i, op in enumerate(ops) if op in level and _reducible(ops, i, level)]
+            i = rng.choice(candidates) if rng is not None else candidates[0]
             value = _apply(numbers[i], ops[i], numbers[i + 1])
             if value is None:
                 return None
@@ -84,7 +104,7 @@ def solve_expression(numbers: list[int], ops: list[str]) -> tuple[list[str], int
 def _expression_item(rng: random.Random, cfg: GeneratorConfig, n_ops: int) -> dict | None:
     numbers = [rng.randint(cfg.operand_min, cfg.operand_max) for _ in range(n_ops + 1)]
     ops = [rng.choice(cfg.operators) for _ in range(n_ops)]
-    solved = solve_expression(numbers, ops)
+    solved = solve_expression(numbers, ops, rng if cfg.orders == "any" else None)
     if solved is None:
         return None
     steps, answer = solved
