@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -11,6 +12,24 @@ Aggregation = Literal["seq_mean", "token_mean"]
 Backend = Literal["auto", "generate", "loop", "static", "graph"]
 # auto: bf16 autocast on CUDA and on CPUs with bf16 units (AVX512_BF16 or AMX), fp32 elsewhere (rakd.train.common)
 Precision = Literal["auto", "fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class LossDefaults:
+    """Each loss hyper-parameter's default, written once: the loss functions' keyword defaults (rakd.losses) and
+    the config's `distill.loss` fields (rakd.train.config.LossParams) both read it. A method's aggregation default
+    differs by method and is its loss function's own."""
+
+    alpha: float = 0.5  # rakd: weight of the old policy in the anchor
+    teacher_clamp: float = 1.0  # rakd: clamp c on the teacher log-ratio
+    eps_low: float = 0.2  # clip range of the ratio, below 1
+    eps_high: float = 0.28  # and above (DAPO's clip-higher)
+    kl_coef: float = 0.1  # grpo_kl: weight of KL(student || teacher)
+    beta: float = 0.5  # gkd: JSD mixture weight
+    kd_temperature: float = 1.0  # fkl, gkd: softmax temperature of the vocabulary KL
+
+
+LOSS_DEFAULTS = LossDefaults()
 
 
 class StageConfig(BaseModel):

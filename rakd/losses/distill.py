@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from rakd.losses.common import Aggregation, aggregate, masked_mean
+from rakd.schema import LOSS_DEFAULTS
 
 
 def sft_loss(
@@ -32,7 +33,7 @@ def fkl_loss(
     teacher_logits: torch.Tensor,
     mask: torch.Tensor,
     *,
-    kd_temperature: float = 1.0,
+    kd_temperature: float = LOSS_DEFAULTS.kd_temperature,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Forward KL(π_T ‖ π_θ) over the vocabulary at temperature τ, scaled by τ² (Hinton et al.)."""
     student_log = F.log_softmax(student_logits / kd_temperature, dim=-1)
@@ -46,8 +47,8 @@ def gkd_loss(
     teacher_logits: torch.Tensor,
     mask: torch.Tensor,
     *,
-    beta: float = 0.5,
-    kd_temperature: float = 1.0,
+    beta: float = LOSS_DEFAULTS.beta,
+    kd_temperature: float = LOSS_DEFAULTS.kd_temperature,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Generalised JSD_β(π_T, π_θ) over the vocabulary (Agarwal et al., GKD).
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from rakd.losses.common import Aggregation, aggregate, masked_mean, masked_stat
+from rakd.schema import LOSS_DEFAULTS
 
 
 def clipped_surrogate(
@@ -52,8 +53,8 @@ def grpo_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
+    eps_low: float = LOSS_DEFAULTS.eps_low,
+    eps_high: float = LOSS_DEFAULTS.eps_high,
     agg: Aggregation = "seq_mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO: clipped surrogate with ρ = π_θ / π_old."""
@@ -69,9 +70,9 @@ def grpo_kl_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
-    kl_coef: float = 0.1,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
+    kl_coef: float = LOSS_DEFAULTS.kl_coef,
+    eps_low: float = LOSS_DEFAULTS.eps_low,
+    eps_high: float = LOSS_DEFAULTS.eps_high,
     agg: Aggregation = "seq_mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """KDRL: GRPO plus kl_coef · KL(π_θ ‖ π_T) (k3 estimator on the sampled tokens)."""
@@ -88,10 +89,10 @@ def trrd_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
-    alpha: float = 0.5,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
-    teacher_clamp: float = 1.0,
+    alpha: float = LOSS_DEFAULTS.alpha,
+    eps_low: float = LOSS_DEFAULTS.eps_low,
+    eps_high: float = LOSS_DEFAULTS.eps_high,
+    teacher_clamp: float = LOSS_DEFAULTS.teacher_clamp,
     agg: Aggregation = "seq_mean",
     teacher_lowers_only: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from rakd.schema import Aggregation, Backend, Precision, StageConfig
+from rakd.schema import LOSS_DEFAULTS, Aggregation, Backend, Precision, StageConfig
 
 __all__ = ["Aggregation", "Backend", "Precision"]
 
@@ -39,23 +39,36 @@ class SFTConfig(StageConfig):
 
 
 class LossParams(StageConfig):
-    """Hyper-parameters of the losses; each method takes the ones its loss function declares. A value left at None
-    is the loss function's own default (rakd.losses: the one place a method's default is written)."""
+    """Hyper-parameters of the losses; each method takes the ones its loss function declares. The defaults are
+    rakd.schema.LOSS_DEFAULTS, which the loss functions' keyword defaults read too; `agg` left at None is the
+    method's own (its loss function's default)."""
 
-    alpha: float = Field(0.5, ge=0, le=1, description="rakd (TRRD), rakd_lower: weight of the old policy in the anchor")
-    teacher_clamp: float = Field(1.0, gt=0, description="rakd (TRRD), rakd_lower: clamp c on the teacher log-ratio")
-    eps_low: float = Field(0.2, ge=0, description="rakd/rakd_lower/grpo/grpo_kl: lower clip of the ratio")
-    eps_high: float = Field(0.28, ge=0, description="rakd/rakd_lower/grpo/grpo_kl: upper clip of the ratio")
+    alpha: float = Field(
+        LOSS_DEFAULTS.alpha, ge=0, le=1, description="rakd (TRRD), rakd_lower: weight of the old policy in the anchor"
+    )
+    teacher_clamp: float = Field(
+        LOSS_DEFAULTS.teacher_clamp, gt=0, description="rakd (TRRD), rakd_lower: clamp c on the teacher log-ratio"
+    )
+    eps_low: float = Field(
+        LOSS_DEFAULTS.eps_low, ge=0, description="rakd/rakd_lower/grpo/grpo_kl: lower clip of the ratio"
+    )
+    eps_high: float = Field(
+        LOSS_DEFAULTS.eps_high, ge=0, description="rakd/rakd_lower/grpo/grpo_kl: upper clip of the ratio"
+    )
     agg: Aggregation | None = Field(
         None,
         description="seq_mean (mean over a row's tokens, then over rows) or token_mean (over every token of the "
         "batch); None: the method's own, token_mean for sft and opd, seq_mean for rakd, grpo and grpo_kl (fkl and gkd "
         "always average over tokens)",
     )
-    kl_coef: float = Field(0.1, ge=0, description="grpo_kl: weight of KL(student || teacher); also zero_adv=kd")
-    beta: float = Field(0.5, ge=0, le=1, description="gkd: JSD mixture weight (1: reverse KL)")
+    kl_coef: float = Field(
+        LOSS_DEFAULTS.kl_coef, ge=0, description="grpo_kl: weight of KL(student || teacher); also zero_adv=kd"
+    )
+    beta: float = Field(LOSS_DEFAULTS.beta, ge=0, le=1, description="gkd: JSD mixture weight (1: reverse KL)")
     kd_temperature: float = Field(
-        1.0, gt=0, description="fkl/gkd: softmax temperature of the vocabulary KL (not the sampling temperature)"
+        LOSS_DEFAULTS.kd_temperature,
+        gt=0,
+        description="fkl/gkd: softmax temperature of the vocabulary KL (not the sampling temperature)",
     )
 
 
