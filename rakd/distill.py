@@ -105,6 +105,8 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     rows = read_jsonl(work / "metrics.jsonl") if (work / "metrics.jsonl").exists() else []
     result["flops"] = stage_flops(eval_warm, rows, result["eval_flops"])
     result["steps"] = len(rows)
+    if rows and "groups_drawn" in rows[0]:
+        result["rl_pool"] = rl_pool(rows[0], cfg.rl.group_size)
     if cfg.eval_every and rows:  # the student as written: the last check's val when it is the last step's
         result["val_greedy_accuracy"] = rows[-1].get("val_greedy_accuracy")
         if result["val_greedy_accuracy"] is None:
@@ -145,6 +147,17 @@ def stage_flops(eval_warm: dict, rows: list[dict], test_eval_flops: int) -> dict
     }
     warm = {k: v for k, v in eval_warm.get("flops", {}).items() if k != "total"}
     return with_total(merge(warm, rl, {"eval": test_eval_flops}))
+
+
+def rl_pool(first: dict, group_size: int) -> dict:
+    """How the warm-started student fares on its RL pool, read off RL step 1's samples (drawn before any update,
+    every dynamic-sampling draw included): its pass rate, the samples it is over, and the share of groups with mixed
+    rewards (the only ones an advantage-based method learns from)."""
+    return {
+        "pass_rate": first["accuracy"],
+        "samples": first["groups_drawn"] * group_size,
+        "informative_groups": first["informative_frac"],
+    }
 
 
 def rl_records(cfg: DistillConfig, train: list[dict]) -> list[dict]:

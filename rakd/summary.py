@@ -84,6 +84,20 @@ def accuracy_rows(results: dict[str, Summary]) -> list[dict]:
     return rows
 
 
+def rl_pool_rows(results: dict[str, Summary]) -> list[dict]:
+    """The warm-started student on its RL pool at RL step 1 (before any update): pass rate and mixed groups."""
+    pool = results.get("distill", {}).get("eval", {}).get("rl_pool")
+    if not pool:
+        return []
+    return [
+        {
+            "pass rate": pct(pool["pass_rate"]),
+            "samples": pool["samples"],
+            "groups with mixed rewards": pct(pool["informative_groups"], 0),
+        }
+    ]
+
+
 def warmstart_rows(results: dict[str, Summary]) -> list[dict]:
     """Whether the warm start reached its target, where, and what the stage did about it (empty without one)."""
     target = results.get("distill", {}).get("eval_warmstart", {}).get("target")
@@ -136,7 +150,11 @@ def summary_sections(results: dict[str, Summary], states: dict[str, str] | None 
         ),
         ("accuracy (test split)", accuracy_rows(results)),
     ]
-    for title, rows in (("warm start", warmstart_rows(results)), ("compute (FLOPs)", flops_rows(results))):
+    for title, rows in (
+        ("warm start", warmstart_rows(results)),
+        ("RL pool (the warm start's own samples at RL step 1)", rl_pool_rows(results)),
+        ("compute (FLOPs)", flops_rows(results)),
+    ):
         if rows:
             sections.append((title, rows))
     tables = {"export": export_rows, "validate": validate_rows, "package": package_rows}

@@ -84,6 +84,10 @@ def test_pipeline_runs_every_stage_and_writes_every_output(first_run, root):
     rows = [json.loads(line) for line in (run.student / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in results["distill"]["val_by_step"]] == [3, 6]
+    # the warm start on its RL pool: step 1's samples, drawn before any update
+    pool = student["rl_pool"]
+    assert pool["pass_rate"] == rows[0]["accuracy"] and pool["samples"] == rows[0]["groups_drawn"] * 8
+    assert 0 <= pool["informative_groups"] <= 1
     # the compute ledger: every phase the stage ran, summed into its total, the running total in each RL row
     ledger = student["flops"]
     phases = ("teacher_generate", "teacher_score", "student_sft", "student_sample", "student_update", "eval")
