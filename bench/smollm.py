@@ -14,7 +14,6 @@ A stage whose outputs are current under its cache key is not run again (its summ
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -58,13 +57,10 @@ def main() -> None:
     keys, results = stage_keys(cfg), {}
     for stage in STAGES:
         kept = out / "stages" / f"{stage.name}.json"
-        if outputs_current(cfg.run.layout, stage, keys[stage.name]):
-            results[stage.name] = current_summary(stage, cfg)
-            print(f"[{stage.name}] current", flush=True)
-        else:
-            print(f"[{stage.name}] running", flush=True)
-            results[stage.name] = run_stage(stage, cfg, keys[stage.name])
-        if not kept.is_file() or json.loads(kept.read_text())["summary"] != results[stage.name]:
+        ran = not outputs_current(cfg.run.layout, stage, keys[stage.name])
+        print(f"[{stage.name}] {'running' if ran else 'current'}", flush=True)
+        results[stage.name] = run_stage(stage, cfg, keys[stage.name]) if ran else current_summary(stage, cfg)
+        if ran or not kept.is_file():  # a kept record names the commit that ran the stage: never rewritten
             record = {"summary": results[stage.name], "seconds": results[stage.name]["seconds"], "commit": commit()}
             atomic_write_json(kept, record)
         write_summary(out, results)
