@@ -22,10 +22,15 @@ x G completions per step); `ours grpo, dynamic sampling` draws up to `--dynamic-
 `--dynamic-groups` groups with mixed rewards, as a run configures it. TRL's beta > 0 takes KL to a frozen copy of
 the initial student, where our grpo_kl takes it to the teacher.
 
-Achieved GFLOP/s are the compute ledger's counts (rakd.flops) over each phase's seconds; TRL's is the ledger count
-of the same work (ours, every row, the same step) over TRL's seconds. The peak is a 2048 x 2048 matmul in the same
-precision, measured here. The goals (ours at least 2x TRL on equal work; sampling at least 40% and the update at
-least 60% of the peak; a rakd step at most 1.25x a grpo step) are checked and each miss names its phase.
+Two rates per phase, each its FLOPs summed over the measured steps over its seconds summed: `ledger` counts the work
+as the compute ledger does (rakd.flops: every row's prompt and completion, as a plain implementation computes
+them; what methods and trainers compare on), `executed` what our passes compute (a group's G rows share their
+prompt: the sampler prefills it once and scoring and the update pack the rows as a prefix forest, so a row costs
+P/G + C tokens for P + C in the ledger). TRL computes every row whole: its executed rate is the ledger count of the
+same work (ours, every row) over its seconds. The peak is a 2048 x 2048 matmul in the same precision, measured
+here, beside one at decoding's shape. The goals (ours at least 2x TRL on equal work; sampling at least 40% and the
+update at least 60% of the peak, executed; a rakd step at most 1.25x a grpo step, both over every row so that the
+teacher scores all of them) are checked and each miss names its phase.
 
 Prints the tables and writes results.{json,md,png} and meta.json into bench/results/rl_throughput-DATE/ (or --out).
 """
@@ -47,7 +52,7 @@ from benchlib import cpu_model, matmul_peak, results_dir, write_meta
 from rakd.io import read_jsonl
 from rakd.losses import LOSSES, LossSpec
 from rakd.models.load import load_causal_lm
-from rakd.prompt import chat_messages, prompt_text
+from rakd.prompt import chat_messages, model_prompt, prompt_text
 from rakd.tables import markdown_table, text_table
 from rakd.train.common import OptimConfig, cpu_bf16_units
 from rakd.train.config import LossParams, RLConfig
@@ -123,6 +128,10 @@ def ours(variant: Variant, student, teacher, tokenizer, records, args, precision
     def median(key):
         return statistics.median(float(r.get(key, 0) or 0) for r in measured)
 
+    def total(key):
+        return sum(float(r.get(key, 0) or 0) for r in measured)
+
+    completion = total("response_length") / len(measured)
     result = {
         "trainer": variant.label,
         "precision": precision,
@@ -131,12 +140,22 @@ def ours(variant: Variant, student, teacher, tokenizer, records, args, precision
         "rows_in_loss": median("rows_in_loss"),
         "draws": median("draws"),
         "reward_mean": statistics.mean(r["reward_mean"] for r in rows),
+        "completion_tokens": completion,
+        "executed_share": executed_share(args.prompt_tokens, completion, args.group),
     }
-    for phase, ledger in PHASES:
+    for phase, ledger in PHASES:  # rates from sums over the measured steps: a step may have no rows to update
         result[f"{phase}_s"] = median(f"seconds_{phase}")
-        result[f"{phase}_flops"] = median(f"flops_{ledger}")
-    result["step_flops"] = sum(result[f"{phase}_flops"] for phase, _ in PHASES)
+        result[f"{phase}_seconds_total"] = total(f"seconds_{phase}")
+        result[f"{phase}_flops_total"] = total(f"flops_{ledger}")
+    result["step_seconds_total"] = total("seconds")
+    result["step_flops_total"] = sum(result[f"{phase}_flops_total"] for phase, _ in PHASES)
     return result
+
+
+def executed_share(prompt: float, completion: float, group: int) -> float:
+    """The share of the ledger's tokens our passes compute: a group's G rows share their P prompt tokens, so a row
+    costs P / G + C of the ledger's P + C (the linear terms; attention's are small at these lengths)."""
+    return (prompt / group + completion) / (prompt + completion)
 
 
 def trl(beta, student, tokenizer, records, args, precision: str) -> dict:
@@ -225,8 +244,10 @@ def one_round(variants, betas, student, teacher, tokenizer, records, args, preci
     by_name = {r["trainer"]: r for r in rows}
     trl0, grpo = by_name.get("TRL GRPOTrainer beta=0"), by_name.get("ours grpo")
     every = by_name.get("ours grpo, every row")
-    if trl0 and every:  # TRL's achieved rate: the ledger count of the same work over its seconds
-        trl0["step_flops"] = every["step_flops"]
+    if trl0 and every:  # TRL's rate: the ledger count of the same work over its seconds (it computes rows whole)
+        steps = args.steps - args.warmup
+        trl0.update(step_flops_total=every["step_flops_total"], step_seconds_total=trl0["s_per_step"] * steps)
+        trl0["executed_share"] = 1.0
     for r in rows:
         r["x_trl_beta0"] = trl0["s_per_step"] / r["s_per_step"] if trl0 else None
         r["x_grpo_time"] = r["s_per_step"] / grpo["s_per_step"] if grpo else None
@@ -255,14 +276,15 @@ def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
 
 
 def rates(row: dict, peak: float) -> dict:
-    """Achieved GFLOP/s of each phase and of the whole step, and each as a share of `peak`."""
+    """GFLOP/s of each phase and of the whole step, by the ledger and as executed, and the executed rate's share of
+    `peak`."""
     out = {}
-    for phase, _ in (*PHASES, ("step", None)):
-        seconds = row.get("s_per_step" if phase == "step" else f"{phase}_s")
-        flops = row.get(f"{phase}_flops")
+    for phase in ("sample", "teacher", "update", "step"):
+        seconds, flops = row.get(f"{phase}_seconds_total"), row.get(f"{phase}_flops_total")
         if seconds and flops:
             out[f"{phase}_gflops"] = flops / seconds / 1e9
-            out[f"{phase}_of_peak"] = out[f"{phase}_gflops"] / peak
+            out[f"{phase}_executed_gflops"] = out[f"{phase}_gflops"] * row["executed_share"]
+            out[f"{phase}_of_peak"] = out[f"{phase}_executed_gflops"] / peak
     return out
 
 
@@ -281,31 +303,31 @@ def goals(rows: list[dict], peak: float, decode_peak: float, precision: str) -> 
         slowest = max((phase for phase, _ in PHASES), key=lambda phase: every[f"{phase}_s"])
         met = speed >= GOALS["vs_trl"]
         add(f"ours >= {GOALS['vs_trl']:g}x TRL on equal work", f"{speed:.2f}x", met, "-" if met else slowest)
-    grpo = by_name.get("ours grpo")
-    if grpo:
-        achieved = rates(grpo, peak)
+    if every:
+        achieved = rates(every, peak)
         for phase, key in (("sample", "sample_peak"), ("update", "update_peak")):
             share = achieved.get(f"{phase}_of_peak")
             if share is not None:
                 why = (
-                    f"a matmul at decoding's shape ({grpo_rows(grpo)} rows at once) reaches {decode_peak:.0f} GFLOP/s "
+                    f"a matmul at decoding's shape ({grpo_rows(every)} rows at once) reaches {decode_peak:.0f} GFLOP/s "
                     f"({decode_peak / peak:.0%} of the peak); what sampling loses beyond that is per-token work "
                     "besides the matmuls: attention over the cache, the sampler, the Python loop"
                     if phase == "sample"
                     else "the vocabulary's softmax and log-probs, the optimiser step and attention, beside the matmuls"
                 )
                 add(
-                    f"{phase} >= {GOALS[key]:.0%} of the {precision} matmul peak ({peak:.0f} GFLOP/s)",
-                    f"{share:.0%} ({achieved[f'{phase}_gflops']:.0f} GFLOP/s)",
+                    f"{phase} >= {GOALS[key]:.0%} of the {precision} matmul peak ({peak:.0f} GFLOP/s), executed",
+                    f"{share:.0%} ({achieved[f'{phase}_executed_gflops']:.0f} GFLOP/s; ledger "
+                    f"{achieved[f'{phase}_gflops']:.0f})",
                     share >= GOALS[key],
                     "-" if share >= GOALS[key] else f"{phase}: {why}",
                 )
-    trrd = by_name.get("ours rakd")
-    if trrd and grpo:
-        ratio = trrd["s_per_step"] / grpo["s_per_step"]
+    trrd = by_name.get("ours rakd, every row")
+    if trrd and every:
+        ratio = trrd["s_per_step"] / every["s_per_step"]
         add(
-            f"rakd step <= {GOALS['rakd_vs_grpo']:g}x a grpo step",
-            f"{ratio:.2f}x (teacher {trrd['teacher_s']:.1f} s)",
+            f"rakd step <= {GOALS['rakd_vs_grpo']:g}x a grpo step (every row)",
+            f"{ratio:.2f}x (teacher {trrd['teacher_s']:.1f} s of {trrd['s_per_step']:.1f})",
             ratio <= GOALS["rakd_vs_grpo"],
             "-" if ratio <= GOALS["rakd_vs_grpo"] else "teacher scoring",
         )
@@ -359,11 +381,12 @@ def main() -> None:
     student, tokenizer = load_causal_lm(run / "student")
     teacher, _ = load_causal_lm(run / "teacher")
     records = read_jsonl(run / "data" / "train.jsonl")
+    prompts = [model_prompt(tokenizer, r["question"]) for r in records[:256]]  # asked as the sampler asks
+    args.prompt_tokens = statistics.fmean(len(tokenizer(t, add_special_tokens=sp)["input_ids"]) for t, sp in prompts)
     methods = [m for m in args.methods.split(",") if m]
     betas = [float(b) for b in args.trl_betas.split(",") if b]
-    variants = ([Variant("grpo", every_row=True)] if 0.0 in betas and "grpo" in methods else []) + [
-        Variant(m) for m in methods
-    ]
+    variants = [Variant(m, every_row=True) for m in methods if m in ("grpo", "rakd")]  # equal work
+    variants += [Variant(m) for m in methods]
     if args.dynamic_groups:
         variants.append(Variant("grpo", min_groups=args.dynamic_groups, draws=args.dynamic_draws))
     peaks, decode_peaks, rows, goal_rows = {}, {}, [], []
@@ -406,7 +429,18 @@ def main() -> None:
         machine["trl"] = None
     setup = {
         k: getattr(args, k)
-        for k in ("prompts", "group", "max_new_tokens", "steps", "warmup", "lr", "run", "rounds", "dynamic_groups")
+        for k in (
+            "prompts",
+            "group",
+            "max_new_tokens",
+            "steps",
+            "warmup",
+            "lr",
+            "run",
+            "rounds",
+            "dynamic_groups",
+            "prompt_tokens",
+        )
     }
     title = (
         f"{machine['cpu']}, {args.threads} thread(s), {args.prompts} prompts x G={args.group}, up to "
@@ -450,8 +484,9 @@ def table_rows(rows: list[dict]) -> list[dict]:
             "teacher s": fmt(r.get("teacher_s"), ".2f"),
             "update s": fmt(r.get("update_s"), ".2f"),
             "rows in loss": fmt(r["rows_in_loss"], ".0f"),
-            "GFLOP/s sample / update / step": " / ".join(
-                fmt(r.get(f"{p}_gflops"), ".0f") for p in ("sample", "update", "step")
+            "GFLOP/s executed (ledger) sample / update / step": " / ".join(
+                f"{fmt(r.get(f'{p}_executed_gflops'), '.0f')} ({fmt(r.get(f'{p}_gflops'), '.0f')})"
+                for p in ("sample", "update", "step")
             ),
             "speed vs TRL β=0": ratio(r, "x_trl_beta0"),
             "time vs our grpo": ratio(r, "x_grpo_time"),
