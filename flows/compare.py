@@ -93,7 +93,7 @@ def rakd_compare(config: dict) -> dict:
     layout = cfg.run.layout
     run_missing(cfg, ("prep", "teacher"))
     folder = layout.comparison(cfg.compare.regime)
-    warmstart = shared_warmstart(cfg.distill, layout, stage_keys(cfg)["teacher"], folder)
+    warmstart = shared_warmstart(cfg.distill, layout, stage_keys(cfg)["teacher"], cfg.compare.regime)
     jobs = plan_jobs(cfg.compare, cfg.distill)
     diagnostic = warmstart_diagnostic(cfg.distill, layout, warmstart, folder)
     logger.info(f"step 0 of the warm start: {describe(diagnostic)}")

@@ -5,6 +5,9 @@
 <run>/tokenizer/                   when the models are trained from scratch
 <run>/teacher/                     HF folder, eval.json last (teacher.work/ while training)
 <run>/student/                     HF folder, eval.json last (student.work/ while training)
+<run>/student.work/warmstart/      the finished warm start (warmstart.work/, base.work/: its SFTs while they run;
+                                   traces.pending.jsonl + traces.rounds.json: its traces while they are sampled)
+<run>/compare[/<regime>]/          a comparison: warmstart/ (shared by its jobs), jobs/, results/
 <run>/export/                      ONNX folders and GGUF files, parity.json last
 <run>/validate/                    report.json last, report.md, accuracy_vs_latency.png
 <run>/package/                     model file(s), tokenizer/, README.md, manifest.json last
@@ -64,6 +67,21 @@ class RunLayout:
         return self.root / "student.work"
 
     @property
+    def warmstart(self) -> Path:
+        """The finished warm start: an HF folder, eval_warmstart.json and traces.jsonl last."""
+        return self.student_work / "warmstart"
+
+    @property
+    def warmstart_work(self) -> Path:
+        """The warm start's SFT on the teacher's traces while it runs (metrics.jsonl, checkpoints/)."""
+        return self.student_work / "warmstart.work"
+
+    @property
+    def base_work(self) -> Path:
+        """`warmstart.base`: the SFT on bare answers while it runs."""
+        return self.student_work / "base.work"
+
+    @property
     def export(self) -> Path:
         return self.root / "export"
 
@@ -95,6 +113,13 @@ class RunLayout:
     def comparison(self, regime: str | None = None) -> Path:
         """One comparison's folder: `compare/`, or `compare/<regime>/` for a named regime of the same run."""
         return self.compare / regime if regime else self.compare
+
+    def comparison_warmstart(self, regime: str | None = None) -> Path:
+        """The one warm start every job of a comparison starts from (`comparison_warmstart_work` while it is made)."""
+        return self.comparison(regime) / "warmstart"
+
+    def comparison_warmstart_work(self, regime: str | None = None) -> Path:
+        return self.comparison(regime) / "warmstart.work"
 
     def stage_key(self, stage: str) -> Path:
         return self.root / ".stage-keys" / stage

@@ -82,15 +82,14 @@ def run_warmstart(
     rank 0 samples the traces (kept in `student.work/traces.pending.jsonl`, so a crash in SFT does not sample
     them again), every rank trains on its share of each SFT batch, and rank 0 evaluates and saves."""
     world = world or World()
-    work = layout.student_work
-    done = work / "warmstart"
+    work, done = layout.student_work, layout.warmstart
     if (done / "eval_warmstart.json").exists():
         load_full_state_dict(student, load_causal_lm(done)[0].state_dict())
         return read_jsonl(done / "traces.jsonl"), json.loads((done / "eval_warmstart.json").read_text())
     precision = stage_precision(cfg, student)
     stop = warmstart_stop(cfg, student, tokenizer, layout, log, precision)  # a bad `stop` fails before any sampling
     if cfg.warmstart.base is not None:
-        train_base(cfg, student, tokenizer, train, work, world, precision)
+        train_base(cfg, student, tokenizer, train, layout.base_work, world, precision)
     rounds = TraceRounds(work, cfg.warmstart, cfg.seed, precision)
     if world.main and not rounds.rounds():
         rounds.add(train, teacher, tokenizer, 0, log)
@@ -102,7 +101,7 @@ def run_warmstart(
             tokenizer,
             rounds.pairs_at(0),
             cfg.warmstart.sft,
-            work / "warmstart.work",
+            layout.warmstart_work,
             seed=cfg.seed,
             name="warmstart",
             world=world,
@@ -116,7 +115,7 @@ def run_warmstart(
         world.barrier()  # rank 0 evaluates and saves; every rank holds the same weights already
         return traces, json.loads((done / "eval_warmstart.json").read_text())
     result = evaluate_model(whole, tokenizer, distill_records(layout, "test"), cfg.eval, precision)
-    sft_log, base_log = work / "warmstart.work/metrics.jsonl", work / "base.work/metrics.jsonl"
+    sft_log, base_log = layout.warmstart_work / "metrics.jsonl", layout.base_work / "metrics.jsonl"
     sft_rows = read_jsonl(sft_log) if sft_log.exists() else []
     base_rows = read_jsonl(base_log) if base_log.exists() else []
     result["sft_steps"] = done_steps
@@ -139,8 +138,8 @@ def run_warmstart(
     if base_log.exists():
         files["metrics_base.jsonl"] = base_log
     save_model(whole, tokenizer, done, extra={"eval_warmstart.json": result}, copy_files=files)
-    shutil.rmtree(work / "warmstart.work", ignore_errors=True)
-    shutil.rmtree(work / "base.work", ignore_errors=True)
+    shutil.rmtree(layout.warmstart_work, ignore_errors=True)
+    shutil.rmtree(layout.base_work, ignore_errors=True)
     rounds.finish(work / "traces.jsonl")  # the final student folder carries them too
     world.barrier()
     return traces, result
@@ -150,14 +149,14 @@ def train_base(
     cfg: DistillConfig, student, tokenizer, train: list[dict], work: Path, world: World, precision: str
 ) -> None:
     """`warmstart.base`: SFT on (question, `A: <answer>`) of every train question, no worked solutions (what the
-    distill stage may see), checkpointed in `base.work/` so that a crash resumes there."""
+    distill stage may see), checkpointed in `work` (RunLayout.base_work) so that a crash resumes there."""
     pairs = [(r["question"], completion_text(f"A: {r['answer']}")) for r in train]
     trainer = SFTTrainer(
         student,
         tokenizer,
         pairs,
         cfg.warmstart.base,
-        work / "base.work",
+        work,
         seed=cfg.seed,
         name="base",
         world=world,
@@ -196,7 +195,7 @@ def prepare_warmstart(cfg: DistillConfig, run_dir: str | Path, log=print) -> Pat
     layout = RunLayout(run_dir)
     teacher, student, tokenizer = load_models(cfg, layout)
     run_warmstart(cfg, student, teacher, tokenizer, distill_records(layout, "train"), layout, log)
-    return layout.student_work / "warmstart"
+    return layout.warmstart
 
 
 def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, log, precision: str) -> ValCheck | None:
@@ -207,7 +206,7 @@ def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, lo
         return None
     records = check_records(distill_records(layout, "val"), stop, f"distill.warmstart.stop: {layout.split('val')}")
     return ValCheck.resuming(
-        layout.student_work / "warmstart.work" / "metrics.jsonl",
+        layout.warmstart_work / "metrics.jsonl",
         stop=stop,
         model=student,
         tokenizer=tokenizer,

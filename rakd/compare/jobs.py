@@ -195,7 +195,7 @@ def link_base(base: RunLayout, target: Path) -> None:
 def link_run(base: RunLayout, warmstart: Path, target: RunLayout) -> None:
     """A job's run folder: the base run's data, tokenizer and teacher (links) and a copy of the warm start."""
     link_base(base, target.root)
-    shutil.copytree(warmstart, target.student_work / "warmstart")
+    shutil.copytree(warmstart, target.warmstart)
 
 
 def _elapsed(rows: list[dict], step: int) -> float:
@@ -308,9 +308,9 @@ def parameter_ratio(teacher: Path, student: Path) -> dict:
     return {**counts, "ratio": counts["teacher"] / counts["student"]}
 
 
-def shared_warmstart(distill, layout: RunLayout, teacher_key: str, folder: Path | None = None) -> Path:
-    """The comparison's one warm start in `<run>/compare/warmstart/`, made once per key (the teacher's stage key,
-    the student, warm-start and eval config, the seed) and swapped into place only when complete."""
+def shared_warmstart(distill, layout: RunLayout, teacher_key: str, regime: str | None = None) -> Path:
+    """The comparison's one warm start in `<run>/compare[/<regime>]/warmstart/`, made once per key (the teacher's
+    stage key, the student, warm-start and eval config, the seed) and swapped into place only when complete."""
     from rakd.warmstart import prepare_warmstart
 
     key = fingerprint(
@@ -322,12 +322,11 @@ def shared_warmstart(distill, layout: RunLayout, teacher_key: str, folder: Path 
             "seed": distill.seed,
         }
     )
-    folder = folder or layout.compare
-    target = folder / "warmstart"
+    target = layout.comparison_warmstart(regime)
     if (target / "eval_warmstart.json").is_file() and (target / ".key").is_file():
         if (target / ".key").read_text() == key:
             return target
-    work = folder / "warmstart.work"
+    work = layout.comparison_warmstart_work(regime)
     link_base(layout, work)
     made = prepare_warmstart(
         distill.model_copy(update={"eval": distill.eval.model_copy(update={"per_problem": True})}), work
