@@ -16,7 +16,7 @@ built, so a GGUF check process never loads it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +93,30 @@ def build_references(model, tokenizer, questions: list[str], max_new_tokens: int
     return refs
 
 
+@dataclass(frozen=True)
+class ParityRecord:
+    """One artefact's parity check, in parity.json's `artefacts` as `as_json()` gives it. The measures are None where
+    the check could not run (its runtime crashed or failed: `failures` says how)."""
+
+    artefact: str
+    path: str
+    size_bytes: int
+    tolerance_logits: float | None
+    min_top1_agreement: float
+    tokenization_equal: bool | None = None
+    logits_max_abs_diff: float | None = None
+    top1_agreement: float | None = None
+    near_ties: int | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def as_json(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
 def compare(label: str, path: Path, refs: list[Reference], runtime, layers: int = 1) -> dict:
     """Run `runtime` (tokenize, logits) on every reference and check the tolerance of `label`.
 
@@ -126,19 +150,18 @@ def compare(label: str, path: Path, refs: list[Reference], runtime, layers: int 
         failures.append(f"max |Δlogit| {max_diff:.3g} > {logit_tol:g}")
     if agreement_beyond_ties < min_agree:
         failures.append(f"top-1 agreement {agreement:.3f} (+{near_ties} near ties) < {min_agree:g}")
-    return {
-        "artefact": label,
-        "path": str(path),
-        "size_bytes": _size(path),
-        "tokenization_equal": tokens_equal,
-        "logits_max_abs_diff": max_diff,
-        "top1_agreement": agreement,
-        "near_ties": near_ties,
-        "tolerance_logits": logit_tol,
-        "min_top1_agreement": min_agree,
-        "passed": not failures,
-        "failures": failures,
-    }
+    return ParityRecord(
+        artefact=label,
+        path=str(path),
+        size_bytes=_size(path),
+        tolerance_logits=logit_tol,
+        min_top1_agreement=min_agree,
+        tokenization_equal=tokens_equal,
+        logits_max_abs_diff=max_diff,
+        top1_agreement=agreement,
+        near_ties=near_ties,
+        failures=failures,
+    ).as_json()
 
 
 def save_references(refs: list[Reference], path: Path) -> Path:
@@ -177,19 +200,8 @@ def check_isolated(label: str, fmt: str, path: Path, references: Path, threads: 
         )
     except (ChildCrashed, ChildFailed) as err:
         logit_tol, min_agree = tolerance_for(label)
-        return {
-            "artefact": label,
-            "path": str(path),
-            "size_bytes": _size(path),
-            "tokenization_equal": None,
-            "logits_max_abs_diff": None,
-            "top1_agreement": None,
-            "near_ties": None,
-            "tolerance_logits": logit_tol,
-            "min_top1_agreement": min_agree,
-            "passed": False,
-            "failures": [str(err)],
-        }
+        record = ParityRecord(label, str(path), _size(path), logit_tol, min_agree, failures=[str(err)])
+        return record.as_json()
 
 
 def _size(path: Path) -> int:
