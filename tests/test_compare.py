@@ -69,15 +69,19 @@ def test_sft_continue_is_refused_where_the_warm_start_has_no_traces(tmp_path):
 
 
 def test_every_other_job_gets_what_the_reference_jobs_spent():
-    reference = [{"seconds": 10.0, "flops_total": 3e12}, {"seconds": 20.0, "flops_total": 5e12}]
-    assert matched_budget(CompareConfig(budget="flops"), reference) == {"flops_budget": 4e12}
-    assert matched_budget(CompareConfig(budget="flops", flops=1e12), reference) == {"flops_budget": 1e12}
+    reference = [
+        {"seconds": 10.0, "seconds_compute": 8.0, "flops_total": 3e12},
+        {"seconds": 20.0, "seconds_compute": 12.0, "flops_total": 5e12},
+    ]
+    assert matched_budget(CompareConfig(budget="flops"), reference) == {"flops_budget": 4e12, "readout_seconds": 10.0}
+    assert matched_budget(CompareConfig(budget="flops", flops=1e12), reference)["flops_budget"] == 1e12
     assert matched_budget(CompareConfig(budget="seconds"), reference) == {"time_budget_s": 15.0}
     assert matched_budget(CompareConfig(budget="steps"), reference) == {}
     distill = load_config(None).distill
     job = Job("grpo", 0, 1e-4, 0.5, 1.0)
-    capped = job_distill_config(distill, CompareConfig(steps=10), job, {"flops_budget": 4e12})
+    capped = job_distill_config(distill, CompareConfig(steps=10), job, {"flops_budget": 4e12, "readout_seconds": 9.0})
     assert capped.rl.flops_budget == 4e12 and capped.rl.time_budget_s is None and capped.rl.steps == 500
+    assert capped.rl.readout_steps == 10 and capped.rl.readout_seconds == 9.0
     assert job_distill_config(distill, CompareConfig(steps=10), job).rl.steps == 10
 
 
@@ -106,11 +110,17 @@ def test_the_summary_ranks_and_reads_each_variant_per_budget_and_per_step():
     for row in better:  # read out at the reference's step count too: 10 points lower
         row["at_reference_steps"] = {"greedy_accuracy": row["greedy_accuracy"] - 0.1, "steps": 5,
                                      "greedy_correct": "0" * 10 + row["greedy_correct"][10:]}  # fmt: skip
+    assert "greedy at reference seconds" not in summary_rows(worse + better, "b")[0]  # an older comparison
+    for row in better:  # and at the reference's compute seconds: 5 points lower
+        row["at_reference_seconds"] = {"greedy_accuracy": row["greedy_accuracy"] - 0.05, "steps": 4,
+                                       "greedy_correct": "0" * 5 + row["greedy_correct"][5:]}  # fmt: skip
     rows = summary_rows(worse + better, "b")  # ranked by mean greedy accuracy, whatever the order of runs
     assert [(r["rank"], r["method"]) for r in rows] == [(1, "a"), (2, "b")]
     assert rows[0]["greedy"] == "60.7 ± 1.2" and rows[0]["greedy at reference steps"] == "50.7 ± 1.2"
+    assert rows[0]["greedy at reference seconds"] == "55.7 ± 1.2"
     assert rows[0]["vs b at equal budget"].startswith("+20.3 [")
     assert rows[0]["vs b at equal steps"].startswith("+10.3 [")
+    assert rows[0]["vs b at equal seconds"].startswith("+15.3 [")
     assert rows[1]["greedy at reference steps"] == "-" and "vs b at equal budget" not in rows[1]
 
 
@@ -152,6 +162,19 @@ def test_a_job_reads_out_its_budget_and_the_reference_steps_from_one_run():
     assert readouts({**final, "readouts": []}, 10, None) == (at_steps, None)  # a reference job: one readout
 
 
+def test_a_job_reads_out_the_reference_seconds():
+    from rakd.compare.jobs import seconds_readout
+
+    rows = [{"step": i, "seconds_sample": 1.0, "seconds_update": 0.5} for i in range(1, 5)]  # 6 compute seconds
+    final = {"greedy_accuracy": 0.5, "greedy_stderr": 0.1, "greedy_correct": "10",
+             "readouts": [{"steps": 2, "at": "seconds", "greedy_accuracy": 0.4, "greedy_correct": "00"}]}  # fmt: skip
+    assert seconds_readout(final, rows, 3.0) == {"steps": 2, "greedy_accuracy": 0.4, "greedy_correct": "00"}
+    plain = {**final, "readouts": []}
+    assert seconds_readout(plain, rows, 6.0)["steps"] == 4  # reached at the last step: the final evaluation
+    assert seconds_readout(plain, rows, 7.0) is None  # the step cap stopped it short
+    assert seconds_readout(final, rows, None) is None  # a reference job
+
+
 @pytest.mark.integration
 def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_harness, tmp_path):
     """The reference rakd's learning-rate sweep (seed 0 at two lrs) side by side on two Dask workers, the choice
@@ -181,11 +204,15 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
         spent = {p["step"]: p["flops"] for p in row["curve"]}
         assert spent[row["steps"]] == row["flops_total"] >= budget and spent.get(row["steps"] - 1, 0) < budget
         assert row["flops"]["teacher_generate"] > 0 and "student_sample" not in row["flops"]
-        assert row["at_reference_steps"]["steps"] == 3 and row["steps_run"] == max(3, row["steps"])
+        assert row["at_reference_steps"]["steps"] == 3
+        # also read at the reference jobs' compute seconds (a wall-clock reading: where it lands varies, but the run
+        # goes on to the last of its three readings and no further)
+        seconds = row["at_reference_seconds"]
+        assert seconds is not None and row["steps_run"] == max(3, row["steps"], seconds["steps"])
         assert len(row["greedy_correct"]) == len(row["at_reference_steps"]["greedy_correct"]) > 0
         if row["steps"] == 3:  # one run read out once: both readings are the same evaluation
             assert row["at_reference_steps"]["greedy_correct"] == row["greedy_correct"]
-    assert all(r["at_reference_steps"] is None for r in reference)
+    assert all(r["at_reference_steps"] is None and r["at_reference_seconds"] is None for r in reference)
     assert all(r["flops"]["student_sample"] > 0 and r["flops"]["teacher_score"] > 0 for r in reference)
     saved = json.loads((results / "results.json").read_text())
     assert {r["name"] for r in saved["runs"]} == set(rows)
@@ -216,6 +243,8 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
     markdown = (results / "results.md").read_text()
     assert "vs rakd (α=0.5) at equal budget" in markdown and "| rank |" in markdown
     assert "vs rakd (α=0.5) at equal steps" in markdown and context["interval"].startswith("95%, Welch t")
+    assert "vs rakd (α=0.5) at equal seconds" in markdown
+    assert (results / "per_problem_at_reference_seconds.json").is_file()
     assert (results / "curves.png").read_bytes()[:4] == b"\x89PNG"
     from rakd.compare import shared_warmstart
     from rakd.registry import stage_keys

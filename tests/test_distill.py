@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -609,3 +610,28 @@ def test_a_base_start_trains_on_bare_answers_before_any_trace(prepared, tmp_path
     warm = json.loads((student / "eval_warmstart.json").read_text())
     assert warm["flops"]["student_sft"] == sum(r["flops"] for r in rows) and warm["flops"]["teacher_generate"] == 0
     assert not (student / "traces.jsonl").read_text().strip()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        # budget (4 training units per step, 10 units) spent after step 3, the seconds readout (1.5 s per step) at
+        # 6 s reached after step 4, the steps readout at 5: the run stops there, its final evaluation that reading
+        (6.0, [(3, "budget"), (4, "seconds")]),
+        # seconds reached after step 7, past the others: the final evaluation at 7 stands for them
+        (10.0, [(3, "budget"), (5, "steps")]),
+        (None, [(3, "budget")]),
+    ],
+)
+def test_a_budgeted_run_reads_out_at_its_budget_its_steps_and_its_seconds(tokenizer, tmp_path, seconds, expected):
+    model = build_model(preset_config("test-micro", tokenizer), seed=1)
+    cfg = RLConfig(steps=20, flops_budget=10, readout_steps=5, readout_seconds=seconds)
+    trainer = RLTrainer(model, model, tokenizer, [], [], "grpo", LossParams(), cfg, tmp_path, seed=0)
+    trainer.step = lambda step: {"reward_mean": 0.0, "flops_student_update": 4, "seconds_sample": 1.0,
+                                 "seconds_update": 0.5}  # fmt: skip
+    trainer.save = lambda step: None
+    readouts = []
+    trainer.run(on_readout=lambda steps, reason: readouts.append((steps, reason)))
+    ran = len(trainer.log.rows())
+    assert readouts == expected
+    assert ran == max([5, *([math.ceil(seconds / 1.5)] if seconds else [])])

@@ -144,11 +144,15 @@ def reference_variant(jobs: list[Job]) -> str:
 
 def matched_budget(cfg: CompareConfig, reference_rows: list[dict]) -> dict:
     """The RL budget of every non-reference job, as `job_distill_config` takes it: nothing (budget steps: the
-    same steps), the reference jobs' mean wall seconds, or their mean training FLOPs (or `compare.flops`)."""
+    same steps), the reference jobs' mean wall seconds, or their mean training FLOPs (or `compare.flops`); with a
+    FLOP budget each job is also read out at the reference jobs' mean compute seconds (`rl.readout_seconds`)."""
     if cfg.budget == "seconds":
         return {"time_budget_s": statistics.fmean(r["seconds"] for r in reference_rows)}
     if cfg.budget == "flops":
-        return {"flops_budget": cfg.flops or statistics.fmean(r["flops_total"] for r in reference_rows)}
+        return {
+            "flops_budget": cfg.flops or statistics.fmean(r["flops_total"] for r in reference_rows),
+            "readout_seconds": statistics.fmean(r["seconds_compute"] for r in reference_rows),
+        }
     return {}
 
 
@@ -163,6 +167,7 @@ def job_distill_config(distill, compare: CompareConfig, job: Job, budget: dict |
             "time_budget_s": None,
             "flops_budget": None,
             "readout_steps": steps if budget else None,  # each job read per step too, at the reference's count
+            "readout_seconds": None,
             **(budget or {}),
         }
     )
@@ -224,6 +229,21 @@ def readouts(final: dict, steps: int, reference_steps: int | None) -> tuple[dict
     return budget, at_steps
 
 
+def seconds_readout(final: dict, rows: list[dict], reference_seconds: float | None) -> dict | None:
+    """The job's test results at the reference's compute seconds (`rl.readout_seconds`): its readout, or the final
+    evaluation when the run stopped at the step those seconds were reached; None for a reference job, or a job the
+    step cap stopped short of them."""
+    if reference_seconds is None:
+        return None
+    keep = ("greedy_accuracy", "greedy_stderr", "greedy_correct", "val_greedy_accuracy")
+    read = next((r for r in final.get("readouts", []) if r["at"] == "seconds"), None)
+    if read is not None:
+        return {k: v for k, v in read.items() if k != "at"}
+    if _elapsed(rows, len(rows)) >= reference_seconds:
+        return {"steps": len(rows), **{k: final.get(k) for k in keep}}
+    return None
+
+
 def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) -> dict:
     """One job from the shared warm start; returns its results row. The row is kept in `out/<job>.json` under a
     key (the job's distill config and the warm start's key), so a re-run of a killed comparison returns it
@@ -256,6 +276,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
         "greedy_correct": budget["greedy_correct"],
         "val_at_budget": budget.get("val_greedy_accuracy"),  # what a learning-rate choice reads (never test)
         "at_reference_steps": at_steps,
+        "at_reference_seconds": seconds_readout(final, rows, distill_cfg.rl.readout_seconds),
         "sampled_accuracy": final.get("sampled_accuracy") if final_is_budget else None,
         "sampled_stderr": final.get("sampled_stderr"),
         "pass_at_k": final.get("pass_at_k") if final_is_budget else None,

@@ -39,16 +39,18 @@ def summary_rows(rows: list[dict], reference: str, level: float = 0.95) -> list[
             "seconds": f"{statistics.fmean(r.get('seconds_compute', r['seconds']) for r in runs):.0f}",
         }
         at_steps = [r["at_reference_steps"] for r in runs if r.get("at_reference_steps")]
+        at_seconds = [r["at_reference_seconds"] for r in runs if r.get("at_reference_seconds")]
         entry["greedy at reference steps"] = _mean_std([a["greedy_accuracy"] for a in at_steps])
+        if any("at_reference_seconds" in r for r in rows):  # comparisons from before the seconds readout lack it
+            entry["greedy at reference seconds"] = _mean_std([a["greedy_accuracy"] for a in at_seconds])
         if variant != reference and reference in by_variant:
-            theirs = by_variant[reference]
-            budget = difference_interval([correctness(r) for r in runs], [correctness(r) for r in theirs], level)
+            theirs = [correctness(r) for r in by_variant[reference]]
+            budget = difference_interval([correctness(r) for r in runs], theirs, level)
             entry[f"vs {reference} at equal budget"] = budget.format()
-            if len(at_steps) == len(runs):
-                per_step = difference_interval(
-                    [correctness(a) for a in at_steps], [correctness(r) for r in theirs], level
-                )
-                entry[f"vs {reference} at equal steps"] = per_step.format()
+            for readings, what in ((at_steps, "steps"), (at_seconds, "seconds")):
+                if readings and len(readings) == len(runs):
+                    interval = difference_interval([correctness(a) for a in readings], theirs, level)
+                    entry[f"vs {reference} at equal {what}"] = interval.format()
         table.append((statistics.fmean(greedy), entry))
     ranked = sorted(table, key=lambda pair: -pair[0])
     return [{"rank": rank, **entry} for rank, (_, entry) in enumerate(ranked, 1)]
@@ -168,22 +170,24 @@ def write_results(
     tables = {"methods": summary_rows(rows, reference, cfg.interval_level), "alpha": alpha_rows(rows)}
     tables["learning rates"] = lr_rows(sweep or [], rows)
     context = {**context, "interval": f"{cfg.interval_level:.0%}, {INTERVAL}"}
-    slim = [{k: v for k, v in r.items() if k != "greedy_correct"} for r in rows]
-    slim = [
-        {**r, "at_reference_steps": {k: v for k, v in r["at_reference_steps"].items() if k != "greedy_correct"}}
-        if r.get("at_reference_steps")
-        else r
-        for r in slim
-    ]
+    readings = ("at_reference_steps", "at_reference_seconds")
+
+    def slim_row(row: dict) -> dict:
+        slim = {k: v for k, v in row.items() if k != "greedy_correct"}
+        for key in readings:
+            if row.get(key):
+                slim[key] = {k: v for k, v in row[key].items() if k != "greedy_correct"}
+        return slim
+
+    slim = [slim_row(r) for r in rows]
     out.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out / "results") as staging:
-        sweep_slim = [
-            {k: v for k, v in r.items() if k not in ("greedy_correct", "at_reference_steps")} for r in sweep or []
-        ]
+        sweep_slim = [{k: v for k, v in r.items() if k not in ("greedy_correct", *readings)} for r in sweep or []]
         atomic_write_json(staging / "results.json", {"context": context, "runs": slim, "lr_sweep": sweep_slim})
         atomic_write_json(staging / "per_problem.json", {r["name"]: r["greedy_correct"] for r in rows})
-        at_steps = {r["name"]: r["at_reference_steps"]["greedy_correct"] for r in rows if r.get("at_reference_steps")}
-        atomic_write_json(staging / "per_problem_at_reference_steps.json", at_steps)
+        for key in readings:
+            per_problem = {r["name"]: r[key]["greedy_correct"] for r in rows if r.get(key)}
+            atomic_write_json(staging / f"per_problem_{key}.json", per_problem)
         lines = [
             "# Distillation methods compared",
             "",
@@ -191,8 +195,10 @@ def write_results(
             "",
             "## Methods, ranked (test greedy / sampled accuracy and pass@k, mean ± std over seeds)",
             "",
-            "Each job is read twice from one run: at the equal budget (greedy, and the interval at equal budget) and "
-            "at the reference jobs' step count (greedy at reference steps, and the interval at equal steps).",
+            "Each job is read at the equal budget (greedy, and the interval at equal budget), at the reference "
+            "jobs' step count (greedy at reference steps, and the interval at equal steps) and, with a FLOP budget, "
+            "at the reference jobs' mean compute seconds (greedy at reference seconds, and the interval at equal "
+            "seconds), all from one run.",
             "",
             markdown_table(tables["methods"]),
             "",

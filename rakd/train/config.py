@@ -113,6 +113,13 @@ class RLConfig(StageConfig):
         description="with a budget: also read the student out after this many RL steps, running past the spent "
         "budget if need be (rakd compare reads each job per step and per FLOP from one run; eval.json readouts)",
     )
+    readout_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="with a budget: also read the student out once RL's compute seconds (sampling, teacher scoring "
+        "and updates; evaluation left out) reach this, running past the spent budget if need be (rakd compare "
+        "reads each job at the reference's seconds too)",
+    )
     backend: Backend = Field(
         "auto",
         description="sampler: auto (graph on CUDA, loop elsewhere: the fastest measured on each), loop (our "

@@ -47,6 +47,11 @@ def token_entropy(logits: torch.Tensor, mask: torch.Tensor) -> float:
     return float((entropy * mask).sum() / mask.sum().clamp(min=1))
 
 
+def compute_seconds(row: dict) -> float:
+    """A metrics row's compute seconds: sampling, teacher scoring and the update (its evaluation left out)."""
+    return sum(float(row.get(f"seconds_{part}", 0.0)) for part in ("sample", "teacher", "update"))
+
+
 def step_flops_of(row: dict, *, training_only: bool = False) -> int:
     """The FLOPs a metrics row records for its own step (not the running total); with `training_only`, the
     ledger's training FLOPs (what `rl.flops_budget` counts)."""
@@ -245,20 +250,27 @@ class RLTrainer(CheckpointedTrainer):
         """Steps `start_step`..`cfg.steps`: `on_step(step, row)` may add to the row before it is logged;
         `after_step(step)` runs once the step is logged and checkpointed. Under torchrun only rank 0 calls
         `on_step`, logs and checkpoints (every rank holds the same weights). With a budget and
-        `cfg.readout_steps`, the run goes on to whichever comes later, and `on_readout(steps_done, "budget")` or
-        `on_readout(steps_done, "steps")` reads the student out at the earlier one (every rank calls it)."""
+        `cfg.readout_steps` and/or `cfg.readout_seconds`, the run goes on to whichever comes last, and
+        `on_readout(steps_done, "budget" | "steps" | "seconds")` reads the student out at each earlier one (every
+        rank calls it)."""
         main = self.world.main
         progress = Progress(f"distill:{self.method}", self.cfg.steps, self.start_step, every=5) if main else None
         started = time.perf_counter()
         spent = self.flops_before + sum(step_flops_of(row) for row in self.log.rows())  # rows kept on resume
         trained = sum(step_flops_of(row, training_only=True) for row in self.log.rows())
+        computed = sum(compute_seconds(row) for row in self.log.rows())
         readout, budget_spent = self.cfg.readout_steps or 0, False
+        seconds_due = self.budgeted and self.cfg.readout_seconds is not None
         for step in range(self.start_step, self.cfg.steps):
             if not budget_spent and self.over_budget(time.perf_counter() - started, trained):
                 budget_spent = True
-                if step < readout and on_readout:
+                if (step < readout or seconds_due) and on_readout:
                     self.read_out(on_readout, step, "budget")
-            if budget_spent and step >= readout:
+            if seconds_due and self.world.max(computed) >= self.cfg.readout_seconds:
+                seconds_due = False
+                if on_readout and (not budget_spent or step < readout):
+                    self.read_out(on_readout, step, "seconds")
+            if budget_spent and step >= readout and not seconds_due:
                 if step > self.start_step:
                     self.save(step)
                 break
@@ -269,6 +281,7 @@ class RLTrainer(CheckpointedTrainer):
                         on_step(step + 1, row)
             spent += step_flops_of(row)
             trained += step_flops_of(row, training_only=True)
+            computed += compute_seconds(row)
             row["flops_total"] = spent  # the stage's ledger so far, warm start included
             if main:
                 self.log.append(row)
@@ -278,7 +291,8 @@ class RLTrainer(CheckpointedTrainer):
             if after_step:
                 after_step(step + 1)
             if step + 1 == readout and on_readout and self.budgeted and step + 1 < self.cfg.steps:
-                if not self.over_budget(time.perf_counter() - started, trained):  # else the budget reads it out
+                # when the run stops right here, its final evaluation stands for this readout
+                if seconds_due or not self.over_budget(time.perf_counter() - started, trained):
                     self.read_out(on_readout, step + 1, "steps")
 
     @property
