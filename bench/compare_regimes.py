@@ -42,6 +42,10 @@ REGIMES = {
     "edge": "the demo's warm start, stopped at its edge-of-competence target",
     "trace": "1000 teacher traces, SFT to its val plateau",
     "base": "no worked solution: SFT on bare final answers only",
+    "hard": "the warm start stopped at 10% val: a sparse reward",
+    "ways": "several valid chains per problem, a teacher that uses them",
+    "ratio-x2": "the edge regime with a teacher 2x the student",
+    "ratio-x22": "the edge regime with a teacher 22x the student",
 }
 
 
@@ -54,12 +58,13 @@ def regime_rows(cfg) -> tuple[list[dict], dict, Path]:
     if (results / "results.json").is_file():
         data = json.loads((results / "results.json").read_text())
         answers = json.loads((results / "per_problem.json").read_text())
-        at_steps = results / "per_problem_at_reference_steps.json"
-        steps = json.loads(at_steps.read_text()) if at_steps.is_file() else {}
         rows = [{**row, "greedy_correct": answers[row["name"]]} for row in data["runs"]]
-        for row in rows:
-            if row.get("at_reference_steps"):
-                row["at_reference_steps"] = {**row["at_reference_steps"], "greedy_correct": steps[row["name"]]}
+        for key in ("at_reference_steps", "at_reference_seconds"):  # the seconds reading is newer: may be absent
+            kept = results / f"per_problem_{key}.json"
+            readings = json.loads(kept.read_text()) if kept.is_file() else {}
+            for row in rows:
+                if row.get(key):
+                    row[key] = {**row[key], "greedy_correct": readings[row["name"]]}
         if not any(k == "PARTIAL" for k in data["context"]):
             return rows, data["context"], results
     rows = [json.loads(p.read_text())["row"] for p in sorted((folder / "jobs").glob("*.json"))]
@@ -108,6 +113,9 @@ def regime_table(kept: dict[str, tuple[list[dict], dict]]) -> list[dict]:
             line[regime] = f"{entry['greedy']} (n={entry['seeds']}, #{entry['rank']})"
             line[f"{regime} vs TRRD α 0.5, equal FLOPs"] = budget
             line[f"{regime} at equal steps"] = f"{entry['greedy at reference steps']}, {steps}"
+            if "greedy at reference seconds" in entry:
+                seconds = next((v for k, v in entry.items() if k.endswith("at equal seconds")), "reference")
+                line[f"{regime} at equal seconds"] = f"{entry['greedy at reference seconds']}, {seconds}"
     return list(table.values())
 
 
@@ -121,10 +129,12 @@ def plot(kept: dict[str, tuple[list[dict], dict]], path: Path) -> None:
     for ax, (regime, (rows, _)) in zip(axes[0], kept.items()):
         by_variant: dict[str, list[float]] = {}
         at_steps: dict[str, list[float]] = {}
+        at_seconds: dict[str, list[float]] = {}
         for row in rows:
             by_variant.setdefault(row["variant"], []).append(100 * row["greedy_accuracy"])
-            if row.get("at_reference_steps"):
-                at_steps.setdefault(row["variant"], []).append(100 * row["at_reference_steps"]["greedy_accuracy"])
+            for key, kept in (("at_reference_steps", at_steps), ("at_reference_seconds", at_seconds)):
+                if row.get(key):
+                    kept.setdefault(row["variant"], []).append(100 * row[key]["greedy_accuracy"])
         order = sorted(by_variant, key=lambda v: statistics.fmean(by_variant[v]))
         for y, variant in enumerate(order):
             values = by_variant[variant]
@@ -133,14 +143,19 @@ def plot(kept: dict[str, tuple[list[dict], dict]], path: Path) -> None:
             ax.plot(values, [y] * len(values), "o", color=colour, markersize=4)
             steps = at_steps.get(variant, [])
             ax.plot(steps, [y + 0.25] * len(steps), "x", color="black", markersize=4, label="at the reference's steps")
+            seconds = at_seconds.get(variant, [])
+            ax.plot(seconds, [y - 0.25] * len(seconds), "+", color="tab:green", markersize=5)
         warm = statistics.fmean(100 * r["warmstart_greedy_accuracy"] for r in rows)
         ax.axvline(warm, color="grey", linestyle="--", linewidth=1)
         ax.text(warm, -0.7, " warm start", color="grey", fontsize=8, va="bottom")
         ax.set_yticks(range(len(order)), order, fontsize=8)
         ax.set_ylim(-0.8, len(order) - 0.4)
-        ax.set_xlabel("test greedy accuracy (%)\ndots: equal training FLOPs; x: the reference's step count", fontsize=8)
+        ax.set_xlabel(
+            "test greedy accuracy (%)\ndots: equal training FLOPs; x: the reference's step count; +: its seconds",
+            fontsize=8,
+        )
         ax.set_title(f"{regime}\n{REGIMES.get(regime, '')}", fontsize=9)
-        low = min(min(v) for v in [*by_variant.values(), *at_steps.values()])
+        low = min(min(v) for v in [*by_variant.values(), *at_steps.values(), *at_seconds.values()])
         ax.set_xlim(max(0.0, min(low, warm) - 5), None)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -149,7 +164,7 @@ def plot(kept: dict[str, tuple[list[dict], dict]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--regimes", nargs="+", default=list(REGIMES))
+    parser.add_argument("--regimes", nargs="+", default=["edge", "trace", "base"], help=f"of {list(REGIMES)}")
     parser.add_argument("--name", "--date", dest="date", help="the results folders' suffix (default: today's date)")
     parser.add_argument(
         "--runs-commit",
