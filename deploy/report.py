@@ -215,10 +215,10 @@ def plot_accuracy_vs_latency(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (acc, kld) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in report["artefacts"]:
-        if r["accuracy"] is None:
-            continue
+    fig, (acc, kld) = plt.subplots(1, 2, figsize=(12, 4.8))
+    placed: dict = {}  # per plot and model: how many labels it has placed
+    measured = [r for r in report["artefacts"] if r["accuracy"] is not None]
+    for r in sorted(measured, key=lambda r: r["latency_ms_p50"] or 0):
         if r["latency_ms_p50"] is None:
             acc.axhline(100 * r["accuracy"], color="gray", linestyle="--", linewidth=1)
             acc.annotate(
@@ -237,23 +237,28 @@ def plot_accuracy_vs_latency(report: dict, path: Path) -> None:
             if value is None:
                 continue
             ax.scatter(r["latency_ms_p50"], value, color=color, marker=marker)
+            # a model's artefacts, in order of latency, take turns above, below and higher above (the teacher's
+            # start below): the labels of neighbouring points do not collide
+            turn = placed.setdefault((ax, marker), 1 if marker == "s" else 0)
+            placed[(ax, marker)] += 1
             ax.annotate(
-                f"{r['label']} ({r['size_mb']:.2f} MB)",
+                f"{r['label']} ({r['size_mb']:.0f} MB)",
                 (r["latency_ms_p50"], value),
                 textcoords="offset points",
-                xytext=(5, 4),
+                xytext=(5, (4, -11, 15)[turn % 3]),
                 fontsize=8,
             )
     for ax in (acc, kld):
         ax.set_xlabel(f"latency per problem, p50 (ms, {report['threads']} thread(s))")
         ax.grid(alpha=0.3)
+        ax.margins(x=0.25, y=0.12)
     acc.set_ylabel("greedy accuracy (%)")
     teacher = any(r.get("model") == "teacher" for r in report["artefacts"])
-    shapes = " ; squares: the teacher's" if teacher else ""
-    acc.set_title(f"accuracy vs latency, {report['data']['n']} problems (green: passed gates{shapes})")
+    shapes = "; squares: the teacher's artefacts" if teacher else ""
+    acc.set_title(f"accuracy vs latency, {report['data']['n']} problems\ngreen: passed its gates{shapes}", fontsize=10)
     kld.set_yscale("symlog", linthresh=1e-5)  # near-exact exports (~1e-6) and 4-bit ones (~1e-2) on one axis
     kld.set_ylabel("mean token KL divergence from the reference (nats)")
-    kld.set_title(f"KLD vs latency (each model against its own reference: {references(report)})")
+    kld.set_title(f"KL divergence vs latency\neach model against its own reference: {references(report)}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
