@@ -149,6 +149,12 @@ def rollout_flops(dims: ModelDims, rollouts, *, training: bool = False) -> int:
     return sequences_flops(dims, lengths.tolist(), training=training)
 
 
+def compute_seconds(row: Mapping[str, object]) -> float:
+    """A metrics row's compute seconds, the time beside its FLOPs: sampling, teacher scoring and the update (its
+    evaluation left out). What `rl.readout_seconds` and a comparison's curves count."""
+    return sum(float(row.get(f"seconds_{part}", 0.0)) for part in ("sample", "teacher", "update"))
+
+
 def add(ledger: Mapping[str, int], **counts: int) -> dict[str, int]:
     """A new ledger: `ledger` with `counts` added phase by phase (unknown phases are an error)."""
     Ledger.of(counts)  # checks the phases

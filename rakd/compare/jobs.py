@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rakd.flops import Ledger
+from rakd.flops import Ledger, compute_seconds
 from rakd.io import atomic_write_json, fingerprint
 from rakd.layout import RunLayout
 from rakd.stage_config import CLAMP_OFF, CompareConfig
@@ -204,11 +204,7 @@ def link_run(base: RunLayout, warmstart: Path, target: RunLayout) -> None:
 
 
 def _elapsed(rows: list[dict], step: int) -> float:
-    return sum(
-        r.get("seconds_sample", 0) + r.get("seconds_teacher", 0) + r.get("seconds_update", 0)
-        for r in rows
-        if r["step"] <= step
-    )
+    return sum(compute_seconds(r) for r in rows if r["step"] <= step)
 
 
 def _trained(rows: list[dict], step: int) -> int:
@@ -216,11 +212,13 @@ def _trained(rows: list[dict], step: int) -> int:
     return Ledger.of_rows(r for r in rows if r["step"] <= step).training
 
 
+READING = ("greedy_accuracy", "greedy_stderr", "greedy_correct", "val_greedy_accuracy")  # what a job's reading keeps
+
+
 def readouts(final: dict, steps: int, reference_steps: int | None) -> tuple[dict, dict | None]:
     """The job's test results (greedy accuracy, s.e., per problem, steps) at its budget and at the reference's step
     count: from the run's readouts (`rl.readout_steps`), else the final evaluation stands for both."""
-    keep = ("greedy_accuracy", "greedy_stderr", "greedy_correct", "val_greedy_accuracy")
-    last = {"steps": steps, **{k: final.get(k) for k in keep}}
+    last = {"steps": steps, **{k: final.get(k) for k in READING}}
     by_reason = {r["at"]: r for r in final.get("readouts", [])}
     budget = {k: v for k, v in by_reason.get("budget", last).items() if k != "at"}
     at_steps = {k: v for k, v in by_reason.get("steps", last).items() if k != "at"}
@@ -235,12 +233,11 @@ def seconds_readout(final: dict, rows: list[dict], reference_seconds: float | No
     step cap stopped short of them."""
     if reference_seconds is None:
         return None
-    keep = ("greedy_accuracy", "greedy_stderr", "greedy_correct", "val_greedy_accuracy")
     read = next((r for r in final.get("readouts", []) if r["at"] == "seconds"), None)
     if read is not None:
         return {k: v for k, v in read.items() if k != "at"}
     if _elapsed(rows, len(rows)) >= reference_seconds:
-        return {"steps": len(rows), **{k: final.get(k) for k in keep}}
+        return {"steps": len(rows), **{k: final.get(k) for k in READING}}
     return None
 
 

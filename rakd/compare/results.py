@@ -24,6 +24,7 @@ def summary_rows(rows: list[dict], reference: str, level: float = 0.95) -> list[
     by_variant: dict[str, list[dict]] = {}
     for row in rows:
         by_variant.setdefault(row["variant"], []).append(row)
+    has_seconds = any("at_reference_seconds" in r for r in rows)  # comparisons from before that reading lack it
     table = []
     for variant in variants_in_order(rows):
         runs = by_variant[variant]
@@ -41,7 +42,7 @@ def summary_rows(rows: list[dict], reference: str, level: float = 0.95) -> list[
         at_steps = [r["at_reference_steps"] for r in runs if r.get("at_reference_steps")]
         at_seconds = [r["at_reference_seconds"] for r in runs if r.get("at_reference_seconds")]
         entry["greedy at reference steps"] = _mean_std([a["greedy_accuracy"] for a in at_steps])
-        if any("at_reference_seconds" in r for r in rows):  # comparisons from before the seconds readout lack it
+        if has_seconds:
             entry["greedy at reference seconds"] = _mean_std([a["greedy_accuracy"] for a in at_seconds])
         if variant != reference and reference in by_variant:
             theirs = [correctness(r) for r in by_variant[reference]]

@@ -52,8 +52,8 @@ class LossSpec:
     def defaults(self) -> dict[str, object]:
         """The loss function's own default of each hyper-parameter that has one: the one place a method's
         defaults are written (`LossParams` fields left at None take these)."""
-        params = inspect.signature(self.fn).parameters.values()
-        return {p.name: p.default for p in params if p.name in self.hparams and p.default is not p.empty}
+        params, hparams = inspect.signature(self.fn).parameters.values(), self.hparams
+        return {p.name: p.default for p in params if p.name in hparams and p.default is not p.empty}
 
     def resolve(self, params: Mapping[str, object]) -> dict[str, object]:
         """`params` (e.g. `LossParams.model_dump()`) with each None replaced by this loss's own default, and

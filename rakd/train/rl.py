@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rakd.flops import Ledger, ModelDims, rollout_flops
+from rakd.flops import Ledger, ModelDims, compute_seconds, rollout_flops
 from rakd.losses import LOSSES, LossSpec, group_advantages
 from rakd.progress import Progress
 from rakd.rollout import (
@@ -45,11 +45,6 @@ def token_entropy(logits: torch.Tensor, mask: torch.Tensor) -> float:
     logprobs = torch.log_softmax(logits.detach().float(), dim=-1)
     entropy = -(logprobs.exp() * logprobs).sum(-1)
     return float((entropy * mask).sum() / mask.sum().clamp(min=1))
-
-
-def compute_seconds(row: dict) -> float:
-    """A metrics row's compute seconds: sampling, teacher scoring and the update (its evaluation left out)."""
-    return sum(float(row.get(f"seconds_{part}", 0.0)) for part in ("sample", "teacher", "update"))
 
 
 def step_flops_of(row: dict, *, training_only: bool = False) -> int:
