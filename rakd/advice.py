@@ -1,0 +1,86 @@
+"""Which method when: the rule the comparison's regimes support, applied to a run's own numbers.
+
+Two measurements decide it, both known before RL spends anything: the warm-started student's pass rate on its RL
+pool (RL step 1's samples, before any update) and the teacher:student ratio of non-embedding parameters. The
+evidence is the table below: one row per measured regime, its per-FLOP result against TRRD at equal training
+FLOPs, as docs/results.md ("Which method when") reports it. The rule reads:
+
+1. A warm start stopped before its val plateau (a target, not patience) still has traces to learn from: SFT on
+   them beat every RL method by about 21 points per FLOP where it was measured (edge and hard regimes).
+2. Where the student solves fewer than `SPARSE` of its RL pool, GRPO's reward is sparse and the teacher's
+   log-probs pay: TRRD (`rakd`), level with KDRL, OPD and GKD and ahead of GRPO.
+3. Otherwise plain GRPO: it needs no teacher pass, so it takes more steps in the same FLOPs, and it was ahead of
+   TRRD or level with the best RL method in every such regime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+SPARSE = 0.15  # between the hard regime's 5.7% (the teacher pays) and the base regime's 21.5% (it does not)
+MEASURED_RATIOS = (8.0, 8.0)  # the teacher:student ratios the rule's regimes span (min, max)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One measured regime: the student's pass rate on its RL pool at step 0, the teacher:student ratio, the best
+    RL method per FLOP and what it did against TRRD (test greedy points, 95% Welch interval)."""
+
+    regime: str
+    pass_rate: float
+    ratio: float
+    best: str
+    against_trrd: str
+    results: str  # the committed results folder under bench/results/
+
+
+EVIDENCE = (
+    Evidence("hard", 0.057, 8.0, "rakd", "GRPO -2.1 [-3.8, -0.3]; KDRL, OPD, GKD level", "compare-hard-2026-12-04"),
+    Evidence("base", 0.215, 8.0, "grpo_kl", "KDRL +3.0 [+0.5, +5.4]; GRPO +2.6 [-0.9, +6.2]",
+             "compare-base-2026-12-03-ledger"),
+    Evidence("edge", 0.424, 8.0, "grpo", "GRPO +5.9 [+3.9, +8.0]", "compare-edge-2026-12-03-ledger"),
+    Evidence("trace", 0.844, 8.0, "grpo", "GRPO +0.7 [+0.2, +1.1]", "compare-trace-2026-12-03-ledger"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Advice:
+    """What the rule recommends for one run, why, and the measured regime closest to it."""
+
+    method: str
+    why: str
+    nearest: str
+    within_evidence: bool  # False: the run's ratio lies outside the measured ones, the rule extrapolates
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def nearest_regime(pass_rate: float) -> Evidence:
+    """The measured regime whose step-0 pass rate is closest to `pass_rate`."""
+    return min(EVIDENCE, key=lambda e: abs(e.pass_rate - pass_rate))
+
+
+def recommend(pass_rate: float, ratio: float | None = None, *, before_plateau: bool = False) -> Advice:
+    """The method the rule picks for a student that passes `pass_rate` of its RL pool, with a teacher `ratio` times
+    its non-embedding parameters; `before_plateau`: its warm start was stopped by a target, not at its val plateau."""
+    if not 0.0 <= pass_rate <= 1.0:
+        raise ValueError(f"pass_rate must lie in [0, 1], got {pass_rate}")
+    near = nearest_regime(pass_rate)
+    within = ratio is None or MEASURED_RATIOS[0] / 1.5 <= ratio <= MEASURED_RATIOS[1] * 1.5
+    percent, sparse = f"{100 * pass_rate:.0f}%", f"{100 * SPARSE:.0f}%"
+    if before_plateau:
+        method = "sft"
+        why = "the warm start stopped before its val plateau: SFT on its traces beat every RL method by about 21 "
+        why += "points per FLOP where measured (edge, hard)"
+    elif pass_rate < SPARSE:
+        method = "rakd"
+        why = f"it solves {percent} of its RL pool (< {sparse}): the reward is sparse and the teacher's log-probs "
+        why += "pay (hard regime: TRRD ahead of GRPO per FLOP)"
+    else:
+        method = "grpo"
+        why = f"it solves {percent} of its RL pool (>= {sparse}): the teacher's log-probs did not pay their "
+        why += "compute; GRPO takes more steps in the same FLOPs"
+    if not within:
+        why += f" (measured at a {MEASURED_RATIOS[0]:.0f}x teacher; this one is {ratio:.1f}x)"
+    return Advice(method, why, near.regime, within)

@@ -1,0 +1,31 @@
+"""The which-method-when rule (rakd.advice): its thresholds against the measured regimes it cites."""
+
+import pytest
+
+from rakd.advice import EVIDENCE, SPARSE, nearest_regime, recommend
+
+
+def test_the_rule_picks_each_measured_regimes_winner_or_one_level_with_it():
+    # hard (5.7%): TRRD; edge and trace: GRPO; base: GRPO, level with the best (KDRL +3.0 vs GRPO +2.6 over TRRD)
+    picks = {e.regime: recommend(e.pass_rate, e.ratio).method for e in EVIDENCE}
+    assert picks == {"hard": "rakd", "base": "grpo", "edge": "grpo", "trace": "grpo"}
+    assert all(recommend(e.pass_rate, e.ratio).within_evidence for e in EVIDENCE)
+
+
+def test_threshold_and_warm_start_before_its_plateau():
+    assert recommend(SPARSE - 0.001).method == "rakd" and recommend(SPARSE).method == "grpo"
+    advice = recommend(0.05, 8.0, before_plateau=True)
+    assert advice.method == "sft" and "plateau" in advice.why
+    assert recommend(0.3).nearest == nearest_regime(0.3).regime == "base"
+
+
+def test_a_ratio_outside_the_measured_ones_is_said_to_extrapolate():
+    far = recommend(0.5, 40.0)
+    assert not far.within_evidence and "40.0x" in far.why
+    assert recommend(0.5, None).within_evidence
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.5])
+def test_a_pass_rate_outside_0_1_is_refused(rate):
+    with pytest.raises(ValueError, match="pass_rate"):
+        recommend(rate)
