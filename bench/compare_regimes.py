@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from rakd.compare import (  # noqa: E402
     choose_lrs,
+    named,
     plan_jobs,
     reference_variant,
     summary_rows,
@@ -37,7 +38,7 @@ from rakd.compare import (  # noqa: E402
 from rakd.config import load_config  # noqa: E402
 from rakd.tables import markdown_table  # noqa: E402
 
-REFERENCE = "rakd (α=0.5)"  # every regime's reference jobs: what the table's intervals are against
+REFERENCE = "rakd/a0.5"  # every regime's reference jobs: what the table's intervals are against
 REGIMES = {
     "edge": "the demo's warm start, stopped at its edge-of-competence target",
     "trace": "1000 teacher traces, SFT to its val plateau",
@@ -66,8 +67,8 @@ def regime_rows(cfg) -> tuple[list[dict], dict, Path]:
                 if row.get(key):
                     row[key] = {**row[key], "greedy_correct": readings[row["name"]]}
         if not any(k == "PARTIAL" for k in data["context"]):
-            return rows, data["context"], results
-    rows = [json.loads(p.read_text())["row"] for p in sorted((folder / "jobs").glob("*.json"))]
+            return [named(row) for row in rows], data["context"], results
+    rows = [named(json.loads(p.read_text())["row"]) for p in sorted((folder / "jobs").glob("*.json"))]
     if sweeps_lr(cfg.compare):
         first = [row for row in rows if row["seed"] == cfg.compare.seeds[0]]
         lrs = choose_lrs(first)
@@ -136,6 +137,7 @@ def plot(kept: dict[str, tuple[list[dict], dict]], path: Path) -> None:
                 if row.get(key):
                     kept.setdefault(row["variant"], []).append(100 * row[key]["greedy_accuracy"])
         order = sorted(by_variant, key=lambda v: statistics.fmean(by_variant[v]))
+        label = {row["variant"]: row["label"] for row in rows}
         for y, variant in enumerate(order):
             values = by_variant[variant]
             colour = "tab:red" if variant.startswith("rakd") else "tab:blue"
@@ -148,7 +150,7 @@ def plot(kept: dict[str, tuple[list[dict], dict]], path: Path) -> None:
         warm = statistics.fmean(100 * r["warmstart_greedy_accuracy"] for r in rows)
         ax.axvline(warm, color="grey", linestyle="--", linewidth=1)
         ax.text(warm, -0.7, " warm start", color="grey", fontsize=8, va="bottom")
-        ax.set_yticks(range(len(order)), order, fontsize=8)
+        ax.set_yticks(range(len(order)), [label[v] for v in order], fontsize=8)
         ax.set_ylim(-0.8, len(order) - 0.4)
         ax.set_xlabel(
             "test greedy accuracy (%)\ndots: equal training FLOPs; x: the reference's step count; +: its seconds",

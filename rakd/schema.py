@@ -21,7 +21,7 @@ class LossDefaults:
     differs by method and is its loss function's own."""
 
     alpha: float = 0.5  # rakd: weight of the old policy in the anchor
-    teacher_clamp: float = 1.0  # rakd: clamp c on the teacher log-ratio
+    teacher_clamp: float | None = 1.0  # rakd: clamp c on the teacher log-ratio (None: unclamped)
     eps_low: float = 0.2  # clip range of the ratio, below 1
     eps_high: float = 0.28  # and above (DAPO's clip-higher)
     kl_coef: float = 0.1  # grpo_kl: weight of KL(student || teacher)

@@ -13,8 +13,6 @@ from rakd.models.source import ModelSource
 from rakd.schema import StageConfig
 from rakd.train.config import LossParams, Method, OptimConfig, Precision, RLConfig, SFTConfig
 
-CLAMP_OFF = 1e9  # a teacher clamp that never binds
-
 
 def precision_field(what: str):
     """A stage's `precision` setting (rakd.train.common.resolve_precision), `what` naming what runs under it."""

@@ -7,7 +7,6 @@ import pytest
 from conftest import MICRO_RUN
 
 from rakd.compare import (
-    CLAMP_OFF,
     CompareConfig,
     Job,
     job_distill_config,
@@ -44,13 +43,16 @@ def test_plan_covers_methods_seeds_alphas_and_puts_the_reference_first():
     rakd = [j for j in jobs if j.method == "rakd"]
     assert {j.alpha for j in rakd} == {0.3, 0.5, 0.7} and len(rakd) == 3 * 3
     assert len(jobs) == 3 * 3 + 6 * 3 and {j.method for j in jobs} >= {"seqkd_fresh", "sft"}
-    assert reference_variant(jobs) == "rakd (α=0.5)" and {j.variant for j in jobs[:3]} == {"rakd (α=0.5)"}
+    assert reference_variant(jobs) == "rakd/a0.5" and {j.label for j in jobs[:3]} == {"rakd (α=0.5)"}
     clamp = plan_jobs(CompareConfig(clamp_off=True, methods=["rakd"], seeds=[0]), distill)
-    assert sum(j.teacher_clamp >= CLAMP_OFF for j in clamp) == 1
+    assert sum(j.teacher_clamp is None for j in clamp) == 1
     alone = plan_jobs(CompareConfig(methods=["rakd"], seeds=[0], alphas=[0.0, 1.0]), distill)
     assert sorted(j.alpha for j in alone) == [0.0, 0.5, 1.0]  # α = 1 runs when no grpo job stands for it
-    assert Job("rakd", 0, 1e-4, 0.5, CLAMP_OFF).variant == "rakd (α=0.5, no clamp)"
-    assert Job("sft", 0, 1e-4, 0.5, 1.0).variant == "sft_continue"
+    assert Job("rakd", 0, 1e-4, 0.5, None).label == "rakd (α=0.5, no clamp)"
+    assert Job("rakd", 0, 1e-4, 0.5, None).variant == "rakd/a0.5/noclamp"
+    assert Job("sft", 0, 1e-4, 0.5, 1.0).label == "sft_continue" and Job("sft", 0, 1e-4, 0.5, 1.0).variant == "sft"
+    swept = Job("grpo", 0, 1e-4, 0.5, 1.0, lr_in_variant=True)
+    assert (swept.variant, swept.label) == ("grpo/lr0.0001", "grpo (lr 0.0001)")
 
 
 def test_sft_continue_is_refused_where_the_warm_start_has_no_traces(tmp_path):
@@ -114,14 +116,16 @@ def test_the_summary_ranks_and_reads_each_variant_per_budget_and_per_step():
     for row in better:  # and at the reference's compute seconds: 5 points lower
         row["at_reference_seconds"] = {"greedy_accuracy": row["greedy_accuracy"] - 0.05, "steps": 4,
                                        "greedy_correct": "0" * 5 + row["greedy_correct"][5:]}  # fmt: skip
+    for row in worse:  # tables name a variant by its label, not its key
+        row["label"] = "B"
     rows = summary_rows(worse + better, "b")  # ranked by mean greedy accuracy, whatever the order of runs
-    assert [(r["rank"], r["method"]) for r in rows] == [(1, "a"), (2, "b")]
+    assert [(r["rank"], r["method"]) for r in rows] == [(1, "a"), (2, "B")]
     assert rows[0]["greedy"] == "60.7 ± 1.2" and rows[0]["greedy at reference steps"] == "50.7 ± 1.2"
     assert rows[0]["greedy at reference seconds"] == "55.7 ± 1.2"
-    assert rows[0]["vs b at equal budget"].startswith("+20.3 [")
-    assert rows[0]["vs b at equal steps"].startswith("+10.3 [")
-    assert rows[0]["vs b at equal seconds"].startswith("+15.3 [")
-    assert rows[1]["greedy at reference steps"] == "-" and "vs b at equal budget" not in rows[1]
+    assert rows[0]["vs B at equal budget"].startswith("+20.3 [")
+    assert rows[0]["vs B at equal steps"].startswith("+10.3 [")
+    assert rows[0]["vs B at equal seconds"].startswith("+15.3 [")
+    assert rows[1]["greedy at reference steps"] == "-" and "vs B at equal budget" not in rows[1]
 
 
 def test_learning_rates_are_chosen_on_val_and_close_variants_get_more_seeds():
@@ -130,16 +134,16 @@ def test_learning_rates_are_chosen_on_val_and_close_variants_get_more_seeds():
     cfg = CompareConfig(methods=["rakd", "grpo"], alphas=[], seeds=[0, 1], lrs=[1e-4, 3e-4], lr_choice="val",
                         extra_seeds=[2, 0], close_points=2.0)  # fmt: skip
     jobs = plan_jobs(cfg, load_config(None).distill)
-    assert {j.variant for j in jobs} == {"rakd (α=0.5)", "grpo"} and len(jobs) == 8  # lr is no variant of its own
+    assert {j.variant for j in jobs} == {"rakd/a0.5", "grpo"} and len(jobs) == 8  # lr is no variant of its own
     first = sweep_jobs(cfg, jobs)
     assert {(j.method, j.lr, j.seed) for j in first} == {(m, lr, 0) for m in ("rakd", "grpo") for lr in (1e-4, 3e-4)}
     sweep = [{"name": j.name, "variant": j.variant, "lr": j.lr, "val_at_budget": 0.5} for j in first]
     sweep[0]["val_at_budget"] = sweep[3]["val_at_budget"] = 0.6  # rakd at 1e-4, grpo at 3e-4
-    assert choose_lrs(sweep) == {"rakd (α=0.5)": 1e-4, "grpo": 3e-4}
-    assert choose_lrs([{**r, "val_at_budget": 0.5} for r in sweep]) == {"rakd (α=0.5)": 1e-4, "grpo": 1e-4}  # ties
+    assert choose_lrs(sweep) == {"rakd/a0.5": 1e-4, "grpo": 3e-4}
+    assert choose_lrs([{**r, "val_at_budget": 0.5} for r in sweep]) == {"rakd/a0.5": 1e-4, "grpo": 1e-4}  # ties
     rest = seed_jobs(cfg, jobs, choose_lrs(sweep))
     assert {(j.method, j.lr, j.seed) for j in rest} == {("rakd", 1e-4, 1), ("grpo", 3e-4, 1)}
-    rows = [{"variant": "rakd (α=0.5)", "lr": 1e-4, "greedy_accuracy": 0.60},
+    rows = [{"variant": "rakd/a0.5", "lr": 1e-4, "greedy_accuracy": 0.60},
             {"variant": "grpo", "lr": 3e-4, "greedy_accuracy": 0.615}]  # fmt: skip
     extra = extra_jobs(cfg, jobs, rows)  # 1.5 points apart: both get seed 2 (seed 0 ran already)
     assert {(j.method, j.lr, j.seed) for j in extra} == {("rakd", 1e-4, 2), ("grpo", 3e-4, 2)}

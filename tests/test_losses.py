@@ -77,6 +77,9 @@ def test_trrd_teacher_clamp():
     # without the clamp rho would be sqrt(10) = 3.162
     loose, _ = trrd_loss(lp, lp.clone(), teacher, torch.tensor([-1.0]), t(1.0), teacher_clamp=10.0)
     assert loose.item() == pytest.approx(math.sqrt(10), abs=1e-6)
+    # teacher_clamp None: no clamp at all, and it never binds
+    unclamped, m = trrd_loss(lp, lp.clone(), teacher, torch.tensor([-1.0]), t(1.0), teacher_clamp=None)
+    assert unclamped.item() == pytest.approx(math.sqrt(10), abs=1e-6) and m["teacher_clamp_frac"] == 0.0
 
 
 def test_grpo_golden_low_clip_and_token_mean():

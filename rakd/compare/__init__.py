@@ -25,6 +25,7 @@ from rakd.compare.jobs import (
     link_base,
     link_run,
     matched_budget,
+    named,
     parameter_ratio,
     plan_jobs,
     plan_problem,
@@ -44,10 +45,9 @@ from rakd.compare.results import (
     write_results,
 )
 from rakd.compare.stats import INTERVAL, Interval, difference_interval
-from rakd.stage_config import CLAMP_OFF, CompareConfig
+from rakd.stage_config import CompareConfig
 
 __all__ = [
-    "CLAMP_OFF",
     "CompareConfig",
     "INTERVAL",
     "Interval",
@@ -62,6 +62,7 @@ __all__ = [
     "link_run",
     "load_rows",
     "matched_budget",
+    "named",
     "parameter_ratio",
     "plan_jobs",
     "plan_problem",

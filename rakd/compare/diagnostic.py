@@ -48,8 +48,9 @@ def clip_shares(own, theirs, advantages, mask, loss) -> dict:
     """The distribution of log π − log π_T over the masked tokens and the shares TRRD's clamp and clip bind on, at
     θ = θ_old (`own`, `theirs`: (B, T) log-probs; `advantages`: (B,); `mask`: (B, T) bool)."""
     gap = (own - theirs)[mask].double()
-    c, alpha = loss.teacher_clamp, loss.alpha
-    ratio = torch.exp((1.0 - alpha) * torch.clamp(own - theirs, -c, c))
+    from rakd.losses.policy import clamp_binds, clamp_log_ratio
+
+    ratio = torch.exp((1.0 - loss.alpha) * clamp_log_ratio(own - theirs, loss.teacher_clamp))
     adv = advantages.unsqueeze(-1).expand_as(ratio)
     positive, negative = mask & (adv > 0), mask & (adv < 0)
     no_gradient = (positive & (ratio > 1.0 + loss.eps_high)) | (negative & (ratio < 1.0 - loss.eps_low))
@@ -59,7 +60,7 @@ def clip_shares(own, theirs, advantages, mask, loss) -> dict:
         "gap_p5": float(quantiles[0]),
         "gap_median": float(quantiles[1]),
         "gap_p95": float(quantiles[2]),
-        "clamped": masked_stat((own - theirs).abs() > c, mask, "mean"),
+        "clamped": masked_stat(clamp_binds(own - theirs, loss.teacher_clamp), mask, "mean"),
         "positive_no_gradient": masked_stat(no_gradient, positive, "mean"),
         "negative_no_gradient": masked_stat(no_gradient, negative, "mean"),
         "no_gradient": masked_stat(no_gradient, mask & (adv != 0), "mean"),

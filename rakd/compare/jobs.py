@@ -23,7 +23,7 @@ from pathlib import Path
 from rakd.flops import Ledger, compute_seconds
 from rakd.io import atomic_write_json, fingerprint
 from rakd.layout import RunLayout
-from rakd.stage_config import CLAMP_OFF, CompareConfig
+from rakd.stage_config import CompareConfig
 
 LABELS = {"sft": "sft_continue"}  # how a method is named in results, where its config name is ambiguous
 
@@ -34,23 +34,44 @@ class Job:
     seed: int
     lr: float
     alpha: float
-    teacher_clamp: float
+    teacher_clamp: float | None  # None: the teacher log-ratio unclamped (`compare.clamp_off`)
     lr_in_variant: bool = False  # when the comparison sweeps learning rates, each lr is a variant of its own
 
     @property
     def name(self) -> str:
-        clamp = "off" if self.teacher_clamp >= CLAMP_OFF else f"{self.teacher_clamp:g}"
+        clamp = "off" if self.teacher_clamp is None else f"{self.teacher_clamp:g}"
         return f"{self.method}-a{self.alpha:g}-c{clamp}-lr{self.lr:g}-s{self.seed}"
 
     @property
     def variant(self) -> str:
-        """The configuration without the seed: what seeds are averaged over."""
+        """The configuration without the seed, what seeds are averaged over: a key for grouping and lookups
+        (`rakd/a0.5`, `rakd/a0.5/noclamp`, `grpo/lr0.0001`); `label` is how tables and plots name it."""
+        parts = [self.method]
+        if self.method == "rakd":
+            parts += [f"a{self.alpha:g}"] + (["noclamp"] if self.teacher_clamp is None else [])
+        return "/".join(parts + ([f"lr{self.lr:g}"] if self.lr_in_variant else []))
+
+    @property
+    def label(self) -> str:
+        """The variant as results name it: `rakd (α=0.5, no clamp)`, `sft_continue (lr 0.0001)`."""
         lr = f", lr {self.lr:g}" if self.lr_in_variant else ""
         label = LABELS.get(self.method, self.method)
         if self.method != "rakd":
             return f"{label} (lr {self.lr:g})" if lr else label
-        clamp = ", no clamp" if self.teacher_clamp >= CLAMP_OFF else ""
+        clamp = ", no clamp" if self.teacher_clamp is None else ""
         return f"rakd (α={self.alpha:g}{clamp}{lr})"
+
+
+def job_of(row: dict) -> Job:
+    """The job a results row was made by (its fields are the job's), for rows kept by any version of the code."""
+    return Job(**{f.name: row[f.name] for f in dataclasses.fields(Job) if f.name in row})
+
+
+def named(row: dict) -> dict:
+    """The row with the variant key and label this code gives its job (rows kept before variants had keys carry
+    the label as their variant)."""
+    job = job_of(row)
+    return {**row, "variant": job.variant, "label": job.label}
 
 
 def plan_jobs(cfg: CompareConfig, distill) -> list[Job]:
@@ -64,7 +85,7 @@ def plan_jobs(cfg: CompareConfig, distill) -> list[Job]:
             # α = 1 is GRPO exactly (log ρ = log π_θ − log π_old): the grpo jobs stand for it when they run.
             alphas = [a for a in dict.fromkeys([alpha, *cfg.alphas]) if a != 1.0 or "grpo" not in cfg.methods]
             variants = [(a, clamp) for a in alphas]
-            variants += [(alpha, CLAMP_OFF)] if cfg.clamp_off else []
+            variants += [(alpha, None)] if cfg.clamp_off else []
         for a, c in variants:
             in_variant = len(lrs) > 1 and cfg.lr_choice == "variant"
             jobs += [Job(method, seed, lr, a, c, in_variant) for lr in lrs for seed in cfg.seeds]
@@ -251,7 +272,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
     key = fingerprint({"distill": distill_cfg.model_dump(mode="json"), "warmstart": warmstart_key(warmstart)})
     kept = out / f"{job.name}.json"
     if kept.is_file() and json.loads(kept.read_text()).get("key") == key:
-        return json.loads(kept.read_text())["row"]
+        return named(json.loads(kept.read_text())["row"])
     layout = RunLayout(out / job.name)
     link_run(base, warmstart, layout)
     started = time.time()
@@ -266,6 +287,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
         **asdict(job),
         "name": job.name,
         "variant": job.variant,
+        "label": job.label,
         "steps": budget["steps"],
         "steps_run": len(rows),
         "greedy_accuracy": budget["greedy_accuracy"],

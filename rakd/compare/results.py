@@ -10,11 +10,16 @@ from pathlib import Path
 
 from rakd.compare.stats import INTERVAL, correctness, difference_interval
 from rakd.flops import format_flops
-from rakd.stage_config import CLAMP_OFF, CompareConfig
+from rakd.stage_config import CompareConfig
 
 
 def variants_in_order(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["variant"] for r in rows))
+
+
+def labels(rows: list[dict]) -> dict[str, str]:
+    """Each variant key's display label (rows kept before variants had keys: the variant is its own label)."""
+    return {r["variant"]: r.get("label", r["variant"]) for r in rows}
 
 
 def summary_rows(rows: list[dict], reference: str, level: float = 0.95) -> list[dict]:
@@ -25,12 +30,14 @@ def summary_rows(rows: list[dict], reference: str, level: float = 0.95) -> list[
     for row in rows:
         by_variant.setdefault(row["variant"], []).append(row)
     has_seconds = any("at_reference_seconds" in r for r in rows)  # comparisons from before that reading lack it
+    named = labels(rows)
+    versus = f"vs {named.get(reference, reference)}"
     table = []
     for variant in variants_in_order(rows):
         runs = by_variant[variant]
         greedy = [r["greedy_accuracy"] for r in runs]
         entry = {
-            "method": variant,
+            "method": named[variant],
             "seeds": len(runs),
             "greedy": _mean_std(greedy),
             "sampled": _mean_std([r.get("sampled_accuracy") for r in runs]),
@@ -47,11 +54,11 @@ def summary_rows(rows: list[dict], reference: str, level: float = 0.95) -> list[
         if variant != reference and reference in by_variant:
             theirs = [correctness(r) for r in by_variant[reference]]
             budget = difference_interval([correctness(r) for r in runs], theirs, level)
-            entry[f"vs {reference} at equal budget"] = budget.format()
+            entry[f"{versus} at equal budget"] = budget.format()
             for readings, what in ((at_steps, "steps"), (at_seconds, "seconds")):
                 if readings and len(readings) == len(runs):
                     interval = difference_interval([correctness(a) for a in readings], theirs, level)
-                    entry[f"vs {reference} at equal {what}"] = interval.format()
+                    entry[f"{versus} at equal {what}"] = interval.format()
         table.append((statistics.fmean(greedy), entry))
     ranked = sorted(table, key=lambda pair: -pair[0])
     return [{"rank": rank, **entry} for rank, (_, entry) in enumerate(ranked, 1)]
@@ -67,7 +74,7 @@ def _mean_std(values: list[float | None]) -> str:
 
 def alpha_rows(rows: list[dict]) -> list[dict]:
     """The α curve of rakd (clamp on): mean ± std greedy and sampled accuracy per α."""
-    runs = [r for r in rows if r["method"] == "rakd" and r["teacher_clamp"] < CLAMP_OFF]
+    runs = [r for r in rows if r["method"] == "rakd" and r["teacher_clamp"] is not None]
     if not any(r["alpha"] == 1.0 for r in runs):  # α = 1 is GRPO: its jobs stand for that point
         runs += [{**r, "alpha": 1.0} for r in rows if r["method"] == "grpo"]
     table = []
@@ -113,6 +120,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), sharey=True)
     colours = plt.cm.tab20.colors  # more variants than tab10 has colours
     points = []
+    named = labels(rows)
     for index, variant in enumerate(variants_in_order(rows)):
         curves = [r["curve"] for r in rows if r["variant"] == variant and r["curve"]]
         if not curves:
@@ -123,7 +131,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
                 continue  # rows of an older comparison without FLOPs
             xs, values = mean_curve(curves, key)
             means = [statistics.fmean(v) for v in values]
-            ax.plot(xs, means, label=variant, color=colour, marker="o", markersize=3)
+            ax.plot(xs, means, label=named[variant], color=colour, marker="o", markersize=3)
             ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], alpha=0.12, color=colour)
             if key == "flops":
                 points += list(zip(xs, means))
@@ -151,12 +159,13 @@ def lr_rows(sweep: list[dict], rows: list[dict]) -> list[dict]:
     """The learning-rate sweep: per variant, each lr's val greedy accuracy at the budget (first seed), the chosen
     one marked."""
     chosen = {row["variant"]: row["lr"] for row in rows}
+    named = labels([*rows, *sweep])
     table: dict[str, dict] = {}
     for row in sorted(sweep, key=lambda r: r["lr"]):
         mark = " (chosen)" if chosen.get(row["variant"]) == row["lr"] else ""
         val = row.get("val_at_budget")
         cell = ("-" if val is None else f"{100 * val:.1f}") + mark
-        table.setdefault(row["variant"], {"method": row["variant"]})[f"lr {row['lr']:g}"] = cell
+        table.setdefault(row["variant"], {"method": named[row["variant"]]})[f"lr {row['lr']:g}"] = cell
     return list(table.values())
 
 

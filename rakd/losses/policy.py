@@ -82,6 +82,16 @@ def grpo_kl_loss(
     return pg_loss + kl_coef * kl, metrics
 
 
+def clamp_log_ratio(log_ratio: torch.Tensor, clamp: float | None) -> torch.Tensor:
+    """TRRD's clamp of the teacher log-ratio to [-c, c]; None: unclamped."""
+    return log_ratio if clamp is None else torch.clamp(log_ratio, -clamp, clamp)
+
+
+def clamp_binds(log_ratio: torch.Tensor, clamp: float | None) -> torch.Tensor:
+    """Where `clamp_log_ratio` changes the value (bool, the shape of `log_ratio`)."""
+    return torch.zeros_like(log_ratio, dtype=torch.bool) if clamp is None else log_ratio.abs() > clamp
+
+
 def trrd_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -92,7 +102,7 @@ def trrd_loss(
     alpha: float = LOSS_DEFAULTS.alpha,
     eps_low: float = LOSS_DEFAULTS.eps_low,
     eps_high: float = LOSS_DEFAULTS.eps_high,
-    teacher_clamp: float = LOSS_DEFAULTS.teacher_clamp,
+    teacher_clamp: float | None = LOSS_DEFAULTS.teacher_clamp,
     agg: Aggregation = "seq_mean",
     teacher_lowers_only: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -101,8 +111,8 @@ def trrd_loss(
         log ρ_t = α (log π_θ − log π_old) + (1 − α) clamp(log π_θ − log π_T, −c, c)
 
     i.e. ρ = π_θ / π_anchor with log π_anchor = α log π_old + (1 − α) log π_T,
-    and the clamp c (`teacher_clamp`) keeps ρ finite where the teacher finds a
-    sampled token very unlikely. α = 1 is exactly GRPO.
+    and the clamp c (`teacher_clamp`; None: none) keeps ρ finite where the
+    teacher finds a sampled token very unlikely. α = 1 is exactly GRPO.
 
     `teacher_lowers_only` (the `rakd_lower` method) keeps the teacher term only
     where it lowers the ratio below GRPO's, min(clamp(log π_θ − log π_T, −c, c),
@@ -114,14 +124,14 @@ def trrd_loss(
     """
     teacher_log_ratio = logprobs - teacher_logprobs.detach()  # the teacher is frozen
     old_log_ratio = logprobs - old_logprobs.detach()
-    clamped = torch.clamp(teacher_log_ratio, -teacher_clamp, teacher_clamp)
+    clamped = clamp_log_ratio(teacher_log_ratio, teacher_clamp)
     if teacher_lowers_only:
         lowers = clamped < old_log_ratio
         clamped = torch.where(lowers, clamped, old_log_ratio)
     log_ratio = alpha * old_log_ratio + (1.0 - alpha) * clamped
     loss, metrics = clipped_surrogate(log_ratio, advantages, mask, eps_low=eps_low, eps_high=eps_high, agg=agg)
     metrics.update(
-        teacher_clamp_frac=masked_stat(teacher_log_ratio.abs() > teacher_clamp, mask, "mean"),
+        teacher_clamp_frac=masked_stat(clamp_binds(teacher_log_ratio, teacher_clamp), mask, "mean"),
         kl_student_teacher=float(masked_mean(k3_kl(logprobs.detach(), teacher_logprobs.detach()), mask)),
     )
     if teacher_lowers_only:

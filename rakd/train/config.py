@@ -46,8 +46,10 @@ class LossParams(StageConfig):
     alpha: float = Field(
         LOSS_DEFAULTS.alpha, ge=0, le=1, description="rakd (TRRD), rakd_lower: weight of the old policy in the anchor"
     )
-    teacher_clamp: float = Field(
-        LOSS_DEFAULTS.teacher_clamp, gt=0, description="rakd (TRRD), rakd_lower: clamp c on the teacher log-ratio"
+    teacher_clamp: float | None = Field(
+        LOSS_DEFAULTS.teacher_clamp,
+        gt=0,
+        description="rakd (TRRD), rakd_lower: clamp c on the teacher log-ratio (null: unclamped)",
     )
     eps_low: float = Field(
         LOSS_DEFAULTS.eps_low, ge=0, description="rakd/rakd_lower/grpo/grpo_kl: lower clip of the ratio"
