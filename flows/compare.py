@@ -16,6 +16,7 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 from prefect.cache_policies import NO_CACHE
 
 from flows.stages import slug
+from rakd.cache import run_missing, stage_keys
 from rakd.compare import (
     CompareConfig,
     Job,
@@ -38,7 +39,6 @@ from rakd.compare.diagnostic import describe, warmstart_diagnostic
 from rakd.config import PipelineConfig, load_config
 from rakd.flops import format_flops
 from rakd.layout import RunLayout
-from rakd.registry import run_missing, stage_keys
 from rakd.schema import ConfigError
 
 

@@ -55,7 +55,7 @@ class ScorerConfig(StageConfig):
 class ValStop(StageConfig):
     """End an SFT once the model reaches a greedy val accuracy, or at its plateau, rather than after a fixed number
     of steps: the warm start's SFT on few traces is on a steep learning curve, so a step count lands anywhere from
-    "solves nothing new" to the plateau, and RL needs a student at the edge of its competence; a pretrained teacher
+    "solves nothing new" to the plateau; a comparison regime stops at a target on purpose; a pretrained teacher
     tuned on the task is done at its plateau (rakd.valstop)."""
 
     val_accuracy: float | None = Field(
@@ -168,10 +168,10 @@ class WarmStartConfig(StageConfig):
 
     n_prompts: int = Field(6000, ge=0, description="train questions the teacher answers (0: no warm start)")
     max_difficulty: int | None = Field(
-        3,
+        None,
         ge=1,
         description="a curriculum: of the n_prompts questions, only those with at most this many operations (the "
-        "records' `ops`) plus `harder_fraction` of the harder ones; RL then works at the edge the student has only "
+        "records' `ops`) plus `harder_fraction` of the harder ones, so that RL works at an edge the student has only "
         "glimpsed (None: every question; questions with no difficulty at all, e.g. GSM8K, are all kept)",
     )
     harder_fraction: float = Field(
@@ -184,12 +184,14 @@ class WarmStartConfig(StageConfig):
     max_new_tokens: int = Field(64, ge=1, description="longest trace")
     sft: SFTConfig = Field(
         default_factory=lambda: SFTConfig(
-            steps=1200, log_every=100, optim=OptimConfig(warmup_steps=20, min_lr_ratio=0.05, weight_decay=0.1)
+            steps=2000, log_every=100, optim=OptimConfig(warmup_steps=20, min_lr_ratio=0.05, weight_decay=0.1)
         )
     )
     stop: ValStop | None = Field(
-        default_factory=lambda: ValStop(val_accuracy=0.2, min_difficulty=4),
-        description="stop SFT early at a target val accuracy (sft.steps is then the most it runs)",
+        default_factory=lambda: ValStop(patience=4, every=50),
+        description="stop SFT early, at its val plateau (patience) or at a target val accuracy (sft.steps is then "
+        "the most it runs); the default, the plateau, is what the comparison's regimes support (docs/results.md, "
+        "which method when)",
     )
     base: SFTConfig | None = Field(
         None,
@@ -198,8 +200,8 @@ class WarmStartConfig(StageConfig):
         "base-start regime); null: none",
     )
     recover: WarmStartRecover | None = Field(
-        default_factory=WarmStartRecover,
-        description="while the target is missed: more traces of the harder questions (only with stop; null: never)",
+        None,
+        description="while a target (stop.val_accuracy) is missed: more traces of the harder questions (null: never)",
     )
 
 

@@ -250,8 +250,8 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
     assert "vs rakd (α=0.5) at equal seconds" in markdown
     assert (results / "per_problem_at_reference_seconds.json").is_file()
     assert (results / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    from rakd.cache import stage_keys
     from rakd.compare import shared_warmstart
-    from rakd.registry import stage_keys
 
     warmstart = tmp_path / "cmp" / "compare" / "warmstart"
     made = (warmstart / "model.safetensors").stat().st_mtime_ns

@@ -16,11 +16,11 @@ from deploy.manifest import verify_package
 from flows.pipeline import rakd_pipeline
 from flows.stages import slug, transient_only
 from rakd.advice import recommend
+from rakd.cache import stage_keys
 from rakd.config import load_config
 from rakd.distill import InjectedFault
 from rakd.layout import RunLayout
 from rakd.registry import STAGES as REGISTRY
-from rakd.registry import stage_keys
 from rakd.schema import ConfigError, DataError
 
 STAGES = [stage.name for stage in REGISTRY]

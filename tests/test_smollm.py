@@ -7,9 +7,10 @@ import time
 
 import pytest
 
+from rakd.cache import run_stage
 from rakd.config import load_config
 from rakd.models.gguf_file import packaged_gguf
-from rakd.registry import STAGES, run_stage
+from rakd.registry import STAGES
 
 # Each stage at the smallest size that still runs every part of it on the 135M model.
 FEW_STEPS = [
