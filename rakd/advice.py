@@ -10,7 +10,7 @@ FLOPs, as docs/results.md ("Which method when") reports it. The rule reads:
 2. Where the student solves fewer than `SPARSE` of its RL pool, GRPO's reward is sparse and the teacher's
    log-probs pay: TRRD (`rakd`), level with KDRL, OPD and GKD and ahead of GRPO.
 3. Otherwise plain GRPO: it needs no teacher pass, so it takes more steps in the same FLOPs, and it was ahead of
-   TRRD or level with the best RL method in every such regime.
+   TRRD or level with the best RL method in every such regime. Above `SATURATED` RL has little left to learn.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 SPARSE = 0.15  # between the hard regime's 5.7% (the teacher pays) and the base regime's 21.5% (it does not)
+SATURATED = 0.95  # above it few groups have mixed rewards: RL has little left to learn (the default's 99.8%: 2%)
 MEASURED_RATIOS = (8.0, 8.0)  # the teacher:student ratios the rule's regimes span (min, max)
 
 
@@ -77,6 +78,10 @@ def recommend(pass_rate: float, ratio: float | None = None, *, before_plateau: b
         method = "rakd"
         why = f"it solves {percent} of its RL pool (< {sparse}): the reward is sparse and the teacher's log-probs "
         why += "pay (hard regime: TRRD ahead of GRPO per FLOP)"
+    elif pass_rate >= SATURATED:
+        method = "grpo"
+        why = f"it solves {percent} of its RL pool: few groups have mixed rewards and RL has little left to learn; "
+        why += "GRPO is the cheapest step (no teacher pass)"
     else:
         method = "grpo"
         why = f"it solves {percent} of its RL pool (>= {sparse}): the teacher's log-probs did not pay their "

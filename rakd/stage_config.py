@@ -209,7 +209,11 @@ class DistillConfig(StageConfig):
     """The student, its warm start on the teacher's traces and the RL-aware distillation after it."""
 
     student: StudentSource = Field(default_factory=StudentSource)
-    method: Method = Field("rakd", description="the loss of the RL stage (rakd.losses.LOSSES); rakd is TRRD")
+    method: Method = Field(
+        "grpo",
+        description="the loss of the RL stage (rakd.losses.LOSSES; rakd is TRRD); the default is what rakd.advice's rule "
+        "picks for the embedded default's student (docs/results.md, which method when)",
+    )
     loss: LossParams = Field(default_factory=LossParams)
     warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig)
     rl: RLConfig = Field(default_factory=RLConfig)

@@ -17,6 +17,8 @@ def test_threshold_and_warm_start_before_its_plateau():
     advice = recommend(0.05, 8.0, before_plateau=True)
     assert advice.method == "sft" and "plateau" in advice.why
     assert recommend(0.3).nearest == nearest_regime(0.3).regime == "base"
+    saturated = recommend(0.998, 8.0)
+    assert saturated.method == "grpo" and "little left to learn" in saturated.why
 
 
 def test_a_ratio_outside_the_measured_ones_is_said_to_extrapolate():

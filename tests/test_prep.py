@@ -92,8 +92,11 @@ def test_embedded_configs_load():
     for name in ("configs/tiny.yaml", "configs/smoke.yaml", "configs/compare.yaml"):
         cfg = load_config(name)
         assert cfg.prep.source == "generator"
-    tiny = load_config("configs/tiny.yaml")  # the curriculum regime: 1-3-step traces, RL on chains of up to 5
-    assert tiny.distill.warmstart.max_difficulty == 3 < tiny.distill.warmstart.stop.min_difficulty == 4
-    assert tiny.prep.generator.max_ops == 5
+    tiny = load_config("configs/tiny.yaml")  # traces of every difficulty, SFT to its plateau, then GRPO
+    stop = tiny.distill.warmstart.stop
+    assert tiny.distill.warmstart.max_difficulty is None and stop.patience == 4 and stop.val_accuracy is None
+    assert tiny.distill.method == "grpo" and tiny.prep.generator.max_ops == 5
+    edge = load_config("configs/compare-edge.yaml")  # the edge regime: 1-3-step traces, stopped at a target
+    assert edge.distill.warmstart.max_difficulty == 3 < edge.distill.warmstart.stop.min_difficulty == 4
     for name in ("configs/smoke.yaml", "configs/compare.yaml"):  # no curriculum, SFT runs its steps
         assert load_config(name).distill.warmstart.stop is None
