@@ -211,8 +211,8 @@ class DistillConfig(StageConfig):
     student: StudentSource = Field(default_factory=StudentSource)
     method: Method = Field(
         "grpo",
-        description="the loss of the RL stage (rakd.losses.LOSSES; rakd is TRRD); the default is what rakd.advice's rule "
-        "picks for the embedded default's student (docs/results.md, which method when)",
+        description="the loss of the RL stage (rakd.losses.LOSSES; rakd is TRRD); the default is what "
+        "rakd.advice's rule picks for the embedded default's student (docs/results.md, which method when)",
     )
     loss: LossParams = Field(default_factory=LossParams)
     warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig)

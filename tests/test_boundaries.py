@@ -4,7 +4,8 @@ without cycles.
 - The core modules (data, verify, models, losses, rollout, train and the stage functions beside them) never import
   `prefect`, `export`, `deploy` or `flows`.
 - `export` and `deploy` import `rakd` only (never each other, `flows` or `prefect`).
-- Only the composition root (`rakd.registry`, `rakd.cache`, `rakd.summary`, `rakd.config`, `rakd.cli`) imports every package.
+- Only the composition root (`rakd.registry`, `rakd.cache`, `rakd.summary`, `rakd.config`, `rakd.cli`) imports every
+  package.
 - `flows` holds Prefect wrappers; nothing outside the composition root imports it.
 """
 
