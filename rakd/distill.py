@@ -24,6 +24,7 @@ from rakd.io import read_jsonl
 from rakd.layout import RunLayout
 from rakd.models.load import save_model
 from rakd.models.zoo import count_parameters
+from rakd.schema import GREEDY_READING
 from rakd.scorers import make_scorer
 from rakd.stage_config import DistillConfig
 from rakd.train.distributed import launch_torchrun, leave_world, plain_copy, shard, world_from_env
@@ -204,9 +205,8 @@ def test_readout(cfg: DistillConfig, student, tokenizer, layout: RunLayout, read
 
     def hook(steps: int, reason: str) -> None:
         result = evaluate_model(student, tokenizer, records, test_cfg, precision)
-        keep = ("greedy_accuracy", "greedy_stderr", "greedy_correct")
         val = final_val(cfg, student, tokenizer, layout, precision)
-        readouts.append({"steps": steps, "at": reason, **{k: result[k] for k in keep if k in result}, **val})
+        readouts.append({"steps": steps, "at": reason, **{k: result[k] for k in GREEDY_READING if k in result}, **val})
 
     return hook
 

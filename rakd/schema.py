@@ -31,6 +31,10 @@ class LossDefaults:
 
 LOSS_DEFAULTS = LossDefaults()
 
+# What a readout of a student keeps of its evaluation (rakd.evaluate): the distill stage's readouts and every
+# reading of a comparison job.
+GREEDY_READING = ("greedy_accuracy", "greedy_stderr", "greedy_correct")
+
 
 class StageConfig(BaseModel):
     """A stage's configuration: immutable, and unknown keys are errors."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from rakd.flops import Ledger, compute_seconds
 from rakd.io import atomic_write_json, fingerprint
 from rakd.layout import RunLayout
+from rakd.schema import GREEDY_READING
 from rakd.stage_config import CompareConfig
 
 LABELS = {"sft": "sft_continue"}  # how a method is named in results, where its config name is ambiguous
@@ -233,7 +234,7 @@ def _trained(rows: list[dict], step: int) -> int:
     return Ledger.of_rows(r for r in rows if r["step"] <= step).training
 
 
-READING = ("greedy_accuracy", "greedy_stderr", "greedy_correct", "val_greedy_accuracy")  # what a job's reading keeps
+READING = (*GREEDY_READING, "val_greedy_accuracy")  # what a job's reading keeps (the readouts' keys)
 
 
 def readouts(final: dict, steps: int, reference_steps: int | None) -> tuple[dict, dict | None]:
