@@ -47,6 +47,7 @@ REGIMES = {
     "ways": "several valid chains per problem, a teacher that uses them",
     "ratio-x2": "the edge regime with a teacher 2x the student",
     "ratio-x22": "the edge regime with a teacher 22x the student",
+    "real": "SmolLM2-135M tuned, its every-3rd-layer student healed",
 }
 
 
