@@ -108,7 +108,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     result["steps"] = len(rows)
     if rows and "groups_drawn" in rows[0]:
         result["rl_pool"] = rl_pool(rows[0], cfg.rl.group_size)
-        result["advice"] = advise(cfg, result["rl_pool"], teacher, student)
+        result["advice"] = advise(result["rl_pool"], eval_warm, teacher, student)
     if cfg.eval_every and rows:  # the student as written: the last check's val when it is the last step's
         result["val_greedy_accuracy"] = rows[-1].get("val_greedy_accuracy")
         if result["val_greedy_accuracy"] is None:
@@ -162,16 +162,17 @@ def rl_pool(first: dict, group_size: int) -> dict:
     }
 
 
-def advise(cfg: DistillConfig, pool: dict, teacher, student) -> dict:
+def advise(pool: dict, eval_warm: dict, teacher, student) -> dict:
     """The method rakd.advice's rule recommends for this student, from its RL pool's pass rate, the teacher:student
-    ratio of non-embedding parameters and whether its warm start stopped at a target before its plateau."""
+    ratio of non-embedding parameters and whether its warm start was stopped by a target it reached (SFT ended
+    before its plateau; a target missed runs SFT to its last step)."""
     from rakd.advice import recommend
     from rakd.flops import ModelDims
 
-    stop = cfg.warmstart.stop
+    target = eval_warm.get("target") or {}
+    before_plateau = target.get("val_accuracy") is not None and bool(target.get("reached"))
     ratio = ModelDims.of(teacher).params / ModelDims.of(student).params if teacher is not None else None
-    advice = recommend(pool["pass_rate"], ratio, before_plateau=stop is not None and stop.val_accuracy is not None)
-    return {**advice.as_dict(), "ratio": ratio}
+    return {**recommend(pool["pass_rate"], ratio, before_plateau=before_plateau).as_dict(), "ratio": ratio}
 
 
 def rl_records(cfg: DistillConfig, train: list[dict]) -> list[dict]:
