@@ -77,7 +77,7 @@ class LossParams(StageConfig):
 class RLConfig(StageConfig):
     """The RL loop: G samples per prompt, verifier rewards, group advantages, the method's loss."""
 
-    steps: int = Field(200, ge=0, description="RL steps")
+    steps: int = Field(50, ge=0, description="RL steps")
     prompts_per_step: int = Field(32, ge=1, description="prompts of one draw")
     group_size: int = Field(8, ge=1, description="samples per prompt (G)")
     max_new_tokens: int = Field(64, ge=1, description="longest completion sampled")
