@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rakd.evaluate import evaluate_model, format_eval
 from rakd.flops import merge, with_total
-from rakd.io import read_jsonl
+from rakd.io import claim_work, fingerprint, mark_work, read_jsonl, work_key
 from rakd.layout import RunLayout
 from rakd.models.load import save_model
 from rakd.models.zoo import count_parameters
@@ -45,10 +45,12 @@ class InjectedFault(RuntimeError):
 
 
 def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillResult:
+    layout = RunLayout(run_dir)
+    if "WORLD_SIZE" not in os.environ:  # the launching process: checkpoints of another config are set aside
+        claim_work(layout.student_work, work_key(cfg), keep={"warmstart": warmstart_work_key(cfg)}, log=log)
     if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_distill(cfg, run_dir, log)
     world = world_from_env()
-    layout = RunLayout(run_dir)
     timings = {}
     t0 = time.perf_counter()
     teacher, student, tokenizer = load_models(cfg, layout)
@@ -59,6 +61,8 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         cfg, student, teacher, tokenizer, train, layout, log if world.main else _quiet, world
     )
     timings["warmstart"] = time.perf_counter() - t0
+    if world.main and layout.warmstart.is_dir():
+        mark_work(layout.warmstart, warmstart_work_key(cfg))  # kept by a later config that changes only RL
 
     t1 = time.perf_counter()
     precision = stage_precision(cfg, student)  # resolved once: sampling, scoring, the update and every evaluation
@@ -138,6 +142,13 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     shutil.rmtree(work, ignore_errors=True)
     timings["total"] = time.perf_counter() - t0
     return DistillResult(layout.student, result, eval_warm, timings)
+
+
+def warmstart_work_key(cfg: DistillConfig) -> str:
+    """The key of a finished warm start in `student.work/warmstart/`: what it depends on (the student, the warm
+    start's config, its evaluation, the seed, the precision), so a config that changes only RL keeps it."""
+    dump = cfg.model_dump(mode="json")
+    return fingerprint({k: dump[k] for k in ("student", "warmstart", "eval", "seed", "precision")})
 
 
 def stage_flops(eval_warm: dict, rows: list[dict], test_eval_flops: int) -> dict[str, int]:

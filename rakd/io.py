@@ -119,3 +119,47 @@ def fingerprint_path(path: str | Path) -> str:
             [(p.relative_to(path).as_posix(), sha256_file(p)) for p in sorted(path.rglob("*")) if p.is_file()]
         )
     return "missing"
+
+
+WORK_KEY = ".work-key"  # in a training stage's work folder: the key of the config its checkpoints belong to
+
+
+def work_key(config, resume_free: Iterable[str] = ("fail_after_step", "threads")) -> str:
+    """The key of a stage config's work in progress: its whole dump but the keys a resumed run may change (a fault
+    injected by a test, the thread count)."""
+    dump = config.model_dump(mode="json")
+    return fingerprint({k: v for k, v in dump.items() if k not in set(resume_free)})
+
+
+def claim_work(work: str | Path, key: str, keep: dict[str, str] | None = None, log=None) -> bool:
+    """Make `work` (a training stage's folder of checkpoints) the work of the config with `key`: a folder left by
+    another config, or by one that wrote no key, is emptied first, but for its sub-folders named in `keep`
+    ({name: key}) whose own key matches; so a changed config never resumes another's checkpoints. True when
+    something was removed."""
+    work = Path(work)
+    marker = work / WORK_KEY
+    if marker.is_file() and marker.read_text() == key:
+        return False
+    removed = False
+    if work.is_dir():
+        kept = {name for name, sub in (keep or {}).items() if _has_key(work / name, sub)}
+        for child in work.iterdir():
+            if child.name in kept:
+                continue
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            removed = True
+        if removed and log is not None:
+            held = f" (kept: {', '.join(sorted(kept))})" if kept else ""
+            log(f"{work} held another config's work: set aside{held}")
+    atomic_write_text(marker, key)
+    return removed
+
+
+def mark_work(folder: str | Path, key: str) -> None:
+    """Mark a finished part of a work folder (a warm start) as made under `key`, for `claim_work`'s `keep`."""
+    atomic_write_text(Path(folder) / WORK_KEY, key)
+
+
+def _has_key(folder: Path, key: str) -> bool:
+    marker = folder / WORK_KEY
+    return marker.is_file() and marker.read_text() == key

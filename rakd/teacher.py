@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 
 from rakd.evaluate import evaluate_model, format_eval
 from rakd.flops import with_total
-from rakd.io import atomic_write_json, read_jsonl
+from rakd.io import atomic_write_json, claim_work, read_jsonl, work_key
 from rakd.layout import RunLayout
 from rakd.models.load import load_causal_lm, save_model
 from rakd.models.zoo import build_model, count_parameters, preset_config
@@ -55,6 +55,8 @@ def sft_pairs(records: list[dict], split: str) -> list[tuple[str, str]]:
 def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherResult:
     layout, started = RunLayout(run_dir), time.perf_counter()
     trains = cfg.model.path is None or cfg.tune
+    if trains and "WORLD_SIZE" not in os.environ:  # the launching process: another config's checkpoints set aside
+        claim_work(layout.teacher_work, work_key(cfg), log=log)
     if cfg.nproc > 1 and trains and "WORLD_SIZE" not in os.environ:
         spec = layout.teacher_work / "torchrun-config.json"
         launch_torchrun("teacher", "rakd.teacher", cfg, spec, layout.root, cfg.nproc, cfg.threads, log)

@@ -118,6 +118,26 @@ def test_crash_and_resume_gives_the_same_weights(prepared, tmp_path):
     assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]
 
 
+def test_a_changed_config_never_resumes_another_configs_checkpoints(prepared, tmp_path):
+    broken = fresh_run(prepared, tmp_path, "changed", ["distill.fail_after_step=2"])
+    with pytest.raises(InjectedFault):
+        run_distill(broken.distill, broken.run.dir, log=lambda *_: None)
+    work = broken.run.dir / "student.work"
+    assert [p.name for p in (work / "checkpoints").iterdir()]  # RL checkpoints of the first config
+    lr = 3 * broken.distill.rl.optim.lr  # another RL learning rate: the RL checkpoints are not this config's
+    changed = load_config("configs/smoke.yaml", [f"run.root={tmp_path}", "run.name=changed", *FAST,
+                                                 f"distill.rl.optim.lr={lr}"])  # fmt: skip
+    lines = []
+    run_distill(changed.distill, changed.run.dir, log=lines.append)
+    # the warm start, whose own config did not change, is kept; the RL checkpoints are set aside
+    assert any("held another config's work" in line and "kept: warmstart" in line for line in lines), lines
+    assert not any("resumed from checkpoint" in line for line in lines)
+    assert not any(line.startswith("[warmstart]") for line in lines)  # no traces sampled again
+    rows = (changed.run.dir / "student/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]
+    assert (changed.run.dir / "student/model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("method", sorted(LOSSES))
 def test_one_step_changes_every_student_parameter_and_no_teacher_parameter(
     method, tokenizer, tiny_records, monkeypatch, tmp_path

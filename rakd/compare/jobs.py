@@ -267,8 +267,8 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
     """One job from the shared warm start; returns its results row. The row is kept in `out/<job>.json` under a
     key (the job's distill config and the warm start's key), so a re-run of a killed comparison returns it
     without training; the job's run folder is removed after."""
-    from rakd.distill import run_distill
-    from rakd.io import read_jsonl
+    from rakd.distill import run_distill, warmstart_work_key
+    from rakd.io import mark_work, read_jsonl
 
     key = fingerprint({"distill": distill_cfg.model_dump(mode="json"), "warmstart": warmstart_key(warmstart)})
     kept = out / f"{job.name}.json"
@@ -276,6 +276,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
         return named(json.loads(kept.read_text())["row"])
     layout = RunLayout(out / job.name)
     link_run(base, warmstart, layout)
+    mark_work(layout.warmstart, warmstart_work_key(distill_cfg))  # the job's own warm start: claim_work keeps it
     started = time.time()
     result = run_distill(distill_cfg, layout.root, log=lambda *_: None)
     finished = time.time()
