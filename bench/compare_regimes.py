@@ -174,11 +174,21 @@ def main(argv: list[str] | None = None) -> int:
         help="the commit whose code ran the comparison's jobs, when it is not the one this script runs at (meta.json "
         "names both; the jobs take hours, this script seconds)",
     )
+    parser.add_argument(
+        "--side-by-side-only",
+        action="store_true",
+        help="write only the table and figure of the regimes side by side, without copying each regime's results "
+        "(those kept earlier, with the commit their jobs ran at, stay as they are)",
+    )
     args = parser.parse_args(argv)
     kept = {}
     for regime in args.regimes:
         config = Path("configs") / f"compare-{regime}.yaml"
-        kept[regime] = keep(regime, config, args.date, args.runs_commit)
+        if args.side_by_side_only:
+            rows, context, _ = regime_rows(load_config(config))
+            kept[regime] = (rows, context)
+        else:
+            kept[regime] = keep(regime, config, args.date, args.runs_commit)
     out = results_dir("compare-regimes", f"{ROOT}/bench/results/compare-regimes-{args.date}" if args.date else None)
     table = regime_table(kept)
     contexts = {regime: context for regime, (_, context) in kept.items()}

@@ -5,8 +5,9 @@ pool (RL step 1's samples, before any update) and the teacher:student ratio of n
 evidence is the table below: one row per measured regime, its per-FLOP result against TRRD at equal training
 FLOPs, as docs/results.md ("Which method when") reports it. The rule reads:
 
-1. A warm start stopped before its val plateau (a target, not patience) still has traces to learn from: SFT on
-   them beat every RL method by about 21 points per FLOP where it was measured (edge and hard regimes).
+1. A warm start stopped by a target it reached, before its val plateau, still has traces to learn from: SFT on
+   them beat every RL method by about 21 points per FLOP where it was measured (edge and hard regimes); where SFT
+   had run to its plateau or its last step it trailed (trace, ways).
 2. Where the student solves fewer than `SPARSE` of its RL pool, GRPO's reward is sparse and the teacher's
    log-probs pay: TRRD (`rakd`), level with KDRL, OPD and GKD and ahead of GRPO.
 3. Otherwise plain GRPO: it needs no teacher pass, so it takes more steps in the same FLOPs, and it was ahead of
@@ -39,8 +40,12 @@ EVIDENCE = (
     Evidence("hard", 0.057, 8.0, "rakd", "GRPO -2.1 [-3.8, -0.3]; KDRL, OPD, GKD level", "compare-hard-2026-12-04"),
     Evidence("base", 0.215, 8.0, "grpo_kl", "KDRL +3.0 [+0.5, +5.4]; GRPO +2.6 [-0.9, +6.2]",
              "compare-base-2026-12-03-ledger"),
+    Evidence("ways", 0.326, 8.0, "grpo", "GRPO +2.5 [+0.6, +4.3]; KDRL, TRRD-lower, SeqKD level",
+             "compare-ways-2026-12-04"),
     Evidence("edge", 0.424, 8.0, "grpo", "GRPO +5.9 [+3.9, +8.0]", "compare-edge-2026-12-03-ledger"),
     Evidence("trace", 0.844, 8.0, "grpo", "GRPO +0.7 [+0.2, +1.1]", "compare-trace-2026-12-03-ledger"),
+    Evidence("plateau", 0.998, 8.0, "grpo", "GRPO 99.9, TRRD 99.8 at 200 steps (one seed each)",
+             "compare-plateau-2026-12-04"),
 )  # fmt: skip
 
 
