@@ -360,10 +360,13 @@ def test_the_warm_start_alone_is_a_distill_stage(prepared, tmp_path):
     assert summary["eval"]["n"] == summary["eval_warmstart"]["n"] > 0
 
 
-def leave_traces(work, traces: list[dict]) -> None:
-    """The traces of a warm start's first round as a crashed run leaves them in its work folder (the teacher's cost
-    made up: the micro teacher solves nothing)."""
-    work.mkdir(parents=True)
+def leave_traces(cfg, traces: list[dict]) -> None:
+    """The traces of a warm start's first round as a crashed run of `cfg` leaves them in its work folder, under its
+    key (the teacher's cost made up: the micro teacher solves nothing)."""
+    from rakd.io import claim_work, work_key
+
+    work = cfg.run.layout.student_work
+    claim_work(work, work_key(cfg.distill))
     (work / "traces.pending.jsonl").write_text(to_jsonl(traces))
     entry = {"round": 0, "step": 0, "prompts": len(traces), "traces": len(traces), "teacher_generate": 1000}
     (work / "traces.rounds.json").write_text(json.dumps([entry]))
@@ -391,7 +394,7 @@ def test_warmstart_stops_at_its_target_val_accuracy(prepared, tmp_path, monkeypa
         {"question": r["question"], "answer": r["answer"], "completion": " " + r["solution"]}
         for r in read_jsonl(cfg.run.layout.split("train"))[:16]
     ]
-    leave_traces(cfg.run.layout.student_work, traces)
+    leave_traces(cfg, traces)
     run_distill(cfg.distill, cfg.run.dir)
 
     assert len(checks) == 2 and all(r["ops"] >= 2 for records in checks for r in records)
@@ -610,7 +613,7 @@ def test_warmstart_stops_at_its_plateau_without_a_target(prepared, tmp_path, mon
         {"question": r["question"], "answer": r["answer"], "completion": " " + r["solution"]}
         for r in read_jsonl(cfg.run.layout.split("train"))[:16]
     ]
-    leave_traces(cfg.run.layout.student_work, traces)
+    leave_traces(cfg, traces)
     run_distill(cfg.distill, cfg.run.dir)
     warm = json.loads((cfg.run.dir / "student" / "eval_warmstart.json").read_text())
     assert warm["sft_steps"] == 8 and warm["target"]["plateau_step"] == 8 and warm["target"]["best_step"] == 4
