@@ -310,6 +310,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
         "flops": Ledger.of_rows(budget_rows).phases(),
         "started": started,
         "finished": finished,
+        "worker": os.getpid(),  # the process that ran it: on a cluster, jobs spread over the workers
         "curve": [
             {
                 "step": r["step"],
