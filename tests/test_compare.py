@@ -166,6 +166,14 @@ def test_a_job_reads_out_its_budget_and_the_reference_steps_from_one_run():
     assert readouts({**final, "readouts": []}, 10, None) == (at_steps, None)  # a reference job: one readout
 
 
+def test_a_job_keeps_the_mean_of_its_trust_region_metrics():
+    from rakd.compare.jobs import clip_means
+
+    rows = [{"clip_high_frac": 0.1, "teacher_clamp_frac": 0.5}, {"clip_high_frac": 0.3}, {"loss": 1.0}]
+    assert clip_means(rows) == pytest.approx({"clip_high_frac": 0.2, "teacher_clamp_frac": 0.5})
+    assert clip_means([{"loss": 1.0}]) == {}  # a step with no ratio (no informative group, or a method without one)
+
+
 def test_a_job_reads_out_the_reference_seconds():
     from rakd.compare.jobs import seconds_readout
 
@@ -203,6 +211,7 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
     a, b = (r for r in sweep if r["method"] == "rakd")
     assert a["worker"] != b["worker"], "the two jobs ran in one worker process, not side by side"
     assert all(r["steps"] == 3 and [p["step"] for p in r["curve"]] == [1, 2, 3] for r in reference)
+    assert all(isinstance(r["clip"], dict) for r in rows.values())  # the trust region's metrics (clip_means)
     budget = sum(r["flops_total"] for r in reference) / 2
     for row in fresh:  # it reads out at the first step that reaches the budget: no step short of it, none past it
         spent = {p["step"]: p["flops"] for p in row["curve"]}

@@ -234,6 +234,10 @@ def _trained(rows: list[dict], step: int) -> int:
     return Ledger.of_rows(r for r in rows if r["step"] <= step).training
 
 
+# the trust region's metrics a job's row keeps (the mean over its RL steps up to the budget): how often the clip and
+# TRRD's teacher clamp bound, the ratio, and for rakd_lower how often the teacher term lowered the ratio
+CLIP_METRICS = ("clip_high_frac", "clip_low_frac", "ratio_mean", "ratio_max", "teacher_clamp_frac",
+                "teacher_term_frac", "kl_student_teacher")  # fmt: skip
 READING = (*GREEDY_READING, "val_greedy_accuracy")  # what a job's reading keeps (the readouts' keys)
 
 
@@ -261,6 +265,15 @@ def seconds_readout(final: dict, rows: list[dict], reference_seconds: float | No
     if _elapsed(rows, len(rows)) >= reference_seconds:
         return {"steps": len(rows), **{k: final.get(k) for k in READING}}
     return None
+
+
+def clip_means(rows: list[dict]) -> dict[str, float]:
+    """The mean of each of `CLIP_METRICS` over the RL metrics rows that have it (a method without a ratio: none)."""
+    return {
+        name: statistics.fmean(values)
+        for name in CLIP_METRICS
+        if (values := [r[name] for r in rows if r.get(name) is not None])
+    }
 
 
 def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) -> dict:
@@ -308,6 +321,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
         # the job's own training at its budget; the shared warm start is the context's
         "flops_total": _trained(rows, budget["steps"]),
         "flops": Ledger.of_rows(budget_rows).phases(),
+        "clip": clip_means(budget_rows),
         "started": started,
         "finished": finished,
         "worker": os.getpid(),  # the process that ran it: on a cluster, jobs spread over the workers
