@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from rakd.compare import (  # noqa: E402
     choose_lrs,
+    labels,
     named,
     plan_jobs,
     reference_variant,
@@ -138,7 +139,7 @@ def plot(kept: dict[str, tuple[list[dict], dict]], path: Path) -> None:
                 if row.get(key):
                     kept.setdefault(row["variant"], []).append(100 * row[key]["greedy_accuracy"])
         order = sorted(by_variant, key=lambda v: statistics.fmean(by_variant[v]))
-        label = {row["variant"]: row["label"] for row in rows}
+        label = labels(rows)
         for y, variant in enumerate(order):
             values = by_variant[variant]
             colour = "tab:red" if variant.startswith("rakd") else "tab:blue"

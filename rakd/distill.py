@@ -45,10 +45,10 @@ class InjectedFault(RuntimeError):
 
 
 def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillResult:
-    layout = RunLayout(run_dir)
-    if "WORLD_SIZE" not in os.environ:  # the launching process: checkpoints of another config are set aside
+    layout, launching = RunLayout(run_dir), "WORLD_SIZE" not in os.environ
+    if launching:  # not a torchrun rank: checkpoints of another config are set aside
         claim_work(layout.student_work, work_key(cfg), keep={"warmstart": warmstart_work_key(cfg)}, log=log)
-    if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:
+    if cfg.nproc > 1 and launching:
         return launch_distill(cfg, run_dir, log)
     world = world_from_env()
     timings = {}

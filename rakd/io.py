@@ -131,28 +131,22 @@ def work_key(config, resume_free: Iterable[str] = ("fail_after_step", "threads")
     return fingerprint({k: v for k, v in dump.items() if k not in set(resume_free)})
 
 
-def claim_work(work: str | Path, key: str, keep: dict[str, str] | None = None, log=None) -> bool:
+def claim_work(work: str | Path, key: str, keep: dict[str, str] | None = None, log=None) -> None:
     """Make `work` (a training stage's folder of checkpoints) the work of the config with `key`: a folder left by
     another config, or by one that wrote no key, is emptied first, but for its sub-folders named in `keep`
-    ({name: key}) whose own key matches; so a changed config never resumes another's checkpoints. True when
-    something was removed."""
+    ({name: key}) whose own key matches; so a changed config never resumes another's checkpoints."""
     work = Path(work)
-    marker = work / WORK_KEY
-    if marker.is_file() and marker.read_text() == key:
-        return False
-    removed = False
+    if _has_key(work, key):
+        return
     if work.is_dir():
         kept = {name for name, sub in (keep or {}).items() if _has_key(work / name, sub)}
-        for child in work.iterdir():
-            if child.name in kept:
-                continue
+        removed = [child for child in work.iterdir() if child.name not in kept]
+        for child in removed:
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-            removed = True
         if removed and log is not None:
             held = f" (kept: {', '.join(sorted(kept))})" if kept else ""
             log(f"{work} held another config's work: set aside{held}")
-    atomic_write_text(marker, key)
-    return removed
+    mark_work(work, key)
 
 
 def mark_work(folder: str | Path, key: str) -> None:

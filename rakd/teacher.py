@@ -54,10 +54,10 @@ def sft_pairs(records: list[dict], split: str) -> list[tuple[str, str]]:
 
 def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherResult:
     layout, started = RunLayout(run_dir), time.perf_counter()
-    trains = cfg.model.path is None or cfg.tune
-    if trains and "WORLD_SIZE" not in os.environ:  # the launching process: another config's checkpoints set aside
+    trains, launching = cfg.model.path is None or cfg.tune, "WORLD_SIZE" not in os.environ
+    if trains and launching:  # not a torchrun rank: another config's checkpoints are set aside
         claim_work(layout.teacher_work, work_key(cfg), log=log)
-    if cfg.nproc > 1 and trains and "WORLD_SIZE" not in os.environ:
+    if cfg.nproc > 1 and trains and launching:
         spec = layout.teacher_work / "torchrun-config.json"
         launch_torchrun("teacher", "rakd.teacher", cfg, spec, layout.root, cfg.nproc, cfg.threads, log)
         result = json.loads((layout.teacher / "eval.json").read_text())

@@ -38,6 +38,7 @@ from rakd.compare.jobs import (
 )
 from rakd.compare.results import (
     alpha_rows,
+    labels,
     load_rows,
     plot_curves,
     summary_rows,
@@ -58,6 +59,7 @@ __all__ = [
     "extra_jobs",
     "difference_interval",
     "job_distill_config",
+    "labels",
     "link_base",
     "link_run",
     "load_rows",

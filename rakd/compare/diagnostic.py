@@ -16,6 +16,7 @@ import random
 import torch
 
 from rakd.losses.common import masked_stat
+from rakd.losses.policy import clamp_binds, clamp_log_ratio
 
 
 def step0_diagnostic(student, teacher, tokenizer, records: list[dict], rl, loss, *, prompts: int = 64, seed: int = 0):
@@ -48,8 +49,6 @@ def clip_shares(own, theirs, advantages, mask, loss) -> dict:
     """The distribution of log π − log π_T over the masked tokens and the shares TRRD's clamp and clip bind on, at
     θ = θ_old (`own`, `theirs`: (B, T) log-probs; `advantages`: (B,); `mask`: (B, T) bool)."""
     gap = (own - theirs)[mask].double()
-    from rakd.losses.policy import clamp_binds, clamp_log_ratio
-
     ratio = torch.exp((1.0 - loss.alpha) * clamp_log_ratio(own - theirs, loss.teacher_clamp))
     adv = advantages.unsqueeze(-1).expand_as(ratio)
     positive, negative = mask & (adv > 0), mask & (adv < 0)
