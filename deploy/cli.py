@@ -40,7 +40,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def validate_command(args: argparse.Namespace, cfg) -> int:
     from deploy.config import ValidateConfig
-    from deploy.report import shippable, validation_rows
+    from deploy.report import validation_rows
     from deploy.validate import validate
 
     update = {k: v for k, v in (("threads", args.threads), ("n_problems", args.limit)) if v is not None}
@@ -51,12 +51,12 @@ def validate_command(args: argparse.Namespace, cfg) -> int:
     path = args.path or cfg.run.dir
     data, out = validate_paths(path, args.data, args.out, cfg.run.root)
     result = validate(vcfg, path, data, out)
-    print(text_table(validation_rows(result.report["artefacts"])))
-    errors = [r["error"] for r in result.report["artefacts"] if r.get("error")]
-    if errors and len(errors) == len(result.report["artefacts"]):
+    print(text_table(validation_rows(result.report.artefacts)))
+    errors = [r.error for r in result.report.artefacts if r.error]
+    if errors and len(errors) == len(result.report.artefacts):
         raise ModelLoadError("; ".join(errors) + f" (report: {out / 'report.json'})")
     print(f"\nreport written to {out}/ (report.json, report.md, accuracy_vs_latency.png)")
-    if args.require_pass and not shippable(result.report):
+    if args.require_pass and not result.report.shippable():
         print("rakd validate: no artefact passed the gates (--require-pass)", file=sys.stderr)
         return 1
     return 0

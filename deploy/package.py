@@ -19,7 +19,8 @@ import yaml
 
 from deploy.config import PackageConfig
 from deploy.manifest import SCHEMA_VERSION, Manifest, PackageError, file_entries
-from deploy.report import REPORT_KEYS, shippable, validation_rows
+from deploy.record import ArtefactRecord, ValidationReport
+from deploy.report import validation_rows
 from deploy.serve import stop_texts
 from rakd.io import atomic_dir, atomic_write_json, atomic_write_text
 from rakd.layout import RunLayout
@@ -41,20 +42,17 @@ TOKENIZER_FILES = (
 # ---------------------------------------------------------------- choosing and describing
 
 
-def choose(report: dict, cfg: PackageConfig) -> list[dict]:
+def choose(report: ValidationReport, cfg: PackageConfig) -> list[ArtefactRecord]:
     """The artefacts to ship: best accuracy among those that passed (ties: smaller file, then lower p95 latency)."""
-    candidates = shippable(report)
+    candidates = report.shippable()
     if not candidates:
-        summary = "; ".join(
-            f"{r['label']}: {', '.join(r['failed_gates']) or 'reference only'}" for r in report["artefacts"]
-        )
-        raise PackageError(f"no exported artefact passed validation, nothing to package ({summary})")
-    rank = lambda r: (-r["accuracy"], r["size_mb"], r["latency_ms_p95"])  # noqa: E731
+        raise PackageError(f"no exported artefact passed validation, nothing to package ({report.failures()})")
+    rank = lambda r: (-r.accuracy, r.size_mb, r.latency_ms_p95)  # noqa: E731
     if cfg.include == "best-per-format":
         return [
-            min(group, key=rank) for fmt in ("gguf", "onnx") if (group := [r for r in candidates if r["format"] == fmt])
+            min(group, key=rank) for fmt in ("gguf", "onnx") if (group := [r for r in candidates if r.format == fmt])
         ]
-    preferred = [r for r in candidates if r["format"] == cfg.prefer] or candidates
+    preferred = [r for r in candidates if r.format == cfg.prefer] or candidates
     return [min(preferred, key=rank)]
 
 
@@ -91,12 +89,6 @@ def describe_model(folder: Path) -> dict | None:
     }
 
 
-def _summary(record: dict) -> dict:
-    """What the manifest keeps of a validation record: the report's keys and the drop against the reference."""
-    keys = [k for k in REPORT_KEYS if k not in ("path", "label", "format")] + ["accuracy_drop", "n", "reference"]
-    return {"label": record["label"], "format": record["format"], **{k: record.get(k) for k in keys}}
-
-
 # ---------------------------------------------------------------- building
 
 
@@ -118,22 +110,22 @@ def build_package(
         raise PackageError(f"{report_path}: no validation report; run `rakd validate {run_dir}` first")
     if out_dir.exists() and not force:
         raise FileExistsError(f"{out_dir}: a package is already there; pass --force to replace it")
-    report = json.loads(report_path.read_text())
+    report = ValidationReport.from_json(json.loads(report_path.read_text()))
     chosen = choose(report, cfg)
     config_path = layout.config
     configs = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     with atomic_dir(out_dir) as staging:
         models = []
         for record in chosen:
-            source = Path(record["path"])
+            source = Path(record.path)
             if not source.exists():
-                raise PackageError(f"{source}: validated artefact {record['label']} is gone")
+                raise PackageError(f"{source}: validated artefact {record.label} is gone")
             if source.is_dir():
                 shutil.copytree(source, staging / source.name)
             else:
                 shutil.copyfile(source, staging / source.name)
             models.append(
-                {"label": record["label"], "format": record["format"], "path": source.name, "metrics": _summary(record)}
+                {"label": record.label, "format": record.format, "path": source.name, "metrics": record.summary()}
             )
         tokenizer_source = layout.student
         copied = [name for name in TOKENIZER_FILES if (tokenizer_source / name).is_file()]
@@ -151,14 +143,14 @@ def build_package(
             "student": describe_model(layout.student),
             "models": models,
             "validation": {
-                key: report[key] for key in ("data", "machine", "threads", "gates", "reference", "created_at")
+                key: getattr(report, key) for key in ("data", "machine", "threads", "gates", "reference", "created_at")
             }
-            | {"artefacts": [_summary(r) for r in report["artefacts"]]},
+            | {"artefacts": [r.summary() for r in report.artefacts]},
         }
         gguf_model = next((m for m in models if m["format"] == "gguf"), None)
         if gguf_model:
             atomic_write_text(staging / "Modelfile", ollama_modelfile(gguf_model["path"], staging / gguf_model["path"]))
-        example = next((r["samples"][0]["question"] for r in chosen if r.get("samples")), None)
+        example = next((r.samples[0]["question"] for r in chosen if r.samples), None)
         atomic_write_text(staging / "README.md", model_card(manifest, example, has_chat_template(layout.student)))
         manifest["files"] = file_entries(staging)
         Manifest.model_validate(manifest)
@@ -256,7 +248,7 @@ def model_card(manifest: dict, example: str | None = None, chat: bool = False) -
         f"sha256 {validation['data']['sha256'][:12]}), one problem at a time, on {machine['cpu']} with "
         f"{validation['threads']} thread(s). Reference: {validation['reference'] or 'none'}.",
         "",
-        markdown_table(validation_rows(validation["artefacts"])),
+        markdown_table(validation_rows([ArtefactRecord.from_json(r) for r in validation["artefacts"]])),
     ]
     gates = ", ".join(f"{k} = {v}" for k, v in validation["gates"].items() if v is not None)
     lines += ["", f"Gates: {gates}.", "", "## Run it", ""]

@@ -5,180 +5,149 @@ from __future__ import annotations
 from pathlib import Path
 
 from deploy.config import Gates
+from deploy.record import ArtefactRecord, ValidationReport
 from rakd.quant import by_label
 from rakd.tables import markdown_table, num, pct
 
-REPORT_KEYS = (
-    "path",
-    "format",
-    "accuracy",
-    "accuracy_flexible",
-    "no_answer_rate",
-    "ttft_ms_p50",
-    "ttft_ms_p95",
-    "decode_tok_s_p50",
-    "latency_ms_p50",
-    "latency_ms_p95",
-    "peak_rss_mb",
-    "size_mb",
-    "kld_mean",
-    "kld_p99",
-    "top1_agreement",
-    "flips_to_wrong",
-    "flips_to_right",
-    "mean_new_tokens",
-    "truncation_rate",
-    "loop_rate",
-    "passed",
-    "failed_gates",
-)
 
-
-def apply_gates(record: dict, gates: Gates, reference_accuracy: float | None) -> list[str]:
+def apply_gates(record: ArtefactRecord, gates: Gates, reference_accuracy: float | None) -> list[str]:
     """Names (with numbers) of the gates `record` fails; an unloadable artefact fails `loads`. A measure the record
     does not have (the batched reference has no latency; no reference, no KLD) is not gated, except a token agreement
     that failed to run: that fails the KLD gate."""
-    if record.get("error"):
+    if record.error:
         return ["loads"]
     failed = []
-    if record["accuracy"] < gates.min_accuracy:
-        failed.append(f"min_accuracy: {record['accuracy']:.3f} < {gates.min_accuracy:g}")
+    if record.accuracy < gates.min_accuracy:
+        failed.append(f"min_accuracy: {record.accuracy:.3f} < {gates.min_accuracy:g}")
     if gates.max_accuracy_drop is not None and reference_accuracy is not None:
-        drop = reference_accuracy - record["accuracy"]
+        drop = reference_accuracy - record.accuracy
         if drop > gates.max_accuracy_drop + 1e-12:
             failed.append(f"max_accuracy_drop: {drop:.3f} > {gates.max_accuracy_drop:g}")
-    flips = record.get("flips_to_wrong")
+    flips = record.flips_to_wrong
     ceilings = (
-        ("max_latency_ms_p95", record.get("latency_ms_p95"), ".1f"),
-        ("max_size_mb", record.get("size_mb"), ".2f"),
-        ("max_kld_mean", record.get("kld_mean"), ".4f"),
-        ("max_flips_to_wrong", flips / record["n"] if flips is not None else None, ".3f"),
+        ("max_latency_ms_p95", record.latency_ms_p95, ".1f"),
+        ("max_size_mb", record.size_mb, ".2f"),
+        ("max_kld_mean", record.kld_mean, ".4f"),
+        ("max_flips_to_wrong", flips / record.n if flips is not None else None, ".3f"),
     )
     for name, value, fmt in ceilings:
         limit = getattr(gates, name)
         if limit is not None and value is not None and value > limit + 1e-12:
             failed.append(f"{name}: {value:{fmt}} > {limit:g}")
-    if gates.max_kld_mean is not None and record.get("agreement_error"):
-        failed.append(f"max_kld_mean: not measured ({record['agreement_error']})")
+    if gates.max_kld_mean is not None and record.agreement_error:
+        failed.append(f"max_kld_mean: not measured ({record.agreement_error})")
     return failed
 
 
-def reference_of(records: list[dict]) -> dict | None:
+def reference_of(records: list[ArtefactRecord]) -> ArtefactRecord | None:
     """The fp32 reference: the PyTorch model, else an fp32 export."""
-    ok = [r for r in records if not r.get("error")]
-    for test in (lambda r: r["reference"], lambda r: getattr(by_label(r["label"]), "bits", 0) == 32):
+    ok = [r for r in records if not r.error]
+    for test in (lambda r: r.reference, lambda r: getattr(by_label(r.label), "bits", 0) == 32):
         found = [r for r in ok if test(r)]
         if found:
             return found[0]
     return None
 
 
-def shippable(report: dict) -> list[dict]:
-    """Artefacts of a report that passed their gates and could be shipped (not a PyTorch reference, not the
-    teacher's: those are validated beside the student to compare with)."""
-    return [r for r in report["artefacts"] if r["passed"] and not r["reference"] and r.get("model") != "teacher"]
-
-
-def _result(record: dict) -> str:
-    if not record["passed"]:
-        failed = "FAIL: " + "; ".join(record["failed_gates"])
-        return failed + (f" ({record['error']})" if record.get("error") else "")
-    if record.get("reference"):
+def _result(record: ArtefactRecord) -> str:
+    if not record.passed:
+        failed = "FAIL: " + "; ".join(record.failed_gates)
+        return failed + (f" ({record.error})" if record.error else "")
+    if record.reference:
         return "reference"
-    return "pass" if record.get("accuracy_gated", True) else "pass (accuracy not gated: min_accuracy 0, no reference)"
+    return "pass" if record.accuracy_gated else "pass (accuracy not gated: min_accuracy 0, no reference)"
 
 
-def _flips(record: dict) -> str:
-    wrong, right = record.get("flips_to_wrong"), record.get("flips_to_right")
+def _flips(record: ArtefactRecord) -> str:
+    wrong, right = record.flips_to_wrong, record.flips_to_right
     return "-" if wrong is None else f"-{wrong} / +{right}"
 
 
-def validation_rows(records: list[dict]) -> list[dict]:
-    """Validation records (a report's, or a manifest's summaries) as table rows, one per artefact."""
+def validation_rows(records: list[ArtefactRecord]) -> list[dict]:
+    """Validation records (a report's, or a manifest's summaries read back) as table rows, one per artefact."""
     return [
         {
-            "artefact": r["label"],
-            "format": r["format"],
-            "size MB": num(r["size_mb"], ".2f"),
-            "accuracy": pct(r["accuracy"]),
-            "flexible": pct(r.get("accuracy_flexible")),
-            "drop": pct(r.get("accuracy_drop")),
-            "no answer": pct(r["no_answer_rate"]),
-            "TTFT p50 ms": num(r["ttft_ms_p50"], ".2f"),
-            "decode tok/s p50": num(r["decode_tok_s_p50"], ".0f"),
-            "latency p50 ms": num(r["latency_ms_p50"], ".1f"),
-            "latency p95 ms": num(r["latency_ms_p95"], ".1f"),
-            "peak RSS MB": num(r["peak_rss_mb"], ".0f"),
-            "KLD mean": num(r.get("kld_mean"), ".4f"),
-            "KLD p99": num(r.get("kld_p99"), ".3f"),
-            "same top-1": pct(r.get("top1_agreement")),
+            "artefact": r.label,
+            "format": r.format,
+            "size MB": num(r.size_mb, ".2f"),
+            "accuracy": pct(r.accuracy),
+            "flexible": pct(r.accuracy_flexible),
+            "drop": pct(r.accuracy_drop),
+            "no answer": pct(r.no_answer_rate),
+            "TTFT p50 ms": num(r.ttft_ms_p50, ".2f"),
+            "decode tok/s p50": num(r.decode_tok_s_p50, ".0f"),
+            "latency p50 ms": num(r.latency_ms_p50, ".1f"),
+            "latency p95 ms": num(r.latency_ms_p95, ".1f"),
+            "peak RSS MB": num(r.peak_rss_mb, ".0f"),
+            "KLD mean": num(r.kld_mean, ".4f"),
+            "KLD p99": num(r.kld_p99, ".3f"),
+            "same top-1": pct(r.top1_agreement),
             "flips -/+": _flips(r),
-            "mean tokens": num(r.get("mean_new_tokens"), ".1f"),
-            "truncated": pct(r.get("truncation_rate")),
-            "loops": pct(r.get("loop_rate")),
+            "mean tokens": num(r.mean_new_tokens, ".1f"),
+            "truncated": pct(r.truncation_rate),
+            "loops": pct(r.loop_rate),
             "result": _result(r),
         }
         for r in records
     ]
 
 
-def references(report: dict) -> str:
+def references(report: ValidationReport) -> str:
     """The fp32 reference of each model in the report (the student's, and the teacher's where it was validated)."""
-    found = report.get("references") or {"student": report.get("reference")}
     return ", ".join(
-        label if model == "student" else f"{label} (the teacher's)" for model, label in found.items() if label
+        label if model == "student" else f"{label} (the teacher's)"
+        for model, label in report.references.items()
+        if label
     )
 
 
-def against_teacher_rows(report: dict) -> list[dict]:
+def against_teacher_rows(report: ValidationReport) -> list[dict]:
     """The student against the teacher at each artefact type both were validated as: accuracy, answer length, decode
     speed and its ratio, latency p50 and its ratio, size; empty when no teacher artefact was validated."""
-    ok = [r for r in report["artefacts"] if not r.get("error")]
-    teacher = {r["label"].removeprefix("teacher/"): r for r in ok if r.get("model") == "teacher"}
+    ok = [r for r in report.artefacts if not r.error]
+    teacher = {r.label.removeprefix("teacher/"): r for r in ok if r.model == "teacher"}
     rows = []
-    for student in (r for r in ok if r.get("model", "student") == "student"):
-        other = teacher.get(student["label"])
+    for student in (r for r in ok if r.model == "student"):
+        other = teacher.get(student.label)
         if other is None:
             continue
-        timed = student["latency_ms_p50"] and other["latency_ms_p50"]
-        decoded = student["decode_tok_s_p50"] and other["decode_tok_s_p50"]
+        timed = student.latency_ms_p50 and other.latency_ms_p50
+        decoded = student.decode_tok_s_p50 and other.decode_tok_s_p50
         rows.append(
             {
-                "artefact": student["label"],
-                "student accuracy": pct(student["accuracy"]),
-                "teacher accuracy": pct(other["accuracy"]),
-                "student tokens": num(student.get("mean_new_tokens"), ".1f"),
-                "teacher tokens": num(other.get("mean_new_tokens"), ".1f"),
-                "student decode tok/s": num(student["decode_tok_s_p50"], ".0f"),
-                "teacher decode tok/s": num(other["decode_tok_s_p50"], ".0f"),
-                "decode speed-up": (
-                    f"{student['decode_tok_s_p50'] / other['decode_tok_s_p50']:.2f}x" if decoded else "-"
-                ),
+                "artefact": student.label,
+                "student accuracy": pct(student.accuracy),
+                "teacher accuracy": pct(other.accuracy),
+                "student tokens": num(student.mean_new_tokens, ".1f"),
+                "teacher tokens": num(other.mean_new_tokens, ".1f"),
+                "student decode tok/s": num(student.decode_tok_s_p50, ".0f"),
+                "teacher decode tok/s": num(other.decode_tok_s_p50, ".0f"),
+                "decode speed-up": f"{student.decode_tok_s_p50 / other.decode_tok_s_p50:.2f}x" if decoded else "-",
                 "latency p50 ms (student / teacher)": (
-                    f"{student['latency_ms_p50']:.0f} / {other['latency_ms_p50']:.0f}" if timed else "-"
+                    f"{student.latency_ms_p50:.0f} / {other.latency_ms_p50:.0f}" if timed else "-"
                 ),
-                "latency speed-up": f"{other['latency_ms_p50'] / student['latency_ms_p50']:.2f}x" if timed else "-",
-                "size MB (student / teacher)": f"{student['size_mb']:.1f} / {other['size_mb']:.1f}",
+                "latency speed-up": f"{other.latency_ms_p50 / student.latency_ms_p50:.2f}x" if timed else "-",
+                "size MB (student / teacher)": f"{student.size_mb:.1f} / {other.size_mb:.1f}",
             }
         )
     return rows
 
 
-def format_report_md(report: dict) -> str:
-    machine = report["machine"]
-    gates = ", ".join(f"{k}={v}" for k, v in report["gates"].items() if v is not None)
+def format_report_md(report: ValidationReport) -> str:
+    machine = report.machine
+    gates = ", ".join(f"{k}={v}" for k, v in report.gates.items() if v is not None)
     lines = [
         "# Validation report",
         "",
-        f"- source: `{report['source']}`",
-        f"- data: `{report['data']['path']}` ({report['data']['n']} problems, greedy, "
-        f"max {report['max_new_tokens']} new tokens)",
-        f"- machine: {machine['cpu']} ({machine['cores']} cores), {report['threads']} runtime thread(s)",
+        f"- source: `{report.source}`",
+        f"- data: `{report.data['path']}` ({report.data['n']} problems, greedy, "
+        f"max {report.max_new_tokens} new tokens)",
+        f"- machine: {machine['cpu']} ({machine['cores']} cores), {report.threads} runtime thread(s)",
         f"- llama.cpp: {machine['llama_cpp']['system_info']} (extra buffers: {machine['llama_cpp']['reason']})",
         f"- reference: {references(report) or 'none (drop gate not applied)'}",
         f"- gates: {gates}",
         "",
-        markdown_table(validation_rows(report["artefacts"])),
+        markdown_table(validation_rows(report.artefacts)),
         "",
         "Accuracy counts the answer the output marks (`####`, `A:`, `answer is`, `\\boxed{}`); flexible also counts "
         "the last number of an output that marks none (lm-eval's GSM8K flexible-extract), and is never gated. "
@@ -207,7 +176,7 @@ def format_report_md(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy_vs_latency(report: dict, path: Path) -> None:
+def plot_accuracy_vs_latency(report: ValidationReport, path: Path) -> None:
     """Accuracy and mean token KLD against latency, one point per artefact (green: passed its gates); the batched
     reference, which has no latency, as a dashed line of its accuracy."""
     import matplotlib
@@ -217,13 +186,13 @@ def plot_accuracy_vs_latency(report: dict, path: Path) -> None:
 
     fig, (acc, kld) = plt.subplots(1, 2, figsize=(12, 4.8))
     placed: dict = {}  # per plot and model: how many labels it has placed
-    measured = [r for r in report["artefacts"] if r["accuracy"] is not None]
-    for r in sorted(measured, key=lambda r: r["latency_ms_p50"] or 0):
-        if r["latency_ms_p50"] is None:
-            acc.axhline(100 * r["accuracy"], color="gray", linestyle="--", linewidth=1)
+    measured = [r for r in report.artefacts if r.accuracy is not None]
+    for r in sorted(measured, key=lambda r: r.latency_ms_p50 or 0):
+        if r.latency_ms_p50 is None:
+            acc.axhline(100 * r.accuracy, color="gray", linestyle="--", linewidth=1)
             acc.annotate(
-                f"{r['label']} (reference)",
-                (0, 100 * r["accuracy"]),
+                f"{r.label} (reference)",
+                (0, 100 * r.accuracy),
                 xycoords=("axes fraction", "data"),
                 xytext=(4, 3),
                 textcoords="offset points",
@@ -231,31 +200,31 @@ def plot_accuracy_vs_latency(report: dict, path: Path) -> None:
                 color="gray",
             )
             continue
-        color = "tab:green" if r["passed"] else "tab:red"
-        marker = "s" if r.get("model") == "teacher" else "o"  # the teacher's artefacts: squares
-        for ax, value in ((acc, 100 * r["accuracy"]), (kld, r.get("kld_mean"))):
+        color = "tab:green" if r.passed else "tab:red"
+        marker = "s" if r.model == "teacher" else "o"  # the teacher's artefacts: squares
+        for ax, value in ((acc, 100 * r.accuracy), (kld, r.kld_mean)):
             if value is None:
                 continue
-            ax.scatter(r["latency_ms_p50"], value, color=color, marker=marker)
+            ax.scatter(r.latency_ms_p50, value, color=color, marker=marker)
             # a model's artefacts, in order of latency, take turns above, below and higher above (the teacher's
             # start below): the labels of neighbouring points do not collide
             turn = placed.setdefault((ax, marker), 1 if marker == "s" else 0)
             placed[(ax, marker)] += 1
             ax.annotate(
-                f"{r['label']} ({r['size_mb']:.0f} MB)",
-                (r["latency_ms_p50"], value),
+                f"{r.label} ({r.size_mb:.0f} MB)",
+                (r.latency_ms_p50, value),
                 textcoords="offset points",
                 xytext=(5, (4, -11, 15)[turn % 3]),
                 fontsize=8,
             )
     for ax in (acc, kld):
-        ax.set_xlabel(f"latency per problem, p50 (ms, {report['threads']} thread(s))")
+        ax.set_xlabel(f"latency per problem, p50 (ms, {report.threads} thread(s))")
         ax.grid(alpha=0.3)
         ax.margins(x=0.25, y=0.12)
     acc.set_ylabel("greedy accuracy (%)")
-    teacher = any(r.get("model") == "teacher" for r in report["artefacts"])
+    teacher = any(r.model == "teacher" for r in report.artefacts)
     shapes = "; squares: the teacher's artefacts" if teacher else ""
-    acc.set_title(f"accuracy vs latency, {report['data']['n']} problems\ngreen: passed its gates{shapes}", fontsize=10)
+    acc.set_title(f"accuracy vs latency, {report.data['n']} problems\ngreen: passed its gates{shapes}", fontsize=10)
     kld.set_yscale("symlog", linthresh=1e-5)  # near-exact exports (~1e-6) and 4-bit ones (~1e-2) on one axis
     kld.set_ylabel("mean token KL divergence from the reference (nats)")
     kld.set_title(f"KL divergence vs latency\neach model against its own reference: {references(report)}", fontsize=10)

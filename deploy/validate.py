@@ -23,7 +23,8 @@ from pathlib import Path
 from deploy.artefacts import Artefact, discover
 from deploy.config import ValidateConfig
 from deploy.measure import machine_info, run_artefact, size_mb
-from deploy.report import REPORT_KEYS, apply_gates, format_report_md, plot_accuracy_vs_latency, reference_of
+from deploy.record import ArtefactRecord, ValidationReport
+from deploy.report import apply_gates, format_report_md, plot_accuracy_vs_latency, reference_of
 from rakd.data.loaders import load_task_file
 from rakd.io import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
 from rakd.isolated import ChildCrashed, ChildFailed, run_isolated
@@ -77,60 +78,63 @@ def _progress_bar(progress: Progress):
     return feed
 
 
-def compare_with_reference(records: list[dict], reference: dict | None, cfg: ValidateConfig) -> None:
+def compare_with_reference(
+    records: list[ArtefactRecord], reference: ArtefactRecord | None, sequences: list | None, cfg: ValidateConfig
+) -> None:
     """Each artefact against the fp32 reference: answer flips per problem, and the token agreement (KL divergence,
-    top-1) over the reference's own completions. The reference's distributions are computed once (its top
-    `kld_top_k` tokens and the tail's mass at every completion position, deploy.agreement) and each artefact is
-    compared with them in a fresh process as its run was. Records the seconds of each part; drops the token ids."""
-    sequences = reference.get("sequences") if reference else None
-    others = [r for r in records if not r.get("error") and r is not reference]
-    if sequences and others:
-        with tempfile.TemporaryDirectory(prefix="rakd-reference-") as tmp:
-            distribution = Path(tmp) / "reference.npz"
-            started = time.perf_counter()
-            spec = {
-                "reference": {"format": reference["format"], "path": reference["path"]},
-                "sequences": sequences,
-                "threads": cfg.threads,
-                "top_k": cfg.kld_top_k,
-                "out": str(distribution),
-            }
-            print(f"[validate] {reference['label']}: reference distributions", file=sys.stderr, flush=True)
-            try:
-                _child("deploy.agreement:reference_spec", spec, cfg.isolate, f"{reference['path']}: the reference")
-                reference["seconds_reference_distributions"] = time.perf_counter() - started
-            except Exception as err:  # noqa: BLE001 - reported; the gates see no KLD
-                message = str(err) if isinstance(err, ModelLoadError) else f"{type(err).__name__}: {err}"
-                for record in others:
-                    record["agreement_error"] = f"the reference's distributions: {message}"
-                print(f"[validate] {reference['label']}: reference FAILED: {message}", file=sys.stderr)
-                distribution = None
+    top-1) over the reference's own completions (`sequences`: its token ids and prompt lengths). The reference's
+    distributions are computed once (its top `kld_top_k` tokens and the tail's mass at every completion position,
+    deploy.agreement) and each artefact is compared with them in a fresh process as its run was. Records the seconds
+    of each part."""
+    others = [r for r in records if not r.error and r is not reference]
+    if not (sequences and others):
+        return
+    with tempfile.TemporaryDirectory(prefix="rakd-reference-") as tmp:
+        distribution: Path | None = Path(tmp) / "reference.npz"
+        started = time.perf_counter()
+        spec = {
+            "reference": {"format": reference.format, "path": reference.path},
+            "sequences": sequences,
+            "threads": cfg.threads,
+            "top_k": cfg.kld_top_k,
+            "out": str(distribution),
+        }
+        print(f"[validate] {reference.label}: reference distributions", file=sys.stderr, flush=True)
+        try:
+            _child("deploy.agreement:reference_spec", spec, cfg.isolate, f"{reference.path}: the reference")
+            reference.seconds_reference_distributions = time.perf_counter() - started
+        except Exception as err:  # noqa: BLE001 - reported; the gates see no KLD
+            message = str(err) if isinstance(err, ModelLoadError) else f"{type(err).__name__}: {err}"
             for record in others:
-                _compare_one(record, reference, distribution, sequences, cfg)
-    for record in records:
-        record.pop("sequences", None)
+                record.agreement_error = f"the reference's distributions: {message}"
+            print(f"[validate] {reference.label}: reference FAILED: {message}", file=sys.stderr)
+            distribution = None
+        for record in others:
+            _compare_one(record, reference, distribution, sequences, cfg)
 
 
-def _compare_one(record: dict, reference: dict, distribution: Path | None, sequences, cfg: ValidateConfig) -> None:
-    ours, theirs = record["per_problem"]["correct"], reference["per_problem"]["correct"]
-    record["flips_to_wrong"] = sum(r and not a for r, a in zip(theirs, ours))
-    record["flips_to_right"] = sum(a and not r for r, a in zip(theirs, ours))
+def _compare_one(
+    record: ArtefactRecord, reference: ArtefactRecord, distribution: Path | None, sequences, cfg: ValidateConfig
+) -> None:
+    ours, theirs = record.correct, reference.correct
+    record.flips_to_wrong = sum(r and not a for r, a in zip(theirs, ours))
+    record.flips_to_right = sum(a and not r for r, a in zip(theirs, ours))
     if distribution is None:
         return
     spec = {
         "distribution": str(distribution),
-        "artefact": {"format": record["format"], "path": record["path"]},
+        "artefact": {"format": record.format, "path": record.path},
         "sequences": sequences,
         "threads": cfg.threads,
     }
-    print(f"[validate] {record['label']}: token agreement with {reference['label']}", file=sys.stderr, flush=True)
+    print(f"[validate] {record.label}: token agreement with {reference.label}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     try:
-        record.update(_child("deploy.agreement:agreement_spec", spec, cfg.isolate, f"{record['path']}: the agreement"))
-        record["seconds_agreement"] = time.perf_counter() - started
+        record.update(_child("deploy.agreement:agreement_spec", spec, cfg.isolate, f"{record.path}: the agreement"))
+        record.seconds_agreement = time.perf_counter() - started
     except Exception as err:  # noqa: BLE001 - reported; the gates see no KLD
-        record["agreement_error"] = str(err) if isinstance(err, ModelLoadError) else f"{type(err).__name__}: {err}"
-        print(f"[validate] {record['label']}: token agreement FAILED: {record['agreement_error']}", file=sys.stderr)
+        record.agreement_error = str(err) if isinstance(err, ModelLoadError) else f"{type(err).__name__}: {err}"
+        print(f"[validate] {record.label}: token agreement FAILED: {record.agreement_error}", file=sys.stderr)
 
 
 def _child(target: str, spec: dict, isolate: bool, what: str) -> dict:
@@ -147,73 +151,71 @@ def _child(target: str, spec: dict, isolate: bool, what: str) -> dict:
 @dataclass(frozen=True)
 class ValidateResult:
     out_dir: Path
-    report: dict
+    report: ValidationReport
 
 
 def validate(cfg: ValidateConfig, path: str | Path, data: str | Path, out_dir: str | Path) -> ValidateResult:
     """Validate every artefact behind `path` on `data`; write the report under `out_dir`."""
     artefacts = discover(path)
     problems = load_problems(data, cfg.n_problems)
-    records = []
+    records, sequences = [], {}
     for artefact in artefacts:
-        record = {
-            "label": artefact.label,
-            "path": str(artefact.path),
-            "format": artefact.format,
-            "reference": artefact.reference,
-            "model": artefact.model,
-            "size_mb": size_mb(artefact.path),
-            "threads": cfg.threads,
-        }
+        record = ArtefactRecord(
+            label=artefact.label,
+            format=artefact.format,
+            path=str(artefact.path),
+            reference=artefact.reference,
+            model=artefact.model,
+            size_mb=size_mb(artefact.path),
+            threads=cfg.threads,
+        )
         print(
-            f"[validate] {artefact.label} ({artefact.format}, {record['size_mb']:.2f} MB): {len(problems)} problems",
+            f"[validate] {artefact.label} ({artefact.format}, {record.size_mb:.2f} MB): {len(problems)} problems",
             file=sys.stderr,
             flush=True,
         )
         try:
             runner = _isolated if cfg.isolate else run_artefact
             started = time.perf_counter()
-            record.update(runner(artefact, problems, cfg))
-            record["seconds_run"] = time.perf_counter() - started
+            measured = runner(artefact, problems, cfg)
+            sequences[artefact.label] = measured.pop("sequences", None)  # for the token agreement; not kept
+            record.update(measured)
+            record.seconds_run = time.perf_counter() - started
         except Exception as err:  # noqa: BLE001 - one bad artefact must not stop the others
-            record["error"] = (
-                str(err) if isinstance(err, (ModelLoadError, DataError)) else f"{type(err).__name__}: {err}"
-            )
-            print(f"[validate] {artefact.label}: FAILED to run: {record['error']}", file=sys.stderr, flush=True)
+            record.error = str(err) if isinstance(err, (ModelLoadError, DataError)) else f"{type(err).__name__}: {err}"
+            print(f"[validate] {artefact.label}: FAILED to run: {record.error}", file=sys.stderr, flush=True)
         records.append(record)
     references = {}  # each model's artefacts against its own fp32 reference (the student's, the teacher's)
-    for model in dict.fromkeys(r["model"] for r in records):
-        own = [r for r in records if r["model"] == model]
+    for model in dict.fromkeys(r.model for r in records):
+        own = [r for r in records if r.model == model]
         references[model] = reference = reference_of(own)
-        compare_with_reference(own, reference, cfg)
-        reference_accuracy = reference["accuracy"] if reference else None
+        compare_with_reference(own, reference, sequences.get(reference.label) if reference else None, cfg)
+        reference_accuracy = reference.accuracy if reference else None
         for record in own:
-            for key in REPORT_KEYS:
-                record.setdefault(key, None)
-            record["failed_gates"] = apply_gates(record, cfg.gates, reference_accuracy)
-            record["passed"] = not record["failed_gates"]
+            record.failed_gates = apply_gates(record, cfg.gates, reference_accuracy)
+            record.passed = not record.failed_gates
             # a pass says nothing about answers when no gate looked at accuracy
-            record["accuracy_gated"] = cfg.gates.min_accuracy > 0 or (
-                cfg.gates.max_accuracy_drop is not None and reference_accuracy is not None and not record["reference"]
+            record.accuracy_gated = cfg.gates.min_accuracy > 0 or (
+                cfg.gates.max_accuracy_drop is not None and reference_accuracy is not None and not record.reference
             )
-            if reference_accuracy is not None and record["accuracy"] is not None:
-                record["accuracy_drop"] = reference_accuracy - record["accuracy"]
+            if reference_accuracy is not None and record.accuracy is not None:
+                record.accuracy_drop = reference_accuracy - record.accuracy
     reference = references.get("student")
-    report = {
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "source": str(path),
-        "data": {"path": str(data), "n": len(problems), "sha256": sha256_file(data)},
-        "machine": machine_info(),
-        "threads": cfg.threads,
-        "max_new_tokens": cfg.max_new_tokens,
-        "gates": cfg.gates.model_dump(),
-        "reference": reference["label"] if reference else None,
-        "references": {model: ref["label"] if ref else None for model, ref in references.items()},
-        "artefacts": records,
-    }
+    report = ValidationReport(
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        source=str(path),
+        data={"path": str(data), "n": len(problems), "sha256": sha256_file(data)},
+        machine=machine_info(),
+        threads=cfg.threads,
+        max_new_tokens=cfg.max_new_tokens,
+        gates=cfg.gates.model_dump(),
+        reference=reference.label if reference else None,
+        references={model: ref.label if ref else None for model, ref in references.items()},
+        artefacts=records,
+    )
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as staging:
-        atomic_write_json(staging / "report.json", report)
+        atomic_write_json(staging / "report.json", report.as_json())
         atomic_write_text(staging / "report.md", format_report_md(report))
         plot_accuracy_vs_latency(report, staging / "accuracy_vs_latency.png")
     return ValidateResult(out_dir, report)

@@ -95,20 +95,19 @@ def rakd_validate(
 ) -> dict:
     """Validate a model file, ONNX folder or package against a data file (an edge device's job)."""
     from deploy.config import ValidateConfig
-    from deploy.report import shippable, validation_rows
+    from deploy.record import ValidationReport
+    from deploy.report import validation_rows
 
     cfg = ValidateConfig.model_validate(validation or {})
     out = out or str(Path("runs") / f"validate-{Path(model).stem}")
     result = edge_validate_task(cfg.model_dump(mode="json"), model, data, out)
+    report = ValidationReport.from_json(result["report"])
     create_table_artifact(
-        validation_rows(result["report"]["artefacts"]),
+        validation_rows(report.artefacts),
         key=f"edge-validate-{slug(Path(model).stem)}",
         description=f"validation of {model} on {data}",
     )
-    shipped = shippable(result["report"])
+    shipped = report.shippable()
     if require_pass and not shipped:
-        raise RuntimeError(
-            f"{model}: no artefact passed the gates: "
-            + "; ".join(f"{r['label']}: {', '.join(r['failed_gates'])}" for r in result["report"]["artefacts"])
-        )
-    return {"report": str(Path(out) / "report.json"), "passed": [r["label"] for r in shipped]}
+        raise RuntimeError(f"{model}: no artefact passed the gates: {report.failures()}")
+    return {"report": str(Path(out) / "report.json"), "passed": [r.label for r in shipped]}

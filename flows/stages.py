@@ -88,8 +88,8 @@ def _edge_validate(cfg: dict, model: str, data: str, out: str) -> dict:
 
     started = time.perf_counter()
     result = validate(ValidateConfig.model_validate(cfg), model, data, out)
-    print(text_table(validation_rows(result.report["artefacts"])))
-    return {"path": str(result.out_dir), "report": result.report, "seconds": time.perf_counter() - started}
+    print(text_table(validation_rows(result.report.artefacts)))
+    return {"path": str(result.out_dir), "report": result.report.as_json(), "seconds": time.perf_counter() - started}
 
 
 # The edge device's validation: never cached (the device and its timings are the point), one retry for I/O.

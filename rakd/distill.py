@@ -18,13 +18,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rakd.evaluate import evaluate_model, format_eval
+from rakd.evaluate import evaluate_model
 from rakd.flops import merge, with_total
 from rakd.io import claim_work, fingerprint, mark_work, read_jsonl, work_key
 from rakd.layout import RunLayout
 from rakd.models.load import save_model
 from rakd.models.zoo import count_parameters
-from rakd.schema import GREEDY_READING
 from rakd.scorers import make_scorer
 from rakd.stage_config import DistillConfig
 from rakd.train.distributed import launch_torchrun, leave_world, plain_copy, shard, world_from_env
@@ -99,13 +98,13 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     if not world.main:  # rank 0 evaluates and writes the student
         return DistillResult(layout.student, {}, eval_warm, timings)
 
-    result = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval, precision)
-    result.update(
-        method=cfg.method,
-        parameters=count_parameters(student),
-        teacher_parameters=count_parameters(teacher),
-        precision=precision,
-    )
+    evaluated = evaluate_model(student, tokenizer, distill_records(layout, "test"), cfg.eval, precision)
+    result = evaluated.as_json() | {
+        "method": cfg.method,
+        "parameters": count_parameters(student),
+        "teacher_parameters": count_parameters(teacher),
+        "precision": precision,
+    }
     work = layout.student_work
     rows = read_jsonl(work / "metrics.jsonl") if (work / "metrics.jsonl").exists() else []
     result["flops"] = stage_flops(eval_warm, rows, result["eval_flops"])
@@ -119,7 +118,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
             result.update(final_val(cfg, student, tokenizer, layout, precision))
     if readouts:  # the student read out earlier in the same run (rl.readout_steps): the budget's, or the steps'
         result["readouts"] = readouts
-    log(format_eval(f"student ({cfg.method})", result))
+    log(evaluated.line(f"student ({cfg.method})"))
     logs = {
         name: work / path
         for name, path in (
@@ -202,8 +201,8 @@ def val_evaluation(cfg: DistillConfig, student, tokenizer, layout: RunLayout, pr
     def hook(step: int, row: dict) -> None:
         if step % cfg.eval_every == 0:
             val = evaluate_model(student, tokenizer, records, val_cfg, precision)
-            row.update({f"val_{k}": v for k, v in val.items() if k.endswith(("accuracy", "stderr"))})
-            row["flops_eval"] = val["eval_flops"]
+            row.update({f"val_{k}": v for k, v in val.as_json().items() if k.endswith(("accuracy", "stderr"))})
+            row["flops_eval"] = val.eval_flops
 
     return hook
 
@@ -218,7 +217,7 @@ def test_readout(cfg: DistillConfig, student, tokenizer, layout: RunLayout, read
     def hook(steps: int, reason: str) -> None:
         result = evaluate_model(student, tokenizer, records, test_cfg, precision)
         val = final_val(cfg, student, tokenizer, layout, precision)
-        readouts.append({"steps": steps, "at": reason, **{k: result[k] for k in GREEDY_READING if k in result}, **val})
+        readouts.append({"steps": steps, "at": reason, **result.reading(), **val})
 
     return hook
 
@@ -226,11 +225,8 @@ def test_readout(cfg: DistillConfig, student, tokenizer, layout: RunLayout, read
 def final_val(cfg: DistillConfig, student, tokenizer, layout: RunLayout, precision: str) -> dict:
     """The val split's greedy accuracy on `val_problems` problems, as the `eval_every` checks read it."""
     val_cfg = cfg.eval.model_copy(update={"n_problems": cfg.val_problems, "k_samples": 0})
-    return {
-        "val_greedy_accuracy": evaluate_model(student, tokenizer, distill_records(layout, "val"), val_cfg, precision)[
-            "greedy_accuracy"
-        ]
-    }
+    val = evaluate_model(student, tokenizer, distill_records(layout, "val"), val_cfg, precision)
+    return {"val_greedy_accuracy": val.greedy_accuracy}
 
 
 def fault_injection(cfg: DistillConfig):

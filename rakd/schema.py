@@ -36,6 +36,19 @@ LOSS_DEFAULTS = LossDefaults()
 GREEDY_READING = ("greedy_accuracy", "greedy_stderr", "greedy_correct")
 
 
+def encode_answers(correct: tuple[bool, ...] | list[bool]) -> str:
+    """Per-problem answers as stored: one character a problem, "1" right and "0" wrong ("0110")."""
+    return "".join("1" if c else "0" for c in correct)
+
+
+def decode_answers(stored: str) -> tuple[bool, ...]:
+    """The answers `encode_answers` stored; anything but 0 and 1 is an error naming the character."""
+    bad = set(stored) - {"0", "1"}
+    if bad:
+        raise ValueError(f"per-problem answers hold {sorted(bad)}: only 0 and 1 are answers")
+    return tuple(c == "1" for c in stored)
+
+
 class StageConfig(BaseModel):
     """A stage's configuration: immutable, and unknown keys are errors."""
 

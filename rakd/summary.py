@@ -47,9 +47,10 @@ def export_rows(summary: Summary) -> list[dict]:
 
 
 def validate_rows(summary: Summary) -> list[dict]:
+    from deploy.record import ValidationReport
     from deploy.report import validation_rows
 
-    return validation_rows(summary["report"]["artefacts"])
+    return validation_rows(ValidationReport.from_json(summary["report"]).artefacts)
 
 
 def package_rows(summary: Summary) -> list[dict]:

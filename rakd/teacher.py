@@ -21,7 +21,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from rakd.evaluate import evaluate_model, format_eval
+from rakd.evaluate import evaluate_model
 from rakd.flops import with_total
 from rakd.io import atomic_write_json, claim_work, read_jsonl, work_key
 from rakd.layout import RunLayout
@@ -92,8 +92,8 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
     if not world.main:  # rank 0 evaluates and writes the teacher; every rank holds the same weights
         world.barrier()
         return TeacherResult(layout.teacher, {}, time.perf_counter() - started)
-    result = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval, precision)
-    result.update(parameters=count_parameters(model), source=cfg.model.model_dump())
+    evaluated = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval, precision)
+    result = evaluated.as_json() | {"parameters": count_parameters(model), "source": cfg.model.model_dump()}
     work_log = layout.teacher_work / "metrics.jsonl"
     rows = read_jsonl(work_log) if work_log.exists() else []
     result["precision"] = precision
@@ -104,7 +104,7 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
     trained = sum(row.get("flops", 0) for row in rows)
     checks = sum(row.get("flops_eval", 0) for row in rows) + (before or {}).get("eval_flops", 0)
     result["flops"] = with_total({"teacher_train": trained, "eval": result["eval_flops"] + checks})
-    log(format_eval("teacher", result))
+    log(evaluated.line("teacher"))
     save_model(
         model.cpu(),
         tokenizer,
@@ -123,8 +123,8 @@ def evaluation_before(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, w
     path = layout.teacher_work / "eval_before.json"
     if world.main and not path.exists():
         result = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval, precision)
-        log(format_eval("teacher (before tuning)", result))
-        atomic_write_json(path, {k: v for k, v in result.items() if k != "greedy_correct"})
+        log(result.line("teacher (before tuning)"))
+        atomic_write_json(path, {k: v for k, v in result.as_json().items() if k != "greedy_correct"})
     world.barrier()
     return json.loads(path.read_text())
 

@@ -71,8 +71,8 @@ class ValCheck:
         if step % self.stop.every:
             return False
         result = evaluate_model(self.model, self.tokenizer, self.records, self.eval_cfg, self.precision)
-        accuracy = result["greedy_accuracy"]
-        row.update(val_check_accuracy=accuracy, flops_eval=result.get("eval_flops", 0))
+        accuracy = result.greedy_accuracy
+        row.update(val_check_accuracy=accuracy, flops_eval=result.eval_flops)
         target = "" if self.stop.val_accuracy is None else f" (target {self.stop.val_accuracy})"
         self.log(f"[{self.name}] step {step}: val accuracy {accuracy:.3f}{target}")
         self.checks = [c for c in self.checks if c[0] < step] + [(step, accuracy)]

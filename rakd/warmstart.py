@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from rakd.evaluate import evaluate_model, format_eval
+from rakd.evaluate import evaluate_model
 from rakd.flops import merge, with_total
 from rakd.io import read_jsonl
 from rakd.layout import RunLayout
@@ -114,7 +114,8 @@ def run_warmstart(
     if not world.main:
         world.barrier()  # rank 0 evaluates and saves; every rank holds the same weights already
         return traces, json.loads((done / "eval_warmstart.json").read_text())
-    result = evaluate_model(whole, tokenizer, distill_records(layout, "test"), cfg.eval, precision)
+    evaluated = evaluate_model(whole, tokenizer, distill_records(layout, "test"), cfg.eval, precision)
+    result = evaluated.as_json()
     sft_log, base_log = layout.warmstart_work / "metrics.jsonl", layout.base_work / "metrics.jsonl"
     sft_rows = read_jsonl(sft_log) if sft_log.exists() else []
     base_rows = read_jsonl(base_log) if base_log.exists() else []
@@ -131,7 +132,7 @@ def run_warmstart(
     )
     if result["target"]:
         log(f"[warmstart] {result['target']['summary']}")
-    log(format_eval("student (warm start)", result))
+    log(evaluated.line("student (warm start)"))
     files = {"traces.jsonl": rounds.pending}
     if sft_log.exists():
         files["metrics_warmstart.jsonl"] = sft_log

@@ -16,6 +16,7 @@ from deploy.agreement import (
 )
 from deploy.config import Gates, ValidateConfig
 from deploy.measure import repeats_to_the_end
+from deploy.record import ArtefactRecord
 from deploy.report import apply_gates, validation_rows
 from rakd.prompt import prompt_around, render_chat, turn_end
 
@@ -116,7 +117,7 @@ def record(**over):
     base = dict(
         label="gguf-q4_k_m", accuracy=0.8, n=100, latency_ms_p95=10.0, size_mb=1.0, kld_mean=0.02, flips_to_wrong=6
     )
-    return {**base, **over}
+    return ArtefactRecord(**{"format": "gguf", **base, **over})
 
 
 def test_kld_and_flip_gates_name_the_numbers():

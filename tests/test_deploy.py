@@ -11,7 +11,8 @@ from deploy.artefacts import discover
 from deploy.config import Gates, PackageConfig, ValidateConfig
 from deploy.manifest import PackageError, verify_package
 from deploy.package import build_package
-from deploy.report import REPORT_KEYS, apply_gates, validation_rows
+from deploy.record import ArtefactRecord, ValidationReport
+from deploy.report import apply_gates, validation_rows
 from deploy.runtimes import load_package
 from deploy.validate import load_problems, validate
 from export.quantize import quantize_gguf
@@ -52,49 +53,49 @@ def report(run_dir):
 
 
 def test_validation_writes_every_key_with_sane_values(report, run_dir):
-    by_label = {r["label"]: r for r in report["artefacts"]}
+    by_label = {r.label: r for r in report.artefacts}
     assert set(by_label) == {"pytorch", "onnx-fp32", "gguf-f16", "gguf-q8_0"}
-    assert report["reference"] == "pytorch" and report["data"]["n"] == 6
+    assert report.reference == "pytorch" and report.data["n"] == 6
     reference = by_label["pytorch"]
     for record in by_label.values():
-        assert set(REPORT_KEYS) <= set(record), record["label"]
-        assert record.get("error") is None, record.get("error")
-        assert 0 <= record["accuracy"] <= 1 and 0 <= record["no_answer_rate"] <= 1
-        assert 0 <= record["loop_rate"] <= record["truncation_rate"] <= 1 and 0 <= record["mean_new_tokens"] <= 10
-        assert record["peak_rss_mb"] > 10 and record["size_mb"] > 0 and record["threads"] == 1
-        assert record["passed"] is True and record["failed_gates"] == []
-        assert "sequences" not in record and len(record["per_problem"]["correct"]) == 6
+        assert record.error is None, record.error
+        assert 0 <= record.accuracy <= 1 and 0 <= record.no_answer_rate <= 1
+        assert 0 <= record.loop_rate <= record.truncation_rate <= 1 and 0 <= record.mean_new_tokens <= 10
+        assert record.peak_rss_mb > 10 and record.size_mb > 0 and record.threads == 1
+        assert record.passed is True and record.failed_gates == []
+        assert len(record.per_problem["correct"]) == 6
         if record is reference:  # decoded in batches: the yardstick, not timed, not compared with itself
-            assert record["latency_ms_p50"] is None and record["kld_mean"] is None and record["flips_to_wrong"] is None
+            assert record.latency_ms_p50 is None and record.kld_mean is None and record.flips_to_wrong is None
             continue
-        assert 0 < record["ttft_ms_p50"] <= record["ttft_ms_p95"]
-        assert 0 < record["latency_ms_p50"] <= record["latency_ms_p95"]
-        assert record["ttft_ms_p50"] <= record["latency_ms_p50"]
+        assert 0 < record.ttft_ms_p50 <= record.ttft_ms_p95
+        assert 0 < record.latency_ms_p50 <= record.latency_ms_p95
+        assert record.ttft_ms_p50 <= record.latency_ms_p50
         # every flip is one problem's correctness changing: the accuracy difference is their balance
-        flips = record["flips_to_wrong"] - record["flips_to_right"]
-        assert round(6 * (reference["accuracy"] - record["accuracy"])) == flips
-        assert 0 <= record["kld_mean"] <= record["kld_p99"] <= record["kld_max"] and record["kld_tokens"] > 0
+        flips = record.flips_to_wrong - record.flips_to_right
+        assert round(6 * (reference.accuracy - record.accuracy)) == flips
+        assert 0 <= record.kld_mean <= record.kld_p99 <= record.kld_max and record.kld_tokens > 0
     # Token agreement over the reference's completions: fp32 ONNX matches to float rounding, the F16 GGUF (with a
     # device's F16 KV cache) closely, q8_0 less closely.
-    assert by_label["onnx-fp32"]["kld_mean"] < 1e-6 and by_label["onnx-fp32"]["top1_agreement"] == 1.0
-    assert by_label["gguf-f16"]["kld_mean"] < 1e-3 and by_label["gguf-f16"]["top1_agreement"] > 0.9
-    assert by_label["gguf-f16"]["kld_mean"] < by_label["gguf-q8_0"]["kld_mean"]
+    assert by_label["onnx-fp32"].kld_mean < 1e-6 and by_label["onnx-fp32"].top1_agreement == 1.0
+    assert by_label["gguf-f16"].kld_mean < 1e-3 and by_label["gguf-f16"].top1_agreement > 0.9
+    assert by_label["gguf-f16"].kld_mean < by_label["gguf-q8_0"].kld_mean
     # The same greedy decoding everywhere: fp32 ONNX and F16 GGUF reproduce the PyTorch outputs.
-    outputs = [s["output"] for s in reference["samples"]]
-    assert [s["output"] for s in by_label["onnx-fp32"]["samples"]] == outputs
-    assert [s["output"] for s in by_label["gguf-f16"]["samples"]] == outputs
-    assert by_label["gguf-q8_0"]["size_mb"] < by_label["gguf-f16"]["size_mb"]
+    outputs = [s["output"] for s in reference.samples]
+    assert [s["output"] for s in by_label["onnx-fp32"].samples] == outputs
+    assert [s["output"] for s in by_label["gguf-f16"].samples] == outputs
+    assert by_label["gguf-q8_0"].size_mb < by_label["gguf-f16"].size_mb
     # llama.cpp runs without torch in its process: far less memory than the PyTorch reference.
-    assert by_label["gguf-f16"]["peak_rss_mb"] < by_label["pytorch"]["peak_rss_mb"]
+    assert by_label["gguf-f16"].peak_rss_mb < by_label["pytorch"].peak_rss_mb
     on_disk = json.loads((run_dir / "validate" / "report.json").read_text())
-    assert on_disk["artefacts"][0]["label"] == report["artefacts"][0]["label"]
+    assert on_disk == report.as_json() and all("sequences" not in r for r in on_disk["artefacts"])
+    assert ValidationReport.from_json(on_disk) == report  # the one shape, read back whole
     markdown = (run_dir / "validate" / "report.md").read_text()
     assert all(f"| {label} |" in markdown for label in by_label)
     assert (run_dir / "validate" / "accuracy_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_gates_name_what_failed():
-    record = {"accuracy": 0.70, "latency_ms_p95": 120.0, "size_mb": 3.0}
+    record = ArtefactRecord("gguf-q8_0", "gguf", accuracy=0.70, latency_ms_p95=120.0, size_mb=3.0)
     gates = Gates(min_accuracy=0.75, max_accuracy_drop=0.05, max_latency_ms_p95=100, max_size_mb=2.5)
     failed = apply_gates(record, gates, reference_accuracy=0.80)
     assert failed == [
@@ -107,7 +108,7 @@ def test_gates_name_what_failed():
     assert (
         apply_gates(record, Gates(max_accuracy_drop=0.0), reference_accuracy=None) == []
     )  # no reference: no drop gate
-    assert apply_gates({"error": "boom"}, Gates(), 0.8) == ["loads"]
+    assert apply_gates(ArtefactRecord("gguf-q8_0", "gguf", error="boom"), Gates(), 0.8) == ["loads"]
 
 
 def test_gates_fail_as_configured_and_require_pass_exits_non_zero(run_dir, tmp_path, capsys):
@@ -115,8 +116,8 @@ def test_gates_fail_as_configured_and_require_pass_exits_non_zero(run_dir, tmp_p
 
     cfg = ValidateConfig(**{**FAST, "gates": Gates(max_size_mb=0.01)})
     result = validate(cfg, run_dir, run_dir / "data" / "test.jsonl", tmp_path / "gated")
-    assert not any(r["passed"] for r in result.report["artefacts"])
-    assert all(any(g.startswith("max_size_mb") for g in r["failed_gates"]) for r in result.report["artefacts"])
+    assert not any(r.passed for r in result.report.artefacts)
+    assert all(any(g.startswith("max_size_mb") for g in r.failed_gates) for r in result.report.artefacts)
     args = [
         "validate",
         str(run_dir / "export" / "model-q8_0.gguf"),
@@ -138,16 +139,16 @@ def test_gates_fail_as_configured_and_require_pass_exits_non_zero(run_dir, tmp_p
 def test_external_gguf_from_llama_cpp_quantiser_validates_like_ours(run_dir, tmp_path):
     external = quantize_gguf(run_dir / "export" / "model-f16.gguf", tmp_path / "someone-elses-Q8_0.gguf", "q8_0")
     data = run_dir / "data" / "test.jsonl"
-    theirs = validate(ValidateConfig(**FAST), external, data, tmp_path / "theirs").report["artefacts"]
+    theirs = validate(ValidateConfig(**FAST), external, data, tmp_path / "theirs").report.artefacts
     ours = validate(ValidateConfig(**FAST), run_dir / "export" / "model-q8_0.gguf", data, tmp_path / "ours").report
-    assert [a["label"] for a in theirs] == ["gguf-q8_0"]  # from the file's own file type, not its name
-    assert theirs[0]["passed"] and theirs[0]["reference"] is False
-    assert [s["output"] for s in theirs[0]["samples"]] == [s["output"] for s in ours["artefacts"][0]["samples"]]
-    assert ours["reference"] is None  # a lone file has no fp32 reference
+    assert [a.label for a in theirs] == ["gguf-q8_0"]  # from the file's own file type, not its name
+    assert theirs[0].passed and theirs[0].reference is False
+    assert [s["output"] for s in theirs[0].samples] == [s["output"] for s in ours.artefacts[0].samples]
+    assert ours.reference is None  # a lone file has no fp32 reference
     # Nothing looked at its answers (min_accuracy 0, no reference for the drop gate): the report says so.
-    assert not theirs[0]["accuracy_gated"]
+    assert not theirs[0].accuracy_gated
     assert validation_rows(theirs)[0]["result"].startswith("pass (accuracy not gated")
-    assert 0 <= theirs[0]["accuracy"] <= theirs[0]["accuracy_flexible"] <= 1
+    assert 0 <= theirs[0].accuracy <= theirs[0].accuracy_flexible <= 1
 
 
 def test_bad_inputs_give_clear_errors(run_dir, tmp_path):
@@ -180,13 +181,11 @@ def test_bad_inputs_give_clear_errors(run_dir, tmp_path):
     parity = json.loads((broken_run / "export" / "parity.json").read_text())  # as if export had made it
     parity["artefacts"].append({"artefact": "gguf-bad", "format": "gguf", "path": "model-bad.gguf"})
     (broken_run / "export" / "parity.json").write_text(json.dumps(parity))
-    records = {
-        r["label"]: r for r in validate(ValidateConfig(**FAST), broken_run, data, tmp_path / "v").report["artefacts"]
-    }
-    assert "onnx-fp32: ONNX folder without a tokenizer" in records["onnx-fp32"]["error"]
-    assert "model-bad.gguf: corrupt or truncated GGUF" in records["gguf-bad"]["error"]
-    assert records["gguf-bad"]["failed_gates"] == ["loads"] and records["gguf-bad"]["accuracy"] is None
-    assert records["gguf-f16"]["passed"] and records["gguf-q8_0"]["passed"]
+    records = {r.label: r for r in validate(ValidateConfig(**FAST), broken_run, data, tmp_path / "v").report.artefacts}
+    assert "onnx-fp32: ONNX folder without a tokenizer" in records["onnx-fp32"].error
+    assert "model-bad.gguf: corrupt or truncated GGUF" in records["gguf-bad"].error
+    assert records["gguf-bad"].failed_gates == ["loads"] and records["gguf-bad"].accuracy is None
+    assert records["gguf-f16"].passed and records["gguf-q8_0"].passed
 
 
 def test_a_lone_model_that_does_not_load_is_an_error(run_dir, tmp_path, capsys):
@@ -224,11 +223,11 @@ def test_a_crashing_runtime_fails_only_its_artefact(run_dir, tmp_path, monkeypat
     monkeypatch.setattr(validation.sys, "executable", str(dying))  # a child that dies without a result
     record = validate(
         ValidateConfig(**{**FAST, "isolate": True}), crashed, run_dir / "data" / "test.jsonl", tmp_path / "v"
-    ).report["artefacts"][0]
+    ).report.artefacts[0]
     assert (
         "crash.gguf: the gguf runtime crashed (signal 11); last output: Segmentation fault in ggml_compute"
-        in record["error"]
-        and not record["passed"]
+        in record.error
+        and not record.passed
     )
 
 
@@ -243,9 +242,9 @@ def test_package_is_built_verified_and_refuses_to_overwrite(report, run_dir, tmp
     assert manifest.student["parameters"] > 0 and manifest.teacher is None
     readme = (package / "README.md").read_text()
     assert "from llama_cpp import Llama" in readme and "## Limitations" in readme and "rakd" in readme
-    example = report["artefacts"][0]["samples"][0]["question"]  # one of the model's own task prompts
+    example = report.artefacts[0].samples[0]["question"]  # one of the model's own task prompts
     assert f"llm({json.dumps(example + chr(10))}" in readme and "KLD mean" in readme
-    assert all(f"| {r['label']} |" in readme for r in report["artefacts"])
+    assert all(f"| {r.label} |" in readme for r in report.artefacts)
     # The Ollama Modelfile beside the GGUF: parsed as Ollama reads it (instruction, then its arguments).
     model_path = manifest.models[0].path
     instructions = parse_modelfile((package / "Modelfile").read_text())
@@ -335,16 +334,16 @@ def test_a_real_instruct_gguf_is_prompted_in_its_chat_template_and_read_flexibly
     ]
     (tmp_path / "p.jsonl").write_text(to_jsonl(problems))
     cfg = ValidateConfig(n_problems=3, max_new_tokens=48, progress_every=3, isolate=False, gates=OPEN_GATES)
-    [artefact] = validate(cfg, path, tmp_path / "p.jsonl", tmp_path / "v").report["artefacts"]
-    assert not artefact.get("error") and all(s["output"].strip() for s in artefact["samples"])
-    assert 0 <= artefact["accuracy"] <= artefact["accuracy_flexible"] <= 1 and not artefact["accuracy_gated"]
+    [artefact] = validate(cfg, path, tmp_path / "p.jsonl", tmp_path / "v").report.artefacts
+    assert not artefact.error and all(s["output"].strip() for s in artefact.samples)
+    assert 0 <= artefact.accuracy <= artefact.accuracy_flexible <= 1 and not artefact.accuracy_gated
 
 
 def test_the_teacher_is_exported_and_validated_beside_the_student_and_never_shipped(tokenizer, tmp_path):
     """export.teacher: the teacher's artefacts under export/teacher/ (labelled teacher/<label>, parity against the
     teacher); validation measures them on the same problems, each model against its own fp32 reference, reports
     the student against the teacher per artefact type, and packaging ships only the student."""
-    from deploy.report import against_teacher_rows, format_report_md, shippable
+    from deploy.report import against_teacher_rows, format_report_md
 
     run = tmp_path / "with-teacher"
     save_model(build_model(preset_config("test-micro", tokenizer), seed=3), tokenizer, run / "student")
@@ -363,14 +362,14 @@ def test_the_teacher_is_exported_and_validated_beside_the_student_and_never_ship
     assert {r["model"] for r in parity["artefacts"]} == {"student", "teacher"}
 
     report = validate(ValidateConfig(**FAST), run, run / "data" / "test.jsonl", run / "validate").report
-    records = {r["label"]: r for r in report["artefacts"]}
-    assert records["teacher/pytorch"]["reference"] and records["teacher/pytorch"]["model"] == "teacher"
-    assert report["references"] == {"student": "pytorch", "teacher": "teacher/pytorch"}
+    records = {r.label: r for r in report.artefacts}
+    assert records["teacher/pytorch"].reference and records["teacher/pytorch"].model == "teacher"
+    assert report.references == {"student": "pytorch", "teacher": "teacher/pytorch"}
     teacher_q8 = records["teacher/gguf-q8_0"]
     # against the teacher's reference: its drop is from the teacher's accuracy, its KLD from the teacher's logits
-    assert teacher_q8["accuracy_drop"] == pytest.approx(records["teacher/pytorch"]["accuracy"] - teacher_q8["accuracy"])
-    assert teacher_q8["kld_mean"] is not None and teacher_q8["kld_mean"] < 0.05
-    assert all(r.get("model") != "teacher" for r in shippable(report)) and shippable(report)
+    assert teacher_q8.accuracy_drop == pytest.approx(records["teacher/pytorch"].accuracy - teacher_q8.accuracy)
+    assert teacher_q8.kld_mean is not None and teacher_q8.kld_mean < 0.05
+    assert all(r.model != "teacher" for r in report.shippable()) and report.shippable()
     rows = against_teacher_rows(report)
     assert [r["artefact"] for r in rows] == ["pytorch", "gguf-f16", "gguf-q8_0"]
     assert rows[0]["latency speed-up"] == "-" and rows[1]["latency speed-up"].endswith("x")  # references: untimed

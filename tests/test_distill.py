@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -9,6 +10,7 @@ import rakd.train.rl as rl
 from rakd.config import load_config
 from rakd.data.prep import run_prep
 from rakd.distill import InjectedFault, run_distill
+from rakd.evaluate import EvalResult
 from rakd.io import read_jsonl, to_jsonl
 from rakd.losses import LOSSES
 from rakd.models.load import ModelLoadError
@@ -383,7 +385,7 @@ def test_warmstart_stops_at_its_target_val_accuracy(prepared, tmp_path, monkeypa
         result = real(model, tokenizer, records, cfg, precision)
         if cfg.n_problems == 7 and cfg.k_samples == 0:
             checks.append(records)
-            result["greedy_accuracy"] = [0.1, 0.3][len(checks) - 1]
+            return dataclasses.replace(result, greedy_accuracy=[0.1, 0.3][len(checks) - 1])
         return result
 
     monkeypatch.setattr(valstop, "evaluate_model", scripted)
@@ -423,7 +425,8 @@ def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficu
     val = [{"id": str(i), "question": f"q{i}", "answer": "1"} for i in range(5)]
     layout.split("val").write_text(to_jsonl(val))
     seen = []
-    result = {"greedy_accuracy": 0.5, "eval_flops": 7}
+    result = EvalResult(5, greedy_accuracy=0.5, greedy_stderr=0.2, no_answer_rate=0.0, greedy_accuracy_flexible=0.5,
+                        mean_response_tokens=9.0, k_samples=0, eval_flops=7)  # fmt: skip
     monkeypatch.setattr(valstop, "evaluate_model", lambda m, t, records, c, p: seen.append(records) or result)
     cfg = load_config(None, ["distill.warmstart.stop={val_accuracy: 0.5, min_difficulty: 4, every: 3}"]).distill
     hook = warmstart.warmstart_stop(cfg, None, None, layout, lambda *_: None, "fp32")
@@ -445,7 +448,7 @@ def scripted_warmstart(prepared, tmp_path, monkeypatch, name, extra=(), crash_at
     def scripted(model, tokenizer, records, cfg, precision):
         result = real(model, tokenizer, records, cfg, precision)
         if cfg.n_problems == 7 and cfg.k_samples == 0:
-            result["greedy_accuracy"] = 0.1
+            return dataclasses.replace(result, greedy_accuracy=0.1)
         return result
 
     def traces_of(model, tokenizer, records, cfg, seed, precision="fp32"):
@@ -603,7 +606,7 @@ def test_warmstart_stops_at_its_plateau_without_a_target(prepared, tmp_path, mon
     def scripted(model, tokenizer, records, cfg, precision):
         result = real(model, tokenizer, records, cfg, precision)
         if cfg.n_problems == 7 and cfg.k_samples == 0:
-            result["greedy_accuracy"] = next(scripted_values)
+            return dataclasses.replace(result, greedy_accuracy=next(scripted_values))
         return result
 
     monkeypatch.setattr(valstop, "evaluate_model", scripted)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rakd.schema import decode_answers
+
 INTERVAL = "Welch t: seed-mean variances of both methods plus the paired per-problem variance, Welch-Satterthwaite df"
 
 
@@ -74,5 +76,5 @@ def difference_interval(
 
 
 def correctness(row: dict) -> list[int]:
-    """A job row's per-problem greedy results as 0/1 (stored as a string of '0'/'1')."""
-    return [int(c) for c in row["greedy_correct"]]
+    """A job row's per-problem greedy results as 0/1 (stored as rakd.evaluate.encode_answers writes them)."""
+    return [int(c) for c in decode_answers(row["greedy_correct"])]
