@@ -38,7 +38,7 @@ from rakd.compare import (
 from rakd.compare.diagnostic import describe, warmstart_diagnostic
 from rakd.config import PipelineConfig, load_config
 from rakd.flops import format_flops
-from rakd.layout import RunLayout
+from rakd.layout import EVAL_WARMSTART, RunLayout
 from rakd.schema import ConfigError
 
 
@@ -151,7 +151,7 @@ def rakd_compare(config: dict) -> dict:
 
 
 def _warmstart_flops(warmstart: Path) -> int:
-    return json.loads((warmstart / "eval_warmstart.json").read_text()).get("flops", {}).get("total", 0)
+    return json.loads((warmstart / EVAL_WARMSTART).read_text()).get("flops", {}).get("total", 0)
 
 
 def _describe_budget(budget: dict, steps: int) -> str:

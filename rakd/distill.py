@@ -21,7 +21,7 @@ from pathlib import Path
 from rakd.evaluate import evaluate_model
 from rakd.flops import merge, with_total
 from rakd.io import claim_work, fingerprint, mark_work, read_jsonl, work_key
-from rakd.layout import RunLayout
+from rakd.layout import EVAL, EVAL_WARMSTART, METRICS, METRICS_BASE, METRICS_WARMSTART, SECONDS, TRACES, RunLayout
 from rakd.models.load import save_model
 from rakd.models.zoo import count_parameters
 from rakd.scorers import make_scorer
@@ -106,7 +106,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         "precision": precision,
     }
     work = layout.student_work
-    rows = read_jsonl(work / "metrics.jsonl") if (work / "metrics.jsonl").exists() else []
+    rows = read_jsonl(work / METRICS) if (work / METRICS).exists() else []
     result["flops"] = stage_flops(eval_warm, rows, result["eval_flops"])
     result["steps"] = len(rows)
     if rows and "groups_drawn" in rows[0]:
@@ -122,10 +122,10 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     logs = {
         name: work / path
         for name, path in (
-            ("metrics.jsonl", "metrics.jsonl"),
-            ("traces.jsonl", "traces.jsonl"),
-            ("metrics_warmstart.jsonl", "warmstart/metrics_warmstart.jsonl"),
-            ("metrics_base.jsonl", "warmstart/metrics_base.jsonl"),
+            (METRICS, METRICS),
+            (TRACES, TRACES),
+            (METRICS_WARMSTART, f"warmstart/{METRICS_WARMSTART}"),
+            (METRICS_BASE, f"warmstart/{METRICS_BASE}"),
             ("checkpoints", "checkpoints"),
         )
         if (work / path).exists()
@@ -135,7 +135,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         tokenizer,
         layout.student,
         # wall seconds apart from eval.json, whose numbers are deterministic: torchrun's launcher reads them back
-        extra={"eval.json": result, "eval_warmstart.json": eval_warm, "seconds.json": timings},
+        extra={EVAL: result, EVAL_WARMSTART: eval_warm, SECONDS: timings},
         copy_files=logs,
     )
     shutil.rmtree(work, ignore_errors=True)
@@ -250,11 +250,9 @@ def launch_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> Distil
     t0 = time.perf_counter()
     spec = layout.student_work / "torchrun-config.json"
     launch_torchrun("distill", "rakd.distill", cfg, spec, layout.root, cfg.nproc, cfg.threads, log)
-    result = json.loads((layout.student / "eval.json").read_text())
-    seconds = {**json.loads((layout.student / "seconds.json").read_text()), "total": time.perf_counter() - t0}
-    return DistillResult(
-        layout.student, result, json.loads((layout.student / "eval_warmstart.json").read_text()), seconds
-    )
+    result = json.loads((layout.student / EVAL).read_text())
+    seconds = {**json.loads((layout.student / SECONDS).read_text()), "total": time.perf_counter() - t0}
+    return DistillResult(layout.student, result, json.loads((layout.student / EVAL_WARMSTART).read_text()), seconds)
 
 
 if __name__ == "__main__":  # a torchrun worker: python -m rakd.distill CONFIG_JSON RUN_DIR

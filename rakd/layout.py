@@ -19,6 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# The files a stage writes inside a model folder (teacher/, student/, a warm start) or a training work folder
+EVAL = "eval.json"  # the model's evaluation (rakd.evaluate.EvalResult's keys and the stage's own), written last
+EVAL_WARMSTART = "eval_warmstart.json"  # the warm start's, in its own folder and in student/
+EVAL_BEFORE = "eval_before.json"  # a tuned teacher's evaluation before tuning, while it trains
+SECONDS = "seconds.json"  # wall seconds, apart from eval.json's deterministic numbers
+METRICS = "metrics.jsonl"  # one row per training step
+METRICS_WARMSTART = "metrics_warmstart.jsonl"  # the warm start's SFT rows, in the student folder
+METRICS_BASE = "metrics_base.jsonl"  # `warmstart.base`: the SFT on bare answers
+TRACES = "traces.jsonl"  # the teacher's verified traces the warm start trained on
+
 
 @dataclass(frozen=True)
 class RunLayout:

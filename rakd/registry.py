@@ -23,7 +23,7 @@ from deploy import cli as deploy_cli
 from export import cli as export_cli
 from rakd.config import PipelineConfig
 from rakd.io import fingerprint_path, read_jsonl
-from rakd.layout import RunLayout
+from rakd.layout import EVAL, EVAL_WARMSTART, METRICS, RunLayout
 from rakd.schema import StageConfig
 from rakd.summary import (
     Summary,
@@ -85,7 +85,7 @@ def run_teacher(cfg, layout: RunLayout) -> Summary:
 
 
 def read_teacher(cfg, layout: RunLayout) -> Summary:
-    return {"path": str(layout.teacher), "eval": _json(layout.teacher / "eval.json")}
+    return {"path": str(layout.teacher), "eval": _json(layout.teacher / EVAL)}
 
 
 def run_distill(cfg, layout: RunLayout) -> Summary:
@@ -97,7 +97,7 @@ def run_distill(cfg, layout: RunLayout) -> Summary:
 
 def read_distill(cfg, layout: RunLayout) -> Summary:
     keep = ("step", "reward_mean", "val_greedy_accuracy", "val_sampled_accuracy")
-    metrics = layout.student / "metrics.jsonl"  # absent when rl.steps is 0 (the warm start alone)
+    metrics = layout.student / METRICS  # absent when rl.steps is 0 (the warm start alone)
     by_step = [
         {k: row[k] for k in keep if k in row}
         for row in (read_jsonl(metrics) if metrics.exists() else [])
@@ -105,8 +105,8 @@ def read_distill(cfg, layout: RunLayout) -> Summary:
     ]
     return {
         "path": str(layout.student),
-        "eval": _json(layout.student / "eval.json"),
-        "eval_warmstart": _json(layout.student / "eval_warmstart.json"),
+        "eval": _json(layout.student / EVAL),
+        "eval_warmstart": _json(layout.student / EVAL_WARMSTART),
         "val_by_step": by_step,
     }
 
@@ -176,7 +176,7 @@ STAGES: tuple[Stage, ...] = (
         "teacher",
         run_teacher,
         read_teacher,
-        lambda layout: layout.teacher / "eval.json",
+        lambda layout: layout.teacher / EVAL,
         teacher_rows,
         help="train the from-scratch teacher on CoT traces (or load a checkpoint) and evaluate it",
         after="prep",
@@ -188,7 +188,7 @@ STAGES: tuple[Stage, ...] = (
         "distill",
         run_distill,
         read_distill,
-        lambda layout: layout.student / "eval.json",
+        lambda layout: layout.student / EVAL,
         distill_rows,
         help="warm-start the student on teacher traces, then RL-aware distillation",
         after="teacher",

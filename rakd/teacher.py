@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 from rakd.evaluate import evaluate_model
 from rakd.flops import with_total
 from rakd.io import atomic_write_json, claim_work, read_jsonl, work_key
-from rakd.layout import RunLayout
+from rakd.layout import EVAL, EVAL_BEFORE, METRICS, RunLayout
 from rakd.models.load import load_causal_lm, save_model
 from rakd.models.zoo import build_model, count_parameters, preset_config
 from rakd.prompt import completion_text
@@ -60,7 +60,7 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
     if cfg.nproc > 1 and trains and launching:
         spec = layout.teacher_work / "torchrun-config.json"
         launch_torchrun("teacher", "rakd.teacher", cfg, spec, layout.root, cfg.nproc, cfg.threads, log)
-        result = json.loads((layout.teacher / "eval.json").read_text())
+        result = json.loads((layout.teacher / EVAL).read_text())
         return TeacherResult(layout.teacher, result, time.perf_counter() - started)
     world = world_from_env()
     set_threads(cfg.threads)
@@ -94,7 +94,7 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
         return TeacherResult(layout.teacher, {}, time.perf_counter() - started)
     evaluated = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval, precision)
     result = evaluated.as_json() | {"parameters": count_parameters(model), "source": cfg.model.model_dump()}
-    work_log = layout.teacher_work / "metrics.jsonl"
+    work_log = layout.teacher_work / METRICS
     rows = read_jsonl(work_log) if work_log.exists() else []
     result["precision"] = precision
     if trains:
@@ -109,8 +109,8 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
         model.cpu(),
         tokenizer,
         layout.teacher,
-        extra={"eval.json": result},
-        copy_files={"metrics.jsonl": work_log} if work_log.exists() else None,
+        extra={EVAL: result},
+        copy_files={METRICS: work_log} if work_log.exists() else None,
     )
     shutil.rmtree(layout.teacher_work, ignore_errors=True)
     world.barrier()
@@ -120,7 +120,7 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
 def evaluation_before(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, world, log, precision: str) -> dict:
     """The checkpoint's test accuracy before it is tuned (rank 0; kept in teacher.work/, so a resumed run does not
     evaluate it again)."""
-    path = layout.teacher_work / "eval_before.json"
+    path = layout.teacher_work / EVAL_BEFORE
     if world.main and not path.exists():
         result = evaluate_model(model, tokenizer, read_jsonl(layout.split("test")), cfg.eval, precision)
         log(result.line("teacher (before tuning)"))
@@ -135,7 +135,7 @@ def teacher_stop(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, log, p
         return None
     records = check_records(read_jsonl(layout.split("val")), cfg.stop, f"teacher.stop: {layout.split('val')}")
     return ValCheck.resuming(
-        layout.teacher_work / "metrics.jsonl",
+        layout.teacher_work / METRICS,
         stop=cfg.stop,
         model=model,
         tokenizer=tokenizer,

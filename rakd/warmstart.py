@@ -16,7 +16,7 @@ from pathlib import Path
 from rakd.evaluate import evaluate_model
 from rakd.flops import merge, with_total
 from rakd.io import read_jsonl
-from rakd.layout import RunLayout
+from rakd.layout import EVAL_WARMSTART, METRICS, METRICS_BASE, METRICS_WARMSTART, TRACES, RunLayout
 from rakd.models.load import ModelLoadError, load_causal_lm, save_model
 from rakd.models.subset import layer_subset
 from rakd.models.zoo import build_model, preset_config
@@ -83,9 +83,9 @@ def run_warmstart(
     them again), every rank trains on its share of each SFT batch, and rank 0 evaluates and saves."""
     world = world or World()
     work, done = layout.student_work, layout.warmstart
-    if (done / "eval_warmstart.json").exists():
+    if (done / EVAL_WARMSTART).exists():
         load_full_state_dict(student, load_causal_lm(done)[0].state_dict())
-        return read_jsonl(done / "traces.jsonl"), json.loads((done / "eval_warmstart.json").read_text())
+        return read_jsonl(done / TRACES), json.loads((done / EVAL_WARMSTART).read_text())
     precision = stage_precision(cfg, student)
     stop = warmstart_stop(cfg, student, tokenizer, layout, log, precision)  # a bad `stop` fails before any sampling
     if cfg.warmstart.base is not None:
@@ -113,10 +113,10 @@ def run_warmstart(
     whole = plain_copy(student)  # a sharded student gathered on rank 0 (every rank takes part)
     if not world.main:
         world.barrier()  # rank 0 evaluates and saves; every rank holds the same weights already
-        return traces, json.loads((done / "eval_warmstart.json").read_text())
+        return traces, json.loads((done / EVAL_WARMSTART).read_text())
     evaluated = evaluate_model(whole, tokenizer, distill_records(layout, "test"), cfg.eval, precision)
     result = evaluated.as_json()
-    sft_log, base_log = layout.warmstart_work / "metrics.jsonl", layout.base_work / "metrics.jsonl"
+    sft_log, base_log = layout.warmstart_work / METRICS, layout.base_work / METRICS
     sft_rows = read_jsonl(sft_log) if sft_log.exists() else []
     base_rows = read_jsonl(base_log) if base_log.exists() else []
     result["sft_steps"] = done_steps
@@ -133,15 +133,15 @@ def run_warmstart(
     if result["target"]:
         log(f"[warmstart] {result['target']['summary']}")
     log(evaluated.line("student (warm start)"))
-    files = {"traces.jsonl": rounds.pending}
+    files = {TRACES: rounds.pending}
     if sft_log.exists():
-        files["metrics_warmstart.jsonl"] = sft_log
+        files[METRICS_WARMSTART] = sft_log
     if base_log.exists():
-        files["metrics_base.jsonl"] = base_log
-    save_model(whole, tokenizer, done, extra={"eval_warmstart.json": result}, copy_files=files)
+        files[METRICS_BASE] = base_log
+    save_model(whole, tokenizer, done, extra={EVAL_WARMSTART: result}, copy_files=files)
     shutil.rmtree(layout.warmstart_work, ignore_errors=True)
     shutil.rmtree(layout.base_work, ignore_errors=True)
-    rounds.finish(work / "traces.jsonl")  # the final student folder carries them too
+    rounds.finish(work / TRACES)  # the final student folder carries them too
     world.barrier()
     return traces, result
 
@@ -207,7 +207,7 @@ def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, lo
         return None
     records = check_records(distill_records(layout, "val"), stop, f"distill.warmstart.stop: {layout.split('val')}")
     return ValCheck.resuming(
-        layout.warmstart_work / "metrics.jsonl",
+        layout.warmstart_work / METRICS,
         stop=stop,
         model=student,
         tokenizer=tokenizer,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rakd.flops import Ledger, compute_seconds
 from rakd.io import atomic_write_json, fingerprint
-from rakd.layout import RunLayout
+from rakd.layout import EVAL_WARMSTART, METRICS, RunLayout
 from rakd.schema import GREEDY_READING
 from rakd.stage_config import CompareConfig
 
@@ -293,7 +293,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
     started = time.time()
     result = run_distill(distill_cfg, layout.root, log=lambda *_: None)
     finished = time.time()
-    rows = read_jsonl(layout.student / "metrics.jsonl")
+    rows = read_jsonl(layout.student / METRICS)
     final = result.eval
     budget, at_steps = readouts(final, len(rows), distill_cfg.rl.readout_steps)
     budget_rows = [r for r in rows if r["step"] <= budget["steps"]]
@@ -380,7 +380,7 @@ def shared_warmstart(distill, layout: RunLayout, teacher_key: str, regime: str |
         }
     )
     target = layout.comparison_warmstart(regime)
-    if (target / "eval_warmstart.json").is_file() and (target / ".key").is_file():
+    if (target / EVAL_WARMSTART).is_file() and (target / ".key").is_file():
         if (target / ".key").read_text() == key:
             return target
     work = layout.comparison_warmstart_work(regime)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from rakd.flops import Ledger, ModelDims, compute_seconds, rollout_flops
+from rakd.layout import METRICS
 from rakd.losses import LOSSES, LossSpec, group_advantages
 from rakd.progress import Progress
 from rakd.rollout import (
@@ -109,7 +110,7 @@ class RLTrainer(CheckpointedTrainer):
         self.optimizer = make_optimizer(student, cfg.optim)
         self.scheduler = make_scheduler(self.optimizer, cfg.steps, cfg.optim)
         self.out_dir, self.checkpoint_every = Path(out_dir), checkpoint_every
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl")
+        self.log = MetricsLog(self.out_dir / METRICS)
         self.device = next(student.parameters()).device
         self.precision = precision  # resolved: sampling, scoring and the update under one autocast
         # Degenerate groups get the grpo_kl KL term when zero_adv=kd and the method has advantages.

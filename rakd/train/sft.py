@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rakd.flops import ModelDims, rollout_flops
+from rakd.layout import METRICS
 from rakd.losses import LOSSES
 from rakd.progress import Progress
 from rakd.rollout import Rollouts
@@ -51,7 +52,7 @@ class SFTTrainer(CheckpointedTrainer):
         self.out_dir = Path(out_dir)
         self.optimizer = make_optimizer(model, cfg.optim)
         self.scheduler = make_scheduler(self.optimizer, cfg.steps, cfg.optim)
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl")
+        self.log = MetricsLog(self.out_dir / METRICS)
         self.device = next(model.parameters()).device
         self.start_step = 0
         self.world = world or World()  # under torchrun: each rank takes its share of every batch
