@@ -298,3 +298,42 @@ def test_compare_ends_with_its_rows_under_torchrun_and_without_sampled_answers(p
     alpha = {r["α"]: r for r in outcome["tables"]["alpha"]}
     assert alpha["0.3"]["sampled"] == "-" and alpha["0.3"]["greedy"] != "-"
     assert (tmp_path / "cmp2" / "compare" / "results" / "results.md").is_file()
+
+
+def test_a_killed_shared_warm_start_resumes_and_another_configs_is_set_aside(tmp_path, monkeypatch):
+    """The comparison's warm start keeps its traces and checkpoints when the comparison is killed, so the next run
+    resumes them; a run of another warm-start config sets them aside instead."""
+    import rakd.warmstart as warmstart
+    from rakd.compare.jobs import shared_warmstart
+    from rakd.layout import RunLayout
+
+    base = RunLayout(tmp_path / "run")
+    for name in ("data", "teacher"):
+        (base.root / name).mkdir(parents=True)
+    seen = []
+
+    def prepare(cfg, run_dir, log=print):  # a warm start killed after its traces, then resumed
+        layout = RunLayout(run_dir)
+        pending = layout.student_work / "traces.pending.jsonl"
+        seen.append(pending.is_file())
+        if not pending.is_file():
+            pending.write_text('{"question": "1+1", "completion": " 2"}\n')
+            raise KeyboardInterrupt("killed while sampling traces")
+        layout.warmstart.mkdir()
+        (layout.warmstart / "eval_warmstart.json").write_text("{}")
+        return layout.warmstart
+
+    monkeypatch.setattr(warmstart, "prepare_warmstart", prepare)
+    distill = load_config(None).distill
+    with pytest.raises(KeyboardInterrupt):
+        shared_warmstart(distill, base, "teacher-key")
+    made = shared_warmstart(distill, base, "teacher-key")  # its links to the base run are made again
+    assert seen == [False, True] and (made / "eval_warmstart.json").is_file()
+    assert not base.comparison_warmstart_work().exists()  # finished: the work folder is gone
+    # another config's leftover work is not resumed
+    with pytest.raises(KeyboardInterrupt):
+        shared_warmstart(distill.model_copy(update={"seed": 7}), base, "teacher-key")
+    seen.clear()
+    with pytest.raises(KeyboardInterrupt):
+        shared_warmstart(distill.model_copy(update={"seed": 8}), base, "teacher-key")
+    assert seen == [False]

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rakd.flops import Ledger, compute_seconds
-from rakd.io import atomic_write_json, fingerprint
+from rakd.io import atomic_write_json, claim_work, fingerprint
 from rakd.layout import EVAL_WARMSTART, METRICS, RunLayout
 from rakd.schema import GREEDY_READING
 from rakd.stage_config import CompareConfig
@@ -210,13 +210,18 @@ def job_distill_config(distill, compare: CompareConfig, job: Job, budget: dict |
     )
 
 
-def link_base(base: RunLayout, target: Path) -> None:
-    """A fresh folder `target` that sees the base run's data, tokenizer and teacher (symlinks, no copies)."""
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
+def link_base(base: RunLayout, target: Path, fresh: bool = True) -> None:
+    """A folder `target` that sees the base run's data, tokenizer and teacher (symlinks, no copies); emptied first
+    when `fresh`, else what it holds stays (a killed warm start's traces and checkpoints, to resume from)."""
+    if fresh:
+        shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True, exist_ok=True)
     for name in ("data", "tokenizer", "teacher"):
+        link = target / name
+        if link.is_symlink():
+            link.unlink()
         if (base.root / name).exists():
-            os.symlink((base.root / name).resolve(), target / name)
+            os.symlink((base.root / name).resolve(), link)
 
 
 def link_run(base: RunLayout, warmstart: Path, target: RunLayout) -> None:
@@ -367,7 +372,8 @@ def parameter_ratio(teacher: Path, student: Path) -> dict:
 
 def shared_warmstart(distill, layout: RunLayout, teacher_key: str, regime: str | None = None) -> Path:
     """The comparison's one warm start in `<run>/compare[/<regime>]/warmstart/`, made once per key (the teacher's
-    stage key, the student, warm-start and eval config, the seed) and swapped into place only when complete."""
+    stage key, the student, warm-start and eval config, the seed) and swapped into place only when complete; a
+    killed one resumes where it stopped."""
     from rakd.warmstart import prepare_warmstart
 
     key = fingerprint(
@@ -384,7 +390,8 @@ def shared_warmstart(distill, layout: RunLayout, teacher_key: str, regime: str |
         if (target / ".key").read_text() == key:
             return target
     work = layout.comparison_warmstart_work(regime)
-    link_base(layout, work)
+    link_base(layout, work, fresh=False)  # a killed warm start resumes from its traces and SFT checkpoints,
+    claim_work(RunLayout(work).student_work, key)  # unless they were another config's: those are set aside
     made = prepare_warmstart(
         distill.model_copy(update={"eval": distill.eval.model_copy(update={"per_problem": True})}), work
     )
