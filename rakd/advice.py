@@ -12,15 +12,22 @@ FLOPs, as docs/results.md ("Which method when") reports it. The rule reads:
    log-probs pay: TRRD (`rakd`), level with KDRL, OPD and GKD and ahead of GRPO.
 3. Otherwise plain GRPO: it needs no teacher pass, so it takes more steps in the same FLOPs, and it was ahead of
    TRRD or level with the best RL method in every such regime. Above `SATURATED` RL has little left to learn.
+
+The ratio: scoring with the teacher costs about `ratio` student forwards per token, so the larger the teacher the
+more GRPO gains per FLOP (edge at 8x: +5.9 over TRRD; the same regime at 22.5x: +13.6). Per step it goes the other
+way: a larger teacher's distribution pays (GKD over TRRD +4.5 at 8x, +11.0 at 22.5x), so from `STRONG_TEACHER` on
+the advice says so for a run whose limit is steps or seconds rather than FLOPs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 SPARSE = 0.15  # between the hard regime's 5.7% (the teacher pays) and the base regime's 21.5% (it does not)
 SATURATED = 0.95  # above it few groups have mixed rewards: RL has little left to learn (the default's 99.8%: 2%)
-MEASURED_RATIOS = (8.0, 8.0)  # the teacher:student ratios the rule's regimes span (min, max)
+MEASURED_RATIOS = (8.0, 22.5)  # the teacher:student ratios the rule's regimes span (min, max)
+STRONG_TEACHER = 15.0  # between the 8x regimes (GKD per step +4.5 over TRRD) and the 22.5x one (+11.0)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ EVIDENCE = (
     Evidence("trace", 0.844, 8.0, "grpo", "GRPO +0.7 [+0.2, +1.1]", "compare-trace-2026-12-03-ledger"),
     Evidence("plateau", 0.998, 8.0, "grpo", "GRPO 99.9, TRRD 99.8 at 200 steps (one seed each)",
              "compare-plateau-2026-12-04"),
+    Evidence("ratio-x22", 0.289, 22.5, "grpo", "GRPO +13.6 [+11.4, +15.8]; per step GKD +11.0 [+8.2, +13.8]",
+             "compare-ratio-x22-2026-12-04"),
 )  # fmt: skip
 
 
@@ -62,9 +71,14 @@ class Advice:
         return asdict(self)
 
 
-def nearest_regime(pass_rate: float) -> Evidence:
-    """The measured regime whose step-0 pass rate is closest to `pass_rate`."""
-    return min(EVIDENCE, key=lambda e: abs(e.pass_rate - pass_rate))
+def nearest_regime(pass_rate: float, ratio: float | None = None) -> Evidence:
+    """The measured regime whose step-0 pass rate is closest to `pass_rate`, among those whose teacher:student ratio
+    is closest to `ratio` (on a log scale; every regime when it is None)."""
+    candidates = EVIDENCE
+    if ratio is not None:
+        gap = {e: abs(math.log(e.ratio / ratio)) for e in EVIDENCE}
+        candidates = [e for e in EVIDENCE if gap[e] == min(gap.values())]
+    return min(candidates, key=lambda e: abs(e.pass_rate - pass_rate))
 
 
 def recommend(pass_rate: float, ratio: float | None = None, *, before_plateau: bool = False) -> Advice:
@@ -72,7 +86,7 @@ def recommend(pass_rate: float, ratio: float | None = None, *, before_plateau: b
     its non-embedding parameters; `before_plateau`: its warm start was stopped by a target, not at its val plateau."""
     if not 0.0 <= pass_rate <= 1.0:
         raise ValueError(f"pass_rate must lie in [0, 1], got {pass_rate}")
-    near = nearest_regime(pass_rate)
+    near = nearest_regime(pass_rate, ratio)
     within = ratio is None or MEASURED_RATIOS[0] / 1.5 <= ratio <= MEASURED_RATIOS[1] * 1.5
     percent, sparse = f"{100 * pass_rate:.0f}%", f"{100 * SPARSE:.0f}%"
     if before_plateau:
@@ -91,6 +105,9 @@ def recommend(pass_rate: float, ratio: float | None = None, *, before_plateau: b
         method = "grpo"
         why = f"it solves {percent} of its RL pool (>= {sparse}): the teacher's log-probs did not pay their "
         why += "compute; GRPO takes more steps in the same FLOPs"
+    if method == "grpo" and ratio is not None and ratio >= STRONG_TEACHER and pass_rate < SATURATED:
+        why += f"; with a teacher {ratio:.0f}x the student its distribution pays per step (22.5x: GKD +11.0 over "
+        why += "TRRD, GRPO level): where steps or seconds, not FLOPs, are the limit, gkd"
     if not within:
         why += f" (measured at a {MEASURED_RATIOS[0]:.0f}x teacher; this one is {ratio:.1f}x)"
     return Advice(method, why, near.regime, within)
