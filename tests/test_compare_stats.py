@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from rakd.compare.stats import difference_interval
+from rakd.compare.stats import difference_interval, leaders, runs_by_method
+from rakd.schema import encode_answers
 
 
 def test_the_interval_by_hand():
@@ -47,6 +48,21 @@ def population_accuracy(rng, shift, seed_sd):
     difficulty = rng.normal(0.3, 1.5, size=20_000)
     effects = rng.normal(0.0, seed_sd, size=(400, 1))
     return float((1.0 / (1.0 + np.exp(-(difficulty[None, :] + shift + effects)))).mean())
+
+
+def test_the_leader_and_the_methods_level_with_it():
+    enc = lambda bits: encode_answers([bool(b) for b in bits])  # noqa: E731
+    per_problem = {
+        "grpo-a0.5-c1-lr0.0001-s0": enc([1, 1, 1, 1, 0, 1]), "grpo-a0.5-c1-lr0.0001-s1": enc([1, 1, 1, 0, 1, 1]),
+        "opd-a0.5-c1-lr0.0003-s0": enc([1, 1, 1, 0, 0, 1]), "opd-a0.5-c1-lr0.0003-s1": enc([1, 1, 0, 1, 0, 1]),
+        "rakd_lower-a0.5-c1-lr0.0003-s0": enc([0] * 6), "rakd_lower-a0.5-c1-lr0.0003-s1": enc([0] * 6),
+    }  # fmt: skip
+    runs = runs_by_method(per_problem)
+    assert runs["grpo"] == [[1, 1, 1, 1, 0, 1], [1, 1, 1, 0, 1, 1]] and set(runs) == {"grpo", "opd", "rakd_lower"}
+    # grpo 10/12, opd 8/12: within noise of 2 seeds x 6 problems; all-wrong rakd_lower is not
+    assert leaders(runs) == ("grpo", ("opd",))
+    with pytest.raises(ValueError, match="several variants of one method"):
+        runs_by_method({**per_problem, "grpo-a1.0-c1-lr0.0001-s0": enc([1] * 6)})
 
 
 @pytest.mark.parametrize("seed_sd", [0.05, 0.3])

@@ -78,3 +78,27 @@ def difference_interval(
 def correctness(row: dict) -> list[int]:
     """A job row's per-problem greedy results as 0/1 (stored as rakd.evaluate.encode_answers writes them)."""
     return [int(c) for c in decode_answers(row["greedy_correct"])]
+
+
+def runs_by_method(per_problem: dict[str, str]) -> dict[str, list[list[int]]]:
+    """A comparison's per_problem.json (job name -> its encoded greedy answers) as each method's runs (seeds), each
+    a list of 0/1 per problem. The job name starts with its method (`<method>-a<alpha>-...-s<seed>`); one variant
+    per method is expected (a comparison with several α or clamps per method is refused, naming them)."""
+    variants: dict[str, set[str]] = {}
+    runs: dict[str, list[list[int]]] = {}
+    for name, answers in per_problem.items():
+        method, variant = name.split("-a", 1)[0], name.rsplit("-s", 1)[0]
+        variants.setdefault(method, set()).add(variant)
+        runs.setdefault(method, []).append([int(c) for c in decode_answers(answers)])
+    several = {m: sorted(v) for m, v in variants.items() if len(v) > 1}
+    if several:
+        raise ValueError(f"several variants of one method: {several}")
+    return runs
+
+
+def leaders(runs: dict[str, list[list[int]]], level: float = 0.95) -> tuple[str, tuple[str, ...]]:
+    """(the method of highest mean accuracy, the others whose interval against it includes zero, best first)."""
+    mean = {m: float(np.mean(r)) for m, r in runs.items()}
+    best = max(mean, key=mean.__getitem__)
+    tied = [m for m in runs if m != best and not difference_interval(runs[m], runs[best], level).excludes_zero]
+    return best, tuple(sorted(tied, key=mean.__getitem__, reverse=True))
