@@ -299,6 +299,11 @@ class CompareConfig(StageConfig):
     alphas: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7], description="rakd only")
     clamp_off: bool = Field(False, description="also run rakd with the teacher clamp switched off")
     lrs: list[float] = Field(default_factory=list, description="RL learning rates (default: distill.rl.optim.lr)")
+    method_lrs: dict[Method, list[float]] = Field(
+        default_factory=dict,
+        description="a method's own learning rates in place of lrs (the SFT arms of a pretrained pair need larger "
+        "ones than its RL methods), swept and chosen the same way",
+    )
     lr_choice: Literal["variant", "val"] = Field(
         "variant",
         description="with several lrs: each lr a variant of its own (variant), or each variant's lr chosen on val "
@@ -327,3 +332,13 @@ class CompareConfig(StageConfig):
     interval_level: float = Field(
         0.95, gt=0, lt=1, description="coverage of the intervals against the reference (rakd.compare.stats: Welch t)"
     )
+
+    @model_validator(mode="after")
+    def _method_lrs_name_compared_methods(self):
+        stray = sorted(set(self.method_lrs) - set(self.methods))
+        if stray:
+            raise ValueError(f"compare.method_lrs names {stray}, not in compare.methods {self.methods}")
+        empty = sorted(m for m, lrs in self.method_lrs.items() if not lrs or min(lrs) <= 0)
+        if empty:
+            raise ValueError(f"compare.method_lrs: no learning rate, or one not above 0, for {empty}")
+        return self

@@ -153,6 +153,24 @@ def test_learning_rates_are_chosen_on_val_and_close_variants_get_more_seeds():
         choose_lrs([{**sweep[0], "val_at_budget": None}])
 
 
+def test_a_method_sweeps_its_own_learning_rates():
+    from rakd.compare import sweep_jobs
+    from rakd.schema import ConfigError
+
+    cfg = CompareConfig(methods=["rakd", "sft"], alphas=[], seeds=[0, 1], lrs=[2e-6], lr_choice="val",
+                        method_lrs={"sft": [2e-5, 1e-4]})  # fmt: skip
+    jobs = plan_jobs(cfg, load_config(None).distill)
+    assert sorted((j.method, j.lr, j.seed) for j in sweep_jobs(cfg, jobs)) == [
+        ("rakd", 2e-6, 0), ("sft", 2e-5, 0), ("sft", 1e-4, 0)]  # fmt: skip
+    assert {j.variant for j in jobs} == {"rakd/a0.5", "sft"} and len(jobs) == 6
+    with pytest.raises((ConfigError, ValueError), match="method_lrs names \\['gkd'\\]"):
+        CompareConfig(methods=["rakd"], method_lrs={"gkd": [1e-4]})
+    with pytest.raises((ConfigError, ValueError), match="not above 0, for \\['sft'\\]"):
+        CompareConfig(methods=["sft"], method_lrs={"sft": []})
+    with pytest.raises((ConfigError, ValueError), match="not above 0, for \\['sft'\\]"):
+        CompareConfig(methods=["sft"], method_lrs={"sft": [1e-4, 0.0]})
+
+
 def test_a_job_reads_out_its_budget_and_the_reference_steps_from_one_run():
     from rakd.compare.jobs import readouts
 

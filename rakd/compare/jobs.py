@@ -77,10 +77,10 @@ def named(row: dict) -> dict:
 
 def plan_jobs(cfg: CompareConfig, distill) -> list[Job]:
     """Every job of the comparison, the reference jobs first (the others' budget is what they spend)."""
-    lrs = cfg.lrs or [distill.rl.optim.lr]
     alpha, clamp = distill.loss.alpha, distill.loss.teacher_clamp
     jobs = []
     for method in cfg.methods:
+        lrs = cfg.method_lrs.get(method) or cfg.lrs or [distill.rl.optim.lr]
         variants = [(alpha, clamp)]
         if method == "rakd":
             # α = 1 is GRPO exactly (log ρ = log π_θ − log π_old): the grpo jobs stand for it when they run.
@@ -96,7 +96,7 @@ def plan_jobs(cfg: CompareConfig, distill) -> list[Job]:
 
 def sweeps_lr(cfg: CompareConfig) -> bool:
     """Whether each variant's learning rate is chosen on val from a sweep (`compare.lr_choice: val`)."""
-    return cfg.lr_choice == "val" and len(cfg.lrs) > 1
+    return cfg.lr_choice == "val" and any(len(lrs) > 1 for lrs in [cfg.lrs, *cfg.method_lrs.values()])
 
 
 def sweep_jobs(cfg: CompareConfig, jobs: list[Job]) -> list[Job]:
