@@ -7,7 +7,7 @@ level with it (tests/test_advice.py recomputes both from the committed per-probl
 ("Which method when") reports it. The rule reads:
 
 1. A warm start stopped by a target it reached, before its val plateau, still has traces to learn from: SFT on
-   them beat every other method by about 21 points per FLOP where it was measured (edge, hard and both ratio
+   them led every other method per FLOP, 18-23 points over TRRD, where it was measured (edge, hard and both ratio
    regimes); where SFT had run to its plateau or its last step it trailed (trace, ways).
 2. Where the student solves fewer than `SPARSE` of its RL pool, GRPO's reward is sparse and the teacher pays:
    TRRD (`rakd`), level with SeqKD and GKD, ahead of GRPO.
@@ -106,8 +106,8 @@ def recommend(pass_rate: float, ratio: float | None = None, *, before_plateau: b
     percent, sparse = f"{100 * pass_rate:.0f}%", f"{100 * SPARSE:.0f}%"
     if before_plateau:
         method = "sft"
-        why = "the warm start stopped before its val plateau: SFT on its traces beat every other method by about 21 "
-        why += "points per FLOP where measured (edge, hard, ratio-x2, ratio-x22)"
+        why = "the warm start stopped before its val plateau: SFT on its traces led every other method per FLOP, "
+        why += "18-23 points over TRRD, where measured (edge, hard, ratio-x2, ratio-x22)"
     elif pass_rate < SPARSE:
         method = "rakd"
         why = f"it solves {percent} of its RL pool (< {sparse}): the reward is sparse and the teacher's log-probs "
