@@ -33,6 +33,7 @@ from rakd.compare import (  # noqa: E402
     plan_jobs,
     reference_variant,
     summary_rows,
+    sweep_jobs,
     sweeps_lr,
     write_results,
 )
@@ -72,8 +73,13 @@ def regime_rows(cfg) -> tuple[list[dict], dict, Path]:
             return [named(row) for row in rows], data["context"], results
     rows = [named(json.loads(p.read_text())["row"]) for p in sorted((folder / "jobs").glob("*.json"))]
     if sweeps_lr(cfg.compare):
+        # a variant's learning rate is chosen only once its whole sweep has finished: a part of it would bias it
+        planned: dict[str, set[float]] = {}
+        for job in sweep_jobs(cfg.compare, plan_jobs(cfg.compare, cfg.distill)):
+            planned.setdefault(job.variant, set()).add(job.lr)
         first = [row for row in rows if row["seed"] == cfg.compare.seeds[0]]
-        lrs = choose_lrs(first)
+        swept = {v for v, lrs in planned.items() if lrs <= {row["lr"] for row in first if row["variant"] == v}}
+        lrs = choose_lrs([row for row in first if row["variant"] in swept])
         rows = [row for row in rows if row["lr"] == lrs.get(row["variant"])]
     return rows, {}, folder
 
@@ -84,6 +90,8 @@ def keep(regime: str, config: Path, date: str | None, runs_commit: str | None = 
     cfg = load_config(config)
     jobs = plan_jobs(cfg.compare, cfg.distill)
     planned = len(jobs)
+    if sweeps_lr(cfg.compare):  # the sweep on the first seed, then the others at each variant's chosen rate
+        planned = len(sweep_jobs(cfg.compare, jobs)) + len({j.variant for j in jobs}) * (len(cfg.compare.seeds) - 1)
     rows, context, source = regime_rows(cfg)
     if not rows:
         raise SystemExit(f"{config}: no finished job under {source}: run `rakd compare --config {config}` first")
@@ -92,16 +100,39 @@ def keep(regime: str, config: Path, date: str | None, runs_commit: str | None = 
     if context:
         shutil.copytree(source, out, dirs_exist_ok=True)
     else:
-        partial = f"{len(rows)} of {planned} planned jobs finished; the others were not run to the end"
+        partial = f"{len(rows)} of {planned} planned jobs finished (extra seeds not counted); the others were not "
+        partial += "run to the end"
         reference = reference_variant(jobs)
         rows.sort(key=lambda r: (r["variant"] != reference, r["name"]))
         context = {"config": f"{cfg.run.name}, regime {regime}", "PARTIAL": partial, "jobs": len(rows)}
+        context.update(partial_context(cfg, rows))
         with tempfile.TemporaryDirectory() as tmp:
             write_results(rows, Path(tmp), cfg.compare, reference, context)
             shutil.copytree(Path(tmp) / "results", out, dirs_exist_ok=True)
     write_meta(out, command=f"rakd compare --config {config}", partial=partial, runs_commit=runs_commit)
     print(f"{regime}: {len(rows)} jobs at the chosen learning rates -> {out}")
     return rows, context
+
+
+def partial_context(cfg, rows: list[dict]) -> dict:
+    """What a finished comparison's context says that its finished jobs and its folder still tell: the warm start's
+    accuracy, the step-0 diagnostic, the teacher:student ratio, the group shape."""
+    from rakd.compare.diagnostic import describe
+    from rakd.compare.jobs import parameter_ratio
+
+    layout = cfg.run.layout
+    context = {"warm start greedy": f"{100 * rows[0]['warmstart_greedy_accuracy']:.1f}%"}
+    context["prompts x G"] = f"{cfg.distill.rl.prompts_per_step} x {cfg.distill.rl.group_size}"
+    warmstart = layout.comparison_warmstart(cfg.compare.regime)
+    if warmstart.is_dir():
+        params = parameter_ratio(layout.teacher, warmstart)
+        ratio = f"{params['teacher']:,} : {params['student']:,} ({params['ratio']:.1f}x)"
+        context["teacher:student non-embedding parameters"] = ratio
+    diagnostic = layout.comparison(cfg.compare.regime) / "diagnostic.json"
+    if diagnostic.is_file():
+        step0 = describe(json.loads(diagnostic.read_text())["diagnostic"])
+        context["step 0 (TRRD's teacher term on the warm start's own samples)"] = step0
+    return context
 
 
 def regime_table(kept: dict[str, tuple[list[dict], dict]]) -> list[dict]:
