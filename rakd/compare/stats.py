@@ -77,7 +77,12 @@ def difference_interval(
 
 def correctness(row: dict) -> list[int]:
     """A job row's per-problem greedy results as 0/1 (stored as rakd.evaluate.encode_answers writes them)."""
-    return [int(c) for c in decode_answers(row["greedy_correct"])]
+    return bits(row["greedy_correct"])
+
+
+def bits(encoded: str) -> list[int]:
+    """Per-problem answers as stored (rakd.schema.encode_answers) as 0/1."""
+    return [int(c) for c in decode_answers(encoded)]
 
 
 def runs_by_method(per_problem: dict[str, str]) -> dict[str, list[list[int]]]:
@@ -89,7 +94,7 @@ def runs_by_method(per_problem: dict[str, str]) -> dict[str, list[list[int]]]:
     for name, answers in per_problem.items():
         method, variant = name.split("-a", 1)[0], name.rsplit("-s", 1)[0]
         variants.setdefault(method, set()).add(variant)
-        runs.setdefault(method, []).append([int(c) for c in decode_answers(answers)])
+        runs.setdefault(method, []).append(bits(answers))
     several = {m: sorted(v) for m, v in variants.items() if len(v) > 1}
     if several:
         raise ValueError(f"several variants of one method: {several}")
