@@ -22,6 +22,7 @@ from rakd.compare import (
     Job,
     choose_lrs,
     extra_jobs,
+    gather,
     job_distill_config,
     matched_budget,
     parameter_ratio,
@@ -56,6 +57,11 @@ def job_task(config: dict, job: dict, base: str, warmstart: str, out: str, budge
     return run_job(distill, entry, RunLayout(base), Path(warmstart), Path(out))
 
 
+def local_workers(compare: CompareConfig) -> int:
+    """The workers of the local cluster: `compare.workers`, else one per CPU core."""
+    return compare.workers or os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def dask_address(compare: CompareConfig) -> Iterator[str]:
     """The scheduler to run on: `compare.dask_address`, else a local cluster (one single-threaded worker process
@@ -63,10 +69,16 @@ def dask_address(compare: CompareConfig) -> Iterator[str]:
     if compare.dask_address:
         yield compare.dask_address
         return
+    import dask
     from dask.distributed import Client, LocalCluster
 
-    workers = compare.workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    workers = local_workers(compare)
+    # A job that kills its worker (memory, a native crash) would kill the next one the same way: no retries, the
+    # job is reported failed at once. The flow hands out one job per worker at a time (`gather`), so a worker's
+    # death fails no other job.
+    no_retries = dask.config.set({"distributed.scheduler.allowed-failures": 0})
+    options = {"threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    with no_retries, LocalCluster(n_workers=workers, **options) as cluster:
         with Client(cluster) as client:
             client.wait_for_workers(workers, timeout=300)
         yield cluster.scheduler_address
@@ -99,12 +111,19 @@ def rakd_compare(config: dict) -> dict:
     logger.info(f"step 0 of the warm start: {describe(diagnostic)}")
     logger.info(f"{len(jobs)} jobs from the warm start in {warmstart}")
     out = folder / "jobs"
+    failed: list[dict] = []
+
+    slots = None if cfg.compare.dask_address else local_workers(cfg.compare)  # a job per worker at a time
 
     def run(chosen: list[Job], budget: dict | None = None) -> list[dict]:
-        futures = [
-            job_task.submit(config, job.__dict__, str(layout.root), str(warmstart), str(out), budget) for job in chosen
-        ]
-        return [future.result() for future in futures]
+        def submit(job: Job):
+            return job_task.submit(config, job.__dict__, str(layout.root), str(warmstart), str(out), budget)
+
+        rows, lost = gather(chosen, submit, slots, done=lambda future: future.wrapped_future.done())
+        for row in lost:
+            logger.error(f"job {row['name']} failed: {row['error']}")
+        failed.extend(lost)
+        return rows
 
     def run_choosing(chosen: list[Job], budget: dict | None) -> tuple[list[dict], list[dict]]:
         """(the rows of `chosen` at each variant's learning rate, the lr sweep's rows): with an lr sweep, every lr
@@ -119,6 +138,8 @@ def rakd_compare(config: dict) -> dict:
 
     reference = reference_variant(jobs)
     rows, sweep = run_choosing([job for job in jobs if job.variant == reference], None)
+    if not rows:
+        raise RuntimeError(f"every job of the reference {reference} failed, so no other job has a budget: {failed}")
     budget = matched_budget(cfg.compare, rows)
     logger.info(f"budget of every other job ({cfg.compare.budget}): {budget or 'the same steps'}")
     others, others_sweep = run_choosing([job for job in jobs if job.variant != reference], budget)
@@ -142,12 +163,14 @@ def rakd_compare(config: dict) -> dict:
         f"({params['ratio']:.1f}x)",
         "step 0 (TRRD's teacher term on the warm start's own samples)": describe(diagnostic),
     }
-    tables = write_results(rows, folder, cfg.compare, reference, context, sweep)
+    if failed:
+        context["failed jobs"] = f"{len(failed)} (listed at the end; their variants are read without them)"
+    tables = write_results(rows, folder, cfg.compare, reference, context, sweep, failed)
     name = slug(f"{cfg.run.name}-{cfg.compare.regime}" if cfg.compare.regime else cfg.run.name)
     create_table_artifact(tables["methods"], key=f"{name}-compare", description="methods compared (test split)")
     create_markdown_artifact((folder / "results" / "results.md").read_text(), key=f"{name}-compare-report")
     _image_artifact(folder / "results" / "curves.png", f"{name}-compare-curves")
-    return {"results": str(folder / "results"), "tables": tables, "rows": rows}
+    return {"results": str(folder / "results"), "tables": tables, "rows": rows, "failed": failed}
 
 
 def _warmstart_flops(warmstart: Path) -> int:

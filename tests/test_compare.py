@@ -1,6 +1,7 @@
 """`rakd compare`: planning, the summary's intervals, one job under torchrun and without sampled answers, and the
 flow on a 2-worker local Dask cluster (marker `integration`)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -355,3 +356,44 @@ def test_a_killed_shared_warm_start_resumes_and_another_configs_is_set_aside(tmp
     with pytest.raises(KeyboardInterrupt):
         shared_warmstart(distill.model_copy(update={"seed": 8}), base, "teacher-key")
     assert seen == [False]
+
+
+def _exits(code):
+    import os
+
+    os._exit(code)  # the worker process dies as a native crash or the memory limit's kill would end it
+
+
+def _raises(message):
+    raise ValueError(message)
+
+
+def test_a_job_that_kills_its_worker_is_reported_failed_and_the_others_finish(tmp_path):
+    """On the comparison's local cluster a job whose process dies is not retried on another worker (it would die
+    the same way): it comes back as a failed row, the other jobs' rows come back, and the results list it."""
+    from dask.distributed import Client
+
+    from flows.compare import dask_address
+    from rakd.compare import choose_lrs, gather, seed_jobs, write_results
+
+    cfg = CompareConfig(methods=["rakd", "sft", "grpo"], alphas=[], seeds=[0, 1], lrs=[1e-4, 3e-4],
+                        lr_choice="val", workers=1)  # fmt: skip
+    jobs = plan_jobs(cfg, load_config(None).distill)
+    dies, raises, runs = [job for job in jobs if job.seed == 0 and job.lr == 1e-4]
+    with dask_address(cfg) as address, Client(address) as client:
+        calls = {dies: (_exits, 3), raises: (_raises, "no traces\nat all"), runs: (abs, -2)}
+        rows, failed = gather([dies, raises, runs], lambda job: client.submit(*calls[job]), slots=1, poll=0.1)
+    assert rows == [2], failed
+    assert [row["name"] for row in failed] == [dies.name, raises.name]
+    assert "worker process died" in failed[0]["error"] and failed[1]["error"] == "ValueError: no traces"
+    assert failed[0]["variant"] == dies.variant and failed[0]["seed"] == 0
+    # a variant whose sweep failed has no learning rate chosen: its other seeds do not run
+    sweep = [{"name": j.name, "variant": j.variant, "lr": j.lr, "val_at_budget": 0.5} for j in jobs[:2]]
+    assert {j.variant for j in seed_jobs(cfg, jobs, choose_lrs(sweep))} == {jobs[0].variant}
+    kept = [{**dataclasses.asdict(j), **_run(j.variant, j.seed, "1" * 6 + "0" * 4), "name": j.name, "curve": []}
+            for j in jobs if j.method == "rakd" and j.lr == 1e-4]  # fmt: skip
+    write_results(kept, tmp_path, cfg, "rakd/a0.5", {}, failed=failed)
+    saved = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert [row["name"] for row in saved["failed"]] == [dies.name, raises.name]
+    markdown = (tmp_path / "results" / "results.md").read_text()
+    assert "## Jobs that failed" in markdown and f"- {raises.name}: ValueError: no traces" in markdown

@@ -118,8 +118,45 @@ def choose_lrs(rows: list[dict]) -> dict[str, float]:
 
 
 def seed_jobs(cfg: CompareConfig, jobs: list[Job], chosen: dict[str, float]) -> list[Job]:
-    """After an lr sweep: the other seeds' jobs, at each variant's chosen lr."""
-    return [job for job in jobs if job.seed != cfg.seeds[0] and job.lr == chosen[job.variant]]
+    """After an lr sweep: the other seeds' jobs, at each variant's chosen lr (none for a variant whose sweep jobs
+    all failed: it has no lr chosen)."""
+    return [job for job in jobs if job.seed != cfg.seeds[0] and job.lr == chosen.get(job.variant)]
+
+
+def failed_row(job: Job, error: BaseException) -> dict:
+    """What the results keep of a job that failed: the job, and why in one line. A job whose process died (a Dask
+    worker killed by its memory limit, a native crash) raises `KilledWorker` on the client: the row says so."""
+    if type(error).__name__ == "KilledWorker":
+        why = "its worker process died while running it (over the worker's memory limit, or a native crash)"
+    else:
+        why = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+    return {**asdict(job), "name": job.name, "variant": job.variant, "label": job.label, "error": why}
+
+
+def gather(jobs: list[Job], submit, slots: int | None = None, done=None, poll: float = 1.0):
+    """(the rows of the jobs that finished, in plan order; a `failed_row` for each that raised): `submit(job)`
+    returns a future; at most `slots` jobs are out at once, the next submitted when one is `done(future)`, so a
+    worker that dies takes only the job it ran with it. One job's failure never ends the others."""
+    done = done or (lambda future: future.done())
+    results: dict[int, object] = {}
+    running: dict[int, object] = {}
+    waiting = list(enumerate(jobs))
+    while waiting or running:
+        while waiting and len(running) < (slots or len(jobs)):
+            index, job = waiting.pop(0)
+            running[index] = submit(job)
+        finished = [index for index, future in running.items() if done(future)]
+        if not finished:
+            time.sleep(poll)
+        for index in finished:
+            results[index] = running.pop(index)
+    rows, failed = [], []
+    for index, job in enumerate(jobs):
+        try:
+            rows.append(results[index].result())
+        except Exception as error:  # noqa: BLE001 - any failure of one job is that job's reported failure
+            failed.append(failed_row(job, error))
+    return rows, failed
 
 
 def close_variants(cfg: CompareConfig, rows: list[dict]) -> list[str]:

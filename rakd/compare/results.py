@@ -170,10 +170,17 @@ def lr_rows(sweep: list[dict], rows: list[dict]) -> list[dict]:
 
 
 def write_results(
-    rows: list[dict], out: Path, cfg: CompareConfig, reference: str, context: dict, sweep: list[dict] | None = None
+    rows: list[dict],
+    out: Path,
+    cfg: CompareConfig,
+    reference: str,
+    context: dict,
+    sweep: list[dict] | None = None,
+    failed: list[dict] | None = None,
 ) -> dict:
     """results.json, per_problem.json, results.md and curves.png in `out/results/` (atomically); returns the
-    summary tables. `reference` is the variant every other is compared with (the default rakd)."""
+    summary tables. `reference` is the variant every other is compared with (the default rakd); `failed` holds the
+    jobs that failed (`failed_row`), listed in both files and left out of every reading."""
     from rakd.io import atomic_dir, atomic_write_json, atomic_write_text
     from rakd.tables import markdown_table
 
@@ -193,7 +200,8 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out / "results") as staging:
         sweep_slim = [{k: v for k, v in r.items() if k not in ("greedy_correct", *readings)} for r in sweep or []]
-        atomic_write_json(staging / "results.json", {"context": context, "runs": slim, "lr_sweep": sweep_slim})
+        saved = {"context": context, "runs": slim, "lr_sweep": sweep_slim, "failed": failed or []}
+        atomic_write_json(staging / "results.json", saved)
         atomic_write_json(staging / "per_problem.json", {r["name"]: r["greedy_correct"] for r in rows})
         for key in readings:
             per_problem = {r["name"]: r[key]["greedy_correct"] for r in rows if r.get(key)}
@@ -224,6 +232,9 @@ def write_results(
                 markdown_table(tables["learning rates"]),
                 "",
             ]
+        if failed:
+            lines += ["## Jobs that failed (not in any reading above)", ""]
+            lines += [f"- {row['name']}: {row['error']}" for row in failed] + [""]
         atomic_write_text(staging / "results.md", "\n".join(lines))
         plot_curves(rows, staging / "curves.png")
     return tables
