@@ -661,3 +661,41 @@ def test_a_budgeted_run_reads_out_at_its_budget_its_steps_and_its_seconds(tokeni
     ran = len(trainer.log.rows())
     assert readouts == expected
     assert ran == max([5, *([math.ceil(seconds / 1.5)] if seconds else [])])
+
+
+@pytest.mark.parametrize("method", ["rakd", "sft", "gkd"])
+def test_a_minibatch_in_pieces_has_the_gradient_of_one_pass(method, tokenizer, tiny_records, monkeypatch, tmp_path):
+    """The update's forward and backward go over pieces of rows when their logits would exceed LOGITS_PER_PASS (a
+    large vocabulary's memory): the gradient and the metrics are the whole minibatch's. `rakd` with its KD term on
+    some rows (two losses, seq_mean), `sft` (token_mean), `gkd` (the teacher's logits, per piece)."""
+    import copy
+
+    from rakd.rollout import sample, score_completions
+
+    teacher = build_model(preset_config("test-micro", tokenizer), seed=0).requires_grad_(False)
+    student = build_model(preset_config("test-micro", tokenizer), seed=1)
+    questions = [r["question"] for r in tiny_records[:3] for _ in range(4)]
+    batch = sample(student, tokenizer, questions, max_new_tokens=8, seed=3)
+    is_kd = torch.arange(12) >= (8 if method == "rakd" else 12)
+    advantages = torch.randn(12, generator=torch.Generator().manual_seed(0)) * (~is_kd)
+    teacher_lp = score_completions(teacher, batch) if LOSSES[method].teacher == "logprobs" else None
+    cfg = RLConfig(prompts_per_step=3, group_size=4, max_new_tokens=8, zero_adv="kd")
+
+    def update(budget: int):
+        monkeypatch.setattr(rl, "LOGITS_PER_PASS", budget)
+        model = copy.deepcopy(student)
+        trainer = RLTrainer(model, teacher, tokenizer, [], [], method, LossParams(), cfg, tmp_path, seed=0)
+        metrics = trainer.minibatch(batch, is_kd, advantages, None, teacher_lp)
+        return metrics, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    width = batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
+    assert len(rl.row_pieces(12, width, student.config.vocab_size, budget=5 * width * student.config.vocab_size)) == 3
+    whole, whole_grads = update(2**40)
+    pieces, piece_grads = update(5 * width * student.config.vocab_size)  # 5, 5 and 2 rows
+    assert whole_grads.keys() == piece_grads.keys() and any(g.abs().sum() > 0 for g in whole_grads.values())
+    for name, grad in whole_grads.items():
+        assert torch.allclose(piece_grads[name], grad, rtol=1e-4, atol=1e-6), name
+    assert pieces.keys() == whole.keys() and (method != "rakd" or any(k.startswith("kd/") for k in whole)), whole
+    near = {"kd/pg_loss", "kd/kl_student_teacher"}  # a seq_mean loss's own value, token-weighted over the pieces
+    for key, value in whole.items():
+        assert pieces[key] == pytest.approx(value, rel=0.1 if key in near else 1e-4, abs=1e-6), key

@@ -48,6 +48,26 @@ def token_entropy(logits: torch.Tensor, mask: torch.Tensor) -> float:
     return float((entropy * mask).sum() / mask.sum().clamp(min=1))
 
 
+# The most logits (rows x positions x vocabulary) one forward pass of the update holds: 2^28 floats, 1 GiB, so
+# a minibatch of a 49k-token vocabulary's rows goes through in pieces of about 40 rows where all at once it would
+# exceed a worker's memory (the pieces' gradients sum to the whole one's). Micro models' minibatches are one piece.
+LOGITS_PER_PASS = 2**28
+
+
+def row_pieces(rows: int, width: int, vocab: int, budget: int | None = None) -> list[torch.Tensor]:
+    """Consecutive ranges of `rows` whose logits (rows x `width` x `vocab`) stay within `budget` elements
+    (`LOGITS_PER_PASS`), at least one row each."""
+    size = max(1, (budget or LOGITS_PER_PASS) // max(1, width * vocab))
+    return [torch.arange(start, min(rows, start + size)) for start in range(0, rows, size)]
+
+
+def loss_units(spec, hparams: dict, mask: torch.Tensor) -> float:
+    """What `spec`'s loss averages over, for rows of completion mask `mask`: their tokens (token_mean, and the
+    vocabulary losses, which have no `agg`), or the rows themselves (seq_mean)."""
+    agg = hparams.get("agg", spec.defaults.get("agg")) if "agg" in spec.hparams else "token_mean"
+    return float(mask.sum()) if agg == "token_mean" else float(len(mask))
+
+
 def step_flops_of(row: dict, *, training_only: bool = False) -> int:
     """The FLOPs a metrics row records for its own step (not the running total); with `training_only`, the
     ledger's training FLOPs (what `rl.flops_budget` counts)."""
@@ -400,7 +420,11 @@ class RLTrainer(CheckpointedTrainer):
 
     def minibatch(self, batch: Rollouts, is_kd: torch.Tensor, advantages, old_lp, teacher_lp) -> dict:
         """One optimiser step on a minibatch: the method's loss on its rows, plus the KD term on
-        degenerate-group rows (zero_adv=kd), weighted by their share of the minibatch."""
+        degenerate-group rows (zero_adv=kd), weighted by their share of the minibatch. The forward and backward
+        passes go over `row_pieces` (a bound on the logits held at once, a large vocabulary's memory) whose
+        gradients sum to the whole minibatch's: each piece's loss is weighted by its share of its loss's units.
+        Of the pieces' metrics, maxima take the maximum and the rest the token-weighted mean: the whole
+        minibatch's for token means and token_mean losses, near it for the value of a seq_mean loss."""
         weight = self.share_of_batch(batch)
         if not len(batch.texts):  # a rank with no rows in this minibatch still joins the gradient sum
             self.optimizer.zero_grad(set_to_none=True)
@@ -408,28 +432,51 @@ class RLTrainer(CheckpointedTrainer):
                 pad = torch.full((1, 1), self.tokenizer.pad_token_id, device=self.device)
                 (self.student(input_ids=pad).logits.sum() * 0.0).backward()
             return self.optimizer_step({})
-        with autocast(self.device, self.precision):
-            tensors = batch_tensors(self.student, batch, temperature=self.temperature)
-            old = tensors["logprobs"].detach() if old_lp is None else old_lp.to(self.device)
-            tensors.update(old_logprobs=old, advantages=advantages.to(self.device))
-            if teacher_lp is not None:
-                tensors["teacher_logprobs"] = teacher_lp.to(self.device)
-            if self.spec.teacher == "logits":
-                with torch.no_grad():
-                    tensors["teacher_logits"] = completion_logits(self.teacher, batch).float()
-            logits = tensors["student_logits"]
-            loss, metrics = logits.sum() * 0.0, {}
-            for spec, rows, prefix in ((self.spec, ~is_kd, ""), (self.kd_spec, is_kd, "kd/")):
-                if spec is None or not rows.any():
-                    continue
-                part, part_metrics = spec({k: v[rows.to(v.device)] for k, v in tensors.items()}, self.hparams)
-                loss = loss + part * rows.float().mean().item()
-                metrics.update({prefix + k: v for k, v in part_metrics.items()})
+        mask = batch.completion_mask.float()
+        parts = [  # (loss, its rows, metrics prefix, its units in the whole minibatch, its share of the rows)
+            (spec, rows, prefix, loss_units(spec, self.hparams, mask[rows]), rows.float().mean().item())
+            for spec, rows, prefix in ((self.spec, ~is_kd, ""), (self.kd_spec, is_kd, "kd/"))
+            if spec is not None and rows.any()
+        ]
         self.optimizer.zero_grad(set_to_none=True)
-        (loss * weight).backward()
-        return self.optimizer_step(
-            {**metrics, "loss": float(loss.detach()), "entropy": token_entropy(logits, tensors["mask"])}
-        )
+        metrics: dict[str, float] = defaultdict(float)
+        total, entropy = 0.0, 0.0
+        width = batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
+        pieces = row_pieces(len(batch.texts), width, self.student.config.vocab_size)
+        if is_sharded(self.student):  # FSDP's backward is a collective: every rank must run as many, so one each
+            pieces = [torch.arange(len(batch.texts))]
+        for piece in pieces:
+            part = batch if len(pieces) == 1 else trimmed(select_rows(batch, piece))
+            cut = part.completion_ids.shape[1]
+            with autocast(self.device, self.precision):
+                tensors = batch_tensors(self.student, part, temperature=self.temperature)
+                old = tensors["logprobs"].detach() if old_lp is None else old_lp[piece, :cut].to(self.device)
+                tensors.update(old_logprobs=old, advantages=advantages[piece].to(self.device))
+                if teacher_lp is not None:
+                    tensors["teacher_logprobs"] = teacher_lp[piece, :cut].to(self.device)
+                if self.spec.teacher == "logits":
+                    with torch.no_grad():
+                        tensors["teacher_logits"] = completion_logits(self.teacher, part).float()
+                logits = tensors["student_logits"]
+                loss = logits.sum() * 0.0
+                for spec, rows, prefix, units, share in parts:
+                    here = rows[piece]
+                    if not here.any():
+                        continue
+                    value, part_metrics = spec({k: v[here.to(v.device)] for k, v in tensors.items()}, self.hparams)
+                    within = loss_units(spec, self.hparams, mask[piece][here]) / units if len(pieces) > 1 else 1.0
+                    loss = loss + value * (within * share)
+                    tokens = float(mask[piece][here].sum()) / float(mask[rows].sum()) if len(pieces) > 1 else 1.0
+                    for key, number in part_metrics.items():
+                        if key.endswith("_max"):
+                            metrics[prefix + key] = max(metrics.get(prefix + key, number), number)
+                        else:  # token means (clip shares, ratios): exact; a seq_mean loss's own value: near
+                            metrics[prefix + key] += number * tokens
+            (loss * weight).backward()
+            total += float(loss.detach())
+            tokens = float(mask[piece].sum()) / float(mask.sum().clamp(min=1)) if len(pieces) > 1 else 1.0
+            entropy += token_entropy(logits, tensors["mask"]) * tokens
+        return self.optimizer_step({**metrics, "loss": total, "entropy": entropy})
 
     def optimizer_step(self, metrics: dict) -> dict:
         self.world.sum_gradients(self.student)
