@@ -1,12 +1,11 @@
 """The which-method-when rule (rakd.advice): its thresholds against the measured regimes it cites."""
 
-import json
 from pathlib import Path
 
 import pytest
 
 from rakd.advice import CHEAP_TEACHER, EVIDENCE, SPARSE, nearest_regime, recommend
-from rakd.compare.stats import leaders, runs_by_method
+from rakd.compare.stats import comparison_runs, leaders
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 
@@ -15,7 +14,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 def test_the_evidence_is_what_its_committed_results_say(evidence):
     # the leader at equal FLOPs and the methods level with it, recomputed from the per-problem answers kept in git
     # (continuing SFT on the warm start's traces aside: the rule's first item covers it)
-    runs = runs_by_method(json.loads((RESULTS / evidence.results / "per_problem.json").read_text()))
+    runs = comparison_runs(RESULTS / evidence.results)
     runs.pop("sft", None)
     assert leaders(runs) == (evidence.best, evidence.level)
 

@@ -1,10 +1,12 @@
 """The comparison's interval (rakd.compare.stats): arithmetic by hand, and coverage by simulation for 3 seeds."""
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
+from rakd.compare import Job
 from rakd.compare.stats import difference_interval, leaders, runs_by_method
 from rakd.schema import encode_answers
 
@@ -52,17 +54,21 @@ def population_accuracy(rng, shift, seed_sd):
 
 def test_the_leader_and_the_methods_level_with_it():
     enc = lambda bits: encode_answers([bool(b) for b in bits])  # noqa: E731
-    per_problem = {
-        "grpo-a0.5-c1-lr0.0001-s0": enc([1, 1, 1, 1, 0, 1]), "grpo-a0.5-c1-lr0.0001-s1": enc([1, 1, 1, 0, 1, 1]),
-        "opd-a0.5-c1-lr0.0003-s0": enc([1, 1, 1, 0, 0, 1]), "opd-a0.5-c1-lr0.0003-s1": enc([1, 1, 0, 1, 0, 1]),
-        "rakd_lower-a0.5-c1-lr0.0003-s0": enc([0] * 6), "rakd_lower-a0.5-c1-lr0.0003-s1": enc([0] * 6),
+    answers = {
+        ("grpo", 0): [1, 1, 1, 1, 0, 1], ("grpo", 1): [1, 1, 1, 0, 1, 1],
+        ("opd", 0): [1, 1, 1, 0, 0, 1], ("opd", 1): [1, 1, 0, 1, 0, 1],
+        ("rakd_lower", 0): [0] * 6, ("rakd_lower", 1): [0] * 6,
     }  # fmt: skip
-    runs = runs_by_method(per_problem)
+    jobs = [Job(method, seed, 1e-4, 0.5, 1.0) for method, seed in answers]
+    rows = [{**dataclasses.asdict(job), "name": job.name} for job in jobs]  # as results.json keeps them
+    per_problem = {job.name: enc(answers[job.method, job.seed]) for job in jobs}
+    runs = runs_by_method(rows, per_problem)
     assert runs["grpo"] == [[1, 1, 1, 1, 0, 1], [1, 1, 1, 0, 1, 1]] and set(runs) == {"grpo", "opd", "rakd_lower"}
     # grpo 10/12, opd 8/12: within noise of 2 seeds x 6 problems; all-wrong rakd_lower is not
     assert leaders(runs) == ("grpo", ("opd",))
+    other = Job("grpo", 0, 1e-4, 0.5, 1.0, lr_in_variant=True)  # another variant of grpo
     with pytest.raises(ValueError, match="several variants of one method"):
-        runs_by_method({**per_problem, "grpo-a1.0-c1-lr0.0001-s0": enc([1] * 6)})
+        runs_by_method([*rows, {**dataclasses.asdict(other), "name": "x"}], {**per_problem, "x": enc([1] * 6)})
 
 
 @pytest.mark.parametrize("seed_sd", [0.05, 0.3])
