@@ -96,7 +96,9 @@ def cmd_compare(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     outcome = compare_flow(cfg.model_dump(mode="json"))
     print(render_sections([("methods (test split)", outcome["tables"]["methods"]), ("α", outcome["tables"]["alpha"])]))
     print(f"\nresults in {outcome['results']}/ (results.json, results.md, curves.png)")
-    return 0
+    for row in outcome["failed"]:
+        print(f"failed: {row['name']}: {row['error']}", file=sys.stderr)
+    return 1 if outcome["failed"] else 0  # the rows that finished are kept and read; a re-run retries the rest
 
 
 # name -> (help, add_arguments, command(args, config) -> exit code)

@@ -103,3 +103,14 @@ def test_demo_runs_every_stage_without_prefect(tmp_path, capsys):
     keys = stage_keys(cfg)
     assert all(outputs_current(RunLayout(run), stage, keys[stage.name]) for stage in STAGES)
     shutil.rmtree(run)
+
+
+def test_compare_exits_nonzero_and_names_each_failed_job(monkeypatch, capsys):
+    """`rakd compare` prints the tables of the jobs that finished, then each failed job and why, and exits 1."""
+    outcome = {"tables": {"methods": [], "alpha": []}, "results": "runs/x/compare/results", "rows": []}
+    failed = [{"name": "sft-a0.5-c1-lr2e-05-s0", "error": "its worker process died while running it"}]
+    monkeypatch.setattr("flows.compare.compare_flow", lambda config: {**outcome, "failed": failed})
+    assert main(["compare"]) == 1
+    assert "failed: sft-a0.5-c1-lr2e-05-s0: its worker process died" in capsys.readouterr().err
+    monkeypatch.setattr("flows.compare.compare_flow", lambda config: {**outcome, "failed": []})
+    assert main(["compare"]) == 0
