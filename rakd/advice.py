@@ -18,9 +18,10 @@ level with it (tests/test_advice.py recomputes both from the committed per-probl
 The ratio: the teacher costs about `ratio` student forwards per token it scores or generates, so the larger the
 teacher the more GRPO gains per FLOP, and the smaller, the more the teacher's own output pays. SeqKD on fresh
 teacher traces against GRPO per FLOP: +6.2 at 2x, level at 8x, -8.3 at 22.5x; so up to `CHEAP_TEACHER` the rule
-picks `seqkd_fresh` where it would pick GRPO. Per step a larger teacher's distribution pays (GKD over TRRD +4.5 at
-8x, +11.0 at 22.5x), so from `STRONG_TEACHER` on the advice says so for a run whose limit is steps or seconds
-rather than FLOPs.
+picks `seqkd_fresh` where it would pick GRPO. On the pretrained pair (3x) no method moved its healed student in the
+budget measured: every one level with the others, SeqKD among them. Per step a larger teacher's distribution pays
+(GKD over TRRD +4.5 at 8x, +11.0 at 22.5x), so from `STRONG_TEACHER` on the advice says so for a run whose limit is
+steps or seconds rather than FLOPs.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ EVIDENCE = (
     Evidence("ratio-x2", 0.346, 2.0, "seqkd_fresh", ("gkd",),
              "SeqKD +8.5 [+5.7, +11.3], GKD +6.3 [-0.3, +12.9]; GRPO +2.2 [-0.7, +5.1]", "compare-ratio-x2-2026-12-04",
              per_step="GKD +10.3 [+6.7, +13.9] over TRRD, GRPO -3.0 [-5.2, -0.9]"),
+    Evidence("real", 0.430, 3.0, "rakd", ("grpo_kl", "opd", "grpo", "seqkd_fresh"),
+             "all level: KDRL -0.8 [-5.7, +4.0], OPD -1.0, GRPO -1.5, SeqKD -1.8 [-6.4, +2.8] (2 seeds)",
+             "compare-real-2026-12-04", per_step="all level"),
 )  # fmt: skip
 
 
@@ -124,8 +128,9 @@ def recommend(pass_rate: float, ratio: float | None = None, *, before_plateau: b
         cheap = _measured_at(MEASURED_RATIOS[0])
         method = "seqkd_fresh"
         why = f"it solves {percent} of its RL pool (>= {sparse}) with a teacher {ratio:.1f}x the student: the "
+        real = next(e for e in EVIDENCE if e.regime == "real")
         why += f"teacher's fresh traces cost little to generate, and SFT on them led per FLOP ({cheap.regime}: "
-        why += f"{cheap.against_trrd} over TRRD)"
+        why += f"{cheap.against_trrd} over TRRD; on the pretrained pair, {real.ratio:.0f}x, every method was level)"
     if method == "grpo" and ratio is not None and ratio >= STRONG_TEACHER and pass_rate < SATURATED:
         strong = _measured_at(MEASURED_RATIOS[1])
         why += f"; with a teacher {ratio:.0f}x the student its distribution pays per step ({strong.regime}: "

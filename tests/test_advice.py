@@ -22,7 +22,7 @@ def test_the_evidence_is_what_its_committed_results_say(evidence):
 def test_the_rule_picks_each_measured_regimes_winner_or_one_level_with_it():
     picks = {e.regime: recommend(e.pass_rate, e.ratio).method for e in EVIDENCE}
     assert picks == {"hard": "rakd", "base": "grpo", "ways": "grpo", "edge": "grpo", "trace": "grpo", "plateau": "grpo",
-                     "ratio-x22": "grpo", "ratio-x2": "seqkd_fresh"}  # fmt: skip
+                     "ratio-x22": "grpo", "ratio-x2": "seqkd_fresh", "real": "seqkd_fresh"}  # fmt: skip
     assert all(picks[e.regime] in (e.best, *e.level) for e in EVIDENCE)
     assert all(recommend(e.pass_rate, e.ratio).nearest == e.regime for e in EVIDENCE)
     assert all(recommend(e.pass_rate, e.ratio).within_evidence for e in EVIDENCE)
@@ -46,8 +46,9 @@ def test_the_ratio_picks_the_nearest_regime_and_a_strong_teacher_is_named_for_a_
 
 
 def test_a_cheap_teacher_picks_seqkd_on_fresh_traces_where_grpo_would_be_picked():
-    cheap = recommend(0.40, 2.5)
+    cheap = recommend(0.40, 2.2)
     assert cheap.method == "seqkd_fresh" and cheap.nearest == "ratio-x2" and "SeqKD +8.5" in cheap.why
+    assert "every method was level" in cheap.why and recommend(0.40, 2.8).nearest == "real"
     assert recommend(0.40, CHEAP_TEACHER * 1.01).method == "grpo"
     # a sparse reward or a saturated student keep their own method; no ratio, no clause
     assert recommend(0.05, 2.0).method == "rakd" and recommend(0.99, 2.0).method == "grpo"
