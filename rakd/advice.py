@@ -8,7 +8,8 @@ level with it (tests/test_advice.py recomputes both from the committed per-probl
 
 1. A warm start stopped by a target it reached, before its val plateau, still has traces to learn from: SFT on
    them led every other method per FLOP, 18-23 points over TRRD, where it was measured (edge, hard and both ratio
-   regimes); where SFT had run to its plateau or its last step it trailed (trace, ways).
+   regimes); where SFT had run to its plateau or its last step it trailed (trace, ways) or was level (the
+   pretrained pair, healed to its 800-step cap: +1.5 over TRRD, interval across zero).
 2. Where the student solves fewer than `SPARSE` of its RL pool, GRPO's reward is sparse and the teacher pays:
    TRRD (`rakd`), level with SeqKD and GKD, ahead of GRPO.
 3. Otherwise plain GRPO: it needs no teacher pass, so it takes more steps in the same FLOPs, and it led or was
