@@ -126,10 +126,9 @@ def recommend(pass_rate: float, ratio: float | None = None, *, before_plateau: b
         why = f"it solves {percent} of its RL pool (>= {sparse}): the teacher's log-probs did not pay their "
         why += "compute; GRPO takes more steps in the same FLOPs"
     if method == "grpo" and ratio is not None and ratio <= CHEAP_TEACHER and pass_rate < SATURATED:
-        cheap = _measured_at(MEASURED_RATIOS[0])
+        cheap, real = _measured_at(MEASURED_RATIOS[0]), next(e for e in EVIDENCE if e.regime == "real")
         method = "seqkd_fresh"
         why = f"it solves {percent} of its RL pool (>= {sparse}) with a teacher {ratio:.1f}x the student: the "
-        real = next(e for e in EVIDENCE if e.regime == "real")
         why += f"teacher's fresh traces cost little to generate, and SFT on them led per FLOP ({cheap.regime}: "
         why += f"{cheap.against_trrd} over TRRD; on the pretrained pair, {real.ratio:.0f}x, every method was level)"
     if method == "grpo" and ratio is not None and ratio >= STRONG_TEACHER and pass_rate < SATURATED:

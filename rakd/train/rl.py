@@ -445,8 +445,9 @@ class RLTrainer(CheckpointedTrainer):
         pieces = row_pieces(len(batch.texts), width, self.student.config.vocab_size)
         if is_sharded(self.student):  # FSDP's backward is a collective: every rank must run as many, so one each
             pieces = [torch.arange(len(batch.texts))]
+        alone = len(pieces) == 1  # one pass over the whole minibatch: every share is exactly 1
         for piece in pieces:
-            part = batch if len(pieces) == 1 else trimmed(select_rows(batch, piece))
+            part = batch if alone else trimmed(select_rows(batch, piece))
             cut = part.completion_ids.shape[1]
             with autocast(self.device, self.precision):
                 tensors = batch_tensors(self.student, part, temperature=self.temperature)
@@ -464,17 +465,17 @@ class RLTrainer(CheckpointedTrainer):
                     if not here.any():
                         continue
                     value, part_metrics = spec({k: v[here.to(v.device)] for k, v in tensors.items()}, self.hparams)
-                    within = loss_units(spec, self.hparams, mask[piece][here]) / units if len(pieces) > 1 else 1.0
+                    within = 1.0 if alone else loss_units(spec, self.hparams, mask[piece][here]) / units
                     loss = loss + value * (within * share)
-                    tokens = float(mask[piece][here].sum()) / float(mask[rows].sum()) if len(pieces) > 1 else 1.0
+                    its_tokens = 1.0 if alone else float(mask[piece][here].sum()) / float(mask[rows].sum())
                     for key, number in part_metrics.items():
                         if key.endswith("_max"):
                             metrics[prefix + key] = max(metrics.get(prefix + key, number), number)
                         else:  # token means (clip shares, ratios): exact; a seq_mean loss's own value: near
-                            metrics[prefix + key] += number * tokens
+                            metrics[prefix + key] += number * its_tokens
             (loss * weight).backward()
             total += float(loss.detach())
-            tokens = float(mask[piece].sum()) / float(mask.sum().clamp(min=1)) if len(pieces) > 1 else 1.0
+            tokens = 1.0 if alone else float(mask[piece].sum()) / float(mask.sum().clamp(min=1))
             entropy += token_entropy(logits, tensors["mask"]) * tokens
         return self.optimizer_step({**metrics, "loss": total, "entropy": entropy})
 
