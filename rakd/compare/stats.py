@@ -106,9 +106,8 @@ def runs_by_method(rows: list[dict], per_problem: dict[str, str]) -> dict[str, l
 
 def comparison_runs(results: Path) -> dict[str, list[list[int]]]:
     """`runs_by_method` of the comparison kept in the folder `results` (its results.json and per_problem.json)."""
-    from rakd.compare.results import load_rows  # results imports this module
-
-    return runs_by_method(load_rows(results / "results.json"), json.loads((results / "per_problem.json").read_text()))
+    rows = json.loads((results / "results.json").read_text())["runs"]  # as results.load_rows (it imports this module)
+    return runs_by_method(rows, json.loads((results / "per_problem.json").read_text()))
 
 
 def leaders(runs: dict[str, list[list[int]]], level: float = 0.95) -> tuple[str, tuple[str, ...]]:
