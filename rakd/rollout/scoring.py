@@ -8,6 +8,7 @@ from transformers import PreTrainedModel
 
 from rakd.rollout.batch import Rollouts, batch_ids, position_ids, select_rows, trimmed
 from rakd.rollout.forests import _forest_forward, forest_logprobs, packs_forests, prefix_forests
+from rakd.rollout.head import forest_head_logprobs, splits_head
 from rakd.rollout.masks import attention_mask_4d, no_cudnn_attention
 
 
@@ -68,8 +69,9 @@ def score_completions(
     scores = torch.zeros(rollouts.completion_ids.shape, dtype=torch.float32)
     with torch.no_grad():
         if packs_forests(device) if packed is None else packed:
+            per_forest = forest_head_logprobs if splits_head(model) else forest_logprobs
             for forest in prefix_forests(rollouts, batch_size):
-                logprobs = forest_logprobs(model, forest, temperature).cpu()
+                logprobs = per_forest(model, forest, temperature).cpu()
                 scores[forest.rows, : logprobs.shape[1]] = logprobs
             return scores
         lengths = rollouts.prompt_mask.sum(-1) + rollouts.completion_mask.sum(-1)

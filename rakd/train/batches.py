@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rakd.rollout import Rollouts, completion_logits, encode_prompts, token_logprobs
+from rakd.rollout import Rollouts, completion_logits, encode_prompts, packs_forests, token_logprobs
+from rakd.rollout.head import completion_logprobs, splits_head
 
 
 def pack_pairs(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> Rollouts:
@@ -19,13 +20,20 @@ def pack_pairs(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]])
     return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, [c for _, c in pairs])
 
 
-def batch_tensors(model: PreTrainedModel, batch: Rollouts, temperature: float = 1.0) -> dict[str, torch.Tensor]:
-    """The per-token tensors a loss may ask for, from one forward pass of `model` (with grad):
-    `logprobs` (B, T) on logits / `temperature` (the sampling temperature), `mask` (B, T), and the raw
-    `student_logits` (B, T, V). The rows go through as one prefix forest (`completion_logits`): a prefix that
-    several rows share is computed once and its gradient is the sum of theirs (on a CPU; one plain pass on
-    accelerators, `packs_forests`)."""
-    logits = completion_logits(model, batch)
-    completion, mask = (t.to(logits.device) for t in (batch.completion_ids, batch.completion_mask))
-    logprobs = token_logprobs(logits, completion, temperature)
-    return {"logprobs": logprobs, "mask": mask.float(), "student_logits": logits.float()}
+def batch_tensors(
+    model: PreTrainedModel, batch: Rollouts, temperature: float = 1.0, *, logits: bool = False
+) -> dict[str, torch.Tensor]:
+    """The per-token tensors a loss may ask for, from one forward pass of `model` (with grad): `logprobs` (B, T)
+    on logits / `temperature` (the sampling temperature), `mask` (B, T), and either `entropy` (B, T, no gradient)
+    or, with `logits`, the raw `student_logits` (B, T, V). The rows go through as one prefix forest on a
+    CPU (`packs_forests`: a prefix that several rows share is computed once and its gradient is the sum of theirs;
+    one plain pass on accelerators). Without `logits`, where the model allows it (`splits_head`), the output head
+    runs only at completion positions, a chunk at a time (`rakd.rollout.head`): no (B, T, V) tensor is made."""
+    device = next(model.parameters()).device
+    mask = batch.completion_mask.to(device).float()
+    if not logits and splits_head(model):
+        logprobs, entropy = completion_logprobs(model, batch, temperature, packed=packs_forests(device))
+        return {"logprobs": logprobs, "mask": mask, "entropy": entropy}
+    full = completion_logits(model, batch)
+    logprobs = token_logprobs(full, batch.completion_ids.to(full.device), temperature)
+    return {"logprobs": logprobs, "mask": mask, "student_logits": full.float()}

@@ -33,6 +33,7 @@ from rakd.rollout import (
     select_rows,
     trimmed,
 )
+from rakd.rollout.head import splits_head
 from rakd.train.batches import batch_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
 from rakd.train.common import MetricsLog, autocast, make_optimizer, make_scheduler, step_seed
@@ -42,9 +43,14 @@ from rakd.train.plan import StepPlan, minibatch_chunks
 from rakd.verify import reward
 
 
-def token_entropy(logits: torch.Tensor, mask: torch.Tensor) -> float:
-    logprobs = torch.log_softmax(logits.detach().float(), dim=-1)
-    entropy = -(logprobs.exp() * logprobs).sum(-1)
+def token_entropy(tensors: dict[str, torch.Tensor], temperature: float) -> float:
+    """The mean entropy of the student's sampling distribution (logits / `temperature`) over completion tokens:
+    `batch_tensors`' own `entropy`, or from its whole logits."""
+    mask = tensors["mask"]
+    entropy = tensors.get("entropy")
+    if entropy is None:
+        logprobs = torch.log_softmax(tensors["student_logits"].detach().float() / temperature, dim=-1)
+        entropy = -(logprobs.exp() * logprobs).sum(-1)
     return float((entropy * mask).sum() / mask.sum().clamp(min=1))
 
 
@@ -442,15 +448,16 @@ class RLTrainer(CheckpointedTrainer):
         metrics: dict[str, float] = defaultdict(float)
         total, entropy = 0.0, 0.0
         width = batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
+        whole_logits = any(spec.teacher == "logits" for spec, *_ in parts) or not splits_head(self.student)
         pieces = row_pieces(len(batch.texts), width, self.student.config.vocab_size)
-        if is_sharded(self.student):  # FSDP's backward is a collective: every rank must run as many, so one each
-            pieces = [torch.arange(len(batch.texts))]
+        if is_sharded(self.student) or not whole_logits:  # FSDP's backward is a collective: every rank must run as
+            pieces = [torch.arange(len(batch.texts))]  # many, so one each; a chunked head holds no (B, T, V) logits
         alone = len(pieces) == 1  # one pass over the whole minibatch: every share is exactly 1
         for piece in pieces:
             part = batch if alone else trimmed(select_rows(batch, piece))
             cut = part.completion_ids.shape[1]
             with autocast(self.device, self.precision):
-                tensors = batch_tensors(self.student, part, temperature=self.temperature)
+                tensors = batch_tensors(self.student, part, temperature=self.temperature, logits=whole_logits)
                 old = tensors["logprobs"].detach() if old_lp is None else old_lp[piece, :cut].to(self.device)
                 tensors.update(old_logprobs=old, advantages=advantages[piece].to(self.device))
                 if teacher_lp is not None:
@@ -458,8 +465,7 @@ class RLTrainer(CheckpointedTrainer):
                 if self.spec.teacher == "logits":
                     with torch.no_grad():
                         tensors["teacher_logits"] = completion_logits(self.teacher, part).float()
-                logits = tensors["student_logits"]
-                loss = logits.sum() * 0.0
+                loss = tensors["logprobs"].sum() * 0.0
                 for spec, rows, prefix, units, share in parts:
                     here = rows[piece]
                     if not here.any():
@@ -476,7 +482,7 @@ class RLTrainer(CheckpointedTrainer):
             (loss * weight).backward()
             total += float(loss.detach())
             tokens = 1.0 if alone else float(mask[piece].sum()) / float(mask.sum().clamp(min=1))
-            entropy += token_entropy(logits, tensors["mask"]) * tokens
+            entropy += token_entropy(tensors, self.temperature) * tokens
         return self.optimizer_step({**metrics, "loss": total, "entropy": entropy})
 
     def optimizer_step(self, metrics: dict) -> dict:

