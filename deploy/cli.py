@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -102,13 +103,37 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", default=None, help="which packaged model (default: the first, the best)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: validation.threads)")
     parser.add_argument("--n-ctx", type=int, default=0, help="context length (0: the model's own)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("RAKD_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on every request but /health (default: $RAKD_API_KEY)",
+    )
+    parser.add_argument(
+        "--no-api-key", action="store_true", help="serve an address other than loopback without a key, on purpose"
+    )
+    parser.add_argument(
+        "--max-body", type=int, default=None, help="largest request body in bytes (default: 1 MiB); larger: 413"
+    )
 
 
 def serve_command(args: argparse.Namespace, cfg) -> int:
-    from deploy.serve import serve
+    from deploy.serve import MAX_BODY_BYTES, serve
 
     threads = args.threads if args.threads is not None else cfg.validation.threads
-    if threads < 1 or not 0 <= args.port < 65536:
-        raise ConfigError(f"rakd serve: --threads must be >= 1 and --port in 0..65535 (got {threads}, {args.port})")
-    serve(args.package_dir, host=args.host, port=args.port, label=args.label, threads=threads, n_ctx=args.n_ctx)
+    if threads < 1 or not 0 <= args.port < 65536 or (args.max_body is not None and args.max_body < 1):
+        raise ConfigError(
+            "rakd serve: --threads and --max-body must be >= 1 and --port in 0..65535 "
+            f"(got {threads}, {args.max_body}, {args.port})"
+        )
+    serve(
+        args.package_dir,
+        host=args.host,
+        port=args.port,
+        label=args.label,
+        threads=threads,
+        n_ctx=args.n_ctx,
+        api_key=args.api_key or None,
+        max_body=args.max_body or MAX_BODY_BYTES,
+        open_to_all=args.no_api_key,
+    )
     return 0
