@@ -296,6 +296,7 @@ def serve(
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))  # port 0: a free one, said in the line below
+    sock.listen(2048)  # connections wait in the backlog from now on, while the model loads
     bound = sock.getsockname()[1]
     keyed = "API key required" if api_key else "no API key"
     print(f"serving {name} ({artefact.label}, {keyed}) on http://{host}:{bound}/v1", flush=True)
