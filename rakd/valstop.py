@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rakd.evaluate import evaluate_model
 from rakd.io import read_jsonl
+from rakd.schema import DataError
 from rakd.stage_config import EvalConfig, ValStop
 
 
@@ -25,7 +26,7 @@ def check_records(records: list[dict], stop: ValStop, where: str) -> list[dict]:
         records = [r for r in records if r.get("ops") is not None and r["ops"] >= stop.min_difficulty]
     if not records:
         what = f" with at least {stop.min_difficulty} operations (`ops`)" if stop.min_difficulty else ""
-        raise ValueError(f"{where} has no questions{what} to check")
+        raise DataError(f"{where} has no questions{what} to check")
     return records
 
 
@@ -55,7 +56,7 @@ class ValCheck:
 
     def __post_init__(self):
         if not self.records:
-            raise ValueError(f"{self.name}: no val questions to check")
+            raise DataError(f"{self.name}: no val questions to check")
         self.eval_cfg = self.eval_cfg.model_copy(
             update={"n_problems": self.stop.problems, "k_samples": 0, "per_problem": False}
         )

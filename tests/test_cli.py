@@ -114,3 +114,21 @@ def test_compare_exits_nonzero_and_names_each_failed_job(monkeypatch, capsys):
     assert "failed: sft-a0.5-c1-lr2e-05-s0: its worker process died" in capsys.readouterr().err
     monkeypatch.setattr("flows.compare.compare_flow", lambda config: {**outcome, "failed": []})
     assert main(["compare"]) == 0
+
+
+@pytest.mark.parametrize(
+    "config, override, says",
+    [
+        ("broken", [], "broken.yaml"),
+        ("configs/smoke.yaml", ["--set", "compare.methods=[]"], "compare.methods"),
+        ("configs/smoke.yaml", ["--set", "compare.regime=no such regime"], "compare.regime"),
+        ("configs/smoke.yaml", ["--set", "compare.methods=[nope]"], "compare.methods"),
+    ],
+)
+def test_compare_with_a_bad_config_says_so_in_one_line_and_exits_2(tmp_path, capsys, config, override, says):
+    if config == "broken":
+        config = tmp_path / "broken.yaml"
+        config.write_text("compare:\n  methods: [rakd\n")  # not YAML
+    assert main(["compare", "--config", str(config), *override]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1 and says in captured.err, captured.err

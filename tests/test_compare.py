@@ -358,6 +358,32 @@ def test_a_killed_shared_warm_start_resumes_and_another_configs_is_set_aside(tmp
     assert seen == [False]
 
 
+def test_a_shared_warm_start_is_made_again_under_another_precision(tmp_path, monkeypatch):
+    """A comparison re-run under another `distill.precision` makes its own warm start: the key it is kept under is
+    the distill stage's (`warmstart_work_key`), which holds the precision."""
+    import rakd.warmstart as warmstart
+    from rakd.compare.jobs import shared_warmstart, warmstart_key
+    from rakd.layout import RunLayout
+
+    base = RunLayout(tmp_path / "run")
+    made = []
+
+    def prepare(cfg, run_dir, log=print):
+        layout = RunLayout(run_dir)
+        layout.warmstart.mkdir(parents=True)
+        (layout.warmstart / "eval_warmstart.json").write_text("{}")
+        made.append(cfg.precision)
+        return layout.warmstart
+
+    monkeypatch.setattr(warmstart, "prepare_warmstart", prepare)
+    distill = load_config(None).distill
+    first = warmstart_key(shared_warmstart(distill, base, "teacher-key"))
+    shared_warmstart(distill, base, "teacher-key")  # the same config: kept
+    other = distill.model_copy(update={"precision": "bf16" if distill.precision != "bf16" else "fp32"})
+    second = warmstart_key(shared_warmstart(other, base, "teacher-key"))
+    assert made == [distill.precision, other.precision] and first != second
+
+
 def _exits(code):
     import os
 

@@ -409,19 +409,12 @@ def parameter_ratio(teacher: Path, student: Path) -> dict:
 
 def shared_warmstart(distill, layout: RunLayout, teacher_key: str, regime: str | None = None) -> Path:
     """The comparison's one warm start in `<run>/compare[/<regime>]/warmstart/`, made once per key (the teacher's
-    stage key, the student, warm-start and eval config, the seed) and swapped into place only when complete; a
-    killed one resumes where it stopped."""
+    stage key and the distill stage's own warm-start key: student, warm start, evaluation, seed, precision) and
+    swapped into place only when complete; a killed one resumes where it stopped."""
+    from rakd.distill import warmstart_work_key
     from rakd.warmstart import prepare_warmstart
 
-    key = fingerprint(
-        {
-            "teacher": teacher_key,
-            "student": distill.student.model_dump(mode="json"),
-            "warmstart": distill.warmstart.model_dump(mode="json"),
-            "eval": distill.eval.model_dump(mode="json"),
-            "seed": distill.seed,
-        }
-    )
+    key = fingerprint({"teacher": teacher_key, "warmstart": warmstart_work_key(distill)})  # the distill stage's key
     target = layout.comparison_warmstart(regime)
     if (target / EVAL_WARMSTART).is_file() and (target / ".key").is_file():
         if (target / ".key").read_text() == key:
