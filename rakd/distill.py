@@ -21,9 +21,20 @@ from pathlib import Path
 from rakd.evaluate import evaluate_model
 from rakd.flops import merge, with_total
 from rakd.io import claim_work, fingerprint, mark_work, read_jsonl, work_key
-from rakd.layout import EVAL, EVAL_WARMSTART, METRICS, METRICS_BASE, METRICS_WARMSTART, SECONDS, TRACES, RunLayout
+from rakd.layout import (
+    EVAL,
+    EVAL_WARMSTART,
+    LAYERS,
+    METRICS,
+    METRICS_BASE,
+    METRICS_WARMSTART,
+    SECONDS,
+    TRACES,
+    RunLayout,
+)
 from rakd.models.load import save_model
 from rakd.models.zoo import count_parameters
+from rakd.schema import ConfigError
 from rakd.scorers import make_scorer
 from rakd.stage_config import DistillConfig
 from rakd.train.distributed import launch_torchrun, leave_world, plain_copy, shard, world_from_env
@@ -118,6 +129,8 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
             result.update(final_val(cfg, student, tokenizer, layout, precision))
     if readouts:  # the student read out earlier in the same run (rl.readout_steps): the budget's, or the steps'
         result["readouts"] = readouts
+    if (layout.student_work / LAYERS).is_file():  # a pruned student: its layers, the rule and every candidate
+        result["layers"] = json.loads((layout.student_work / LAYERS).read_text())
     log(evaluated.line(f"student ({cfg.method})"))
     logs = {
         name: work / path
@@ -186,9 +199,19 @@ def advise(pool: dict, eval_warm: dict, teacher, student) -> dict:
 
 
 def rl_records(cfg: DistillConfig, train: list[dict]) -> list[dict]:
-    """The questions RL draws from: with `rl.prompts=unseen`, those after the warm start's `n_prompts`."""
+    """The questions RL draws from: with `rl.prompts=unseen`, those after the warm start's `n_prompts` (refused when
+    they are fewer than one step's prompts: RL would otherwise draw from what the warm start trained on)."""
+    if cfg.rl.prompts != "unseen":
+        return train
     unseen = train[cfg.warmstart.n_prompts :]
-    return unseen if cfg.rl.prompts == "unseen" and len(unseen) >= cfg.rl.prompts_per_step else train
+    if len(unseen) < cfg.rl.prompts_per_step:
+        raise ConfigError(
+            f"distill.rl.prompts: unseen: the train split has {len(train)} questions, {len(unseen)} of them after the "
+            f"warm start's distill.warmstart.n_prompts={cfg.warmstart.n_prompts}, fewer than one step's "
+            f"distill.rl.prompts_per_step={cfg.rl.prompts_per_step}; lower n_prompts or prompts_per_step, make more "
+            "train questions, or set distill.rl.prompts=all to let RL reuse the warm start's questions"
+        )
+    return unseen
 
 
 def val_evaluation(cfg: DistillConfig, student, tokenizer, layout: RunLayout, precision: str):

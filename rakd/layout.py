@@ -28,6 +28,7 @@ METRICS = "metrics.jsonl"  # one row per training step
 METRICS_WARMSTART = "metrics_warmstart.jsonl"  # the warm start's SFT rows, in the student folder
 METRICS_BASE = "metrics_base.jsonl"  # `warmstart.base`: the SFT on bare answers
 TRACES = "traces.jsonl"  # the teacher's verified traces the warm start trained on
+LAYERS = "layers.json"  # a pruned student's layers: the rule chosen and every candidate measured (rakd.models.prune)
 
 
 @dataclass(frozen=True)
