@@ -123,9 +123,33 @@ class TeacherConfig(StageConfig):
         return self
 
 
+class LayerPrune(StageConfig):
+    """A student of the teacher's layers chosen by measurement (rakd.models.prune): the rules' candidates measured
+    by their KL to the teacher on its own completions of train questions."""
+
+    layers: int = Field(ge=1, description="decoder layers the student keeps")
+    by: Literal["measured", "block_influence", "angular", "even"] = Field(
+        "measured",
+        description="measured: the candidate of least KL to the teacher; or one rule's layers (block_influence: the "
+        "layers of most Block Influence; angular: all but the contiguous block of least angular distance; even: "
+        "evenly spaced)",
+    )
+    kept: list[int] | None = Field(
+        None, description="the layers to keep, given (ascending indices; `layers` must be their count): no measurement"
+    )
+    calibration: int = Field(64, ge=1, description="train questions whose teacher completions the choice reads")
+    max_new_tokens: int = Field(64, ge=1, description="length of those completions")
+
+    @model_validator(mode="after")
+    def _kept_matches(self):
+        if self.kept is not None and len(self.kept) != self.layers:
+            raise ValueError(f"distill.student.prune.kept lists {len(self.kept)} layers, layers says {self.layers}")
+        return self
+
+
 class StudentSource(StageConfig):
-    """A model source, or a layer subset of the teacher (`from_teacher_every_k`): exactly one. Setting
-    `from_teacher_every_k` alone takes the place of the default model."""
+    """A model source, or a layer subset of the teacher (`from_teacher_every_k`, or `prune`: chosen by measurement):
+    exactly one. Setting a subset alone takes the place of the default model."""
 
     model: ModelSource | None = Field(default_factory=lambda: ModelSource(preset="student-tiny"))
     from_teacher_every_k: int | None = Field(
@@ -133,23 +157,43 @@ class StudentSource(StageConfig):
         ge=1,
         description="a student of the teacher's layers 0, k, 2k, ... (its embeddings and head too); set model: null",
     )
+    prune: LayerPrune | None = Field(
+        None, description="a student of the teacher's layers chosen by measurement (its embeddings and head too)"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _subset_replaces_the_default_model(cls, data):
-        if isinstance(data, dict) and data.get("from_teacher_every_k") is not None and "model" not in data:
+        subset = (
+            any(data.get(key) is not None for key in ("from_teacher_every_k", "prune"))
+            if isinstance(data, dict)
+            else False
+        )
+        if subset and "model" not in data:
             return {**data, "model": None}
         return data
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.model is None) == (self.from_teacher_every_k is None):
+        given = [self.model is not None, self.from_teacher_every_k is not None, self.prune is not None]
+        if sum(given) != 1:
             raise ValueError(
-                "give exactly one of distill.student.model (a preset or a path) and "
-                "distill.student.from_teacher_every_k (a layer subset of the teacher)"
-                + (": set distill.student.model=null" if self.model is not None else "")
+                "give exactly one of distill.student.model (a preset or a path), "
+                "distill.student.from_teacher_every_k (a layer subset of the teacher) and distill.student.prune "
+                "(layers chosen by measurement)" + (": set distill.student.model=null" if given[0] else "")
             )
         return self
+
+
+class HealKD(StageConfig):
+    """The warm start's SFT as distillation: at every completion token of the teacher's verified traces, the forward
+    KL to the teacher's distribution (its top-k tokens and the tail's mass, teacher-forced) plus `ce_weight` x the
+    trace's cross-entropy (rakd.losses.distill.heal_loss)."""
+
+    top_k: int = Field(
+        32, ge=1, description="the teacher's most likely tokens kept at each position (the rest: a tail)"
+    )
+    ce_weight: float = Field(0.5, ge=0, description="weight of the trace's cross-entropy beside the KL")
 
 
 class WarmStartRecover(StageConfig):
@@ -198,6 +242,11 @@ class WarmStartConfig(StageConfig):
         description="before any trace: SFT of the student on every train question with its bare final answer "
         "(`A: 46`, no worked solution), a base model that has seen the task but no reasoning (the comparison's "
         "base-start regime); null: none",
+    )
+    kd: HealKD | None = Field(
+        None,
+        description="heal by distillation: SFT's loss is the forward KL to the teacher at every trace token plus a "
+        "CE term (null: plain SFT on the traces)",
     )
     recover: WarmStartRecover | None = Field(
         None,
@@ -293,6 +342,7 @@ class CompareConfig(StageConfig):
     )
     methods: list[Method] = Field(
         default_factory=lambda: ["rakd", "grpo", "grpo_kl", "opd", "gkd", "seqkd_fresh", "sft"],
+        min_length=1,
         description="methods compared (sft is labelled sft_continue: more epochs on the warm start's traces)",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one job per seed and method")

@@ -118,6 +118,25 @@ def advice_rows(results: dict[str, Summary]) -> list[dict]:
     ]
 
 
+def layer_rows(results: dict[str, Summary]) -> list[dict]:
+    """A pruned student's candidates (rakd.models.prune): each rule's layers, its KL to the teacher and top-1
+    agreement before healing, and which was kept (empty for a student that is not pruned by measurement)."""
+    layers = results.get("distill", {}).get("eval", {}).get("layers")
+    if not layers:
+        return []
+    chosen = layers["chosen"]["kept"]
+    return [
+        {
+            "rule": c["rule"],
+            "layers": " ".join(map(str, c["kept"])),
+            "KL (nats/token)": f"{c['kl']:.3f}",
+            "top-1 agreement": pct(c["top1"]),
+            "kept": "yes" if c["kept"] == chosen else "",
+        }
+        for c in layers["candidates"]
+    ]
+
+
 def warmstart_rows(results: dict[str, Summary]) -> list[dict]:
     """Whether the warm start reached its target, where, and what the stage did about it (empty without one)."""
     target = results.get("distill", {}).get("eval_warmstart", {}).get("target")
@@ -171,6 +190,7 @@ def summary_sections(results: dict[str, Summary], states: dict[str, str] | None 
         ("accuracy (test split)", accuracy_rows(results)),
     ]
     for title, rows in (
+        ("the student's layers (candidates measured on the teacher's completions)", layer_rows(results)),
         ("warm start", warmstart_rows(results)),
         ("RL pool (the warm start's own samples at RL step 1)", rl_pool_rows(results)),
         ("method the rule recommends (docs/results.md, which method when)", advice_rows(results)),

@@ -16,9 +16,9 @@ from pathlib import Path
 from rakd.evaluate import evaluate_model
 from rakd.flops import merge, with_total
 from rakd.io import read_jsonl
-from rakd.layout import EVAL_WARMSTART, METRICS, METRICS_BASE, METRICS_WARMSTART, TRACES, RunLayout
+from rakd.layout import EVAL_WARMSTART, LAYERS, METRICS, METRICS_BASE, METRICS_WARMSTART, TRACES, RunLayout
 from rakd.models.load import ModelLoadError, load_causal_lm, save_model
-from rakd.models.subset import layer_subset
+from rakd.models.subset import keep_layers, layer_subset
 from rakd.models.zoo import build_model, preset_config
 from rakd.prompt import completion_text
 from rakd.stage_config import DistillConfig, WarmStartConfig
@@ -47,9 +47,55 @@ def check_same_tokenizer(teacher_tok, student_tok) -> None:
         )
 
 
-def init_student(cfg: DistillConfig, teacher, teacher_tok, device):
+def calibration_rows(teacher, tokenizer, questions: list[str], max_new_tokens: int):
+    """The teacher's greedy completions of `questions` as (ids, attention mask, read): `read` marks the positions
+    that predict a completion token."""
+    import torch
+
+    from rakd.rollout import sample
+
+    rows = sample(teacher, tokenizer, questions, max_new_tokens=max_new_tokens, temperature=0.0)
+    ids = torch.cat([rows.prompt_ids, rows.completion_ids], dim=1)
+    mask = torch.cat([rows.prompt_mask, rows.completion_mask], dim=1)
+    read = torch.zeros_like(mask, dtype=torch.bool)
+    start = rows.prompt_ids.shape[1] - 1
+    read[:, start : start + rows.completion_ids.shape[1]] = rows.completion_mask.bool()
+    device = next(teacher.parameters()).device
+    return ids.to(device), mask.to(device), read.to(device)
+
+
+def pruned_layers(cfg: DistillConfig, teacher, tokenizer, layout: RunLayout, log=print) -> list[int]:
+    """The layers a `student.prune` student keeps: given, kept from this stage's earlier start
+    (`student.work/layers.json`), or chosen now by measurement (rakd.models.prune) and written there."""
+    from rakd.io import atomic_write_json
+    from rakd.models.prune import layer_choice
+
+    prune = cfg.student.prune
+    if prune.kept is not None:
+        return list(prune.kept)
+    chosen = layout.student_work / LAYERS
+    if chosen.is_file():
+        return json.loads(chosen.read_text())["chosen"]["kept"]
+    questions = [r["question"] for r in distill_records(layout, "train")[: prune.calibration]]
+    log(f"[distill] choosing {prune.layers} of the teacher's layers on {len(questions)} calibration completions")
+    choice = layer_choice(
+        teacher, *calibration_rows(teacher, tokenizer, questions, prune.max_new_tokens), prune.layers, prune.by
+    )
+    for c in choice.candidates:
+        log(f"[distill]   {c.rule:>15}: KL {c.kl:.3f} nats/token, top-1 {c.top1:.1%}, layers {c.kept}")
+    log(f"[distill] kept {choice.chosen.rule}'s layers {choice.chosen.kept}")
+    chosen.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(chosen, choice.as_json())
+    return choice.chosen.kept
+
+
+def init_student(cfg: DistillConfig, teacher, teacher_tok, device, layout: RunLayout | None = None, log=print):
     if cfg.student.from_teacher_every_k:
         return layer_subset(teacher, cfg.student.from_teacher_every_k).to(device), teacher_tok
+    if cfg.student.prune:
+        if layout is None:
+            raise ValueError("a pruned student's layers are chosen on the run's train split: pass its layout")
+        return keep_layers(teacher, pruned_layers(cfg, teacher, teacher_tok, layout, log)).to(device), teacher_tok
     source = cfg.student.model
     if source.path is not None:
         student, tok = load_causal_lm(source.path, trust_remote_code=source.trust_remote_code)
@@ -71,7 +117,7 @@ def load_models(cfg: DistillConfig, layout: RunLayout):
     device = pick_device(cfg.device)
     teacher, teacher_tok = load_causal_lm(layout.teacher)
     teacher.to(device).eval().requires_grad_(False)
-    student, tokenizer = init_student(cfg, teacher, teacher_tok, device)
+    student, tokenizer = init_student(cfg, teacher, teacher_tok, device, layout)
     return teacher, student, tokenizer
 
 
@@ -106,6 +152,8 @@ def run_warmstart(
             name="warmstart",
             world=world,
             precision=precision,
+            teacher=teacher if cfg.warmstart.kd is not None else None,
+            kd=cfg.warmstart.kd,
         )
         trainer.resume()
         done_steps = sft_in_rounds(trainer, rounds, stop, (train, teacher, tokenizer), world, log)
@@ -126,6 +174,7 @@ def run_warmstart(
     result["flops"] = with_total(
         merge(
             {"teacher_generate": rounds.teacher_generate_flops()},
+            {"teacher_score": scored} if (scored := sum(r.get("flops_teacher_score", 0) for r in sft_rows)) else {},
             {"student_sft": sum(r.get("flops", 0) for r in sft_rows + base_rows)},
             {"eval": sum(r.get("flops_eval", 0) for r in sft_rows) + result["eval_flops"]},
         )

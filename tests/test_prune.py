@@ -1,0 +1,173 @@
+"""Choosing a student's layers by measurement (rakd.models.prune): the scores by hand, the rules, the subset model,
+and the choice on a small model."""
+
+import math
+
+import pytest
+import torch
+
+from rakd.models.prune import (
+    angular_distances,
+    block_influence,
+    candidates,
+    damage,
+    layer_choice,
+    residual_states,
+    rule_layers,
+)
+from rakd.models.subset import keep_layers
+from rakd.models.zoo import build_model, preset_config
+
+
+def test_block_influence_and_angular_distance_by_hand():
+    # three points of a residual stream at one position: e1, e1 (layer 0 changes nothing), e2 (layer 1 turns it 90°)
+    states = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]]])
+    assert block_influence(states) == pytest.approx([0.0, 1.0])
+    assert angular_distances(states, 1) == pytest.approx([0.0, 0.5])  # arccos(1)/pi, arccos(0)/pi
+    assert angular_distances(states, 2) == pytest.approx([0.5])
+    # 60° apart: cos 0.5, 1 - cos = 0.5, arccos(0.5)/pi = 1/3
+    turned = torch.tensor([[[1.0, 0.0]], [[0.5, math.sqrt(3) / 2]]])
+    assert block_influence(turned) == pytest.approx([0.5]) and angular_distances(turned, 1) == pytest.approx([1 / 3])
+
+
+def test_each_rule_keeps_its_layers():
+    influence = [0.9, 0.1, 0.2, 0.05, 0.3, 0.8]  # layers 3, 1, 2 change the stream least
+    angular = [0.6, 0.2, 0.4, 0.3]  # dropping 2 layers: the block starting at 1 (layers 1, 2) least
+    layers = rule_layers(6, 4, influence, angular)
+    assert layers == {"block_influence": [0, 2, 4, 5], "angular": [0, 3, 4, 5], "even": [0, 2, 3, 5]}
+    assert [c.rule for c in candidates({**layers, "even": [0, 2, 4, 5]})] == ["block_influence", "angular"]
+    with pytest.raises(ValueError, match="keeps 1..5"):
+        rule_layers(6, 6, influence, angular)
+
+
+def test_damage_by_hand():
+    same = torch.tensor([[0.0, 1.0, 2.0]])
+    assert damage(same, same) == pytest.approx((0.0, 1.0))
+    # teacher (ln 3, 0): p = (3/4, 1/4); student uniform: KL = 3/4 ln(3/2) + 1/4 ln(1/2)
+    kl, top1 = damage(torch.tensor([[math.log(3.0), 0.0]]), torch.tensor([[0.0, 0.0]]))
+    assert kl == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5)) and top1 == 1.0
+
+
+@pytest.fixture(scope="module")
+def teacher(tokenizer):
+    return build_model(preset_config("test-micro", tokenizer, num_hidden_layers=5), seed=4).eval()
+
+
+def batch(tokenizer):
+    rows = [tokenizer("12+7=19. A: 19")["input_ids"], tokenizer("3*4=12")["input_ids"]]
+    width = max(map(len, rows))
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    read = mask.bool() & (torch.arange(width) >= width - 4)  # the last 4 positions of each row
+    return ids, mask, read
+
+
+def test_a_subset_model_is_the_teacher_cut_down_and_leaves_the_teacher_whole(teacher, tokenizer):
+    ids, mask, _ = batch(tokenizer)
+    whole = keep_layers(teacher, list(range(5)))
+    torch.testing.assert_close(
+        whole(input_ids=ids, attention_mask=mask).logits, teacher(input_ids=ids, attention_mask=mask).logits
+    )
+    student = keep_layers(teacher, [0, 2, 4])
+    assert len(teacher.model.layers) == 5 and teacher.config.num_hidden_layers == 5
+    assert student.config.num_hidden_layers == 3 and [layer.self_attn.layer_idx for layer in student.model.layers] == [
+        0,
+        1,
+        2,
+    ]
+    assert (
+        student.model.layers[1].mlp.up_proj.weight.data_ptr() != teacher.model.layers[2].mlp.up_proj.weight.data_ptr()
+    )
+    torch.testing.assert_close(student.model.layers[1].mlp.up_proj.weight, teacher.model.layers[2].mlp.up_proj.weight)
+    assert all(p.requires_grad for p in student.parameters())
+    out = student.generate(ids[:1, -3:], max_new_tokens=3, do_sample=False)  # its KV cache follows the new indices
+    assert out.shape[1] == 6
+    with pytest.raises(ValueError, match="ascending"):
+        keep_layers(teacher, [2, 1])
+
+
+def test_the_measured_choice_is_the_candidate_of_least_kl(teacher, tokenizer):
+    ids, mask, read = batch(tokenizer)
+    states = residual_states(teacher, ids, mask, read)
+    assert states.shape == (6, int(read.sum()), teacher.config.hidden_size)
+    choice = layer_choice(teacher, ids, mask, read, keep=3)
+    assert choice.chosen.kl == min(c.kl for c in choice.candidates) and len(choice.chosen.kept) == 3
+    assert choice.block_influence == pytest.approx(block_influence(states))
+    for candidate in choice.candidates:  # each candidate's KL is the one its own model gives
+        student = keep_layers(teacher, candidate.kept)
+        kl, top1 = damage(
+            teacher(input_ids=ids, attention_mask=mask).logits[read],
+            student(input_ids=ids, attention_mask=mask).logits[read],
+        )
+        assert candidate.kl == pytest.approx(kl, rel=1e-5) and candidate.top1 == pytest.approx(top1)
+    assert layer_choice(teacher, ids, mask, read, keep=3, by="even").chosen.kept == [0, 2, 4]
+    assert len(teacher.model.layers) == 5
+
+
+def test_a_pruned_student_is_chosen_once_on_the_train_split_and_kept_for_a_resume(teacher, tokenizer, tmp_path):
+    import json
+
+    import rakd.models.prune as prune
+    from rakd.config import load_config
+    from rakd.layout import LAYERS, RunLayout
+    from rakd.warmstart import init_student
+
+    layout = RunLayout(tmp_path)
+    layout.split("train").parent.mkdir(parents=True)
+    rows = [{"id": i, "question": f"{i}+{i + 1}=?", "answer": str(2 * i + 1)} for i in range(6)]
+    layout.split("train").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cfg = load_config(None, ["distill.student.prune.layers=3", "distill.student.prune.calibration=4"]).distill
+    assert cfg.student.model is None  # the subset takes the default model's place
+    logged = []
+    student, _ = init_student(cfg, teacher, tokenizer, torch.device("cpu"), layout, log=logged.append)
+    stored = json.loads((layout.student_work / LAYERS).read_text())
+    kept = stored["chosen"]["kept"]
+    assert student.config.num_hidden_layers == 3 and kept == sorted(set(kept)) and len(kept) == 3
+    assert len(stored["candidates"]) >= 2 and any("KL" in line for line in logged)
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("the choice is read back, not measured again")
+
+    original, prune.layer_choice = prune.layer_choice, measured_again
+    try:
+        again, _ = init_student(cfg, teacher, tokenizer, torch.device("cpu"), layout)
+    finally:
+        prune.layer_choice = original
+    for a, b in zip(student.parameters(), again.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_prune_config_is_one_source_and_its_list_matches_its_count():
+    from rakd.config import load_config
+    from rakd.schema import ConfigError
+
+    given = load_config(None, ["distill.student.prune.layers=2", "distill.student.prune.kept=[0,4]"]).distill
+    assert given.student.prune.kept == [0, 4]
+    with pytest.raises(ConfigError, match="kept lists 1 layers"):
+        load_config(None, ["distill.student.prune.layers=2", "distill.student.prune.kept=[0]"])
+    with pytest.raises(ConfigError, match="exactly one"):
+        load_config(None, ["distill.student.prune.layers=2", "distill.student.from_teacher_every_k=2"])
+
+
+def test_the_run_summary_lists_every_candidate_and_the_one_kept():
+    from rakd.summary import layer_rows
+
+    layers = {
+        "chosen": {"rule": "angular", "kept": [0, 3, 4, 5], "kl": 1.5, "top1": 0.2},
+        "candidates": [
+            {"rule": "block_influence", "kept": [0, 2, 4, 5], "kl": 2.25, "top1": 0.125},
+            {"rule": "angular", "kept": [0, 3, 4, 5], "kl": 1.5, "top1": 0.2},
+        ],
+    }
+    results = {"distill": {"eval": {"layers": layers}}}
+    assert layer_rows(results) == [
+        {
+            "rule": "block_influence",
+            "layers": "0 2 4 5",
+            "KL (nats/token)": "2.250",
+            "top-1 agreement": "12.5%",
+            "kept": "",
+        },
+        {"rule": "angular", "layers": "0 3 4 5", "KL (nats/token)": "1.500", "top-1 agreement": "20.0%", "kept": "yes"},
+    ]
+    assert layer_rows({"distill": {"eval": {}}}) == []
