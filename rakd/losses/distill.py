@@ -1,4 +1,4 @@
-"""Distillation losses: SeqKD (`sft`), logit KD (`fkl`), generalised JSD (`gkd`).
+"""Distillation losses: SeqKD (`sft`), logit KD (`fkl`), generalised JSD (`gkd`), and the warm start's healing loss.
 
 `logprobs` and `mask` are (B, T); `student_logits` and `teacher_logits` are
 (B, T, V) over the shared vocabulary. Returns `(loss, metrics)`, minimised.
@@ -21,6 +21,22 @@ def sft_loss(
     """Negative log-likelihood of the target tokens (SeqKD on teacher traces)."""
     loss = aggregate(-logprobs, mask, agg)
     return loss, {"nll": float(loss.detach())}
+
+
+def heal_loss(
+    logprobs: torch.Tensor,
+    forward_kl: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ce_weight: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Healing a pruned student by distillation: the forward KL to the teacher at every completion token (over its
+    top-k tokens and tail, teacher-forced on its traces; `forward_kl` (B, T)) plus `ce_weight` x the negative
+    log-likelihood of the trace's tokens, both token means (torchtune's KD recipe, Minitron's healing with a CE
+    term)."""
+    kl = masked_mean(forward_kl, mask)
+    nll = masked_mean(-logprobs, mask)
+    return kl + ce_weight * nll, {"forward_kl": float(kl.detach()), "nll": float(nll.detach())}
 
 
 def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:

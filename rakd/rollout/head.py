@@ -12,6 +12,8 @@ linear cross-entropy, for a per-token consumer: the gradient with respect to eac
 
 from __future__ import annotations
 
+import math
+
 import torch
 from transformers import PreTrainedModel
 
@@ -22,6 +24,9 @@ from rakd.rollout.masks import attention_mask_4d, mask_for_model, no_cudnn_atten
 # The most logits one chunk of the head holds: 2^23 floats, 32 MiB in fp32 (about 170 positions of a 49k-token
 # vocabulary; a 512-token vocabulary's batch is one chunk).
 HEAD_CHUNK_ELEMENTS = 2**23
+
+# The log-mass of an empty tail (top-k holding the whole vocabulary), finite so that its terms are 0, not NaN.
+TAIL_FLOOR = math.log(1e-30)
 
 # Architectures whose logits are exactly `lm_head(base_model(...).last_hidden_state)`: no logit scaling or
 # soft-capping after the head (GGUF export writes these two).
@@ -178,6 +183,87 @@ def head_logprobs(
     return _HeadLogprobs.apply(states[slots], head.weight, head.bias, slot, tokens, temperature, chunk, dtype)
 
 
+@torch.no_grad()
+def head_topk(
+    states: torch.Tensor,
+    head: torch.nn.Linear,
+    index: torch.Tensor,
+    k: int,
+    chunk_elements: int = HEAD_CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A teacher's distribution at N entries (entry n read from state `states[index[n]]`) as its `k` most likely
+    tokens (N, k), their log-probabilities (N, k) and the log of the mass left outside them (N,; log 1e-30 when
+    none is), the head a chunk of states at a time (the form validation's KL reads)."""
+    slots, slot = torch.unique(index, return_inverse=True)
+    chunk = max(1, chunk_elements // head.out_features)
+    dtype = _compute_dtype(states.device.type, head.weight)
+    w, b = head.weight.to(dtype), None if head.bias is None else head.bias.to(dtype)
+    ids, logprobs, tails = [], [], []
+    with torch.autocast(states.device.type, enabled=False):
+        for start in range(0, len(slots), chunk):
+            full = torch.log_softmax(_chunk_logits(states[slots[start : start + chunk]].to(dtype), w, b, 1.0), -1)
+            top = full.topk(min(k, full.shape[-1]), dim=-1)
+            ids.append(top.indices)
+            logprobs.append(top.values)
+            # the tail's log-mass summed outside the top tokens (1 - their sum would round to noise in fp32)
+            tails.append(torch.logsumexp(full.scatter(-1, top.indices, -torch.inf), -1).clamp(min=TAIL_FLOOR))
+    return torch.cat(ids)[slot], torch.cat(logprobs)[slot], torch.cat(tails)[slot]
+
+
+def _kd_chunk(states, weight, bias, tokens, top_ids, top_logprobs, tail):
+    """log π_S(token) and KL(π_T ‖ π_S) over the teacher's top tokens and its tail lumped into one outcome, for a
+    chunk of entries: (n,) and (n,)."""
+    logits = _chunk_logits(states, weight, bias, 1.0)
+    logprobs = torch.log_softmax(logits, -1)
+    picked = logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+    student_top = logprobs.gather(-1, top_ids)
+    outside = logprobs.scatter(-1, top_ids, torch.finfo(logprobs.dtype).min)  # a finite floor: no NaN gradient
+    student_tail = torch.logsumexp(outside, -1).clamp(min=TAIL_FLOOR)  # as the teacher's: an empty tail adds 0
+    kl = (top_logprobs.exp() * (top_logprobs - student_top)).sum(-1) + tail.exp() * (tail - student_tail)
+    return picked, kl
+
+
+def head_kd(
+    states: torch.Tensor,
+    head: torch.nn.Linear,
+    index: torch.Tensor,
+    tokens: torch.Tensor,
+    teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    chunk_elements: int = HEAD_CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For N entries (entry n: token `tokens[n]` predicted by state `states[index[n]]`), the student's log π(token)
+    and the forward KL from the teacher's distribution (`teacher`: `head_topk`'s top ids, their log-probs and the
+    tail's log-mass) to the student's over the same k + 1 outcomes (a lower bound of the exact KL, equal when the
+    tail is empty), both (N,) with gradients. The head runs a chunk of entries at a time, each chunk's logits
+    recomputed in the backward pass (activation checkpointing) rather than kept."""
+    from torch.utils.checkpoint import checkpoint
+
+    chunk = max(1, chunk_elements // head.out_features)
+    dtype = _compute_dtype(states.device.type, head.weight)
+    top_ids, top_logprobs, tail = teacher
+    picked, kl = [], []
+    for start in range(0, len(index), chunk):
+        part = slice(start, start + chunk)
+        with torch.autocast(states.device.type, enabled=False):
+            p, d = checkpoint(
+                _kd_chunk,
+                states[index[part]].to(dtype),
+                head.weight.to(dtype),
+                None if head.bias is None else head.bias.to(dtype),
+                tokens[part],
+                top_ids[part],
+                top_logprobs[part],
+                tail[part],
+                use_reentrant=False,
+            )
+        picked.append(p)
+        kl.append(d)
+    if not picked:  # no completion token: empty, still joined to the graph
+        empty = torch.zeros(0, device=states.device) + states.sum() * 0.0
+        return empty, empty
+    return torch.cat(picked), torch.cat(kl)
+
+
 def completion_logprobs(
     model: PreTrainedModel, rollouts: Rollouts, temperature: float = 1.0, packed: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,10 +280,34 @@ def completion_logprobs(
 
 
 __all__ = [
+    "completion_kd",
     "completion_logprobs",
     "completion_states",
     "forest_head_logprobs",
     "forest_states",
+    "head_kd",
     "head_logprobs",
+    "head_topk",
     "splits_head",
 ]
+
+
+def completion_kd(
+    model: PreTrainedModel, teacher: PreTrainedModel, rollouts: Rollouts, top_k: int, packed: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per completion token (B, T; 0 past each row's end): the student's log-probability of the token and the
+    forward KL from the teacher's top-`top_k` distribution (plus its tail) at that position to the student's,
+    teacher-forced on the same rows (`splits_head` must hold for both models, which share a vocabulary)."""
+    with torch.no_grad():
+        teacher_states, teacher_index = completion_states(teacher, rollouts, packed)
+        mask = rollouts.completion_mask.bool().to(teacher_states.device)
+        target = head_topk(teacher_states, teacher.get_output_embeddings(), teacher_index[mask], top_k)
+        del teacher_states
+    states, index = completion_states(model, rollouts, packed)
+    mask = mask.to(states.device)
+    tokens = rollouts.completion_ids.to(states.device)[mask]
+    target = tuple(t.to(states.device) for t in target)
+    picked, kl = head_kd(states, model.get_output_embeddings(), index[mask], tokens, target)
+    logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=states.device).masked_scatter(mask, picked)
+    forward_kl = torch.zeros(mask.shape, dtype=torch.float32, device=states.device).masked_scatter(mask, kl)
+    return logprobs, forward_kl

@@ -7,7 +7,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rakd.rollout import Rollouts, completion_logits, encode_prompts, packs_forests, token_logprobs
-from rakd.rollout.head import completion_logprobs, splits_head
+from rakd.rollout.head import completion_kd, completion_logprobs, splits_head
 
 
 def pack_pairs(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> Rollouts:
@@ -37,3 +37,14 @@ def batch_tensors(
     full = completion_logits(model, batch)
     logprobs = token_logprobs(full, batch.completion_ids.to(full.device), temperature)
     return {"logprobs": logprobs, "mask": mask, "student_logits": full.float()}
+
+
+def kd_tensors(
+    model: PreTrainedModel, teacher: PreTrainedModel, batch: Rollouts, top_k: int
+) -> dict[str, torch.Tensor]:
+    """What the healing loss reads, from one teacher pass (no grad) and one student pass (with grad) over the
+    batch: the student's `logprobs` (B, T) of the trace's tokens, `forward_kl` (B, T) from the teacher's top-`top_k`
+    distribution to the student's at each completion position, and `mask` (B, T)."""
+    device = next(model.parameters()).device
+    logprobs, forward_kl = completion_kd(model, teacher, batch, top_k, packed=packs_forests(device))
+    return {"logprobs": logprobs, "forward_kl": forward_kl, "mask": batch.completion_mask.to(device).float()}

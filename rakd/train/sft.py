@@ -14,9 +14,11 @@ from pathlib import Path
 from rakd.flops import ModelDims, rollout_flops
 from rakd.layout import METRICS
 from rakd.losses import LOSSES
+from rakd.losses.distill import heal_loss
 from rakd.progress import Progress
 from rakd.rollout import Rollouts
-from rakd.train.batches import batch_tensors, pack_pairs
+from rakd.rollout.head import splits_head
+from rakd.train.batches import batch_tensors, kd_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
 from rakd.train.common import MetricsLog, autocast, make_optimizer, make_scheduler, step_seed
 from rakd.train.config import SFTConfig
@@ -38,6 +40,8 @@ class SFTTrainer(CheckpointedTrainer):
         name: str,
         world: World | None = None,
         precision: str = "fp32",
+        teacher=None,
+        kd=None,
     ):
         if not pairs:
             raise ValueError(f"{name}: no training pairs")
@@ -59,6 +63,10 @@ class SFTTrainer(CheckpointedTrainer):
         self._order: tuple[int, list[int]] = (-1, [])
         self.dims = ModelDims.of(model)
         self.precision = precision  # resolved: fp32 or bf16 autocast (rakd.train.common.resolve_precision)
+        self.teacher, self.kd = teacher, kd  # kd (HealKD): distil from the teacher on the pairs, else plain SFT
+        if kd is not None and (teacher is None or not (splits_head(model) and splits_head(teacher))):
+            raise ValueError(f"{name}: healing by distillation needs the teacher, and both heads apart (llama, qwen2)")
+        self.teacher_dims = ModelDims.of(teacher) if kd is not None else None
 
     def set_pairs(self, pairs: list[tuple[str, str]]) -> None:
         """Train on `pairs` from the next step on (a warm start that adds traces); the optimiser and schedule go
@@ -85,8 +93,14 @@ class SFTTrainer(CheckpointedTrainer):
         self.model.train()
         batch = self.batch_for(step)
         with autocast(self.device, self.precision):
-            tensors = batch_tensors(self.model, batch)
-            loss, metrics = LOSSES["sft"](tensors, {})  # the loss's own aggregation (token_mean)
+            if self.kd is None:
+                tensors = batch_tensors(self.model, batch)
+                loss, metrics = LOSSES["sft"](tensors, {})  # the loss's own aggregation (token_mean)
+            else:
+                tensors = kd_tensors(self.model, self.teacher, batch, self.kd.top_k)
+                loss, metrics = heal_loss(
+                    tensors["logprobs"], tensors["forward_kl"], tensors["mask"], ce_weight=self.kd.ce_weight
+                )
         # token_mean: its share of the batch's tokens (scaled where FSDP averages what it reduces)
         weight = self.world.fraction(float(tensors["mask"].sum())) * self.world.grad_scale(self.model)
         self.optimizer.zero_grad(set_to_none=True)
@@ -101,7 +115,14 @@ class SFTTrainer(CheckpointedTrainer):
             "grad_norm": grad_norm,
             "lr": self.scheduler.get_last_lr()[0],
             "flops": int(self.world.sum(rollout_flops(self.dims, batch, training=True))),  # every rank's share
+            **self.teacher_flops(batch),
         }
+
+    def teacher_flops(self, batch: Rollouts) -> dict:
+        """The teacher's forward pass over the batch when healing by distillation (`flops_teacher_score`)."""
+        if self.kd is None:
+            return {}
+        return {"flops_teacher_score": int(self.world.sum(rollout_flops(self.teacher_dims, batch)))}
 
     def run(self, on_step: Callable[[int, dict], bool | None] | None = None, until: int | None = None) -> int:
         """Steps `start_step`..`until` (default `cfg.steps`); returns the number of steps done, which is also the
