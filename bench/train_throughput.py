@@ -7,20 +7,19 @@ the code of rakd 0.6.0 for this step).
 
 For each model and way: the best of `--steps` SFT steps (forward, backward, AdamW; `SFTTrainer.step`) on one batch
 of `--batch` verified solutions of distinct generator problems (the real config's, about 70 prompt and 24
-completion tokens), and the process's peak resident memory (each way in a process of its own); tokens/s counts
-completion tokens (what the loss trains on). GFLOP/s: the ledger's (every row's prompt and completion, the head
-at every position: rakd.flops) and executed (what the packed pass computes: the backbone over each distinct
-prefix once, plus the head where it runs: at every token of the forest for the whole pass, at each distinct
-completion position for ours, whose recomputation in the backward pass is not counted as work), against the
-fp32 matmul peak the bench measures (and bf16's where the CPU has bf16 units). Writes results.{json,md} and
-meta.json into bench/results/train_throughput-<date>/.
+completion tokens), and the step's peak resident memory above what the process held before it (each way in a
+process of its own); tokens/s counts completion tokens (what the loss trains on). GFLOP/s: the ledger's (every
+row's prompt and completion, the head at every position: rakd.flops) and executed (what the packed pass
+computes: the backbone over each distinct prefix once, plus the head where it runs: at every token of the forest
+for the whole pass, at each distinct completion position for ours, whose recomputation in the backward pass is
+not counted as work), against the fp32 matmul peak the bench measures (and bf16's where the CPU has bf16 units).
+Writes results.{json,md} and meta.json into bench/results/train_throughput-<date>/.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import tempfile
 from pathlib import Path
 
@@ -69,7 +68,14 @@ def executed_flops(dims: ModelDims, batch, whole: bool) -> int:
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory since the last `reset_peak_rss` (Linux's VmHWM)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start the peak over from the memory held now (writing 5 to clear_refs resets VmHWM; Linux 4.0+)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def load(layers: int):
@@ -101,7 +107,10 @@ def measure(model, tokenizer, pairs, args, whole: bool, precision: str) -> dict:
             batch = trainer.batch_for(0)
             trainer.batch_for = lambda step, batch=batch: batch
             trainer.step(0)  # warm: the optimiser's state exists
+            reset_peak_rss()
+            held = peak_rss_mib()
             seconds = timed(lambda: trainer.step(0), repeats=args.steps)
+            step_peak = peak_rss_mib() - held
     finally:
         batches.batch_tensors = sft.batch_tensors = original
     dims = ModelDims.of(model)
@@ -111,7 +120,7 @@ def measure(model, tokenizer, pairs, args, whole: bool, precision: str) -> dict:
         "tokens_per_s": tokens / seconds,
         "ledger_gflops": rollout_flops(dims, batch, training=True) / seconds / 1e9,
         "executed_gflops": executed_flops(dims, batch, whole) / seconds / 1e9,
-        "peak_rss_mib": peak_rss_mib(),
+        "step_peak_mib": step_peak,
         "rows": len(batch.texts),
         "prompt_tokens": int(batch.prompt_mask.sum()),
         "completion_tokens": tokens,
@@ -168,7 +177,7 @@ def main() -> None:
                         "speed-up": round(base["seconds"] / got["seconds"], 2),
                         "GFLOP/s executed (ledger)": f"{got['executed_gflops']:.0f} ({got['ledger_gflops']:.0f})",
                         "executed share of peak": f"{got['executed_gflops'] / peaks[precision]:.0%}",
-                        "peak RSS MiB": round(got["peak_rss_mib"]),
+                        "step's peak memory MiB": round(got["step_peak_mib"]),
                         "raw": got,
                     }
                 )

@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +46,14 @@ class ExportResult:
 
 def export_onnx(hf_dir: Path, out: Path) -> Path:
     """optimum's exporter with the KV cache as input/output (task text-generation-with-past)."""
+    import torch
     from optimum.exporters.onnx import main_export
 
-    main_export(str(hf_dir), output=str(out), task="text-generation-with-past", device="cpu", do_validation=False)
+    with warnings.catch_warnings():  # the tracer's and exporter's notes on code that is not ours: nothing to act on
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r"Exporting aten::index operator")
+        warnings.filterwarnings("ignore", message=r".*`torch_dtype` is deprecated")
+        main_export(str(hf_dir), output=str(out), task="text-generation-with-past", device="cpu", do_validation=False)
     return out
 
 
