@@ -5,14 +5,15 @@ the code of rakd 0.6.0 for this step).
 
     .venv/bin/python bench/train_throughput.py [--threads 2] [--batch 16] [--steps 4] [--layers 30,15]
 
-For each model and way: the best of `--steps` SFT steps (forward, backward, AdamW; `SFTTrainer.step`) on one batch
-of `--batch` verified solutions of distinct generator problems (the real config's, about 70 prompt and 24
-completion tokens), and the step's peak resident memory above what the process held before it (each way in a
-process of its own); tokens/s counts completion tokens (what the loss trains on). GFLOP/s: the ledger's (every
-row's prompt and completion, the head at every position: rakd.flops) and executed (what the packed pass
-computes: the backbone over each distinct prefix once, plus the head where it runs: at every token of the forest
-for the whole pass, at each distinct completion position for ours, whose recomputation in the backward pass is
-not counted as work), against the fp32 matmul peak the bench measures (and bf16's where the CPU has bf16 units).
+For each model, both ways on one trainer and one batch, a step of each in turn (so that both meet the same
+machine): the best of `--steps` SFT steps (forward, backward, AdamW; `SFTTrainer.step`) on `--batch` verified
+solutions of distinct generator problems (the real config's, about 70 prompt and 24 completion tokens), and the
+largest step's peak resident memory above what the process held before it; tokens/s counts completion tokens
+(what the loss trains on). GFLOP/s: the ledger's (every row's prompt and completion, the head at every position:
+rakd.flops) and executed (what the packed pass computes: the backbone over each distinct prefix once, plus the
+head where it runs: at every token of the forest for the whole pass, at each distinct completion position for
+ours, whose recomputation in the backward pass is not counted as work), against the fp32 matmul peak the bench
+measures (and bf16's where the CPU has bf16 units).
 Writes results.{json,md} and meta.json into bench/results/train_throughput-<date>/.
 """
 
@@ -84,47 +85,62 @@ def load(layers: int):
     return model, tokenizer
 
 
-def one(spec: str, args) -> dict:
-    """One model, precision and way, in this process alone (its peak memory is its own)."""
-    layers, precision, way = spec.split(":")
-    model, tokenizer = load(int(layers))
-    got = measure(model, tokenizer, problems(args.batch), args, way == "whole", precision)
-    got["params"] = sum(p.numel() for p in model.parameters())
-    return got
+def whole_logits(model, batch, temperature=1.0, **_):
+    """The pass before the head was split off: the logits of every position, then the log-softmax."""
+    return batches.batch_tensors(model, batch, temperature, logits=True)
 
 
-def measure(model, tokenizer, pairs, args, whole: bool, precision: str) -> dict:
-    cfg = SFTConfig(steps=args.steps + 1, batch_size=args.batch, optim=OptimConfig(lr=1e-6, warmup_steps=0))
-    original = batches.batch_tensors
-    if whole:  # the pass before the head was split off: the logits of every position, then log-softmax
-        batches.batch_tensors = lambda m, b, temperature=1.0, **_: original(m, b, temperature, logits=True)
+def measure(model, tokenizer, pairs, args, precision: str) -> dict:
+    """Both ways on one trainer and one batch, a step of each in turn (`--steps` rounds, after a warm step of each),
+    so that both meet the same machine: the best step time of each, and its largest step's peak memory."""
     import rakd.train.sft as sft
 
-    sft.batch_tensors = batches.batch_tensors
+    cfg = SFTConfig(steps=2 * args.steps + 2, batch_size=args.batch, optim=OptimConfig(lr=1e-6, warmup_steps=0))
+    ways = {"whole": whole_logits, "head": batches.batch_tensors}
+    seconds = {way: [] for way in ways}
+    peaks = {way: 0.0 for way in ways}
     try:
         with tempfile.TemporaryDirectory() as out:
             trainer = SFTTrainer(model, tokenizer, pairs, cfg, Path(out), seed=0, name="bench", precision=precision)
             batch = trainer.batch_for(0)
             trainer.batch_for = lambda step, batch=batch: batch
-            trainer.step(0)  # warm: the optimiser's state exists
-            reset_peak_rss()
-            held = peak_rss_mib()
-            seconds = timed(lambda: trainer.step(0), repeats=args.steps)
-            step_peak = peak_rss_mib() - held
+            for round_ in range(args.steps + 1):
+                for way, tensors in ways.items():
+                    sft.batch_tensors = tensors
+                    reset_peak_rss()
+                    held = peak_rss_mib()
+                    seconds[way].append(timed(lambda: trainer.step(0), repeats=1))
+                    if round_:  # the first round warms (the optimiser's state is made in it)
+                        peaks[way] = max(peaks[way], peak_rss_mib() - held)
     finally:
-        batches.batch_tensors = sft.batch_tensors = original
+        sft.batch_tensors = batches.batch_tensors
     dims = ModelDims.of(model)
     tokens = int(batch.completion_mask.sum())
-    return {
-        "seconds": seconds,
-        "tokens_per_s": tokens / seconds,
-        "ledger_gflops": rollout_flops(dims, batch, training=True) / seconds / 1e9,
-        "executed_gflops": executed_flops(dims, batch, whole) / seconds / 1e9,
-        "step_peak_mib": step_peak,
-        "rows": len(batch.texts),
-        "prompt_tokens": int(batch.prompt_mask.sum()),
-        "completion_tokens": tokens,
-    }
+    results = {}
+    for way in ways:
+        best = min(seconds[way][1:])
+        results[way] = {
+            "seconds": best,
+            "all_seconds": seconds[way],
+            "tokens_per_s": tokens / best,
+            "ledger_gflops": rollout_flops(dims, batch, training=True) / best / 1e9,
+            "executed_gflops": executed_flops(dims, batch, way == "whole") / best / 1e9,
+            "step_peak_mib": peaks[way],
+            "rows": len(batch.texts),
+            "prompt_tokens": int(batch.prompt_mask.sum()),
+            "completion_tokens": tokens,
+        }
+    return results
+
+
+def one(spec: str, args) -> dict:
+    """One model and precision, both ways, in this process alone."""
+    layers, precision = spec.split(":")
+    model, tokenizer = load(int(layers))
+    got = measure(model, tokenizer, problems(args.batch), args, precision)
+    for way in got.values():
+        way["params"] = sum(p.numel() for p in model.parameters())
+    return got
 
 
 WAYS = {"whole": "whole logits (0.6.0)", "head": "head at completions"}
@@ -149,7 +165,7 @@ def main() -> None:
     parser.add_argument("--layers", default="30,15", help="layer counts of the models timed (30: the whole model)")
     parser.add_argument("--precisions", default=None, help="default: fp32, and bf16 where the CPU has bf16 units")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # LAYERS:PRECISION:WAY in a child process
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # LAYERS:PRECISION in a child process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -164,7 +180,7 @@ def main() -> None:
     rows = []
     for layers in (int(n) for n in args.layers.split(",")):
         for precision in precisions:
-            ways = {way: child(f"{layers}:{precision}:{way}", args) for way in ("whole", "head")}
+            ways = child(f"{layers}:{precision}", args)
             base = ways["whole"]
             for way, got in ways.items():
                 rows.append(

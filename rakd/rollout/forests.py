@@ -165,16 +165,22 @@ def _forest(trees: list[_Tree]) -> PrefixForest:
     )
 
 
-def _forest_forward(model: PreTrainedModel, forest: PrefixForest) -> torch.Tensor:
-    """Logits (S * L, V) of every token of the forest's sequences, flattened."""
+def forest_pass(module, model: PreTrainedModel, forest: PrefixForest):
+    """One pass of `module` (`model` itself, or its backbone `model.base_model`) over the forest's sequences: each
+    token at its position in its rows, attending to its prompt and its ancestors."""
     device = next(model.parameters()).device
     with no_cudnn_attention(device):
-        return model(
+        return module(
             input_ids=forest.ids.to(device),
             attention_mask=mask_for_model(model, forest.allowed.to(device)[:, None]),
             position_ids=forest.positions.to(device),
             use_cache=False,
-        ).logits.flatten(0, 1)
+        )
+
+
+def _forest_forward(model: PreTrainedModel, forest: PrefixForest) -> torch.Tensor:
+    """Logits (S * L, V) of every token of the forest's sequences, flattened."""
+    return forest_pass(model, model, forest).logits.flatten(0, 1)
 
 
 def forest_logprobs(model: PreTrainedModel, forest: PrefixForest, temperature: float = 1.0) -> torch.Tensor:

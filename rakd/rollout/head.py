@@ -18,8 +18,8 @@ import torch
 from transformers import PreTrainedModel
 
 from rakd.rollout.batch import Rollouts, batch_ids, position_ids
-from rakd.rollout.forests import PrefixForest, prefix_forests
-from rakd.rollout.masks import attention_mask_4d, mask_for_model, no_cudnn_attention
+from rakd.rollout.forests import PrefixForest, forest_pass, prefix_forests
+from rakd.rollout.masks import attention_mask_4d, no_cudnn_attention
 
 # The most logits one chunk of the head holds: 2^23 floats, 32 MiB in fp32 (about 170 positions of a 49k-token
 # vocabulary; a 512-token vocabulary's batch is one chunk).
@@ -48,14 +48,7 @@ def splits_head(model: PreTrainedModel) -> bool:
 
 def forest_states(model: PreTrainedModel, forest: PrefixForest) -> torch.Tensor:
     """The backbone's last hidden states (S * L, H) of every token of the forest's sequences, flattened."""
-    device = next(model.parameters()).device
-    with no_cudnn_attention(device):
-        return model.base_model(
-            input_ids=forest.ids.to(device),
-            attention_mask=mask_for_model(model, forest.allowed.to(device)[:, None]),
-            position_ids=forest.positions.to(device),
-            use_cache=False,
-        ).last_hidden_state.flatten(0, 1)
+    return forest_pass(model.base_model, model, forest).last_hidden_state.flatten(0, 1)
 
 
 def forest_head_logprobs(model: PreTrainedModel, forest: PrefixForest, temperature: float = 1.0) -> torch.Tensor:
