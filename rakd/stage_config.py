@@ -137,6 +137,12 @@ class LayerPrune(StageConfig):
     kept: list[int] | None = Field(
         None, description="the layers to keep, given (ascending indices; `layers` must be their count): no measurement"
     )
+    ffn: int | None = Field(
+        None,
+        ge=1,
+        description="also width: the feed-forward channels each kept layer keeps, by activation importance on the same "
+        "completions (a multiple of 256 keeps llama.cpp's k-quants; null: all)",
+    )
     calibration: int = Field(64, ge=1, description="train questions whose teacher completions the choice reads")
     max_new_tokens: int = Field(64, ge=1, description="length of those completions")
 

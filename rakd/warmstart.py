@@ -64,29 +64,49 @@ def calibration_rows(teacher, tokenizer, questions: list[str], max_new_tokens: i
     return ids.to(device), mask.to(device), read.to(device)
 
 
-def pruned_layers(cfg: DistillConfig, teacher, tokenizer, layout: RunLayout, log=print) -> list[int]:
-    """The layers a `student.prune` student keeps: given, kept from this stage's earlier start
-    (`student.work/layers.json`), or chosen now by measurement (rakd.models.prune) and written there."""
+def prune_record(cfg: DistillConfig, teacher, tokenizer, layout: RunLayout, log=print) -> dict:
+    """How a `student.prune` student is cut from the teacher: its layers (given, or chosen by measurement on the
+    teacher's completions of `calibration` train questions: rakd.models.prune) and, with `ffn`, each kept layer's
+    feed-forward channels by activation importance (rakd.models.width). Written to `student.work/layers.json`
+    once and read back by a resumed stage."""
     from rakd.io import atomic_write_json
     from rakd.models.prune import layer_choice
+    from rakd.models.width import ffn_importance, kept_channels
 
+    stored = layout.student_work / LAYERS
+    if stored.is_file():
+        return json.loads(stored.read_text())
     prune = cfg.student.prune
-    if prune.kept is not None:
-        return list(prune.kept)
-    chosen = layout.student_work / LAYERS
-    if chosen.is_file():
-        return json.loads(chosen.read_text())["chosen"]["kept"]
-    questions = [r["question"] for r in distill_records(layout, "train")[: prune.calibration]]
-    log(f"[distill] choosing {prune.layers} of the teacher's layers on {len(questions)} calibration completions")
-    choice = layer_choice(
-        teacher, *calibration_rows(teacher, tokenizer, questions, prune.max_new_tokens), prune.layers, prune.by
-    )
-    for c in choice.candidates:
-        log(f"[distill]   {c.rule:>15}: KL {c.kl:.3f} nats/token, top-1 {c.top1:.1%}, layers {c.kept}")
-    log(f"[distill] kept {choice.chosen.rule}'s layers {choice.chosen.kept}")
-    chosen.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(chosen, choice.as_json())
-    return choice.chosen.kept
+    record = {"chosen": {"rule": "given", "kept": list(prune.kept or [])}, "candidates": []}
+    if prune.kept is None or prune.ffn is not None:
+        questions = [r["question"] for r in distill_records(layout, "train")[: prune.calibration]]
+        log(f"[distill] measuring the teacher on {len(questions)} calibration completions to prune it")
+        rows = calibration_rows(teacher, tokenizer, questions, prune.max_new_tokens)
+        if prune.kept is None:
+            record = layer_choice(teacher, *rows, prune.layers, prune.by).as_json()
+            for c in record["candidates"]:
+                log(f"[distill]   {c['rule']:>15}: KL {c['kl']:.3f} nats/token, top-1 {c['top1']:.1%}: {c['kept']}")
+            log(f"[distill] kept {record['chosen']['rule']}'s layers {record['chosen']['kept']}")
+        if prune.ffn is not None:
+            importance = ffn_importance(teacher, *rows)[record["chosen"]["kept"]]
+            record["ffn_channels"] = kept_channels(importance, prune.ffn).tolist()
+            log(f"[distill] kept {prune.ffn} of {importance.shape[1]} feed-forward channels a layer by importance")
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stored, record)
+    return record
+
+
+def pruned_student(cfg: DistillConfig, teacher, tokenizer, layout: RunLayout, log=print):
+    """A trainable copy of the teacher cut as `prune_record` says."""
+    import torch
+
+    from rakd.models.width import prune_ffn
+
+    record = prune_record(cfg, teacher, tokenizer, layout, log)
+    student = keep_layers(teacher, record["chosen"]["kept"])
+    if record.get("ffn_channels"):
+        prune_ffn(student, torch.tensor(record["ffn_channels"]))
+    return student
 
 
 def init_student(cfg: DistillConfig, teacher, teacher_tok, device, layout: RunLayout | None = None, log=print):
@@ -95,7 +115,7 @@ def init_student(cfg: DistillConfig, teacher, teacher_tok, device, layout: RunLa
     if cfg.student.prune:
         if layout is None:
             raise ValueError("a pruned student's layers are chosen on the run's train split: pass its layout")
-        return keep_layers(teacher, pruned_layers(cfg, teacher, teacher_tok, layout, log)).to(device), teacher_tok
+        return pruned_student(cfg, teacher, teacher_tok, layout, log).to(device), teacher_tok
     source = cfg.student.model
     if source.path is not None:
         student, tok = load_causal_lm(source.path, trust_remote_code=source.trust_remote_code)

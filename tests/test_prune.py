@@ -171,3 +171,52 @@ def test_the_run_summary_lists_every_candidate_and_the_one_kept():
         {"rule": "angular", "layers": "0 3 4 5", "KL (nats/token)": "1.500", "top-1 agreement": "20.0%", "kept": "yes"},
     ]
     assert layer_rows({"distill": {"eval": {}}}) == []
+
+
+def test_ffn_channels_by_importance_and_a_cut_that_drops_only_dead_ones_changes_nothing(teacher, tokenizer):
+    import copy
+
+    from rakd.models.width import ffn_importance, kept_channels, prune_ffn
+
+    model = copy.deepcopy(teacher)
+    ids, mask, read = batch(tokenizer)
+    dead = [3, 17, 40]  # channels that never fire: their gate and up rows are zero
+    for layer in model.model.layers:
+        layer.mlp.gate_proj.weight.data[dead] = 0.0
+        layer.mlp.up_proj.weight.data[dead] = 0.0
+    importance = ffn_importance(model, ids, mask, read)
+    assert importance.shape == (5, model.config.intermediate_size)
+    assert (importance[:, dead] == 0).all() and (importance.sum(1) > 0).all()
+    keep = model.config.intermediate_size - len(dead)
+    channels = kept_channels(importance, keep)
+    assert not set(dead) & set(channels[0].tolist()) and channels[0].tolist() == sorted(channels[0].tolist())
+    before = model(input_ids=ids, attention_mask=mask).logits
+    prune_ffn(model, channels)
+    assert model.config.intermediate_size == keep and model.model.layers[2].mlp.down_proj.in_features == keep
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, before, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="keeps 1.."):
+        kept_channels(importance, 0)
+
+
+def test_a_width_and_depth_pruned_student_is_measured_once(teacher, tokenizer, tmp_path):
+    import json
+
+    from rakd.config import load_config
+    from rakd.layout import LAYERS, RunLayout
+    from rakd.warmstart import init_student
+
+    layout = RunLayout(tmp_path)
+    layout.split("train").parent.mkdir(parents=True)
+    rows = [{"id": i, "question": f"{i}*{i + 2}=?", "answer": str(i * (i + 2))} for i in range(5)]
+    layout.split("train").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    overrides = ["distill.student.prune.layers=2", "distill.student.prune.kept=[1,3]", "distill.student.prune.ffn=32"]
+    cfg = load_config(None, [*overrides, "distill.student.prune.calibration=3"]).distill
+    student, _ = init_student(cfg, teacher, tokenizer, torch.device("cpu"), layout, log=lambda line: None)
+    record = json.loads((layout.student_work / LAYERS).read_text())
+    assert record["chosen"] == {"rule": "given", "kept": [1, 3]} and len(record["ffn_channels"]) == 2
+    assert student.config.num_hidden_layers == 2 and student.config.intermediate_size == 32
+    assert student.model.layers[1].mlp.gate_proj.out_features == 32
+    torch.testing.assert_close(
+        student.model.layers[0].mlp.down_proj.weight,
+        teacher.model.layers[1].mlp.down_proj.weight[:, record["ffn_channels"][0]],
+    )
