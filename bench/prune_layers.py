@@ -20,7 +20,7 @@ from benchlib import results_dir, write_meta
 from rakd.data.generator import GeneratorConfig, generate
 from rakd.models.gguf_file import packaged_gguf
 from rakd.models.load import load_causal_lm
-from rakd.models.prune import layer_choice
+from rakd.models.prune import layer_choice, read_teacher
 from rakd.tables import markdown_table, text_table
 from rakd.warmstart import calibration_rows
 
@@ -43,8 +43,9 @@ def main() -> None:
     questions = [item["question"] for item in generate(cfg)]
     rows_in = calibration_rows(teacher, tokenizer, questions, args.max_new_tokens)
     rows, choices = [], {}
+    reading = read_teacher(teacher, *rows_in)  # once for every size
     for keep in (int(k) for k in args.keep.split(",")):
-        choice = layer_choice(teacher, *rows_in, keep)
+        choice = layer_choice(teacher, *rows_in, keep, reading=reading)
         choices[keep] = choice.as_json()
         for c in choice.candidates:
             rows.append(

@@ -125,30 +125,52 @@ def damage(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> tuple[
 
 @torch.no_grad()
 def measure_candidate(teacher, candidate: Candidate, ids, mask, read, teacher_logits) -> Candidate:
-    student = keep_layers(teacher, candidate.kept, copy_model=True)
+    student = keep_layers(teacher, candidate.kept, copy_model=True).eval()
     logits = student(input_ids=ids, attention_mask=mask, use_cache=False).logits[read]
     kl, top1 = damage(teacher_logits, logits)
     return Candidate(candidate.rule, candidate.kept, kl, top1)
 
 
+@dataclass(frozen=True)
+class TeacherReading:
+    """What every choice reads of the teacher on the calibration rows, measured once: its residual stream at the
+    read positions and its logits there."""
+
+    states: torch.Tensor  # (L + 1, N, H)
+    logits: torch.Tensor  # (N, V)
+
+
 @torch.no_grad()
-def layer_choice(
-    teacher: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, read: torch.Tensor, keep: int, by: str = "measured"
-) -> LayerChoice:
-    """Measure the rules on calibration rows (`ids`, `mask` (B, T); `read` (B, T) bool: the positions that predict
-    completion tokens) and choose `keep` layers: the candidate of least KL (`measured`), or one rule's."""
-    if by != "measured" and by not in RULES:
-        raise ValueError(f"unknown layer rule {by!r}; expected measured or one of {list(RULES)}")
+def read_teacher(teacher: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, read: torch.Tensor) -> TeacherReading:
     was_training = teacher.training
     teacher.eval()
     states = residual_states(teacher, ids, mask, read)
-    num_layers = len(states) - 1
-    influence = block_influence(states)
-    angular = angular_distances(states, num_layers - keep) if 1 <= keep < num_layers else []
-    layers = rule_layers(num_layers, keep, influence, angular)
-    teacher_logits = teacher(input_ids=ids, attention_mask=mask, use_cache=False).logits[read]
-    measured = [measure_candidate(teacher, c, ids, mask, read, teacher_logits) for c in candidates(layers)]
+    logits = teacher(input_ids=ids, attention_mask=mask, use_cache=False).logits[read]
     teacher.train(was_training)
+    return TeacherReading(states, logits)
+
+
+@torch.no_grad()
+def layer_choice(
+    teacher: PreTrainedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    read: torch.Tensor,
+    keep: int,
+    by: str = "measured",
+    reading: TeacherReading | None = None,
+) -> LayerChoice:
+    """Measure the rules on calibration rows (`ids`, `mask` (B, T); `read` (B, T) bool: the positions that predict
+    completion tokens) and choose `keep` layers: the candidate of least KL (`measured`), or one rule's. `reading`:
+    the teacher's, when several choices share one."""
+    if by != "measured" and by not in RULES:
+        raise ValueError(f"unknown layer rule {by!r}; expected measured or one of {list(RULES)}")
+    reading = reading or read_teacher(teacher, ids, mask, read)
+    num_layers = len(reading.states) - 1
+    influence = block_influence(reading.states)
+    angular = angular_distances(reading.states, num_layers - keep) if 1 <= keep < num_layers else []
+    layers = rule_layers(num_layers, keep, influence, angular)
+    measured = [measure_candidate(teacher, c, ids, mask, read, reading.logits) for c in candidates(layers)]
     if by == "measured":
         chosen = min(measured, key=lambda c: c.kl)
     else:
