@@ -48,12 +48,19 @@ def export_onnx(hf_dir: Path, out: Path) -> Path:
     """optimum's exporter with the KV cache as input/output (task text-generation-with-past)."""
     import torch
     from optimum.exporters.onnx import main_export
+    from transformers.utils import logging as hf_logging
 
-    with warnings.catch_warnings():  # the tracer's and exporter's notes on code that is not ours: nothing to act on
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=r"Exporting aten::index operator")
-        warnings.filterwarnings("ignore", message=r".*`torch_dtype` is deprecated")
-        main_export(str(hf_dir), output=str(out), task="text-generation-with-past", device="cpu", do_validation=False)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # optimum's loader passes `torch_dtype`, which transformers calls deprecated
+    try:
+        with warnings.catch_warnings():  # the tracer's and exporter's notes on code that is not ours: nothing to act on
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=r"Exporting aten::index operator")
+            main_export(
+                str(hf_dir), output=str(out), task="text-generation-with-past", device="cpu", do_validation=False
+            )
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return out
 
 
