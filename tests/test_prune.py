@@ -88,8 +88,9 @@ def test_a_subset_model_is_the_teacher_cut_down_and_leaves_the_teacher_whole(tea
 
 def test_the_measured_choice_is_the_candidate_of_least_kl(teacher, tokenizer):
     ids, mask, read = batch(tokenizer)
-    states = residual_states(teacher, ids, mask, read)
+    states, logits = residual_states(teacher, ids, mask, read)
     assert states.shape == (6, int(read.sum()), teacher.config.hidden_size)
+    torch.testing.assert_close(logits, teacher(input_ids=ids, attention_mask=mask).logits[read])
     choice = layer_choice(teacher, ids, mask, read, keep=3)
     assert choice.chosen.kl == min(c.kl for c in choice.candidates) and len(choice.chosen.kept) == 3
     assert choice.block_influence == pytest.approx(block_influence(states))

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from rakd.models.subset import keep_layers
+from rakd.models.subset import decoder_layers, keep_layers
 
 
 @dataclass(frozen=True)
@@ -49,18 +49,14 @@ class LayerChoice:
         return asdict(self)
 
 
-def _decoder_layers(model: PreTrainedModel):
-    decoder = getattr(model, "model", None)
-    if decoder is None or not hasattr(decoder, "layers"):
-        raise TypeError(f"layer pruning needs a decoder with `.model.layers`; got {type(model).__name__}")
-    return decoder.layers
-
-
 @torch.no_grad()
-def residual_states(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
-    """The residual stream (L + 1, N, H) at the N positions `read` (B, T bool) marks: the input of every decoder
-    layer and the output of the last, from one forward pass over `ids` (B, T) with attention mask `mask`."""
-    layers, states = _decoder_layers(model), []
+def residual_states(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, read: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual stream (L + 1, N, H) at the N positions `read` (B, T bool) marks, the input of every decoder
+    layer and the output of the last, and the logits (N, V) there, from one forward pass over `ids` (B, T) with
+    attention mask `mask`."""
+    layers, states = decoder_layers(model), []
 
     def keep_input(_module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -72,11 +68,11 @@ def residual_states(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tenso
     hooks = [layer.register_forward_pre_hook(keep_input, with_kwargs=True) for layer in layers]
     hooks.append(layers[-1].register_forward_hook(keep_output))
     try:
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[read]
     finally:
         for hook in hooks:
             hook.remove()
-    return torch.stack(states)
+    return torch.stack(states), logits
 
 
 def block_influence(states: torch.Tensor) -> list[float]:
@@ -144,8 +140,7 @@ class TeacherReading:
 def read_teacher(teacher: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, read: torch.Tensor) -> TeacherReading:
     was_training = teacher.training
     teacher.eval()
-    states = residual_states(teacher, ids, mask, read)
-    logits = teacher(input_ids=ids, attention_mask=mask, use_cache=False).logits[read]
+    states, logits = residual_states(teacher, ids, mask, read)
     teacher.train(was_training)
     return TeacherReading(states, logits)
 

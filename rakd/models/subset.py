@@ -15,13 +15,19 @@ def kept_layers(num_layers: int, every_k: int) -> list[int]:
     return list(range(0, num_layers, every_k))
 
 
+def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """`model.model.layers`, the decoder layers a subset or a pruning works on; a TypeError naming the class else."""
+    decoder = getattr(model, "model", None)
+    if decoder is None or not hasattr(decoder, "layers"):
+        raise TypeError(f"a layer subset needs a decoder with `.model.layers`; got {type(model).__name__}")
+    return decoder.layers
+
+
 def keep_layers(teacher: PreTrainedModel, kept: list[int], *, copy_model: bool = True) -> PreTrainedModel:
     """A model of `teacher`'s layers `kept` (ascending), its embeddings, norm and head kept: a trainable copy (the
     teacher is usually frozen when this runs, and a deep copy would keep it so), or `teacher` itself cut down."""
-    decoder = getattr(teacher, "model", None)
-    if decoder is None or not hasattr(decoder, "layers"):
-        raise TypeError(f"a layer subset needs a decoder with `.model.layers`; got {type(teacher).__name__}")
-    total = len(decoder.layers)
+    total = len(decoder_layers(teacher))
+    decoder = teacher.model
     if not kept or sorted(set(kept)) != list(kept) or kept[0] < 0 or kept[-1] >= total:
         raise ValueError(f"kept layers must be distinct, ascending indices in 0..{total - 1}; got {kept}")
     if copy_model:  # the layers left out are not copied
@@ -44,7 +50,4 @@ def keep_layers(teacher: PreTrainedModel, kept: list[int], *, copy_model: bool =
 
 def layer_subset(teacher: PreTrainedModel, every_k: int) -> PreTrainedModel:
     """A trainable copy of `teacher` holding only layers 0, k, 2k, ... (embeddings, norm and head kept)."""
-    decoder = getattr(teacher, "model", None)
-    if decoder is None or not hasattr(decoder, "layers"):
-        raise TypeError(f"layer_subset needs a decoder with `.model.layers`; got {type(teacher).__name__}")
-    return keep_layers(teacher, kept_layers(len(decoder.layers), every_k))
+    return keep_layers(teacher, kept_layers(len(decoder_layers(teacher)), every_k))

@@ -59,7 +59,7 @@ def forest_head_logprobs(model: PreTrainedModel, forest: PrefixForest, temperatu
     tokens = forest.ids.to(states.device).flatten()[forest.paths.to(states.device)]
     head = model.get_output_embeddings()
     picked, _ = head_logprobs(states, head, forest.predictors.to(states.device)[valid], tokens[valid], temperature)
-    return torch.zeros(valid.shape, dtype=torch.float32, device=states.device).masked_scatter(valid, picked)
+    return _spread(valid, picked)
 
 
 def completion_states(model: PreTrainedModel, rollouts: Rollouts, packed: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +94,11 @@ def _compute_dtype(device_type: str, weight: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return weight.dtype
+
+
+def _spread(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per-entry `values` (N,) laid out where `mask` (B, T) is set, 0 elsewhere (gradients flow back)."""
+    return torch.zeros(mask.shape, dtype=torch.float32, device=values.device).masked_scatter(mask, values)
 
 
 def _chunk_logits(states, weight, bias, temperature: float) -> torch.Tensor:
@@ -267,9 +272,7 @@ def completion_logprobs(
     mask = rollouts.completion_mask.bool().to(states.device)
     tokens = rollouts.completion_ids.to(states.device)[mask]
     picked, entropy = head_logprobs(states, model.get_output_embeddings(), index[mask], tokens, temperature)
-    logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=states.device).masked_scatter(mask, picked)
-    entropies = torch.zeros(mask.shape, dtype=torch.float32, device=states.device).masked_scatter(mask, entropy)
-    return logprobs, entropies
+    return _spread(mask, picked), _spread(mask, entropy)
 
 
 __all__ = [
@@ -301,6 +304,4 @@ def completion_kd(
     tokens = rollouts.completion_ids.to(states.device)[mask]
     target = tuple(t.to(states.device) for t in target)
     picked, kl = head_kd(states, model.get_output_embeddings(), index[mask], tokens, target)
-    logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=states.device).masked_scatter(mask, picked)
-    forward_kl = torch.zeros(mask.shape, dtype=torch.float32, device=states.device).masked_scatter(mask, kl)
-    return logprobs, forward_kl
+    return _spread(mask, picked), _spread(mask, kl)
