@@ -153,12 +153,11 @@ def _model_artefacts(
         made, quant_info = _gguf_artefacts(cfg, model, tokenizer, folder)
         artefacts.update({label: ("gguf", path) for label, path in made.items()})
     records = []
-    layers = getattr(model.config, "num_hidden_layers", 1)  # the F16 bound grows with depth
     del model
     with tempfile.TemporaryDirectory(prefix="rakd-parity-") as tmp:
         references = save_references(refs, Path(tmp) / "references.npz")
         for label, (fmt, path) in artefacts.items():
-            record = check_isolated(label, fmt, path, references, cfg.threads, layers)
+            record = check_isolated(label, fmt, path, references, cfg.threads)
             record.update(format=fmt, path=str(path.relative_to(staging)), **quant_info.get(label, {}))
             record.update(artefact=prefix + label, model=model_name)
             records.append(record)

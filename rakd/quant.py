@@ -31,9 +31,9 @@ class QuantType:
     tolerance: tuple[float | None, float]
     file_type: LlamaFileType | None = None  # gguf: what llama.cpp's quantiser is asked for
     tensor_type: GGMLQuantizationType | None = None  # gguf: the tensor type the file type is named after
-    # the logit bound also grows as relative · √layers · max|logit| (F16: ~3 significant digits per weight, each
-    # layer's rounding an independent error; export.parity)
-    relative: float = 0.0
+    # the logit bound also covers `rounding` x the change that rounding the reference model's matrices to this
+    # type makes to its own logits in PyTorch (F16: export.parity measures it per model)
+    rounding: float = 0.0
 
     @property
     def label(self) -> str:
@@ -57,10 +57,10 @@ class QuantType:
         return self.bits >= 16
 
 
-def _gguf(name: str, bits: int, tolerance, tensor: str, file_type: str | None = None, relative: float = 0.0):
+def _gguf(name: str, bits: int, tolerance, tensor: str, file_type: str | None = None, rounding: float = 0.0):
     file_type = file_type or f"MOSTLY_{name.upper()}"
     return QuantType(
-        "gguf", name, bits, tolerance, LlamaFileType[file_type], GGMLQuantizationType[tensor], relative=relative
+        "gguf", name, bits, tolerance, LlamaFileType[file_type], GGMLQuantizationType[tensor], rounding=rounding
     )
 
 
@@ -71,7 +71,7 @@ QUANTS: tuple[QuantType, ...] = (
     QuantType("onnx", "int8-dynamic", 8, HIGH),  # ONNX Runtime's dynamic int8 quantisation
     QuantType("onnx", "w4", 4, LOW),  # weight-only MatMulNBits, 4 bits
     _gguf("f32", 32, EXACT, "F32", "ALL_F32"),
-    _gguf("f16", 16, F16, "F16", relative=1e-3),
+    _gguf("f16", 16, F16, "F16", rounding=2.0),
     _gguf("q8_0", 8, HIGH, "Q8_0"),
     _gguf("q6_k", 6, HIGH, "Q6_K"),
     _gguf("q5_k_m", 5, LOW, "Q5_K"),

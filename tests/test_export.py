@@ -164,7 +164,7 @@ def test_non_causal_model_is_refused(tmp_path):
 
 
 def test_export_command(micro_dir, tmp_path, capsys):
-    from rakd.cli import main
+    from pipeline.cli import main
 
     out = tmp_path / "cli-export"
     code = main(
@@ -222,21 +222,46 @@ def test_a_flip_between_tokens_tied_within_the_bound_is_a_near_tie_not_a_failure
     assert "top-1 agreement 0.667 (+0 near ties) < 1" in record["failures"][0]
 
 
-def test_the_f16_logit_bound_grows_with_the_logits_and_the_square_root_of_depth(tmp_path):
+def test_the_f16_logit_bound_is_twice_the_model_s_own_f16_rounding(tmp_path):
     import numpy as np
 
-    from export.parity import Reference, compare
+    from export.parity import Reference, compare, tolerance_for
 
     ref_logits = np.zeros((3, 4), dtype=np.float32)
-    ref_logits[1, 2], ref_logits[2, 1] = 20.0, 20.0  # max |logit| 20 at the last prompt position
-    ref = Reference("q", [0, 5], [2, 1], ref_logits)
+    ref_logits[1, 2], ref_logits[2, 1] = 20.0, 20.0
     path = tmp_path / "m.gguf"
     path.write_bytes(b"x")
     moved = ref_logits.copy()
     moved[1] += 0.05  # a uniform shift: top-1 unchanged, |Δlogit| 0.05
-    shallow = compare("gguf-f16", path, [ref], _FakeRuntime(moved), layers=2)
-    assert not shallow["passed"] and shallow["tolerance_logits"] == pytest.approx(1e-3 * 2**0.5 * 20)
-    deep = compare("gguf-f16", path, [ref], _FakeRuntime(moved), layers=30)
-    assert deep["passed"] and deep["tolerance_logits"] == pytest.approx(1e-3 * 30**0.5 * 20)
-    moved[1, 3] += 1.0  # a whole logit: what a wrong export does, whatever the depth
-    assert not compare("gguf-f16", path, [ref], _FakeRuntime(moved), layers=30)["passed"]
+    robust = Reference("q", [0, 5], [2, 1], ref_logits, rounding=0.001)  # a model F16 hardly moves
+    record = compare("gguf-f16", path, [robust], _FakeRuntime(moved))
+    assert not record["passed"] and record["tolerance_logits"] == 1e-2  # the floor
+    sensitive = Reference("q", [0, 5], [2, 1], ref_logits, rounding=0.03)  # the worst reference sets the bound
+    record = compare("gguf-f16", path, [robust, sensitive], _FakeRuntime(moved))
+    assert record["passed"] and record["tolerance_logits"] == pytest.approx(0.06)
+    moved[1, 3] += 1.0  # a whole logit: what a wrong export does, however sensitive the model
+    assert not compare("gguf-f16", path, [sensitive], _FakeRuntime(moved))["passed"]
+    assert tolerance_for("gguf-q8_0", rounding=5.0) == tolerance_for("gguf-q8_0")  # F16's bound alone
+
+
+def test_f16_rounding_measures_what_rounding_the_matrices_does_to_the_logits(tokenizer):
+    """The measured change equals the one computed by hand (the model's 2-D weights rounded to F16, its logits
+    compared at the last prompt token), and is zero for a model whose weights F16 already holds exactly."""
+    import numpy as np
+    import torch
+
+    from export.parity import Reference, f16_rounding
+
+    model = build_model(preset_config("test-micro", tokenizer), seed=0).eval()
+    ids = tokenizer("12+34=")["input_ids"]
+    twin = build_model(preset_config("test-micro", tokenizer), seed=0).eval()
+    with torch.no_grad():
+        for param in twin.parameters():
+            if param.dim() == 2:
+                param.copy_(param.half().float())
+        logits = model(torch.tensor([ids])).logits[0].numpy()
+        twin_logits = twin(torch.tensor([ids])).logits[0].numpy()
+    last = len(ids) - 2  # the reference's prompt is all but the last token
+    (change,) = f16_rounding(model, [Reference("q", ids[:-1], ids[-1:], logits)])
+    assert change == pytest.approx(float(np.abs(twin_logits[last] - logits[last]).max()), abs=1e-6) and change > 0
+    assert f16_rounding(twin, [Reference("q", ids[:-1], ids[-1:], twin_logits)]) == [0.0]
