@@ -26,6 +26,7 @@ from benchlib import ROOT, results_dir, write_meta
 
 sys.path.insert(0, str(ROOT))
 
+from pipeline.config import load_config  # noqa: E402
 from rakd.compare import (  # noqa: E402
     choose_lrs,
     labels,
@@ -37,7 +38,6 @@ from rakd.compare import (  # noqa: E402
     sweeps_lr,
     write_results,
 )
-from rakd.config import load_config  # noqa: E402
 from rakd.tables import markdown_table  # noqa: E402
 
 REFERENCE = "rakd/a0.5"  # every regime's reference jobs: what the table's intervals are against

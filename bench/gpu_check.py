@@ -82,10 +82,10 @@ DRY_RUN = {  # `--dry-run`: the same script on CPU at toy size, to check it befo
 def main(out: Path, dry_run: bool = False, extra: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     assert dry_run or torch.cuda.is_available(), "no CUDA device"
-    from rakd.cache import run_stage
-    from rakd.config import load_config
+    from pipeline.cache import run_stage
+    from pipeline.config import load_config
+    from pipeline.registry import BY_NAME
     from rakd.models.zoo import build_model, count_parameters, preset_config
-    from rakd.registry import BY_NAME
     from rakd.train.common import autocast
 
     result = {

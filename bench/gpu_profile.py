@@ -20,7 +20,7 @@ from benchlib import timed as best_time
 from gpu_check import TOY  # bench/ is the script's directory
 from torch.profiler import ProfilerActivity, profile
 
-from rakd.config import load_config
+from pipeline.config import load_config
 from rakd.data.generator import GeneratorConfig, generate
 from rakd.models.tokenizer import TokenizerConfig, build_bpe, wrap_tokenizer
 from rakd.models.zoo import build_model, preset_config

@@ -72,7 +72,7 @@ def main() -> None:
     seconds = {}
     for stage in ("export", "validate"):
         started = time.perf_counter()
-        command = [sys.executable, "-m", "rakd.cli", stage, "--config", "configs/tiny.yaml", *overrides]
+        command = [sys.executable, "-m", "pipeline.cli", stage, "--config", "configs/tiny.yaml", *overrides]
         if subprocess.run(command).returncode:
             raise SystemExit(f"rakd {stage} failed (see above)")
         seconds[stage] = round(time.perf_counter() - started, 1)

@@ -21,8 +21,8 @@ from rakd.data.generator import GeneratorConfig, generate
 from rakd.models.gguf_file import packaged_gguf
 from rakd.models.load import load_causal_lm
 from rakd.models.prune import layer_choice, read_teacher
+from rakd.stages.warmstart import calibration_rows
 from rakd.tables import markdown_table, text_table
-from rakd.warmstart import calibration_rows
 
 
 def main() -> None:

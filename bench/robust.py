@@ -39,7 +39,7 @@ def run_one(args, seed: int, threads: int) -> Path:
         return run
     prepare(Path(args.base), run)
     command = [
-        sys.executable, "-m", "rakd.cli", "distill", "--config", args.config,
+        sys.executable, "-m", "pipeline.cli", "distill", "--config", args.config,
         "--set", f"run.root={run.parent}", "--set", f"run.name={name}",
         "--set", f"distill.seed={seed}", "--set", f"distill.threads={threads}",
     ]  # fmt: skip

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from benchlib import commit, results_dir, write_meta
 
-from rakd.cache import current_summary, outputs_current, run_stage, stage_keys
-from rakd.config import load_config
+from pipeline.cache import current_summary, outputs_current, run_stage, stage_keys
+from pipeline.config import load_config
+from pipeline.registry import STAGES
+from pipeline.summary import summary_sections
 from rakd.io import atomic_write_json, atomic_write_text
 from rakd.models.gguf_file import packaged_gguf
-from rakd.registry import STAGES
-from rakd.summary import summary_sections
 from rakd.tables import markdown_table
 from rakd.train.common import cpu_bf16_units, resolve_precision
 

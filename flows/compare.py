@@ -16,7 +16,8 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 from prefect.cache_policies import NO_CACHE
 
 from flows.stages import slug
-from rakd.cache import run_missing, stage_keys
+from pipeline.cache import run_missing, stage_keys
+from pipeline.config import PipelineConfig, load_config
 from rakd.compare import (
     CompareConfig,
     Job,
@@ -37,7 +38,6 @@ from rakd.compare import (
     write_results,
 )
 from rakd.compare.diagnostic import describe, warmstart_diagnostic
-from rakd.config import PipelineConfig, load_config
 from rakd.flops import format_flops
 from rakd.layout import EVAL_WARMSTART, RunLayout
 from rakd.schema import ConfigError
@@ -48,7 +48,7 @@ def job_task(config: dict, job: dict, base: str, warmstart: str, out: str, budge
     """One job of the comparison on a Dask worker (one torch thread: the workers share the machine's cores)."""
     import torch
 
-    import rakd.distill  # noqa: F401 - torch, transformers and the trainers load here, before the job's clock starts
+    import rakd.stages.distill  # noqa: F401 - torch, transformers and the trainers load here, before the job's clock starts
 
     torch.set_num_threads(1)
     cfg = PipelineConfig.model_validate(config)

@@ -1,7 +1,7 @@
 """The Prefect flows: `rakd-pipeline` (every registry stage in order) and `rakd-validate` (one model or package
 against a data file: what an edge device's worker runs).
 
-Caching: each stage's cache key (`rakd.cache.stage_keys`) is the fingerprint of its config, its input files,
+Caching: each stage's cache key (`pipeline.cache.stage_keys`) is the fingerprint of its config, its input files,
 its upstream stage's key and the run directory, and the marker beside its outputs (`<run>/.stage-keys/<stage>`)
 says which key they were written under: that marker alone decides whether a stage runs (Prefect's result storage
 holds nothing the pipeline needs). Re-running a finished pipeline with the same config runs nothing (every task
@@ -18,11 +18,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.stages import edge_validate_task, slug, stage_task
-from rakd.cache import outputs_current, stage_keys
-from rakd.config import PipelineConfig, dump_config, load_config
+from pipeline.cache import outputs_current, stage_keys
+from pipeline.config import PipelineConfig, dump_config, load_config
+from pipeline.registry import STAGES, Stage
+from pipeline.summary import summary_sections
 from rakd.io import atomic_write_text
-from rakd.registry import STAGES, Stage
-from rakd.summary import summary_sections
 from rakd.tables import markdown_table
 
 

@@ -17,10 +17,10 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from rakd.cache import current_summary, run_stage
-from rakd.config import PipelineConfig
+from pipeline.cache import current_summary, run_stage
+from pipeline.config import PipelineConfig
+from pipeline.registry import BY_NAME
 from rakd.progress import progress_listener
-from rakd.registry import BY_NAME
 
 # Deterministic failures: OSError subclasses that retrying cannot fix.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rakd.flops import ModelDims, rollout_flops
 from rakd.rollout import sample
 from rakd.schema import GREEDY_READING, decode_answers, encode_answers
-from rakd.stage_config import EvalConfig
+from rakd.stages.config import EvalConfig
 from rakd.tables import pct
 from rakd.train.common import autocast
 from rakd.verify import extract_answer, reward, reward_flexible

@@ -35,7 +35,7 @@ import torch
 from rakd.models.gguf_file import gguf_tokens
 from rakd.models.llamacpp import llama_logits, open_llama_exact
 from rakd.rollout import Rollouts, TorchScorer, token_logprobs
-from rakd.stage_config import ScorerConfig, scorer_problem
+from rakd.stages.config import ScorerConfig, scorer_problem
 
 
 class TeacherScorer(Protocol):

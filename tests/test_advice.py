@@ -1,11 +1,11 @@
-"""The which-method-when rule (rakd.advice): its thresholds against the measured regimes it cites."""
+"""The which-method-when rule (rakd.stages.advice): its thresholds against the measured regimes it cites."""
 
 from pathlib import Path
 
 import pytest
 
-from rakd.advice import CHEAP_TEACHER, EVIDENCE, SPARSE, nearest_regime, recommend
 from rakd.compare.stats import comparison_runs, leaders
+from rakd.stages.advice import CHEAP_TEACHER, EVIDENCE, SPARSE, nearest_regime, recommend
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 

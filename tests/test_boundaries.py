@@ -1,12 +1,14 @@
-"""The module boundaries (docs/design.md, "Boundaries"), checked by walking imports, and an import graph
-without cycles.
+"""The layers of the project (docs/design.md, "Layout"), checked by walking imports, and an import graph without
+cycles. From the bottom up, a module imports only modules of its own layer or of the layers below it:
 
-- The core modules (data, verify, models, losses, rollout, train and the stage functions beside them) never import
-  `prefect`, `export`, `deploy` or `flows`.
-- `export` and `deploy` import `rakd` only (never each other, `flows` or `prefect`).
-- Only the composition root (`rakd.registry`, `rakd.cache`, `rakd.summary`, `rakd.config`, `rakd.cli`) imports every
-  package.
-- `flows` holds Prefect wrappers; nothing outside the composition root imports it.
+1. `rakd`: the library (data, models, losses, rollout, train, and the stages themselves in `rakd.stages`).
+2. `export` and `deploy`: built on the library, never on each other.
+3. `pipeline` less its command line: the composition root (the stage table, the cache, the summary, the pipeline
+   config); the one layer that imports `rakd`, `export` and `deploy` together.
+4. `flows`: the Prefect wrappers over the composition root.
+5. `pipeline.cli`: the command line, which starts the flows.
+
+Prefect is imported by `flows` alone (and lazily by the command line through them).
 """
 
 import ast
@@ -15,15 +17,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("rakd", "export", "deploy", "flows")
-COMPOSITION_ROOT = {"rakd.registry", "rakd.cache", "rakd.summary", "rakd.config", "rakd.cli"}
-FORBIDDEN = {
-    "rakd": {"prefect", "flows", "export", "deploy"},
-    "export": {"flows", "deploy", "prefect"},
-    "deploy": {"flows", "export", "prefect"},
-    "flows": set(),
-    "bench": {"flows"},
-}
+PACKAGES = ("rakd", "export", "deploy", "pipeline", "flows")
+LAYERS = [{"rakd"}, {"export", "deploy"}, {"pipeline"}, {"flows"}, {"pipeline.cli"}]
+SIBLINGS_APART = [{"export", "deploy"}]  # one layer, never importing each other
+THIRD_PARTY_ONLY_IN = {"prefect": {"flows"}, "prefect_dask": {"flows"}}
+
+
+def layer_of(module: str) -> int:
+    """The highest layer whose name is the module or a package above it (pipeline.cli sits above pipeline)."""
+    found = [i for i, names in enumerate(LAYERS) for name in names if module == name or module.startswith(name + ".")]
+    if not found:
+        raise KeyError(module)
+    return max(found)
 
 
 def module_name(path: Path) -> str:
@@ -47,24 +52,58 @@ def imported_roots(path: Path) -> set[str]:
     return {name.split(".")[0] for name in imports(path)}
 
 
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
-def test_package_respects_boundaries(package):
+def test_every_module_imports_only_its_own_layer_or_below():
+    graph = project_graph()
+    offenders = [
+        f"{module} (layer {layer_of(module) + 1}) imports {target} (layer {layer_of(target) + 1})"
+        for module, targets in graph.items()
+        for target in targets
+        if layer_of(target) > layer_of(module)
+    ]
+    assert not offenders, "\n".join(sorted(offenders))
+
+
+def test_export_and_deploy_never_import_each_other():
+    graph = project_graph()
+    for apart in SIBLINGS_APART:
+        for module, targets in graph.items():
+            root = module.split(".")[0]
+            if root in apart:
+                crossing = {t for t in targets if t.split(".")[0] in apart - {root}}
+                assert not crossing, f"{module} imports {sorted(crossing)}"
+
+
+@pytest.mark.parametrize("library", sorted(THIRD_PARTY_ONLY_IN))
+def test_prefect_is_imported_by_the_flows_alone(library):
     offenders = []
-    for path in sorted((ROOT / package).rglob("*.py")):
-        if module_name(path) in COMPOSITION_ROOT:
-            continue
-        bad = imported_roots(path) & FORBIDDEN[package]
-        if bad:
-            offenders.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            module = module_name(path)
+            if module.split(".")[0] in THIRD_PARTY_ONLY_IN[library]:
+                continue
+            if library in imported_roots(path):
+                offenders.append(f"{path.relative_to(ROOT)} imports {library}")
     assert not offenders, "\n".join(offenders)
 
 
-def test_composition_root_never_imports_prefect_at_module_level():
-    for name in COMPOSITION_ROOT:
-        tree = ast.parse((ROOT / (name.replace(".", "/") + ".py")).read_text())
-        top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-        top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
-        assert not top & {"prefect", "flows"}, name
+def test_only_the_composition_root_imports_the_library_export_and_deploy_together():
+    graph = project_graph()
+    for module, targets in graph.items():
+        roots = {t.split(".")[0] for t in targets} | {module.split(".")[0]}
+        if {"export", "deploy"} <= roots:
+            assert module.split(".")[0] in ("pipeline", "flows"), module
+
+
+def test_the_benches_never_import_the_flows():
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        assert "flows" not in imported_roots(path), path
+
+
+def test_layer_of_reads_the_highest_layer():
+    assert layer_of("rakd.stages.distill") == 0 and layer_of("deploy.serve") == 1
+    assert layer_of("pipeline.registry") == 2 and layer_of("flows.stages") == 3 and layer_of("pipeline.cli") == 4
+    with pytest.raises(KeyError):
+        layer_of("numpy")
 
 
 def project_graph() -> dict[str, set[str]]:
@@ -116,8 +155,8 @@ def test_walker_sees_imports(tmp_path):
 
 LIGHT_CHECK = """
 import contextlib, io, sys
-from rakd.cli import build_parser, main
-from rakd.config import load_config
+from pipeline.cli import build_parser, main
+from pipeline.config import load_config
 
 load_config("configs/tiny.yaml", ["distill.rl.steps=3"])
 with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import MICRO_RUN
 
-from rakd.cache import outputs_current, stage_keys
-from rakd.cli import build_parser, main
-from rakd.config import load_config
+from pipeline.cache import outputs_current, stage_keys
+from pipeline.cli import build_parser, main
+from pipeline.config import load_config
+from pipeline.registry import STAGES
 from rakd.layout import RunLayout
-from rakd.registry import STAGES
 
 MICRO = [
     *MICRO_RUN,

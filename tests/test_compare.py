@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import MICRO_RUN
 
+from pipeline.config import load_config
 from rakd.compare import (
     CompareConfig,
     Job,
@@ -18,7 +19,6 @@ from rakd.compare import (
     summary_rows,
 )
 from rakd.compare.results import pareto_front
-from rakd.config import load_config
 
 MICRO = [
     *MICRO_RUN,
@@ -278,7 +278,7 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
     assert "vs rakd (α=0.5) at equal seconds" in markdown
     assert (results / "per_problem_at_reference_seconds.json").is_file()
     assert (results / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    from rakd.cache import stage_keys
+    from pipeline.cache import stage_keys
     from rakd.compare import shared_warmstart
 
     warmstart = tmp_path / "cmp" / "compare" / "warmstart"
@@ -322,7 +322,7 @@ def test_compare_ends_with_its_rows_under_torchrun_and_without_sampled_answers(p
 def test_a_killed_shared_warm_start_resumes_and_another_configs_is_set_aside(tmp_path, monkeypatch):
     """The comparison's warm start keeps its traces and checkpoints when the comparison is killed, so the next run
     resumes them; a run of another warm-start config sets them aside instead."""
-    import rakd.warmstart as warmstart
+    import rakd.stages.warmstart as warmstart
     from rakd.compare.jobs import shared_warmstart
     from rakd.layout import RunLayout
 
@@ -361,7 +361,7 @@ def test_a_killed_shared_warm_start_resumes_and_another_configs_is_set_aside(tmp
 def test_a_shared_warm_start_is_made_again_under_another_precision(tmp_path, monkeypatch):
     """A comparison re-run under another `distill.precision` makes its own warm start: the key it is kept under is
     the distill stage's (`warmstart_work_key`), which holds the precision."""
-    import rakd.warmstart as warmstart
+    import rakd.stages.warmstart as warmstart
     from rakd.compare.jobs import shared_warmstart, warmstart_key
     from rakd.layout import RunLayout
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rakd.config import ConfigError, dump_config, load_config
+from pipeline.config import ConfigError, dump_config, load_config
 
 
 def write(tmp_path, text):
@@ -77,11 +77,11 @@ def test_fsdp_without_processes_is_an_error_naming_both_fields():
 def test_the_configuration_reference_in_docs_usage_is_current():
     from pathlib import Path
 
-    from rakd.config import REFERENCE_BEGIN, REFERENCE_END, config_reference
+    from pipeline.config import REFERENCE_BEGIN, REFERENCE_END, config_reference
 
     text = Path("docs/usage.md").read_text(encoding="utf-8")
     block = text[text.index(REFERENCE_BEGIN) + len(REFERENCE_BEGIN) : text.index(REFERENCE_END)]
-    assert block.strip() == config_reference().strip(), "regenerate it: python -m rakd.config docs/usage.md"
+    assert block.strip() == config_reference().strip(), "regenerate it: python -m pipeline.config docs/usage.md"
     assert "| `distill.rl.group_size` | int | `8` | samples per prompt (G) |" in block
 
 

@@ -112,7 +112,7 @@ def test_gates_name_what_failed():
 
 
 def test_gates_fail_as_configured_and_require_pass_exits_non_zero(run_dir, tmp_path, capsys):
-    from rakd.cli import main
+    from pipeline.cli import main
 
     cfg = ValidateConfig(**{**FAST, "gates": Gates(max_size_mb=0.01)})
     result = validate(cfg, run_dir, run_dir / "data" / "test.jsonl", tmp_path / "gated")
@@ -189,7 +189,7 @@ def test_bad_inputs_give_clear_errors(run_dir, tmp_path):
 
 
 def test_a_lone_model_that_does_not_load_is_an_error(run_dir, tmp_path, capsys):
-    from rakd.cli import main
+    from pipeline.cli import main
 
     corrupt = tmp_path / "corrupt.gguf"
     corrupt.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
@@ -265,7 +265,7 @@ def test_package_is_built_verified_and_refuses_to_overwrite(report, run_dir, tmp
 
 
 def test_tampered_or_extra_files_are_detected(report, run_dir, tmp_path, capsys):
-    from rakd.cli import main
+    from pipeline.cli import main
 
     package = build_package(PackageConfig(), run_dir, tmp_path / "pkg").out_dir
     assert main(["verify-package", str(package)]) == 0

@@ -7,20 +7,20 @@ import torch
 from conftest import MICRO_RUN
 
 import rakd.train.rl as rl
-from rakd.config import load_config
-from rakd.data.prep import run_prep
-from rakd.distill import InjectedFault, run_distill
+from pipeline.config import load_config
 from rakd.evaluate import EvalResult
 from rakd.io import read_jsonl, to_jsonl
 from rakd.losses import LOSSES
 from rakd.models.load import ModelLoadError
 from rakd.models.zoo import build_model, preset_config
-from rakd.stage_config import WarmStartConfig
-from rakd.teacher import run_teacher
-from rakd.traces import warmstart_prompts
+from rakd.stages.config import WarmStartConfig
+from rakd.stages.distill import InjectedFault, run_distill
+from rakd.stages.prep import run_prep
+from rakd.stages.teacher import run_teacher
+from rakd.stages.traces import warmstart_prompts
+from rakd.stages.warmstart import check_same_tokenizer, distill_records
 from rakd.train.config import LossParams, RLConfig
 from rakd.train.rl import RLTrainer
-from rakd.warmstart import check_same_tokenizer, distill_records
 
 FAST = [
     *MICRO_RUN,
@@ -354,7 +354,7 @@ def test_warmstart_curriculum_names_the_record_without_a_difficulty():
 
 def test_the_warm_start_alone_is_a_distill_stage(prepared, tmp_path):
     """rl.steps=0 (SFT on the teacher's traces and nothing else) runs through the stage and its summary."""
-    from rakd.registry import run_distill as run_stage
+    from pipeline.registry import run_distill as run_stage
 
     cfg = fresh_run(prepared, tmp_path, "sft-only", ["distill.rl.steps=0"])
     summary = run_stage(cfg.distill, cfg.run.layout)
@@ -377,7 +377,7 @@ def leave_traces(cfg, traces: list[dict]) -> None:
 def test_warmstart_stops_at_its_target_val_accuracy(prepared, tmp_path, monkeypatch):
     """warmstart.stop: SFT checks greedy accuracy on the qualifying val questions every `every` steps and ends
     the warm start once it reaches the target; the checks land in the warm start's metrics."""
-    import rakd.valstop as valstop
+    import rakd.stages.stop as valstop
 
     real, checks = valstop.evaluate_model, []
 
@@ -416,8 +416,8 @@ def test_warmstart_stop_names_a_val_split_without_such_questions(prepared, tmp_p
 
 def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficulty(tmp_path, monkeypatch):
     """GSM8K-like data (no `ops`): min_difficulty cannot filter, so the target is checked on all val questions."""
-    import rakd.valstop as valstop
-    import rakd.warmstart as warmstart
+    import rakd.stages.stop as valstop
+    import rakd.stages.warmstart as warmstart
     from rakd.layout import RunLayout
 
     layout = RunLayout(tmp_path)
@@ -439,8 +439,8 @@ def test_warmstart_stop_checks_every_val_question_when_the_source_has_no_difficu
 def scripted_warmstart(prepared, tmp_path, monkeypatch, name, extra=(), crash_at=None):
     """A warm start whose target checks read a scripted 10% (never reached) and whose teacher answers with the
     data's own solutions (the micro teacher solves nothing), counting its calls; returns (cfg, sampled)."""
-    import rakd.traces as traces
-    import rakd.valstop as valstop
+    import rakd.stages.stop as valstop
+    import rakd.stages.traces as traces
 
     solutions = {r["question"]: r["solution"] for r in read_jsonl(prepared.run.layout.split("train"))}
     real, sampled = valstop.evaluate_model, []
@@ -489,7 +489,7 @@ def test_a_warm_start_that_misses_its_target_adds_harder_traces_and_says_so(prep
     assert "NOT reached in 10 SFT steps" in target["summary"] and "from step 4" in target["summary"]
     assert any("NOT reached" in line for line in lines)
     assert warm["flops"]["teacher_generate"] == 1000 * sum(len(q) for q in sampled)
-    from rakd.summary import summary_sections
+    from pipeline.summary import summary_sections
 
     final = json.loads((cfg.run.dir / "student/eval.json").read_text())
     sections = dict(summary_sections({"distill": {"eval_warmstart": warm, "eval": final}}))
@@ -589,7 +589,7 @@ def test_an_rl_flops_budget_stops_the_run_once_spent(tokenizer, tiny_records, tm
 
 
 def test_plateau_is_no_new_best_in_patience_checks():
-    from rakd.valstop import plateaued
+    from rakd.stages.stop import plateaued
 
     assert not plateaued([0.1, 0.3], 2) and not plateaued([0.1, 0.3, 0.2], 2)
     assert plateaued([0.1, 0.3, 0.2, 0.3], 2)  # equalling the best is no new best
@@ -599,7 +599,7 @@ def test_plateau_is_no_new_best_in_patience_checks():
 def test_warmstart_stops_at_its_plateau_without_a_target(prepared, tmp_path, monkeypatch):
     """warmstart.stop with patience and no target: SFT ends once `patience` checks in a row bring no new best
     (early stopping, the trace-budget regime's SFT), and the summary says so."""
-    import rakd.valstop as valstop
+    import rakd.stages.stop as valstop
 
     real, scripted_values = valstop.evaluate_model, iter([0.1, 0.3, 0.2, 0.3, 0.9])
 

@@ -115,9 +115,9 @@ def micro_run(tmp_path_factory):
     """A prepared micro run trained in one process: data, tokenizer and teacher (a 3-step teacher)."""
     from conftest import MICRO_RUN
 
-    from rakd.config import load_config
-    from rakd.data.prep import run_prep
-    from rakd.teacher import run_teacher
+    from pipeline.config import load_config
+    from rakd.stages.prep import run_prep
+    from rakd.stages.teacher import run_teacher
 
     root = tmp_path_factory.mktemp("micro-runs")
     overrides = [f"run.root={root}", *MICRO_RUN, "teacher.threads=1", "teacher.train.steps=3"]
@@ -130,7 +130,7 @@ def micro_run(tmp_path_factory):
 def copy_run(micro_run, name: str, parts: tuple[str, ...], extra: tuple[str, ...] = ()):
     import shutil
 
-    from rakd.config import load_config
+    from pipeline.config import load_config
 
     one, overrides = micro_run
     cfg = load_config("configs/smoke.yaml", [*overrides, f"run.name={name}", *extra])
@@ -142,7 +142,7 @@ def copy_run(micro_run, name: str, parts: tuple[str, ...], extra: tuple[str, ...
 def test_the_teacher_stage_under_torchrun_trains_the_one_process_teacher(micro_run):
     """`teacher.nproc=2`: a from-scratch teacher trained in 2 processes (gloo) has the weights of the one-process
     teacher within 1e-5; rank 0 alone evaluates and writes teacher/, and teacher.work/ is gone."""
-    from rakd.teacher import run_teacher
+    from rakd.stages.teacher import run_teacher
 
     one = micro_run[0]
     two = copy_run(micro_run, "two", ("data", "tokenizer"), ("teacher.nproc=2",))
@@ -163,7 +163,7 @@ def test_the_teacher_stage_under_torchrun_trains_the_one_process_teacher(micro_r
 def test_a_sharded_student_distills_and_resumes_under_torchrun(micro_run):
     """`distill.fsdp` end to end in 2 processes: warm start, RL with val checks and checkpoints (gathered to
     rank 0, marked sharded), a crash after step 3, a resume from step 2 to the end; rank 0 writes the student."""
-    from rakd.distill import run_distill
+    from rakd.stages.distill import run_distill
     from rakd.train.checkpoint import list_checkpoints
 
     fast = ("distill.rl.steps=4", "distill.checkpoint_every=2", "distill.eval_every=2", "distill.val_problems=4")

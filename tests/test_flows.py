@@ -15,13 +15,13 @@ from safetensors.torch import load_file
 from deploy.manifest import verify_package
 from flows.pipeline import rakd_pipeline
 from flows.stages import slug, transient_only
-from rakd.advice import recommend
-from rakd.cache import stage_keys
-from rakd.config import load_config
-from rakd.distill import InjectedFault
+from pipeline.cache import stage_keys
+from pipeline.config import load_config
+from pipeline.registry import STAGES as REGISTRY
 from rakd.layout import RunLayout
-from rakd.registry import STAGES as REGISTRY
 from rakd.schema import ConfigError, DataError
+from rakd.stages.advice import recommend
+from rakd.stages.distill import InjectedFault
 
 STAGES = [stage.name for stage in REGISTRY]
 # The resume test needs only one artefact after distill: one GGUF keeps its export and validation short.
@@ -89,7 +89,7 @@ def test_pipeline_runs_every_stage_and_writes_every_output(first_run, root):
     pool = student["rl_pool"]
     assert pool["pass_rate"] == rows[0]["accuracy"] and pool["samples"] == rows[0]["groups_drawn"] * 8
     assert 0 <= pool["informative_groups"] <= 1
-    # ... and the method rakd.advice's rule picks from it, with the non-embedding ratio it used
+    # ... and the method rakd.stages.advice's rule picks from it, with the non-embedding ratio it used
     advice = student["advice"]
     expected = recommend(pool["pass_rate"], advice["ratio"], before_plateau=False)  # smoke: no warm-start stop
     assert advice == {**expected.as_dict(), "ratio": advice["ratio"]}

@@ -170,7 +170,7 @@ def test_heal_loss_by_hand():
 def test_healing_from_itself_costs_no_kl_and_a_step_moves_the_student(model, tokenizer, tmp_path):
     import copy
 
-    from rakd.stage_config import HealKD
+    from rakd.stages.config import HealKD
     from rakd.train.batches import kd_tensors
     from rakd.train.config import OptimConfig, SFTConfig
     from rakd.train.sft import SFTTrainer

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from rakd.config import load_config
-from rakd.data.prep import PrepConfig, question_id, run_prep, split_of
+from pipeline.config import load_config
 from rakd.io import read_jsonl
 from rakd.schema import DataError
+from rakd.stages.prep import PrepConfig, question_id, run_prep, split_of
 from rakd.verify import reward
 
 

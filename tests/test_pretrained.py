@@ -117,7 +117,7 @@ def test_a_pretrained_pair_runs_every_stage_to_a_package(kind, chat_tokenizer, t
     weights, grouped-query attention, the trained BPE, a chat template): prep -> teacher (evaluated, not trained)
     -> distill (warm start, 2 RL steps) -> export (ONNX and GGUF with parity) -> validate -> package, through the
     CLI, with prompts in the chat template throughout."""
-    from rakd.cli import main
+    from pipeline.cli import main
 
     teacher = architecture(kind, len(chat_tokenizer))
     save_model(teacher, chat_tokenizer, tmp_path / "teacher-hf")
@@ -194,7 +194,7 @@ def test_a_pretrained_pair_runs_every_stage_to_a_package(kind, chat_tokenizer, t
 
 
 def test_the_pretrained_config_loads_once_its_placeholders_are_set(tmp_path):
-    from rakd.config import load_config
+    from pipeline.config import load_config
 
     data = tmp_path / "gsm8k.jsonl"
     data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')

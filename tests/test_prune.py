@@ -109,9 +109,9 @@ def test_a_pruned_student_is_chosen_once_on_the_train_split_and_kept_for_a_resum
     import json
 
     import rakd.models.prune as prune
-    from rakd.config import load_config
+    from pipeline.config import load_config
     from rakd.layout import LAYERS, RunLayout
-    from rakd.warmstart import init_student
+    from rakd.stages.warmstart import init_student
 
     layout = RunLayout(tmp_path)
     layout.split("train").parent.mkdir(parents=True)
@@ -139,7 +139,7 @@ def test_a_pruned_student_is_chosen_once_on_the_train_split_and_kept_for_a_resum
 
 
 def test_a_prune_config_is_one_source_and_its_list_matches_its_count():
-    from rakd.config import load_config
+    from pipeline.config import load_config
     from rakd.schema import ConfigError
 
     given = load_config(None, ["distill.student.prune.layers=2", "distill.student.prune.kept=[0,4]"]).distill
@@ -151,7 +151,7 @@ def test_a_prune_config_is_one_source_and_its_list_matches_its_count():
 
 
 def test_the_run_summary_lists_every_candidate_and_the_one_kept():
-    from rakd.summary import layer_rows
+    from pipeline.summary import layer_rows
 
     layers = {
         "chosen": {"rule": "angular", "kept": [0, 3, 4, 5], "kl": 1.5, "top1": 0.2},
@@ -202,9 +202,9 @@ def test_ffn_channels_by_importance_and_a_cut_that_drops_only_dead_ones_changes_
 def test_a_width_and_depth_pruned_student_is_measured_once(teacher, tokenizer, tmp_path):
     import json
 
-    from rakd.config import load_config
+    from pipeline.config import load_config
     from rakd.layout import LAYERS, RunLayout
-    from rakd.warmstart import init_student
+    from rakd.stages.warmstart import init_student
 
     layout = RunLayout(tmp_path)
     layout.split("train").parent.mkdir(parents=True)

@@ -7,7 +7,7 @@ from export.gguf import export_gguf
 from rakd.models.zoo import build_model, preset_config
 from rakd.rollout import sample, score_completions
 from rakd.scorers import LlamaCppScorer, make_scorer
-from rakd.stage_config import ScorerConfig
+from rakd.stages.config import ScorerConfig
 
 QUESTIONS = ["1+1=?", "12*13-4+7=?", "9-2=?"]
 

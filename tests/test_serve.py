@@ -168,7 +168,7 @@ _served_processes: list = []  # the server of the `served` block now open
 def served(path, *args):
     """`rakd serve PATH --port 0` in its own process; yields its base URL."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "rakd.cli", "serve", str(path), "--port", "0", *args],
+        [sys.executable, "-m", "pipeline.cli", "serve", str(path), "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -293,7 +293,7 @@ def test_serve_refuses_a_tampered_package_and_a_folder_that_is_not_one_in_one_li
     for folder in (package, tmp_path / "empty"):
         folder.mkdir(exist_ok=True)
         done = subprocess.run(
-            [sys.executable, "-m", "rakd.cli", "serve", str(folder), "--port", "0"],
+            [sys.executable, "-m", "pipeline.cli", "serve", str(folder), "--port", "0"],
             capture_output=True,
             text=True,
             timeout=120,

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from rakd.cache import run_stage
-from rakd.config import load_config
+from pipeline.cache import run_stage
+from pipeline.config import load_config
+from pipeline.registry import STAGES
 from rakd.models.gguf_file import packaged_gguf
-from rakd.registry import STAGES
 
 # Each stage at the smallest size that still runs every part of it on the 135M model.
 FEW_STEPS = [

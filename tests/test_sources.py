@@ -9,13 +9,13 @@ import torch
 from conftest import smoke_overrides
 
 from export.gguf import export_gguf
-from rakd.config import ConfigError, load_config
+from pipeline.config import ConfigError, load_config
 from rakd.layout import RunLayout
 from rakd.models.load import load_causal_lm, save_model
 from rakd.models.zoo import build_model, preset_config
+from rakd.stages.warmstart import load_models
 from rakd.train.common import make_optimizer
 from rakd.train.config import OptimConfig
-from rakd.warmstart import load_models
 
 # ---------------------------------------------------------------- every student path takes an optimiser step
 
@@ -121,7 +121,7 @@ def test_a_layer_subset_alone_replaces_the_default_student():
 
 
 def test_the_command_line_reports_a_refused_combination_without_a_traceback(capsys):
-    from rakd.cli import main
+    from pipeline.cli import main
 
     code = main(["distill", "--config", "configs/tiny.yaml", "--set", "distill.warmstart.n_prompts=0"])
     err = capsys.readouterr().err
@@ -159,7 +159,7 @@ def trained_teacher(smoke_run, smoke_root, tmp_path_factory):
 
 
 def run_stages(name, trained_teacher, tmp_path, sets) -> RunLayout:
-    from rakd.cli import main
+    from pipeline.cli import main
 
     layout = RunLayout(tmp_path / name)
     for folder in ("data", "tokenizer"):  # prep's outputs, as the smoke run made them

@@ -2,13 +2,13 @@
 
 import pytest
 
-from rakd.config import load_config
+from pipeline.config import load_config
 from rakd.schema import ConfigError, DataError
-from rakd.stage_config import ValStop
+from rakd.stages.config import ValStop
 
 
 def test_a_val_split_with_nothing_to_check_is_a_data_error_naming_the_file():
-    from rakd.valstop import check_records
+    from rakd.stages.stop import check_records
 
     records = [{"question": "1+1=?", "answer": "2", "ops": 1}]
     with pytest.raises(DataError, match=r"val\.jsonl has no questions with at least 3 operations"):
@@ -18,7 +18,7 @@ def test_a_val_split_with_nothing_to_check_is_a_data_error_naming_the_file():
 
 
 def test_rl_on_unseen_questions_refuses_when_too_few_are_left():
-    from rakd.distill import rl_records
+    from rakd.stages.distill import rl_records
 
     cfg = load_config(None, ["distill.warmstart.n_prompts=10", "distill.rl.prompts_per_step=4"]).distill
     train = [{"question": f"q{i}", "answer": str(i)} for i in range(12)]

@@ -47,7 +47,7 @@ from rakd.compare.results import (
     write_results,
 )
 from rakd.compare.stats import INTERVAL, Interval, difference_interval
-from rakd.stage_config import CompareConfig
+from rakd.stages.config import CompareConfig
 
 __all__ = [
     "CompareConfig",

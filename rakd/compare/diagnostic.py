@@ -72,10 +72,10 @@ def warmstart_diagnostic(distill, layout, warmstart, folder, *, prompts: int = 6
     import json
 
     from rakd.compare.jobs import warmstart_key
-    from rakd.distill import rl_records
     from rakd.io import atomic_write_json
     from rakd.models.load import load_causal_lm
-    from rakd.warmstart import distill_records
+    from rakd.stages.distill import rl_records
+    from rakd.stages.warmstart import distill_records
 
     key = warmstart_key(warmstart)
     kept = folder / "diagnostic.json"

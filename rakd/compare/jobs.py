@@ -24,7 +24,7 @@ from rakd.flops import Ledger, compute_seconds
 from rakd.io import atomic_write_json, claim_work, fingerprint
 from rakd.layout import EVAL_WARMSTART, METRICS, RunLayout
 from rakd.schema import GREEDY_READING
-from rakd.stage_config import CompareConfig
+from rakd.stages.config import CompareConfig
 
 LABELS = {"sft": "sft_continue"}  # how a method is named in results, where its config name is ambiguous
 
@@ -322,8 +322,8 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
     """One job from the shared warm start; returns its results row. The row is kept in `out/<job>.json` under a
     key (the job's distill config and the warm start's key), so a re-run of a killed comparison returns it
     without training; the job's run folder is removed after."""
-    from rakd.distill import run_distill, warmstart_work_key
     from rakd.io import mark_work, read_jsonl
+    from rakd.stages.distill import run_distill, warmstart_work_key
 
     key = fingerprint({"distill": distill_cfg.model_dump(mode="json"), "warmstart": warmstart_key(warmstart)})
     kept = out / f"{job.name}.json"
@@ -411,8 +411,8 @@ def shared_warmstart(distill, layout: RunLayout, teacher_key: str, regime: str |
     """The comparison's one warm start in `<run>/compare[/<regime>]/warmstart/`, made once per key (the teacher's
     stage key and the distill stage's own warm-start key: student, warm start, evaluation, seed, precision) and
     swapped into place only when complete; a killed one resumes where it stopped."""
-    from rakd.distill import warmstart_work_key
-    from rakd.warmstart import prepare_warmstart
+    from rakd.stages.distill import warmstart_work_key
+    from rakd.stages.warmstart import prepare_warmstart
 
     key = fingerprint({"teacher": teacher_key, "warmstart": warmstart_work_key(distill)})  # the distill stage's key
     target = layout.comparison_warmstart(regime)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rakd.compare.stats import INTERVAL, correctness, difference_interval
 from rakd.flops import format_flops
-from rakd.stage_config import CompareConfig
+from rakd.stages.config import CompareConfig
 
 
 def variants_in_order(rows: list[dict]) -> list[str]:

@@ -6,7 +6,7 @@ summary` (a small JSON dict), its read function (the same summary read back from
 last, and its table rows. Adding a stage is one module with its config and run function plus one entry in `STAGES`
 (docs/design.md shows the diff).
 
-This module, `rakd.summary` and `rakd.cli` are the composition root: the only modules that import every package.
+This module, `pipeline.summary` and `pipeline.cli` are the composition root: the only modules that import every package.
 Heavy imports (torch, llama.cpp, ONNX Runtime) stay inside the run functions, so listing the stages costs nothing.
 """
 
@@ -18,14 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import rakd.data.cli as prep_cli
+import pipeline.prep_cli as prep_cli
 from deploy import cli as deploy_cli
 from export import cli as export_cli
-from rakd.config import PipelineConfig
-from rakd.io import fingerprint_path, read_jsonl
-from rakd.layout import EVAL, EVAL_WARMSTART, METRICS, RunLayout
-from rakd.schema import StageConfig
-from rakd.summary import (
+from pipeline.config import PipelineConfig
+from pipeline.summary import (
     Summary,
     distill_rows,
     export_rows,
@@ -34,6 +31,9 @@ from rakd.summary import (
     teacher_rows,
     validate_rows,
 )
+from rakd.io import fingerprint_path, read_jsonl
+from rakd.layout import EVAL, EVAL_WARMSTART, METRICS, RunLayout
+from rakd.schema import StageConfig
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def _json(path: Path) -> dict:
 
 
 def run_prep(cfg, layout: RunLayout) -> Summary:
-    from rakd.data.prep import run_prep as prep
+    from rakd.stages.prep import run_prep as prep
 
     prep(cfg, layout.root)
     return read_prep(cfg, layout)
@@ -78,7 +78,7 @@ def read_prep(cfg, layout: RunLayout) -> Summary:
 
 
 def run_teacher(cfg, layout: RunLayout) -> Summary:
-    from rakd.teacher import run_teacher as teacher
+    from rakd.stages.teacher import run_teacher as teacher
 
     teacher(cfg, layout.root)
     return read_teacher(cfg, layout)
@@ -89,7 +89,7 @@ def read_teacher(cfg, layout: RunLayout) -> Summary:
 
 
 def run_distill(cfg, layout: RunLayout) -> Summary:
-    from rakd.distill import run_distill as distill
+    from rakd.stages.distill import run_distill as distill
 
     distill(cfg, layout.root)
     return read_distill(cfg, layout)

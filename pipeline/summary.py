@@ -13,7 +13,7 @@ Summary = dict[str, Any]
 
 
 def prep_rows(summary: Summary) -> list[dict]:
-    from rakd.data.prep import card_rows
+    from rakd.stages.prep import card_rows
 
     return card_rows(summary["card"])
 
@@ -100,7 +100,7 @@ def rl_pool_rows(results: dict[str, Summary]) -> list[dict]:
 
 
 def advice_rows(results: dict[str, Summary]) -> list[dict]:
-    """The method rakd.advice's rule recommends from the RL pool's pass rate and the teacher:student ratio, beside
+    """The method the rule of rakd.stages.advice recommends from the RL pool's pass rate and the teacher:student ratio,
     the method the run used (empty for a run without an RL pool)."""
     distill = results.get("distill", {}).get("eval", {})
     advice = distill.get("advice")

@@ -14,11 +14,11 @@ import json
 import time
 
 import rakd
-from rakd.config import PipelineConfig
+from pipeline.config import PipelineConfig
+from pipeline.registry import BY_NAME, STAGES, Stage
+from pipeline.summary import Summary
 from rakd.io import fingerprint
 from rakd.layout import RunLayout
-from rakd.registry import BY_NAME, STAGES, Stage
-from rakd.summary import Summary
 
 
 def run_stage(stage: Stage, cfg: PipelineConfig, key: str | None = None) -> Summary:

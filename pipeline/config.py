@@ -2,13 +2,13 @@
 
     run:            name, run folder root
     prep:           rakd.data.config.PrepConfig
-    teacher:        rakd.stage_config.TeacherConfig
-    distill:        rakd.stage_config.DistillConfig
+    teacher:        rakd.stages.config.TeacherConfig
+    distill:        rakd.stages.config.DistillConfig
     export:         export.config.ExportConfig
     validation:     deploy.config.ValidateConfig
     package:        deploy.config.PackageConfig
     orchestration:  OrchestrationConfig (below: how the Prefect flows retry and store results)
-    compare:        rakd.stage_config.CompareConfig
+    compare:        rakd.stages.config.CompareConfig
 
 The defaults are the embedded default run (`configs/tiny.yaml` spells them out; a test keeps the two equal).
 This module is part of the composition root: it imports every package's config classes, light modules with no
@@ -33,7 +33,7 @@ from export.config import ExportConfig
 from rakd.data.config import PrepConfig
 from rakd.layout import RunLayout
 from rakd.schema import ConfigError, StageConfig
-from rakd.stage_config import CompareConfig, DistillConfig, TeacherConfig
+from rakd.stages.config import CompareConfig, DistillConfig, TeacherConfig
 
 __all__ = ["ConfigError", "OrchestrationConfig", "PipelineConfig", "RunConfig", "dump_config", "load_config"]
 
@@ -195,7 +195,7 @@ def write_reference(path: Path) -> None:
     path.write_text(text[:start] + "\n" + config_reference() + text[end:], encoding="utf-8")
 
 
-if __name__ == "__main__":  # python -m rakd.config docs/usage.md: regenerate its configuration reference
+if __name__ == "__main__":  # python -m pipeline.config docs/usage.md: regenerate its configuration reference
     import sys
 
     write_reference(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/usage.md"))

@@ -29,11 +29,11 @@ from rakd.models.load import load_causal_lm, save_model
 from rakd.models.zoo import build_model, count_parameters, preset_config
 from rakd.prompt import completion_text
 from rakd.schema import DataError
-from rakd.stage_config import TeacherConfig
+from rakd.stages.config import TeacherConfig
+from rakd.stages.stop import ValCheck, check_records, outcome
 from rakd.train.common import pick_device, resolve_precision, set_threads
 from rakd.train.distributed import launch_torchrun, leave_world, world_from_env
 from rakd.train.sft import SFTTrainer
-from rakd.valstop import ValCheck, check_records, outcome
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
         claim_work(layout.teacher_work, work_key(cfg), log=log)
     if cfg.nproc > 1 and trains and launching:
         spec = layout.teacher_work / "torchrun-config.json"
-        launch_torchrun("teacher", "rakd.teacher", cfg, spec, layout.root, cfg.nproc, cfg.threads, log)
+        launch_torchrun("teacher", "rakd.stages.teacher", cfg, spec, layout.root, cfg.nproc, cfg.threads, log)
         result = json.loads((layout.teacher / EVAL).read_text())
         return TeacherResult(layout.teacher, result, time.perf_counter() - started)
     world = world_from_env()
@@ -130,7 +130,7 @@ def evaluation_before(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, w
 
 
 def teacher_stop(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, log, precision: str) -> ValCheck | None:
-    """The SFT hook of `teacher.stop` (rakd.valstop) on the val split."""
+    """The SFT hook of `teacher.stop` (rakd.stages.stop) on the val split."""
     if cfg.stop is None:
         return None
     records = check_records(read_jsonl(layout.split("val")), cfg.stop, f"teacher.stop: {layout.split('val')}")
@@ -147,6 +147,6 @@ def teacher_stop(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, log, p
     )
 
 
-if __name__ == "__main__":  # a torchrun worker: python -m rakd.teacher CONFIG_JSON RUN_DIR
+if __name__ == "__main__":  # a torchrun worker: python -m rakd.stages.teacher CONFIG_JSON RUN_DIR
     run_teacher(TeacherConfig.model_validate_json(Path(sys.argv[1]).read_text()), sys.argv[2])
     leave_world()  # only after success: on a failure torchrun ends the other workers

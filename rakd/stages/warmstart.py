@@ -1,4 +1,4 @@
-"""The warm start: the teacher's verified traces (rakd.traces), SFT until the student reaches its target, and the
+"""The warm start: the teacher's verified traces (rakd.stages.traces), SFT until the student reaches its target, and the
 warm-start evaluation; plus the distill stage's inputs (its data and its models), which the comparison uses too.
 
 `distill_records` is the only reader of the data: the student sees questions and final answers only, as real RL
@@ -21,12 +21,12 @@ from rakd.models.load import ModelLoadError, load_causal_lm, save_model
 from rakd.models.subset import keep_layers, layer_subset
 from rakd.models.zoo import build_model, preset_config
 from rakd.prompt import completion_text
-from rakd.stage_config import DistillConfig, WarmStartConfig
-from rakd.traces import TraceRounds
+from rakd.stages.config import DistillConfig, WarmStartConfig
+from rakd.stages.stop import ValCheck, check_records, outcome
+from rakd.stages.traces import TraceRounds
 from rakd.train.common import pick_device, resolve_precision, set_threads
 from rakd.train.distributed import World, load_full_state_dict, plain_copy
 from rakd.train.sft import SFTTrainer
-from rakd.valstop import ValCheck, check_records, outcome
 
 
 def distill_records(layout: RunLayout, split: str) -> list[dict]:
@@ -269,7 +269,7 @@ def prepare_warmstart(cfg: DistillConfig, run_dir: str | Path, log=print) -> Pat
 
 
 def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, log, precision: str) -> ValCheck | None:
-    """The SFT hook of `warmstart.stop` (rakd.valstop) on the qualifying val questions: those with at least
+    """The SFT hook of `warmstart.stop` (rakd.stages.stop) on the qualifying val questions: those with at least
     `stop.min_difficulty` operations where the source has a difficulty, every val question otherwise."""
     stop = cfg.warmstart.stop
     if stop is None:

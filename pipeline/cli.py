@@ -12,12 +12,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from deploy.cli import add_serve_arguments, add_verify_arguments, serve_command, verify_command
-from rakd.cache import run_stage, stage_keys
-from rakd.config import ConfigError, PipelineConfig, dump_config, load_config
+from pipeline.cache import run_stage, stage_keys
+from pipeline.config import ConfigError, PipelineConfig, dump_config, load_config
+from pipeline.registry import STAGES, Stage
+from pipeline.summary import summary_sections
 from rakd.io import atomic_write_text
-from rakd.registry import STAGES, Stage
 from rakd.schema import DataError, ModelLoadError, StageError
-from rakd.summary import summary_sections
 from rakd.tables import text_table
 
 USER_ERRORS = (ConfigError, DataError, ModelLoadError, StageError, FileNotFoundError, FileExistsError)

@@ -16,7 +16,7 @@ from pathlib import Path
 from rakd.evaluate import evaluate_model
 from rakd.io import read_jsonl
 from rakd.schema import DataError
-from rakd.stage_config import EvalConfig, ValStop
+from rakd.stages.config import EvalConfig, ValStop
 
 
 def check_records(records: list[dict], stop: ValStop, where: str) -> list[dict]:

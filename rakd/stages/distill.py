@@ -1,6 +1,6 @@
 """The distill stage: warm-start the student on the teacher's verified traces, then RL-aware distillation.
 
-The warm start (rakd.warmstart) gives RL a student at the edge of its competence; RL then trains it with the
+The warm start (rakd.stages.warmstart) gives RL a student at the edge of its competence; RL then trains it with the
 configured method (rakd.train.rl) from the teacher's log-probabilities (rakd.scorers).
 
 Writes `student/` (HF folder), `student/checkpoints/step-N/`, `student/metrics.jsonl`,
@@ -36,10 +36,10 @@ from rakd.models.load import save_model
 from rakd.models.zoo import count_parameters
 from rakd.schema import ConfigError
 from rakd.scorers import make_scorer
-from rakd.stage_config import DistillConfig
+from rakd.stages.config import DistillConfig
+from rakd.stages.warmstart import distill_records, load_models, run_warmstart, stage_precision
 from rakd.train.distributed import launch_torchrun, leave_world, plain_copy, shard, world_from_env
 from rakd.train.rl import RLTrainer
-from rakd.warmstart import distill_records, load_models, run_warmstart, stage_precision
 
 
 @dataclass(frozen=True)
@@ -186,11 +186,11 @@ def rl_pool(first: dict, group_size: int) -> dict:
 
 
 def advise(pool: dict, eval_warm: dict, teacher, student) -> dict:
-    """The method rakd.advice's rule recommends for this student, from its RL pool's pass rate, the teacher:student
-    ratio of non-embedding parameters and whether its warm start was stopped by a target it reached (SFT ended
-    before its plateau; a target missed runs SFT to its last step)."""
-    from rakd.advice import recommend
+    """The method the rule of rakd.stages.advice recommends for this student, from its RL pool's pass rate, the
+    teacher:student ratio of non-embedding parameters and whether its warm start was stopped by a target it reached
+    (SFT ended before its plateau; a target missed runs SFT to its last step)."""
     from rakd.flops import ModelDims
+    from rakd.stages.advice import recommend
 
     target = eval_warm.get("target") or {}
     before_plateau = target.get("val_accuracy") is not None and bool(target.get("reached"))
@@ -272,12 +272,12 @@ def launch_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> Distil
     layout = RunLayout(run_dir)
     t0 = time.perf_counter()
     spec = layout.student_work / "torchrun-config.json"
-    launch_torchrun("distill", "rakd.distill", cfg, spec, layout.root, cfg.nproc, cfg.threads, log)
+    launch_torchrun("distill", "rakd.stages.distill", cfg, spec, layout.root, cfg.nproc, cfg.threads, log)
     result = json.loads((layout.student / EVAL).read_text())
     seconds = {**json.loads((layout.student / SECONDS).read_text()), "total": time.perf_counter() - t0}
     return DistillResult(layout.student, result, json.loads((layout.student / EVAL_WARMSTART).read_text()), seconds)
 
 
-if __name__ == "__main__":  # a torchrun worker: python -m rakd.distill CONFIG_JSON RUN_DIR
+if __name__ == "__main__":  # a torchrun worker: python -m rakd.stages.distill CONFIG_JSON RUN_DIR
     run_distill(DistillConfig.model_validate_json(Path(sys.argv[1]).read_text()), sys.argv[2])
     leave_world()  # only after success: on a failure torchrun ends the other workers

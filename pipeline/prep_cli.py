@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rakd.data.prep import card_rows, run_prep
+from rakd.stages.prep import card_rows, run_prep
 from rakd.tables import text_table
 
 

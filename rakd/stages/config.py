@@ -56,7 +56,7 @@ class ValStop(StageConfig):
     """End an SFT once the model reaches a greedy val accuracy, or at its plateau, rather than after a fixed number
     of steps: the warm start's SFT on few traces is on a steep learning curve, so a step count lands anywhere from
     "solves nothing new" to the plateau; a comparison regime stops at a target on purpose; a pretrained teacher
-    tuned on the task is done at its plateau (rakd.valstop)."""
+    tuned on the task is done at its plateau (rakd.stages.stop)."""
 
     val_accuracy: float | None = Field(
         None, gt=0, le=1, description="greedy accuracy on the checked val questions that ends SFT (null: no target)"
@@ -204,7 +204,7 @@ class HealKD(StageConfig):
 
 class WarmStartRecover(StageConfig):
     """What the warm start does while it misses its target: traces for more of the harder questions (of the same
-    `n_prompts`, so RL's unseen questions stay unseen), and SFT goes on with them (rakd.traces)."""
+    `n_prompts`, so RL's unseen questions stay unseen), and SFT goes on with them (rakd.stages.traces)."""
 
     after: int = Field(300, ge=1, description="SFT steps of a round without reaching the target before the next")
     add_fraction: float = Field(
@@ -267,7 +267,7 @@ class DistillConfig(StageConfig):
     method: Method = Field(
         "grpo",
         description="the loss of the RL stage (rakd.losses.LOSSES; rakd is TRRD); the default is what "
-        "rakd.advice's rule picks for the embedded default's student (docs/results.md, which method when)",
+        "rakd.stages.advice's rule picks for the embedded default's student (docs/results.md, which method when)",
     )
     loss: LossParams = Field(default_factory=LossParams)
     warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig)
