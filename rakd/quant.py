@@ -52,10 +52,6 @@ class QuantType:
         llama.cpp falls back per tensor otherwise."""
         return GGML_QUANT_SIZES[self.tensor_type][0] if self.tensor_type is not None else None
 
-    @property
-    def unquantised(self) -> bool:
-        return self.bits >= 16
-
 
 def _gguf(name: str, bits: int, tolerance, tensor: str, file_type: str | None = None, rounding: float = 0.0):
     file_type = file_type or f"MOSTLY_{name.upper()}"

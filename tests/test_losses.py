@@ -278,7 +278,7 @@ def test_registry_describes_inputs():
         "rakd": ("logprobs", "informative"),
         "rakd_lower": ("logprobs", "informative"),
     }
-    assert LOSSES["gkd"].needs_student_logits and LOSSES["gkd"].on_policy and not LOSSES["fkl"].on_policy
+    assert "student_logits" in LOSSES["gkd"].inputs and LOSSES["gkd"].on_policy and not LOSSES["fkl"].on_policy
     assert set(LOSSES["rakd"].hparams) == {"alpha", "eps_low", "eps_high", "teacher_clamp", "agg"}
     with pytest.raises(KeyError, match="needs tensors"):
         LOSSES["rakd"]({}, {})

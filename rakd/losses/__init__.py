@@ -79,11 +79,6 @@ class LossSpec:
             return "verified"
         return "informative" if "advantages" in self.inputs else "all"
 
-    @property
-    def needs_student_logits(self) -> bool:
-        """Whether the loss reads the student's whole distribution (not only its sampled tokens' log-probs)."""
-        return "student_logits" in self.inputs
-
     def __call__(self, tensors: Mapping[str, torch.Tensor], hparams: Mapping[str, object]):
         missing = [name for name in self.inputs if name not in tensors]
         if missing:

@@ -122,3 +122,14 @@ def outcome(stop: ValStop | None, sft_rows: list[dict], sft_steps: int, added: s
         "checks": len(checks),
         "summary": summary,
     }
+
+
+def val_stop(
+    stop: ValStop | None, records: list[dict], where: str, metrics: Path, name: str, **check
+) -> ValCheck | None:
+    """The SFT hook of a `stop` section on the qualifying val `records` (read from `where`), resuming the checks an
+    interrupted SFT logged in `metrics`; None without a `stop`. `check`: the model, tokenizer, eval config, log
+    and precision of the checks."""
+    if stop is None:
+        return None
+    return ValCheck.resuming(metrics, stop=stop, records=check_records(records, stop, where), name=name, **check)

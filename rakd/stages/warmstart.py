@@ -22,7 +22,7 @@ from rakd.models.subset import keep_layers, layer_subset
 from rakd.models.zoo import build_model, preset_config
 from rakd.prompt import completion_text
 from rakd.stages.config import DistillConfig, WarmStartConfig
-from rakd.stages.stop import ValCheck, check_records, outcome
+from rakd.stages.stop import ValCheck, outcome, val_stop
 from rakd.stages.traces import TraceRounds
 from rakd.train.common import pick_device, resolve_precision, set_threads
 from rakd.train.distributed import World, load_full_state_dict, plain_copy
@@ -269,20 +269,10 @@ def prepare_warmstart(cfg: DistillConfig, run_dir: str | Path, log=print) -> Pat
 
 
 def warmstart_stop(cfg: DistillConfig, student, tokenizer, layout: RunLayout, log, precision: str) -> ValCheck | None:
-    """The SFT hook of `warmstart.stop` (rakd.stages.stop) on the qualifying val questions: those with at least
-    `stop.min_difficulty` operations where the source has a difficulty, every val question otherwise."""
-    stop = cfg.warmstart.stop
-    if stop is None:
-        return None
-    records = check_records(distill_records(layout, "val"), stop, f"distill.warmstart.stop: {layout.split('val')}")
-    return ValCheck.resuming(
-        layout.warmstart_work / METRICS,
-        stop=stop,
-        model=student,
-        tokenizer=tokenizer,
-        records=records,
-        eval_cfg=cfg.eval,
-        name="warmstart",
-        log=log,
-        precision=precision,
-    )
+    """`warmstart.stop` on the val questions (never their solutions) of the run."""
+    val = layout.split("val")
+    return val_stop(
+        cfg.warmstart.stop, distill_records(layout, "val"), f"distill.warmstart.stop: {val}",
+        layout.warmstart_work / METRICS, "warmstart",
+        model=student, tokenizer=tokenizer, eval_cfg=cfg.eval, log=log, precision=precision,
+    )  # fmt: skip
