@@ -98,10 +98,11 @@ def test_one_rl_step_charges_what_it_ran_by_hand(method, tokenizer, tiny_records
     rows: sampling every drawn row; the teacher's log-prob pass over the loss rows only for rakd and opd, its logits
     in both epochs for gkd (no log-prob pass: gkd reads none), its decoding for seqkd_fresh; the update's two
     training passes plus a π_old pass for the methods that read π_old (two epochs: π_θ moves between them)."""
+    import rakd.train.collect as collect
     import rakd.train.rl as rl
     from rakd.train.config import LossParams, RLConfig
 
-    monkeypatch.setattr(rl, "reward", lambda text, answer: float(len(text) % 2))
+    monkeypatch.setattr(collect, "reward", lambda text, answer: float(len(text) % 2))
     vocab = len(tokenizer)
     teacher = build_model(preset_config("test-micro", tokenizer, num_hidden_layers=3), seed=0).requires_grad_(False)
     student = build_model(preset_config("test-micro", tokenizer), seed=1)

@@ -101,7 +101,7 @@ def test_an_rl_step_on_the_served_teacher_equals_the_torch_teacher_step(
     from rakd.train.config import LossParams, RLConfig
     from rakd.train.rl import RLTrainer
 
-    monkeypatch.setattr("rakd.train.rl.reward", lambda text, answer: float(len(text) % 3 == 0))
+    monkeypatch.setattr("rakd.train.collect.reward", lambda text, answer: float(len(text) % 3 == 0))
     records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:4]]
     cfg = RLConfig(prompts_per_step=4, group_size=4, max_new_tokens=8, min_informative_groups=0, optim={"lr": 0.01})
     weights, wide = [], LossParams(teacher_clamp=100.0)

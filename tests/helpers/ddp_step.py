@@ -20,10 +20,11 @@ from safetensors.torch import save_file
 
 import rakd.train.rl as rl
 from rakd.models.load import load_causal_lm
+from rakd.train.collect import Collected, shared_positions
 from rakd.train.common import OptimConfig
 from rakd.train.config import LossParams, RLConfig
 from rakd.train.distributed import World, full_state_dict, is_sharded, shard, world_from_env
-from rakd.train.rl import Collected, RLTrainer, shared_positions
+from rakd.train.rl import RLTrainer
 from rakd.train.sft import SFTConfig, SFTTrainer
 
 
