@@ -118,7 +118,7 @@ def partial_context(cfg, rows: list[dict]) -> dict:
     """What a finished comparison's context says that its finished jobs and its folder still tell: the warm start's
     accuracy, the step-0 diagnostic, the teacher:student ratio, the group shape."""
     from rakd.compare.diagnostic import describe
-    from rakd.compare.jobs import parameter_ratio
+    from rakd.compare.run import parameter_ratio
 
     layout = cfg.run.layout
     context = {"warm start greedy": f"{100 * rows[0]['warmstart_greedy_accuracy']:.1f}%"}

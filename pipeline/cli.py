@@ -85,15 +85,26 @@ def cmd_run(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a local cluster)")
     parser.add_argument("--workers", type=int, default=None, help="local Dask workers (default: one per core)")
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="each job a plain call in this process, one at a time (no Prefect, no Dask)",
+    )
 
 
 def cmd_compare(args: argparse.Namespace, cfg: PipelineConfig) -> int:
-    """Methods × seeds × α from one warm start, as the Prefect flow `rakd-compare` on Dask (see rakd.compare)."""
-    from flows.compare import compare_flow
+    """Methods × seeds × α from one warm start, as the Prefect flow `rakd-compare` on Dask, or with `--plain` as
+    plain calls in this process (the same policy: rakd.compare.policy)."""
+    if args.plain:
+        from pipeline.compare import compare_plain
 
-    update = {k: v for k, v in (("dask_address", args.dask_address), ("workers", args.workers)) if v is not None}
-    cfg = cfg.model_copy(update={"compare": cfg.compare.model_copy(update=update)})
-    outcome = compare_flow(cfg.model_dump(mode="json"))
+        outcome = compare_plain(cfg.model_dump(mode="json")).as_json()
+    else:
+        from flows.compare import compare_flow
+
+        update = {k: v for k, v in (("dask_address", args.dask_address), ("workers", args.workers)) if v is not None}
+        cfg = cfg.model_copy(update={"compare": cfg.compare.model_copy(update=update)})
+        outcome = compare_flow(cfg.model_dump(mode="json"))
     print(render_sections([("methods (test split)", outcome["tables"]["methods"]), ("α", outcome["tables"]["alpha"])]))
     print(f"\nresults in {outcome['results']}/ (results.json, results.md, curves.png)")
     for row in outcome["failed"]:

@@ -173,7 +173,7 @@ def test_a_method_sweeps_its_own_learning_rates():
 
 
 def test_a_job_reads_out_its_budget_and_the_reference_steps_from_one_run():
-    from rakd.compare.jobs import readouts
+    from rakd.compare.run import readouts
 
     final = {"greedy_accuracy": 0.5, "greedy_stderr": 0.1, "greedy_correct": "10",
              "readouts": [{"steps": 4, "at": "budget", "greedy_accuracy": 0.4, "greedy_correct": "00"}]}  # fmt: skip
@@ -186,7 +186,7 @@ def test_a_job_reads_out_its_budget_and_the_reference_steps_from_one_run():
 
 
 def test_a_job_keeps_the_mean_of_its_trust_region_metrics():
-    from rakd.compare.jobs import clip_means
+    from rakd.compare.run import clip_means
 
     rows = [{"clip_high_frac": 0.1, "teacher_clamp_frac": 0.5}, {"clip_high_frac": 0.3}, {"loss": 1.0}]
     assert clip_means(rows) == pytest.approx({"clip_high_frac": 0.2, "teacher_clamp_frac": 0.5})
@@ -194,7 +194,7 @@ def test_a_job_keeps_the_mean_of_its_trust_region_metrics():
 
 
 def test_a_job_reads_out_the_reference_seconds():
-    from rakd.compare.jobs import seconds_readout
+    from rakd.compare.run import seconds_readout
 
     rows = [{"step": i, "seconds_sample": 1.0, "seconds_update": 0.5} for i in range(1, 5)]  # 6 compute seconds
     final = {"greedy_accuracy": 0.5, "greedy_stderr": 0.1, "greedy_correct": "10",
@@ -292,10 +292,11 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
 
 
 @pytest.mark.integration
-def test_compare_ends_with_its_rows_under_torchrun_and_without_sampled_answers(prefect_harness, tmp_path):
-    """Jobs of `distill.nproc: 2` (each a torchrun of 2 gloo processes; rank 0's stage times come back through
-    eval.json) and `eval.k_samples: 0` (no sampled accuracy: the α table says '-') finish with their rows."""
-    from flows.compare import compare_flow
+def test_the_plain_comparison_ends_with_its_rows_under_torchrun_and_without_sampled_answers(tmp_path):
+    """The comparison without Prefect or Dask (`rakd compare --plain`: the same policy, each job a call in this
+    process), with jobs of `distill.nproc: 2` (each a torchrun of 2 gloo processes; rank 0's stage times come back
+    through eval.json) and `eval.k_samples: 0` (no sampled accuracy: the α table says '-'): every job's row."""
+    from pipeline.compare import compare_plain
 
     overrides = [
         f"run.root={tmp_path}",
@@ -310,11 +311,12 @@ def test_compare_ends_with_its_rows_under_torchrun_and_without_sampled_answers(p
         "compare.workers=1",
         "compare.lrs=[]",
     ]
-    outcome = compare_flow("configs/smoke.yaml", overrides)
-    rows = {r["name"]: r for r in outcome["rows"]}
+    outcome = compare_plain("configs/smoke.yaml", overrides)
+    rows = {r["name"]: r for r in outcome.rows}
     assert set(rows) == {"rakd-a0.5-c1-lr0.0001-s0", "rakd-a0.3-c1-lr0.0001-s0", "grpo-a0.5-c1-lr0.0001-s0"}
     assert all(r["seconds"] > 0 and r["sampled_accuracy"] is None and r["steps_run"] >= 2 for r in rows.values())
-    alpha = {r["α"]: r for r in outcome["tables"]["alpha"]}
+    assert not outcome.failed and {r["worker"] for r in rows.values()} == {rows["grpo-a0.5-c1-lr0.0001-s0"]["worker"]}
+    alpha = {r["α"]: r for r in outcome.tables["alpha"]}
     assert alpha["0.3"]["sampled"] == "-" and alpha["0.3"]["greedy"] != "-"
     assert (tmp_path / "cmp2" / "compare" / "results" / "results.md").is_file()
 
@@ -323,7 +325,7 @@ def test_a_killed_shared_warm_start_resumes_and_another_configs_is_set_aside(tmp
     """The comparison's warm start keeps its traces and checkpoints when the comparison is killed, so the next run
     resumes them; a run of another warm-start config sets them aside instead."""
     import rakd.stages.warmstart as warmstart
-    from rakd.compare.jobs import shared_warmstart
+    from rakd.compare.run import shared_warmstart
     from rakd.layout import RunLayout
 
     base = RunLayout(tmp_path / "run")
@@ -362,7 +364,7 @@ def test_a_shared_warm_start_is_made_again_under_another_precision(tmp_path, mon
     """A comparison re-run under another `distill.precision` makes its own warm start: the key it is kept under is
     the distill stage's (`warmstart_work_key`), which holds the precision."""
     import rakd.stages.warmstart as warmstart
-    from rakd.compare.jobs import shared_warmstart, warmstart_key
+    from rakd.compare.run import shared_warmstart, warmstart_key
     from rakd.layout import RunLayout
 
     base = RunLayout(tmp_path / "run")

@@ -1,5 +1,6 @@
-"""Comparing distillation methods from one shared warm start at an equal budget: the jobs (`jobs`) and the
-results (`results`: statistics, tables, plots).
+"""Comparing distillation methods from one shared warm start at an equal budget: the plan (`jobs`), the policy
+that runs it (`policy`), one job and the shared warm start (`run`), and the results (`stats`, `results`: statistics,
+tables, plots).
 
 A comparison plans one job per (method, seed, lr) plus, for `rakd`, one per α (and with the teacher clamp switched
 off). Every job starts from the same warm-started student (made once) and evaluates on val every `eval_every` steps
@@ -7,8 +8,9 @@ and on the test split at the end. The reference jobs (the default `rakd`) run `c
 other job gets as much as they spent (`compare.budget`: their steps, wall seconds, or training FLOPs from the
 compute ledger, teacher generation included). Two SFT arms: `seqkd_fresh` buys new teacher traces with its budget
 and trains on them; `sft` (labelled `sft_continue`) continues on the warm start's traces, which cost it nothing.
-A finished job's row is kept, so a killed comparison re-run skips it. The orchestration (Prefect tasks on a Dask
-cluster) lives in `flows/compare.py`; this module holds no Prefect code.
+A finished job's row is kept, so a killed comparison re-run skips it. How the jobs run is the caller's: one at a
+time in the calling process (`pipeline.compare`, `rakd compare --plain`) or as Prefect tasks on a Dask cluster
+(`flows/compare.py`); this package holds no Prefect code.
 
 Outputs under `<run>/compare/results/`: `results.json` (a row per job, with its FLOPs by phase), `results.md`
 (methods ranked by mean greedy accuracy, each against the reference with a Welch-t interval, at the equal budget
@@ -23,28 +25,29 @@ from rakd.compare.jobs import (
     extra_jobs,
     gather,
     job_distill_config,
-    link_base,
-    link_run,
     matched_budget,
     named,
-    parameter_ratio,
     plan_jobs,
     plan_problem,
     reference_variant,
-    run_job,
     seed_jobs,
-    shared_warmstart,
     sweep_jobs,
     sweeps_lr,
 )
 from rakd.compare.results import (
     alpha_rows,
     labels,
-    load_rows,
     plot_curves,
     summary_rows,
     variants_in_order,
     write_results,
+)
+from rakd.compare.run import (
+    link_base,
+    link_run,
+    parameter_ratio,
+    run_job,
+    shared_warmstart,
 )
 from rakd.compare.stats import INTERVAL, Interval, difference_interval
 from rakd.stages.config import CompareConfig
@@ -64,7 +67,6 @@ __all__ = [
     "labels",
     "link_base",
     "link_run",
-    "load_rows",
     "matched_budget",
     "named",
     "parameter_ratio",

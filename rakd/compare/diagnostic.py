@@ -71,7 +71,7 @@ def warmstart_diagnostic(distill, layout, warmstart, folder, *, prompts: int = 6
     `folder/diagnostic.json` under the warm start's key (computed once per warm start)."""
     import json
 
-    from rakd.compare.jobs import warmstart_key
+    from rakd.compare.run import warmstart_key
     from rakd.io import atomic_write_json
     from rakd.models.load import load_causal_lm
     from rakd.stages.distill import rl_records

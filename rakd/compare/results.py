@@ -4,7 +4,6 @@ count, the α table, the val curves, and `results.{json,md}` + `curves.png` unde
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -238,8 +237,3 @@ def write_results(
         atomic_write_text(staging / "results.md", "\n".join(lines))
         plot_curves(rows, staging / "curves.png")
     return tables
-
-
-def load_rows(path: Path) -> list[dict]:
-    data = json.loads(path.read_text())
-    return data["runs"]

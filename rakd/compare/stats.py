@@ -106,7 +106,7 @@ def runs_by_method(rows: list[dict], per_problem: dict[str, str]) -> dict[str, l
 
 def comparison_runs(results: Path) -> dict[str, list[list[int]]]:
     """`runs_by_method` of the comparison kept in the folder `results` (its results.json and per_problem.json)."""
-    rows = json.loads((results / "results.json").read_text())["runs"]  # as results.load_rows (it imports this module)
+    rows = json.loads((results / "results.json").read_text())["runs"]
     return runs_by_method(rows, json.loads((results / "per_problem.json").read_text()))
 
 
