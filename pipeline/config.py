@@ -112,6 +112,35 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+def merged(base: dict, top: dict) -> dict:
+    """`top` over `base`: mappings merged key by key, all else (scalars, lists, null) taken from `top`."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_config(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's sections, with its `base:` (another config file, relative to this one's folder) read first
+    and this file's keys over it: a regime is its base and the few keys it changes."""
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected the path of another config file, found {type(base).__name__}")
+    source = (path.parent / base).resolve()
+    if source in (*_seen, path.resolve()):
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve(), source))
+        raise ConfigError(f"{path}: base: the configs include each other ({chain})")
+    if not source.is_file():
+        raise ConfigError(f"{path}: base: {base}: config file not found (looked for {source})")
+    return merged(read_config(source, (*_seen, path.resolve())), data)
+
+
 def _describe(err: ValidationError, origin: str, overridden: set[str]) -> str:
     lines = []
     for item in err.errors():
@@ -130,7 +159,7 @@ def load_config(source: str | Path | dict | None = None, overrides: Sequence[str
         origin, data = "<config dict>", copy.deepcopy(source)
     else:
         origin = str(source) if source is not None else "<defaults>"
-        data = read_yaml(Path(source)) if source is not None else {}
+        data = read_config(Path(source)) if source is not None else {}
     overridden = set()
     for text in overrides:
         keys, value = parse_override(text)

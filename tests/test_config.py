@@ -101,3 +101,50 @@ def test_every_shipped_config_loads(path, tmp_path):
     overrides = [f"prep.path={task}"] if path.name == "pretrained.yaml" else []  # it names the user's own file
     cfg = load_config(path, overrides)
     assert cfg.run.name
+
+
+def test_a_config_composes_over_its_base(tmp_path):
+    """`base:` reads another config first (relative to this file's folder); mappings merge key by key, lists and
+    scalars (and null) are the top file's; --set goes over both."""
+    (tmp_path / "regimes").mkdir()
+    (tmp_path / "root.yaml").write_text(
+        "run: {name: root}\n"
+        "distill:\n  warmstart: {n_prompts: 50, stop: {val_accuracy: 0.2, every: 5}}\n"
+        "compare: {methods: [rakd, grpo], steps: 9}\n"
+    )
+    (tmp_path / "regimes" / "mid.yaml").write_text("base: ../root.yaml\ncompare: {methods: [grpo]}\n")
+    (tmp_path / "regimes" / "top.yaml").write_text("base: mid.yaml\ndistill: {warmstart: {stop: null}}\n")
+    cfg = load_config(tmp_path / "regimes" / "top.yaml", ["compare.steps=3"])
+    assert cfg.run.name == "root" and cfg.distill.warmstart.n_prompts == 50  # from the root, two levels down
+    assert cfg.compare.methods == ["grpo"] and cfg.compare.steps == 3  # a list replaced; --set over all
+    assert cfg.distill.warmstart.stop is None  # null replaces a mapping
+    mid = load_config(tmp_path / "regimes" / "mid.yaml")
+    assert mid.distill.warmstart.stop.val_accuracy == 0.2 and mid.distill.warmstart.stop.every == 5
+
+
+def test_a_bad_base_is_a_clear_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(
+        ConfigError, match=r"b.yaml: base: the configs include each other \(.*a.yaml -> .*b.yaml -> .*a.yaml\)"
+    ):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: base: missing.yaml: config file not found"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"d.yaml: base: expected the path of another config file, found list"):
+        load_config(tmp_path / "d.yaml")
+
+
+def test_the_regimes_are_the_edge_regime_and_what_they_change():
+    """Each comparison regime but the real model's names the edge regime as its base; what it changes is few keys."""
+    import yaml
+
+    configs = Path(__file__).parents[1] / "configs"
+    for path in sorted(configs.glob("compare-*.yaml")):
+        if path.name in ("compare-edge.yaml", "compare-real.yaml"):
+            continue
+        data = yaml.safe_load(path.read_text())
+        assert data["base"] == "compare-edge.yaml", path.name
+        assert load_config(path).compare.regime == path.stem.removeprefix("compare-")

@@ -89,7 +89,7 @@ def test_failed_rerun_keeps_previous_outputs(tmp_path):
 
 
 def test_embedded_configs_load():
-    for name in ("configs/tiny.yaml", "configs/smoke.yaml", "configs/compare.yaml"):
+    for name in ("configs/tiny.yaml", "configs/smoke.yaml", "configs/compare-edge.yaml"):
         cfg = load_config(name)
         assert cfg.prep.source == "generator"
     tiny = load_config("configs/tiny.yaml")  # traces of every difficulty, SFT to its plateau, then GRPO
@@ -98,5 +98,4 @@ def test_embedded_configs_load():
     assert tiny.distill.method == "grpo" and tiny.prep.generator.max_ops == 5
     edge = load_config("configs/compare-edge.yaml")  # the edge regime: 1-3-step traces, stopped at a target
     assert edge.distill.warmstart.max_difficulty == 3 < edge.distill.warmstart.stop.min_difficulty == 4
-    for name in ("configs/smoke.yaml", "configs/compare.yaml"):  # no curriculum, SFT runs its steps
-        assert load_config(name).distill.warmstart.stop is None
+    assert load_config("configs/smoke.yaml").distill.warmstart.stop is None  # no curriculum, SFT runs its steps
