@@ -26,7 +26,8 @@ from rakd.io import atomic_dir, atomic_write_json, atomic_write_text
 from rakd.layout import RunLayout
 from rakd.models.gguf_file import gguf_metadata, special_token
 from rakd.prompt import prompt_around
-from rakd.tables import markdown_table
+from rakd.schema import Summary
+from rakd.tables import markdown_table, pct
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -321,4 +322,42 @@ def _run_it(model: dict, example: str, chat: bool) -> list[str]:
         "llama-cpp-python's `Llama(...)` does not expose that switch; set `use_extra_bufts = False` in the "
         "model params it loads with (rakd's validation does this whenever `llama_print_system_info()` "
         "reports `AMX_INT8 = 1`).",
+    ]
+
+
+# ---------------------------------------------------------------- the stage contract (pipeline.registry)
+# (section config, RunLayout) -> summary, a small JSON dict read back from the outputs, so that a run that just
+# finished and outputs current under their key give the same summary; the stage's own summary rows.
+
+
+def done_file(layout: RunLayout) -> Path:
+    return layout.manifest
+
+
+def run_stage(cfg: PackageConfig, layout: RunLayout) -> Summary:
+    build_package(cfg, layout.root, force=True)  # the pipeline re-runs its own last stage
+    return read_stage(cfg, layout)
+
+
+def read_stage(cfg: PackageConfig, layout: RunLayout) -> Summary:
+    from deploy.manifest import verify_package
+
+    manifest = verify_package(layout.manifest.parent)
+    return {
+        "path": str(layout.manifest.parent),
+        "models": [m.model_dump() for m in manifest.models],
+        "files": len(manifest.files),
+    }
+
+
+def stage_rows(summary: Summary) -> list[dict]:
+    return [
+        {
+            "file": m["path"],
+            "artefact": m["label"],
+            "format": m["format"],
+            "accuracy": pct(m["metrics"]["accuracy"]),
+            "verified": f"{summary['files']} files, sha256",
+        }
+        for m in summary["models"]
     ]

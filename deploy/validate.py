@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import json
 import re
 import sys
 import tempfile
@@ -28,8 +29,9 @@ from deploy.report import apply_gates, format_report_md, plot_accuracy_vs_latenc
 from rakd.data.loaders import load_task_file
 from rakd.io import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
 from rakd.isolated import ChildCrashed, ChildFailed, run_isolated
+from rakd.layout import RunLayout
 from rakd.progress import Progress, is_terminal
-from rakd.schema import DataError, ModelLoadError
+from rakd.schema import DataError, ModelLoadError, Summary
 
 
 def load_problems(path: str | Path, limit: int) -> list[dict]:
@@ -219,3 +221,27 @@ def validate(cfg: ValidateConfig, path: str | Path, data: str | Path, out_dir: s
         atomic_write_text(staging / "report.md", format_report_md(report))
         plot_accuracy_vs_latency(report, staging / "accuracy_vs_latency.png")
     return ValidateResult(out_dir, report)
+
+
+# ---------------------------------------------------------------- the stage contract (pipeline.registry)
+# (section config, RunLayout) -> summary, a small JSON dict read back from the outputs, so that a run that just
+# finished and outputs current under their key give the same summary; the stage's own summary rows.
+
+
+def done_file(layout: RunLayout) -> Path:
+    return layout.report
+
+
+def run_stage(cfg: ValidateConfig, layout: RunLayout) -> Summary:
+    validate(cfg, layout.root, layout.split("test"), layout.validate)
+    return read_stage(cfg, layout)
+
+
+def read_stage(cfg: ValidateConfig, layout: RunLayout) -> Summary:
+    return {"path": str(layout.validate), "report": json.loads(layout.report.read_text())}
+
+
+def stage_rows(summary: Summary) -> list[dict]:
+    from deploy.report import validation_rows
+
+    return validation_rows(ValidationReport.from_json(summary["report"]).artefacts)

@@ -9,6 +9,7 @@ artefact passed parity.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -31,9 +32,11 @@ from export.quantize import (
     tensor_types,
 )
 from rakd.io import atomic_dir, atomic_write_json
+from rakd.layout import RunLayout
 from rakd.models.llamacpp import llama_settings
 from rakd.models.load import ModelLoadError, load_causal_lm
 from rakd.quant import quant
+from rakd.schema import Summary
 from rakd.tables import num
 
 
@@ -177,3 +180,29 @@ def parity_rows(parity: dict) -> list[dict]:
         }
         for r in parity["artefacts"]
     ]
+
+
+# ---------------------------------------------------------------- the stage contract (pipeline.registry)
+# (section config, RunLayout) -> summary, a small JSON dict read back from the outputs, so that a run that just
+# finished and outputs current under their key give the same summary; the stage's own summary rows.
+
+
+def done_file(layout: RunLayout) -> Path:
+    return layout.parity
+
+
+def run_stage(cfg: ExportConfig, layout: RunLayout) -> Summary:
+    """The student (and with `export.teacher` the teacher), each checked on the run's val questions."""
+    from export.parity import parity_questions
+
+    questions = parity_questions(None, layout, cfg.parity_prompts)
+    run_export(cfg, layout.student, layout.export, questions, teacher_dir=layout.teacher if cfg.teacher else None)
+    return read_stage(cfg, layout)
+
+
+def read_stage(cfg: ExportConfig, layout: RunLayout) -> Summary:
+    return {"path": str(layout.export), "parity": json.loads(layout.parity.read_text())}
+
+
+def stage_rows(summary: Summary) -> list[dict]:
+    return parity_rows(summary["parity"])

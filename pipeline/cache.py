@@ -16,9 +16,9 @@ import time
 import rakd
 from pipeline.config import PipelineConfig
 from pipeline.registry import BY_NAME, STAGES, Stage
-from pipeline.summary import Summary
 from rakd.io import fingerprint
 from rakd.layout import RunLayout
+from rakd.schema import Summary
 
 
 def run_stage(stage: Stage, cfg: PipelineConfig, key: str | None = None) -> Summary:

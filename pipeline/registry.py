@@ -1,18 +1,19 @@
 """The ordered stage registry: the one list that the CLI, `rakd demo`, the Prefect flow, the cache keys, the
 done-files and every summary table loop over.
 
-A `Stage` names its config section, the stage it depends on, its run function `(section config, RunLayout) ->
-summary` (a small JSON dict), its read function (the same summary read back from the outputs), the file it writes
-last, and its table rows. Adding a stage is one module with its config and run function plus one entry in `STAGES`
-(docs/design.md shows the diff).
+A `Stage` names its config section, the stage it depends on, and the module that implements it. That module keeps
+the stage contract: `run_stage(section config, RunLayout) -> summary` (a small JSON dict), `read_stage` (the same
+summary read back from the outputs), `done_file(layout)` (the file it writes last) and `stage_rows(summary)` (its
+summary table). Adding a stage is that module, its config section in `PipelineConfig`, and one entry in `STAGES`
+(docs/design.md shows the diff); the registry holds no code of any stage.
 
-This module, `pipeline.summary` and `pipeline.cli` are the composition root: the only modules that import every package.
-Heavy imports (torch, llama.cpp, ONNX Runtime) stay inside the run functions, so listing the stages costs nothing.
+The stage modules are imported when a stage runs or is read, so listing the stages (the CLI's help, the cache
+keys) imports neither torch, llama.cpp nor ONNX Runtime.
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,137 +22,42 @@ from typing import Any
 import pipeline.prep_cli as prep_cli
 from deploy import cli as deploy_cli
 from export import cli as export_cli
-from pipeline.config import PipelineConfig
-from pipeline.summary import (
-    Summary,
-    distill_rows,
-    export_rows,
-    package_rows,
-    prep_rows,
-    teacher_rows,
-    validate_rows,
-)
-from rakd.io import fingerprint_path, read_jsonl
-from rakd.layout import EVAL, EVAL_WARMSTART, METRICS, RunLayout
-from rakd.schema import StageConfig
+from rakd.io import fingerprint_path
+from rakd.layout import RunLayout
+from rakd.schema import Summary
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     section: str  # the PipelineConfig field holding this stage's config
-    run: Callable[[Any, RunLayout], Summary]
-    read: Callable[[Any, RunLayout], Summary]  # the summary of finished outputs, read back from them
-    done_file: Callable[[RunLayout], Path]  # written last: without it the stage has not finished
-    rows: Callable[[Summary], list[dict]]  # the stage's summary table
+    module: str  # the module that keeps the stage contract (run_stage, read_stage, done_file, stage_rows)
     help: str
     after: str | None = None  # the stage whose outputs this one reads (its key joins this one's)
     inputs: Callable[[Any], dict] = lambda cfg: {}  # user files whose bytes count in the cache key
     not_in_key: frozenset[str] = frozenset()  # config keys that never change the outputs
     training: bool = False  # long-running: progress artifact, training retries, resume from checkpoints
+    own_section: bool = True  # its rows are a section of the run's summary (False: a run-wide section shows them)
     add_arguments: Callable | None = None  # extra CLI arguments of `rakd <name>`
     command: Callable | None = None  # `rakd <name>` (args, config) -> exit code, when it is more than "run, print rows"
 
     @property
-    def config_class(self) -> type[StageConfig]:
-        return PipelineConfig.model_fields[self.section].annotation
+    def implementation(self):
+        return importlib.import_module(self.module)
 
+    def run(self, cfg, layout: RunLayout) -> Summary:
+        return self.implementation.run_stage(cfg, layout)
 
-# ---------------------------------------------------------------- run and read: (section config, layout) -> summary
-# A stage's summary is read back from its outputs, so that the same summary comes from a run that just finished
-# and from outputs that are current under their key (one cache truth: the key marker beside the outputs).
+    def read(self, cfg, layout: RunLayout) -> Summary:
+        """The summary of finished outputs, read back from them."""
+        return self.implementation.read_stage(cfg, layout)
 
+    def done_file(self, layout: RunLayout) -> Path:
+        """Written last: without it the stage has not finished."""
+        return self.implementation.done_file(layout)
 
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def run_prep(cfg, layout: RunLayout) -> Summary:
-    from rakd.stages.prep import run_prep as prep
-
-    prep(cfg, layout.root)
-    return read_prep(cfg, layout)
-
-
-def read_prep(cfg, layout: RunLayout) -> Summary:
-    return {"path": str(layout.card.parent), "card": _json(layout.card)}
-
-
-def run_teacher(cfg, layout: RunLayout) -> Summary:
-    from rakd.stages.teacher import run_teacher as teacher
-
-    teacher(cfg, layout.root)
-    return read_teacher(cfg, layout)
-
-
-def read_teacher(cfg, layout: RunLayout) -> Summary:
-    return {"path": str(layout.teacher), "eval": _json(layout.teacher / EVAL)}
-
-
-def run_distill(cfg, layout: RunLayout) -> Summary:
-    from rakd.stages.distill import run_distill as distill
-
-    distill(cfg, layout.root)
-    return read_distill(cfg, layout)
-
-
-def read_distill(cfg, layout: RunLayout) -> Summary:
-    keep = ("step", "reward_mean", "val_greedy_accuracy", "val_sampled_accuracy")
-    metrics = layout.student / METRICS  # absent when rl.steps is 0 (the warm start alone)
-    by_step = [
-        {k: row[k] for k in keep if k in row}
-        for row in (read_jsonl(metrics) if metrics.exists() else [])
-        if "val_greedy_accuracy" in row
-    ]
-    return {
-        "path": str(layout.student),
-        "eval": _json(layout.student / EVAL),
-        "eval_warmstart": _json(layout.student / EVAL_WARMSTART),
-        "val_by_step": by_step,
-    }
-
-
-def run_export(cfg, layout: RunLayout) -> Summary:
-    from export.parity import parity_questions
-    from export.run import run_export as export
-
-    questions = parity_questions(None, layout, cfg.parity_prompts)
-    teacher = layout.teacher if cfg.teacher else None
-    export(cfg, layout.student, layout.export, questions, teacher_dir=teacher)
-    return read_export(cfg, layout)
-
-
-def read_export(cfg, layout: RunLayout) -> Summary:
-    return {"path": str(layout.export), "parity": _json(layout.parity)}
-
-
-def run_validate(cfg, layout: RunLayout) -> Summary:
-    from deploy.validate import validate
-
-    validate(cfg, layout.root, layout.split("test"), layout.validate)
-    return read_validate(cfg, layout)
-
-
-def read_validate(cfg, layout: RunLayout) -> Summary:
-    return {"path": str(layout.validate), "report": _json(layout.report)}
-
-
-def run_package(cfg, layout: RunLayout) -> Summary:
-    from deploy.package import build_package
-
-    build_package(cfg, layout.root, force=True)  # the pipeline re-runs its own last stage
-    return read_package(cfg, layout)
-
-
-def read_package(cfg, layout: RunLayout) -> Summary:
-    from deploy.manifest import verify_package
-
-    manifest = verify_package(layout.manifest.parent)
-    return {
-        "path": str(layout.manifest.parent),
-        "models": [m.model_dump() for m in manifest.models],
-        "files": len(manifest.files),
-    }
+    def rows(self, summary: Summary) -> list[dict]:
+        return self.implementation.stage_rows(summary)
 
 
 def _checkpoint(model) -> dict:
@@ -162,10 +68,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "prep",
         "prep",
-        run_prep,
-        read_prep,
-        lambda layout: layout.card,
-        prep_rows,
+        "rakd.stages.prep",
+        own_section=False,
         help="prepare tasks: generate or load, deduplicate, split, write the data card",
         inputs=lambda cfg: {"file": fingerprint_path(cfg.path) if cfg.path else None},
         add_arguments=prep_cli.add_arguments,
@@ -174,10 +78,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "teacher",
         "teacher",
-        run_teacher,
-        read_teacher,
-        lambda layout: layout.teacher / EVAL,
-        teacher_rows,
+        "rakd.stages.teacher",
+        own_section=False,
         help="train the from-scratch teacher on CoT traces (or load a checkpoint) and evaluate it",
         after="prep",
         inputs=lambda cfg: _checkpoint(cfg.model),
@@ -186,10 +88,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "distill",
         "distill",
-        run_distill,
-        read_distill,
-        lambda layout: layout.student / EVAL,
-        distill_rows,
+        "rakd.stages.distill",
+        own_section=False,
         help="warm-start the student on teacher traces, then RL-aware distillation",
         after="teacher",
         inputs=lambda cfg: _checkpoint(cfg.student.model),
@@ -199,10 +99,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "export",
         "export",
-        run_export,
-        read_export,
-        lambda layout: layout.parity,
-        export_rows,
+        "export.run",
         help="export a HF model to ONNX and GGUF (+ quantised variants) and check parity with PyTorch",
         after="distill",
         add_arguments=export_cli.add_arguments,
@@ -211,10 +108,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "validate",
         "validation",
-        run_validate,
-        read_validate,
-        lambda layout: layout.report,
-        validate_rows,
+        "deploy.validate",
         help="accuracy and latency of every artefact on llama.cpp / ONNX Runtime, against gates",
         after="export",
         add_arguments=deploy_cli.add_validate_arguments,
@@ -223,10 +117,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "package",
         "package",
-        run_package,
-        read_package,
-        lambda layout: layout.manifest,
-        package_rows,
+        "deploy.package",
         help="bundle the best validated artefact with tokenizer, manifest (sha256) and model card",
         after="validate",
         add_arguments=deploy_cli.add_package_arguments,

@@ -5,65 +5,9 @@ built once as rows and rendered as text by the CLI and as markdown by the flow a
 
 from __future__ import annotations
 
-from typing import Any
-
+from pipeline.registry import BY_NAME, STAGES
+from rakd.schema import Summary
 from rakd.tables import pct
-
-Summary = dict[str, Any]
-
-
-def prep_rows(summary: Summary) -> list[dict]:
-    from rakd.stages.prep import card_rows
-
-    return card_rows(summary["card"])
-
-
-def teacher_rows(summary: Summary) -> list[dict]:
-    from rakd.evaluate import eval_row
-
-    before = summary["eval"].get("before")
-    return ([eval_row("teacher (before tuning)", before)] if before else []) + [eval_row("teacher", summary["eval"])]
-
-
-def distill_rows(summary: Summary) -> list[dict]:
-    from rakd.evaluate import eval_row
-
-    rows = [eval_row("warm start (test)", summary["eval_warmstart"])]
-    rows += [
-        {
-            "model": f"RL step {r['step']} (val)",
-            "greedy": pct(r.get("val_greedy_accuracy")),
-            "sampled": pct(r.get("val_sampled_accuracy")),
-        }
-        for r in summary["val_by_step"]
-    ]
-    return rows + [eval_row(f"{summary['eval'].get('method', 'distilled')} (test)", summary["eval"])]
-
-
-def export_rows(summary: Summary) -> list[dict]:
-    from export.run import parity_rows
-
-    return parity_rows(summary["parity"])
-
-
-def validate_rows(summary: Summary) -> list[dict]:
-    from deploy.record import ValidationReport
-    from deploy.report import validation_rows
-
-    return validation_rows(ValidationReport.from_json(summary["report"]).artefacts)
-
-
-def package_rows(summary: Summary) -> list[dict]:
-    return [
-        {
-            "file": m["path"],
-            "artefact": m["label"],
-            "format": m["format"],
-            "accuracy": pct(m["metrics"]["accuracy"]),
-            "verified": f"{summary['files']} files, sha256",
-        }
-        for m in summary["models"]
-    ]
 
 
 def accuracy_rows(results: dict[str, Summary]) -> list[dict]:
@@ -72,7 +16,7 @@ def accuracy_rows(results: dict[str, Summary]) -> list[dict]:
 
     rows = []
     if "teacher" in results:
-        rows += teacher_rows(results["teacher"])
+        rows += BY_NAME["teacher"].rows(results["teacher"])
     if "distill" in results:
         warm, final = results["distill"]["eval_warmstart"], results["distill"]["eval"]
         rows += [eval_row("student (warm start)", warm), eval_row(f"student ({final.get('method', '?')})", final)]
@@ -198,5 +142,4 @@ def summary_sections(results: dict[str, Summary], states: dict[str, str] | None 
     ):
         if rows:
             sections.append((title, rows))
-    tables = {"export": export_rows, "validate": validate_rows, "package": package_rows}
-    return sections + [(name, rows(results[name])) for name, rows in tables.items() if name in results]
+    return sections + [(s.name, s.rows(results[s.name])) for s in STAGES if s.own_section and s.name in results]

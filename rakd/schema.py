@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -33,6 +33,9 @@ LOSS_DEFAULTS = LossDefaults()
 
 # What a readout of a student keeps of its evaluation (rakd.evaluate): the distill stage's readouts and every
 # reading of a comparison job.
+# What a stage returns and reads back from its outputs (pipeline.registry): a small JSON dict.
+Summary = dict[str, Any]
+
 GREEDY_READING = ("greedy_accuracy", "greedy_stderr", "greedy_correct")
 
 

@@ -203,3 +203,97 @@ def test_the_flows_give_a_fresh_machine_s_ephemeral_prefect_server_time_to_start
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.split()[-1]) >= 120
+
+
+def named_in_docs(text: str) -> tuple[set[str], set[str]]:
+    """The dotted names of our packages (`rakd.x.y`, `export.run`, ...) and the file paths (`rakd/x.py`,
+    `tests/tiers.py`) a document writes in backticks."""
+    import re
+
+    spans = re.findall(r"`([^`\n]+)`", text)
+    roots = "|".join(PACKAGES)
+    dotted = {m for s in spans for m in re.findall(rf"\b(?:{roots})(?:\.\w+)+", s) if "/" not in s}
+    paths = {m for s in spans for m in re.findall(rf"\b(?:{roots}|tests|bench|configs)/[\w/.-]*\.(?:py|yaml)\b", s)}
+    return dotted, paths - EXAMPLES
+
+
+EXAMPLES = {"configs/x.yaml"}  # a placeholder the design writes in an error message
+
+
+def resolves(name: str) -> bool:
+    """Whether `name` is a module of ours, an attribute (a class, function, constant, field) of one, or a config
+    key (`export.teacher`: the `teacher` field of the `export` section)."""
+    import importlib
+
+    from pipeline.config import PipelineConfig
+
+    section, _, key = name.partition(".")
+    if section in PipelineConfig.model_fields and "." not in key:
+        config = PipelineConfig.model_fields[section].annotation
+        if key in getattr(config, "model_fields", {}):
+            return True
+
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            fields = getattr(found, "model_fields", None) or getattr(found, "__dataclass_fields__", None) or {}
+            if hasattr(found, attr):
+                found = getattr(found, attr)
+            elif attr in fields:
+                return True
+            else:
+                return False
+        return True
+    return False
+
+
+@pytest.mark.parametrize("document", ["docs/design.md", "README.md"])
+def test_every_module_and_file_the_design_names_exists(document):
+    dotted, paths = named_in_docs((ROOT / document).read_text())
+    missing = sorted(n for n in dotted if not resolves(n))
+    missing += sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, f"{document} names what is not in the code: {missing}"
+
+
+def test_the_docs_check_sees_names_and_refuses_what_is_not_there():
+    dotted, paths = named_in_docs(
+        "`rakd.stages.stop.val_stop`, `pipeline/cli.py`, `export.teacher` and `configs/x.yaml`"
+    )
+    assert dotted == {"rakd.stages.stop.val_stop", "export.teacher"} and paths == {"pipeline/cli.py"}
+    assert resolves("rakd.stages.stop.val_stop") and resolves("export.teacher") and resolves("rakd.quant.QuantType")
+    assert not resolves("rakd.stages.nowhere") and not resolves("rakd.stages.stop.no_such_function")
+    assert len(named_in_docs((ROOT / "docs/design.md").read_text())[0]) > 50  # the design names the code it describes
+
+
+def test_every_stage_module_keeps_the_stage_contract():
+    import inspect
+
+    from pipeline.config import PipelineConfig
+    from pipeline.registry import STAGES
+
+    for stage in STAGES:
+        module = stage.implementation
+        for name in ("run_stage", "read_stage", "done_file", "stage_rows"):
+            assert callable(getattr(module, name, None)), f"{stage.module} has no {name}"
+        assert list(inspect.signature(module.run_stage).parameters) == ["cfg", "layout"], stage.module
+        assert stage.section in PipelineConfig.model_fields, stage.section
+
+
+def test_a_stage_is_one_entry_and_the_summary_shows_its_rows(tmp_path, monkeypatch):
+    """A stage module with the contract and one `Stage` entry: the run's summary has its section."""
+    import sys
+
+    import pipeline.summary as summary
+    from pipeline.registry import STAGES, Stage
+
+    (tmp_path / "bench_stage.py").write_text("def stage_rows(summary):\n    return [{'tokens/s': summary['speed']}]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "bench_stage", raising=False)
+    extra = Stage("benchmark", "validation", "bench_stage", help="throughput on the device", after="validate")
+    monkeypatch.setattr(summary, "STAGES", (*STAGES, extra))
+    sections = dict(summary.summary_sections({"benchmark": {"speed": 42}}))
+    assert sections["benchmark"] == [{"tokens/s": 42}]

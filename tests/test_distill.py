@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 from conftest import MICRO_RUN
+from tiers import heavy_fixture
 
+import rakd.train.collect as collect
 import rakd.train.rl as rl
 from pipeline.config import load_config
 from rakd.evaluate import EvalResult
@@ -32,7 +34,7 @@ FAST = [
 ]
 
 
-@pytest.fixture(scope="module")
+@heavy_fixture(scope="module")
 def prepared(tmp_path_factory):
     """A run folder with data, tokenizer and a (barely) trained micro teacher."""
     root = tmp_path_factory.mktemp("runs")
@@ -145,7 +147,7 @@ def test_one_step_changes_every_student_parameter_and_no_teacher_parameter(
     method, tokenizer, tiny_records, monkeypatch, tmp_path
 ):
     # Mixed rewards so that every group carries an RL signal.
-    monkeypatch.setattr("rakd.train.rl.reward", lambda text, answer: float(len(text) % 2))
+    monkeypatch.setattr("rakd.train.collect.reward", lambda text, answer: float(len(text) % 2))
     teacher = build_model(preset_config("test-micro", tokenizer), seed=0).requires_grad_(False)
     student = build_model(preset_config("test-micro", tokenizer), seed=1)
     records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:8]]
@@ -168,7 +170,7 @@ def test_one_step_changes_every_student_parameter_and_no_teacher_parameter(
 def test_an_rl_step_runs_on_every_sampler(backend, tokenizer, tiny_records, monkeypatch, tmp_path):
     """`distill.rl.backend`: the `generate` and `static` samplers feed a `rakd` step that updates the student
     (`loop`, the default, is every other test's; the samplers' agreement is tests/test_rollout.py's)."""
-    monkeypatch.setattr("rakd.train.rl.reward", lambda text, answer: float(len(text) % 2))
+    monkeypatch.setattr("rakd.train.collect.reward", lambda text, answer: float(len(text) % 2))
     teacher = build_model(preset_config("test-micro", tokenizer), seed=0).requires_grad_(False)
     student = build_model(preset_config("test-micro", tokenizer), seed=1)
     records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:8]]
@@ -194,7 +196,7 @@ def test_tokenizer_mismatch_names_both(tokenizer, tmp_path, tiny_records):
 def test_all_equal_groups_are_skipped_or_distilled(
     zero_adv, expect_update, tokenizer, tiny_records, monkeypatch, tmp_path
 ):
-    monkeypatch.setattr("rakd.train.rl.reward", lambda text, answer: 0.0)  # every group degenerate
+    monkeypatch.setattr("rakd.train.collect.reward", lambda text, answer: 0.0)  # every group degenerate
     teacher = build_model(preset_config("test-micro", tokenizer), seed=0).requires_grad_(False)
     student = build_model(preset_config("test-micro", tokenizer), seed=1)
     records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:4]]
@@ -241,7 +243,7 @@ def test_minibatches_are_cut_from_the_world_rows_alike_for_any_number_of_ranks()
 
 def test_opd_and_gkd_train_on_every_group_without_redraws(tokenizer, tiny_records, monkeypatch, tmp_path):
     """A loss that reads no advantage keeps all-equal groups and draws once, whatever dynamic sampling says."""
-    monkeypatch.setattr("rakd.train.rl.reward", lambda text, answer: 0.0)  # every group all-wrong
+    monkeypatch.setattr("rakd.train.collect.reward", lambda text, answer: 0.0)  # every group all-wrong
     student = build_model(preset_config("test-micro", tokenizer), seed=1)
     records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:40]]
     cfg = RLConfig(prompts_per_step=2, group_size=4, max_new_tokens=6, min_informative_groups=3, max_draws=4)
@@ -262,7 +264,7 @@ def test_dynamic_sampling_draws_until_enough_mixed_groups_and_drops_the_rest(
         calls["n"] += 1
         return 0.0 if calls["n"] <= 8 else float(calls["n"] % 2)
 
-    monkeypatch.setattr("rakd.train.rl.reward", reward)
+    monkeypatch.setattr("rakd.train.collect.reward", reward)
     student = build_model(preset_config("test-micro", tokenizer), seed=1)
     records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:40]]
     cfg = RLConfig(prompts_per_step=2, group_size=4, max_new_tokens=6, min_informative_groups=3, max_draws=4)
@@ -296,10 +298,10 @@ def test_log_probs_are_taken_at_the_sampling_temperature(tokenizer, tiny_records
 
 def test_teacher_scores_only_the_rows_that_enter_the_loss(tokenizer, tiny_records, monkeypatch, tmp_path):
     import rakd.rollout.scoring as scoring
-    import rakd.train.rl as rl
+    import rakd.train.collect as collect
 
     outcomes = iter([1.0, 0.0, 1.0, 0.0] + [0.0] * 4)  # group 1 mixed, group 2 all wrong (no RL signal)
-    monkeypatch.setattr(rl, "reward", lambda text, answer: next(outcomes))
+    monkeypatch.setattr(collect, "reward", lambda text, answer: next(outcomes))
     scored, real = [], scoring.score_completions  # every torch scoring pass (teacher and π_old) goes through it
     monkeypatch.setattr(
         scoring,
@@ -318,7 +320,7 @@ def test_teacher_scores_only_the_rows_that_enter_the_loss(tokenizer, tiny_record
 
     # Two optimiser steps (two PPO epochs): π_old is scored before the first, on the same 4 rows.
     outcomes = iter([1.0, 0.0, 1.0, 0.0] + [0.0] * 4)
-    monkeypatch.setattr(rl, "reward", lambda text, answer: next(outcomes))
+    monkeypatch.setattr(collect, "reward", lambda text, answer: next(outcomes))
     scored.clear()
     cfg = cfg.model_copy(update={"ppo_epochs": 2})
     metrics = RLTrainer(student, teacher, tokenizer, records, [], "rakd", LossParams(), cfg, tmp_path, seed=0).step(0)
@@ -354,7 +356,7 @@ def test_warmstart_curriculum_names_the_record_without_a_difficulty():
 
 def test_the_warm_start_alone_is_a_distill_stage(prepared, tmp_path):
     """rl.steps=0 (SFT on the teacher's traces and nothing else) runs through the stage and its summary."""
-    from pipeline.registry import run_distill as run_stage
+    from rakd.stages.distill import run_stage
 
     cfg = fresh_run(prepared, tmp_path, "sft-only", ["distill.rl.steps=0"])
     summary = run_stage(cfg.distill, cfg.run.layout)
@@ -543,15 +545,15 @@ def test_seqkd_fresh_traces_new_questions_each_step_and_pays_for_them(tokenizer,
     from rakd.flops import ModelDims, rollout_flops
 
     traced = []
-    real_sample = rl.sample
+    real_sample = collect.sample
 
     def spy(model, tok, questions, **kw):
         batch = real_sample(model, tok, questions, **kw)
         traced.append((questions, rollout_flops(ModelDims.of(model), batch)))
         return batch
 
-    monkeypatch.setattr(rl, "sample", spy)
-    monkeypatch.setattr(rl, "reward", lambda text, answer: float(len(text) % 2))
+    monkeypatch.setattr(collect, "sample", spy)
+    monkeypatch.setattr(collect, "reward", lambda text, answer: float(len(text) % 2))
     teacher = build_model(preset_config("test-micro", tokenizer), seed=0).requires_grad_(False)
     student = build_model(preset_config("test-micro", tokenizer), seed=1)
     records = [{"question": r["question"], "answer": r["answer"]} for r in tiny_records[:12]]

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rakd.evaluate import evaluate_model
+from rakd.evaluate import eval_row, evaluate_model
 from rakd.flops import merge, with_total
 from rakd.io import claim_work, fingerprint, mark_work, read_jsonl, work_key
 from rakd.layout import (
@@ -34,10 +34,11 @@ from rakd.layout import (
 )
 from rakd.models.load import save_model
 from rakd.models.zoo import count_parameters
-from rakd.schema import ConfigError
+from rakd.schema import ConfigError, Summary
 from rakd.scorers import make_scorer
 from rakd.stages.config import DistillConfig
 from rakd.stages.warmstart import distill_records, load_models, run_warmstart, stage_precision
+from rakd.tables import pct
 from rakd.train.distributed import launch_torchrun, leave_world, plain_copy, shard, world_from_env
 from rakd.train.rl import RLTrainer
 
@@ -276,6 +277,50 @@ def launch_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> Distil
     result = json.loads((layout.student / EVAL).read_text())
     seconds = {**json.loads((layout.student / SECONDS).read_text()), "total": time.perf_counter() - t0}
     return DistillResult(layout.student, result, json.loads((layout.student / EVAL_WARMSTART).read_text()), seconds)
+
+
+# ---------------------------------------------------------------- the stage contract (pipeline.registry)
+# (section config, RunLayout) -> summary, a small JSON dict read back from the outputs, so that a run that just
+# finished and outputs current under their key give the same summary; the stage's own summary rows.
+
+
+def done_file(layout: RunLayout) -> Path:
+    return layout.student / EVAL
+
+
+def run_stage(cfg: DistillConfig, layout: RunLayout) -> Summary:
+    run_distill(cfg, layout.root)
+    return read_stage(cfg, layout)
+
+
+def read_stage(cfg: DistillConfig, layout: RunLayout) -> Summary:
+    keep = ("step", "reward_mean", "val_greedy_accuracy", "val_sampled_accuracy")
+    metrics = layout.student / METRICS  # absent when rl.steps is 0 (the warm start alone)
+    by_step = [
+        {k: row[k] for k in keep if k in row}
+        for row in (read_jsonl(metrics) if metrics.exists() else [])
+        if "val_greedy_accuracy" in row
+    ]
+    return {
+        "path": str(layout.student),
+        "eval": json.loads((layout.student / EVAL).read_text()),
+        "eval_warmstart": json.loads((layout.student / EVAL_WARMSTART).read_text()),
+        "val_by_step": by_step,
+    }
+
+
+def stage_rows(summary: Summary) -> list[dict]:
+    """The warm start and the distilled student on the test split, and the val checks between."""
+    rows = [eval_row("warm start (test)", summary["eval_warmstart"])]
+    rows += [
+        {
+            "model": f"RL step {r['step']} (val)",
+            "greedy": pct(r.get("val_greedy_accuracy")),
+            "sampled": pct(r.get("val_sampled_accuracy")),
+        }
+        for r in summary["val_by_step"]
+    ]
+    return rows + [eval_row(f"{summary['eval'].get('method', 'distilled')} (test)", summary["eval"])]
 
 
 if __name__ == "__main__":  # a torchrun worker: python -m rakd.stages.distill CONFIG_JSON RUN_DIR

@@ -20,7 +20,7 @@ from rakd.data.generator import generate
 from rakd.data.loaders import load_task_file
 from rakd.io import atomic_dir, atomic_write_json, sha256_bytes, sha256_file, to_jsonl
 from rakd.layout import RunLayout
-from rakd.schema import DataError
+from rakd.schema import DataError, Summary
 from rakd.verify import normalize_number, reward
 
 SPLITS = ("train", "val", "test")
@@ -160,3 +160,25 @@ def card_rows(card: dict) -> list[dict]:
     if "tokenizer" in card:
         rows.append(("tokenizer", f"{card['tokenizer']['vocab_size']} tokens"))
     return [{"item": item, "value": value} for item, value in rows]
+
+
+# ---------------------------------------------------------------- the stage contract (pipeline.registry)
+# (section config, RunLayout) -> summary, a small JSON dict read back from the outputs, so that a run that just
+# finished and outputs current under their key give the same summary; the stage's own summary rows.
+
+
+def done_file(layout: RunLayout) -> Path:
+    return layout.card
+
+
+def run_stage(cfg: PrepConfig, layout: RunLayout) -> Summary:
+    run_prep(cfg, layout.root)
+    return read_stage(cfg, layout)
+
+
+def read_stage(cfg: PrepConfig, layout: RunLayout) -> Summary:
+    return {"path": str(layout.card.parent), "card": json.loads(layout.card.read_text())}
+
+
+def stage_rows(summary: Summary) -> list[dict]:
+    return card_rows(summary["card"])

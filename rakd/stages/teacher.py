@@ -21,16 +21,16 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from rakd.evaluate import evaluate_model
+from rakd.evaluate import eval_row, evaluate_model
 from rakd.flops import with_total
 from rakd.io import atomic_write_json, claim_work, read_jsonl, work_key
 from rakd.layout import EVAL, EVAL_BEFORE, METRICS, RunLayout
 from rakd.models.load import load_causal_lm, save_model
 from rakd.models.zoo import build_model, count_parameters, preset_config
 from rakd.prompt import completion_text
-from rakd.schema import DataError
+from rakd.schema import DataError, Summary
 from rakd.stages.config import TeacherConfig
-from rakd.stages.stop import ValCheck, check_records, outcome
+from rakd.stages.stop import outcome, val_stop
 from rakd.train.common import pick_device, resolve_precision, set_threads
 from rakd.train.distributed import launch_torchrun, leave_world, world_from_env
 from rakd.train.sft import SFTTrainer
@@ -88,7 +88,12 @@ def run_teacher(cfg: TeacherConfig, run_dir: str | Path, log=print) -> TeacherRe
             precision=precision,
         )
         trainer.resume()
-        trainer.run(on_step=teacher_stop(cfg, model, tokenizer, layout, log, precision))
+        val = layout.split("val")
+        check = dict(model=model, tokenizer=tokenizer, eval_cfg=cfg.eval, log=log, precision=precision)
+        stop = val_stop(
+            cfg.stop, read_jsonl(val), f"teacher.stop: {val}", layout.teacher_work / METRICS, "teacher", **check
+        )
+        trainer.run(on_step=stop)
     if not world.main:  # rank 0 evaluates and writes the teacher; every rank holds the same weights
         world.barrier()
         return TeacherResult(layout.teacher, {}, time.perf_counter() - started)
@@ -129,22 +134,28 @@ def evaluation_before(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, w
     return json.loads(path.read_text())
 
 
-def teacher_stop(cfg: TeacherConfig, model, tokenizer, layout: RunLayout, log, precision: str) -> ValCheck | None:
-    """The SFT hook of `teacher.stop` (rakd.stages.stop) on the val split."""
-    if cfg.stop is None:
-        return None
-    records = check_records(read_jsonl(layout.split("val")), cfg.stop, f"teacher.stop: {layout.split('val')}")
-    return ValCheck.resuming(
-        layout.teacher_work / METRICS,
-        stop=cfg.stop,
-        model=model,
-        tokenizer=tokenizer,
-        records=records,
-        eval_cfg=cfg.eval,
-        name="teacher",
-        log=log,
-        precision=precision,
-    )
+# ---------------------------------------------------------------- the stage contract (pipeline.registry)
+# (section config, RunLayout) -> summary, a small JSON dict read back from the outputs, so that a run that just
+# finished and outputs current under their key give the same summary; the stage's own summary rows.
+
+
+def done_file(layout: RunLayout) -> Path:
+    return layout.teacher / EVAL
+
+
+def run_stage(cfg: TeacherConfig, layout: RunLayout) -> Summary:
+    run_teacher(cfg, layout.root)
+    return read_stage(cfg, layout)
+
+
+def read_stage(cfg: TeacherConfig, layout: RunLayout) -> Summary:
+    return {"path": str(layout.teacher), "eval": json.loads((layout.teacher / EVAL).read_text())}
+
+
+def stage_rows(summary: Summary) -> list[dict]:
+    """The teacher on the test split (and before its tuning, when it was tuned)."""
+    before = summary["eval"].get("before")
+    return ([eval_row("teacher (before tuning)", before)] if before else []) + [eval_row("teacher", summary["eval"])]
 
 
 if __name__ == "__main__":  # a torchrun worker: python -m rakd.stages.teacher CONFIG_JSON RUN_DIR
