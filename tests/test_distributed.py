@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiers import heavy_fixture
 
 from rakd.models.load import save_model
 from rakd.models.zoo import build_model, preset_config
@@ -60,7 +61,7 @@ def result(tmp: Path, run: str, method: str, rank: int = 0) -> dict:
     return load_file(str(tmp / run / f"{method}-rank-{rank}.safetensors"))
 
 
-@pytest.fixture(scope="module")
+@heavy_fixture(scope="module")
 def setup(tokenizer, tiny_records, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     save_model(build_model(preset_config("test-micro", tokenizer), seed=5), tokenizer, tmp / "model")
@@ -110,7 +111,7 @@ def test_minibatches_below_a_ranks_rows_take_the_one_process_step_with_pi_old(se
         assert float((rank0[key] - alone[key]).abs().max()) <= 1e-5, key
 
 
-@pytest.fixture(scope="module")
+@heavy_fixture(scope="module")
 def micro_run(tmp_path_factory):
     """A prepared micro run trained in one process: data, tokenizer and teacher (a 3-step teacher)."""
     from conftest import MICRO_RUN

