@@ -10,13 +10,13 @@ cache to disagree.
 
 from __future__ import annotations
 
-import json
 import time
 
 import rakd
 from pipeline.config import PipelineConfig
 from pipeline.registry import BY_NAME, STAGES, Stage
 from rakd.io import fingerprint
+from rakd.keys import read_marker, write_marker
 from rakd.layout import RunLayout
 from rakd.schema import Summary
 
@@ -54,12 +54,7 @@ def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
 
 def _marker(layout: RunLayout, stage: Stage) -> dict:
     """What `record_key` wrote for the stage: its key and the wall seconds of the run that made its outputs."""
-    path = layout.stage_key(stage.name)
-    try:
-        marker = json.loads(path.read_text())
-    except (OSError, ValueError):  # none yet, or an unreadable one: the outputs count as not current
-        return {}
-    return marker if isinstance(marker, dict) else {}
+    return read_marker(layout.stage_key(stage.name))  # none yet, or unreadable: {} (the outputs are not current)
 
 
 def outputs_current(layout: RunLayout, stage: Stage, key: str) -> bool:
@@ -71,9 +66,7 @@ def outputs_current(layout: RunLayout, stage: Stage, key: str) -> bool:
 def record_key(layout: RunLayout, stage: Stage, key: str, seconds: float | None = None) -> None:
     """Mark the stage's outputs as written under `key` by a run of `seconds` (what `outputs_current` and
     `current_summary` read back)."""
-    from rakd.io import atomic_write_json
-
-    atomic_write_json(layout.stage_key(stage.name), {"key": key, "seconds": seconds})
+    write_marker(layout.stage_key(stage.name), key, seconds=seconds)
 
 
 def current_summary(stage: Stage, cfg: PipelineConfig) -> Summary:

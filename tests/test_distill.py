@@ -367,7 +367,7 @@ def test_the_warm_start_alone_is_a_distill_stage(prepared, tmp_path):
 def leave_traces(cfg, traces: list[dict]) -> None:
     """The traces of a warm start's first round as a crashed run of `cfg` leaves them in its work folder, under its
     key (the teacher's cost made up: the micro teacher solves nothing)."""
-    from rakd.io import claim_work, work_key
+    from rakd.keys import claim_work, work_key
 
     work = cfg.run.layout.student_work
     claim_work(work, work_key(cfg.distill))

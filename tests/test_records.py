@@ -60,3 +60,27 @@ def test_an_evaluation_renders_one_row_and_one_line():
         == "student greedy 50.0% ± 28.9 sampled 37.5% ± 12.5 (n=4, no answer 25.0%)".split()
     )
     assert an_evaluation().reading() == {"greedy_accuracy": 0.5, "greedy_stderr": 0.289, "greedy_correct": "1010"}
+
+
+def test_one_marker_format_and_the_older_plain_key_still_reads(tmp_path):
+    """Every key marker is a JSON object with `key` (and what its writer keeps beside it); rakd 0.6.0's plain-text
+    work-folder and warm-start markers read as their key, so a run resumed across the upgrade keeps its work."""
+    from rakd.keys import WORK_KEY, claim_work, mark_work, marked, read_marker, write_marker
+
+    write_marker(tmp_path / "m.json", "abc123", seconds=4.5, row={"a": 1})
+    assert read_marker(tmp_path / "m.json") == {"key": "abc123", "seconds": 4.5, "row": {"a": 1}}
+    assert marked(tmp_path / "m.json", "abc123") and not marked(tmp_path / "m.json", "abc124")
+    assert read_marker(tmp_path / "none") == {}
+    (tmp_path / "broken").write_text('{"key": 5}')  # not a key: nothing is made under it
+    (tmp_path / "words").write_text("not a key\n")
+    assert read_marker(tmp_path / "broken") == {} == read_marker(tmp_path / "words")
+    work = tmp_path / "work"
+    (work / "checkpoints").mkdir(parents=True)
+    (work / WORK_KEY).write_text("0f" * 32)  # as rakd 0.6.0 wrote it
+    claim_work(work, "0f" * 32)
+    assert (work / "checkpoints").is_dir()  # the same key: the checkpoints stay
+    assert read_marker(work / WORK_KEY) == {"key": "0f" * 32}  # and the marker is left as it was
+    claim_work(work, "1e" * 32)
+    assert not (work / "checkpoints").exists() and marked(work / WORK_KEY, "1e" * 32)  # another key: set aside
+    mark_work(work / "warmstart", "2d" * 32)
+    assert (work / "warmstart" / WORK_KEY).read_text().startswith("{")  # written as JSON

@@ -3,7 +3,6 @@ it), read out at its budget and at the reference's steps and seconds, and that w
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -13,7 +12,8 @@ from pathlib import Path
 
 from rakd.compare.jobs import Job, named
 from rakd.flops import Ledger, compute_seconds
-from rakd.io import atomic_write_json, claim_work, fingerprint
+from rakd.io import fingerprint
+from rakd.keys import claim_work, marked, read_marker, write_marker
 from rakd.layout import EVAL_WARMSTART, METRICS, RunLayout
 from rakd.schema import GREEDY_READING
 
@@ -93,13 +93,14 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
     """One job from the shared warm start; returns its results row. The row is kept in `out/<job>.json` under a
     key (the job's distill config and the warm start's key), so a re-run of a killed comparison returns it
     without training; the job's run folder is removed after."""
-    from rakd.io import mark_work, read_jsonl
+    from rakd.io import read_jsonl
+    from rakd.keys import mark_work
     from rakd.stages.distill import run_distill, warmstart_work_key
 
     key = fingerprint({"distill": distill_cfg.model_dump(mode="json"), "warmstart": warmstart_key(warmstart)})
     kept = out / f"{job.name}.json"
-    if kept.is_file() and json.loads(kept.read_text()).get("key") == key:
-        return named(json.loads(kept.read_text())["row"])
+    if marked(kept, key):
+        return named(read_marker(kept)["row"])
     layout = RunLayout(out / job.name)
     link_run(base, warmstart, layout)
     mark_work(layout.warmstart, warmstart_work_key(distill_cfg))  # the job's own warm start: claim_work keeps it
@@ -151,15 +152,17 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
     }
     for part in ("sample", "teacher", "update"):
         row[f"seconds_{part}"] = sum(r.get(f"seconds_{part}", 0.0) for r in budget_rows)
-    atomic_write_json(kept, {"key": key, "row": row})
+    write_marker(kept, key, row=row)
     shutil.rmtree(layout.root, ignore_errors=True)
     return row
 
 
+WARMSTART_KEY = ".key"  # in a comparison's shared warm start: the key it was made under
+
+
 def warmstart_key(warmstart: Path) -> str | None:
     """The key a shared warm start was made under (`shared_warmstart`), or None for one without."""
-    key = warmstart / ".key"
-    return key.read_text() if key.is_file() else None
+    return read_marker(warmstart / WARMSTART_KEY).get("key")
 
 
 def parameter_ratio(teacher: Path, student: Path) -> dict:
@@ -187,16 +190,15 @@ def shared_warmstart(distill, layout: RunLayout, teacher_key: str, regime: str |
 
     key = fingerprint({"teacher": teacher_key, "warmstart": warmstart_work_key(distill)})  # the distill stage's key
     target = layout.comparison_warmstart(regime)
-    if (target / EVAL_WARMSTART).is_file() and (target / ".key").is_file():
-        if (target / ".key").read_text() == key:
-            return target
+    if (target / EVAL_WARMSTART).is_file() and marked(target / WARMSTART_KEY, key):
+        return target
     work = layout.comparison_warmstart_work(regime)
     link_base(layout, work, fresh=False)  # a killed warm start resumes from its traces and SFT checkpoints,
     claim_work(RunLayout(work).student_work, key)  # unless they were another config's: those are set aside
     made = prepare_warmstart(
         distill.model_copy(update={"eval": distill.eval.model_copy(update={"per_problem": True})}), work
     )
-    (made / ".key").write_text(key)
+    write_marker(made / WARMSTART_KEY, key)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(made, target)
     shutil.rmtree(work, ignore_errors=True)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from rakd.evaluate import eval_row, evaluate_model
 from rakd.flops import merge, with_total
-from rakd.io import claim_work, fingerprint, mark_work, read_jsonl, work_key
+from rakd.io import fingerprint, read_jsonl
+from rakd.keys import claim_work, mark_work, work_key
 from rakd.layout import (
     EVAL,
     EVAL_WARMSTART,

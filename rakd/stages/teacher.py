@@ -23,7 +23,8 @@ from transformers import AutoTokenizer
 
 from rakd.evaluate import eval_row, evaluate_model
 from rakd.flops import with_total
-from rakd.io import atomic_write_json, claim_work, read_jsonl, work_key
+from rakd.io import atomic_write_json, read_jsonl
+from rakd.keys import claim_work, work_key
 from rakd.layout import EVAL, EVAL_BEFORE, METRICS, RunLayout
 from rakd.models.load import load_causal_lm, save_model
 from rakd.models.zoo import build_model, count_parameters, preset_config
