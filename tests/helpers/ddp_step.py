@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-import rakd.train.rl as rl
+import rakd.train.collect as collect
 from rakd.models.load import load_causal_lm
 from rakd.train.collect import Collected, shared_positions
 from rakd.train.common import OptimConfig
@@ -34,12 +34,12 @@ def coin(text: str, answer: str) -> float:
 
 
 def main(model_dir: str, traces_path: str, out: str, methods: str) -> None:
-    real, rl.reward = rl.reward, coin  # restored: a test may call main() in its own process
+    real, collect.reward = collect.reward, coin  # restored: a test may call main() in its own process
     try:
         for method in methods.split(","):
             one_step(model_dir, traces_path, out, method)
     finally:
-        rl.reward = real
+        collect.reward = real
 
 
 def one_step(model_dir: str, traces_path: str, out: str, method: str) -> None:
@@ -110,7 +110,7 @@ class FixedBatchTrainer(RLTrainer):
         groups = self.world.share([self.traces[4 * g : 4 * g + 4] for g in range(4)])
         picked = [t for group in groups for t in group]
         batch = pack_pairs(self.tokenizer, [(t["question"], t["completion"]) for t in picked])
-        rewards = torch.tensor([rl.reward(text, t["answer"]) for text, t in zip(batch.texts, picked)])
+        rewards = torch.tensor([collect.reward(text, t["answer"]) for text, t in zip(batch.texts, picked)])
         return Collected(batch, rewards, {"reward_mean": 0.0}, shared_positions(self.world, len(groups), 4))
 
 
