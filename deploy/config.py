@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rakd.schema import StageConfig
 
@@ -53,6 +53,28 @@ class ValidateConfig(StageConfig):
     progress_every: int = Field(50, ge=1, description="a progress line every N problems (in logs)")
 
 
+class ShipBudget(StageConfig):
+    """What the shipped model must meet: the package takes the artefact it picks among every validated one that
+    passed its gates, the teacher's own included, so when no student meets it better than the teacher's own
+    quantisation, the teacher's ships (and the package says why)."""
+
+    latency_ms_p50: float | None = Field(None, gt=0, description="at most this latency per problem, p50 (ms)")
+    size_mb: float | None = Field(None, gt=0, description="at most this file size (MB)")
+    accuracy_loss: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="at most this far below the accuracy of the teacher's best artefact (0.03: 3 points), and then "
+        "the fastest such artefact; null: the most accurate within the latency and size budgets",
+    )
+
+    @model_validator(mode="after")
+    def _some_budget(self):
+        if self.latency_ms_p50 is None and self.size_mb is None and self.accuracy_loss is None:
+            raise ValueError("package.budget: give latency_ms_p50, size_mb or accuracy_loss (or budget: null)")
+        return self
+
+
 class PackageConfig(StageConfig):
     """The shipped bundle: the chosen artefact(s), tokenizer, model card, Modelfile and manifest."""
 
@@ -61,4 +83,9 @@ class PackageConfig(StageConfig):
     prefer: Literal["gguf", "onnx", "any"] = Field("gguf", description="format to ship when both passed")
     include: Literal["best", "best-per-format"] = Field(
         "best", description="the most accurate artefact that passed, or the best of each format"
+    )
+    budget: ShipBudget | None = Field(
+        None,
+        description="pick the artefact a latency, size or accuracy-loss budget allows, among the student's and the "
+        "teacher's (export.teacher: true); null: the most accurate of the student's",
     )

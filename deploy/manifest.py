@@ -34,6 +34,7 @@ class PackagedModel(_Strict):
     label: str
     format: Literal["gguf", "onnx"]
     path: str  # a file (.gguf) or folder (ONNX), relative to the package
+    model: Literal["student", "teacher"] = "student"  # the teacher's own artefact where a budget picked it
     metrics: dict
 
 
@@ -47,6 +48,7 @@ class Manifest(_Strict):
     teacher: dict | None
     student: dict | None
     models: list[PackagedModel] = Field(min_length=1)
+    chosen: str | None = None  # why the budget (package.budget) picked the model; None: the most accurate student's
     validation: dict
     files: dict[str, FileEntry]
 

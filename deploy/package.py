@@ -17,10 +17,10 @@ from pathlib import Path
 
 import yaml
 
-from deploy.config import PackageConfig
+from deploy.config import PackageConfig, ShipBudget
 from deploy.manifest import SCHEMA_VERSION, Manifest, PackageError, file_entries
 from deploy.record import ArtefactRecord, ValidationReport
-from deploy.report import validation_rows
+from deploy.report import pareto_front, validation_rows
 from deploy.serve import stop_texts
 from rakd.io import atomic_dir, atomic_write_json, atomic_write_text
 from rakd.layout import RunLayout
@@ -44,7 +44,10 @@ TOKENIZER_FILES = (
 
 
 def choose(report: ValidationReport, cfg: PackageConfig) -> list[ArtefactRecord]:
-    """The artefacts to ship: best accuracy among those that passed (ties: smaller file, then lower p95 latency)."""
+    """The artefacts to ship: with `budget`, the one it picks (`within_budget`); else the best accuracy among the
+    student's that passed (ties: smaller file, then lower p95 latency)."""
+    if cfg.budget is not None:
+        return [within_budget(report, cfg.budget)[0]]
     candidates = report.shippable()
     if not candidates:
         raise PackageError(f"no exported artefact passed validation, nothing to package ({report.failures()})")
@@ -55,6 +58,63 @@ def choose(report: ValidationReport, cfg: PackageConfig) -> list[ArtefactRecord]
         ]
     preferred = [r for r in candidates if r.format == cfg.prefer] or candidates
     return [min(preferred, key=rank)]
+
+
+def within_budget(report: ValidationReport, budget: ShipBudget) -> tuple[ArtefactRecord, str]:
+    """(the artefact `budget` picks, why in one sentence): among every artefact that passed its gates and has a
+    latency, the student's and the teacher's alike, those within the latency and size budgets; with
+    `accuracy_loss`, the fastest (then smallest) of those at most that far below the teacher's best artefact, else
+    the most accurate (ties: the student's, then the faster). A teacher's artefact is picked only where no
+    student's does as well: the sentence says so, and what the best student's did."""
+    passed = [r for r in report.artefacts if r.passed and not r.reference and r.latency_ms_p50 is not None]
+    teacher = [r for r in passed if r.model == "teacher"]
+    within = [
+        r
+        for r in passed
+        if (budget.latency_ms_p50 is None or r.latency_ms_p50 <= budget.latency_ms_p50)
+        and (budget.size_mb is None or (r.size_mb or 0.0) <= budget.size_mb)
+    ]
+    said = [f"p50 <= {budget.latency_ms_p50:g} ms" if budget.latency_ms_p50 else ""]
+    said += [f"size <= {budget.size_mb:g} MB" if budget.size_mb else ""]
+    if budget.accuracy_loss is not None:
+        if not teacher:
+            raise PackageError(
+                "package.budget.accuracy_loss is measured against the teacher's artefacts, and none passed "
+                "validation: export and validate them (export.teacher: true)"
+            )
+        best = max(teacher, key=lambda r: r.accuracy)
+        floor = best.accuracy - budget.accuracy_loss
+        within = [r for r in within if r.accuracy >= floor - 1e-9]
+        said.append(f"accuracy >= {100 * floor:.1f}% ({100 * budget.accuracy_loss:g} points below {best.label})")
+        rank = lambda r: (r.latency_ms_p50, r.size_mb or 0.0, r.model == "teacher")  # noqa: E731
+    else:
+        rank = lambda r: (-r.accuracy, r.model == "teacher", r.latency_ms_p50, r.size_mb or 0.0)  # noqa: E731
+    constraint = ", ".join(x for x in said if x)
+    if not within:
+        raise PackageError(f"no validated artefact meets package.budget ({constraint}): {_points(passed)}")
+    pick = min(within, key=rank)
+    front = {r.label for r in pareto_front(report.artefacts)}
+    where = "on" if pick.label in front else "off"
+    why = f"{pick.label}: {_point(pick)}, {where} the accuracy-latency front; the budget: {constraint}"
+    if pick.model == "teacher":
+        best_student = max((r for r in passed if r.model != "teacher"), key=lambda r: r.accuracy, default=None)
+        why += "; the teacher's own artefact, since no student artefact " + (
+            f"does as well within it (the best student artefact: {best_student.label}, {_point(best_student)})"
+            if best_student
+            else "passed validation"
+        )
+    elif teacher:
+        rival = min([r for r in within if r.model == "teacher"] or teacher, key=rank)
+        why += f"; the teacher's {rival.label}: {_point(rival)}"
+    return pick, why
+
+
+def _point(r: ArtefactRecord) -> str:
+    return f"{100 * r.accuracy:.1f}% at {r.latency_ms_p50:.0f} ms p50, {r.size_mb or 0.0:.0f} MB"
+
+
+def _points(records: list[ArtefactRecord]) -> str:
+    return "; ".join(f"{r.label} {_point(r)}" for r in sorted(records, key=lambda r: r.latency_ms_p50)) or "none"
 
 
 def describe_model(folder: Path) -> dict | None:
@@ -113,6 +173,7 @@ def build_package(
         raise FileExistsError(f"{out_dir}: a package is already there; pass --force to replace it")
     report = ValidationReport.from_json(json.loads(report_path.read_text()))
     chosen = choose(report, cfg)
+    why = within_budget(report, cfg.budget)[1] if cfg.budget is not None else None
     config_path = layout.config
     configs = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     with atomic_dir(out_dir) as staging:
@@ -126,9 +187,16 @@ def build_package(
             else:
                 shutil.copyfile(source, staging / source.name)
             models.append(
-                {"label": record.label, "format": record.format, "path": source.name, "metrics": record.summary()}
+                {
+                    "label": record.label,
+                    "format": record.format,
+                    "path": source.name,
+                    "model": record.model,
+                    "metrics": record.summary(),
+                }
             )
-        tokenizer_source = layout.student
+        shipped = layout.teacher if chosen[0].model == "teacher" else layout.student  # its tokenizer and template
+        tokenizer_source = shipped
         copied = [name for name in TOKENIZER_FILES if (tokenizer_source / name).is_file()]
         for name in copied:
             (staging / "tokenizer").mkdir(exist_ok=True)
@@ -143,6 +211,7 @@ def build_package(
             "teacher": describe_model(layout.teacher),
             "student": describe_model(layout.student),
             "models": models,
+            "chosen": why,
             "validation": {
                 key: getattr(report, key) for key in ("data", "machine", "threads", "gates", "reference", "created_at")
             }
@@ -152,7 +221,7 @@ def build_package(
         if gguf_model:
             atomic_write_text(staging / "Modelfile", ollama_modelfile(gguf_model["path"], staging / gguf_model["path"]))
         example = next((r.samples[0]["question"] for r in chosen if r.samples), None)
-        atomic_write_text(staging / "README.md", model_card(manifest, example, has_chat_template(layout.student)))
+        atomic_write_text(staging / "README.md", model_card(manifest, example, has_chat_template(shipped)))
         manifest["files"] = file_entries(staging)
         Manifest.model_validate(manifest)
         atomic_write_json(staging / "manifest.json", manifest)
@@ -218,6 +287,14 @@ def model_card(manifest: dict, example: str | None = None, chat: bool = False) -
         + ".",
         "",
     ]
+    if manifest.get("chosen"):
+        teacher_shipped = any(m.get("model") == "teacher" for m in manifest["models"])
+        lines += [
+            "Chosen by the package's budget"
+            + (", and it is the teacher's own artefact" if teacher_shipped else "")
+            + f": {manifest['chosen']}.",
+            "",
+        ]
     lines += ["## Models", "", "| role | architecture | parameters | layers | hidden |", "|---|---|---|---|---|"]
     for role, desc in (("teacher", teacher), ("student", student)):
         if desc:
@@ -347,6 +424,7 @@ def read_stage(cfg: PackageConfig, layout: RunLayout) -> Summary:
         "path": str(layout.manifest.parent),
         "models": [m.model_dump() for m in manifest.models],
         "files": len(manifest.files),
+        "chosen": manifest.chosen,
     }
 
 
@@ -358,6 +436,7 @@ def stage_rows(summary: Summary) -> list[dict]:
             "format": m["format"],
             "accuracy": pct(m["metrics"]["accuracy"]),
             "verified": f"{summary['files']} files, sha256",
+            **({"why": summary["chosen"]} if summary.get("chosen") else {}),
         }
         for m in summary["models"]
     ]

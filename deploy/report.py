@@ -63,8 +63,26 @@ def _flips(record: ArtefactRecord) -> str:
     return "-" if wrong is None else f"-{wrong} / +{right}"
 
 
+def pareto_front(records: list[ArtefactRecord]) -> list[ArtefactRecord]:
+    """The artefacts no other beats on both accuracy and latency p50 (at least as good on both, better on one), in
+    order of latency; only those with both measured (a PyTorch reference has no latency)."""
+    points = [r for r in records if r.accuracy is not None and r.latency_ms_p50 is not None]
+
+    def beaten(r: ArtefactRecord) -> bool:
+        return any(
+            o.accuracy >= r.accuracy
+            and o.latency_ms_p50 <= r.latency_ms_p50
+            and (o.accuracy > r.accuracy or o.latency_ms_p50 < r.latency_ms_p50)
+            for o in points
+        )
+
+    return sorted((r for r in points if not beaten(r)), key=lambda r: r.latency_ms_p50)
+
+
 def validation_rows(records: list[ArtefactRecord]) -> list[dict]:
-    """Validation records (a report's, or a manifest's summaries read back) as table rows, one per artefact."""
+    """Validation records (a report's, or a manifest's summaries read back) as table rows, one per artefact; `front`
+    says which are on the accuracy-latency Pareto front of them all."""
+    front = {r.label for r in pareto_front(records)}
     return [
         {
             "artefact": r.label,
@@ -86,6 +104,7 @@ def validation_rows(records: list[ArtefactRecord]) -> list[dict]:
             "mean tokens": num(r.mean_new_tokens, ".1f"),
             "truncated": pct(r.truncation_rate),
             "loops": pct(r.loop_rate),
+            "front": "yes" if r.label in front else ("-" if r.latency_ms_p50 is None else ""),
             "result": _result(r),
         }
         for r in records
@@ -217,6 +236,18 @@ def plot_accuracy_vs_latency(report: ValidationReport, path: Path) -> None:
                 xytext=(5, (4, -11, 15)[turn % 3]),
                 fontsize=8,
             )
+    front = pareto_front(measured)
+    if len(front) > 1:  # the accuracy-latency front: what no other artefact beats on both
+        acc.step(
+            [r.latency_ms_p50 for r in front],
+            [100 * r.accuracy for r in front],
+            where="post",
+            color="tab:blue",
+            linestyle=":",
+            linewidth=1,
+            label="Pareto front",
+        )
+        acc.legend(fontsize=8, loc="lower right")
     for ax in (acc, kld):
         ax.set_xlabel(f"latency per problem, p50 (ms, {report.threads} thread(s))")
         ax.grid(alpha=0.3)

@@ -259,6 +259,12 @@ def test_package_is_built_verified_and_refuses_to_overwrite(report, run_dir, tmp
     assert onnx["models"][0]["label"] == "onnx-fp32" and "onnx-fp32/model.onnx" in onnx["files"]
     both = build_package(PackageConfig(include="best-per-format"), run_dir, tmp_path / "onnx-package", force=True)
     assert {m["format"] for m in both.manifest["models"]} == {"gguf", "onnx"}
+    budget = PackageConfig.model_validate({"budget": {"latency_ms_p50": 1e6}})  # the most accurate within it
+    picked = build_package(budget, run_dir, tmp_path / "budget-package")
+    chosen = verify_package(picked.out_dir).chosen
+    assert chosen.startswith(picked.manifest["models"][0]["label"] + ": ") and "p50 <= 1e+06 ms" in chosen
+    assert "Chosen by the package's budget" in (picked.out_dir / "README.md").read_text()
+    assert picked.manifest["models"][0]["model"] == "student"
     runtime = load_package(package)
     assert runtime.generate("1+2=?", 4).new_tokens <= 4
     runtime.close()
@@ -370,3 +376,59 @@ def test_the_teacher_is_exported_and_validated_beside_the_student_and_never_ship
     assert "The student against shipping the teacher" in format_report_md(report)
     manifest = build_package(PackageConfig(), run).manifest
     assert [m["label"] for m in manifest["models"]] in (["gguf-f16"], ["gguf-q8_0"])
+
+
+def _point(label, accuracy, latency, size, model="student", **over):
+    return ArtefactRecord(
+        label, "gguf", model=model, accuracy=accuracy, latency_ms_p50=latency, size_mb=size, n=300, passed=True, **over
+    )
+
+
+def _report(*records):
+    from deploy.record import ValidationReport
+
+    return ValidationReport("now", "run", {"n": 300}, {}, 2, 64, {}, "pytorch", {"student": "pytorch"}, list(records))
+
+
+# the student's three GGUFs and the teacher's two, at the sizes and speeds of a pruned SmolLM2 pair
+SWEEP = (
+    _point("gguf-f16", 0.84, 180.0, 160.0),
+    _point("gguf-q8_0", 0.83, 110.0, 86.0),
+    _point("gguf-q4_k_m", 0.78, 100.0, 70.0),
+    _point("teacher/gguf-q8_0", 0.87, 370.0, 145.0, model="teacher"),
+    _point("teacher/gguf-q4_k_m", 0.86, 310.0, 105.0, model="teacher"),
+    ArtefactRecord("pytorch", "pytorch", reference=True, accuracy=0.85, n=300),
+)
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_on_accuracy_and_latency():
+    from deploy.report import pareto_front, validation_rows
+
+    front = [r.label for r in pareto_front(list(SWEEP))]
+    assert front == ["gguf-q4_k_m", "gguf-q8_0", "gguf-f16", "teacher/gguf-q4_k_m", "teacher/gguf-q8_0"]
+    slower_and_worse = _point("gguf-q6_k", 0.80, 120.0, 100.0)  # q8_0 is faster and more accurate
+    assert "gguf-q6_k" not in {r.label for r in pareto_front([*SWEEP, slower_and_worse])}
+    rows = {r["artefact"]: r["front"] for r in validation_rows([*SWEEP, slower_and_worse])}
+    assert rows["gguf-q8_0"] == "yes" and rows["gguf-q6_k"] == "" and rows["pytorch"] == "-"
+
+
+def test_a_budget_picks_from_the_student_s_and_the_teacher_s_artefacts_and_says_why():
+    from deploy.config import ShipBudget
+    from deploy.package import within_budget
+
+    report = _report(*SWEEP)
+    pick, why = within_budget(report, ShipBudget(accuracy_loss=0.03))  # at least 84%: the fastest such
+    assert pick.label == "gguf-f16" and "accuracy >= 84.0% (3 points below teacher/gguf-q8_0)" in why
+    assert "on the accuracy-latency front" in why and "teacher/gguf-q4_k_m: 86.0% at 310 ms" in why
+    pick, _ = within_budget(report, ShipBudget(latency_ms_p50=150))  # the most accurate within 150 ms
+    assert pick.label == "gguf-q8_0"
+    pick, why = within_budget(report, ShipBudget(accuracy_loss=0.01))  # only the teacher's are within a point
+    assert pick.label == "teacher/gguf-q4_k_m" and pick.model == "teacher"
+    assert "the teacher's own artefact, since no student artefact does as well" in why and "gguf-f16, 84.0%" in why
+    with pytest.raises(PackageError, match=r"no validated artefact meets package.budget \(p50 <= 50 ms\)"):
+        within_budget(report, ShipBudget(latency_ms_p50=50))
+    students_only = _report(*(r for r in SWEEP if r.model != "teacher"))
+    with pytest.raises(PackageError, match="accuracy_loss is measured against the teacher's artefacts"):
+        within_budget(students_only, ShipBudget(accuracy_loss=0.03))
+    with pytest.raises(ValueError, match="give latency_ms_p50, size_mb or accuracy_loss"):
+        ShipBudget()
