@@ -69,4 +69,5 @@ def test_the_smollm_config_runs_every_stage_on_the_real_model(tmp_path, smollm_g
     report = results["validate"]["report"]
     assert report["references"] == {"student": "pytorch", "teacher": "teacher/pytorch"}
     manifest = json.loads((cfg.run.dir / "package" / "manifest.json").read_text())
-    assert [m["label"] for m in manifest["models"]] == ["gguf-f16"]
+    assert [m["label"] for m in manifest["models"]] == ["gguf-f16"]  # the fastest within 3 points of the teacher
+    assert manifest["chosen"].startswith("gguf-f16: ") and "3 points below teacher/gguf-f16" in manifest["chosen"]
