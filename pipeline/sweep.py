@@ -1,0 +1,131 @@
+"""A size sweep on one teacher: students of several sizes (the teacher pruned to N layers by measurement, and
+optionally each kept layer's feed-forward channels cut to F), each distilled, exported and validated in its own
+run folder that shares the base run's data, tokenizer and tuned teacher; then one report of every student's and
+the teacher's artefacts on the accuracy-latency plane, the Pareto front drawn, from the same test problems on one
+machine at one thread count.
+
+    rakd-sweep: run_sweep("configs/smollm.yaml", overrides, sweep_points(["20", "15", "10", "15:1024"]), out)
+
+The first point exports and validates the teacher's artefacts beside its student (as the config says); the others
+validate their own student only, so the teacher is measured once. Every stage is cached by its key, so a killed
+sweep resumes in the stage it was in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.record import ValidationReport
+from deploy.report import pareto_front, plot_accuracy_vs_latency, validation_rows
+from pipeline.cache import outputs_current, run_missing, run_stage, stage_keys
+from pipeline.config import PipelineConfig, load_config
+from pipeline.registry import STAGES
+from rakd.compare.run import link_base
+from rakd.io import atomic_write_json, atomic_write_text
+from rakd.schema import ConfigError
+from rakd.tables import markdown_table
+
+SWEPT = ("distill", "export", "validate")  # each point's own stages; prep and the teacher are the base run's
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One student of the sweep: its name (`l15`, `l15-f1024`) and the config overrides that make it."""
+
+    name: str
+    overrides: tuple[str, ...]
+
+
+def sweep_points(sizes: list[str]) -> list[SweepPoint]:
+    """`"15"`: 15 layers; `"15:1024"`: 15 layers of 1024 feed-forward channels each."""
+    points = []
+    for size in sizes:
+        found = re.fullmatch(r"(\d+)(?::(\d+))?", size.strip())
+        if not found:
+            raise ConfigError(f"sweep size {size!r}: expected LAYERS or LAYERS:FFN_CHANNELS, e.g. 15 or 15:1024")
+        layers, ffn = found.groups()
+        overrides = ["distill.student.model=null", "distill.student.from_teacher_every_k=null"]
+        overrides.append(f"distill.student.prune.layers={layers}")
+        overrides.append(f"distill.student.prune.ffn={ffn or 'null'}")
+        points.append(SweepPoint(f"l{layers}" + (f"-f{ffn}" if ffn else ""), tuple(overrides)))
+    if len({p.name for p in points}) != len(points):
+        raise ConfigError(f"sweep sizes {sizes}: a size is given twice")
+    return points
+
+
+def point_config(config: str | Path, overrides: list[str], base: PipelineConfig, point: SweepPoint, first: bool):
+    """The point's pipeline config: the base config in a run folder of its own, its student's size, and (but for
+    the first point) no teacher artefacts to export again."""
+    extra = [f"run.name={base.run.name}-{point.name}", *point.overrides]
+    if not first:
+        extra.append("export.teacher=false")
+    return load_config(config, [*overrides, *extra])
+
+
+def run_sweep(config: str | Path, overrides: list[str], points: list[SweepPoint], out: Path, log=print) -> dict:
+    """Every point distilled, exported and validated (each stage only where its outputs are not current), then the
+    sweep's report in `out`: `sweep.json` (every artefact with its point and whether it is on the front),
+    `sweep.md` and `accuracy_vs_latency.png`. Returns the report as `sweep.json` holds it."""
+    if not points:
+        raise ConfigError("a sweep needs at least one size")
+    base = load_config(config, [*overrides, *points[0].overrides])  # a student section that loads; prep and teacher
+    log(f"[sweep] the base run {base.run.dir}: prep and the teacher")
+    run_missing(base, ("prep", "teacher"))
+    reports = {}
+    for index, point in enumerate(points):
+        cfg = point_config(config, overrides, base, point, first=index == 0)
+        link_base(base.run.layout, cfg.run.dir, fresh=False)  # the base run's data, tokenizer and teacher
+        keys = stage_keys(cfg)
+        for stage in (s for s in STAGES if s.name in SWEPT):
+            current = outputs_current(cfg.run.layout, stage, keys[stage.name])
+            log(f"[sweep] {point.name}: {stage.name} {'current' if current else 'running'}")
+            if not current:
+                run_stage(stage, cfg, keys[stage.name])
+        reports[point.name] = ValidationReport.from_json(json.loads(cfg.run.layout.report.read_text()))
+    return write_sweep(combine(reports), out)
+
+
+def combine(reports: dict[str, ValidationReport]) -> ValidationReport:
+    """One report of every point's artefacts, each student's labelled `<point>/<label>`, and the teacher's
+    artefacts from the first point that validated them; the first report's data, machine and threads (every point
+    validates the same test problems with the same settings)."""
+    first = next(iter(reports.values()))
+    artefacts, teacher = [], []
+    for name, report in reports.items():
+        for record in report.artefacts:
+            if record.model == "teacher":
+                teacher = teacher or [r for r in report.artefacts if r.model == "teacher"]
+                continue
+            artefacts.append(dataclasses.replace(record, label=f"{name}/{record.label}"))
+    same = (first.data.get("sha256"), first.threads)
+    differs = [name for name, r in reports.items() if (r.data.get("sha256"), r.threads) != same]
+    if differs:
+        raise ConfigError(f"sweep points {differs} validated other problems or thread counts than the first")
+    return dataclasses.replace(first, artefacts=artefacts + teacher, source="sweep")
+
+
+def write_sweep(report: ValidationReport, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    front = {r.label for r in pareto_front(report.artefacts)}
+    rows = [
+        {
+            "artefact": r.label,
+            "model": r.model,
+            "accuracy": r.accuracy,
+            "latency_ms_p50": r.latency_ms_p50,
+            "size_mb": r.size_mb,
+            "passed": r.passed,
+            "front": r.label in front,
+        }
+        for r in report.artefacts
+    ]
+    data = {"n": report.data.get("n"), "threads": report.threads, "machine": report.machine, "artefacts": rows}
+    atomic_write_json(out / "sweep.json", data)
+    text = f"# Size sweep: every student and the teacher, {report.data.get('n')} test problems\n\n"
+    atomic_write_text(out / "sweep.md", text + markdown_table(validation_rows(report.artefacts)) + "\n")
+    plot_accuracy_vs_latency(report, out / "accuracy_vs_latency.png")
+    return data
