@@ -42,21 +42,10 @@ def quantised(tokenizer, tmp_path_factory):
     return {ftype: quantize_gguf(f16, folder / f"model-{ftype}.gguf", ftype, 1) for ftype in ("q8_0", "q4_0")}
 
 
-def evaluate_gguf(spec: dict) -> dict:
-    """Child-process body: load through open_llama and evaluate a few tokens (segfaulted on AMX before the fix)."""
-    llm = llamacpp.open_llama(spec["path"], n_ctx=64, logits_all=True)
-    ids = llm.tokenize(b"12*13-4+7=?\n", add_bos=True, special=True)
-    llm.eval(ids)
-    row = [float(x) for x in llm.scores[len(ids) - 1]]
-    result = {"extra": llm.model_params.use_extra_bufts, "vocab": len(row), "finite": all(abs(x) < 1e30 for x in row)}
-    llm.close()
-    return result
-
-
 @pytest.mark.parametrize("ftype", ["q8_0", "q4_0"])
 def test_quantised_ggufs_evaluate(quantised, ftype):
     # In a child process: on a machine where this regresses, the test fails instead of killing the suite.
-    result = run_isolated("tests.test_llamacpp:evaluate_gguf", {"path": str(quantised[ftype])}, what=ftype)
+    result = run_isolated("tests.helpers.llamacpp_child:evaluate_gguf", {"path": str(quantised[ftype])}, what=ftype)
     assert result["finite"] and result["vocab"] > 100
     assert result["extra"] == llamacpp.llama_settings()["use_extra_bufts"]
 
@@ -74,18 +63,11 @@ def test_open_llama_applies_the_decision(quantised, monkeypatch, info, expected)
     assert lib.llama_model_default_params is original  # the defaults are restored after loading
 
 
-def abort_now(spec: dict) -> dict:
-    import os
-
-    print("about to abort", file=__import__("sys").stderr, flush=True)
-    os.abort()
-
-
 def test_isolated_child_errors_and_crashes_are_reported(tmp_path):
     with pytest.raises(ChildFailed, match="KeyError"):
-        run_isolated("tests.test_llamacpp:evaluate_gguf", {}, what="x")
+        run_isolated("tests.helpers.llamacpp_child:evaluate_gguf", {}, what="x")
     with pytest.raises(ChildCrashed, match=r"boom crashed \(signal 6\); last output: about to abort"):
-        run_isolated("tests.test_llamacpp:abort_now", {}, what="boom")
+        run_isolated("tests.helpers.llamacpp_child:abort_now", {}, what="boom")
 
 
 def test_a_native_crash_in_export_parity_fails_that_artefact_only(tokenizer, quantised, tmp_path, monkeypatch):
