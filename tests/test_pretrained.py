@@ -48,6 +48,7 @@ def architecture(kind: str, vocab: int):
     return LlamaForCausalLM(LlamaConfig(**shared, tie_word_embeddings=False)).eval()
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_pretrained_architectures_export_with_parity(kind, chat_tokenizer, tmp_path):
     model = architecture(kind, len(chat_tokenizer))
@@ -111,6 +112,7 @@ def test_unsupported_settings_are_named(chat_tokenizer, tmp_path):
         export_gguf(model, chat_tokenizer, tmp_path / "m.gguf")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
 def test_a_pretrained_pair_runs_every_stage_to_a_package(kind, chat_tokenizer, tmp_path, capsys):
     """A Qwen2 (tied, biases) or Llama (untied) teacher and a smaller student of its family from HF folders (random
