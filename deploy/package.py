@@ -43,11 +43,12 @@ TOKENIZER_FILES = (
 # ---------------------------------------------------------------- choosing and describing
 
 
-def choose(report: ValidationReport, cfg: PackageConfig) -> list[ArtefactRecord]:
-    """The artefacts to ship: with `budget`, the one it picks (`within_budget`); else the best accuracy among the
-    student's that passed (ties: smaller file, then lower p95 latency)."""
+def choose(report: ValidationReport, cfg: PackageConfig) -> tuple[list[ArtefactRecord], str | None]:
+    """(the artefacts to ship, why): with `budget`, the one it picks and its sentence (`within_budget`); else the
+    best accuracy among the student's that passed (ties: smaller file, then lower p95 latency), and None."""
     if cfg.budget is not None:
-        return [within_budget(report, cfg.budget)[0]]
+        pick, why = within_budget(report, cfg.budget)
+        return [pick], why
     candidates = report.shippable()
     if not candidates:
         raise PackageError(f"no exported artefact passed validation, nothing to package ({report.failures()})")
@@ -55,9 +56,9 @@ def choose(report: ValidationReport, cfg: PackageConfig) -> list[ArtefactRecord]
     if cfg.include == "best-per-format":
         return [
             min(group, key=rank) for fmt in ("gguf", "onnx") if (group := [r for r in candidates if r.format == fmt])
-        ]
+        ], None
     preferred = [r for r in candidates if r.format == cfg.prefer] or candidates
-    return [min(preferred, key=rank)]
+    return [min(preferred, key=rank)], None
 
 
 def within_budget(report: ValidationReport, budget: ShipBudget) -> tuple[ArtefactRecord, str]:
@@ -172,8 +173,7 @@ def build_package(
     if out_dir.exists() and not force:
         raise FileExistsError(f"{out_dir}: a package is already there; pass --force to replace it")
     report = ValidationReport.from_json(json.loads(report_path.read_text()))
-    chosen = choose(report, cfg)
-    why = within_budget(report, cfg.budget)[1] if cfg.budget is not None else None
+    chosen, why = choose(report, cfg)
     config_path = layout.config
     configs = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     with atomic_dir(out_dir) as staging:

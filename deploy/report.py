@@ -66,17 +66,11 @@ def _flips(record: ArtefactRecord) -> str:
 def pareto_front(records: list[ArtefactRecord]) -> list[ArtefactRecord]:
     """The artefacts no other beats on both accuracy and latency p50 (at least as good on both, better on one), in
     order of latency; only those with both measured (a PyTorch reference has no latency)."""
+    from rakd.compare.results import pareto_front as front_of
+
     points = [r for r in records if r.accuracy is not None and r.latency_ms_p50 is not None]
-
-    def beaten(r: ArtefactRecord) -> bool:
-        return any(
-            o.accuracy >= r.accuracy
-            and o.latency_ms_p50 <= r.latency_ms_p50
-            and (o.accuracy > r.accuracy or o.latency_ms_p50 < r.latency_ms_p50)
-            for o in points
-        )
-
-    return sorted((r for r in points if not beaten(r)), key=lambda r: r.latency_ms_p50)
+    front = set(front_of([(r.latency_ms_p50, r.accuracy) for r in points]))
+    return sorted((r for r in points if (r.latency_ms_p50, r.accuracy) in front), key=lambda r: r.latency_ms_p50)
 
 
 def validation_rows(records: list[ArtefactRecord]) -> list[dict]:
