@@ -10,6 +10,7 @@ plus the paired problem component), at equal training FLOPs and at the reference
 
     python bench/compare_regimes.py                      # edge, trace, base
     python bench/compare_regimes.py --regimes edge trace --name 2026-12-03-ledger
+    python bench/compare_regimes.py --evidence hard=compare-hard-2026-12-04   # the rule's evidence, recomputed
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from rakd.compare import (  # noqa: E402
     sweeps_lr,
     write_results,
 )
+from rakd.compare.evidence import regime_evidence  # noqa: E402
+from rakd.compare.record import context_lines, context_record, read_comparison  # noqa: E402
+from rakd.stages.advice import EVIDENCE_FILE  # noqa: E402
 from rakd.tables import markdown_table  # noqa: E402
 
 REFERENCE = "rakd/a0.5"  # every regime's reference jobs: what the table's intervals are against
@@ -60,17 +64,9 @@ def regime_rows(cfg) -> tuple[list[dict], dict, Path]:
     folder = cfg.run.layout.comparison(cfg.compare.regime)
     results = folder / "results"
     if (results / "results.json").is_file():
-        data = json.loads((results / "results.json").read_text())
-        answers = json.loads((results / "per_problem.json").read_text())
-        rows = [{**row, "greedy_correct": answers[row["name"]]} for row in data["runs"]]
-        for key in ("at_reference_steps", "at_reference_seconds"):  # the seconds reading is newer: may be absent
-            kept = results / f"per_problem_{key}.json"
-            readings = json.loads(kept.read_text()) if kept.is_file() else {}
-            for row in rows:
-                if row.get(key):
-                    row[key] = {**row[key], "greedy_correct": readings[row["name"]]}
-        if not any(k == "PARTIAL" for k in data["context"]):
-            return [named(row) for row in rows], data["context"], results
+        kept = read_comparison(results)
+        if not kept.context.get("partial"):
+            return [named(row) for row in kept.rows], kept.context, results
     rows = [named(json.loads(p.read_text())["row"]) for p in sorted((folder / "jobs").glob("*.json"))]
     if sweeps_lr(cfg.compare):
         # a variant's learning rate is chosen only once its whole sweep has finished: a part of it would bias it
@@ -104,8 +100,7 @@ def keep(regime: str, config: Path, date: str | None, runs_commit: str | None = 
         partial += "run to the end"
         reference = reference_variant(jobs)
         rows.sort(key=lambda r: (r["variant"] != reference, r["name"]))
-        context = {"config": f"{cfg.run.name}, regime {regime}", "PARTIAL": partial, "jobs": len(rows)}
-        context.update(partial_context(cfg, rows))
+        context = partial_context(cfg, rows, partial)
         with tempfile.TemporaryDirectory() as tmp:
             write_results(rows, Path(tmp), cfg.compare, reference, context)
             shutil.copytree(Path(tmp) / "results", out, dirs_exist_ok=True)
@@ -114,25 +109,29 @@ def keep(regime: str, config: Path, date: str | None, runs_commit: str | None = 
     return rows, context
 
 
-def partial_context(cfg, rows: list[dict]) -> dict:
+def partial_context(cfg, rows: list[dict], partial: str) -> dict:
     """What a finished comparison's context says that its finished jobs and its folder still tell: the warm start's
     accuracy, the step-0 diagnostic, the teacher:student ratio, the group shape."""
-    from rakd.compare.diagnostic import describe
     from rakd.compare.run import parameter_ratio
 
     layout = cfg.run.layout
-    context = {"warm start greedy": f"{100 * rows[0]['warmstart_greedy_accuracy']:.1f}%"}
-    context["prompts x G"] = f"{cfg.distill.rl.prompts_per_step} x {cfg.distill.rl.group_size}"
     warmstart = layout.comparison_warmstart(cfg.compare.regime)
-    if warmstart.is_dir():
-        params = parameter_ratio(layout.teacher, warmstart)
-        ratio = f"{params['teacher']:,} : {params['student']:,} ({params['ratio']:.1f}x)"
-        context["teacher:student non-embedding parameters"] = ratio
     diagnostic = layout.comparison(cfg.compare.regime) / "diagnostic.json"
-    if diagnostic.is_file():
-        step0 = describe(json.loads(diagnostic.read_text())["diagnostic"])
-        context["step 0 (TRRD's teacher term on the warm start's own samples)"] = step0
-    return context
+    return context_record(
+        config=f"{cfg.run.name}, regime {cfg.compare.regime}",
+        jobs=len(rows),
+        budget=cfg.compare.budget,
+        budget_per_job=None,
+        reference=reference_variant(plan_jobs(cfg.compare, cfg.distill)),
+        reference_steps=cfg.compare.steps or cfg.distill.rl.steps,
+        prompts_per_step=cfg.distill.rl.prompts_per_step,
+        group_size=cfg.distill.rl.group_size,
+        level=cfg.compare.interval_level,
+        warmstart_greedy=rows[0]["warmstart_greedy_accuracy"],
+        parameters=parameter_ratio(layout.teacher, warmstart) if warmstart.is_dir() else None,
+        step0=json.loads(diagnostic.read_text())["diagnostic"] if diagnostic.is_file() else None,
+        partial=partial,
+    )
 
 
 def regime_table(kept: dict[str, tuple[list[dict], dict]]) -> list[dict]:
@@ -197,6 +196,27 @@ def plot(kept: dict[str, tuple[list[dict], dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def write_evidence(pairs: list[str]) -> Path:
+    """Recompute the rule's evidence (rakd/stages/evidence.json): every regime it holds, from its committed folder,
+    plus each REGIME=FOLDER of `pairs` (a folder under bench/results/), added or replacing that regime's record."""
+    from rakd.io import atomic_write_json
+
+    current = json.loads(EVIDENCE_FILE.read_text())["regimes"] if EVIDENCE_FILE.is_file() else []
+    folders = {record["regime"]: record["results"] for record in current}
+    for pair in pairs:
+        regime, sep, folder = pair.partition("=")
+        if not sep or not (ROOT / "bench" / "results" / folder / "results.json").is_file():
+            raise SystemExit(f"--evidence {pair}: expected REGIME=FOLDER, a comparison kept under bench/results/")
+        folders[regime] = folder
+    records = [regime_evidence(regime, ROOT / "bench" / "results" / folder) for regime, folder in folders.items()]
+    atomic_write_json(EVIDENCE_FILE, {"regimes": records})
+    for record in records:
+        print(f"{record['regime']}: pass {100 * record['pass_rate']:.1f}%, {record['ratio']:.1f}x, best "
+              f"{record['best']}, level {', '.join(record['level']) or '-'} ({record['results']})")  # fmt: skip
+    print(f"wrote {EVIDENCE_FILE.relative_to(ROOT)}")
+    return EVIDENCE_FILE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regimes", nargs="+", default=["edge", "trace", "base"], help=f"of {list(REGIMES)}")
@@ -212,7 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         help="write only the table and figure of the regimes side by side, without copying each regime's results "
         "(those kept earlier, with the commit their jobs ran at, stay as they are)",
     )
+    parser.add_argument(
+        "--evidence",
+        nargs="*",
+        metavar="REGIME=FOLDER",
+        help="only recompute the which-method-when rule's evidence (rakd/stages/evidence.json) from the committed "
+        "results: every regime it holds, plus each REGIME=FOLDER given (a folder under bench/results/)",
+    )
     args = parser.parse_args(argv)
+    if args.evidence is not None:
+        write_evidence(args.evidence)
+        return 0
     kept = {}
     for regime in args.regimes:
         config = Path("configs") / f"compare-{regime}.yaml"
@@ -229,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     for regime, (rows, context) in kept.items():
         lines.append(
             f"- **{regime}** ({REGIMES.get(regime, '')}): {len(rows)} jobs; "
-            + "; ".join(f"{k} {v}" for k, v in context.items() if k not in ("config", "jobs"))
+            + "; ".join(line for line in context_lines(context) if not line.startswith(("config:", "jobs:")))
         )
     lines += ["", markdown_table(table), ""]
     (out / "regimes.md").write_text("\n".join(lines))

@@ -248,9 +248,12 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
     assert all(r["flops"]["student_sample"] > 0 and r["flops"]["teacher_score"] > 0 for r in reference)
     saved = json.loads((results / "results.json").read_text())
     assert {r["name"] for r in saved["runs"]} == set(rows)
-    context = saved["context"]
-    assert context["budget"] == "flops" and context["teacher:student non-embedding parameters"].endswith("x)")
-    assert "TRRD's clip removes" in context["step 0 (TRRD's teacher term on the warm start's own samples)"]
+    context = saved["context"]  # numbers: the ratio, the step-0 diagnostic, the budget each job got
+    assert context["budget"] == "flops" and context["budget_per_job"]["flops_budget"] > 0
+    params = context["parameters"]
+    assert params["teacher"] >= params["student"] > 0 and params["ratio"] == params["teacher"] / params["student"]
+    assert 0 <= context["step0"]["pass_rate"] <= 1 and context["step0"]["prompts"] > 0
+    assert context["jobs"] == len(rows) and context["failed_jobs"] == 0
     assert (tmp_path / "cmp" / "compare" / "diagnostic.json").is_file()
     expected = {
         "method",
@@ -274,7 +277,8 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
     assert expected <= set(saved["runs"][0])
     markdown = (results / "results.md").read_text()
     assert "vs rakd (α=0.5) at equal budget" in markdown and "| rank |" in markdown
-    assert "vs rakd (α=0.5) at equal steps" in markdown and context["interval"].startswith("95%, Welch t")
+    assert "vs rakd (α=0.5) at equal steps" in markdown and context["interval"]["level"] == 0.95
+    assert "- interval: 95%, Welch t" in markdown and "- teacher:student non-embedding parameters: " in markdown
     assert "vs rakd (α=0.5) at equal seconds" in markdown
     assert (results / "per_problem_at_reference_seconds.json").is_file()
     assert (results / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -60,15 +60,17 @@ def test_the_leader_and_the_methods_level_with_it():
         ("rakd_lower", 0): [0] * 6, ("rakd_lower", 1): [0] * 6,
     }  # fmt: skip
     jobs = [Job(method, seed, 1e-4, 0.5, 1.0) for method, seed in answers]
-    rows = [{**dataclasses.asdict(job), "name": job.name} for job in jobs]  # as results.json keeps them
-    per_problem = {job.name: enc(answers[job.method, job.seed]) for job in jobs}
-    runs = runs_by_method(rows, per_problem)
+    rows = [  # as rakd.compare.record.read_comparison reads them back
+        {**dataclasses.asdict(job), "name": job.name, "greedy_correct": enc(answers[job.method, job.seed])}
+        for job in jobs
+    ]
+    runs = runs_by_method(rows)
     assert runs["grpo"] == [[1, 1, 1, 1, 0, 1], [1, 1, 1, 0, 1, 1]] and set(runs) == {"grpo", "opd", "rakd_lower"}
     # grpo 10/12, opd 8/12: within noise of 2 seeds x 6 problems; all-wrong rakd_lower is not
     assert leaders(runs) == ("grpo", ("opd",))
     other = Job("grpo", 0, 1e-4, 0.5, 1.0, lr_in_variant=True)  # another variant of grpo
     with pytest.raises(ValueError, match="several variants of one method"):
-        runs_by_method([*rows, {**dataclasses.asdict(other), "name": "x"}], {**per_problem, "x": enc([1] * 6)})
+        runs_by_method([*rows, {**dataclasses.asdict(other), "name": "x", "greedy_correct": enc([1] * 6)}])
 
 
 @pytest.mark.parametrize("seed_sd", [0.05, 0.3])

@@ -1,6 +1,7 @@
 """Comparing distillation methods from one shared warm start at an equal budget: the plan (`jobs`), the policy
-that runs it (`policy`), one job and the shared warm start (`run`), and the results (`stats`, `results`: statistics,
-tables, plots).
+that runs it (`policy`), one job and the shared warm start (`run`), and the results (`record`: a kept comparison
+read back, its context as numbers; `stats`, `results`: statistics, tables, plots; `evidence`: the
+which-method-when rule's evidence from a kept comparison).
 
 A comparison plans one job per (method, seed, lr) plus, for `rakd`, one per α (and with the teacher clamp switched
 off). Every job starts from the same warm-started student (made once) and evaluates on val every `eval_every` steps

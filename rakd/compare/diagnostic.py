@@ -89,15 +89,3 @@ def warmstart_diagnostic(distill, layout, warmstart, folder, *, prompts: int = 6
     )
     atomic_write_json(kept, {"key": key, "diagnostic": result})
     return result
-
-
-def describe(diagnostic: dict) -> str:
-    """One line for a comparison's context."""
-    d = diagnostic
-    return (
-        f"{d['prompts']} x {d['group_size']} own samples: pass {100 * d['pass_rate']:.1f}%, mixed groups "
-        f"{100 * d['informative_groups']:.0f}%; log π − log π_T median {d['gap_median']:+.2f} "
-        f"(5-95%: {d['gap_p5']:+.2f} .. {d['gap_p95']:+.2f}), clamped {100 * d['clamped']:.1f}%; TRRD's clip "
-        f"removes the gradient of {100 * d['positive_no_gradient']:.1f}% of A > 0 tokens and "
-        f"{100 * d['negative_no_gradient']:.1f}% of A < 0 tokens"
-    )

@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from rakd.compare.diagnostic import describe, warmstart_diagnostic
+from rakd.compare.diagnostic import warmstart_diagnostic
 from rakd.compare.jobs import (
     Job,
     choose_lrs,
@@ -27,9 +27,9 @@ from rakd.compare.jobs import (
     sweep_jobs,
     sweeps_lr,
 )
+from rakd.compare.record import context_record, describe_step0
 from rakd.compare.results import write_results
 from rakd.compare.run import parameter_ratio
-from rakd.flops import format_flops
 from rakd.layout import EVAL_WARMSTART, RunLayout
 from rakd.stages.config import CompareConfig, DistillConfig
 
@@ -80,7 +80,7 @@ def run_comparison(
     folder = layout.comparison(compare.regime)
     jobs = plan_jobs(compare, distill)
     diagnostic = warmstart_diagnostic(distill, layout, warmstart, folder)
-    log(f"step 0 of the warm start: {describe(diagnostic)}")
+    log(f"step 0 of the warm start: {describe_step0(diagnostic)}")
     log(f"{len(jobs)} jobs from the warm start in {warmstart}")
     failed: list[dict] = []
 
@@ -115,33 +115,25 @@ def run_comparison(
         rows += run([job for job in extra if job.variant == reference], None)
         rows += run([job for job in extra if job.variant != reference], budget)
     steps = compare.steps or distill.rl.steps
-    params = parameter_ratio(layout.teacher, warmstart)
-    context = {
-        "config": title + (f", regime {compare.regime}" if compare.regime else ""),
-        "warm start greedy": f"{100 * rows[0]['warmstart_greedy_accuracy']:.1f}%",
-        "warm start FLOPs (shared, not in the budget)": format_flops(warmstart_flops(warmstart)),
-        "jobs": len(rows),
-        "budget": compare.budget,
-        "budget per job": describe_budget(budget, steps),
-        "reference": f"{reference}, {steps} RL steps",
-        "prompts x G": f"{distill.rl.prompts_per_step} x {distill.rl.group_size}",
-        "teacher:student non-embedding parameters": f"{params['teacher']:,} : {params['student']:,} "
-        f"({params['ratio']:.1f}x)",
-        "step 0 (TRRD's teacher term on the warm start's own samples)": describe(diagnostic),
-    }
-    if failed:
-        context["failed jobs"] = f"{len(failed)} (listed at the end; their variants are read without them)"
+    context = context_record(
+        config=title + (f", regime {compare.regime}" if compare.regime else ""),
+        jobs=len(rows),
+        budget=compare.budget,
+        budget_per_job=budget,
+        reference=reference,
+        reference_steps=steps,
+        prompts_per_step=distill.rl.prompts_per_step,
+        group_size=distill.rl.group_size,
+        level=compare.interval_level,
+        warmstart_greedy=rows[0]["warmstart_greedy_accuracy"],
+        warmstart_flops=warmstart_flops(warmstart),
+        parameters=parameter_ratio(layout.teacher, warmstart),
+        step0=diagnostic,
+        failed_jobs=len(failed),
+    )
     tables = write_results(rows, folder, compare, reference, context, sweep, failed)
     return Comparison(rows, sweep, failed, tables, folder / "results")
 
 
 def warmstart_flops(warmstart: Path) -> int:
     return json.loads((warmstart / EVAL_WARMSTART).read_text()).get("flops", {}).get("total", 0)
-
-
-def describe_budget(budget: dict, steps: int) -> str:
-    if "flops_budget" in budget:
-        return f"{format_flops(budget['flops_budget'])} of training"
-    if "time_budget_s" in budget:
-        return f"{budget['time_budget_s']:.0f} s of RL"
-    return f"{steps} RL steps"

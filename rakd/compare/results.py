@@ -7,7 +7,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from rakd.compare.stats import INTERVAL, correctness, difference_interval
+from rakd.compare.record import context_lines
+from rakd.compare.stats import correctness, difference_interval
 from rakd.flops import format_flops
 from rakd.stages.config import CompareConfig
 
@@ -185,7 +186,6 @@ def write_results(
 
     tables = {"methods": summary_rows(rows, reference, cfg.interval_level), "alpha": alpha_rows(rows)}
     tables["learning rates"] = lr_rows(sweep or [], rows)
-    context = {**context, "interval": f"{cfg.interval_level:.0%}, {INTERVAL}"}
     readings = ("at_reference_steps", "at_reference_seconds")
 
     def slim_row(row: dict) -> dict:
@@ -208,7 +208,7 @@ def write_results(
         lines = [
             "# Distillation methods compared",
             "",
-            *[f"- {k}: {v}" for k, v in context.items()],
+            *[f"- {line}" for line in context_lines(context)],
             "",
             "## Methods, ranked (test greedy / sampled accuracy and pass@k, mean ± std over seeds)",
             "",

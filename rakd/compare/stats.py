@@ -16,11 +16,9 @@ interval. `tests/test_compare_stats.py` checks the coverage by simulation.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -87,27 +85,25 @@ def bits(encoded: str) -> list[int]:
     return [int(c) for c in decode_answers(encoded)]
 
 
-def runs_by_method(rows: list[dict], per_problem: dict[str, str]) -> dict[str, list[list[int]]]:
-    """A comparison's runs (results.json's rows) with their answers (per_problem.json: job name -> encoded greedy
-    answers) as each method's runs (seeds), each a list of 0/1 per problem. One variant per method is expected (a
-    comparison with several α or clamps of one method is refused, naming them)."""
+def runs_by_method(rows: list[dict], reading: str | None = None) -> dict[str, list[list[int]]]:
+    """A comparison's runs (rows carrying their `greedy_correct`, as `rakd.compare.record.read_comparison` reads
+    them) as each method's runs (seeds), each a list of 0/1 per problem; `reading` (`at_reference_steps`,
+    `at_reference_seconds`): the rows' answers at that reading instead, from the rows that have it. One variant per
+    method is expected (a comparison with several α or clamps of one method is refused, naming them)."""
     from rakd.compare.jobs import named
 
     variants: dict[str, set[str]] = {}
     runs: dict[str, list[list[int]]] = {}
     for row in map(named, rows):
+        answers = row.get(reading) if reading else row
+        if not answers:
+            continue
         variants.setdefault(row["method"], set()).add(row["variant"])
-        runs.setdefault(row["method"], []).append(bits(per_problem[row["name"]]))
+        runs.setdefault(row["method"], []).append(correctness(answers))
     several = {m: sorted(v) for m, v in variants.items() if len(v) > 1}
     if several:
         raise ValueError(f"several variants of one method: {several}")
     return runs
-
-
-def comparison_runs(results: Path) -> dict[str, list[list[int]]]:
-    """`runs_by_method` of the comparison kept in the folder `results` (its results.json and per_problem.json)."""
-    rows = json.loads((results / "results.json").read_text())["runs"]
-    return runs_by_method(rows, json.loads((results / "per_problem.json").read_text()))
 
 
 def leaders(runs: dict[str, list[list[int]]], level: float = 0.95) -> tuple[str, tuple[str, ...]]:

@@ -2,9 +2,10 @@
 
 Two measurements decide it, both known before RL spends anything: the warm-started student's pass rate on its RL
 pool (RL step 1's samples, before any update) and the teacher:student ratio of non-embedding parameters. The
-evidence is the table below: one row per measured regime, the method that led it at equal training FLOPs and those
-level with it (tests/test_advice.py recomputes both from the committed per-problem results), as docs/results.md
-("Which method when") reports it. The rule reads:
+evidence is `evidence.json` beside this module: one record per measured regime, computed from its committed results
+folder by `rakd.compare.evidence` (`bench/compare_regimes.py --evidence` writes it; tests/test_advice.py recomputes
+every record from the per-problem answers kept in git), as docs/results.md ("Which method when") reports it. The
+rule reads:
 
 1. A warm start stopped by a target it reached, before its val plateau, still has traces to learn from: SFT on
    them led every other method per FLOP, 18-23 points over TRRD, where it was measured (edge, hard and both ratio
@@ -27,8 +28,10 @@ steps or seconds rather than FLOPs.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 SPARSE = 0.15  # between the hard regime's 5.7% (the teacher pays) and the base regime's 21.5% (it does not)
 SATURATED = 0.95  # above it few groups have mixed rewards: RL has little left to learn (the default's 99.8%: 2%)
@@ -37,44 +40,63 @@ CHEAP_TEACHER = 4.0  # between the 2x regime (SeqKD over GRPO +6.2 per FLOP) and
 STRONG_TEACHER = 15.0  # between the 8x regimes (GKD per step +4.5 over TRRD) and the 22.5x one (+11.0)
 
 
-@dataclass(frozen=True)
+EVIDENCE_FILE = Path(__file__).with_name("evidence.json")  # written by bench/compare_regimes.py --evidence
+LABELS = {"rakd": "TRRD", "grpo": "GRPO", "grpo_kl": "KDRL", "seqkd_fresh": "SeqKD", "gkd": "GKD", "opd": "OPD",
+          "rakd_lower": "TRRD-lower", "sft": "more SFT", "fkl": "FKL"}  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: one object per regime
 class Evidence:
-    """One measured regime: the student's pass rate on its RL pool at step 0, the teacher:student ratio, the method
-    of highest test greedy accuracy at equal training FLOPs (continuing SFT on the warm start's traces aside: rule
-    1) and those whose 95% Welch interval against it includes zero, what they did against TRRD, and the per-step
-    reading where it differs."""
+    """One measured regime (a record of `rakd.compare.evidence.regime_evidence`): the student's pass rate on its RL
+    pool at step 0, the teacher:student ratio, the method of highest test greedy accuracy at equal training FLOPs
+    (continuing SFT on the warm start's traces aside: rule 1) and those whose 95% Welch interval against it includes
+    zero, and each method against TRRD per FLOP, per step and per second (the readings the comparison took)."""
 
     regime: str
     pass_rate: float
     ratio: float
     best: str
     level: tuple[str, ...]
-    against_trrd: str
     results: str  # the committed results folder under bench/results/
-    per_step: str = ""
+    seeds: dict
+    greedy: dict
+    best_with_continue: str
+    per_flop: dict
+    per_step: dict
+    per_second: dict
+
+    @classmethod
+    def of(cls, record: dict) -> Evidence:
+        from rakd.compare.stats import Interval
+
+        def intervals(name: str) -> dict[str, Interval]:
+            return {
+                m: Interval(*(math.nan if v is None else v for v in triple), math.nan)
+                for m, triple in record.get(name, {}).items()
+            }
+
+        fields = {k: record[k] for k in ("regime", "pass_rate", "ratio", "best", "results", "seeds", "greedy")}
+        return cls(**fields, level=tuple(record["level"]), best_with_continue=record["best_with_continue"],
+                   per_flop=intervals("per_flop"), per_step=intervals("per_step"),
+                   per_second=intervals("per_second"))  # fmt: skip
+
+    def against(self, method: str, reading: str = "per_flop") -> str:
+        """'SeqKD +8.5 [+5.7, +11.3]': `method` against TRRD in `reading`, in points."""
+        return f"{LABELS.get(method, method)} {getattr(self, reading)[method].format()}"
+
+    @property
+    def continuing_led(self) -> bool:
+        """Continuing SFT on the warm start's traces led every method per FLOP, clear of TRRD."""
+        interval = self.per_flop.get("sft")
+        return self.best_with_continue == "sft" and interval is not None and interval.low > 0
 
 
-EVIDENCE = (
-    Evidence("hard", 0.057, 8.0, "seqkd_fresh", ("rakd", "gkd"),
-             "SeqKD +1.1 [-0.7, +2.8]; GKD, KDRL, OPD level; GRPO -2.1 [-3.8, -0.3]", "compare-hard-2026-12-04"),
-    Evidence("base", 0.215, 8.0, "grpo_kl", ("grpo",), "KDRL +3.0 [+0.5, +5.4]; GRPO +2.6 [-0.9, +6.2]",
-             "compare-base-2026-12-03-ledger"),
-    Evidence("ways", 0.326, 8.0, "grpo", (), "GRPO +2.5 [+0.6, +4.3]; KDRL, TRRD-lower, SeqKD level",
-             "compare-ways-2026-12-04"),
-    Evidence("edge", 0.424, 8.0, "seqkd_fresh", ("grpo",), "SeqKD +8.1 [+5.0, +11.2]; GRPO +5.9 [+3.9, +8.0]",
-             "compare-edge-2026-12-03-ledger", per_step="GKD +4.5 [+1.9, +7.1] over TRRD, GRPO level"),
-    Evidence("trace", 0.844, 8.0, "grpo", (), "GRPO +0.7 [+0.2, +1.1]", "compare-trace-2026-12-03-ledger"),
-    Evidence("plateau", 0.998, 8.0, "grpo", ("rakd",), "GRPO 99.9, TRRD 99.8 at 200 steps (one seed each)",
-             "compare-plateau-2026-12-04"),
-    Evidence("ratio-x22", 0.289, 22.5, "grpo", (), "GRPO +13.6 [+11.4, +15.8]; GKD +8.2 [+5.7, +10.7]",
-             "compare-ratio-x22-2026-12-04", per_step="GKD +11.0 [+8.2, +13.8] over TRRD, GRPO level"),
-    Evidence("ratio-x2", 0.346, 2.0, "seqkd_fresh", ("gkd",),
-             "SeqKD +8.5 [+5.7, +11.3], GKD +6.3 [-0.3, +12.9]; GRPO +2.2 [-0.7, +5.1]", "compare-ratio-x2-2026-12-04",
-             per_step="GKD +10.3 [+6.7, +13.9] over TRRD, GRPO -3.0 [-5.2, -0.9]"),
-    Evidence("real", 0.430, 3.0, "rakd", ("grpo_kl", "opd", "grpo", "seqkd_fresh"),
-             "all level: KDRL -0.8 [-5.7, +4.0], OPD -1.0, GRPO -1.5, SeqKD -1.8 [-6.4, +2.8] (2 seeds)",
-             "compare-real-2026-12-04", per_step="all level"),
-)  # fmt: skip
+def read_evidence(path: Path = EVIDENCE_FILE) -> tuple[Evidence, ...]:
+    """The measured regimes, in the file's order."""
+    return tuple(Evidence.of(record) for record in json.loads(path.read_text())["regimes"])
+
+
+EVIDENCE = read_evidence()
 
 
 @dataclass(frozen=True)
@@ -111,12 +133,19 @@ def recommend(pass_rate: float, ratio: float | None = None, *, before_plateau: b
     percent, sparse = f"{100 * pass_rate:.0f}%", f"{100 * SPARSE:.0f}%"
     if before_plateau:
         method = "sft"
+        led = [e for e in EVIDENCE if e.continuing_led]
+        points = [100 * e.per_flop["sft"].point for e in led]
         why = "the warm start stopped before its val plateau: SFT on its traces led every other method per FLOP, "
-        why += "18-23 points over TRRD, where measured (edge, hard, ratio-x2, ratio-x22)"
+        why += (
+            f"{min(points):.0f}-{max(points):.0f} points over TRRD, where measured ({', '.join(e.regime for e in led)})"
+        )
     elif pass_rate < SPARSE:
         method = "rakd"
         why = f"it solves {percent} of its RL pool (< {sparse}): the reward is sparse and the teacher's log-probs "
-        why += "pay (hard regime: TRRD level with SeqKD and GKD, ahead of GRPO per FLOP)"
+        sparse_regime = min(EVIDENCE, key=lambda e: e.pass_rate)
+        with_trrd = [LABELS[m] for m in (sparse_regime.best, *sparse_regime.level) if m != "rakd"]
+        why += f"pay ({sparse_regime.regime} regime: TRRD level with {' and '.join(with_trrd)}; "
+        why += f"{sparse_regime.against('grpo')} per FLOP)"
     elif pass_rate >= SATURATED:
         method = "grpo"
         why = f"it solves {percent} of its RL pool: few groups have mixed rewards and RL has little left to learn; "
@@ -130,11 +159,13 @@ def recommend(pass_rate: float, ratio: float | None = None, *, before_plateau: b
         method = "seqkd_fresh"
         why = f"it solves {percent} of its RL pool (>= {sparse}) with a teacher {ratio:.1f}x the student: the "
         why += f"teacher's fresh traces cost little to generate, and SFT on them led per FLOP ({cheap.regime}: "
-        why += f"{cheap.against_trrd} over TRRD; on the pretrained pair, {real.ratio:.0f}x, every method was level)"
+        why += f"{cheap.against(cheap.best)} over TRRD; on the pretrained pair, {real.ratio:.0f}x, every method was "
+        why += "level)"
     if method == "grpo" and ratio is not None and ratio >= STRONG_TEACHER and pass_rate < SATURATED:
         strong = _measured_at(MEASURED_RATIOS[1])
         why += f"; with a teacher {ratio:.0f}x the student its distribution pays per step ({strong.regime}: "
-        why += f"{strong.per_step}): where steps or seconds, not FLOPs, are the limit, gkd"
+        why += f"{strong.against('gkd', 'per_step')} over TRRD, GRPO {_level_or(strong, 'grpo')}): where steps or "
+        why += "seconds, not FLOPs, are the limit, gkd"
     if not within:
         why += f" (measured at teachers {MEASURED_RATIOS[0]:.0f}-{MEASURED_RATIOS[1]:.1f}x; this one is {ratio:.1f}x)"
     return Advice(method, why, near.regime, within)
@@ -143,3 +174,9 @@ def recommend(pass_rate: float, ratio: float | None = None, *, before_plateau: b
 def _measured_at(ratio: float) -> Evidence:
     """The measured regime with a teacher `ratio` times the student (the ratio regimes: one each)."""
     return next(e for e in EVIDENCE if e.ratio == ratio)
+
+
+def _level_or(evidence: Evidence, method: str, reading: str = "per_step") -> str:
+    """'level' when `method`'s interval against TRRD includes zero, else the interval."""
+    interval = getattr(evidence, reading)[method]
+    return interval.format() if interval.excludes_zero else "level"
