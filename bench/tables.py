@@ -7,7 +7,8 @@ A table in a document is generated when it sits between two markers:
     <!-- end of generated table -->
 
 What follows `bench/tables.py:` names the table: `regime FOLDER` (one comparison kept under bench/results/: every
-method against TRRD per FLOP, per step and per second), `rule` (every regime of the which-method-when rule's
+method against TRRD per FLOP, per step and per second), `validation FOLDER` (a kept validation report: every
+artefact on its runtime), `rule` (every regime of the which-method-when rule's
 evidence, rakd/stages/evidence.json, with its step-0 diagnostic) or `rule-short` (the README's). The text around a
 table is the document's own.
 
@@ -196,15 +197,34 @@ def rule_short_table() -> str:
     return markdown_table(table)
 
 
+VALIDATION_COLUMNS = ("artefact", "size MB", "accuracy", "KLD mean", "same top-1", "flips -/+", "decode tok/s p50",
+                      "latency p50 ms", "latency p95 ms", "peak RSS MB", "front", "result")  # fmt: skip
+
+
+def validation_table(folder: str) -> str:
+    """A kept validation report (`FOLDER/report.json`): every artefact on its runtime, each against its model's fp32
+    reference, with the accuracy-latency front and the gates' result (`deploy.report.validation_rows`)."""
+    import json
+
+    from deploy.record import ValidationReport
+    from deploy.report import validation_rows
+
+    report = ValidationReport.from_json(json.loads((RESULTS / folder / "report.json").read_text()))
+    rows = [{k: row[k] for k in VALIDATION_COLUMNS} for row in validation_rows(report.artefacts)]
+    return markdown_table(rows)
+
+
 def generate(spec: str) -> str:
     kind, _, argument = spec.partition(" ")
     if kind == "regime":
         return regime_table(argument)
+    if kind == "validation":
+        return validation_table(argument)
     if kind == "rule" and not argument:
         return rule_table()
     if kind == "rule-short" and not argument:
         return rule_short_table()
-    raise ValueError(f"unknown generated table {spec!r} (regime FOLDER, rule, rule-short)")
+    raise ValueError(f"unknown generated table {spec!r} (regime FOLDER, validation FOLDER, rule, rule-short)")
 
 
 def refresh(text: str, where: str = "") -> tuple[str, list[str]]:
