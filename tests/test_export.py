@@ -266,3 +266,28 @@ def test_f16_rounding_measures_what_rounding_the_matrices_does_to_the_logits(tok
     (change,) = f16_rounding(model, [Reference("q", ids[:-1], ids[-1:], logits)])
     assert change == pytest.approx(float(np.abs(twin_logits[last] - logits[last]).max()), abs=1e-6) and change > 0
     assert f16_rounding(twin, [Reference("q", ids[:-1], ids[-1:], twin_logits)]) == [0.0]
+
+
+def test_our_gguf_header_reading_equals_gguf_py_and_a_file_cut_in_its_tensors_is_refused(micro_dir, tmp_path):
+    from gguf import GGUFReader
+
+    from rakd.models.gguf_file import _reader_header, gguf_metadata, gguf_tokens, special_token
+
+    model, tokenizer = load_causal_lm(micro_dir)
+    path = export_gguf(model, tokenizer, tmp_path / "m.gguf")
+    meta, tokens = _reader_header(GGUFReader(str(path)))  # gguf-py's own reading of every field
+    assert gguf_metadata(path) == meta and gguf_tokens(path) == list(tokens) and len(tokens) == len(tokenizer)
+    assert special_token(path, meta, "eos") == tokenizer.eos_token
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:-100])  # the header whole, the last tensor short
+    with pytest.raises(ModelLoadError, match=r"cut.gguf: corrupt or truncated GGUF file: tensor .* ends at byte"):
+        gguf_metadata(cut)
+
+
+def test_the_real_models_gguf_header_reads_as_gguf_py_reads_it(smollm_gguf):
+    from gguf import GGUFReader
+
+    from rakd.models.gguf_file import _reader_header, gguf_metadata, gguf_tokens
+
+    meta, tokens = _reader_header(GGUFReader(str(smollm_gguf)))
+    assert gguf_metadata(smollm_gguf) == meta and tuple(gguf_tokens(smollm_gguf)) == tokens and len(tokens) == 49152
