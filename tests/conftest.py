@@ -72,7 +72,9 @@ def smoke_root(tmp_path_factory):
 
 
 def smoke_overrides(root, *extra):
-    return [f"run.root={root}", *extra]
+    # validation in this process: a fresh one per artefact costs seconds of imports each (most of the smoke
+    # validation's time); the isolated path has its own tests (tests/test_deploy.py, tests/test_llamacpp.py)
+    return [f"run.root={root}", "validation.isolate=false", *extra]
 
 
 @heavy_fixture(scope="session")

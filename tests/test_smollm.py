@@ -36,6 +36,7 @@ FEW_STEPS = [
     "validation.n_problems=2",
     "validation.max_new_tokens=8",
     "validation.threads=1",
+    "validation.isolate=false",  # the isolated path has its own tests; here a fresh process per artefact is 30 s
     "validation.gates.min_accuracy=0",
     "validation.gates.max_accuracy_drop=null",
 ]
