@@ -18,6 +18,7 @@ from rakd.compare import (
     reference_variant,
     summary_rows,
 )
+from rakd.compare.record import JobRow
 from rakd.compare.results import pareto_front
 
 MICRO = [
@@ -248,6 +249,8 @@ def test_compare_flow_budgets_flops_runs_jobs_in_parallel_and_resumes(prefect_ha
     assert all(r["flops"]["student_sample"] > 0 and r["flops"]["teacher_score"] > 0 for r in reference)
     saved = json.loads((results / "results.json").read_text())
     assert {r["name"] for r in saved["runs"]} == set(rows)
+    # every key of a job row, and no other (its answers are kept beside it)
+    assert all(set(r) == set(JobRow.__annotations__) - {"greedy_correct"} for r in saved["runs"])
     context = saved["context"]  # numbers: the ratio, the step-0 diagnostic, the budget each job got
     assert context["budget"] == "flops" and context["budget_per_job"]["flops_budget"] > 0
     params = context["parameters"]

@@ -17,6 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from rakd.flops import format_flops
 
@@ -24,11 +25,67 @@ READINGS = ("at_reference_steps", "at_reference_seconds")  # a row's other readi
 STEP0 = "step 0 (TRRD's teacher term on the warm start's own samples)"
 
 
+class Reading(TypedDict, total=False):
+    """A job read at another point than its budget: the reference's step count or its compute seconds."""
+
+    steps: int
+    seconds: float
+    greedy_accuracy: float
+    greedy_stderr: float
+    greedy_correct: str  # rakd.schema.encode_answers
+    val_greedy_accuracy: float | None
+
+
+class JobRow(TypedDict, total=False):
+    """One comparison job's result (`rakd.compare.run.run_job`), as `results.json` keeps it (its answers beside, in
+    `per_problem*.json`; `results.json` keeps every key but `greedy_correct`). Rows kept by older versions lack the
+    later keys (`label`, `at_reference_steps`, `at_reference_seconds`, `clip`, `worker`, `val_at_budget`,
+    `steps_run`, `seconds_compute`, the FLOPs); readers use `.get` for those."""
+
+    # the job (rakd.compare.jobs.Job) and its names
+    method: str
+    seed: int
+    lr: float
+    alpha: float
+    teacher_clamp: float | None
+    lr_in_variant: bool
+    name: str
+    variant: str
+    label: str
+    # the reading at its budget (test split) and where else it was read
+    steps: int
+    steps_run: int
+    greedy_accuracy: float
+    greedy_stderr: float
+    greedy_correct: str
+    val_at_budget: float | None
+    at_reference_steps: Reading | None
+    at_reference_seconds: Reading | None
+    sampled_accuracy: float | None
+    sampled_stderr: float | None
+    pass_at_k: float | None
+    by_difficulty: dict | None
+    warmstart_greedy_accuracy: float
+    # what it cost
+    seconds: float
+    seconds_compute: float
+    seconds_sample: float
+    seconds_teacher: float
+    seconds_update: float
+    flops_total: float
+    flops: dict
+    clip: dict
+    started: float
+    finished: float
+    worker: int
+    curve: list[dict]  # {step, seconds, flops, val} at each val check
+
+
 @dataclass(frozen=True)
 class KeptComparison:
     """A comparison read back: `rows` carry their `greedy_correct` (and their readings' own); `context` is numbers."""
 
-    rows: list[dict]
+    rows: list[JobRow]
     context: dict
     lr_sweep: list[dict]
     failed: list[dict]
@@ -67,7 +124,7 @@ def context_record(
     reference_steps: int,
     prompts_per_step: int,
     group_size: int,
-    level: float,
+    level: float | None,
     warmstart_greedy: float | None = None,
     warmstart_flops: float | None = None,
     parameters: dict | None = None,
@@ -90,7 +147,7 @@ def context_record(
         "reference_steps": reference_steps,
         "prompts_per_step": prompts_per_step,
         "group_size": group_size,
-        "interval": {"level": level, "method": INTERVAL},
+        "interval": {"level": level, "method": INTERVAL} if level is not None else None,
         "warmstart_greedy": warmstart_greedy,
         "warmstart_flops": warmstart_flops,
         "parameters": parameters,
@@ -188,7 +245,7 @@ def context_numbers(context: dict) -> dict:
 
     prompts, group = (int(v) for v in pop("prompts x G").split(" x "))
     reference, steps = pop("reference").rsplit(", ", 1)
-    budget_text = pop("budget per job")
+    budget_text, interval = pop("budget per job"), pop("interval")  # comparisons before 2026-12-03 lack the interval
     record = context_record(
         config=pop("config"),
         jobs=int(pop("jobs")),
@@ -198,7 +255,7 @@ def context_numbers(context: dict) -> dict:
         reference_steps=int(steps.split()[0]),
         prompts_per_step=prompts,
         group_size=group,
-        level=float(pop("interval").split("%")[0]) / 100,
+        level=float(interval.split("%")[0]) / 100 if interval else None,
     )
     if (greedy := pop("warm start greedy")) is not None:
         record["warmstart_greedy"] = float(greedy.rstrip("%")) / 100

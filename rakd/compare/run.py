@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rakd.compare.jobs import Job, named
+from rakd.compare.record import JobRow
 from rakd.flops import Ledger, compute_seconds
 from rakd.io import fingerprint
 from rakd.keys import claim_work, marked, read_marker, write_marker
@@ -89,7 +90,7 @@ def clip_means(rows: list[dict]) -> dict[str, float]:
     }
 
 
-def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) -> dict:
+def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) -> JobRow:
     """One job from the shared warm start; returns its results row. The row is kept in `out/<job>.json` under a
     key (the job's distill config and the warm start's key), so a re-run of a killed comparison returns it
     without training; the job's run folder is removed after."""
@@ -112,7 +113,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
     budget, at_steps = readouts(final, len(rows), distill_cfg.rl.readout_steps)
     budget_rows = [r for r in rows if r["step"] <= budget["steps"]]
     final_is_budget = budget["steps"] == len(rows)  # sampled accuracy and pass@k come from the final evaluation
-    row = {
+    row: JobRow = {
         **asdict(job),
         "name": job.name,
         "variant": job.variant,
