@@ -8,9 +8,9 @@ A table in a document is generated when it sits between two markers:
 
 What follows `bench/tables.py:` names the table: `regime FOLDER` (one comparison kept under bench/results/: every
 method against TRRD per FLOP, per step and per second), `validation FOLDER` (a kept validation report: every
-artefact on its runtime), `rule` (every regime of the which-method-when rule's
-evidence, rakd/stages/evidence.json, with its step-0 diagnostic) or `rule-short` (the README's). The text around a
-table is the document's own.
+artefact on its runtime), `bench FOLDER` (a bench's rows from its results.json), `rule` (every regime of the
+which-method-when rule's evidence, rakd/stages/evidence.json, with its step-0 diagnostic) or `rule-short` (the
+README's). The text around a table is the document's own.
 
     python bench/tables.py            # rewrite every generated table
     python bench/tables.py --check    # exit 1 naming each table that differs from what its results say
@@ -214,8 +214,18 @@ def validation_table(folder: str) -> str:
     return markdown_table(rows)
 
 
+def bench_table(folder: str) -> str:
+    """A bench's own table (`FOLDER/results.json`'s rows, their raw numbers left out), as its results.md has it."""
+    import json
+
+    rows = json.loads((RESULTS / folder / "results.json").read_text())["rows"]
+    return markdown_table([{k: v for k, v in row.items() if k != "raw"} for row in rows])
+
+
 def generate(spec: str) -> str:
     kind, _, argument = spec.partition(" ")
+    if kind == "bench":
+        return bench_table(argument)
     if kind == "regime":
         return regime_table(argument)
     if kind == "validation":
@@ -224,7 +234,8 @@ def generate(spec: str) -> str:
         return rule_table()
     if kind == "rule-short" and not argument:
         return rule_short_table()
-    raise ValueError(f"unknown generated table {spec!r} (regime FOLDER, validation FOLDER, rule, rule-short)")
+    kinds = "regime FOLDER, validation FOLDER, bench FOLDER, rule, rule-short"
+    raise ValueError(f"unknown generated table {spec!r} ({kinds})")
 
 
 def refresh(text: str, where: str = "") -> tuple[str, list[str]]:
