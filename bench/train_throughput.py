@@ -90,6 +90,13 @@ def whole_logits(model, batch, temperature=1.0, **_):
     return batches.batch_tensors(model, batch, temperature, logits=True)
 
 
+def _batch(model, tokenizer, pairs, args):
+    """The one batch `measure` times (our SFTTrainer's first), for TRL to train on the same rows."""
+    cfg = SFTConfig(steps=1, batch_size=args.batch, optim=OptimConfig(lr=1e-6, warmup_steps=0))
+    with tempfile.TemporaryDirectory() as out:
+        return SFTTrainer(model, tokenizer, pairs, cfg, Path(out), seed=0, name="bench").batch_for(0)
+
+
 def measure(model, tokenizer, pairs, args, precision: str) -> dict:
     """Both ways on one trainer and one batch, a step of each in turn (`--steps` rounds, after a warm step of each),
     so that both meet the same machine: the best step time of each, and its largest step's peak memory."""
@@ -133,17 +140,92 @@ def measure(model, tokenizer, pairs, args, precision: str) -> dict:
     return results
 
 
+def trl_rows(batch) -> list[dict]:
+    """The batch's rows as TRL's SFTTrainer takes a tokenized dataset: each row's prompt and completion tokens
+    (padding dropped) and a completion mask, so that its loss reads the completion tokens ours does."""
+    rows = []
+    for r in range(len(batch.texts)):
+        prompt = batch.prompt_ids[r][batch.prompt_mask[r].bool()].tolist()
+        completion = batch.completion_ids[r][batch.completion_mask[r].bool()].tolist()
+        rows.append({"input_ids": prompt + completion, "completion_mask": [0] * len(prompt) + [1] * len(completion)})
+    return rows
+
+
+def trl_seconds(model, tokenizer, batch, args, precision: str) -> tuple[list[float], float]:
+    """TRL's SFTTrainer on the same rows (one step = the whole batch, AdamW, completion-only loss, TRL's defaults
+    otherwise: padded rows, its own per-step metrics): each step's seconds and the largest step's peak memory."""
+    import time
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer as TRLTrainer
+
+    times, peak = [], [0.0]
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            reset_peak_rss()
+            self.held, self.started = peak_rss_mib(), time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            times.append(time.perf_counter() - self.started)
+            if len(times) > 1:
+                peak[0] = max(peak[0], peak_rss_mib() - self.held)
+
+    with tempfile.TemporaryDirectory() as out:
+        config = TRLConfig(
+            output_dir=out,
+            max_steps=args.steps + 1,
+            per_device_train_batch_size=len(batch.texts),
+            gradient_accumulation_steps=1,
+            learning_rate=1e-6,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            optim="adamw_torch",
+            completion_only_loss=True,
+            max_length=None,
+            packing=False,
+            bf16=precision == "bf16",
+            use_cpu=True,
+            save_strategy="no",
+            logging_steps=10_000,
+            report_to=[],
+            dataloader_num_workers=0,
+            seed=0,
+            disable_tqdm=True,
+        )
+        trainer = TRLTrainer(model=model, args=config, train_dataset=Dataset.from_list(trl_rows(batch)),
+                             processing_class=tokenizer, callbacks=[Clock()])  # fmt: skip
+        trainer.train()
+    return times, peak[0]
+
+
 def one(spec: str, args) -> dict:
-    """One model and precision, both ways, in this process alone."""
+    """One model and precision, both ways (and TRL's SFTTrainer with `--trl`), in this process alone."""
     layers, precision = spec.split(":")
     model, tokenizer = load(int(layers))
     got = measure(model, tokenizer, problems(args.batch), args, precision)
+    if args.trl:
+        batch = _batch(model, tokenizer, problems(args.batch), args)
+        times, peak = trl_seconds(model, tokenizer, batch, args, precision)
+        best, tokens = min(times[1:]), int(batch.completion_mask.sum())
+        dims = ModelDims.of(model)
+        got["trl"] = {
+            **got["head"],
+            "seconds": best,
+            "all_seconds": times,
+            "tokens_per_s": tokens / best,
+            "ledger_gflops": rollout_flops(dims, batch, training=True) / best / 1e9,
+            "executed_gflops": float("nan"),  # TRL's padded pass: its own work, not counted here
+            "step_peak_mib": peak,
+        }
     for way in got.values():
         way["params"] = sum(p.numel() for p in model.parameters())
     return got
 
 
-WAYS = {"whole": "whole logits (0.6.0)", "head": "head at completions"}
+WAYS = {"whole": "whole logits (0.6.0)", "head": "head at completions", "trl": "TRL SFTTrainer"}
 
 
 def child(spec: str, args) -> dict:
@@ -151,6 +233,7 @@ def child(spec: str, args) -> dict:
     import sys
 
     command = [sys.executable, __file__, "--one", spec, "--threads", str(args.threads), "--batch", str(args.batch)]
+    command += ["--trl"] if args.trl else []
     done = subprocess.run([*command, "--steps", str(args.steps)], capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{spec}: {done.stderr[-2000:]}")
@@ -165,6 +248,7 @@ def main() -> None:
     parser.add_argument("--layers", default="30,15", help="layer counts of the models timed (30: the whole model)")
     parser.add_argument("--precisions", default=None, help="default: fp32, and bf16 where the CPU has bf16 units")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--trl", action="store_true", help="also TRL's SFTTrainer on the same rows (pip install trl)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # LAYERS:PRECISION in a child process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -191,8 +275,12 @@ def main() -> None:
                         "s/step": round(got["seconds"], 3),
                         "completion tokens/s": round(got["tokens_per_s"], 1),
                         "speed-up": round(base["seconds"] / got["seconds"], 2),
-                        "GFLOP/s executed (ledger)": f"{got['executed_gflops']:.0f} ({got['ledger_gflops']:.0f})",
-                        "executed share of peak": f"{got['executed_gflops'] / peaks[precision]:.0%}",
+                        "GFLOP/s executed (ledger)": f"{got['executed_gflops']:.0f} ({got['ledger_gflops']:.0f})"
+                        if way != "trl"
+                        else f"- ({got['ledger_gflops']:.0f})",
+                        "executed share of peak": f"{got['executed_gflops'] / peaks[precision]:.0%}"
+                        if way != "trl"
+                        else "-",
                         "step's peak memory MiB": round(got["step_peak_mib"]),
                         "raw": got,
                     }
