@@ -291,3 +291,26 @@ def test_the_real_models_gguf_header_reads_as_gguf_py_reads_it(smollm_gguf):
 
     meta, tokens = _reader_header(GGUFReader(str(smollm_gguf)))
     assert gguf_metadata(smollm_gguf) == meta and tuple(gguf_tokens(smollm_gguf)) == tokens and len(tokens) == 49152
+
+
+def test_a_gguf_load_reads_its_header_once_and_loads_what_it_loaded_before(micro_dir, tmp_path):
+    import contextlib
+
+    import gguf
+
+    import rakd.models.load as load
+
+    model, tokenizer = load_causal_lm(micro_dir)
+    path = export_gguf(model, tokenizer, tmp_path / "m.gguf")
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with load._gguf_read_once():
+        assert gguf.GGUFReader(str(path)) is gguf.GGUFReader(str(path))
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)  # put back after the block
+    once, _ = load_causal_lm(path)
+    original, load._gguf_read_once = load._gguf_read_once, contextlib.nullcontext
+    try:
+        before, _ = load_causal_lm(path)  # transformers' own reading, every time
+    finally:
+        load._gguf_read_once = original
+    ours, theirs = once.state_dict(), before.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -6,6 +6,8 @@ Weights load from safetensors only (pickled `.bin` checkpoints are refused), and
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import shutil
@@ -83,11 +85,37 @@ def _load_hub(repo_id: str, trust_remote_code: bool, dtype: torch.dtype):
     return model.eval(), tokenizer
 
 
+@contextlib.contextmanager
+def _gguf_read_once():
+    """Within the block, gguf-py's `GGUFReader` is made once per file and its tensor-name map once per architecture
+    and depth: transformers 4.57 reads a GGUF's header four times in one load (the config twice, the tokenizer, the
+    weights; 3 s a read on SmolLM2's 49k vocabulary) and builds the name map once per module (397 times, 6-8 s).
+    Only the two `gguf` attributes transformers imports at call time are swapped, for the block; were it to import
+    them otherwise, the load would only be as slow as before."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict = {}
+
+    def read_once(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = reader(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = read_once, functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
 def _load_gguf(path: Path, dtype: torch.dtype):
     meta = gguf_metadata(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        with _gguf_read_once():
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"{path}: transformers cannot load this GGUF: {err}") from err
     _fix_gguf_special_tokens(tokenizer, meta)
