@@ -74,7 +74,7 @@ def regime_table(folder: str) -> str:
     kept = read_comparison(RESULTS / folder)
     rows = [named(row) for row in kept.rows]
     reference = next(row["variant"] for row in rows if row["method"] == "rakd")  # as the comparison chose it
-    summary = {entry["method"]: entry for entry in summary_rows(rows, reference)}
+    summary = summary_rows(rows, reference)
     label = labels(rows)
     versus = f"vs {label[reference]}"
     steps = kept.context["reference_steps"]
@@ -99,7 +99,7 @@ def regime_table(folder: str) -> str:
     contenders = [v for v in by_variant if by_variant[v][0]["method"] != "sft"]
     leader = {reading: max(contenders, key=lambda v: point(v, reading)) for reading in columns}
     table = []
-    for entry in summary_rows(rows, reference):
+    for entry in summary:
         variant = next(v for v in by_variant if label[v] == entry["method"])
         runs = by_variant[variant]
         lrs = sorted({r["lr"] for r in runs})
@@ -110,7 +110,7 @@ def regime_table(folder: str) -> str:
             "steps in the budget": f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}",
         }
         for reading, key in columns.items():
-            cell = "reference" if variant == reference else summary[entry["method"]].get(key, "-")
+            cell = "reference" if variant == reference else entry.get(key, "-")
             if reading != "budget" and variant != reference:
                 cell = f"{100 * point(variant, reading):.1f}, {cell}"
             if leader[reading] == variant:
@@ -134,7 +134,7 @@ def _against(e: Evidence, method: str, reading: str = "per_flop") -> str:
 def _flop_cell(e: Evidence, bold: bool) -> str:
     """The leader per FLOP against TRRD, those level with it, and GRPO where it is neither."""
     best = f"**{LABELS[e.best]}**" if bold else LABELS[e.best]
-    cell = f"{best} (the reference)" if e.best == "rakd" else f"{best} {_against(e, e.best)[len(LABELS[e.best]) + 1 :]}"
+    cell = f"{best} (the reference)" if e.best == "rakd" else f"{best} {_minus(e.per_flop[e.best].format())}"
     if e.level:
         cell += f", level: {', '.join(LABELS[m] for m in e.level)}"
     if "grpo" not in (e.best, *e.level):

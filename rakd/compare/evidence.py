@@ -47,11 +47,11 @@ def regime_evidence(regime: str, folder: Path, level: float = 0.95) -> dict:
         "level": list(tied),
         "best_with_continue": leaders(runs, level)[0],
     }
+    reference = runs[REFERENCE]  # the reference jobs are read at their own end in every reading
     for name, reading in READINGS.items():
         at = runs if reading is None else runs_by_method(kept.rows, reading)
         if reading and not at:
             continue
-        reference = runs[REFERENCE]  # the reference jobs are read at their own end in every reading
         record[name] = {m: _interval(difference_interval(r, reference, level)) for m, r in at.items() if m != REFERENCE}
     return record
 

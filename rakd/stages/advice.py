@@ -67,13 +67,10 @@ class Evidence:
 
     @classmethod
     def of(cls, record: dict) -> Evidence:
-        from rakd.compare.stats import Interval
+        from rakd.compare.evidence import interval_of  # the inverse of the writer's own [low, point, high]
 
-        def intervals(name: str) -> dict[str, Interval]:
-            return {
-                m: Interval(*(math.nan if v is None else v for v in triple), math.nan)
-                for m, triple in record.get(name, {}).items()
-            }
+        def intervals(name: str) -> dict:
+            return {m: interval_of(triple) for m, triple in record.get(name, {}).items()}
 
         fields = {k: record[k] for k in ("regime", "pass_rate", "ratio", "best", "results", "seeds", "greedy")}
         return cls(**fields, level=tuple(record["level"]), best_with_continue=record["best_with_continue"],
