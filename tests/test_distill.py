@@ -13,7 +13,7 @@ from pipeline.config import load_config
 from rakd.evaluate import EvalResult
 from rakd.io import read_jsonl, to_jsonl
 from rakd.losses import LOSSES
-from rakd.models.load import ModelLoadError
+from rakd.models.load import ModelLoadError, load_causal_lm
 from rakd.models.zoo import build_model, preset_config
 from rakd.stages.config import WarmStartConfig
 from rakd.stages.distill import InjectedFault, run_distill
@@ -140,6 +140,48 @@ def test_a_changed_config_never_resumes_another_configs_checkpoints(prepared, tm
     rows = (changed.run.dir / "student/metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]
     assert (changed.run.dir / "student/model.safetensors").is_file()
+
+
+def test_rl_lr_runs_each_rate_from_the_warm_start_and_keeps_the_best_on_val(prepared, tmp_path):
+    lrs = "distill.rl_lr={lrs: [1.0e-4, 3.0e-3], problems: 6}"
+    cfg = fresh_run(prepared, tmp_path, "lr", [lrs, "distill.fail_after_step=3"])
+    with pytest.raises(InjectedFault):  # in the first rate's run: its checkpoint at step 2 is kept
+        run_distill(cfg.distill, cfg.run.dir, log=lambda *_: None)
+    record = json.loads((cfg.run.dir / "student.work/rl_lr.json").read_text())
+    assert [c["lr"] for c in record["candidates"]] == [None]  # the warm start read once, before any rate
+    lines = []
+    resumed = fresh_run(prepared, tmp_path, "lr2", [lrs])
+    (cfg.run.dir / "student.work").rename(resumed.run.dir / "student.work")
+    result = run_distill(resumed.distill, resumed.run.dir, log=lines.append)
+    assert any("lr 0.0001 resumed from checkpoint step 2" in line for line in lines), lines
+    sweep = result.eval["rl_lr"]
+    candidates = {c["lr"]: c for c in sweep["candidates"]}
+    assert list(candidates) == [None, 1e-4, 3e-3] and [c["steps"] for c in candidates.values()] == [0, 4, 4]
+    best = max(c["val_greedy_accuracy"] for c in candidates.values())
+    assert candidates[sweep["chosen"]]["val_greedy_accuracy"] == best
+    # the student written is the chosen candidate's: read on the same val problems it gives the same accuracy
+    from rakd.flops import Ledger
+    from rakd.stages.distill import final_val
+
+    student, tokenizer = load_causal_lm(resumed.run.dir / "student")
+    again = final_val(resumed.distill.model_copy(update={"val_problems": 6}), student, tokenizer,
+                      resumed.run.layout, "fp32")  # fmt: skip
+    assert again["val_greedy_accuracy"] == best
+    # the metrics are the kept rate's (none: the warm start kept); the ledger holds both rates' RL steps
+    metrics = resumed.run.dir / "student/metrics.jsonl"
+    kept = read_jsonl(metrics) if metrics.exists() else []
+    assert len(kept) == (0 if sweep["chosen"] is None else 4)
+    assert result.eval["flops"]["student_update"] > Ledger.of_rows(kept).student_update
+    assert not (resumed.run.dir / "student.work").exists()
+
+
+def test_rl_lr_refuses_what_it_cannot_combine_with():
+    with pytest.raises(Exception, match="distill.rl.steps=0"):
+        load_config("configs/smoke.yaml", ["distill.rl_lr={lrs: [1.0e-4, 1.0e-3]}", "distill.rl.steps=0"])
+    with pytest.raises(Exception, match="flops_budget"):
+        load_config("configs/smoke.yaml", ["distill.rl_lr={lrs: [1.0e-4, 1.0e-3]}", "distill.rl.flops_budget=1e9"])
+    with pytest.raises(Exception, match="given once"):
+        load_config("configs/smoke.yaml", ["distill.rl_lr={lrs: [1.0e-4, 1.0e-4]}"])
 
 
 @pytest.mark.parametrize("method", sorted(LOSSES))

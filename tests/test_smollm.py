@@ -26,6 +26,7 @@ FEW_STEPS = [
     "distill.warmstart.stop={patience: 1, every: 1, problems: 2}",
     "distill.rl={steps: 1, prompts_per_step: 2, group_size: 2, max_new_tokens: 8, min_informative_groups: 0}",
     "distill.eval={n_problems: 2, k_samples: 0, max_new_tokens: 8, batch_size: 2}",
+    "distill.rl_lr={lrs: [2.0e-6, 5.0e-5], problems: 2}",
     "distill.eval_every=1",
     "distill.val_problems=2",
     "distill.threads=1",
@@ -65,6 +66,9 @@ def test_the_smollm_config_runs_every_stage_on_the_real_model(tmp_path, smollm_g
     assert len(layers["chosen"]["kept"]) == 15
     assert len(layers["candidates"]) >= 2 and layers["chosen"]["kept"] in [c["kept"] for c in layers["candidates"]]
     assert 0.5 < distill["parameters"] / distill["teacher_parameters"] < 0.7
+    # RL's rate chosen on val: the healed student and a run per rate, each read on the same val problems
+    assert [c["lr"] for c in distill["rl_lr"]["candidates"]] == [None, 2e-6, 5e-5]
+    assert distill["rl_lr"]["chosen"] in (None, 2e-6, 5e-5)
     labels = {r["artefact"] for r in results["export"]["parity"]["artefacts"]}
     assert labels == {"gguf-f16", "teacher/gguf-f16"}
     report = results["validate"]["report"]

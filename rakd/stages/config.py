@@ -260,6 +260,21 @@ class WarmStartConfig(StageConfig):
     )
 
 
+class RLLearningRates(StageConfig):
+    """The RL learning rate chosen on val: one RL run per rate from the warm-started student, each read on the same
+    val problems; the student kept is the best of them and of the warm-started student itself (no RL), ties going
+    to the warm start, then to the smaller rate."""
+
+    lrs: list[float] = Field(min_length=2, description="RL learning rates tried, each a run of distill.rl.steps")
+    problems: int = Field(200, ge=1, description="val problems every candidate is read on (greedy)")
+
+    @model_validator(mode="after")
+    def _positive(self):
+        if min(self.lrs) <= 0 or len(set(self.lrs)) < len(self.lrs):
+            raise ValueError(f"distill.rl_lr.lrs: {self.lrs}: each rate must be above 0 and given once")
+        return self
+
+
 class DistillConfig(StageConfig):
     """The student, its warm start on the teacher's traces and the RL-aware distillation after it."""
 
@@ -293,6 +308,11 @@ class DistillConfig(StageConfig):
         "the warm start's traces and SFT, RL's sampling, scoring and updates, and every evaluation"
     )
     seed: int = Field(0, description="the student's initial weights, the traces' sampling, the RL prompts and samples")
+    rl_lr: RLLearningRates | None = Field(
+        None,
+        description="choose RL's learning rate on val: one run per rate, the best on val kept (the warm-started "
+        "student, no RL, among the candidates); null: one run at distill.rl.optim.lr",
+    )
     fail_after_step: int | None = Field(None, description="fault injection for tests: crash after this RL step")
 
     @model_validator(mode="after")
@@ -307,12 +327,31 @@ class DistillConfig(StageConfig):
                 "distill.warmstart.n_prompts=0 (no warm start) leaves distill.warmstart.stop no SFT to stop: "
                 "set distill.warmstart.stop=null"
             )
+        if self.rl_lr is not None:
+            problem = rl_lr_problem(self)
+            if problem:
+                raise ValueError(problem)
         if self.method == "sft" and self.warmstart.n_prompts == 0:
             raise ValueError(
                 "distill.method='sft' trains on the warm start's teacher traces, and distill.warmstart.n_prompts=0 "
                 "leaves none: use method 'seqkd_fresh' (it buys new traces from the teacher) or set n_prompts"
             )
         return self
+
+
+def rl_lr_problem(cfg: DistillConfig) -> str | None:
+    """Why `distill.rl_lr` cannot be used with the rest of `cfg`, naming the keys; None if it can."""
+    if cfg.rl.steps == 0:
+        return "distill.rl_lr chooses RL's learning rate, and distill.rl.steps=0 runs no RL: set one or the other"
+    if cfg.nproc > 1:
+        return "distill.rl_lr runs its candidates one after another in one process: set distill.nproc=1"
+    budgets = [k for k in ("time_budget_s", "flops_budget", "readout_steps", "readout_seconds") if getattr(cfg.rl, k)]
+    if budgets:
+        return (
+            f"distill.rl_lr runs every candidate to distill.rl.steps; distill.rl.{budgets[0]} (a compute-matched "
+            "run of rakd compare) does not combine with it"
+        )
+    return None
 
 
 def scorer_problem(cfg: ScorerConfig, method: str, temperature: float = 1.0) -> str | None:

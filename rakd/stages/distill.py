@@ -38,6 +38,7 @@ from rakd.models.zoo import count_parameters
 from rakd.schema import ConfigError, Summary
 from rakd.scorers import make_scorer
 from rakd.stages.config import DistillConfig
+from rakd.stages.rl_lr import run_lr_sweep
 from rakd.stages.warmstart import distill_records, load_models, run_warmstart, stage_precision
 from rakd.tables import pct
 from rakd.train.distributed import launch_torchrun, leave_world, plain_copy, shard, world_from_env
@@ -78,34 +79,49 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
 
     t1 = time.perf_counter()
     precision = stage_precision(cfg, student)  # resolved once: sampling, scoring, the update and every evaluation
-    trainer = RLTrainer(
-        student,
-        teacher,
-        tokenizer,
-        rl_records(cfg, train),
-        traces,
-        cfg.method,
-        cfg.loss,
-        cfg.rl,
-        layout.student_work,
-        seed=cfg.seed,
-        checkpoint_every=cfg.checkpoint_every,
-        teacher_scorer=make_scorer(cfg.teacher_scorer, teacher, cfg.method, tokenizer),
-        world=world,
-        flops_before=eval_warm.get("flops", {}).get("total", 0),
-        precision=precision,
-    )
-    if trainer.resume():
-        log(f"[distill] resumed from checkpoint step {trainer.start_step}")
+    scorer = make_scorer(cfg.teacher_scorer, teacher, cfg.method, tokenizer)
+
+    def make_trainer(lr: float, out_dir: Path) -> RLTrainer:
+        rl = cfg.rl.model_copy(update={"optim": cfg.rl.optim.model_copy(update={"lr": lr})})
+        return RLTrainer(
+            student,
+            teacher,
+            tokenizer,
+            rl_records(cfg, train),
+            traces,
+            cfg.method,
+            cfg.loss,
+            rl,
+            out_dir,
+            seed=cfg.seed,
+            checkpoint_every=cfg.checkpoint_every,
+            teacher_scorer=scorer,
+            world=world,
+            flops_before=eval_warm.get("flops", {}).get("total", 0),
+            precision=precision,
+        )
+
     readouts: list[dict] = []
-    try:
+
+    def run_trainer(trainer: RLTrainer) -> None:
         trainer.run(
             on_step=val_evaluation(cfg, student, tokenizer, layout, precision),
             after_step=fault_injection(cfg),
             on_readout=test_readout(cfg, student, tokenizer, layout, readouts, precision) if world.main else _quiet,
         )
+
+    work = layout.student_work
+    sweep = None
+    try:
+        if cfg.rl_lr is None:
+            trainer = make_trainer(cfg.rl.optim.lr, work)
+            if trainer.resume():
+                log(f"[distill] resumed from checkpoint step {trainer.start_step}")
+            run_trainer(trainer)
+        else:
+            sweep = run_lr_sweep(cfg, student, tokenizer, layout, precision, make_trainer, run_trainer, log)
     finally:
-        getattr(trainer.teacher_scorer, "close", lambda: None)()  # a llama.cpp teacher frees its model now
+        getattr(scorer, "close", lambda: None)()  # a llama.cpp teacher frees its model now
     timings["rl"] = time.perf_counter() - t1
     student = plain_copy(student)  # a sharded student gathered on rank 0 (every rank takes part)
     if not world.main:  # rank 0 evaluates and writes the student
@@ -118,9 +134,12 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         "teacher_parameters": count_parameters(teacher),
         "precision": precision,
     }
-    work = layout.student_work
-    rows = read_jsonl(work / METRICS) if (work / METRICS).exists() else []
-    result["flops"] = stage_flops(eval_warm, rows, result["eval_flops"])
+    rl_dir = work if sweep is None else work / (chosen_folder(sweep) or "none")  # "none": the warm start kept
+    rows = read_jsonl(rl_dir / METRICS) if (rl_dir / METRICS).exists() else []
+    if sweep is None:
+        result["flops"] = stage_flops(eval_warm, rows, result["eval_flops"])
+    else:  # every candidate's RL steps and val readings are the stage's compute too
+        result["flops"], result["rl_lr"] = sweep_flops(eval_warm, work, sweep, result["eval_flops"]), sweep
     result["steps"] = len(rows)
     if rows and "groups_drawn" in rows[0]:
         result["rl_pool"] = rl_pool(rows[0], cfg.rl.group_size)
@@ -135,15 +154,15 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         result["layers"] = json.loads((layout.student_work / LAYERS).read_text())
     log(evaluated.line(f"student ({cfg.method})"))
     logs = {
-        name: work / path
+        name: path
         for name, path in (
-            (METRICS, METRICS),
-            (TRACES, TRACES),
-            (METRICS_WARMSTART, f"warmstart/{METRICS_WARMSTART}"),
-            (METRICS_BASE, f"warmstart/{METRICS_BASE}"),
-            ("checkpoints", "checkpoints"),
+            (METRICS, rl_dir / METRICS),
+            (TRACES, work / TRACES),
+            (METRICS_WARMSTART, work / "warmstart" / METRICS_WARMSTART),
+            (METRICS_BASE, work / "warmstart" / METRICS_BASE),
+            ("checkpoints", rl_dir / "checkpoints"),
         )
-        if (work / path).exists()
+        if path.exists()
     }
     save_model(
         student.cpu(),
@@ -174,6 +193,17 @@ def stage_flops(eval_warm: dict, rows: list[dict], test_eval_flops: int) -> dict
     }
     warm = {k: v for k, v in eval_warm.get("flops", {}).items() if k != "total"}
     return with_total(merge(warm, rl, {"eval": test_eval_flops}))
+
+
+def chosen_folder(sweep: dict) -> str | None:
+    """The work subfolder of the rate `distill.rl_lr` kept (None: the warm-started student was kept)."""
+    return next((c["folder"] for c in sweep["candidates"] if c["lr"] == sweep["chosen"]), None)
+
+
+def sweep_flops(eval_warm: dict, work: Path, sweep: dict, test_eval_flops: int) -> dict[str, int]:
+    """The ledger of a stage that chose RL's rate on val: every candidate's RL steps and val readings."""
+    rows = [row for c in sweep["candidates"] if c["folder"] for row in read_jsonl(work / c["folder"] / METRICS)]
+    return stage_flops(eval_warm, rows, test_eval_flops + sum(c["eval_flops"] for c in sweep["candidates"]))
 
 
 def rl_pool(first: dict, group_size: int) -> dict:
@@ -321,6 +351,11 @@ def stage_rows(summary: Summary) -> list[dict]:
         }
         for r in summary["val_by_step"]
     ]
+    sweep = summary["eval"].get("rl_lr")
+    for c in sweep["candidates"] if sweep else []:  # RL's learning rate chosen on val
+        what = "warm start, no RL" if c["lr"] is None else f"RL lr {c['lr']:g}, {c['steps']} steps"
+        chosen = " (kept)" if c["lr"] == sweep["chosen"] else ""
+        rows.append({"model": f"{what} (val){chosen}", "greedy": pct(c["val_greedy_accuracy"]), "sampled": pct(None)})
     return rows + [eval_row(f"{summary['eval'].get('method', 'distilled')} (test)", summary["eval"])]
 
 
