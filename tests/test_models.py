@@ -104,3 +104,64 @@ def test_a_tokenizer_without_a_pad_token_pads_with_its_eos(micro, tokenizer, tmp
     assert loaded.pad_token is not None and loaded.pad_token_id == loaded.eos_token_id
     batch = sample(model, loaded, ["1+1=?", "12*13-4+7=?"], max_new_tokens=4, temperature=0.0)
     assert batch.prompt_mask[0, 0] == 0 and batch.prompt_ids.shape[0] == 2  # left-padded with EOS
+
+
+def test_gqa_attention_reads_keys_in_place_and_matches_transformers_sdpa(tokenizer):
+    """On the CPU, a GQA model's attention runs SDPA with enable_gqa instead of copying the keys and values per
+    query head; logits (4-D mask and 2-D mask), gradients and greedy generations equal transformers' own SDPA."""
+    import contextlib
+
+    from transformers.modeling_utils import AttentionInterface
+
+    import rakd.models.attention as attention
+    from rakd.rollout import attention_mask_4d
+
+    config = preset_config("teacher-tiny", tokenizer)
+    config.num_key_value_heads = config.num_attention_heads // 2  # 2 query heads share each key-value head
+    model = build_model(config, seed=3)
+    assert AttentionInterface._global_mapping["sdpa"] is attention.gqa_sdpa_attention
+
+    @contextlib.contextmanager
+    def transformers_sdpa():
+        AttentionInterface.register("sdpa", attention._ORIGINAL)
+        try:
+            yield
+        finally:
+            AttentionInterface.register("sdpa", attention.gqa_sdpa_attention)
+
+    ids = torch.randint(3, config.vocab_size, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[0, :4] = 0  # a left-padded row
+    four_d = attention_mask_4d(model, mask, 12)
+
+    def run():
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=four_d)
+        out.logits.float().pow(2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        two_d = model(input_ids=ids, attention_mask=mask).logits.detach()
+        greedy = model.generate(ids[1:], attention_mask=mask[1:], max_new_tokens=5, do_sample=False)
+        return out.logits.detach(), grads, two_d, greedy
+
+    with torch.random.fork_rng():
+        ours = run()
+    with transformers_sdpa(), torch.random.fork_rng():
+        theirs = run()
+    assert (ours[0] - theirs[0]).abs().max() <= 1e-5 and (ours[2] - theirs[2]).abs().max() <= 1e-5
+    assert max((ours[1][n] - theirs[1][n]).abs().max().item() for n in ours[1]) <= 1e-5
+    assert torch.equal(ours[3], theirs[3])
+    # ours does call SDPA with enable_gqa, and leaves the keys and values uncopied
+    seen = {}
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def record(q, k, v, **kw):
+        seen.update(q_heads=q.shape[1], k_heads=k.shape[1], gqa=kw.get("enable_gqa"))
+        return real(q, k, v, **kw)
+
+    torch.nn.functional.scaled_dot_product_attention = record
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=four_d)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = real
+    assert seen == {"q_heads": config.num_attention_heads, "k_heads": config.num_key_value_heads, "gqa": True}

@@ -17,6 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rakd.io import atomic_dir
+from rakd.models.attention import install as install_attention
 from rakd.models.gguf_file import gguf_metadata
 from rakd.schema import ModelLoadError
 
@@ -28,6 +29,7 @@ def load_causal_lm(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) from a folder, a `.gguf` file, or a hub id. A tokenizer without a pad token (many
     pretrained ones) pads with its EOS: batches carry masks, so a pad is never read as a token."""
+    install_attention()  # GQA attention reads its keys and values in place on the CPU (rakd.models.attention)
     path = Path(source)
     if str(source).endswith(".gguf"):
         model, tokenizer = _load_gguf(path, dtype)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from rakd.models.attention import install as install_attention
+
 PRESETS: dict[str, dict] = {
     # ~1M parameters with a 512-token vocabulary.
     "teacher-tiny": dict(
@@ -66,6 +68,7 @@ def preset_config(name: str, tokenizer: PreTrainedTokenizerBase, **overrides) ->
 
 def build_model(config: LlamaConfig, seed: int) -> LlamaForCausalLM:
     """A freshly initialised model; the same seed gives the same weights."""
+    install_attention()  # GQA attention reads its keys and values in place on the CPU (rakd.models.attention)
     devices = []  # fork only the CPU generator: building never touches CUDA RNG state
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
