@@ -88,6 +88,46 @@ def test_sampling_is_seeded(model, tokenizer, backend):
     assert not torch.equal(a.completion_ids, c.completion_ids)
 
 
+def test_shared_prefix_is_counted_past_left_padding_and_leaves_each_row_a_token():
+    from rakd.rollout.samplers import shared_prefix
+
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [5, 6, 7, 9, 9, 9], [0, 5, 6, 7, 8, 1]])
+    mask = (torch.arange(6)[None] >= torch.tensor([[2], [0], [1]])).long()
+    assert shared_prefix(ids, mask) == 3  # 5 6 7 in every row
+    assert shared_prefix(ids[:1], mask[:1]) == 0  # one row: nothing to share
+    same = torch.tensor([[5, 6, 7], [5, 6, 7]])
+    assert shared_prefix(same, torch.ones_like(same)) == 2  # the last token stays each row's own
+
+
+@pytest.mark.parametrize("backend", ["loop", "graph"])
+def test_a_prefix_every_prompt_shares_is_prefilled_once_with_the_same_samples(model, tokenizer, backend, monkeypatch):
+    """A chat template's system prompt begins every prompt: computed once, the samples are those of prefilling
+    every row whole, greedy and seeded, with mixed lengths (each row's pads between the prefix and its tokens)."""
+    import rakd.rollout.samplers as samplers
+
+    questions = [f"Read the question and answer it with the number alone, please. {q}" for q in QUESTIONS]
+    ids, mask = encode_prompts(tokenizer, questions)
+    assert samplers.shared_prefix(ids, mask) >= samplers.MIN_SHARED_PREFIX
+    calls = []
+    forward = type(model).forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs["input_ids"].shape)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", counting)
+    least = samplers.MIN_SHARED_PREFIX
+    for temperature in (0.0, 1.0):
+        kw = dict(max_new_tokens=10, temperature=temperature, seed=5, backend=backend)
+        calls.clear()
+        once = sample(model, tokenizer, questions, **kw)
+        assert calls[0][0] == 1 and calls[1][0] == len(questions)  # the prefix alone, then every row's own tokens
+        monkeypatch.setattr(samplers, "MIN_SHARED_PREFIX", 10**6)
+        whole = sample(model, tokenizer, questions, **kw)
+        monkeypatch.setattr(samplers, "MIN_SHARED_PREFIX", least)
+        assert torch.equal(once.completion_ids, whole.completion_ids) and once.texts == whole.texts
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_graph_sampler_draws_the_loops_tokens_from_the_same_uniforms(model, tokenizer, monkeypatch, attention):
     """`graph` decodes over a static cache from a table of uniforms drawn up front; the loop draws the same

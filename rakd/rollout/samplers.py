@@ -97,11 +97,48 @@ def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id
     return _trim(tokens, eos_id)
 
 
+# A prefix every prompt of a batch begins with (a chat template's system prompt) is prefilled once when it is at
+# least this long; shorter ones are not worth a second forward.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix(ids: torch.Tensor, mask: torch.Tensor) -> int:
+    """How many tokens every left-padded prompt of the batch begins with, short of each prompt's last token (every
+    row keeps one token of its own, whose logits start its sampling)."""
+    lengths = mask.long().sum(-1)
+    if ids.shape[0] < 2 or int(lengths.min()) < 2:
+        return 0
+    shortest = int(lengths.min())
+    starts = ids.shape[1] - lengths
+    heads = ids.gather(1, starts[:, None] + torch.arange(shortest, device=ids.device)[None])
+    same = (heads == heads[:1]).all(0).long().cumprod(0)
+    return min(int(same.sum()), shortest - 1)
+
+
 def _prefill(model, ids, mask, group_size):
     """One forward over the distinct prompts into a DynamicCache, expanded G times: (cache, last logits, the mask
-    and each row's last position, both repeated G times)."""
+    and each row's last position, both repeated G times). A prefix every prompt shares (`shared_prefix`) is computed
+    once and its cache copied to every row; each row's own tokens follow it, the row's pads between the two (masked,
+    and skipped by the positions, so every token sits where it would in the row alone)."""
     cache = DynamicCache()
-    positions = position_ids(mask)
+    common = shared_prefix(ids, mask)
+    if common >= MIN_SHARED_PREFIX:
+        width, rows = ids.shape[1], ids.shape[0]
+        start = width - int(mask[0].long().sum())
+        prefix = ids[:1, start : start + common]
+        ones = torch.ones_like(prefix)
+        model(
+            input_ids=prefix,
+            attention_mask=attention_mask_4d(model, ones, common),
+            position_ids=position_ids(ones),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache.batch_repeat_interleave(rows)
+        own = mask[:, : width - common]  # each row's pads, then its tokens after the prefix
+        ids = torch.where(own.bool(), ids[:, common:], torch.zeros_like(own) + ids[0, 0])
+        mask = torch.cat([ones.expand(rows, common), own], dim=-1)
+    positions = position_ids(mask)[:, -ids.shape[1] :]
     logits = model(
         input_ids=ids,
         attention_mask=attention_mask_4d(model, mask, ids.shape[1]),
