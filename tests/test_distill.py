@@ -667,6 +667,46 @@ def test_warmstart_stops_at_its_plateau_without_a_target(prepared, tmp_path, mon
     assert warm["target"]["summary"].startswith("plateau at SFT step 8: no new best in 2 checks")
 
 
+def test_a_plateau_with_decay_steps_anneals_the_rate_to_zero_then_stops(prepared, tmp_path, monkeypatch):
+    """stop.decay_steps: at the plateau SFT goes on for that many steps with the rate falling linearly to 0 (checks
+    during the decay only record), checks val at its last step and stops there; a resumed hook finds the decay."""
+    import rakd.stages.stop as valstop
+    from rakd.train.common import lr_factor
+
+    real, scripted_values = valstop.evaluate_model, iter([0.1, 0.3, 0.2, 0.3, 0.9, 0.95])
+
+    def scripted(model, tokenizer, records, cfg, precision):
+        result = real(model, tokenizer, records, cfg, precision)
+        if cfg.n_problems == 7 and cfg.k_samples == 0:
+            return dataclasses.replace(result, greedy_accuracy=next(scripted_values))
+        return result
+
+    monkeypatch.setattr(valstop, "evaluate_model", scripted)
+    stop = "distill.warmstart.stop={val_accuracy: null, patience: 2, every: 2, problems: 7, decay_steps: 3}"
+    cfg = fresh_run(prepared, tmp_path, "decay", ["distill.rl.steps=0", "distill.warmstart.sft.steps=20", stop])
+    traces = [
+        {"question": r["question"], "answer": r["answer"], "completion": " " + r["solution"]}
+        for r in read_jsonl(cfg.run.layout.split("train"))[:16]
+    ]
+    leave_traces(cfg, traces)
+    run_distill(cfg.distill, cfg.run.dir)
+    warm = json.loads((cfg.run.dir / "student" / "eval_warmstart.json").read_text())
+    # checks at 2, 4, 6, 8 (plateau: 0.2 and 0.3 after the best 0.3), then 10 during the decay and 11, its end
+    assert warm["sft_steps"] == 11 and warm["target"]["plateau_step"] == 8 and warm["target"]["decay_steps"] == 3
+    assert "then the learning rate fell to 0 over 3 steps: 95.0% at step 11" in warm["target"]["summary"]
+    rows = read_jsonl(cfg.run.dir / "student" / "metrics_warmstart.jsonl")
+    assert [r["step"] for r in rows if "val_check_accuracy" in r] == [2, 4, 6, 8, 10, 11]
+    sft = cfg.distill.warmstart.sft
+    plain = [sft.optim.lr * lr_factor(r["step"], sft.steps, sft.optim) for r in rows]  # a row logs the next rate
+    scale = [1.0] * 8 + [2 / 3, 1 / 3, 0.0]
+    assert [r["lr"] for r in rows] == pytest.approx([p * f for p, f in zip(plain, scale)], rel=1e-6, abs=1e-12)
+    hook = valstop.ValCheck.resuming(
+        cfg.run.dir / "student" / "metrics_warmstart.jsonl", stop=cfg.distill.warmstart.stop, model=None,
+        tokenizer=None, records=[{"question": "q"}], eval_cfg=cfg.distill.eval, name="warmstart",
+    )  # fmt: skip
+    assert hook.decay_from == 8 and hook.lr_scale(9) == pytest.approx(2 / 3) and hook.lr_scale(7) == 1.0
+
+
 def test_a_base_start_trains_on_bare_answers_before_any_trace(prepared, tmp_path):
     """warmstart.base: the student's first SFT sees every train question with its final answer only; its steps
     count in the warm start's ledger and log, and no teacher trace is sampled."""

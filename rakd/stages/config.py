@@ -75,11 +75,20 @@ class ValStop(StageConfig):
     )
     every: int = Field(25, ge=1, description="check every N SFT steps")
     problems: int = Field(200, ge=1, description="val questions per check (the first N that qualify)")
+    decay_steps: int | None = Field(
+        None,
+        ge=1,
+        description="at the plateau, train this many more steps with the learning rate falling linearly from where "
+        "it is to 0, then stop, checking val at the end (the decay of a warmup-stable-decay schedule: a model "
+        "stopped at a high rate's plateau is noisier than one annealed); null: stop at the plateau",
+    )
 
     @model_validator(mode="after")
     def _a_reason_to_stop(self):
         if self.val_accuracy is None and self.patience is None:
             raise ValueError("stop needs val_accuracy (a target), patience (the plateau) or both")
+        if self.decay_steps is not None and self.patience is None:
+            raise ValueError("stop.decay_steps decays the learning rate at the plateau: set stop.patience too")
         return self
 
 

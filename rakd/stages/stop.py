@@ -53,6 +53,14 @@ class ValCheck:
     checks: list[tuple[int, float]] = field(default_factory=list)
     reached: bool = False
     stopped: bool = False
+    decay_from: int | None = None  # with stop.decay_steps: the step whose check found the plateau
+
+    def lr_scale(self, step: int) -> float:
+        """The learning rate's factor at 0-based SFT step `step` (the trainer reads it through its scheduler): 1
+        until the plateau, then falling linearly to 0 over `stop.decay_steps` steps."""
+        if self.decay_from is None:
+            return 1.0
+        return min(1.0, max(0.0, (self.decay_from + self.stop.decay_steps - step) / self.stop.decay_steps))
 
     def __post_init__(self):
         if not self.records:
@@ -66,10 +74,14 @@ class ValCheck:
         """A hook that resumes the checks an interrupted SFT logged in `metrics` (its metrics.jsonl, if there is
         one)."""
         rows = read_jsonl(metrics) if metrics.exists() else []
-        return cls(checks=[(r["step"], r["val_check_accuracy"]) for r in rows if "val_check_accuracy" in r], **kwargs)
+        checks = [(r["step"], r["val_check_accuracy"]) for r in rows if "val_check_accuracy" in r]
+        hook = cls(checks=checks, **kwargs)
+        hook.decay_from = plateau_step(checks, hook.stop.patience) if hook.stop.decay_steps else None
+        return hook
 
     def __call__(self, step: int, row: dict) -> bool:
-        if step % self.stop.every:
+        decayed = self.decay_from is not None and step >= self.decay_from + self.stop.decay_steps
+        if step % self.stop.every and not decayed:
             return False
         result = evaluate_model(self.model, self.tokenizer, self.records, self.eval_cfg, self.precision)
         accuracy = result.greedy_accuracy
@@ -77,9 +89,23 @@ class ValCheck:
         target = "" if self.stop.val_accuracy is None else f" (target {self.stop.val_accuracy})"
         self.log(f"[{self.name}] step {step}: val accuracy {accuracy:.3f}{target}")
         self.checks = [c for c in self.checks if c[0] < step] + [(step, accuracy)]
+        if self.decay_from is not None:  # the checks of a decay only record; its last step ends the SFT
+            self.stopped = decayed
+            return self.stopped
         self.reached = self.stop.val_accuracy is not None and accuracy >= self.stop.val_accuracy
-        self.stopped = self.reached or plateaued([value for _, value in self.checks], self.stop.patience)
+        plateau = plateaued([value for _, value in self.checks], self.stop.patience)
+        if plateau and not self.reached and self.stop.decay_steps:
+            self.decay_from = step
+            self.log(f"[{self.name}] step {step}: plateau; the rate falls to 0 over {self.stop.decay_steps} steps")
+            return False
+        self.stopped = self.reached or plateau
         return self.stopped
+
+
+def plateau_step(checks: list[tuple[int, float]], patience: int | None) -> int | None:
+    """The step of the first check at which the checks so far had plateaued (None: they never had)."""
+    values = [value for _, value in checks]
+    return next((checks[i][0] for i in range(len(checks)) if plateaued(values[: i + 1], patience)), None)
 
 
 def outcome(stop: ValStop | None, sft_rows: list[dict], sft_steps: int, added: str = "") -> dict | None:
@@ -91,14 +117,19 @@ def outcome(stop: ValStop | None, sft_rows: list[dict], sft_steps: int, added: s
     checks = [(r["step"], r["val_check_accuracy"]) for r in sft_rows if "val_check_accuracy" in r]
     target = stop.val_accuracy
     reached = [step for step, value in checks if target is not None and value >= target]
-    plateau = next(
-        (checks[i][0] for i in range(len(checks)) if plateaued([v for _, v in checks[: i + 1]], stop.patience)), None
-    )
+    plateau = plateau_step(checks, stop.patience)
     best_step, best = max(checks, key=lambda check: (check[1], -check[0])) if checks else (None, None)
     last = checks[-1][1] if checks else None
     goal = f"target {target:.0%}" if target is not None else "plateau"
     if reached:
         summary = f"{goal} reached at SFT step {reached[0]} ({checks[-1][1]:.1%}){added}; SFT stopped there"
+    elif plateau is not None and stop.decay_steps:
+        before = max(value for step, value in checks if step <= plateau)
+        summary = (
+            f"plateau at SFT step {plateau}: no new best in {stop.patience} checks (best {before:.1%}){added}; then "
+            f"the learning rate fell to 0 over {stop.decay_steps} steps: {last:.1%} at step {checks[-1][0]}"
+            + ("" if checks[-1][0] >= plateau + stop.decay_steps else f" (of {plateau + stop.decay_steps}: cut short)")
+        )
     elif plateau is not None:
         summary = (
             f"plateau at SFT step {plateau}: no new best in {stop.patience} checks (best {best:.1%} at step "
@@ -116,6 +147,7 @@ def outcome(stop: ValStop | None, sft_rows: list[dict], sft_steps: int, added: s
         "reached": bool(reached) or (target is None and plateau is not None),
         "step": reached[0] if reached else plateau,
         "plateau_step": plateau,
+        "decay_steps": stop.decay_steps if plateau is not None else None,
         "best": best,
         "best_step": best_step,
         "last": last,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,8 +30,14 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, total: int, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, cfg))
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, total: int, cfg: OptimConfig, scale: Callable[[int], float] | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule of `cfg` over `total` steps; `scale(step)`, where given, multiplies it (read at every step, so
+    it may change while training: a decay begun at a plateau)."""
+    if scale is None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, cfg))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, cfg) * scale(step))
 
 
 def pick_device(name: str) -> torch.device:

@@ -55,7 +55,10 @@ class SFTTrainer(CheckpointedTrainer):
         )
         self.out_dir = Path(out_dir)
         self.optimizer = make_optimizer(model, cfg.optim)
-        self.scheduler = make_scheduler(self.optimizer, cfg.steps, cfg.optim)
+        self.lr_scale = None  # an `on_step` hook's `lr_scale(step)`, where it has one (a decay begun at a plateau)
+        self.scheduler = make_scheduler(
+            self.optimizer, cfg.steps, cfg.optim, scale=lambda step: self.lr_scale(step) if self.lr_scale else 1.0
+        )
         self.log = MetricsLog(self.out_dir / METRICS)
         self.device = next(model.parameters()).device
         self.start_step = 0
@@ -129,6 +132,7 @@ class SFTTrainer(CheckpointedTrainer):
         next run's `start_step`. `on_step(step, row)` may add to the row before it is logged, and ends training
         early by returning True (a warm start's target accuracy)."""
         until = self.cfg.steps if until is None else min(until, self.cfg.steps)
+        self.lr_scale = getattr(on_step, "lr_scale", None)
         progress = Progress(self.name, self.cfg.steps, self.start_step, every=self.cfg.log_every)
         for step in range(self.start_step, until):
             started = time.perf_counter()
