@@ -157,6 +157,7 @@ def test_rl_lr_runs_each_rate_from_the_warm_start_and_keeps_the_best_on_val(prep
     sweep = result.eval["rl_lr"]
     candidates = {c["lr"]: c for c in sweep["candidates"]}
     assert list(candidates) == [None, 1e-4, 3e-3] and [c["steps"] for c in candidates.values()] == [0, 4, 4]
+    assert [step for step, _ in candidates[3e-3]["val_curve"]] == [2, 4]  # eval_every=2: each rate's curve is kept
     best = max(c["val_greedy_accuracy"] for c in candidates.values())
     assert candidates[sweep["chosen"]]["val_greedy_accuracy"] == best
     # the student written is the chosen candidate's: read on the same val problems it gives the same accuracy

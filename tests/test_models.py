@@ -116,8 +116,8 @@ def test_gqa_attention_reads_keys_in_place_and_matches_transformers_sdpa(tokeniz
     import rakd.models.attention as attention
     from rakd.rollout import attention_mask_4d
 
-    config = preset_config("teacher-tiny", tokenizer)
-    config.num_key_value_heads = config.num_attention_heads // 2  # 2 query heads share each key-value head
+    config = preset_config("test-micro", tokenizer)  # 2 query heads share its one key-value head
+    assert config.num_attention_heads == 2 * config.num_key_value_heads
     model = build_model(config, seed=3)
     assert AttentionInterface._global_mapping["sdpa"] is attention.gqa_sdpa_attention
 

@@ -99,7 +99,7 @@ def test_shared_prefix_is_counted_past_left_padding_and_leaves_each_row_a_token(
     assert shared_prefix(same, torch.ones_like(same)) == 2  # the last token stays each row's own
 
 
-@pytest.mark.parametrize("backend", ["loop", "graph"])
+@pytest.mark.parametrize("backend", ["loop", "graph"])  # the two samplers of our own prefill
 def test_a_prefix_every_prompt_shares_is_prefilled_once_with_the_same_samples(model, tokenizer, backend, monkeypatch):
     """A chat template's system prompt begins every prompt: computed once, the samples are those of prefilling
     every row whole, greedy and seeded, with mixed lengths (each row's pads between the prefix and its tokens)."""

@@ -3,9 +3,9 @@ read on the same val problems, and the student kept the best of them and of the 
 
 Each rate's run lives in its own folder of the stage's work folder (`lr-<i>/`: checkpoints and metrics, so a crashed
 run resumes inside the candidate it was in), and `rl_lr.json` there records every finished candidate (its rate,
-steps, val accuracy and the FLOPs of reading it), so a resumed stage never runs a finished candidate again. The
-record goes into the student's `eval.json` (`rl_lr`), with `chosen`: the rate kept, or null where no rate beat
-the warm start on val.
+steps, val accuracy, the FLOPs of reading it and its `eval_every` val curve, which outlives its folder), so a
+resumed stage never runs a finished candidate again. The record goes into the student's `eval.json` (`rl_lr`), with
+`chosen`: the rate kept, or null where no rate beat the warm start on val.
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ def run_lr_sweep(
         if trainer.resume():
             log(f"[distill] rl_lr: lr {lr:g} resumed from checkpoint step {trainer.start_step}")
         run_trainer(trainer)
-        keep({"lr": lr, "folder": folder(index), "steps": len(trainer.log.rows()), **read_val()})
+        rows = trainer.log.rows()
+        curve = [[r["step"], r["val_greedy_accuracy"]] for r in rows if r.get("val_greedy_accuracy") is not None]
+        keep({"lr": lr, "folder": folder(index), "steps": len(rows), **read_val(), "val_curve": curve})
 
     chosen = choose(record["candidates"])
     student.load_state_dict(healed)

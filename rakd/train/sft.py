@@ -117,6 +117,7 @@ class SFTTrainer(CheckpointedTrainer):
             "loss": float(loss.detach()),
             "grad_norm": grad_norm,
             "lr": self.scheduler.get_last_lr()[0],
+            "tokens": int(self.world.sum(int(batch.completion_mask.sum()))),  # the completion tokens trained on
             "flops": int(self.world.sum(rollout_flops(self.dims, batch, training=True))),  # every rank's share
             **self.teacher_flops(batch),
         }
