@@ -136,7 +136,7 @@ def _prefill(model, ids, mask, group_size):
         )
         cache.batch_repeat_interleave(rows)
         own = mask[:, : width - common]  # each row's pads, then its tokens after the prefix
-        ids = torch.where(own.bool(), ids[:, common:], torch.zeros_like(own) + ids[0, 0])
+        ids = ids[:, common:]  # what sits under a row's pads is masked: never attended to, its outputs unread
         mask = torch.cat([ones.expand(rows, common), own], dim=-1)
     positions = position_ids(mask)[:, -ids.shape[1] :]
     logits = model(

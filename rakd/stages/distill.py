@@ -134,8 +134,9 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
         "teacher_parameters": count_parameters(teacher),
         "precision": precision,
     }
-    rl_dir = work if sweep is None else work / (chosen_folder(sweep) or "none")  # "none": the warm start kept
-    rows = read_jsonl(rl_dir / METRICS) if (rl_dir / METRICS).exists() else []
+    kept = chosen_folder(sweep) if sweep else None
+    rl_dir = work if sweep is None else work / kept if kept else None  # None: the warm start kept, no RL log
+    rows = read_jsonl(rl_dir / METRICS) if rl_dir and (rl_dir / METRICS).exists() else []
     if sweep is None:
         result["flops"] = stage_flops(eval_warm, rows, result["eval_flops"])
     else:  # every candidate's RL steps and val readings are the stage's compute too
@@ -156,13 +157,13 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
     logs = {
         name: path
         for name, path in (
-            (METRICS, rl_dir / METRICS),
+            (METRICS, rl_dir and rl_dir / METRICS),
             (TRACES, work / TRACES),
             (METRICS_WARMSTART, work / "warmstart" / METRICS_WARMSTART),
             (METRICS_BASE, work / "warmstart" / METRICS_BASE),
-            ("checkpoints", rl_dir / "checkpoints"),
+            ("checkpoints", rl_dir and rl_dir / "checkpoints"),
         )
-        if path.exists()
+        if path and path.exists()
     }
     save_model(
         student.cpu(),
