@@ -5,7 +5,8 @@ import torch
 
 from rakd.models.zoo import build_model, preset_config
 from rakd.train.checkpoint import list_checkpoints
-from rakd.train.common import OptimConfig, lr_factor
+from rakd.train.distributed import load_optimizer_state
+from rakd.train.common import OptimConfig, fuses_adamw, lr_factor, make_optimizer
 from rakd.train.sft import SFTConfig, SFTTrainer, pack_pairs
 
 
@@ -16,6 +17,25 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(20, 20, cfg) == pytest.approx(0.1)
     assert lr_factor(12, 20, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_factor(15, 20, OptimConfig(warmup_steps=0, schedule="constant")) == 1.0
+
+
+def test_the_optimiser_is_fused_adamw_and_steps_as_hand_computed():
+    layer = torch.nn.Linear(3, 2)
+    optimizer = make_optimizer(layer, OptimConfig(lr=0.1, weight_decay=0.5, betas=(0.9, 0.95)))
+    assert optimizer.param_groups[0]["fused"] is True
+    before = layer.weight.detach().clone()
+    grad = torch.tensor([[1.0, -2.0, 0.5], [-0.25, 3.0, -1.0]])
+    layer.weight.grad, layer.bias.grad = grad, torch.zeros(2)
+    optimizer.step()
+    # step 1: decay by lr * wd, then m_hat = g, v_hat = g^2, so the move is lr * g / (|g| + eps)
+    expected = before * (1 - 0.1 * 0.5) - 0.1 * grad / (grad.abs() + 1e-8)
+    assert torch.allclose(layer.weight, expected, atol=1e-6)
+    assert not fuses_adamw([torch.zeros(2, dtype=torch.float64)])
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:  # a state written by an unfused optimiser resumes fused
+        group["fused"] = None
+    load_optimizer_state(layer, optimizer, state)
+    assert optimizer.param_groups[0]["fused"] is True  # fused kernels take fp32, bf16 and fp16 only
 
 
 def test_pack_pairs_masks_completion_and_eos(tokenizer):

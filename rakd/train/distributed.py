@@ -175,7 +175,10 @@ def optimizer_state(model: torch.nn.Module, optimizer) -> dict:
 
 def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
     if not is_sharded(model):
+        kernels = [(g.get("fused"), g.get("foreach")) for g in optimizer.param_groups]
         optimizer.load_state_dict(state)
+        for group, (fused, foreach) in zip(optimizer.param_groups, kernels):  # the kernel is this run's choice,
+            group["fused"], group["foreach"] = fused, foreach  # not the one of the run that wrote the state
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
