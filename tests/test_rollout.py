@@ -317,6 +317,53 @@ def test_completion_logits_give_the_plain_pass_logits_and_gradients(model, token
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_a_prefix_every_prompt_shares_is_computed_once_with_the_plain_pass_logprobs_and_gradients(
+    model, tokenizer, monkeypatch
+):
+    """Distinct prompts that begin alike (a chat template's system prompt): the forest computes their common
+    prefix once, apart, and every row's log-probs and the gradient of a loss on them are the plain pass's; the
+    model runs on the prefix once and on the trees without it."""
+    from rakd.rollout import forests, head
+
+    shared = "Answer with the number only, after working it out: "
+    batch = sample(model, tokenizer, [shared + q for q in QUESTIONS for _ in range(2)], max_new_tokens=8, seed=5)
+    batch.completion_mask[3, 4:] = 0
+    (forest,) = prefix_forests(batch, 8)
+    prompts = [batch.prompt_ids[r][batch.prompt_mask[r].bool()].tolist() for r in range(len(batch.texts))]
+    common = len(forest.prefix)
+    assert common >= forests.MIN_SHARED_PREFIX and all(p[:common] == forest.prefix.tolist() for p in prompts)
+    assert min(map(len, prompts)) > common  # every row keeps a token of its own prompt
+    monkeypatch.setattr(forests, "MIN_SHARED_PREFIX", 10**6)
+    (whole,) = prefix_forests(batch, 8)
+    monkeypatch.undo()
+    assert len(whole.prefix) == 0 and int(whole.sizes.sum()) == int(forest.sizes.sum()) + len(QUESTIONS) * common
+    weights = torch.randn(batch.completion_ids.shape, generator=torch.Generator().manual_seed(1))
+    seen = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    results = []
+    try:
+        for way in ("plain", "forest", "head"):
+            model.zero_grad()
+            seen.clear()
+            if way == "head":
+                logprobs = head.forest_head_logprobs(model, forest)
+                logprobs = logprobs[torch.argsort(forest.rows)]
+                assert seen == [torch.Size([1, common]), forest.ids.shape]
+            else:
+                logits = completion_logits(model, batch, packed=way == "forest")
+                logprobs = token_logprobs(logits, batch.completion_ids) * batch.completion_mask
+            (logprobs * weights).sum().backward()
+            results.append((logprobs.detach(), [p.grad.clone() for p in model.parameters()]))
+    finally:
+        hook.remove()
+    model.zero_grad()
+    (plain, plain_grads), *others = results
+    for logprobs, grads in others:
+        torch.testing.assert_close(logprobs, plain, atol=1e-5, rtol=0)
+        for a, b in zip(grads, plain_grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_next_token_draws_from_the_softmax_and_never_a_filtered_token():
     """The sampler inverts the CDF with one uniform per row: over 40000 draws each token's frequency is its
     probability within 4 standard errors, at temperature 0.7 and under top-p, where tokens outside the nucleus

@@ -15,6 +15,10 @@ from transformers import PreTrainedTokenizerBase
 
 from rakd.prompt import model_prompt
 
+# A prefix every prompt of a batch begins with (a chat template's system prompt) is computed once, its keys and
+# values shared by every row, when it is at least this long; shorter ones are not worth a second forward.
+MIN_SHARED_PREFIX = 8
+
 
 @dataclass
 class Rollouts:

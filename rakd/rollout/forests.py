@@ -2,7 +2,9 @@
 
 The rows of each distinct prompt become one tree, the prompt followed by the trie of their completions, flattened
 into sequences with a 4-D mask: a token attends to its prompt and its ancestors in the trie, and takes the
-position it has in its own row. Scoring and the update read a row's log-probs along its path (docs/design.md).
+position it has in its own row. A prefix every prompt of a forest begins with (a chat template's system prompt)
+is computed once more: its keys and values are shared by every sequence, as a cache the pass attends to, and its
+gradient is the sum of its rows'. Scoring and the update read a row's log-probs along its path (docs/design.md).
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
-from rakd.rollout.batch import Rollouts
+from rakd.rollout.batch import MIN_SHARED_PREFIX, Rollouts
 from rakd.rollout.masks import mask_for_model, no_cudnn_attention
 
 
@@ -94,6 +96,7 @@ class PrefixForest:
     paths: torch.Tensor  # (R, T) flat index (s * L + i) of each completion token; 0 past a row's end
     predictors: torch.Tensor  # (R, T) flat index of the token before it, whose logits predict it
     valid: torch.Tensor  # (R, T) bool
+    prefix: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # (P,) shared by all
 
 
 def prefix_forests(rollouts: Rollouts, rows: int, max_tokens: int = FOREST_MAX_TOKENS) -> list[PrefixForest]:
@@ -110,10 +113,42 @@ def prefix_forests(rollouts: Rollouts, rows: int, max_tokens: int = FOREST_MAX_T
     return [_forest(chunk) for chunk in chunks]
 
 
+def _common_prefix(trees: list[_Tree]) -> int:
+    """How many tokens the prompts of `trees` all begin with, short of each prompt's last (whose state predicts
+    its rows' first completion token); 0 for one tree, or when fewer than `MIN_SHARED_PREFIX`."""
+    if len(trees) < 2:
+        return 0
+    shortest, first = min(t.prompt_len for t in trees), trees[0].tokens
+    n = 0
+    while n < shortest - 1 and all(t.tokens[n] == first[n] for t in trees):
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def _without_prefix(tree: _Tree, n: int) -> _Tree:
+    """`tree` without its first `n` prompt tokens (computed apart, once for the forest); positions stay those of
+    the row."""
+    if n == 0:
+        return tree
+    return _Tree(
+        tokens=tree.tokens[n:],
+        positions=tree.positions[n:],
+        prompt_len=tree.prompt_len - n,
+        parents=[p - n for p in tree.parents],
+        rows=tree.rows,
+        paths=[[i - n for i in path] for path in tree.paths],
+        predictors=[[i - n for i in path] for path in tree.predictors],
+    )
+
+
 def _forest(trees: list[_Tree]) -> PrefixForest:
     """The trees packed into sequences as long as the longest tree: first fit, largest first, so several small
     trees share a sequence instead of each padding to the width (a tree's tokens attend only within it). The
-    width, hence each sequence's attention cost, is what one tree per sequence would give; only padding goes."""
+    width, hence each sequence's attention cost, is what one tree per sequence would give; only padding goes.
+    The prompts' common prefix (`_common_prefix`) leaves the trees, to be computed once (`forest_pass`)."""
+    shared = _common_prefix(trees)
+    prefix = torch.tensor(trees[0].tokens[:shared], dtype=torch.long)
+    trees = [_without_prefix(t, shared) for t in trees]
     width = max(len(t.tokens) for t in trees)
     placed: list[tuple[_Tree, int, int]] = []  # (tree, sequence, offset)
     used: list[int] = []
@@ -162,20 +197,46 @@ def _forest(trees: list[_Tree]) -> PrefixForest:
         paths=(paths + offset) * valid,
         predictors=(predictors + offset) * valid,
         valid=valid,
+        prefix=prefix,
     )
 
 
 def forest_pass(module, model: PreTrainedModel, forest: PrefixForest):
     """One pass of `module` (`model` itself, or its backbone `model.base_model`) over the forest's sequences: each
-    token at its position in its rows, attending to its prompt and its ancestors."""
+    token at its position in its rows, attending to its prompt and its ancestors. The forest's shared prefix goes
+    through the backbone first, once, and every sequence attends to its keys and values."""
     device = next(model.parameters()).device
+    allowed, past = forest.allowed.to(device)[:, None], None
     with no_cudnn_attention(device):
+        if len(forest.prefix):
+            past = _prefix_cache(model, forest.prefix.to(device), len(forest.ids))
+            allowed = torch.cat([allowed.new_ones(*allowed.shape[:3], len(forest.prefix)), allowed], dim=-1)
         return module(
             input_ids=forest.ids.to(device),
-            attention_mask=mask_for_model(model, forest.allowed.to(device)[:, None]),
+            attention_mask=mask_for_model(model, allowed),
             position_ids=forest.positions.to(device),
+            past_key_values=past,
             use_cache=False,
         )
+
+
+def _prefix_cache(model: PreTrainedModel, prefix: torch.Tensor, sequences: int) -> DynamicCache:
+    """The keys and values of `prefix` (P,) at positions 0..P-1, one pass of the backbone, repeated for
+    `sequences` sequences (in the graph: the gradients of every sequence's reads sum into the one pass)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cache = DynamicCache()
+    causal = torch.ones(len(prefix), len(prefix), dtype=torch.bool, device=prefix.device).tril()
+    backbone = model if isinstance(model, FSDPModule) else model.base_model  # a sharded model's root gathers
+    backbone(
+        input_ids=prefix[None],
+        attention_mask=mask_for_model(model, causal[None, None]),
+        position_ids=torch.arange(len(prefix), device=prefix.device)[None],
+        past_key_values=cache,
+        use_cache=True,
+    )
+    cache.batch_repeat_interleave(sequences)
+    return cache
 
 
 def _forest_forward(model: PreTrainedModel, forest: PrefixForest) -> torch.Tensor:

@@ -17,7 +17,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase,
 from transformers.cache_utils import StaticLayer
 
 from rakd.progress import Progress
-from rakd.rollout.batch import Rollouts, assemble, encode_prompts, position_ids
+from rakd.rollout.batch import MIN_SHARED_PREFIX, Rollouts, assemble, encode_prompts, position_ids
 from rakd.rollout.masks import attention_mask_4d, mask_for_model, no_cudnn_attention
 from rakd.schema import Backend
 
@@ -96,10 +96,6 @@ def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id
         ).logits[:, -1]
     return _trim(tokens, eos_id)
 
-
-# A prefix every prompt of a batch begins with (a chat template's system prompt) is prefilled once when it is at
-# least this long; shorter ones are not worth a second forward.
-MIN_SHARED_PREFIX = 8
 
 
 def shared_prefix(ids: torch.Tensor, mask: torch.Tensor) -> int:
