@@ -5,8 +5,8 @@ import torch
 
 from rakd.models.zoo import build_model, preset_config
 from rakd.train.checkpoint import list_checkpoints
-from rakd.train.distributed import load_optimizer_state
 from rakd.train.common import OptimConfig, fuses_adamw, lr_factor, make_optimizer
+from rakd.train.distributed import load_optimizer_state
 from rakd.train.sft import SFTConfig, SFTTrainer, pack_pairs
 
 
