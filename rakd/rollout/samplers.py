@@ -97,7 +97,6 @@ def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id
     return _trim(tokens, eos_id)
 
 
-
 def shared_prefix(ids: torch.Tensor, mask: torch.Tensor) -> int:
     """How many tokens every left-padded prompt of the batch begins with, short of each prompt's last token (every
     row keeps one token of its own, whose logits start its sampling)."""
