@@ -27,26 +27,28 @@ def whole(states, weight, bias, index, tokens, temperature):
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("chunk_elements", [1, 7 * 11, 10**6])  # one state a chunk, ragged chunks, one chunk
-def test_head_logprobs_and_gradients_equal_the_whole_logits(bias, chunk_elements):
+@pytest.mark.parametrize("dtype,temperature", [(torch.float64, 0.7), (torch.float32, 1.0)])
+def test_head_logprobs_and_gradients_equal_the_whole_logits(bias, chunk_elements, dtype, temperature):
     generator = torch.Generator().manual_seed(0)
-    states = torch.randn(9, 6, generator=generator, dtype=torch.float64, requires_grad=True)
-    head = torch.nn.Linear(6, 11, bias=bias).double()
+    states = torch.randn(9, 6, generator=generator, dtype=dtype, requires_grad=True)
+    head = torch.nn.Linear(6, 11, bias=bias).to(dtype)
     index = torch.tensor([0, 3, 3, 3, 8, 5, 0, 2])  # states read several times (rows that share a prefix)
     tokens = torch.tensor([1, 4, 4, 9, 10, 0, 7, 2])
     upstream = torch.randn(len(index), generator=generator, dtype=torch.float64)
 
-    picked, entropy = head_logprobs(states, head, index, tokens, temperature=0.7, chunk_elements=chunk_elements)
+    picked, entropy = head_logprobs(states, head, index, tokens, temperature, chunk_elements=chunk_elements)
     (picked.double() * upstream).sum().backward()
     grads = [t.grad.clone() for t in (states, head.weight, *([head.bias] if bias else []))]
     for t in (states, *head.parameters()):
         t.grad = None
-    expected, expected_entropy = whole(states, head.weight, head.bias, index, tokens, 0.7)
+    expected, expected_entropy = whole(states.double(), head.weight.double(), head.bias, index, tokens, temperature)
     (expected * upstream).sum().backward()
 
-    torch.testing.assert_close(picked.double(), expected, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(entropy.double(), expected_entropy.detach(), rtol=1e-6, atol=1e-6)
+    tolerance = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(picked.double(), expected, **tolerance)
+    torch.testing.assert_close(entropy.double(), expected_entropy.detach(), **tolerance)
     for got, want in zip(grads, (states.grad, head.weight.grad, *([head.bias.grad] if bias else []))):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)  # the head computes in fp32
+        torch.testing.assert_close(got, want.to(dtype), rtol=1e-5, atol=1e-6)  # the head computes in fp32
     assert not entropy.requires_grad
 
 
