@@ -641,12 +641,12 @@ def test_plateau_is_no_new_best_in_patience_checks():
     assert not plateaued([0.1, 0.3, 0.2, 0.31], 2) and not plateaued([0.5, 0.1, 0.1], None)
 
 
-def test_warmstart_stops_at_its_plateau_without_a_target(prepared, tmp_path, monkeypatch):
-    """warmstart.stop with patience and no target: SFT ends once `patience` checks in a row bring no new best
-    (early stopping, the trace-budget regime's SFT), and the summary says so."""
+def scripted_stop_run(prepared, tmp_path, monkeypatch, name: str, accuracies: list[float], stop: str):
+    """A warm start of SFT alone (20 steps at most, RL off) on 16 train solutions, stopped by `stop` (checks on 7
+    val problems) whose val checks read `accuracies` in turn; returns the config and the warm start's record."""
     import rakd.stages.stop as valstop
 
-    real, scripted_values = valstop.evaluate_model, iter([0.1, 0.3, 0.2, 0.3, 0.9])
+    real, scripted_values = valstop.evaluate_model, iter(accuracies)
 
     def scripted(model, tokenizer, records, cfg, precision):
         result = real(model, tokenizer, records, cfg, precision)
@@ -655,15 +655,21 @@ def test_warmstart_stops_at_its_plateau_without_a_target(prepared, tmp_path, mon
         return result
 
     monkeypatch.setattr(valstop, "evaluate_model", scripted)
-    stop = "distill.warmstart.stop={val_accuracy: null, patience: 2, every: 2, problems: 7}"
-    cfg = fresh_run(prepared, tmp_path, "plateau", ["distill.rl.steps=0", "distill.warmstart.sft.steps=20", stop])
+    cfg = fresh_run(prepared, tmp_path, name, ["distill.rl.steps=0", "distill.warmstart.sft.steps=20", stop])
     traces = [
         {"question": r["question"], "answer": r["answer"], "completion": " " + r["solution"]}
         for r in read_jsonl(cfg.run.layout.split("train"))[:16]
     ]
     leave_traces(cfg, traces)
     run_distill(cfg.distill, cfg.run.dir)
-    warm = json.loads((cfg.run.dir / "student" / "eval_warmstart.json").read_text())
+    return cfg, json.loads((cfg.run.dir / "student" / "eval_warmstart.json").read_text())
+
+
+def test_warmstart_stops_at_its_plateau_without_a_target(prepared, tmp_path, monkeypatch):
+    """warmstart.stop with patience and no target: SFT ends once `patience` checks in a row bring no new best
+    (early stopping, the trace-budget regime's SFT), and the summary says so."""
+    stop = "distill.warmstart.stop={val_accuracy: null, patience: 2, every: 2, problems: 7}"
+    _, warm = scripted_stop_run(prepared, tmp_path, monkeypatch, "plateau", [0.1, 0.3, 0.2, 0.3, 0.9], stop)
     assert warm["sft_steps"] == 8 and warm["target"]["plateau_step"] == 8 and warm["target"]["best_step"] == 4
     assert warm["target"]["summary"].startswith("plateau at SFT step 8: no new best in 2 checks")
 
@@ -674,24 +680,9 @@ def test_a_plateau_with_decay_steps_anneals_the_rate_to_zero_then_stops(prepared
     import rakd.stages.stop as valstop
     from rakd.train.common import lr_factor
 
-    real, scripted_values = valstop.evaluate_model, iter([0.1, 0.3, 0.2, 0.3, 0.9, 0.95])
-
-    def scripted(model, tokenizer, records, cfg, precision):
-        result = real(model, tokenizer, records, cfg, precision)
-        if cfg.n_problems == 7 and cfg.k_samples == 0:
-            return dataclasses.replace(result, greedy_accuracy=next(scripted_values))
-        return result
-
-    monkeypatch.setattr(valstop, "evaluate_model", scripted)
     stop = "distill.warmstart.stop={val_accuracy: null, patience: 2, every: 2, problems: 7, decay_steps: 3}"
-    cfg = fresh_run(prepared, tmp_path, "decay", ["distill.rl.steps=0", "distill.warmstart.sft.steps=20", stop])
-    traces = [
-        {"question": r["question"], "answer": r["answer"], "completion": " " + r["solution"]}
-        for r in read_jsonl(cfg.run.layout.split("train"))[:16]
-    ]
-    leave_traces(cfg, traces)
-    run_distill(cfg.distill, cfg.run.dir)
-    warm = json.loads((cfg.run.dir / "student" / "eval_warmstart.json").read_text())
+    values = [0.1, 0.3, 0.2, 0.3, 0.9, 0.95]
+    cfg, warm = scripted_stop_run(prepared, tmp_path, monkeypatch, "decay", values, stop)
     # checks at 2, 4, 6, 8 (plateau: 0.2 and 0.3 after the best 0.3), then 10 during the decay and 11, its end
     assert warm["sft_steps"] == 11 and warm["target"]["plateau_step"] == 8 and warm["target"]["decay_steps"] == 3
     assert "then the learning rate fell to 0 over 3 steps: 95.0% at step 11" in warm["target"]["summary"]

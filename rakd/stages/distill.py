@@ -39,7 +39,7 @@ from rakd.schema import ConfigError, Summary
 from rakd.scorers import make_scorer
 from rakd.stages.config import DistillConfig
 from rakd.stages.rl_lr import run_lr_sweep
-from rakd.stages.warmstart import distill_records, load_models, run_warmstart, stage_precision
+from rakd.stages.warmstart import distill_records, load_models, run_warmstart, stage_precision, val_greedy
 from rakd.tables import pct
 from rakd.train.distributed import launch_torchrun, leave_world, plain_copy, shard, world_from_env
 from rakd.train.rl import RLTrainer
@@ -280,9 +280,9 @@ def test_readout(cfg: DistillConfig, student, tokenizer, layout: RunLayout, read
 
 def final_val(cfg: DistillConfig, student, tokenizer, layout: RunLayout, precision: str) -> dict:
     """The val split's greedy accuracy on `val_problems` problems, as the `eval_every` checks read it."""
-    val_cfg = cfg.eval.model_copy(update={"n_problems": cfg.val_problems, "k_samples": 0})
-    val = evaluate_model(student, tokenizer, distill_records(layout, "val"), val_cfg, precision)
-    return {"val_greedy_accuracy": val.greedy_accuracy}
+    return {
+        "val_greedy_accuracy": val_greedy(cfg, student, tokenizer, layout, precision, cfg.val_problems).greedy_accuracy
+    }
 
 
 def fault_injection(cfg: DistillConfig):

@@ -14,10 +14,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from rakd.evaluate import evaluate_model
 from rakd.io import atomic_write_text
 from rakd.layout import RunLayout
-from rakd.stages.warmstart import distill_records
+from rakd.stages.warmstart import val_greedy
 from rakd.tables import pct
 
 RECORD = "rl_lr.json"
@@ -50,18 +49,16 @@ def run_lr_sweep(
     path = work / RECORD
     record = json.loads(path.read_text()) if path.exists() else {"problems": cfg.rl_lr.problems, "candidates": []}
     healed = {k: v.detach().clone() for k, v in student.state_dict().items()}
-    val_cfg = cfg.eval.model_copy(update={"n_problems": cfg.rl_lr.problems, "k_samples": 0})
-    val_records = distill_records(layout, "val")
 
     def keep(entry: dict) -> None:
         what = "the warm start (no RL)" if entry["lr"] is None else f"RL at lr {entry['lr']:g}, {entry['steps']} steps"
-        log(f"[distill] rl_lr: {what}: val {pct(entry['val_greedy_accuracy'])} on {val_cfg.n_problems} problems")
+        log(f"[distill] rl_lr: {what}: val {pct(entry['val_greedy_accuracy'])} on {cfg.rl_lr.problems} problems")
         record["candidates"].append(entry)
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(record, indent=1) + "\n")
 
     def read_val() -> dict:
-        val = evaluate_model(student, tokenizer, val_records, val_cfg, precision)
+        val = val_greedy(cfg, student, tokenizer, layout, precision, cfg.rl_lr.problems)
         return {
             "val_greedy_accuracy": val.greedy_accuracy,
             "val_greedy_stderr": val.greedy_stderr,

@@ -35,6 +35,12 @@ def distill_records(layout: RunLayout, split: str) -> list[dict]:
     return [{k: r[k] for k in keep if k in r} for r in read_jsonl(layout.split(split))]
 
 
+def val_greedy(cfg, model, tokenizer, layout: RunLayout, precision: str, problems: int):
+    """`model` on the first `problems` problems of the val split, greedy only (the evaluation's result)."""
+    val_cfg = cfg.eval.model_copy(update={"n_problems": problems, "k_samples": 0})
+    return evaluate_model(model, tokenizer, distill_records(layout, "val"), val_cfg, precision)
+
+
 def check_same_tokenizer(teacher_tok, student_tok) -> None:
     same = teacher_tok.get_vocab() == student_tok.get_vocab() and all(
         getattr(teacher_tok, f"{r}_token_id") == getattr(student_tok, f"{r}_token_id") for r in ("bos", "eos", "pad")
