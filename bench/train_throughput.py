@@ -14,6 +14,10 @@ rakd.flops) and executed (what the packed pass computes: the backbone over each 
 head where it runs: at every token of the forest for the whole pass, at each distinct completion position for
 ours, whose recomputation in the backward pass is not counted as work), against the fp32 matmul peak the bench
 measures (and bf16's where the CPU has bf16 units).
+With `--trl`, TRL's SFTTrainer on the same rows too. With `--kd`, instead, the healing step by distillation: the
+whole model teaching each `--layers` student, ours (`SFTTrainer` with the teacher: its top-32 tokens and the
+tail's mass at each completion token, forward KL plus half the CE) against TRL's GKDTrainer teacher-forced with
+forward KL over the whole vocabulary (λ = 0, β = 0) on the same rows and tokens.
 Writes results.{json,md} and meta.json into bench/results/train_throughput-<date>/.
 """
 
@@ -61,9 +65,10 @@ def executed_flops(dims: ModelDims, batch, whole: bool) -> int:
     """Training FLOPs of the packed pass as it runs: the backbone over the forest's tokens (attention within each
     sequence), and the head at every forest token (whole) or at each distinct completion position (ours)."""
     (forest,) = prefix_forests(batch, len(batch.texts))
-    tokens = int(forest.sizes.sum())
+    tokens, shared = int(forest.sizes.sum()), len(forest.prefix)  # the prefix every prompt shares: once
     width = forest.ids.shape[1]
-    body = 2 * dims.params * tokens + 2 * dims.layers * dims.attn_width * width * width * len(forest.sizes)
+    keys = width * (width + shared) * len(forest.sizes) + shared * shared  # every sequence attends to the prefix
+    body = 2 * dims.params * (tokens + shared) + 2 * dims.layers * dims.attn_width * keys
     head_positions = tokens if whole else len(torch.unique(forest.predictors[forest.valid]))
     return 3 * (body + 2 * dims.head * head_positions)
 
@@ -201,9 +206,112 @@ def trl_seconds(model, tokenizer, batch, args, precision: str) -> tuple[list[flo
     return times, peak[0]
 
 
+def kd_seconds(student, teacher, tokenizer, pairs, args, precision: str) -> tuple[dict, object]:
+    """Our healing step by distillation (`SFTTrainer` with the teacher: top-32 + tail forward KL and half CE, the
+    real config's) on one batch: each step's seconds (`--steps` after a warm one), the largest step's peak memory."""
+    from rakd.stages.config import HealKD
+
+    cfg = SFTConfig(steps=args.steps + 2, batch_size=args.batch, optim=OptimConfig(lr=1e-6, warmup_steps=0))
+    seconds, peak = [], 0.0
+    with tempfile.TemporaryDirectory() as out:
+        trainer = SFTTrainer(student, tokenizer, pairs, cfg, Path(out), seed=0, name="bench", precision=precision,
+                             teacher=teacher, kd=HealKD())  # fmt: skip
+        batch = trainer.batch_for(0)
+        trainer.batch_for = lambda step, batch=batch: batch
+        for round_ in range(args.steps + 1):
+            reset_peak_rss()
+            held = peak_rss_mib()
+            seconds.append(timed(lambda: trainer.step(0), repeats=1))
+            if round_:
+                peak = max(peak, peak_rss_mib() - held)
+    return {"all_seconds": seconds, "seconds": min(seconds[1:]), "step_peak_mib": peak}, batch
+
+
+def gkd_seconds(student, teacher, tokenizer, batch, args, precision: str) -> tuple[list[float], float]:
+    """TRL's GKDTrainer on the same rows, teacher-forced and forward KL (λ = 0: the dataset's completions; β = 0: KL
+    from the teacher to the student over the whole vocabulary at every completion token), one step = the batch,
+    AdamW: each step's seconds and the largest step's peak memory. Its rows come from our batch through a collator
+    (right-padded, labels -100 at prompt and padding), so both train on the same tokens."""
+    import time
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    rows = trl_rows(batch)
+    pad = tokenizer.pad_token_id
+
+    def collate(items):
+        width = max(len(item["input_ids"]) for item in items)
+        ids = torch.full((len(items), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        labels = torch.full((len(items), width), -100, dtype=torch.long)
+        for r, item in enumerate(items):
+            n = len(item["input_ids"])
+            ids[r, :n] = torch.tensor(item["input_ids"])
+            mask[r, :n] = 1
+            keep = torch.tensor(item["completion_mask"]).bool()
+            labels[r, :n][keep] = ids[r, :n][keep]
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    times, peak = [], [0.0]
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            reset_peak_rss()
+            self.held, self.started = peak_rss_mib(), time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            times.append(time.perf_counter() - self.started)
+            if len(times) > 1:
+                peak[0] = max(peak[0], peak_rss_mib() - self.held)
+
+    with tempfile.TemporaryDirectory() as out:
+        config = GKDConfig(
+            output_dir=out, max_steps=args.steps + 1, per_device_train_batch_size=len(rows),
+            gradient_accumulation_steps=1, learning_rate=1e-6, lr_scheduler_type="constant", warmup_steps=0,
+            optim="adamw_torch", lmbda=0.0, beta=0.0, seq_kd=False, temperature=1.0, max_length=None,
+            bf16=precision == "bf16", use_cpu=True, save_strategy="no", logging_steps=10_000, report_to=[],
+            dataloader_num_workers=0, seed=0, disable_tqdm=True, remove_unused_columns=False,
+        )  # fmt: skip
+        trainer = GKDTrainer(model=student, teacher_model=teacher, args=config, data_collator=collate,
+                             train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                             callbacks=[Clock()])  # fmt: skip
+        trainer.train()
+    return times, peak[0]
+
+
+def kd_one(layers: int, precision: str, args) -> dict:
+    """The healing step by distillation, ours against TRL's GKDTrainer: the `layers` student of SmolLM2-135M from
+    the whole model as its teacher, the same rows."""
+    teacher, tokenizer = load(30)
+    teacher.requires_grad_(False).eval()
+    student, _ = load(layers)
+    pairs = problems(args.batch)
+    ours, batch = kd_seconds(student, teacher, tokenizer, pairs, args, precision)
+    student, _ = load(layers)  # TRL's from the same weights
+    times, peak = gkd_seconds(student, teacher, tokenizer, batch, args, precision)
+    tokens = int(batch.completion_mask.sum())
+    ledger = rollout_flops(ModelDims.of(student), batch, training=True) + rollout_flops(ModelDims.of(teacher), batch)
+    got = {"kd": ours, "gkd": {"all_seconds": times, "seconds": min(times[1:]), "step_peak_mib": peak}}
+    for way in got.values():
+        way.update(
+            tokens_per_s=tokens / way["seconds"],
+            ledger_gflops=ledger / way["seconds"] / 1e9,
+            executed_gflops=float("nan"),
+            rows=len(batch.texts),
+            prompt_tokens=int(batch.prompt_mask.sum()),
+            completion_tokens=tokens,
+            params=sum(p.numel() for p in student.parameters()),
+        )
+    return got
+
+
 def one(spec: str, args) -> dict:
     """One model and precision, both ways (and TRL's SFTTrainer with `--trl`), in this process alone."""
     layers, precision = spec.split(":")
+    if args.kd:
+        return kd_one(int(layers), precision, args)
     model, tokenizer = load(int(layers))
     got = measure(model, tokenizer, problems(args.batch), args, precision)
     if args.trl:
@@ -225,7 +333,14 @@ def one(spec: str, args) -> dict:
     return got
 
 
-WAYS = {"whole": "whole logits (0.6.0)", "head": "head at completions", "trl": "TRL SFTTrainer"}
+WAYS = {
+    "whole": "whole logits (0.6.0)",
+    "head": "head at completions",
+    "trl": "TRL SFTTrainer",
+    "kd": "KD healing (ours: top-32 + tail KL, half CE)",
+    "gkd": "TRL GKDTrainer (λ=0, β=0: whole-vocabulary KL)",
+}
+COUNTED = ("whole", "head")  # the ways whose executed FLOPs the bench counts
 
 
 def child(spec: str, args) -> dict:
@@ -234,6 +349,7 @@ def child(spec: str, args) -> dict:
 
     command = [sys.executable, __file__, "--one", spec, "--threads", str(args.threads), "--batch", str(args.batch)]
     command += ["--trl"] if args.trl else []
+    command += ["--kd"] if args.kd else []
     done = subprocess.run([*command, "--steps", str(args.steps)], capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{spec}: {done.stderr[-2000:]}")
@@ -249,6 +365,12 @@ def main() -> None:
     parser.add_argument("--precisions", default=None, help="default: fp32, and bf16 where the CPU has bf16 units")
     parser.add_argument("--out", default=None)
     parser.add_argument("--trl", action="store_true", help="also TRL's SFTTrainer on the same rows (pip install trl)")
+    parser.add_argument(
+        "--kd",
+        action="store_true",
+        help="instead: the healing step by distillation (the whole model teaching each --layers student), ours "
+        "against TRL's GKDTrainer on the same rows",
+    )
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # LAYERS:PRECISION in a child process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -265,7 +387,7 @@ def main() -> None:
     for layers in (int(n) for n in args.layers.split(",")):
         for precision in precisions:
             ways = child(f"{layers}:{precision}", args)
-            base = ways["whole"]
+            base = ways["kd" if args.kd else "whole"]
             for way, got in ways.items():
                 rows.append(
                     {
@@ -276,10 +398,10 @@ def main() -> None:
                         "completion tokens/s": round(got["tokens_per_s"], 1),
                         "speed-up": round(base["seconds"] / got["seconds"], 2),
                         "GFLOP/s executed (ledger)": f"{got['executed_gflops']:.0f} ({got['ledger_gflops']:.0f})"
-                        if way != "trl"
+                        if way in COUNTED
                         else f"- ({got['ledger_gflops']:.0f})",
                         "executed share of peak": f"{got['executed_gflops'] / peaks[precision]:.0%}"
-                        if way != "trl"
+                        if way in COUNTED
                         else "-",
                         "step's peak memory MiB": round(got["step_peak_mib"]),
                         "raw": got,
@@ -290,7 +412,9 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({"matmul_peak_gflops": peaks, "rows": rows}, indent=1) + "\n")
     table = [{k: v for k, v in row.items() if k != "raw"} for row in rows]
     (out / "results.md").write_text(markdown_table(table) + "\n")
-    write_meta(out, cpu_bf16_units=cpu_bf16_units(), threads=args.threads, batch=args.batch, steps=args.steps)
+    write_meta(
+        out, cpu_bf16_units=cpu_bf16_units(), threads=args.threads, batch=args.batch, steps=args.steps, kd=args.kd
+    )
     print(text_table(table))
 
 
