@@ -156,27 +156,38 @@ def trl_rows(batch) -> list[dict]:
     return rows
 
 
-def trl_seconds(model, tokenizer, batch, args, precision: str) -> tuple[list[float], float]:
-    """TRL's SFTTrainer on the same rows (one step = the whole batch, AdamW, completion-only loss, TRL's defaults
-    otherwise: padded rows, its own per-step metrics): each step's seconds and the largest step's peak memory."""
+def step_clock():
+    """A TRL `TrainerCallback` that records each optimiser step's seconds (`times`) and, after the first, the
+    largest step's peak memory above what the process held at its start (`peak`, MiB)."""
     import time
 
-    from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import SFTConfig as TRLConfig
-    from trl import SFTTrainer as TRLTrainer
-
-    times, peak = [], [0.0]
 
     class Clock(TrainerCallback):
+        def __init__(self):
+            self.times, self.peak = [], 0.0
+
         def on_step_begin(self, *_, **__):
             reset_peak_rss()
             self.held, self.started = peak_rss_mib(), time.perf_counter()
 
         def on_step_end(self, *_, **__):
-            times.append(time.perf_counter() - self.started)
-            if len(times) > 1:
-                peak[0] = max(peak[0], peak_rss_mib() - self.held)
+            self.times.append(time.perf_counter() - self.started)
+            if len(self.times) > 1:
+                self.peak = max(self.peak, peak_rss_mib() - self.held)
+
+    return Clock()
+
+
+def trl_seconds(model, tokenizer, batch, args, precision: str) -> tuple[list[float], float]:
+    """TRL's SFTTrainer on the same rows (one step = the whole batch, AdamW, completion-only loss, TRL's defaults
+    otherwise: padded rows, its own per-step metrics): each step's seconds and the largest step's peak memory."""
+
+    from datasets import Dataset
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer as TRLTrainer
+
+    clock = step_clock()
 
     with tempfile.TemporaryDirectory() as out:
         config = TRLConfig(
@@ -201,9 +212,9 @@ def trl_seconds(model, tokenizer, batch, args, precision: str) -> tuple[list[flo
             disable_tqdm=True,
         )
         trainer = TRLTrainer(model=model, args=config, train_dataset=Dataset.from_list(trl_rows(batch)),
-                             processing_class=tokenizer, callbacks=[Clock()])  # fmt: skip
+                             processing_class=tokenizer, callbacks=[clock])  # fmt: skip
         trainer.train()
-    return times, peak[0]
+    return clock.times, clock.peak
 
 
 def kd_seconds(student, teacher, tokenizer, pairs, args, precision: str) -> tuple[dict, object]:
@@ -232,10 +243,8 @@ def gkd_seconds(student, teacher, tokenizer, batch, args, precision: str) -> tup
     from the teacher to the student over the whole vocabulary at every completion token), one step = the batch,
     AdamW: each step's seconds and the largest step's peak memory. Its rows come from our batch through a collator
     (right-padded, labels -100 at prompt and padding), so both train on the same tokens."""
-    import time
 
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     rows = trl_rows(batch)
@@ -254,17 +263,7 @@ def gkd_seconds(student, teacher, tokenizer, batch, args, precision: str) -> tup
             labels[r, :n][keep] = ids[r, :n][keep]
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    times, peak = [], [0.0]
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *_, **__):
-            reset_peak_rss()
-            self.held, self.started = peak_rss_mib(), time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            times.append(time.perf_counter() - self.started)
-            if len(times) > 1:
-                peak[0] = max(peak[0], peak_rss_mib() - self.held)
+    clock = step_clock()
 
     with tempfile.TemporaryDirectory() as out:
         config = GKDConfig(
@@ -276,9 +275,9 @@ def gkd_seconds(student, teacher, tokenizer, batch, args, precision: str) -> tup
         )  # fmt: skip
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=config, data_collator=collate,
                              train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                             callbacks=[Clock()])  # fmt: skip
+                             callbacks=[clock])  # fmt: skip
         trainer.train()
-    return times, peak[0]
+    return clock.times, clock.peak
 
 
 def kd_one(layers: int, precision: str, args) -> dict:
