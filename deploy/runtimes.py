@@ -1,13 +1,13 @@
 """Runtimes a device uses, behind one greedy `generate` that also times it.
 
 - `LlamaCppGenerator`: a `.gguf` file in llama.cpp (llama-cpp-python), CPU.
-- `OnnxGenerator`: an optimum ONNX folder (model + config + tokenizer) in ONNX Runtime, CPU.
+- `OnnxGenerator`: an optimum ONNX folder (model + config + tokenizer) in ONNX Runtime, CPU, without torch.
 - `TorchGenerator`: a Hugging Face folder in PyTorch fp32: the reference the others are compared with.
 
 Every runtime formats the prompt the same way: the model's chat template when it
 has one, else `rakd.prompt.prompt_text` (how our models were taught), and
 decodes greedily one problem at a time, as an app on a device would. Heavy imports
-happen inside the constructors, so a llama.cpp run never loads torch.
+happen inside the constructors, so neither a llama.cpp nor an ONNX run loads torch.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class _Clock:
 
 
 class _HFGenerator:
-    """Greedy `generate` of a transformers-style model (PyTorch, or ORT through optimum)."""
+    """Greedy `generate` of a transformers model in PyTorch."""
 
     model = tokenizer = None
 
@@ -143,33 +143,46 @@ class _HFGenerator:
         pass
 
 
-class OnnxGenerator(_HFGenerator):
+class OnnxGenerator:
+    """An optimum ONNX folder on ONNX Runtime and the `tokenizers` library alone (rakd.models.onnx_folder), greedy
+    with its KV cache: no torch in the process, as on a device."""
+
     format = "onnx"
 
     def __init__(self, folder: Path, threads: int = 1, seed: int = 0):
+        from rakd.models.onnx_folder import FolderTokenizer, OnnxCausalLM
+
         if not any(folder.glob("*.onnx")):
             raise ModelLoadError(f"{folder}: no .onnx model in this folder")
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"{folder}: ONNX folder without config.json (export it with optimum)")
-        if not any(
-            (folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-        ):
-            raise ModelLoadError(f"{folder}: ONNX folder without a tokenizer (tokenizer.json / tokenizer_config.json)")
-        import onnxruntime
-        import torch
-        from optimum.onnxruntime import ORTModelForCausalLM
-        from transformers import AutoTokenizer
+        if not (folder / "tokenizer.json").is_file():
+            raise ModelLoadError(f"{folder}: ONNX folder without a tokenizer (tokenizer.json)")
+        self.model = OnnxCausalLM(folder, threads)
+        self.tokenizer = FolderTokenizer(folder)
 
-        torch.manual_seed(seed)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        try:
-            self.model = ORTModelForCausalLM.from_pretrained(
-                folder, session_options=options, provider="CPUExecutionProvider"
-            )
-            self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        except Exception as err:  # noqa: BLE001 - ORT/optimum raise many kinds
-            raise ModelLoadError(f"{folder}: ONNX Runtime cannot load this model: {err}") from err
+    prompt_ids = _HFGenerator.prompt_ids
+
+    def generate(self, question: str, max_new_tokens: int) -> Generation:
+        ids = self.prompt_ids(question)
+        eos = self.tokenizer.eos_token_id
+        started, first, new, end = time.perf_counter(), None, [], None
+        logits, cache = self.model.forward(ids)
+        while len(new) < max_new_tokens:
+            token = int(logits[-1].argmax())
+            first = first or time.perf_counter()
+            if token == eos:
+                end = token
+                break
+            new.append(token)
+            if len(new) < max_new_tokens:
+                logits, cache = self.model.forward([token], cache)
+        done = time.perf_counter()
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        return Generation(text, len(new), (first or done) - started, done - started, tuple(ids), tuple(new), end)
+
+    def close(self) -> None:
+        pass
 
 
 class TorchGenerator(_HFGenerator):

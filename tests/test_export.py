@@ -1,6 +1,8 @@
 """Exports checked against PyTorch (marker `parity`): ONNX via optimum, GGUF via our writer + llama.cpp."""
 
 import json
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -31,9 +33,16 @@ def micro_dir(tokenizer, tmp_path_factory):
     return folder
 
 
-def test_unquantised_exports_match_pytorch(micro_dir, tmp_path):
+@heavy_fixture(scope="module")
+def unquantised(micro_dir, tmp_path_factory):
+    """The micro model's unquantised exports (ONNX fp32, GGUF f16 and f32) with their parity records."""
+    out = tmp_path_factory.mktemp("unquantised") / "export"
     cfg = ExportConfig(onnx_quant=[], gguf_quant=[], gguf_f32=True, parity_prompts=4, parity_max_new_tokens=12)
-    result = run_export(cfg, micro_dir, tmp_path / "export", QUESTIONS)
+    return run_export(cfg, micro_dir, out, QUESTIONS), out
+
+
+def test_unquantised_exports_match_pytorch(unquantised):
+    result, out = unquantised
     records = {r["artefact"]: r for r in result.parity["artefacts"]}
     assert set(records) == {"onnx-fp32", "gguf-f16", "gguf-f32"}
     assert records["onnx-fp32"]["logits_max_abs_diff"] <= 1e-4
@@ -41,10 +50,41 @@ def test_unquantised_exports_match_pytorch(micro_dir, tmp_path):
     assert records["gguf-f16"]["logits_max_abs_diff"] <= 1e-2
     for record in records.values():
         assert record["tokenization_equal"] and record["top1_agreement"] == 1.0 and record["passed"]
-    assert (tmp_path / "export/onnx-fp32/model.onnx").is_file()
-    assert (tmp_path / "export/onnx-fp32/tokenizer.json").is_file()
-    on_disk = json.loads((tmp_path / "export/parity.json").read_text())
+    assert (out / "onnx-fp32/model.onnx").is_file()
+    assert (out / "onnx-fp32/tokenizer.json").is_file()
+    on_disk = json.loads((out / "parity.json").read_text())
     assert on_disk["artefacts"][0]["size_bytes"] > 0
+
+
+ONNX_CHILD = """
+import json, sys
+from pathlib import Path
+from deploy.runtimes import OnnxGenerator
+runtime = OnnxGenerator(Path(sys.argv[1]))
+runs = [runtime.generate(q, 12) for q in json.loads(sys.argv[2])]
+print(json.dumps({"runs": [[r.prompt_ids, r.ids, r.end_token, r.text] for r in runs],
+                  "loaded": sorted(m for m in ("torch", "transformers", "optimum") if m in sys.modules)}))
+"""
+
+
+def test_an_onnx_artefact_decodes_as_pytorch_does_without_torch_in_its_process(micro_dir, unquantised):
+    """The ONNX runtime is ONNX Runtime and `tokenizers` alone, as on a device: a fresh process decoding the fp32
+    export greedily loads neither torch nor transformers, and gives PyTorch's prompt ids, tokens, end and text."""
+    from deploy.runtimes import TorchGenerator
+
+    _, out = unquantised
+    child = subprocess.run(
+        [sys.executable, "-c", ONNX_CHILD, str(out / "onnx-fp32"), json.dumps(QUESTIONS)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = json.loads(child.stdout.strip().splitlines()[-1])
+    assert found["loaded"] == []
+    reference = TorchGenerator(micro_dir)
+    expected = [reference.generate(q, 12) for q in QUESTIONS]
+    assert found["runs"] == [[list(r.prompt_ids), list(r.ids), r.end_token, r.text] for r in expected]
+    assert any(r.new_tokens > 0 for r in expected)
 
 
 def test_gguf_round_trip_into_transformers_is_identical(micro_dir, tmp_path):

@@ -86,6 +86,44 @@ def test_prompts_use_the_chat_template_when_there_is_one(chat_tokenizer, tokeniz
     assert model_prompt(tokenizer, "9-2=?") == ("9-2=?\n", True)  # no template: the project's format
 
 
+TEXTS = ["12*13-4=?\n", "  spaced   out 7 ", "Zoë paid 3€ — ok?", "A: 46<|eos|>", "<|bos|>x", "don't , stop ."]
+
+
+@pytest.mark.parametrize("where", ["chat_template.jinja", "tokenizer_config.json", "none"])
+def test_an_onnx_folder_s_tokenizer_does_what_transformers_does(where, chat_tokenizer, tokenizer, tmp_path):
+    """`FolderTokenizer` (the `tokenizers` library alone, what an ONNX artefact runs with) against transformers on
+    the same folder: the prompt, ids with and without special tokens, decoding with and without them, the special
+    ids; the chat template read from where transformers writes it now, from where it wrote it before, or absent."""
+    from transformers import AutoTokenizer
+
+    from rakd.models.onnx_folder import FolderTokenizer
+
+    (chat_tokenizer if where != "none" else tokenizer).save_pretrained(tmp_path)
+    if where == "tokenizer_config.json":  # the layout of transformers < 4.54 (and of many published models)
+        config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+        config["chat_template"] = (tmp_path / "chat_template.jinja").read_text()
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+        (tmp_path / "chat_template.jinja").unlink()
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["clean_up_tokenization_spaces"] = True  # transformers' decode then cleans " ," and " ."
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    ours, theirs = FolderTokenizer(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    assert (ours.chat_template is None) == (where == "none")
+    for question in ["9-2=?", *TEXTS]:
+        assert model_prompt(ours, question) == model_prompt(theirs, question)
+    for text in TEXTS:
+        for special in (True, False):
+            ids = ours(text, add_special_tokens=special)["input_ids"]
+            assert ids == theirs(text, add_special_tokens=special)["input_ids"]
+            for skip in (True, False):
+                assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.decode(theirs("don't , stop .")["input_ids"]) != theirs.backend_tokenizer.decode(
+        theirs("don't , stop .")["input_ids"]
+    )  # the clean-up applied: the check above compares something
+
+
 def test_pre_tokenizers_map_to_llama_cpp_names_or_fail_by_name(chat_tokenizer):
     assert pre_tokenizer_name(chat_tokenizer) == "gpt-2"
     qwen = (  # Qwen2's pre-tokenizer regex, as its tokenizer.json has it

@@ -35,7 +35,7 @@ class LlamaCppLogits:
 
 
 class _HFLogits:
-    """A transformers-style model (PyTorch, or ONNX Runtime through optimum) and its tokenizer."""
+    """A transformers model in PyTorch and its tokenizer."""
 
     model = tokenizer = None
 
@@ -53,20 +53,24 @@ class _HFLogits:
         pass
 
 
-class OnnxLogits(_HFLogits):
-    """An optimum ONNX folder (model.onnx + config + tokenizer) in ONNX Runtime on CPU."""
+class OnnxLogits:
+    """An optimum ONNX folder (model.onnx + config + tokenizer) in ONNX Runtime on CPU, without torch
+    (rakd.models.onnx_folder)."""
 
     def __init__(self, folder: Path, threads: int = 1, exact: bool = True):
-        import onnxruntime
-        from optimum.onnxruntime import ORTModelForCausalLM
-        from transformers import AutoTokenizer
+        from rakd.models.onnx_folder import FolderTokenizer, OnnxCausalLM
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.model = ORTModelForCausalLM.from_pretrained(
-            folder, session_options=options, provider="CPUExecutionProvider"
-        )
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = OnnxCausalLM(folder, threads)
+        self.tokenizer = FolderTokenizer(folder)
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        return self.model.forward(ids)[0]
+
+    def close(self) -> None:
+        pass
 
 
 class TorchLogits(_HFLogits):
