@@ -1,18 +1,15 @@
-"""Against a real `prefect server start`: apply prefect.yaml's deployments, run the edge validation deployment
-through a process worker, and read its state and artifact back through the API (marker `integration`)."""
+"""Against a real Prefect server (the suite's, the same app `prefect server start` runs): apply prefect.yaml's
+deployments, run the edge validation deployment through a process worker, and read its state and artifact back
+through the API (marker `integration`)."""
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from tiers import heavy_fixture
 
 from export.gguf import export_gguf
 from rakd.data.generator import GeneratorConfig, generate
@@ -25,66 +22,29 @@ PREFECT = str(Path(sys.executable).parent / "prefect")
 pytestmark = pytest.mark.integration
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(api: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"prefect server not healthy after {timeout}s:\n{log.read_text()[-3000:]}")
-
-
 def prefect(env: dict, *args: str, timeout: float = 300) -> str:
     done = subprocess.run([PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
 
-@heavy_fixture()
-def server(tmp_path):
-    """A real Prefect server on a free loopback port with its own SQLite home; stopped even on failure."""
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
+@pytest.fixture()
+def server(prefect_harness, tmp_path):
+    """The suite's Prefect server (the harness's: the same server app `prefect server start` runs, on a loopback port
+    with its own SQLite database; one server start and migration for the whole suite), and the environment a CLI
+    process or a worker talks to it with."""
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    assert httpx.get(f"{api}/health", timeout=10).status_code == 200
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "home"),
         "PREFECT_API_URL": api,
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "INFO",
-        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     }
-    log = tmp_path / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_healthy(api, proc, log)
-        yield env, api
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    return env, api
 
 
 def test_edge_deployment_runs_on_a_process_worker(server, tmp_path, tokenizer):
@@ -95,8 +55,9 @@ def test_edge_deployment_runs_on_a_process_worker(server, tmp_path, tokenizer):
     data.write_text(to_jsonl(generate(GeneratorConfig(n_items=4, seed=8))))
     out = tmp_path / "report"
 
-    for pool in ("cpu", "gpu", "edge"):
-        prefect(env, "work-pool", "create", pool, "--type", "process")
+    for pool in ("cpu", "gpu", "edge"):  # as `prefect work-pool create POOL --type process` does (docs/usage.md)
+        created = httpx.post(f"{api}/work_pools/", json={"name": pool, "type": "process"}, timeout=30)
+        assert created.status_code == 201, created.text
     prefect(env, "--no-prompt", "deploy", "--all")
     deployments = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={}).json()}
     assert set(deployments) == {"tiny-nightly", "gpu", "edge"}
