@@ -72,11 +72,19 @@ def setup(tokenizer, tiny_records, tmp_path_factory):
     return tmp
 
 
-def test_two_processes_take_the_one_process_step_and_stay_in_sync(setup):
+@heavy_fixture(scope="module")
+def two_run(setup):
+    """One torchrun launch of 2 processes takes every method's step (a launch is about 12 s of process starts and
+    imports on 2 cores); the tests below each read their methods' outputs from it."""
+    two_processes(setup, "sft,grpo,warmstart,grpo-fixed,sft+fsdp,warmstart+fsdp,grpo+fsdp")
+    return setup
+
+
+def test_two_processes_take_the_one_process_step_and_stay_in_sync(two_run):
     """sft draws its global batch from traces (no sampling), so both runs see the same 16 rows (rank 0 takes
     rows 0, 2, 4, ..., rank 1 the others): summed gradients and weights after the step match one process. grpo:
     each rank samples its share of the prompts, and the ranks still end the step with identical weights."""
-    two_processes(setup, "sft,grpo,warmstart")
+    setup = two_run
     for method in ("warmstart", "sft"):  # the warm start's SFT trainer, and the RL trainer's offline step
         one_process(setup, method)
         alone, rank0 = result(setup, "one", method), result(setup, "two", method)
@@ -92,12 +100,12 @@ def test_two_processes_take_the_one_process_step_and_stay_in_sync(setup):
     assert any(float(v.abs().max()) > 0 for k, v in rank0.items() if k.startswith("grad."))
 
 
-def test_minibatches_below_a_ranks_rows_take_the_one_process_step_with_pi_old(setup):
+def test_minibatches_below_a_ranks_rows_take_the_one_process_step_with_pi_old(two_run):
     """grpo on a fixed global batch cut into minibatches of 4 rows (each rank holds more): the decisions that must
     agree across ranks (a π_old pass of its own, the number of optimiser steps) are taken once for the world, and
     two processes take the one-process step (a rank that skipped π_old trained its later minibatches on a ratio of
     exactly 1, never clipped)."""
-    two_processes(setup, "grpo-fixed")
+    setup = two_run
     one_process(setup, "grpo-fixed")
     alone, rank0, rank1 = (result(setup, run, "grpo-fixed", r) for run, r in (("one", 0), ("two", 0), ("two", 1)))
     rows = [
@@ -182,12 +190,11 @@ def test_a_sharded_student_distills_and_resumes_under_torchrun(micro_run):
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and "val_greedy_accuracy" in rows[-1]
 
 
-def test_two_nodes_through_the_rendezvous_take_the_two_process_step(setup):
+def test_two_nodes_through_the_rendezvous_take_the_two_process_step(two_run):
     """Two torchrun agents joined by the c10d rendezvous (the several-nodes setup, here on one machine) take the
     step a standalone 2-process run takes: the same SFT weights within 1e-5, ranks in sync."""
+    setup = two_run
     two_nodes(setup, "sft", "nodes")
-    if not (setup / "two" / "sft-rank-0.safetensors").exists():
-        two_processes(setup, "sft")
     rank0, rank1 = result(setup, "nodes", "sft"), result(setup, "nodes", "sft", 1)
     standalone = result(setup, "two", "sft")
     for key in rank0:
@@ -195,11 +202,11 @@ def test_two_nodes_through_the_rendezvous_take_the_two_process_step(setup):
         assert float((rank0[key] - standalone[key]).abs().max()) <= 1e-5, key
 
 
-def test_a_sharded_student_takes_the_one_process_step(setup):
+def test_a_sharded_student_takes_the_one_process_step(two_run):
     """distill.fsdp: the student sharded across 2 processes (FSDP2, gloo) takes the step one process takes on the
     same global batch (gradients and weights within 1e-5), for the RL trainer's offline step and the warm
     start's SFT; an on-policy grpo step runs on the gathered weights and updates the shards."""
-    two_processes(setup, "sft+fsdp,warmstart+fsdp,grpo+fsdp")
+    setup = two_run
     for method in ("warmstart", "sft"):
         if not (setup / "one" / f"{method}-rank-0.safetensors").exists():
             one_process(setup, method)
