@@ -14,11 +14,11 @@ from functools import partial
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
-from transformers.cache_utils import StaticLayer
+from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from rakd.progress import Progress
 from rakd.rollout.batch import MIN_SHARED_PREFIX, Rollouts, assemble, encode_prompts, position_ids
-from rakd.rollout.masks import attention_mask_4d, mask_for_model, no_cudnn_attention
+from rakd.rollout.masks import attention_mask_4d, decode_attention, mask_for_model, no_cudnn_attention
 from rakd.schema import Backend
 
 
@@ -64,8 +64,15 @@ def _draw(logits, temperature, top_p, u):
 def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, group_size=1):
     """The KV-cache decode loop. `ids`/`mask` hold each distinct prompt once when `group_size` > 1: the prompts
     are prefilled once and their cache expanded G times. Every `COMPACT_EVERY` tokens (the loop's only host
-    synchronisation) rows that have emitted EOS leave the batch and the cache, so the rest decode a smaller one."""
-    cache, logits, mask, positions = _prefill(model, ids, mask, group_size)
+    synchronisation) rows that have emitted EOS leave the batch and the cache, so the rest decode a smaller one.
+    The cache has room for every token up front (`_GrowingLayer`: a step writes its column in place) and a decode
+    step's attention reads it once per key-value head (`decode_attention`)."""
+    with decode_attention(model):
+        return _decode_loop(model, ids, mask, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, group_size)
+
+
+def _decode_loop(model, ids, mask, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, group_size):
+    cache, logits, mask, positions = _prefill(model, ids, mask, group_size, capacity=ids.shape[1] + max_new_tokens)
     rows = logits.shape[0]
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=ids.device)
     active = torch.arange(rows, device=ids.device)  # the output row of each batch row still decoding
@@ -110,12 +117,15 @@ def shared_prefix(ids: torch.Tensor, mask: torch.Tensor) -> int:
     return min(int(same.sum()), shortest - 1)
 
 
-def _prefill(model, ids, mask, group_size):
+def _prefill(model, ids, mask, group_size, capacity: int | None = None):
     """One forward over the distinct prompts into a DynamicCache, expanded G times: (cache, last logits, the mask
-    and each row's last position, both repeated G times). A prefix every prompt shares (`shared_prefix`) is computed
+    and each row's last position, both repeated G times); with `capacity`, the cache's layers have room for that
+    many columns (`_GrowingLayer`). A prefix every prompt shares (`shared_prefix`) is computed
     once and its cache copied to every row; each row's own tokens follow it, the row's pads between the two (masked,
     and skipped by the positions, so every token sits where it would in the row alone)."""
     cache = DynamicCache()
+    if capacity is not None:
+        cache.layer_class_to_replicate = partial(_GrowingLayer, capacity)
     common = shared_prefix(ids, mask)
     if common >= MIN_SHARED_PREFIX:
         width, rows = ids.shape[1], ids.shape[0]
@@ -146,6 +156,61 @@ def _prefill(model, ids, mask, group_size):
         cache.batch_repeat_interleave(group_size)
         logits, mask, positions = (t.repeat_interleave(group_size, dim=0) for t in (logits, mask, positions))
     return cache, logits, mask, positions
+
+
+class _GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values are views of buffers with room for `capacity` columns: a decode step
+    writes its column in place where DynamicLayer concatenates (a copy of the layer's whole cache at every token).
+    Values are kept in the keys' dtype, as the concatenation promotes them. Rows leave (`batch_select_indices`) or
+    repeat (`batch_repeat_interleave`) by one copy of the buffers."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+        self.key_buffer = self.value_buffer = None
+
+    def update(self, key_states, value_states, cache_kwargs=None):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states)
+        end = self.length + key_states.shape[-2]
+        if self.key_buffer is None or end > self.key_buffer.shape[-2]:
+            self._allocate(key_states, max(self.capacity, end))
+        self.key_buffer[:, :, self.length : end].copy_(key_states)
+        self.value_buffer[:, :, self.length : end].copy_(value_states)
+        self.length = end
+        return self._views()
+
+    def _allocate(self, like: torch.Tensor, columns: int) -> None:
+        rows, heads, _, dim = like.shape
+        keys = torch.empty((rows, heads, columns, dim), dtype=self.dtype, device=self.device)
+        values = torch.empty_like(keys)
+        if self.key_buffer is not None:
+            keys[:, :, : self.length].copy_(self.key_buffer[:, :, : self.length])
+            values[:, :, : self.length].copy_(self.value_buffer[:, :, : self.length])
+        self.key_buffer, self.value_buffer = keys, values
+
+    def _views(self):
+        self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+        return self.keys, self.values
+
+    def crop(self, max_length: int) -> None:
+        if max_length < 0:
+            max_length = self.length + max_length
+        if self.key_buffer is not None and max_length < self.length:
+            self.length = max_length
+            self._views()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.key_buffer is not None:
+            self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+            self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+            self._views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.key_buffer is not None:
+            self.key_buffer = self.key_buffer.index_select(0, indices)
+            self.value_buffer = self.value_buffer.index_select(0, indices)
+            self._views()
 
 
 class _StaticLayer(StaticLayer):
