@@ -383,39 +383,30 @@ def test_next_token_draws_from_the_softmax_and_never_a_filtered_token():
     assert _next_token(logits.expand(3, -1), 0.0, 1.0, generator).tolist() == [0, 0, 0]
 
 
-def test_the_decode_loop_writes_its_cache_in_place_and_reads_it_once_per_key_value_head(tokenizer, monkeypatch):
-    """The loop sampler on a grouped-query model (4 query heads sharing 2 key-value heads): its decode steps
-    neither repeat the keys and values per query head (`repeat_kv` runs for the prefill alone) nor concatenate the
-    cache; rows dropped and groups repeated on the way, the greedy tokens and every step's logits are those of
-    transformers' own SDPA attention over a DynamicCache, as is the sampler's output."""
+def test_the_decode_loop_writes_its_cache_in_place_with_the_dynamic_cache_s_tokens_and_logits(tokenizer, monkeypatch):
+    """The loop sampler's cache (`_GrowingLayer`) has room for every token from the prefill on: no decode step
+    concatenates (DynamicLayer's update, a copy of the layer's whole cache at every token, never runs) or grows a
+    buffer (one allocation per layer); rows dropped and groups repeated on the way, on a grouped-query model (4 query
+    heads sharing 2 key-value heads), the greedy tokens and every step's logits are those of transformers'
+    DynamicCache."""
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
-    from transformers.integrations import sdpa_attention
+    from transformers.cache_utils import DynamicLayer
 
+    from rakd.models.attention import install
     from rakd.rollout import samplers
-    from rakd.rollout.masks import attention_mask_4d, decode_attention
+    from rakd.rollout.masks import attention_mask_4d
 
+    install()  # as every model rakd builds or loads
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, attn_implementation="sdpa",
     )  # fmt: skip
     gqa = LlamaForCausalLM(config).eval()
-    gqa.config._attn_implementation = "sdpa"
-    repeats = []
-    real_repeat = sdpa_attention.repeat_kv
-    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda x, n: repeats.append(x.shape[2]) or real_repeat(x, n))
     ids, mask = encode_prompts(tokenizer, QUESTIONS)
     width, new = ids.shape[1], 10
-    kw = dict(max_new_tokens=new, temperature=0.0, top_p=1.0, pad_id=tokenizer.pad_token_id, generator=None)
-    monkeypatch.setattr(samplers, "COMPACT_EVERY", 3)
-    probe = samplers._sample_loop(gqa, ids, mask, eos_id=-1, **kw)
-    assert repeats and set(repeats) == {width}, repeats  # the prefill's keys only, never a decode step's
-    assert gqa.config._attn_implementation == "sdpa"  # restored after sampling
 
-    eos = int(probe[0, 4])  # row 0 ends at step 5: the others go on in a smaller batch
-    loop = samplers._sample_loop(gqa, ids, mask, eos_id=eos, **kw)
-
-    def plain(group: int):  # transformers' attention and cache, every row to the end, rows repeated `group` times
+    def plain(group: int):  # DynamicCache, every row to the end, each prompt's row repeated `group` times
         rows_ids, rows_mask = ids.repeat_interleave(group, 0), mask.repeat_interleave(group, 0)
         cache, out, step_logits = DynamicCache(), [], []
         positions = (rows_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -424,31 +415,38 @@ def test_the_decode_loop_writes_its_cache_in_place_and_reads_it_once_per_key_val
         position = positions[:, -1:]
         for _ in range(new):
             step_logits.append(logits)
-            token = logits.argmax(-1)
-            out.append(token)
+            out.append(logits.argmax(-1))
             rows_mask = torch.cat([rows_mask, torch.ones_like(rows_mask[:, :1])], -1)
             position = position + 1
-            logits = gqa(input_ids=token[:, None], attention_mask=attention_mask_4d(gqa, rows_mask, 1),
+            logits = gqa(input_ids=out[-1][:, None], attention_mask=attention_mask_4d(gqa, rows_mask, 1),
                          position_ids=position, past_key_values=cache, use_cache=True).logits[:, -1]  # fmt: skip
         return torch.stack(out, 1), step_logits
 
     with torch.no_grad():
         expected, expected_logits = plain(1)
         grouped, _ = plain(2)
+
+    concatenated, allocated = [], []
+    monkeypatch.setattr(DynamicLayer, "update", lambda *a, **k: concatenated.append(1))
+    real_allocate = samplers._GrowingLayer._allocate
+    monkeypatch.setattr(samplers._GrowingLayer, "_allocate", lambda *a: allocated.append(1) or real_allocate(*a))
+    monkeypatch.setattr(samplers, "COMPACT_EVERY", 3)
+    kw = dict(max_new_tokens=new, temperature=0.0, top_p=1.0, pad_id=tokenizer.pad_token_id, generator=None)
+    probe = samplers._sample_loop(gqa, ids, mask, eos_id=-1, **kw)
+    assert torch.equal(probe, expected)
+    assert concatenated == [] and len(allocated) == config.num_hidden_layers
+    eos = int(probe[0, 4])  # row 0 ends at step 5: the others go on in a smaller batch
+    loop = samplers._sample_loop(gqa, ids, mask, eos_id=eos, **kw)
     for row in range(len(QUESTIONS)):
         n = int(completion_mask(loop, eos)[row].sum())
         assert loop[row, :n].tolist() == expected[row, :n].tolist()
-    assert torch.equal(probe, expected)
-    # the same steps through the in-place cache and grouped attention: equal logits to float rounding
-    with torch.no_grad(), decode_attention(gqa):
+    assert torch.equal(samplers._sample_loop(gqa, ids, mask, eos_id=-1, group_size=2, **kw), grouped)
+    with torch.no_grad():  # the same steps through the in-place cache: DynamicCache's logits to float rounding
         cache, logits, step_mask, position = samplers._prefill(gqa, ids, mask, 1, capacity=width + new)
         assert all(type(layer) is samplers._GrowingLayer for layer in cache.layers)
         for t in range(new):
             torch.testing.assert_close(logits, expected_logits[t], rtol=1e-5, atol=1e-5)
             step_mask = torch.cat([step_mask, torch.ones_like(step_mask[:, :1])], -1)
             position = position + 1
-            token = expected[:, t : t + 1]
-            logits = gqa(input_ids=token, attention_mask=attention_mask_4d(gqa, step_mask, 1), position_ids=position,
-                         past_key_values=cache, use_cache=True).logits[:, -1]  # fmt: skip
-    grouped_loop = samplers._sample_loop(gqa, ids, mask, eos_id=-1, group_size=2, **kw)
-    assert torch.equal(grouped_loop, grouped)
+            logits = gqa(input_ids=expected[:, t : t + 1], attention_mask=attention_mask_4d(gqa, step_mask, 1),
+                         position_ids=position, past_key_values=cache, use_cache=True).logits[:, -1]  # fmt: skip

@@ -18,7 +18,7 @@ from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from rakd.progress import Progress
 from rakd.rollout.batch import MIN_SHARED_PREFIX, Rollouts, assemble, encode_prompts, position_ids
-from rakd.rollout.masks import attention_mask_4d, decode_attention, mask_for_model, no_cudnn_attention
+from rakd.rollout.masks import attention_mask_4d, mask_for_model, no_cudnn_attention
 from rakd.schema import Backend
 
 
@@ -65,13 +65,7 @@ def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id
     """The KV-cache decode loop. `ids`/`mask` hold each distinct prompt once when `group_size` > 1: the prompts
     are prefilled once and their cache expanded G times. Every `COMPACT_EVERY` tokens (the loop's only host
     synchronisation) rows that have emitted EOS leave the batch and the cache, so the rest decode a smaller one.
-    The cache has room for every token up front (`_GrowingLayer`: a step writes its column in place) and a decode
-    step's attention reads it once per key-value head (`decode_attention`)."""
-    with decode_attention(model):
-        return _decode_loop(model, ids, mask, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, group_size)
-
-
-def _decode_loop(model, ids, mask, max_new_tokens, temperature, top_p, eos_id, pad_id, generator, group_size):
+    The cache has room for every token up front (`_GrowingLayer`: a step writes its column in place)."""
     cache, logits, mask, positions = _prefill(model, ids, mask, group_size, capacity=ids.shape[1] + max_new_tokens)
     rows = logits.shape[0]
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=ids.device)
