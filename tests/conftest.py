@@ -1,7 +1,9 @@
 import contextlib
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from tiers import heavy_fixture, is_heavy
@@ -12,6 +14,48 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if is_heavy(item):
             item.add_marker(pytest.mark.heavy)
+
+
+# ---------------------------------------------------------------- two workers (`make test`: pytest-xdist, -n 2)
+
+TESTS = Path(__file__).parent
+# Modules whose tests use the suite's Prefect server or its trained smoke pipeline (session fixtures): one worker
+# runs them all, so that the server starts and the pipeline trains once.
+ON_THE_SERVER = {
+    f"tests/{path.name}"
+    for path in TESTS.glob("test_*.py")
+    if re.search(r"\b(prefect_harness|smoke_run)\b", path.read_text(encoding="utf-8"))
+}
+# The longest groups go first, so that neither worker is left with one of them at the end (a hint: a module missing
+# here is only scheduled later).
+LONGEST_FIRST = ["on-the-server", "tests/test_smollm.py", "tests/test_distributed.py", "tests/test_deploy.py"]
+
+
+def group_of(nodeid: str) -> str:
+    """A test's group under `make test`: its module (whose module fixtures are then built once), or one group for
+    every module on the Prefect server."""
+    module = nodeid.split("::", 1)[0]
+    return "on-the-server" if module in ON_THE_SERVER else module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduling by scope, with `group_of` as the scope and the longest groups first.
+    (`--dist loadgroup` would do with `xdist_group` markers, but pytest-xdist 3.8 cannot rename pytest 9's
+    node ids, so its groups never form.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            for group in reversed(LONGEST_FIRST):  # the queue's first units, once, before any is handed out
+                if group in self.workqueue and not any(self.assigned_work.values()):
+                    self.workqueue.move_to_end(group, last=False)
+            super()._assign_work_unit(node)
+
+    config.option.loadscopereorder = False  # keep the order above
+    return ByGroup(config, log)
 
 
 # Tests never reach a model hub.

@@ -311,7 +311,7 @@ def test_the_plain_comparison_ends_with_its_rows_under_torchrun_and_without_samp
         *MICRO,
         "distill.nproc=2",
         "distill.eval.k_samples=0",
-        "compare.methods=[rakd,grpo]",
+        "compare.methods=[rakd]",
         "compare.seeds=[0]",
         "compare.alphas=[0.3]",
         "compare.steps=2",
@@ -320,9 +320,9 @@ def test_the_plain_comparison_ends_with_its_rows_under_torchrun_and_without_samp
     ]
     outcome = compare_plain("configs/smoke.yaml", overrides)
     rows = {r["name"]: r for r in outcome.rows}
-    assert set(rows) == {"rakd-a0.5-c1-lr0.0001-s0", "rakd-a0.3-c1-lr0.0001-s0", "grpo-a0.5-c1-lr0.0001-s0"}
+    assert set(rows) == {"rakd-a0.5-c1-lr0.0001-s0", "rakd-a0.3-c1-lr0.0001-s0"}
     assert all(r["seconds"] > 0 and r["sampled_accuracy"] is None and r["steps_run"] >= 2 for r in rows.values())
-    assert not outcome.failed and {r["worker"] for r in rows.values()} == {rows["grpo-a0.5-c1-lr0.0001-s0"]["worker"]}
+    assert not outcome.failed and len({r["worker"] for r in rows.values()}) == 1  # both jobs in this one process
     alpha = {r["α"]: r for r in outcome.tables["alpha"]}
     assert alpha["0.3"]["sampled"] == "-" and alpha["0.3"]["greedy"] != "-"
     assert (tmp_path / "cmp2" / "compare" / "results" / "results.md").is_file()
