@@ -333,8 +333,9 @@ def test_the_real_models_gguf_header_reads_as_gguf_py_reads_it(smollm_gguf):
     assert gguf_metadata(smollm_gguf) == meta and tuple(gguf_tokens(smollm_gguf)) == tokens and len(tokens) == 49152
 
 
-def test_a_gguf_load_reads_its_header_once_and_loads_what_it_loaded_before(micro_dir, tmp_path):
+def test_a_gguf_load_reads_its_header_once_and_loads_what_it_loaded_before(micro_dir, tmp_path, monkeypatch):
     import contextlib
+    import importlib
 
     import gguf
 
@@ -342,10 +343,23 @@ def test_a_gguf_load_reads_its_header_once_and_loads_what_it_loaded_before(micro
 
     model, tokenizer = load_causal_lm(micro_dir)
     path = export_gguf(model, tokenizer, tmp_path / "m.gguf")
+    from transformers import configuration_utils, modeling_gguf_pytorch_utils
+
     reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    parse = configuration_utils.load_gguf_checkpoint
     with load._gguf_read_once():
         assert gguf.GGUFReader(str(path)) is gguf.GGUFReader(str(path))
+        first, second = (configuration_utils.load_gguf_checkpoint(path, return_tensors=False) for _ in range(2))
+        assert first == second and first is not second  # parsed once, each caller given its own copy
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)  # put back after the block
+    assert configuration_utils.load_gguf_checkpoint is parse is modeling_gguf_pytorch_utils.load_gguf_checkpoint
+    parsed = []
+    counted = lambda *a, **k: parsed.append(k.get("return_tensors", False)) or parse(*a, **k)  # noqa: E731
+    for module in load._GGUF_METADATA_READERS:
+        monkeypatch.setattr(importlib.import_module(module), "load_gguf_checkpoint", counted)
+    monkeypatch.setattr(modeling_gguf_pytorch_utils, "load_gguf_checkpoint", counted)
+    load_causal_lm(path)
+    assert parsed.count(False) == 1, parsed  # the metadata once; the weights' own read besides
     once, _ = load_causal_lm(path)
     original, load._gguf_read_once = load._gguf_read_once, contextlib.nullcontext
     try:

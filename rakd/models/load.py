@@ -87,13 +87,27 @@ def _load_hub(repo_id: str, trust_remote_code: bool, dtype: torch.dtype):
     return model.eval(), tokenizer
 
 
+# Where transformers 4.57 binds `load_gguf_checkpoint` by name at import (the model's own load imports it at call
+# time and reads the weights: not memoised).
+_GGUF_METADATA_READERS = (
+    "transformers.configuration_utils",
+    "transformers.tokenization_utils_fast",
+    "transformers.models.auto.tokenization_auto",
+)
+
+
 @contextlib.contextmanager
 def _gguf_read_once():
-    """Within the block, gguf-py's `GGUFReader` is made once per file and its tensor-name map once per architecture
-    and depth: transformers 4.57 reads a GGUF's header four times in one load (the config twice, the tokenizer, the
-    weights; 3 s a read on SmolLM2's 49k vocabulary) and builds the name map once per module (397 times, 6-8 s).
-    Only the two `gguf` attributes transformers imports at call time are swapped, for the block; were it to import
-    them otherwise, the load would only be as slow as before."""
+    """Within the block, gguf-py's `GGUFReader` is made once per file, its tensor-name map once per architecture
+    and depth, and transformers' parse of a file's metadata (`load_gguf_checkpoint` without tensors: every field,
+    SmolLM2's 49k-token vocabulary and merges entry by entry in Python, about 2 s) once per file, each caller given
+    its own copy: transformers 4.57 reads a GGUF's header four times in one load (the config twice, the tokenizer,
+    the weights; 3 s a read), parses its metadata three times besides the weights' own, and builds the name map once
+    per module (397 times, 6-8 s). Only attributes transformers looks up at call time are swapped, for the block;
+    were it to bind them otherwise, the load would only be as slow as before."""
+    import copy
+    import importlib
+
     import gguf
 
     reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
@@ -105,11 +119,26 @@ def _gguf_read_once():
             readers[key] = reader(path, *args, **kwargs)
         return readers[key]
 
+    modules = [importlib.import_module(name) for name in _GGUF_METADATA_READERS]
+    parses = [module.load_gguf_checkpoint for module in modules]
+    parsed: dict = {}
+
+    def parse_once(path, return_tensors: bool = False, **kwargs):
+        if return_tensors or kwargs:
+            return parses[0](path, return_tensors=return_tensors, **kwargs)
+        if str(path) not in parsed:
+            parsed[str(path)] = parses[0](path, return_tensors=False)
+        return copy.deepcopy(parsed[str(path)])
+
     gguf.GGUFReader, gguf.get_tensor_name_map = read_once, functools.lru_cache(maxsize=None)(name_map)
+    for module in modules:
+        module.load_gguf_checkpoint = parse_once
     try:
         yield
     finally:
         gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+        for module, parse in zip(modules, parses):
+            module.load_gguf_checkpoint = parse
 
 
 def _load_gguf(path: Path, dtype: torch.dtype):
