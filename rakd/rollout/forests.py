@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from rakd.rollout.batch import MIN_SHARED_PREFIX, Rollouts
-from rakd.rollout.masks import mask_for_model, no_cudnn_attention
+from rakd.rollout.batch import MIN_SHARED_PREFIX, Rollouts, position_ids
+from rakd.rollout.masks import attention_mask_4d, mask_for_model, no_cudnn_attention
 
 
 @dataclass
@@ -226,12 +226,12 @@ def _prefix_cache(model: PreTrainedModel, prefix: torch.Tensor, sequences: int) 
     from torch.distributed.fsdp import FSDPModule
 
     cache = DynamicCache()
-    causal = torch.ones(len(prefix), len(prefix), dtype=torch.bool, device=prefix.device).tril()
+    ones = torch.ones_like(prefix)[None]
     backbone = model if isinstance(model, FSDPModule) else model.base_model  # a sharded model's root gathers
     backbone(
         input_ids=prefix[None],
-        attention_mask=mask_for_model(model, causal[None, None]),
-        position_ids=torch.arange(len(prefix), device=prefix.device)[None],
+        attention_mask=attention_mask_4d(model, ones, len(prefix)),
+        position_ids=position_ids(ones),
         past_key_values=cache,
         use_cache=True,
     )
