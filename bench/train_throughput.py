@@ -227,6 +227,7 @@ def kd_seconds(student, teacher, tokenizer, pairs, args, precision: str) -> tupl
     with tempfile.TemporaryDirectory() as out:
         trainer = SFTTrainer(student, tokenizer, pairs, cfg, Path(out), seed=0, name="bench", precision=precision,
                              teacher=teacher, kd=HealKD())  # fmt: skip
+        trainer.targets = None  # the teacher every step, as in a first epoch (and as GKDTrainer runs it)
         batch = trainer.batch_for(0)
         trainer.batch_for = lambda step, batch=batch: batch
         for round_ in range(args.steps + 1):

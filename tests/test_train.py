@@ -115,3 +115,62 @@ def test_a_bf16_sft_step_trains_fp32_weights_close_to_the_fp32_step(tokenizer, t
     # lr 1e-3: Adam's first step moves each weight by about lr in its gradient's sign; under bf16 a few tiny
     # gradients change sign (2e-3 apart at most), almost every weight moves alike
     assert 0 < float(apart.max()) <= 2.01e-3 and float(apart.mean()) < 2e-4
+
+
+def heal_weights(tokenizer, records, out_dir, steps, crash_at=None, calls=None):
+    """Healing by distillation (top-8 and half the cross-entropy) from a fixed random teacher: 40 pairs in batches
+    of 8, five steps an epoch; `calls` collects each step's teacher passes."""
+    import rakd.train.sft as sft
+    from rakd.stages.config import HealKD
+
+    model = build_model(preset_config("test-micro", tokenizer), seed=0)
+    teacher = build_model(preset_config("test-micro", tokenizer), seed=9).eval().requires_grad_(False)
+    pairs = [(r["question"], r["solution"]) for r in records[:40]]
+    cfg = SFTConfig(steps=steps, batch_size=8, checkpoint_every=3, optim=OptimConfig(lr=1e-2, warmup_steps=2))
+    trainer = SFTTrainer(model, tokenizer, pairs, cfg, out_dir, seed=0, name="t", teacher=teacher,
+                         kd=HealKD(top_k=8, ce_weight=0.5))  # fmt: skip
+    trainer.resume()
+    real = sft.teacher_targets
+
+    def counted(*args, **kwargs):
+        if calls is not None:
+            calls.append(1)
+        return real(*args, **kwargs)
+
+    def crash(step, _row):
+        if step == crash_at:
+            raise KeyboardInterrupt
+
+    sft.teacher_targets = counted
+    try:
+        trainer.run(on_step=crash)
+    finally:
+        sft.teacher_targets = real
+    return model, trainer
+
+
+def test_healing_scores_each_pair_with_the_teacher_once_and_a_resumed_run_reads_what_an_unbroken_one_read(
+    tokenizer, tiny_records, tmp_path
+):
+    """The teacher runs in the first epoch's steps alone: the second epoch reads the distributions kept from the
+    first (each pair's equal, to rounding, to the teacher's on that pair alone), and its steps count no teacher
+    FLOPs. A run stopped in the second epoch resumes from a checkpoint that holds them and ends with the unbroken
+    run's weights exactly."""
+    from rakd.rollout.head import teacher_targets
+
+    calls = []
+    straight, trainer = heal_weights(tokenizer, tiny_records, tmp_path / "a", steps=10, calls=calls)
+    assert len(calls) == 5  # five batches an epoch, two epochs: the teacher for the first five only
+    rows = [json.loads(line) for line in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    assert [r["flops_teacher_score"] > 0 for r in rows] == [True] * 5 + [False] * 5
+    assert len(trainer.targets.kept) == 40
+    pair = trainer.pairs[7]
+    alone = teacher_targets(trainer.teacher, pack_pairs(tokenizer, [pair]), 8)
+    for kept, fresh in zip(trainer.targets.kept[trainer.targets.key(pair)], alone):
+        torch.testing.assert_close(kept.to(fresh.dtype), fresh, rtol=1e-5, atol=1e-5)
+    with pytest.raises(KeyboardInterrupt):
+        heal_weights(tokenizer, tiny_records, tmp_path / "b", steps=10, crash_at=8)
+    assert (tmp_path / "b/checkpoints/step-6/teacher_targets.safetensors").is_file()
+    resumed, _ = heal_weights(tokenizer, tiny_records, tmp_path / "b", steps=10)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -299,22 +299,37 @@ __all__ = [
     "head_logprobs",
     "head_topk",
     "splits_head",
+    "teacher_targets",
 ]
 
 
+def teacher_targets(
+    teacher: PreTrainedModel, rollouts: Rollouts, top_k: int, packed: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher's top-`top_k` distribution at every completion position of `rollouts`, in row-major order of
+    `completion_mask` (`head_topk`'s ids, log-probabilities and tail), from one pass without gradients."""
+    with torch.no_grad():
+        states, index = completion_states(teacher, rollouts, packed)
+        mask = rollouts.completion_mask.bool().to(states.device)
+        return head_topk(states, teacher.get_output_embeddings(), index[mask], top_k)
+
+
 def completion_kd(
-    model: PreTrainedModel, teacher: PreTrainedModel, rollouts: Rollouts, top_k: int, packed: bool = True
+    model: PreTrainedModel,
+    teacher: PreTrainedModel | None,
+    rollouts: Rollouts,
+    top_k: int,
+    packed: bool = True,
+    target: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per completion token (B, T; 0 past each row's end): the student's log-probability of the token and the
     forward KL from the teacher's top-`top_k` distribution (plus its tail) at that position to the student's,
-    teacher-forced on the same rows (`splits_head` must hold for both models, which share a vocabulary)."""
-    with torch.no_grad():
-        teacher_states, teacher_index = completion_states(teacher, rollouts, packed)
-        mask = rollouts.completion_mask.bool().to(teacher_states.device)
-        target = head_topk(teacher_states, teacher.get_output_embeddings(), teacher_index[mask], top_k)
-        del teacher_states
+    teacher-forced on the same rows (`splits_head` must hold for both models, which share a vocabulary). `target`:
+    the teacher's distributions already at hand (`teacher_targets`' form), so the teacher does not run."""
+    if target is None:
+        target = teacher_targets(teacher, rollouts, top_k, packed)
     states, index = completion_states(model, rollouts, packed)
-    mask = mask.to(states.device)
+    mask = rollouts.completion_mask.bool().to(states.device)
     tokens = rollouts.completion_ids.to(states.device)[mask]
     target = tuple(t.to(states.device) for t in target)
     picked, kl = head_kd(states, model.get_output_embeddings(), index[mask], tokens, target)

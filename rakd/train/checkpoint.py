@@ -27,10 +27,18 @@ _STEP = re.compile(r"^step-(\d+)$")
 
 
 def save_checkpoint(
-    folder: Path, step: int, model, optimizer, scheduler, keep: int = 2, world: World | None = None
+    folder: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    keep: int = 2,
+    world: World | None = None,
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path | None:
     """Write `folder/step-<step>/` atomically and keep only the newest `keep` checkpoints. Every rank calls it
-    (a sharded model's state is gathered first); rank 0 alone writes."""
+    (a sharded model's state is gathered first); rank 0 alone writes. `extra`: more tensors a trainer keeps, each
+    name as `<name>.safetensors` in the checkpoint."""
     world = world or World()
     if not world.main and not is_sharded(model):
         return None
@@ -51,6 +59,9 @@ def save_checkpoint(
             },
             staging / "trainer_state.pt",
         )
+        for name, tensors in (extra or {}).items():
+            if tensors:
+                save_file(tensors, staging / f"{name}.safetensors")
         (staging / "step.json").write_text(json.dumps({"step": step}) + "\n")
     for old in list_checkpoints(folder)[:-keep]:
         for file in old.iterdir():
@@ -105,11 +116,25 @@ class CheckpointedTrainer:
         checkpoints = list_checkpoints(self.out_dir / "checkpoints")
         if checkpoints:
             self.start_step = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler)
+            self.restore_extra(checkpoints[-1])
         if self.world.main:  # rank 0 writes the log; rows past the checkpoint (all, without one) are redone
             self.log.truncate_after(self.start_step)
         return self.start_step
 
     def save(self, step: int) -> None:
         save_checkpoint(
-            self.out_dir / "checkpoints", step, self.model, self.optimizer, self.scheduler, world=self.world
+            self.out_dir / "checkpoints",
+            step,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            world=self.world,
+            extra=self.checkpoint_extra(),
         )
+
+    def checkpoint_extra(self) -> dict[str, dict[str, torch.Tensor]]:
+        """More tensors to keep in each checkpoint (`save_checkpoint`'s `extra`); none by default."""
+        return {}
+
+    def restore_extra(self, checkpoint: Path) -> None:
+        """Read back what `checkpoint_extra` kept, from the checkpoint folder being resumed."""

@@ -16,9 +16,9 @@ from rakd.layout import METRICS
 from rakd.losses import LOSSES
 from rakd.losses.distill import heal_loss
 from rakd.progress import Progress
-from rakd.rollout import Rollouts
-from rakd.rollout.head import splits_head
-from rakd.train.batches import batch_tensors, kd_tensors, pack_pairs
+from rakd.rollout import Rollouts, packs_forests
+from rakd.rollout.head import splits_head, teacher_targets
+from rakd.train.batches import TeacherTargets, batch_tensors, kd_tensors, pack_pairs
 from rakd.train.checkpoint import CheckpointedTrainer
 from rakd.train.common import MetricsLog, autocast, make_optimizer, make_scheduler, step_seed
 from rakd.train.config import SFTConfig
@@ -70,6 +70,9 @@ class SFTTrainer(CheckpointedTrainer):
         if kd is not None and (teacher is None or not (splits_head(model) and splits_head(teacher))):
             raise ValueError(f"{name}: healing by distillation needs the teacher, and both heads apart (llama, qwen2)")
         self.teacher_dims = ModelDims.of(teacher) if kd is not None else None
+        # the teacher's distributions kept from epoch to epoch (one process: each rank of several would keep its own
+        # share of every batch, and its batches change with the world's size)
+        self.targets = TeacherTargets() if kd is not None and self.world.size == 1 else None
 
     def set_pairs(self, pairs: list[tuple[str, str]]) -> None:
         """Train on `pairs` from the next step on (a warm start that adds traces); the optimiser and schedule go
@@ -84,23 +87,50 @@ class SFTTrainer(CheckpointedTrainer):
             self._order = (epoch, order)
         return self._order[1]
 
-    def batch_for(self, step: int) -> Rollouts:
-        """Batch `step` of a seeded shuffle, epoch by epoch: the same step always sees the same data."""
+    def pairs_for(self, step: int) -> list[tuple[str, str]]:
+        """This rank's pairs of batch `step` of a seeded shuffle, epoch by epoch: the same step always sees the
+        same data."""
         per_epoch = max(1, len(self.pairs) // self.cfg.batch_size)
         epoch, index = divmod(step, per_epoch)
         order = self.epoch_order(epoch)
         chosen = order[index * self.cfg.batch_size : (index + 1) * self.cfg.batch_size] or order[: self.cfg.batch_size]
-        return pack_pairs(self.tokenizer, [self.pairs[i] for i in self.world.share(chosen)])
+        return [self.pairs[i] for i in self.world.share(chosen)]
+
+    def batch_for(self, step: int) -> Rollouts:
+        return pack_pairs(self.tokenizer, self.pairs_for(step))
+
+    def checkpoint_extra(self) -> dict:
+        return {"teacher_targets": self.targets.tensors()} if self.targets is not None else {}
+
+    def restore_extra(self, checkpoint: Path) -> None:
+        from safetensors.torch import load_file
+
+        saved = Path(checkpoint) / "teacher_targets.safetensors"
+        if self.targets is not None:
+            self.targets.load(load_file(saved) if saved.is_file() else {})
+
+    def _kd_target(self, step: int, batch: Rollouts):
+        """The teacher's distributions for batch `step` (`TeacherTargets`) and whether the teacher ran for them."""
+        if self.targets is None:
+            return None, True
+        pairs = self.pairs_for(step)
+        kept = self.targets.lookup(pairs)
+        if kept is not None:
+            return kept, False
+        with autocast(self.device, self.precision):
+            fresh = teacher_targets(self.teacher, batch, self.kd.top_k, packed=packs_forests(self.device))
+        return self.targets.merge(pairs, batch, fresh), True
 
     def step(self, step: int) -> dict:
         self.model.train()
         batch = self.batch_for(step)
+        target, teacher_ran = self._kd_target(step, batch) if self.kd is not None else (None, False)
         with autocast(self.device, self.precision):
             if self.kd is None:
                 tensors = batch_tensors(self.model, batch)
                 loss, metrics = LOSSES["sft"](tensors, {})  # the loss's own aggregation (token_mean)
             else:
-                tensors = kd_tensors(self.model, self.teacher, batch, self.kd.top_k)
+                tensors = kd_tensors(self.model, self.teacher, batch, self.kd.top_k, target=target)
                 loss, metrics = heal_loss(
                     tensors["logprobs"], tensors["forward_kl"], tensors["mask"], ce_weight=self.kd.ce_weight
                 )
@@ -119,14 +149,15 @@ class SFTTrainer(CheckpointedTrainer):
             "lr": self.scheduler.get_last_lr()[0],
             "tokens": int(self.world.sum(int(batch.completion_mask.sum()))),  # the completion tokens trained on
             "flops": int(self.world.sum(rollout_flops(self.dims, batch, training=True))),  # every rank's share
-            **self.teacher_flops(batch),
+            **self.teacher_flops(batch, teacher_ran),
         }
 
-    def teacher_flops(self, batch: Rollouts) -> dict:
-        """The teacher's forward pass over the batch when healing by distillation (`flops_teacher_score`)."""
+    def teacher_flops(self, batch: Rollouts, ran: bool = True) -> dict:
+        """The teacher's forward pass over the batch when healing by distillation (`flops_teacher_score`; 0 where
+        its kept distributions stood in for it)."""
         if self.kd is None:
             return {}
-        return {"flops_teacher_score": int(self.world.sum(rollout_flops(self.teacher_dims, batch)))}
+        return {"flops_teacher_score": int(self.world.sum(rollout_flops(self.teacher_dims, batch))) if ran else 0}
 
     def run(self, on_step: Callable[[int, dict], bool | None] | None = None, until: int | None = None) -> int:
         """Steps `start_step`..`until` (default `cfg.steps`); returns the number of steps done, which is also the
