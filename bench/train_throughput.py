@@ -17,7 +17,8 @@ measures (and bf16's where the CPU has bf16 units).
 With `--trl`, TRL's SFTTrainer on the same rows too. With `--kd`, instead, the healing step by distillation: the
 whole model teaching each `--layers` student, ours (`SFTTrainer` with the teacher: its top-32 tokens and the
 tail's mass at each completion token, forward KL plus half the CE) against TRL's GKDTrainer teacher-forced with
-forward KL over the whole vocabulary (λ = 0, β = 0) on the same rows and tokens.
+forward KL over the whole vocabulary (λ = 0, β = 0) on the same rows and tokens, and ours reading the teacher's
+distributions kept from its first step (an epoch after the first).
 Writes results.{json,md} and meta.json into bench/results/train_throughput-<date>/.
 """
 
@@ -219,24 +220,29 @@ def trl_seconds(model, tokenizer, batch, args, precision: str) -> tuple[list[flo
 
 def kd_seconds(student, teacher, tokenizer, pairs, args, precision: str) -> tuple[dict, object]:
     """Our healing step by distillation (`SFTTrainer` with the teacher: top-32 + tail forward KL and half CE, the
-    real config's) on one batch: each step's seconds (`--steps` after a warm one), the largest step's peak memory."""
+    real config's) on one batch, two ways taking turns: `kd` runs the teacher every step (a first epoch's step, as
+    GKDTrainer runs it), `kd_kept` reads the teacher's distributions kept from the first time (`TeacherTargets`: an
+    epoch after the first). Each way's step seconds (`--steps` after a warm one) and largest step's peak memory."""
     from rakd.stages.config import HealKD
 
-    cfg = SFTConfig(steps=args.steps + 2, batch_size=args.batch, optim=OptimConfig(lr=1e-6, warmup_steps=0))
-    seconds, peak = [], 0.0
+    cfg = SFTConfig(steps=2 * args.steps + 4, batch_size=args.batch, optim=OptimConfig(lr=1e-6, warmup_steps=0))
+    seconds, peaks = {"kd": [], "kd_kept": []}, {"kd": 0.0, "kd_kept": 0.0}
     with tempfile.TemporaryDirectory() as out:
         trainer = SFTTrainer(student, tokenizer, pairs, cfg, Path(out), seed=0, name="bench", precision=precision,
                              teacher=teacher, kd=HealKD())  # fmt: skip
-        trainer.targets = None  # the teacher every step, as in a first epoch (and as GKDTrainer runs it)
+        kept = trainer.targets
         batch = trainer.batch_for(0)
         trainer.batch_for = lambda step, batch=batch: batch
         for round_ in range(args.steps + 1):
-            reset_peak_rss()
-            held = peak_rss_mib()
-            seconds.append(timed(lambda: trainer.step(0), repeats=1))
-            if round_:
-                peak = max(peak, peak_rss_mib() - held)
-    return {"all_seconds": seconds, "seconds": min(seconds[1:]), "step_peak_mib": peak}, batch
+            for way in seconds:
+                trainer.targets = kept if way == "kd_kept" else None  # kept: filled by its warm step
+                reset_peak_rss()
+                held = peak_rss_mib()
+                seconds[way].append(timed(lambda: trainer.step(0), repeats=1))
+                if round_:
+                    peaks[way] = max(peaks[way], peak_rss_mib() - held)
+    got = {way: {"all_seconds": s, "seconds": min(s[1:]), "step_peak_mib": peaks[way]} for way, s in seconds.items()}
+    return got, batch
 
 
 def gkd_seconds(student, teacher, tokenizer, batch, args, precision: str) -> tuple[list[float], float]:
@@ -288,13 +294,15 @@ def kd_one(layers: int, precision: str, args) -> dict:
     teacher.requires_grad_(False).eval()
     student, _ = load(layers)
     pairs = problems(args.batch)
-    ours, batch = kd_seconds(student, teacher, tokenizer, pairs, args, precision)
+    ours, batch = kd_seconds(student, teacher, tokenizer, pairs, args, precision)  # kd and kd_kept
     student, _ = load(layers)  # TRL's from the same weights
     times, peak = gkd_seconds(student, teacher, tokenizer, batch, args, precision)
     tokens = int(batch.completion_mask.sum())
-    ledger = rollout_flops(ModelDims.of(student), batch, training=True) + rollout_flops(ModelDims.of(teacher), batch)
-    got = {"kd": ours, "gkd": {"all_seconds": times, "seconds": min(times[1:]), "step_peak_mib": peak}}
-    for way in got.values():
+    student_flops = rollout_flops(ModelDims.of(student), batch, training=True)
+    teacher_flops = rollout_flops(ModelDims.of(teacher), batch)
+    got = {**ours, "gkd": {"all_seconds": times, "seconds": min(times[1:]), "step_peak_mib": peak}}
+    for name, way in got.items():
+        ledger = student_flops + (0 if name == "kd_kept" else teacher_flops)  # a kept step runs no teacher
         way.update(
             tokens_per_s=tokens / way["seconds"],
             ledger_gflops=ledger / way["seconds"] / 1e9,
@@ -338,6 +346,7 @@ WAYS = {
     "head": "head at completions",
     "trl": "TRL SFTTrainer",
     "kd": "KD healing (ours: top-32 + tail KL, half CE)",
+    "kd_kept": "KD healing, the teacher's top-32 kept (ours, epochs after the first)",
     "gkd": "TRL GKDTrainer (λ=0, β=0: whole-vocabulary KL)",
 }
 COUNTED = ("whole", "head")  # the ways whose executed FLOPs the bench counts
