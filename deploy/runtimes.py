@@ -106,7 +106,7 @@ class _Clock:
 
 
 class _HFGenerator:
-    """Greedy `generate` of a transformers model in PyTorch."""
+    """Greedy `generate` of a transformers model in PyTorch (the prompt as the model's tokenizer writes it)."""
 
     model = tokenizer = None
 
@@ -143,7 +143,7 @@ class _HFGenerator:
         pass
 
 
-class OnnxGenerator:
+class OnnxGenerator(_HFGenerator):
     """An optimum ONNX folder on ONNX Runtime and the `tokenizers` library alone (rakd.models.onnx_folder), greedy
     with its KV cache: no torch in the process, as on a device."""
 
@@ -160,8 +160,6 @@ class OnnxGenerator:
             raise ModelLoadError(f"{folder}: ONNX folder without a tokenizer (tokenizer.json)")
         self.model = OnnxCausalLM(folder, threads)
         self.tokenizer = FolderTokenizer(folder)
-
-    prompt_ids = _HFGenerator.prompt_ids
 
     def generate(self, question: str, max_new_tokens: int) -> Generation:
         ids = self.prompt_ids(question)
@@ -180,9 +178,6 @@ class OnnxGenerator:
         done = time.perf_counter()
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         return Generation(text, len(new), (first or done) - started, done - started, tuple(ids), tuple(new), end)
-
-    def close(self) -> None:
-        pass
 
 
 class TorchGenerator(_HFGenerator):

@@ -35,7 +35,7 @@ class LlamaCppLogits:
 
 
 class _HFLogits:
-    """A transformers model in PyTorch and its tokenizer."""
+    """A model and its tokenizer: a transformers model in PyTorch here (`OnnxLogits` runs its own)."""
 
     model = tokenizer = None
 
@@ -53,7 +53,7 @@ class _HFLogits:
         pass
 
 
-class OnnxLogits:
+class OnnxLogits(_HFLogits):
     """An optimum ONNX folder (model.onnx + config + tokenizer) in ONNX Runtime on CPU, without torch
     (rakd.models.onnx_folder)."""
 
@@ -63,14 +63,8 @@ class OnnxLogits:
         self.model = OnnxCausalLM(folder, threads)
         self.tokenizer = FolderTokenizer(folder)
 
-    def tokenize(self, text: str, special: bool = True) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
-
     def logits(self, ids: list[int]) -> np.ndarray:
         return self.model.forward(ids)[0]
-
-    def close(self) -> None:
-        pass
 
 
 class TorchLogits(_HFLogits):

@@ -90,7 +90,7 @@ class TeacherTargets:
         for pair, (ids, logprobs, tail) in zip(pairs, rows):
             key = self.key(pair)
             if key not in self.kept:
-                size = ids.numel() * 4 + logprobs.numel() * 4 + tail.numel() * 4
+                size = _entry_bytes(ids, logprobs, tail)
                 if self.bytes + size > self.max_bytes:
                     merged.append((ids, logprobs, tail))
                     continue
@@ -123,4 +123,9 @@ class TeacherTargets:
         parts = zip(*(tensors[name].split(counts) for name in ("ids", "logprobs", "tail")))
         for key, (ids, logprobs, tail) in zip(tensors["keys"], parts):
             self.kept[bytes(key.tolist()).decode("ascii")] = (ids, logprobs, tail)
-            self.bytes += ids.numel() * 4 + logprobs.numel() * 4 + tail.numel() * 4
+            self.bytes += _entry_bytes(ids, logprobs, tail)
+
+
+def _entry_bytes(ids, logprobs, tail) -> int:
+    """A kept pair's size: 4-byte token ids, float32 log-probabilities and tail."""
+    return 4 * (ids.numel() + logprobs.numel() + tail.numel())
