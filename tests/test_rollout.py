@@ -109,13 +109,13 @@ def test_a_prefix_every_prompt_shares_is_prefilled_once_with_the_same_samples(mo
     ids, mask = encode_prompts(tokenizer, questions)
     assert samplers.shared_prefix(ids, mask) >= samplers.MIN_SHARED_PREFIX
     calls = []
-    forward = type(model).forward
+    forward = type(model.base_model).forward  # the backbone: every pass runs it, with the head or without
 
     def counting(self, *args, **kwargs):
         calls.append(kwargs["input_ids"].shape)
         return forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(type(model), "forward", counting)
+    monkeypatch.setattr(type(model.base_model), "forward", counting)
     least = samplers.MIN_SHARED_PREFIX
     for temperature in (0.0, 1.0):
         kw = dict(max_new_tokens=10, temperature=temperature, seed=5, backend=backend)
@@ -383,6 +383,95 @@ def test_next_token_draws_from_the_softmax_and_never_a_filtered_token():
     assert _next_token(logits.expand(3, -1), 0.0, 1.0, generator).tolist() == [0, 0, 0]
 
 
+def test_the_two_level_draw_picks_from_the_softmax_across_blocks_and_never_a_zero():
+    """`_draw` picks a block of `DRAW_BLOCK` entries by the blocks' sums, then the token inside it: over two whole
+    blocks and a partial one, with tokens of non-zero probability at the blocks' edges, each token's frequency is
+    its probability within 4 standard errors (40000 draws, temperatures 1 and 0.7) and no other token is drawn;
+    u = 0 picks the first token of non-zero probability and the largest uniform the last, with zeros after it."""
+    from rakd.rollout.samplers import DRAW_BLOCK, _draw
+
+    vocab = 2 * DRAW_BLOCK + 37
+    logits = torch.full((vocab,), float("-inf"))
+    picks = [0, DRAW_BLOCK - 1, DRAW_BLOCK, 2 * DRAW_BLOCK, 2 * DRAW_BLOCK + 5]
+    logits[picks] = torch.tensor([1.0, 0.2, -0.5, 0.7, 0.0])
+    rows, generator = 40000, torch.Generator().manual_seed(0)
+    for temperature in (1.0, 0.7):
+        expected = (logits / temperature).softmax(-1)
+        u = torch.rand((rows, 1), generator=generator)
+        drawn = _draw((logits / temperature)[:, None].repeat(1, rows), 1.0, u)
+        frequency = torch.bincount(drawn, minlength=vocab).double() / rows
+        stderr = (expected * (1 - expected) / rows).sqrt().double()
+        assert ((frequency - expected.double()).abs() <= 4 * stderr + 1e-12).all(), temperature
+        assert frequency[expected == 0].sum() == 0
+    ends = torch.tensor([[0.0], [1 - 2**-24]])
+    assert _draw(logits[:, None].repeat(1, 2), 1.0, ends).tolist() == [0, 2 * DRAW_BLOCK + 5]
+
+
+def test_the_two_level_draw_never_picks_a_zero_when_rounding_leaves_a_block_short():
+    """The blocks' sums and the running sum inside a block add in different orders: the block's running sum can end
+    below its sum (here in random blocks of positive entries followed by zeros), so the largest uniform's target
+    lies past the block's last entry. The token drawn then still has a non-zero probability (the block's last such),
+    never one of the zeros after it; u = 0 draws the first of non-zero probability."""
+    from rakd.rollout.samplers import DRAW_BLOCK, _draw
+
+    generator, short = torch.Generator().manual_seed(0), 0
+    for _ in range(64):
+        n = int(torch.randint(2, DRAW_BLOCK - 8, (1,), generator=generator))
+        probs = torch.zeros(DRAW_BLOCK)
+        probs[:n] = torch.rand(n, generator=generator) * torch.exp(torch.randn(n, generator=generator) * 4)
+        columns = probs.log()[:, None].repeat(1, 2)
+        scaled = columns.sub(columns.amax(0)).exp()
+        short += bool(scaled.sum(0)[0] * (1 - 2**-24) > scaled.cumsum(0)[-1, 0])
+        top, bottom = _draw(columns, 1.0, torch.tensor([[1 - 2**-24], [0.0]])).tolist()
+        assert scaled[top, 0] > 0 and bottom == int(torch.nonzero(scaled[:, 0]).min())
+    assert short > 0  # the rounding this test is about happened
+
+
+def test_the_two_level_draw_inverts_the_whole_cdf():
+    """On random logits (a vocabulary of 3.3 blocks, 256 rows) the token each uniform picks is the one whose
+    interval of the whole CDF (computed in float64) holds u, to float32 rounding."""
+    from rakd.rollout.samplers import DRAW_BLOCK, _draw
+
+    generator = torch.Generator().manual_seed(1)
+    vocab, rows = int(3.3 * DRAW_BLOCK), 256
+    logits = torch.randn((rows, vocab), generator=generator) * 3
+    u = torch.rand((rows, 1), generator=generator)
+    drawn = _draw(logits.t().contiguous(), 1.0, u)
+    probs = logits.double().softmax(-1)
+    cdf = probs.cumsum(-1)
+    high = cdf.gather(1, drawn[:, None])[:, 0]
+    low = high - probs.gather(1, drawn[:, None])[:, 0]
+    target = u[:, 0].double()
+    assert ((low - 1e-5 <= target) & (target <= high + 1e-5)).all()
+    assert (probs.gather(1, drawn[:, None]) > 0).all()
+
+
+def test_the_step_head_gives_the_model_s_tempered_logits_vocabulary_major_in_one_buffer(model, tokenizer):
+    """`_StepHead` runs the backbone and the head apart: weight @ (states / T)^T is the model's logits / T at the
+    last position, every step written into one buffer on the CPU (fewer rows after finished ones leave: the same
+    memory); with the head not split (the model's logits, transposed) the same numbers."""
+    from rakd.rollout.batch import position_ids
+    from rakd.rollout.masks import attention_mask_4d
+    from rakd.rollout.samplers import _StepHead
+
+    ids, mask = encode_prompts(tokenizer, QUESTIONS)
+    width = ids.shape[1]
+    kw = dict(input_ids=ids, attention_mask=attention_mask_4d(model, mask, width), position_ids=position_ids(mask))
+    fewer = {name: value[:2] for name, value in kw.items()}
+    with torch.no_grad():
+        expected = model(**kw).logits[:, -1] / 0.7
+        head = _StepHead(model, 0.7)
+        assert head.split
+        first = head.columns(head.last(**kw))
+        torch.testing.assert_close(first.t(), expected, rtol=1e-5, atol=1e-5)
+        pointer = first.data_ptr()
+        second = head.columns(head.last(**fewer))
+        assert second.data_ptr() == pointer
+        torch.testing.assert_close(second.t(), expected[:2], rtol=1e-5, atol=1e-5)
+        head.split = False
+        torch.testing.assert_close(head.columns(head.last(**kw)).t(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_the_decode_loop_writes_its_cache_in_place_with_the_dynamic_cache_s_tokens_and_logits(tokenizer, monkeypatch):
     """The loop sampler's cache (`_GrowingLayer`) has room for every token from the prefill on: no decode step
     concatenates (DynamicLayer's update, a copy of the layer's whole cache at every token, never runs) or grows a
@@ -442,7 +531,9 @@ def test_the_decode_loop_writes_its_cache_in_place_with_the_dynamic_cache_s_toke
         assert loop[row, :n].tolist() == expected[row, :n].tolist()
     assert torch.equal(samplers._sample_loop(gqa, ids, mask, eos_id=-1, group_size=2, **kw), grouped)
     with torch.no_grad():  # the same steps through the in-place cache: DynamicCache's logits to float rounding
-        cache, logits, step_mask, position = samplers._prefill(gqa, ids, mask, 1, capacity=width + new)
+        head = samplers._StepHead(gqa, 0.0)
+        cache, last, step_mask, position = samplers._prefill(gqa, ids, mask, 1, head, capacity=width + new)
+        logits = head.columns(last).t()
         assert all(type(layer) is samplers._GrowingLayer for layer in cache.layers)
         for t in range(new):
             torch.testing.assert_close(logits, expected_logits[t], rtol=1e-5, atol=1e-5)

@@ -43,21 +43,91 @@ def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def _next_token(logits, temperature, top_p, generator):
-    """One token per row: sampled from softmax(logits / temperature) (top-p filtered), or greedy at 0."""
+    """One token per row of `logits` (B, V): sampled from softmax(logits / temperature) (top-p filtered), or
+    greedy at 0."""
     u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device) if temperature > 0 else None
-    return _draw(logits, temperature, top_p, u)
+    columns = (logits.float() / temperature).t() if temperature > 0 else logits.t()
+    return _draw(columns, top_p, u)
 
 
-def _draw(logits, temperature, top_p, u):
-    """The token each row's uniform `u` (B, 1) picks from softmax(logits / temperature) (top-p filtered); greedy at
-    temperature 0 (`u` unused). Inverting the CDF takes one uniform per row; `torch.multinomial` draws one
-    exponential per vocabulary entry (17% of a decode loop's time on the demo's student). A zero-probability token
-    is never drawn: the first index whose cumulative sum exceeds u * total is taken, and u * total < total in
-    float32 (u ≤ 1 - 2^-24)."""
-    if temperature > 0:
-        cdf = _filter_top_p(logits.float() / temperature, top_p).softmax(-1).cumsum(-1)
+# Vocabulary entries per block of the two-level draw (`_draw`).
+DRAW_BLOCK = 256
+
+
+def _draw(columns: torch.Tensor, top_p: float, u: torch.Tensor | None) -> torch.Tensor:
+    """The token (B,) each row's uniform `u` (B, 1) picks from the softmax of its column of `columns` (V, B):
+    logits already divided by the temperature, vocabulary-major as `_StepHead` computes them, overwritten here;
+    greedy (the argmax) when `u` is None. The CDF is inverted in two levels, without a cumulative sum over the
+    whole vocabulary: the probabilities' sums per block of `DRAW_BLOCK` entries pick the block that holds u *
+    total, then the cumulative sum inside that block alone picks the token. A token of zero probability is never
+    drawn: the chosen block's sum exceeds u * total minus what the blocks before it hold, and the chosen entry is
+    the first of that block whose running sum passes the rest (an entry of zero adds nothing, so it is never the
+    first to pass), or, where float rounding leaves the block's running sum short of its total, the block's last
+    entry of non-zero probability. Under top-p the rows are filtered and inverted whole."""
+    if u is None:
+        return columns.argmax(0)
+    if top_p < 1.0:
+        cdf = _filter_top_p(columns.t(), top_p).softmax(-1).cumsum(-1).contiguous()
         return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=cdf.shape[-1] - 1).squeeze(-1)
-    return logits.argmax(-1)
+    vocab, rows = columns.shape
+    probs = columns.sub_(columns.amax(0)).exp_()  # unnormalised; u * total below does the normalising
+    whole = vocab // DRAW_BLOCK * DRAW_BLOCK
+    sums = probs[:whole].view(-1, DRAW_BLOCK, rows).sum(1)
+    if whole < vocab:
+        sums = torch.cat([sums, probs[whole:].sum(0, keepdim=True)])
+    cumulative = sums.cumsum(0)  # (blocks, B)
+    target = u.squeeze(-1) * cumulative[-1]
+    block = (cumulative <= target).sum(0).clamp(max=len(sums) - 1)
+    before = torch.where(block > 0, cumulative.gather(0, (block - 1).clamp(min=0)[None])[0], 0.0)
+    offsets = torch.arange(DRAW_BLOCK, device=columns.device)[:, None]
+    index = block[None] * DRAW_BLOCK + offsets  # (DRAW_BLOCK, B): the chosen block's entries
+    inside = probs.gather(0, index.clamp(max=vocab - 1)).masked_fill_(index >= vocab, 0.0)
+    passed = (inside.cumsum(0) <= (target - before)).sum(0)
+    last = ((inside > 0) * (offsets + 1)).amax(0) - 1
+    return block * DRAW_BLOCK + torch.minimum(passed, last)
+
+
+class _StepHead:
+    """A decode step's next-token logits, vocabulary-major (V, B) and divided by the temperature, for `_draw`.
+    Where the head can run apart from the backbone (`splits_head`), the backbone's last states go through the head
+    as weight @ states^T, scaled by 1/temperature first: the head's matmul in the layout that runs fastest with the
+    vocabulary as its long side (about 1.4x `F.linear`'s rows-major product at 128 rows, 2-core AMD EPYC), written
+    on the CPU into one buffer reused by every step (a fresh 25 MB block per step is paid in page faults), and no
+    position but the last pays for the vocabulary (the prefill's other positions included). Elsewhere the model's
+    logits at the last position, transposed."""
+
+    def __init__(self, model: PreTrainedModel, temperature: float):
+        from rakd.rollout.head import splits_head
+
+        self.model, self.split = model, splits_head(model)
+        self.scale = 1.0 / temperature if temperature > 0 else None
+        self.buffer = None
+
+    def last(self, **inputs) -> torch.Tensor:
+        """The forward pass: the last position's states (B, H) when the head is split, else its logits (B, V).
+        Either repeats across a group's rows (`repeat_interleave`) before `columns`. (FSDP shards the model whole:
+        there the backbone is not called alone.)"""
+        if self.split:
+            return self.model.base_model(**inputs).last_hidden_state[:, -1]
+        return self.model(**inputs, logits_to_keep=1).logits[:, -1]
+
+    def columns(self, last: torch.Tensor) -> torch.Tensor:
+        if not self.split:
+            columns = last.t().float()
+            return columns.mul_(self.scale) if self.scale is not None else columns
+        head = self.model.get_output_embeddings()
+        weight = head.weight
+        states = last * self.scale if self.scale is not None else last
+        if weight.device.type == "cpu" and states.dtype == weight.dtype and not torch.is_autocast_enabled("cpu"):
+            size = weight.shape[0] * states.shape[0]
+            if self.buffer is None or self.buffer.numel() < size:
+                self.buffer = torch.empty(size, dtype=weight.dtype)
+            columns = torch.mm(weight, states.t(), out=self.buffer[:size].view(weight.shape[0], states.shape[0]))
+        else:
+            columns = torch.matmul(weight, states.t())
+        if head.bias is not None:
+            columns += head.bias[:, None] * (self.scale if self.scale is not None else 1.0)
+        return columns.float()
 
 
 @torch.no_grad()
@@ -65,16 +135,17 @@ def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id
     """The KV-cache decode loop. `ids`/`mask` hold each distinct prompt once when `group_size` > 1: the prompts
     are prefilled once and their cache expanded G times. Every `COMPACT_EVERY` tokens (the loop's only host
     synchronisation) rows that have emitted EOS leave the batch and the cache, so the rest decode a smaller one.
-    The cache has room for every token up front (`_GrowingLayer`: a step writes its column in place)."""
-    cache, logits, mask, positions = _prefill(model, ids, mask, group_size, capacity=ids.shape[1] + max_new_tokens)
-    rows = logits.shape[0]
+    The cache has room for every token up front (`_GrowingLayer`: a step writes its column in place); the head
+    runs at each step's last position alone (`_StepHead`)."""
+    head = _StepHead(model, temperature)
+    cache, last, mask, positions = _prefill(model, ids, mask, group_size, head, capacity=ids.shape[1] + max_new_tokens)
+    rows = last.shape[0]
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=ids.device)
     active = torch.arange(rows, device=ids.device)  # the output row of each batch row still decoding
     finished = torch.zeros(rows, dtype=torch.bool, device=ids.device)
     for t in range(max_new_tokens):
-        token = torch.where(
-            finished, torch.full_like(active, pad_id), _next_token(logits, temperature, top_p, generator)
-        )
+        u = torch.rand((len(active), 1), generator=generator, device=ids.device) if temperature > 0 else None
+        token = torch.where(finished, torch.full_like(active, pad_id), _draw(head.columns(last), top_p, u))
         tokens[active, t] = token
         finished |= token == eos_id
         if t + 1 == max_new_tokens:
@@ -88,13 +159,13 @@ def _sample_loop(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_id
                 active, token, mask, positions, finished = (x[keep] for x in (active, token, mask, positions, finished))
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         positions = positions + 1
-        logits = model(
+        last = head.last(
             input_ids=token[:, None],
             attention_mask=attention_mask_4d(model, mask, 1),
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
-        ).logits[:, -1]
+        )
     return _trim(tokens, eos_id)
 
 
@@ -111,12 +182,12 @@ def shared_prefix(ids: torch.Tensor, mask: torch.Tensor) -> int:
     return min(int(same.sum()), shortest - 1)
 
 
-def _prefill(model, ids, mask, group_size, capacity: int | None = None):
-    """One forward over the distinct prompts into a DynamicCache, expanded G times: (cache, last logits, the mask
-    and each row's last position, both repeated G times); with `capacity`, the cache's layers have room for that
-    many columns (`_GrowingLayer`). A prefix every prompt shares (`shared_prefix`) is computed
-    once and its cache copied to every row; each row's own tokens follow it, the row's pads between the two (masked,
-    and skipped by the positions, so every token sits where it would in the row alone)."""
+def _prefill(model, ids, mask, group_size, head: _StepHead, capacity: int | None = None):
+    """One forward over the distinct prompts into a DynamicCache, expanded G times: (cache, the last position's
+    `head.last` output, the mask and each row's last position, all repeated G times); with `capacity`, the cache's
+    layers have room for that many columns (`_GrowingLayer`). A prefix every prompt shares (`shared_prefix`) is
+    computed once and its cache copied to every row; each row's own tokens follow it, the row's pads between the
+    two (masked, and skipped by the positions, so every token sits where it would in the row alone)."""
     cache = DynamicCache()
     if capacity is not None:
         cache.layer_class_to_replicate = partial(_GrowingLayer, capacity)
@@ -126,7 +197,7 @@ def _prefill(model, ids, mask, group_size, capacity: int | None = None):
         start = width - int(mask[0].long().sum())
         prefix = ids[:1, start : start + common]
         ones = torch.ones_like(prefix)
-        model(
+        head.last(
             input_ids=prefix,
             attention_mask=attention_mask_4d(model, ones, common),
             position_ids=position_ids(ones),
@@ -138,18 +209,18 @@ def _prefill(model, ids, mask, group_size, capacity: int | None = None):
         ids = ids[:, common:]  # what sits under a row's pads is masked: never attended to, its outputs unread
         mask = torch.cat([ones.expand(rows, common), own], dim=-1)
     positions = position_ids(mask)[:, -ids.shape[1] :]
-    logits = model(
+    last = head.last(
         input_ids=ids,
         attention_mask=attention_mask_4d(model, mask, ids.shape[1]),
         position_ids=positions,
         past_key_values=cache,
         use_cache=True,
-    ).logits[:, -1]
+    )
     positions = positions[:, -1:]
     if group_size > 1:
         cache.batch_repeat_interleave(group_size)
-        logits, mask, positions = (t.repeat_interleave(group_size, dim=0) for t in (logits, mask, positions))
-    return cache, logits, mask, positions
+        last, mask, positions = (t.repeat_interleave(group_size, dim=0) for t in (last, mask, positions))
+    return cache, last, mask, positions
 
 
 class _GrowingLayer(DynamicLayer):
@@ -249,15 +320,16 @@ def _sample_graph(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_i
     all-finished every `COMPACT_EVERY` steps (rows cannot leave a fixed-shape batch). The prompt is prefilled
     once per distinct prompt, as in `loop`, and copied into the static cache. Elsewhere the same step runs
     eagerly."""
-    dynamic, logits, mask, positions = _prefill(model, ids, mask, group_size)
-    rows, prompt_len, device = logits.shape[0], ids.shape[1], ids.device
+    head = _StepHead(model, temperature)
+    dynamic, last, mask, positions = _prefill(model, ids, mask, group_size, head)
+    rows, prompt_len, device = last.shape[0], ids.shape[1], ids.device
     cache = _static_cache(model, prompt_len + max_new_tokens, like=dynamic)
     del dynamic
     allowed = torch.zeros((rows, 1, 1, prompt_len + max_new_tokens), dtype=torch.bool, device=device)
     allowed[:, 0, 0, :prompt_len] = mask.bool()
     uniforms = torch.rand((max_new_tokens, rows, 1), generator=generator, device=device) if temperature > 0 else None
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    tokens[:, 0] = _draw(logits, temperature, top_p, uniforms[0] if uniforms is not None else None)
+    tokens[:, 0] = _draw(head.columns(last), top_p, uniforms[0] if uniforms is not None else None)
     finished = tokens[:, 0] == eos_id
     token = tokens[:, :1].clone()
     step = torch.zeros(1, dtype=torch.long, device=device)  # the column of `tokens` last written
@@ -266,18 +338,18 @@ def _sample_graph(model, ids, mask, *, max_new_tokens, temperature, top_p, eos_i
     def decode():
         allowed.index_fill_(-1, column, True)
         positions.add_(1)
-        logits = model(
+        last = head.last(
             input_ids=token,
             attention_mask=mask_for_model(model, allowed),
             position_ids=positions,
             past_key_values=cache,
             cache_position=column,
             use_cache=True,
-        ).logits[:, -1]
+        )
         column.add_(1)
         step.add_(1)
         u = uniforms.index_select(0, step).squeeze(0) if uniforms is not None else None
-        new = torch.where(finished, pad_id, _draw(logits, temperature, top_p, u))
+        new = torch.where(finished, pad_id, _draw(head.columns(last), top_p, u))
         tokens.index_copy_(1, step, new[:, None])
         finished.logical_or_(new == eos_id)
         token.copy_(new[:, None])
