@@ -53,11 +53,11 @@ def timed(fn, repeats: int = 3) -> float:
     return best_time(fn, repeats, sync)
 
 
-def multinomial_token(logits, temperature, top_p, generator):  # the draw before the inverse CDF
-    if temperature > 0:
-        probs = rollout._filter_top_p(logits.float() / temperature, top_p).softmax(-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return logits.argmax(-1)
+def multinomial_draw(columns, top_p, u):  # the draw before the inverse CDF: one exponential per vocabulary entry
+    if u is None:
+        return columns.argmax(0)
+    probs = rollout._filter_top_p(columns.t(), top_p).softmax(-1)
+    return torch.multinomial(probs, 1).squeeze(-1)
 
 
 def plain_scores(model, batch, chunk: int) -> torch.Tensor:
@@ -87,12 +87,12 @@ def main(out: str | None) -> None:
             result["graph_no_cudnn_s"] = timed(lambda: draw("graph"), 2)
         print(json.dumps(result, indent=1), flush=True)
         result["loop_no_shared_prefill_s"] = timed(lambda: draw(group=1), 2)
-        original = rollout._next_token
-        rollout._next_token = multinomial_token
+        original = rollout._draw
+        rollout._draw = multinomial_draw
         try:
             result["loop_multinomial_s"] = timed(draw, 2)
         finally:
-            rollout._next_token = original
+            rollout._draw = original
         result["graph_s"] = timed(lambda: draw("graph"), 2)
         print(json.dumps(result, indent=1), flush=True)
 
