@@ -115,9 +115,12 @@ def flops_rows(results: dict[str, Summary]) -> list[dict]:
 
 
 def stage_time_rows(results: dict[str, Summary], states: dict[str, str] | None = None) -> list[dict]:
-    rows = []
+    """Each stage's wall seconds, and, where a stage was killed and resumed, how many runs they add up over."""
+    rows, resumed = [], any(summary.get("runs", 1) > 1 for summary in results.values())
     for name, summary in results.items():
         row = {"stage": name, "seconds": f"{summary.get('seconds', 0):.0f}"}
+        if resumed:
+            row["runs"] = summary.get("runs", 1)
         if states:
             row["state"] = states[name]
         rows.append(row)
