@@ -469,6 +469,9 @@ def test_the_step_head_gives_the_model_s_tempered_logits_vocabulary_major_in_one
         assert second.data_ptr() == pointer
         torch.testing.assert_close(second.t(), expected[:2], rtol=1e-5, atol=1e-5)
         head.split = False
+        assert head.keep == {"logits_to_keep": 1}  # the model's head at the last position alone
+        torch.testing.assert_close(head.columns(head.last(**kw)).t(), expected, rtol=1e-5, atol=1e-5)
+        head.keep = {}  # a model that takes no logits_to_keep: its logits at every position, the last one read
         torch.testing.assert_close(head.columns(head.last(**kw)).t(), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -10,6 +10,7 @@ pre-allocated cache, whose decode step transformers compiles on CUDA). `bench/ro
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 
 import torch
@@ -102,6 +103,8 @@ class _StepHead:
         self.model, self.split = model, splits_head(model)
         self.scale = 1.0 / temperature if temperature > 0 else None
         self.buffer = None
+        # transformers' causal LMs take `logits_to_keep`; a model of its own code (trust_remote_code) may not
+        self.keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
     def last(self, **inputs) -> torch.Tensor:
         """The forward pass: the last position's states (B, H) when the head is split, else its logits (B, V).
@@ -109,7 +112,7 @@ class _StepHead:
         there the backbone is not called alone.)"""
         if self.split:
             return self.model.base_model(**inputs).last_hidden_state[:, -1]
-        return self.model(**inputs, logits_to_keep=1).logits[:, -1]
+        return self.model(**inputs, **self.keep).logits[:, -1]
 
     def columns(self, last: torch.Tensor) -> torch.Tensor:
         if not self.split:
