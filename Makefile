@@ -50,7 +50,8 @@ smollm: $(STAMP)
 
 # Students of several sizes from that one tuned teacher (20, 15 and 10 layers, and 15 layers of 1024 feed-forward
 # channels), each healed, distilled, exported and validated, then one report with the accuracy-latency front
-# (bench/results/smollm-sweep-<date>/; hours per size on 2 cores, resumable).
+# (bench/results/smollm-sweep-<date>/; hours per size on 2 cores, resumable). The 15-layer point is `make smollm`'s
+# own run: after it, that student is reused.
 smollm-sweep: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) bench/smollm_sweep.py
 

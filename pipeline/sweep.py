@@ -22,7 +22,7 @@ from pathlib import Path
 from deploy.record import ValidationReport
 from deploy.report import pareto_front, plot_accuracy_vs_latency, validation_rows
 from pipeline.cache import outputs_current, run_missing, run_stage, stage_keys
-from pipeline.config import PipelineConfig, load_config
+from pipeline.config import load_config
 from pipeline.registry import STAGES
 from rakd.compare.run import link_base
 from rakd.io import atomic_write_json, atomic_write_text
@@ -57,13 +57,30 @@ def sweep_points(sizes: list[str]) -> list[SweepPoint]:
     return points
 
 
-def point_config(config: str | Path, overrides: list[str], base: PipelineConfig, point: SweepPoint, first: bool):
-    """The point's pipeline config: the base config in a run folder of its own, its student's size, and (but for
-    the first point) no teacher artefacts to export again."""
-    extra = [f"run.name={base.run.name}-{point.name}", *point.overrides]
-    if not first:
-        extra.append("export.teacher=false")
-    return load_config(config, [*overrides, *extra])
+def point_configs(config: str | Path, overrides: list[str], points: list[SweepPoint]):
+    """The base run's config (a student section that loads) and each point's: the base config in a run folder of
+    its own with its student's size; but the point whose overrides leave the config as it is (the student
+    `make smollm` makes: 15 layers by measurement, on configs/smollm.yaml) is the base run itself, so a sweep after
+    that run reuses its student, exports and validation instead of making the same student again. The teacher's
+    artefacts are exported and validated by one point: the base run's when it is a point, else the first."""
+    try:
+        plain = load_config(config, overrides)
+    except ConfigError:  # a student section that only loads with a point's size
+        plain = None
+    own = [load_config(config, [*overrides, *point.overrides]) for point in points]
+    same = [plain is not None and cfg.model_dump() == plain.model_dump() for cfg in own]
+    base = plain if any(same) else own[0]
+    teacher_point = same.index(True) if any(same) else 0
+    configs = []
+    for index, (point, is_base) in enumerate(zip(points, same)):
+        if is_base:
+            configs.append(plain)
+            continue
+        extra = [f"run.name={base.run.name}-{point.name}", *point.overrides]
+        if index != teacher_point:
+            extra.append("export.teacher=false")
+        configs.append(load_config(config, [*overrides, *extra]))
+    return base, configs
 
 
 def run_sweep(config: str | Path, overrides: list[str], points: list[SweepPoint], out: Path, log=print) -> dict:
@@ -72,13 +89,15 @@ def run_sweep(config: str | Path, overrides: list[str], points: list[SweepPoint]
     `sweep.md` and `accuracy_vs_latency.png`. Returns the report as `sweep.json` holds it."""
     if not points:
         raise ConfigError("a sweep needs at least one size")
-    base = load_config(config, [*overrides, *points[0].overrides])  # a student section that loads; prep and teacher
+    base, configs = point_configs(config, overrides, points)
     log(f"[sweep] the base run {base.run.dir}: prep and the teacher")
     run_missing(base, ("prep", "teacher"))
     reports = {}
-    for index, point in enumerate(points):
-        cfg = point_config(config, overrides, base, point, first=index == 0)
-        link_base(base.run.layout, cfg.run.dir, fresh=False)  # the base run's data, tokenizer and teacher
+    for point, cfg in zip(points, configs):
+        if cfg.run.dir != base.run.dir:
+            link_base(base.run.layout, cfg.run.dir, fresh=False)  # the base run's data, tokenizer and teacher
+        else:
+            log(f"[sweep] {point.name}: the base run's own student")
         keys = stage_keys(cfg)
         for stage in (s for s in STAGES if s.name in SWEPT):
             current = outputs_current(cfg.run.layout, stage, keys[stage.name])

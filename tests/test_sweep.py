@@ -8,7 +8,7 @@ import pytest
 from conftest import MICRO_RUN
 
 from deploy.record import ArtefactRecord, ValidationReport
-from pipeline.sweep import combine, run_sweep, sweep_points
+from pipeline.sweep import combine, point_configs, run_sweep, sweep_points
 from rakd.schema import ConfigError
 
 
@@ -41,6 +41,22 @@ def test_combining_labels_each_student_and_keeps_the_teacher_once():
     assert [r.label for r in combined.artefacts] == ["l20/gguf-q8_0", "l10/gguf-q8_0", "teacher/gguf-q8_0"]
     with pytest.raises(ConfigError, match=r"sweep points \['l10'\] validated other problems or thread counts"):
         combine({"l20": first, "l10": dataclasses.replace(second, threads=4)})
+
+
+def test_the_point_that_is_the_config_s_own_student_is_the_base_run_itself(tmp_path):
+    """A config whose student is already pruned by measurement to 1 layer (as configs/smollm.yaml's is to 15): the
+    sweep's point "1" changes nothing, so it is the base run (its student, exports and validation reused), and it,
+    not the first point, validates the teacher's artefacts; the other point gets a run folder of its own and no
+    teacher artefacts. Without such a point, the first point validates the teacher, as before."""
+    overrides = [f"run.root={tmp_path}", "run.name=base", "export.teacher=true"]
+    pruned = [*overrides, "distill.student.model=null", "distill.student.prune.layers=1"]
+    base, (narrow, own) = point_configs("configs/smoke.yaml", pruned, sweep_points(["1:32", "1"]))
+    assert own.run.dir == base.run.dir == tmp_path / "base" and own.export.teacher
+    assert narrow.run.dir == tmp_path / "base-l1-f32" and not narrow.export.teacher
+    assert narrow.distill.student.prune.ffn == 32 and own.distill.student.prune.ffn is None
+    base, (first, second) = point_configs("configs/smoke.yaml", overrides, sweep_points(["1", "1:32"]))
+    assert (first.run.dir, second.run.dir) == (tmp_path / "base-l1", tmp_path / "base-l1-f32")
+    assert first.export.teacher and not second.export.teacher and base.run.dir == tmp_path / "base"
 
 
 @pytest.mark.integration
