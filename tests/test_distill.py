@@ -543,6 +543,45 @@ def test_a_warm_start_that_misses_its_target_adds_harder_traces_and_says_so(prep
     assert warm["flops"]["total"] == sum(v for k, v in warm["flops"].items() if k != "total")
 
 
+def test_a_round_of_traces_is_sampled_once_per_teacher_and_read_back_by_a_linked_run(prepared, tmp_path, monkeypatch):
+    """A size sweep's points link the base run's teacher: the first to sample a round keeps it beside the teacher
+    (`trace-cache/`), and another run of the same teacher, prompts and settings reads it back (same traces, same
+    FLOPs charged) instead of sampling; other settings sample their own; without a teacher folder nothing is kept."""
+    import rakd.stages.traces as traces
+    from rakd.compare.run import link_base
+    from rakd.layout import RunLayout
+
+    base = fresh_run(prepared, tmp_path, "base")
+    solutions = {r["question"]: r["solution"] for r in read_jsonl(base.run.layout.split("train"))}
+    calls, lines = [], []
+
+    def traces_of(model, tokenizer, records, cfg, seed, precision="fp32"):  # the micro teacher verifies nothing
+        calls.append(1)
+        made = [{"question": r["question"], "answer": r["answer"], "completion": f" {solutions[r['question']]}"}
+                for r in records]  # fmt: skip
+        return made, 1000 * len(records)
+
+    monkeypatch.setattr(traces, "teacher_traces", traces_of)
+    teacher, tokenizer = load_causal_lm(base.run.layout.teacher)
+    train = distill_records(base.run.layout, "train")
+    cfg = base.distill.warmstart.model_copy(update={"n_prompts": 6, "max_new_tokens": 8})
+    first = traces.TraceRounds(tmp_path / "a", cfg, 0, teacher_dir=base.run.layout.teacher)
+    entry = first.add(train, teacher, tokenizer, 0, lines.append)
+    assert len(calls) == 1 and len(list((base.run.dir / "trace-cache").glob("*.json"))) == 1
+    link_base(base.run.layout, tmp_path / "point")  # a sweep point's run folder
+    second = traces.TraceRounds(tmp_path / "b", cfg, 0, teacher_dir=RunLayout(tmp_path / "point").teacher)
+    again = second.add(train, teacher, tokenizer, 0, lines.append)
+    assert len(calls) == 1 and second.traces() == first.traces() and len(first.traces()) == 6 and again == entry
+    assert any("sampled once by an earlier run" in line for line in lines)
+    hotter = cfg.model_copy(update={"temperature": 0.5})
+    traces.TraceRounds(tmp_path / "c", hotter, 0, teacher_dir=base.run.layout.teacher).add(
+        train, teacher, tokenizer, 0, lines.append
+    )
+    assert len(calls) == 2
+    traces.TraceRounds(tmp_path / "d", cfg, 0).add(train, teacher, tokenizer, 0, lines.append)
+    assert len(calls) == 3 and len(list((base.run.dir / "trace-cache").glob("*.json"))) == 2
+
+
 def test_a_resumed_warm_start_reuses_the_rounds_it_sampled(prepared, tmp_path, monkeypatch):
     """A crash after a round was sampled: the rerun trains on the recorded rounds from their own first steps and
     samples nothing again, ending where an unbroken run ends."""

@@ -5,6 +5,12 @@ A round is sampled once and kept in the stage's work folder (`traces.pending.jso
 `round`; `traces.rounds.json`, each round's first SFT step, its counts and the FLOPs of decoding it), so a
 crashed warm start resumes on the traces it had, and a step's batch depends only on the step and the rounds
 begun by then.
+
+A round's traces are also kept beside the teacher (`trace-cache/<key>.json` in the run folder that holds the
+teacher, which a size sweep's points link to): the key is everything the sampled traces depend on (the teacher's
+weights, the prompts, temperature, token limit, samples per prompt, seed, precision, device and rakd's version),
+so students of several sizes from one teacher sample them once. A round read from the cache is charged the FLOPs
+its sampling cost, as the ledger counts the work a student needed.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import json
 import random
 from pathlib import Path
 
+import rakd
 from rakd.flops import ModelDims, rollout_flops
-from rakd.io import atomic_write_text, read_jsonl, to_jsonl
+from rakd.io import atomic_write_json, atomic_write_text, fingerprint, fingerprint_path, read_jsonl, to_jsonl
 from rakd.rollout import sample
 from rakd.train.common import autocast, step_seed
 from rakd.verify import reward
@@ -73,14 +80,24 @@ def teacher_traces(
     return traces, rollout_flops(ModelDims.of(teacher), rollouts)
 
 
+def read_cached(path: Path) -> tuple[list[dict], int] | None:
+    """A cached round's (traces, FLOPs of sampling them); None when it is not there or cannot be read."""
+    try:
+        entry = json.loads(path.read_text())
+        return list(entry["traces"]), int(entry["teacher_generate"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class TraceRounds:
     """The rounds of traces in a work folder: `add(step)` samples the next round (rank 0), `pairs_at(step)` the
     (question, completion) pairs SFT trains on at a step, `boundary_after(step)` where the next round would
     begin (None: no more rounds)."""
 
-    def __init__(self, work: Path, cfg, seed: int, precision: str = "fp32"):
+    def __init__(self, work: Path, cfg, seed: int, precision: str = "fp32", teacher_dir: Path | None = None):
         self.work, self.cfg, self.seed, self.precision = Path(work), cfg, seed, precision
         self.pending, self.index = self.work / "traces.pending.jsonl", self.work / "traces.rounds.json"
+        self.teacher_dir = Path(teacher_dir).resolve() if teacher_dir is not None else None  # None: no cache
 
     def rounds(self) -> list[dict]:
         return json.loads(self.index.read_text()) if self.index.exists() else []
@@ -122,7 +139,14 @@ class TraceRounds:
             before = {r["question"] for r in warmstart_prompts(train, self.cfg, self.seed, self.fraction(index - 1))}
             prompts = [r for r in prompts if r["question"] not in before]
         seed = self.seed if index == 0 else step_seed(self.seed, index, salt=37)
-        traces, flops = teacher_traces(teacher, tokenizer, prompts, self.cfg, seed, self.precision)
+        cached = self.cache_path(prompts, seed, next(teacher.parameters()).device)
+        if cached is not None and (hit := read_cached(cached)) is not None:
+            traces, flops = hit
+            log(f"[warmstart] traces of round {index} from {cached} (sampled once by an earlier run of this teacher)")
+        else:
+            traces, flops = teacher_traces(teacher, tokenizer, prompts, self.cfg, seed, self.precision)
+            if cached is not None:
+                atomic_write_json(cached, {"traces": traces, "teacher_generate": flops, "prompts": len(prompts)})
         kept = [t for t in self.traces() if t.get("round", 0) < index]
         entry = {
             "round": index,
@@ -139,6 +163,25 @@ class TraceRounds:
         )
         log(f"[warmstart] {len(traces)} verified teacher traces from {len(prompts)} prompts{what}")
         return entry
+
+    def cache_path(self, prompts: list[dict], seed: int, device) -> Path | None:
+        """Where a round of these prompts' traces is kept beside the teacher (None: no teacher folder given)."""
+        if self.teacher_dir is None:
+            return None
+        key = fingerprint(
+            {
+                "teacher": fingerprint_path(self.teacher_dir),  # every file of the tuned teacher
+                "prompts": [(r["question"], r["answer"]) for r in prompts],
+                "temperature": self.cfg.temperature,
+                "max_new_tokens": self.cfg.max_new_tokens,
+                "samples_per_prompt": self.cfg.samples_per_prompt,
+                "seed": seed,
+                "precision": self.precision,
+                "device": getattr(device, "type", str(device)),
+                "version": rakd.__version__,
+            }
+        )
+        return self.teacher_dir.parent / "trace-cache" / f"{key}.json"
 
     def teacher_generate_flops(self) -> int:
         return sum(r.get("teacher_generate", 0) for r in self.rounds())

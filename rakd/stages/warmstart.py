@@ -162,7 +162,7 @@ def run_warmstart(
     stop = warmstart_stop(cfg, student, tokenizer, layout, log, precision)  # a bad `stop` fails before any sampling
     if cfg.warmstart.base is not None:
         train_base(cfg, student, tokenizer, train, layout.base_work, world, precision)
-    rounds = TraceRounds(work, cfg.warmstart, cfg.seed, precision)
+    rounds = TraceRounds(work, cfg.warmstart, cfg.seed, precision, teacher_dir=layout.teacher)
     if world.main and not rounds.rounds():
         rounds.add(train, teacher, tokenizer, 0, log)
     world.barrier()
