@@ -580,6 +580,15 @@ def test_a_round_of_traces_is_sampled_once_per_teacher_and_read_back_by_a_linked
     assert len(calls) == 2
     traces.TraceRounds(tmp_path / "d", cfg, 0).add(train, teacher, tokenizer, 0, lines.append)
     assert len(calls) == 3 and len(list((base.run.dir / "trace-cache").glob("*.json"))) == 2
+    # a round a run sampled before the cache existed: kept when the run resumes, then read back by another
+    longer = cfg.model_copy(update={"max_new_tokens": 9})
+    traces.TraceRounds(tmp_path / "e", longer, 0).add(train, teacher, tokenizer, 0, lines.append)
+    resumed = traces.TraceRounds(tmp_path / "e", longer, 0, teacher_dir=base.run.layout.teacher)
+    resumed.keep_cached(train, teacher.device)
+    assert len(calls) == 4 and len(list((base.run.dir / "trace-cache").glob("*.json"))) == 3
+    other = traces.TraceRounds(tmp_path / "f", longer, 0, teacher_dir=base.run.layout.teacher)
+    other.add(train, teacher, tokenizer, 0, lines.append)
+    assert len(calls) == 4 and other.traces() == resumed.traces()
 
 
 def test_a_resumed_warm_start_reuses_the_rounds_it_sampled(prepared, tmp_path, monkeypatch):

@@ -98,6 +98,7 @@ class TraceRounds:
         self.work, self.cfg, self.seed, self.precision = Path(work), cfg, seed, precision
         self.pending, self.index = self.work / "traces.pending.jsonl", self.work / "traces.rounds.json"
         self.teacher_dir = Path(teacher_dir).resolve() if teacher_dir is not None else None  # None: no cache
+        self._teacher_print = None
 
     def rounds(self) -> list[dict]:
         return json.loads(self.index.read_text()) if self.index.exists() else []
@@ -134,11 +135,7 @@ class TraceRounds:
         """Sample round `len(rounds)`: the prompts its larger harder fraction adds, from step `step` on."""
         rounds = self.rounds()
         index = len(rounds)
-        prompts = warmstart_prompts(train, self.cfg, self.seed, self.fraction(index))
-        if index:
-            before = {r["question"] for r in warmstart_prompts(train, self.cfg, self.seed, self.fraction(index - 1))}
-            prompts = [r for r in prompts if r["question"] not in before]
-        seed = self.seed if index == 0 else step_seed(self.seed, index, salt=37)
+        prompts, seed = self.round_prompts(train, index), self.round_seed(index)
         cached = self.cache_path(prompts, seed, next(teacher.parameters()).device)
         if cached is not None and (hit := read_cached(cached)) is not None:
             traces, flops = hit
@@ -164,13 +161,39 @@ class TraceRounds:
         log(f"[warmstart] {len(traces)} verified teacher traces from {len(prompts)} prompts{what}")
         return entry
 
+    def round_prompts(self, train: list[dict], index: int) -> list[dict]:
+        """The prompts round `index` traces: those its harder fraction adds to the rounds before it."""
+        prompts = warmstart_prompts(train, self.cfg, self.seed, self.fraction(index))
+        if index:
+            before = {r["question"] for r in warmstart_prompts(train, self.cfg, self.seed, self.fraction(index - 1))}
+            prompts = [r for r in prompts if r["question"] not in before]
+        return prompts
+
+    def round_seed(self, index: int) -> int:
+        return self.seed if index == 0 else step_seed(self.seed, index, salt=37)
+
+    def keep_cached(self, train: list[dict], device) -> None:
+        """Every recorded round kept beside the teacher where it is not yet (rounds a run sampled before the cache
+        existed), so later students of this teacher read them back."""
+        for entry in self.rounds() if self.teacher_dir is not None else []:
+            index = entry["round"]
+            prompts = self.round_prompts(train, index)
+            path = self.cache_path(prompts, self.round_seed(index), device)
+            if not path.exists():
+                own = [t for t in self.traces() if t.get("round", 0) == index]  # 0.6.0's traces have no round
+                own = [{k: v for k, v in t.items() if k != "round"} for t in own]
+                atomic_write_json(path, {"traces": own, "teacher_generate": entry["teacher_generate"],
+                                         "prompts": len(prompts)})  # fmt: skip
+
     def cache_path(self, prompts: list[dict], seed: int, device) -> Path | None:
         """Where a round of these prompts' traces is kept beside the teacher (None: no teacher folder given)."""
         if self.teacher_dir is None:
             return None
+        if self._teacher_print is None:
+            self._teacher_print = fingerprint_path(self.teacher_dir)  # every file of the tuned teacher, read once
         key = fingerprint(
             {
-                "teacher": fingerprint_path(self.teacher_dir),  # every file of the tuned teacher
+                "teacher": self._teacher_print,
                 "prompts": [(r["question"], r["answer"]) for r in prompts],
                 "temperature": self.cfg.temperature,
                 "max_new_tokens": self.cfg.max_new_tokens,

@@ -165,6 +165,8 @@ def run_warmstart(
     rounds = TraceRounds(work, cfg.warmstart, cfg.seed, precision, teacher_dir=layout.teacher)
     if world.main and not rounds.rounds():
         rounds.add(train, teacher, tokenizer, 0, log)
+    if world.main:
+        rounds.keep_cached(train, next(teacher.parameters()).device)  # rounds sampled before the cache existed
     world.barrier()
     traces, done_steps = rounds.traces(), 0
     if traces and cfg.warmstart.sft.steps:
