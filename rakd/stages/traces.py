@@ -89,6 +89,11 @@ def read_cached(path: Path) -> tuple[list[dict], int] | None:
         return None
 
 
+def write_cached(path: Path, traces: list[dict], flops: int, prompts: int) -> None:
+    """Keep a round's traces and the FLOPs of sampling them where `read_cached` finds them."""
+    atomic_write_json(path, {"traces": traces, "teacher_generate": flops, "prompts": prompts})
+
+
 class TraceRounds:
     """The rounds of traces in a work folder: `add(step)` samples the next round (rank 0), `pairs_at(step)` the
     (question, completion) pairs SFT trains on at a step, `boundary_after(step)` where the next round would
@@ -143,7 +148,7 @@ class TraceRounds:
         else:
             traces, flops = teacher_traces(teacher, tokenizer, prompts, self.cfg, seed, self.precision)
             if cached is not None:
-                atomic_write_json(cached, {"traces": traces, "teacher_generate": flops, "prompts": len(prompts)})
+                write_cached(cached, traces, flops, len(prompts))
         kept = [t for t in self.traces() if t.get("round", 0) < index]
         entry = {
             "round": index,
@@ -182,8 +187,7 @@ class TraceRounds:
             if not path.exists():
                 own = [t for t in self.traces() if t.get("round", 0) == index]  # 0.6.0's traces have no round
                 own = [{k: v for k, v in t.items() if k != "round"} for t in own]
-                atomic_write_json(path, {"traces": own, "teacher_generate": entry["teacher_generate"],
-                                         "prompts": len(prompts)})  # fmt: skip
+                write_cached(path, own, entry["teacher_generate"], len(prompts))
 
     def cache_path(self, prompts: list[dict], seed: int, device) -> Path | None:
         """Where a round of these prompts' traces is kept beside the teacher (None: no teacher folder given)."""
