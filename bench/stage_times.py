@@ -11,7 +11,8 @@ distillation (a teacher forward in every step). The full workflows do different 
 teacher and its student to their val plateaus), so the comparison is per stage at equal work, not of whole runs.
 
 Writes `bench/results/stage_times-<date>/` (or --out): `<label>/` (each run's own `stages/*.json`, `summary.md`,
-`meta.json`), `<label>.log`, `stage_times.json` and `stage_times.md` (seconds per stage and the ratio).
+`meta.json`), `<label>.log`, `stage_times.json` and `stage_times.md` (seconds per stage and the ratio). A label whose
+folder already holds a finished run (its package stage's record) is read back, not run again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchlib import ROOT, results_dir, write_meta
@@ -50,11 +50,16 @@ CAPS = [
 # What only one version's config has: the older one's 15-layer student by rule (every 2nd layer), this one's RL
 # learning rate fixed (no sweep of rates on val, which the older workflow does not run).
 OWN = {"before": ["distill.student.from_teacher_every_k=2"], "ours": ["distill.rl_lr=null"]}
+STAGE_ORDER = ("prep", "teacher", "distill", "export", "validate", "package")
 
 
 def run_one(label: str, checkout: Path, out: Path, scratch: Path) -> dict[str, float]:
-    """Run `checkout`'s bench/smollm.py with the caps; its stage records land in out/<label>/."""
+    """Run `checkout`'s bench/smollm.py with the caps (unless out/<label>/ holds a finished run); the seconds of
+    each stage from the records in out/<label>/stages/, and their total."""
     folder = out / label
+    if (folder / "stages" / "package.json").is_file():
+        print(f"[{label}] finished run kept: {folder}", flush=True)
+        return stage_seconds(folder, label)
     if folder.exists():
         shutil.rmtree(folder)
     overrides = [*CAPS, *OWN[label], f"run.root={scratch / label}"]
@@ -64,13 +69,18 @@ def run_one(label: str, checkout: Path, out: Path, scratch: Path) -> dict[str, f
     env = dict(os.environ, PYTHONPATH=str(checkout), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     log = out / f"{label}.log"
     print(f"[{label}] {checkout}: log in {log}", flush=True)
-    started = time.perf_counter()
     with log.open("w") as stream:
         rc = subprocess.run(command, cwd=checkout, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         raise SystemExit(f"[{label}] bench/smollm.py exited {rc}: see {log}")
-    seconds = {p.stem: json.loads(p.read_text())["seconds"] for p in sorted((folder / "stages").glob("*.json"))}
-    seconds["whole run (wall)"] = time.perf_counter() - started
+    return stage_seconds(folder, label)
+
+
+def stage_seconds(folder: Path, label: str) -> dict[str, float]:
+    """Each stage's seconds in the order the stages ran, and the total."""
+    records = {p.stem: json.loads(p.read_text()) for p in (folder / "stages").glob("*.json")}
+    seconds = {name: records[name]["seconds"] for name in STAGE_ORDER if name in records}
+    seconds["total"] = sum(seconds.values())
     print(f"[{label}] " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()), flush=True)
     return seconds
 
@@ -85,7 +95,7 @@ def main() -> None:
     order = args.order.split(",")
     if sorted(order) != ["before", "ours"]:
         raise SystemExit(f"--order {args.order!r}: name before and ours once each")
-    out = results_dir("stage_times", args.out)
+    out = results_dir("stage_times", args.out).resolve()  # each run's cwd is its own checkout
     before_commit = subprocess.run(
         ["git", "-C", str(checkouts["before"]), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
