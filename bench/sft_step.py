@@ -4,7 +4,7 @@ rows, model and machine (as `bench/rollout.py` does for the samplers).
 
     .venv/bin/python bench/sft_step.py --save-student /tmp/student15        # SmolLM2-135M's 15 evenly kept layers
     PYTHONPATH=<older checkout> .venv/bin/python bench/sft_step.py --model /tmp/student15 --json old.json
-    .venv/bin/python bench/sft_step.py --model /tmp/student15 --json ours.json
+    .venv/bin/python bench/sft_step.py --model /tmp/student15 --json ours.json [--precision bf16]
 
 Prints (and writes with --json) every step's seconds and the best after the first; the same rows in every
 version (the generator's seed 11, the batch of step 0), so the ratio of the best times is the ratio of tokens/s.
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: the trainers' autocast")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.save_student:
@@ -57,13 +58,13 @@ def main() -> None:
     cfg = SFTConfig(steps=args.steps + 1, batch_size=16, optim=OptimConfig(lr=1e-6, warmup_steps=0))
     seconds = []
     with tempfile.TemporaryDirectory() as out:
-        trainer = SFTTrainer(model, tokenizer, pairs, cfg, Path(out), seed=0, name="bench")
+        trainer = SFTTrainer(model, tokenizer, pairs, cfg, Path(out), seed=0, name="bench", precision=args.precision)
         for _ in range(args.steps):
             started = time.perf_counter()
             trainer.step(0)
             seconds.append(time.perf_counter() - started)
     result = {"rakd": str(Path(rakd.__file__).parent), "model": args.model, "threads": args.threads,
-              "seconds": seconds, "best": min(seconds[1:])}  # fmt: skip
+              "precision": args.precision, "seconds": seconds, "best": min(seconds[1:])}  # fmt: skip
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
