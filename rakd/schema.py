@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 # Names that travel between the floors (losses, rollout, train): here, so that no lower floor imports a config.
 Aggregation = Literal["seq_mean", "token_mean"]
 Backend = Literal["auto", "generate", "loop", "static", "graph"]
-# auto: bf16 autocast on CUDA and on CPUs with bf16 units (AVX512_BF16 or AMX), fp32 elsewhere (rakd.train.common)
+# auto: bf16 autocast on CUDA and on CPUs with AMX, fp32 elsewhere (rakd.train.common)
 Precision = Literal["auto", "fp32", "bf16"]
 
 

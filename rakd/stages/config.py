@@ -19,8 +19,8 @@ def precision_field(what: str):
     return Field(
         "fp32",
         description=f"{what}: bf16 autocast (weights and optimiser state stay fp32) or fp32; auto: bf16 on CUDA and "
-        "on a CPU with bf16 units (AVX512_BF16 or AMX), fp32 elsewhere (where bf16 is emulated and slower); fp32 by "
-        "default: the embedded default's small models gain nothing from bf16",
+        "on a CPU with AMX, fp32 elsewhere (where bf16 is slower: AVX512_BF16 alone ran it at half fp32's speed); "
+        "fp32 by default: the embedded default's small models gain nothing from bf16",
     )
 
 
