@@ -31,12 +31,14 @@ from rakd.quant import HIGH, by_label
 from rakd.schema import StageError
 
 # Each type's limits are rakd.quant's: (max |Δlogit| at the last prompt token or None, minimum top-1 agreement),
-# and for F16 a bound measured on the model itself: max(1e-2, 2 x the change that rounding the reference model's
-# matrices to F16 makes to its own logits in PyTorch). llama.cpp's F16 error tracks that change within 1.2x
-# (SmolLM2-135M-Instruct: 0.042 against 0.039 for 30 layers; pruned to 15 layers 0.046 against 0.039, to 10 evenly
-# spaced layers 0.077 against 0.063), where a bound from depth and the logits' size alone (relative x √layers x
-# max|logit|) failed that correct 10-layer export, whose F32 twin matched within 6e-5. A wrong export (a missed
-# bias, rotary order, tied head) moves logits by whole units.
+# and for F16 a bound measured on the model itself: max(1e-2, 3 x the change that rounding the reference model's
+# matrices to F16 makes to its own logits in PyTorch). llama.cpp's F16 error tracked that change within 1.2x on
+# SmolLM2-135M-Instruct (0.042 against 0.039 for 30 layers; pruned to 15 layers 0.046 against 0.039, to 10 evenly
+# spaced layers 0.077 against 0.063) but reached 2.04x on the same model tuned 40 steps in fp32 (0.0552 against
+# 0.0270): llama.cpp also rounds the activations to F16 in its F16 dot products, which rounding the weights alone
+# does not show. A bound from depth and the logits' size alone (relative x √layers x max|logit|) failed that correct
+# 10-layer export, whose F32 twin matched within 6e-5. A wrong export (a missed bias, rotary order, tied head) moves
+# logits by whole units.
 
 
 def parity_questions(data: Path | None, layout: RunLayout, n: int) -> list[str]:

@@ -67,7 +67,7 @@ QUANTS: tuple[QuantType, ...] = (
     QuantType("onnx", "int8-dynamic", 8, HIGH),  # ONNX Runtime's dynamic int8 quantisation
     QuantType("onnx", "w4", 4, LOW),  # weight-only MatMulNBits, 4 bits
     _gguf("f32", 32, EXACT, "F32", "ALL_F32"),
-    _gguf("f16", 16, F16, "F16", rounding=2.0),
+    _gguf("f16", 16, F16, "F16", rounding=3.0),
     _gguf("q8_0", 8, HIGH, "Q8_0"),
     _gguf("q6_k", 6, HIGH, "Q6_K"),
     _gguf("q5_k_m", 5, LOW, "Q5_K"),

@@ -263,7 +263,7 @@ def test_a_flip_between_tokens_tied_within_the_bound_is_a_near_tie_not_a_failure
     assert "top-1 agreement 0.667 (+0 near ties) < 1" in record["failures"][0]
 
 
-def test_the_f16_logit_bound_is_twice_the_model_s_own_f16_rounding(tmp_path):
+def test_the_f16_logit_bound_is_three_times_the_model_s_own_f16_rounding(tmp_path):
     import numpy as np
 
     from export.parity import Reference, compare, tolerance_for
@@ -279,7 +279,7 @@ def test_the_f16_logit_bound_is_twice_the_model_s_own_f16_rounding(tmp_path):
     assert not record["passed"] and record["tolerance_logits"] == 1e-2  # the floor
     sensitive = Reference("q", [0, 5], [2, 1], ref_logits, rounding=0.03)  # the worst reference sets the bound
     record = compare("gguf-f16", path, [robust, sensitive], _FakeRuntime(moved))
-    assert record["passed"] and record["tolerance_logits"] == pytest.approx(0.06)
+    assert record["passed"] and record["tolerance_logits"] == pytest.approx(0.09)
     moved[1, 3] += 1.0  # a whole logit: what a wrong export does, however sensitive the model
     assert not compare("gguf-f16", path, [sensitive], _FakeRuntime(moved))["passed"]
     assert tolerance_for("gguf-q8_0", rounding=5.0) == tolerance_for("gguf-q8_0")  # F16's bound alone
