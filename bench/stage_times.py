@@ -29,6 +29,7 @@ from pathlib import Path
 
 from benchlib import ROOT, results_dir, write_meta
 
+from pipeline.registry import STAGES
 from rakd.io import atomic_write_json, atomic_write_text
 from rakd.tables import markdown_table
 
@@ -51,14 +52,14 @@ CAPS = [
 # What only one version's config has: the older one's 15-layer student by rule (every 2nd layer), this one's RL
 # learning rate fixed (no sweep of rates on val, which the older workflow does not run).
 OWN = {"before": ["distill.student.from_teacher_every_k=2"], "ours": ["distill.rl_lr=null"]}
-STAGE_ORDER = ("prep", "teacher", "distill", "export", "validate", "package")
 
 
 def run_one(label: str, checkout: Path, out: Path, scratch: Path) -> dict[str, float]:
     """Run `checkout`'s bench/smollm.py with the caps (unless out/<label>/ holds a finished run); the seconds of
     each stage from the records in out/<label>/stages/, and their total."""
     folder = out / label
-    if (folder / "stages" / "validate.json").is_file():
+    validated = folder / "stages" / "validate.json"
+    if validated.is_file():
         print(f"[{label}] finished run kept: {folder}", flush=True)
         return stage_seconds(folder, label)
     if folder.exists():
@@ -72,7 +73,7 @@ def run_one(label: str, checkout: Path, out: Path, scratch: Path) -> dict[str, f
     print(f"[{label}] {checkout}: log in {log}", flush=True)
     with log.open("w") as stream:
         rc = subprocess.run(command, cwd=checkout, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
-    if rc != 0 and not (folder / "stages" / "validate.json").is_file():
+    if rc != 0 and not validated.is_file():
         raise SystemExit(f"[{label}] bench/smollm.py exited {rc}: see {log}")
     if rc != 0:  # the package stage refused (a student under the gates at these few steps): its seconds are missing
         print(f"[{label}] bench/smollm.py exited {rc} after validation: {log.read_text().splitlines()[-1]}", flush=True)
@@ -82,7 +83,7 @@ def run_one(label: str, checkout: Path, out: Path, scratch: Path) -> dict[str, f
 def stage_seconds(folder: Path, label: str) -> dict[str, float]:
     """Each stage's seconds in the order the stages ran, and the total."""
     records = {p.stem: json.loads(p.read_text()) for p in (folder / "stages").glob("*.json")}
-    seconds = {name: records[name]["seconds"] for name in STAGE_ORDER if name in records}
+    seconds = {name: records[name]["seconds"] for name in (s.name for s in STAGES) if name in records}
     seconds["total"] = sum(seconds.values())
     print(f"[{label}] " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()), flush=True)
     return seconds
