@@ -79,23 +79,33 @@ def tolerance_for(label: str, rounding: float = 0.0) -> tuple[float | None, floa
     return logit_tol, min_agree
 
 
-def f16_rounding(model, refs: list[Reference]) -> list[float]:
+def f16_rounding(model, refs: list[Reference], activations: bool = False) -> list[float]:
     """Per reference, max |Δlogit| at its last prompt token between its logits and those of a copy of `model` whose
-    2-D weights (the matrices and embeddings an F16 file stores as F16) are rounded to F16, run in float32."""
+    2-D weights (the matrices and embeddings an F16 file stores as F16) are rounded to F16, run in float32; with
+    `activations`, every linear layer's input is rounded to F16 too, as llama.cpp's F16 dot products do (ggml
+    converts the activations to the weights' F16 before the dot product)."""
     import copy
 
     import torch
 
     rounded = copy.deepcopy(model)
+    hooks = []
+    if activations:
+        to_f16 = lambda _module, args: (args[0].to(torch.float16).to(args[0].dtype), *args[1:])  # noqa: E731
+        hooks = [m.register_forward_pre_hook(to_f16) for m in rounded.modules() if isinstance(m, torch.nn.Linear)]
     changes = []
-    with torch.no_grad():
-        for param in rounded.parameters():
-            if param.dim() == 2:
-                param.copy_(param.to(torch.float16).to(param.dtype))
-        for ref in refs:
-            last = len(ref.prompt_ids) - 1
-            logits = rounded(torch.tensor([ref.sequence])).logits[0, last].float().numpy()
-            changes.append(float(np.abs(logits - ref.logits[last]).max()))
+    try:
+        with torch.no_grad():
+            for param in rounded.parameters():
+                if param.dim() == 2:
+                    param.copy_(param.to(torch.float16).to(param.dtype))
+            for ref in refs:
+                last = len(ref.prompt_ids) - 1
+                logits = rounded(torch.tensor([ref.sequence])).logits[0, last].float().numpy()
+                changes.append(float(np.abs(logits - ref.logits[last]).max()))
+    finally:
+        for hook in hooks:
+            hook.remove()
     return changes
 
 

@@ -308,6 +308,35 @@ def test_f16_rounding_measures_what_rounding_the_matrices_does_to_the_logits(tok
     assert f16_rounding(twin, [Reference("q", ids[:-1], ids[-1:], twin_logits)]) == [0.0]
 
 
+def test_f16_rounding_with_activations_rounds_each_linear_input_as_llama_cpp_does():
+    """A one-linear model whose embedding (a 1-D vector: no F16 matrix) feeds the head 1 + 2**-12, which F16 cannot
+    hold (10 mantissa bits): with the head's weights exact in F16, rounding the weights alone changes nothing, and
+    rounding the head's input to F16 (1.0) changes logit j by |w_j| x 2**-12, by hand."""
+    import torch
+
+    from export.parity import Reference, f16_rounding
+
+    class OneLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.tensor([1.0, 1.0 + 2**-12]))
+            self.head = torch.nn.Linear(1, 3, bias=False)
+            with torch.no_grad():
+                self.head.weight.copy_(torch.tensor([[1.0], [-4.0], [2.0]]))
+
+        def forward(self, ids):
+            return type("Out", (), {"logits": self.head(self.table[ids].unsqueeze(-1))})()
+
+    model = OneLinear()
+    with torch.no_grad():
+        logits = model(torch.tensor([[0, 1]])).logits[0].numpy()
+    ref = Reference("q", [0, 1], [0], logits)  # the last prompt token, 1, reads 1 + 2**-12
+    assert f16_rounding(model, [ref]) == [0.0]
+    (change,) = f16_rounding(model, [ref], activations=True)
+    assert change == pytest.approx(4.0 * 2**-12, rel=1e-6)
+    assert not model.head._forward_pre_hooks  # the hooks went on a copy, never on the model itself
+
+
 def test_our_gguf_header_reading_equals_gguf_py_and_a_file_cut_in_its_tensors_is_refused(micro_dir, tmp_path):
     from gguf import GGUFReader
 
