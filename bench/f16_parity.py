@@ -39,11 +39,7 @@ def measure(path: str, questions: list[str], max_new_tokens: int, threads: int) 
         gguf = export_gguf(model, tokenizer, Path(tmp) / "model-f16.gguf", "f16")
         runtime = open_logits("gguf", gguf, threads, exact=True)
         try:
-            llama = []
-            for ref in refs:
-                last = len(ref.prompt_ids) - 1
-                logits = runtime.logits(ref.sequence)
-                llama.append(float(abs(logits[last] - ref.logits[last]).max()))
+            llama = [ref.prompt_end_diff(runtime.logits(ref.sequence)) for ref in refs]
         finally:
             runtime.close()
     worst = {"llama.cpp": max(llama), "weights": max(weights), "weights+activations": max(both)}

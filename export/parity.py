@@ -68,6 +68,12 @@ class Reference:
     def sequence(self) -> list[int]:
         return self.prompt_ids + self.continuation[:-1]
 
+    def prompt_end_diff(self, logits: np.ndarray) -> float:
+        """max |Δlogit| at the last prompt token between `logits` (a runtime's, over `sequence`) and the reference's:
+        the one logit measure of the parity check."""
+        last = len(self.prompt_ids) - 1
+        return float(np.abs(logits[last] - self.logits[last]).max())
+
 
 def tolerance_for(label: str, rounding: float = 0.0) -> tuple[float | None, float]:
     """The table's tolerance of `label` for a model whose logits move by `rounding` when its matrices are rounded to
@@ -102,9 +108,8 @@ def f16_rounding(model, refs: list[Reference], activations: bool = False) -> lis
                 if param.dim() == 2:
                     param.copy_(param.to(torch.float16).to(param.dtype))
             for ref in refs:
-                last = len(ref.prompt_ids) - 1
-                logits = rounded(torch.tensor([ref.sequence])).logits[0, last].float().numpy()
-                changes.append(float(np.abs(logits - ref.logits[last]).max()))
+                logits = rounded(torch.tensor([ref.sequence])).logits[0].float().numpy()
+                changes.append(ref.prompt_end_diff(logits))
     finally:
         for hook in hooks:
             hook.remove()
@@ -168,7 +173,7 @@ def compare(label: str, path: Path, refs: list[Reference], runtime) -> dict:
     max_diff, agree, near_ties, total = 0.0, 0, 0, 0
     for ref, logits in runs:
         last = len(ref.prompt_ids) - 1
-        max_diff = max(max_diff, float(np.abs(logits[last] - ref.logits[last]).max()))
+        max_diff = max(max_diff, ref.prompt_end_diff(logits))
         predicted, expected = logits[last:].argmax(-1), np.array(ref.continuation)
         for pos in np.nonzero(predicted != expected)[0]:
             row = ref.logits[last + pos]
