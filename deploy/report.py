@@ -63,14 +63,15 @@ def _flips(record: ArtefactRecord) -> str:
     return "-" if wrong is None else f"-{wrong} / +{right}"
 
 
-def pareto_front(records: list[ArtefactRecord]) -> list[ArtefactRecord]:
-    """The artefacts no other beats on both accuracy and latency p50 (at least as good on both, better on one), in
-    order of latency; only those with both measured (a PyTorch reference has no latency)."""
+def pareto_front(records: list[ArtefactRecord], cost: str = "latency_ms_p50") -> list[ArtefactRecord]:
+    """The artefacts no other beats on both accuracy and `cost` (latency p50, or `size_mb`: at least as good on
+    both, better on one), in order of cost; only those with both measured (a PyTorch reference has no latency, and
+    is no file to ship)."""
     from rakd.compare.results import pareto_front as front_of
 
-    points = [r for r in records if r.accuracy is not None and r.latency_ms_p50 is not None]
-    front = set(front_of([(r.latency_ms_p50, r.accuracy) for r in points]))
-    return sorted((r for r in points if (r.latency_ms_p50, r.accuracy) in front), key=lambda r: r.latency_ms_p50)
+    points = [r for r in records if None not in (r.accuracy, r.latency_ms_p50, getattr(r, cost))]
+    front = set(front_of([(getattr(r, cost), r.accuracy) for r in points]))
+    return sorted((r for r in points if (getattr(r, cost), r.accuracy) in front), key=lambda r: getattr(r, cost))
 
 
 def validation_rows(records: list[ArtefactRecord]) -> list[dict]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.record import ValidationReport
-from deploy.report import pareto_front, plot_accuracy_vs_latency, validation_rows
+from deploy.report import pareto_front, validation_rows
 from pipeline.cache import outputs_current, run_missing, run_stage, stage_keys
 from pipeline.config import load_config
 from pipeline.registry import STAGES
@@ -128,8 +128,11 @@ def combine(reports: dict[str, ValidationReport]) -> ValidationReport:
 
 
 def write_sweep(report: ValidationReport, out: Path) -> dict:
+    """`sweep.json` (every artefact, its point, and whether it is on the accuracy-latency front and on the
+    accuracy-size front), `sweep.md` and `accuracy_vs_latency.png` (`plot_sweep`) in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    front = {r.label for r in pareto_front(report.artefacts)}
+    fronts = {cost: pareto_front(report.artefacts, cost) for cost in ("latency_ms_p50", "size_mb")}
+    on = {cost: {r.label for r in front} for cost, front in fronts.items()}
     rows = [
         {
             "artefact": r.label,
@@ -138,13 +141,92 @@ def write_sweep(report: ValidationReport, out: Path) -> dict:
             "latency_ms_p50": r.latency_ms_p50,
             "size_mb": r.size_mb,
             "passed": r.passed,
-            "front": r.label in front,
+            "front": r.label in on["latency_ms_p50"],
+            "front_size": r.label in on["size_mb"],
         }
         for r in report.artefacts
     ]
     data = {"n": report.data.get("n"), "threads": report.threads, "machine": report.machine, "artefacts": rows}
     atomic_write_json(out / "sweep.json", data)
-    text = f"# Size sweep: every student and the teacher, {report.data.get('n')} test problems\n\n"
-    atomic_write_text(out / "sweep.md", text + markdown_table(validation_rows(report.artefacts)) + "\n")
-    plot_accuracy_vs_latency(report, out / "accuracy_vs_latency.png")
+    lines = [
+        f"# Size sweep: every student and the teacher, {report.data.get('n')} test problems",
+        "",
+        markdown_table(validation_rows(report.artefacts)),
+        "",
+        "The Pareto front (no other artefact as accurate and faster, or as accurate and smaller):",
+        "",
+        f"- accuracy against latency p50: {', '.join(r.label for r in fronts['latency_ms_p50'])}",
+        f"- accuracy against size: {', '.join(r.label for r in fronts['size_mb'])}",
+        "",
+    ]
+    atomic_write_text(out / "sweep.md", "\n".join(lines))
+    plot_sweep(report, fronts, out / "accuracy_vs_latency.png")
     return data
+
+
+def _point_and_format(label: str) -> tuple[str, str]:
+    """`l15/gguf-q8_0` -> (`l15`, `q8_0`); `teacher/onnx-int8` -> (`teacher`, `onnx-int8`)."""
+    point, _, artefact = label.partition("/")
+    return point, artefact.removeprefix("gguf-")
+
+
+def plot_sweep(report: ValidationReport, fronts: dict[str, list], path: Path) -> None:
+    """Accuracy against latency p50 and against file size, one colour per model (its artefacts joined by a thin
+    line, each labelled by its format), the teacher's as squares, an artefact that failed its gates hollow, and each
+    plane's Pareto front drawn. The PyTorch references (no latency) are in the table, not here."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shipped = [r for r in report.artefacts if None not in (r.accuracy, r.latency_ms_p50, r.size_mb)]
+    models = list(dict.fromkeys(_point_and_format(r.label)[0] for r in shipped))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, cost, xlabel in (
+        (axes[0], "latency_ms_p50", f"latency per problem, p50 (ms, {report.threads} thread(s))"),
+        (axes[1], "size_mb", "file size (MB)"),
+    ):
+        for model in models:
+            points = sorted(
+                (r for r in shipped if _point_and_format(r.label)[0] == model), key=lambda r: getattr(r, cost)
+            )
+            xs, ys = [getattr(r, cost) for r in points], [100 * r.accuracy for r in points]
+            ax.plot(xs, ys, color=colours[model], linewidth=0.8, alpha=0.5)
+            for r, x, y in zip(points, xs, ys):
+                ax.scatter(
+                    x,
+                    y,
+                    s=40,
+                    marker="s" if r.model == "teacher" else "o",
+                    color=colours[model],
+                    facecolors=colours[model] if r.passed else "none",
+                    label=model if r is points[0] else None,
+                )
+                fmt = _point_and_format(r.label)[1]
+                ax.annotate(fmt, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+        front = fronts[cost]
+        if len(front) > 1:
+            ax.step(
+                [getattr(r, cost) for r in front],
+                [100 * r.accuracy for r in front],
+                where="post",
+                color="black",
+                linestyle=":",
+                linewidth=1,
+                label="Pareto front",
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("greedy accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.12, y=0.1)
+    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].set_title(
+        f"accuracy vs latency, {report.data.get('n')} test problems\nsquares: the teacher's; hollow: failed its gates",
+        fontsize=10,
+    )
+    machine = f"{report.machine.get('cpu', '?')}, {report.machine.get('cores', '?')} cores"
+    axes[1].set_title(f"accuracy vs size\n{machine}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -410,6 +410,8 @@ def test_the_pareto_front_keeps_what_nothing_beats_on_accuracy_and_latency():
     assert "gguf-q6_k" not in {r.label for r in pareto_front([*SWEEP, slower_and_worse])}
     rows = {r["artefact"]: r["front"] for r in validation_rows([*SWEEP, slower_and_worse])}
     assert rows["gguf-q8_0"] == "yes" and rows["gguf-q6_k"] == "" and rows["pytorch"] == "-"
+    by_size = [r.label for r in pareto_front(list(SWEEP), cost="size_mb")]  # f16 (160 MB): teacher q8_0 is smaller
+    assert by_size == ["gguf-q4_k_m", "gguf-q8_0", "teacher/gguf-q4_k_m", "teacher/gguf-q8_0"]
 
 
 def test_a_budget_picks_from_the_student_s_and_the_teacher_s_artefacts_and_says_why():

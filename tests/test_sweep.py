@@ -86,6 +86,8 @@ def test_a_sweep_makes_each_student_on_one_teacher_and_reports_the_front(tmp_pat
     assert {"l1/gguf-f16", "l1/gguf-q8_0", "l1-f32/gguf-f16", "teacher/gguf-f16"} <= set(labels)
     assert sum(label.startswith("teacher/") for label in labels) == 3  # f16, q8_0 and its PyTorch reference, once
     assert any(r["front"] for r in data["artefacts"]) and data["n"] == 4
+    assert any(r["front_size"] for r in data["artefacts"])
+    assert "- accuracy against size: " in (out / "sweep.md").read_text()
     assert (out / "accuracy_vs_latency.png").read_bytes()[:4] == b"\x89PNG" and "| front |" in (
         out / "sweep.md"
     ).read_text()
