@@ -159,18 +159,25 @@ class PackageResult:
 
 
 def build_package(
-    cfg: PackageConfig, run_dir: str | Path, out_dir: str | Path | None = None, force: bool = False
+    cfg: PackageConfig,
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    force: bool = False,
+    report: ValidationReport | None = None,
 ) -> PackageResult:
-    """`<run>/package/` from `<run>/validate/report.json`; refuses to replace a package unless `force`."""
+    """`<run>/package/` from `<run>/validate/report.json`; refuses to replace a package unless `force`. `report`:
+    choose from this report instead (a size sweep's, of every point; `run_dir` is then the run whose student, or
+    teacher, made the artefact it picks: its tokenizer, template and card)."""
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
     out_dir = Path(out_dir) if out_dir else layout.package
     report_path = layout.report
-    if not report_path.is_file():
+    if report is None and not report_path.is_file():
         raise PackageError(f"{report_path}: no validation report; run `rakd validate {run_dir}` first")
     if out_dir.exists() and not force:
         raise FileExistsError(f"{out_dir}: a package is already there; pass --force to replace it")
-    report = ValidationReport.from_json(json.loads(report_path.read_text()))
+    if report is None:
+        report = ValidationReport.from_json(json.loads(report_path.read_text()))
     chosen, why = choose(report, cfg)
     config_path = layout.config
     configs = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}

@@ -8,7 +8,8 @@ machine at one thread count.
 
 The first point exports and validates the teacher's artefacts beside its student (as the config says); the others
 validate their own student only, so the teacher is measured once. Every stage is cached by its key, so a killed
-sweep resumes in the stage it was in.
+sweep resumes in the stage it was in. With the config's `package.budget`, the sweep packages the artefact the budget
+picks among every point's and the teacher's, in `<base run>-sweep/package/`, and says why.
 """
 
 from __future__ import annotations
@@ -105,7 +106,25 @@ def run_sweep(config: str | Path, overrides: list[str], points: list[SweepPoint]
             if not current:
                 run_stage(stage, cfg, keys[stage.name])
         reports[point.name] = ValidationReport.from_json(json.loads(cfg.run.layout.report.read_text()))
-    return write_sweep(combine(reports), out)
+    report = combine(reports)
+    runs = {point.name: cfg.run.dir for point, cfg in zip(points, configs)}
+    return write_sweep(report, out, package_sweep(report, base, runs, log))
+
+
+def package_sweep(report: ValidationReport, base, runs: dict[str, Path], log=print) -> dict | None:
+    """With the config's `package.budget`, the package of the artefact it picks among every point's and the
+    teacher's (`deploy.package.within_budget` on the sweep's report), in `<base run>-sweep/package/`; None without
+    a budget (a sweep has no single best student to ship by accuracy alone)."""
+    from deploy.package import build_package, within_budget
+
+    if base.package.budget is None:
+        return None
+    pick, why = within_budget(report, base.package.budget)
+    owner = runs.get(pick.label.partition("/")[0], base.run.dir)  # the teacher's artefacts: the base run's teacher
+    out_dir = base.run.dir.with_name(f"{base.run.dir.name}-sweep") / "package"
+    build_package(base.package, owner, out_dir, force=True, report=report)
+    log(f"[sweep] package: {why} -> {out_dir}")
+    return {"path": str(out_dir), "artefact": pick.label, "chosen": why}
 
 
 def combine(reports: dict[str, ValidationReport]) -> ValidationReport:
@@ -127,9 +146,10 @@ def combine(reports: dict[str, ValidationReport]) -> ValidationReport:
     return dataclasses.replace(first, artefacts=artefacts + teacher, source="sweep")
 
 
-def write_sweep(report: ValidationReport, out: Path) -> dict:
+def write_sweep(report: ValidationReport, out: Path, package: dict | None = None) -> dict:
     """`sweep.json` (every artefact, its point, and whether it is on the accuracy-latency front and on the
-    accuracy-size front), `sweep.md` and `accuracy_vs_latency.png` (`plot_sweep`) in `out`."""
+    accuracy-size front; the package the budget picked), `sweep.md` and `accuracy_vs_latency.png` (`plot_sweep`) in
+    `out`."""
     out.mkdir(parents=True, exist_ok=True)
     fronts = {cost: pareto_front(report.artefacts, cost) for cost in ("latency_ms_p50", "size_mb")}
     on = {cost: {r.label for r in front} for cost, front in fronts.items()}
@@ -147,6 +167,8 @@ def write_sweep(report: ValidationReport, out: Path) -> dict:
         for r in report.artefacts
     ]
     data = {"n": report.data.get("n"), "threads": report.threads, "machine": report.machine, "artefacts": rows}
+    if package is not None:
+        data["package"] = {k: package[k] for k in ("artefact", "chosen")}  # not its path: a run folder, not here
     atomic_write_json(out / "sweep.json", data)
     lines = [
         f"# Size sweep: every student and the teacher, {report.data.get('n')} test problems",
@@ -159,6 +181,8 @@ def write_sweep(report: ValidationReport, out: Path) -> dict:
         f"- accuracy against size: {', '.join(r.label for r in fronts['size_mb'])}",
         "",
     ]
+    if package is not None:
+        lines += [f"The package (`package.budget`) ships {package['chosen']}.", ""]
     atomic_write_text(out / "sweep.md", "\n".join(lines))
     plot_sweep(report, fronts, out / "accuracy_vs_latency.png")
     return data

@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import MICRO_RUN
 
+from deploy.manifest import verify_package
 from deploy.record import ArtefactRecord, ValidationReport
 from pipeline.sweep import combine, point_configs, run_sweep, sweep_points
 from rakd.schema import ConfigError
@@ -79,6 +80,7 @@ def test_a_sweep_makes_each_student_on_one_teacher_and_reports_the_front(tmp_pat
         "validation.max_new_tokens=12",
         "validation.gates.min_accuracy=0",
         "validation.gates.max_accuracy_drop=null",
+        "package.budget={accuracy_loss: 1.0}",  # the fastest artefact of any point, the teacher's included
     ]
     out = tmp_path / "sweep"
     data = run_sweep("configs/smoke.yaml", overrides, sweep_points(["1", "1:32"]), out)
@@ -88,6 +90,11 @@ def test_a_sweep_makes_each_student_on_one_teacher_and_reports_the_front(tmp_pat
     assert any(r["front"] for r in data["artefacts"]) and data["n"] == 4
     assert any(r["front_size"] for r in data["artefacts"])
     assert "- accuracy against size: " in (out / "sweep.md").read_text()
+    fastest = min((r for r in data["artefacts"] if r["latency_ms_p50"] is not None), key=lambda r: r["latency_ms_p50"])
+    assert data["package"]["artefact"] == fastest["artefact"]  # every point's artefacts to choose from
+    manifest = verify_package(tmp_path / "base-sweep" / "package")
+    assert [m.label for m in manifest.models] == [fastest["artefact"]] and manifest.chosen == data["package"]["chosen"]
+    assert f"ships {fastest['artefact']}: " in (out / "sweep.md").read_text()
     assert (out / "accuracy_vs_latency.png").read_bytes()[:4] == b"\x89PNG" and "| front |" in (
         out / "sweep.md"
     ).read_text()
