@@ -137,6 +137,9 @@ def _write_metadata(writer: gguf.GGUFWriter, model: PreTrainedModel, tokenizer, 
     writer.add_rope_dimension_count(head_dim)
     writer.add_head_count(c.num_attention_heads)
     writer.add_head_count_kv(c.num_key_value_heads)
+    if head_dim * c.num_attention_heads != c.hidden_size:  # heads pruned by width: llama.cpp's default is n_embd/n_head
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_rope_freq_base(float(getattr(c, "rope_theta", 10000.0)))
     writer.add_vocab_size(c.vocab_size)

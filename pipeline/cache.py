@@ -20,7 +20,7 @@ from pipeline.registry import BY_NAME, STAGES, Stage
 from rakd.io import fingerprint
 from rakd.keys import read_marker, write_marker
 from rakd.layout import RunLayout
-from rakd.schema import Summary
+from rakd.schema import Summary, key_dump
 
 
 def run_stage(stage: Stage, cfg: PipelineConfig, key: str | None = None) -> Summary:
@@ -89,7 +89,7 @@ def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
     keys: dict[str, str] = {}
     for stage in STAGES:
         section = getattr(cfg, stage.section)
-        config = {k: v for k, v in section.model_dump(mode="json").items() if k not in stage.not_in_key}
+        config = {k: v for k, v in key_dump(section).items() if k not in stage.not_in_key}
         keys[stage.name] = fingerprint(
             {
                 **base,

@@ -1,5 +1,5 @@
 """A size sweep on one teacher: students of several sizes (the teacher pruned to N layers by measurement, and
-optionally each kept layer's feed-forward channels cut to F), each distilled, exported and validated in its own
+optionally each kept layer's feed-forward channels cut to F, or its key-value head groups to K), each distilled, exported and validated in its own
 run folder that shares the base run's data, tokenizer and tuned teacher; then one report of every student's and
 the teacher's artefacts on the accuracy-latency plane, the Pareto front drawn, from the same test problems on one
 machine at one thread count.
@@ -42,17 +42,23 @@ class SweepPoint:
 
 
 def sweep_points(sizes: list[str]) -> list[SweepPoint]:
-    """`"15"`: 15 layers; `"15:1024"`: 15 layers of 1024 feed-forward channels each."""
+    """`"15"`: 15 layers; `"15:1024"`: 15 layers of 1024 feed-forward channels each; `"15:kv2"`: 15 layers of 2
+    key-value head groups each; `"15:1024:kv2"`: both."""
     points = []
     for size in sizes:
-        found = re.fullmatch(r"(\d+)(?::(\d+))?", size.strip())
+        found = re.fullmatch(r"(\d+)(?::(\d+))?(?::kv(\d+))?", size.strip())
         if not found:
-            raise ConfigError(f"sweep size {size!r}: expected LAYERS or LAYERS:FFN_CHANNELS, e.g. 15 or 15:1024")
-        layers, ffn = found.groups()
+            raise ConfigError(
+                f"sweep size {size!r}: expected LAYERS[:FFN_CHANNELS][:kvGROUPS], e.g. 15, 15:1024, 15:kv2"
+            )
+        layers, ffn, kv = found.groups()
         overrides = ["distill.student.model=null", "distill.student.from_teacher_every_k=null"]
         overrides.append(f"distill.student.prune.layers={layers}")
         overrides.append(f"distill.student.prune.ffn={ffn or 'null'}")
-        points.append(SweepPoint(f"l{layers}" + (f"-f{ffn}" if ffn else ""), tuple(overrides)))
+        if kv:  # only when given: a sweep made before the option keeps its keys
+            overrides.append(f"distill.student.prune.kv_heads={kv}")
+        name = f"l{layers}" + (f"-f{ffn}" if ffn else "") + (f"-kv{kv}" if kv else "")
+        points.append(SweepPoint(name, tuple(overrides)))
     if len({p.name for p in points}) != len(points):
         raise ConfigError(f"sweep sizes {sizes}: a size is given twice")
     return points

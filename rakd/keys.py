@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rakd.io import atomic_write_json, fingerprint
+from rakd.schema import key_dump
 
 
 def write_marker(path: str | Path, key: str, **extra) -> None:
@@ -50,7 +51,7 @@ WORK_KEY = ".work-key"  # in a training stage's work folder: the key of the conf
 def work_key(config, resume_free: Iterable[str] = ("fail_after_step", "threads")) -> str:
     """The key of a stage config's work in progress: its whole dump but the keys a resumed run may change (a fault
     injected by a test, the thread count)."""
-    dump = config.model_dump(mode="json")
+    dump = key_dump(config)
     return fingerprint({k: v for k, v in dump.items() if k not in set(resume_free)})
 
 

@@ -58,6 +58,30 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A field's `json_schema_extra` for an option added to a config that runs were already made under: while it is at
+# its default it stays out of every key (`key_dump`), so those runs' cached outputs and checkpoints stay current.
+KEYED_WHEN_SET = {"keyed_when_set": True}
+
+
+def key_dump(config: BaseModel) -> dict:
+    """`config.model_dump(mode="json")`, what every key is a fingerprint of, less the fields marked `KEYED_WHEN_SET`
+    that hold their default, at any depth."""
+    dump = config.model_dump(mode="json")
+    _drop_defaults(config, dump)
+    return dump
+
+
+def _drop_defaults(config: BaseModel, dump: dict) -> None:
+    for name, info in type(config).model_fields.items():
+        value = getattr(config, name)
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("keyed_when_set"):
+            if value == info.get_default(call_default_factory=True):
+                dump.pop(name, None)
+        elif isinstance(value, BaseModel) and isinstance(dump.get(name), dict):
+            _drop_defaults(value, dump[name])
+
+
 class StageError(RuntimeError):
     """A stage that ran but failed a check (parity, gates, ...): the message names the artefact and the numbers."""
 

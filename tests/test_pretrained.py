@@ -49,22 +49,29 @@ def architecture(kind: str, vocab: int):
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "llama-heads"])
 def test_pretrained_architectures_export_with_parity(kind, chat_tokenizer, tmp_path):
-    model = architecture(kind, len(chat_tokenizer))
+    """`llama-heads`: one of two key-value groups pruned in each layer (a different one in each), so the heads are
+    no longer hidden_size / heads wide and the files must say how wide they are."""
+    from rakd.models.width import prune_kv_groups
+
+    model = architecture(kind.removesuffix("-heads"), len(chat_tokenizer))
     if kind == "qwen2":  # random biases, so that a dropped or misplaced bias shows in the logits
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 torch.nn.init.normal_(proj.bias, std=0.5)
+    if kind == "llama-heads":
+        prune_kv_groups(model, torch.tensor([[1], [0]]))
+        assert model.config.num_attention_heads * model.config.head_dim != model.config.hidden_size
     save_model(model, chat_tokenizer, tmp_path / "model")
-    # ONNX of llama is covered by tests/test_export.py; here ONNX runs for qwen2 only (the slow part)
-    formats = ["onnx", "gguf"] if kind == "qwen2" else ["gguf"]
+    # ONNX of llama is covered by tests/test_export.py; here ONNX runs for qwen2 and pruned heads only (the slow part)
+    formats = ["gguf"] if kind == "llama" else ["onnx", "gguf"]
     cfg = ExportConfig(
         formats=formats, onnx_quant=[], gguf_quant=[], gguf_f32=True, parity_prompts=3, parity_max_new_tokens=8
     )
     result = run_export(cfg, tmp_path / "model", tmp_path / "export", QUESTIONS)
     records = {r["artefact"]: r for r in result.parity["artefacts"]}
-    assert set(records) == {"gguf-f16", "gguf-f32"} | ({"onnx-fp32"} if kind == "qwen2" else set())
+    assert set(records) == {"gguf-f16", "gguf-f32"} | ({"onnx-fp32"} if kind != "llama" else set())
     assert all(r["passed"] and r["tokenization_equal"] for r in records.values())
     assert records["gguf-f32"]["logits_max_abs_diff"] <= 1e-4
     assert kind == "llama" or records["onnx-fp32"]["logits_max_abs_diff"] <= 1e-4

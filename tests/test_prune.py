@@ -199,6 +199,40 @@ def test_ffn_channels_by_importance_and_a_cut_that_drops_only_dead_ones_changes_
         kept_channels(importance, 0)
 
 
+def test_kv_groups_by_importance_and_a_cut_of_a_silent_group_changes_nothing(tokenizer):
+    import copy
+
+    from rakd.models.width import kept_groups, kv_group_importance, prune_kv_groups
+
+    # 4 query heads of 8 in 2 key-value groups; group 1's values are zero in every layer: its heads output nothing
+    model = build_model(preset_config("test-micro", tokenizer, num_attention_heads=4, num_key_value_heads=2), seed=5)
+    model.eval()
+    for layer in model.model.layers:
+        layer.self_attn.v_proj.weight.data[8:16] = 0.0
+    ids, mask, read = batch(tokenizer)
+    importance = kv_group_importance(model, ids, mask, read)
+    assert importance.shape == (2, 2) and (importance[:, 1] == 0).all() and (importance[:, 0] > 0).all()
+    # by hand in layer 0: the mean over the read positions of |head 0| + |head 1|, the o projection's input
+    seen = []
+    hook = model.model.layers[0].self_attn.o_proj.register_forward_pre_hook(lambda _m, a: seen.append(a[0][read]))
+    model(input_ids=ids, attention_mask=mask)
+    hook.remove()
+    heads = seen[0].reshape(-1, 4, 8)
+    torch.testing.assert_close(importance[0, 0], (heads[:, 0].norm(dim=-1) + heads[:, 1].norm(dim=-1)).mean())
+    groups = kept_groups(importance, 1)
+    assert groups.tolist() == [[0], [0]]
+    before = model(input_ids=ids, attention_mask=mask).logits
+    pruned = prune_kv_groups(copy.deepcopy(model), groups)
+    assert (pruned.config.num_attention_heads, pruned.config.num_key_value_heads, pruned.config.head_dim) == (2, 1, 8)
+    assert pruned.model.layers[1].self_attn.q_proj.out_features == 16
+    assert pruned.model.layers[1].self_attn.o_proj.in_features == 16
+    torch.testing.assert_close(pruned(input_ids=ids, attention_mask=mask).logits, before, rtol=1e-5, atol=1e-5)
+    other = prune_kv_groups(copy.deepcopy(model), torch.tensor([[1], [1]]))  # the live group gone: it shows
+    assert not torch.allclose(other(input_ids=ids, attention_mask=mask).logits, before, atol=1e-3)
+    with pytest.raises(ValueError, match="keeps 1..2 key-value"):
+        kept_groups(importance, 3)
+
+
 def test_a_width_and_depth_pruned_student_is_measured_once(teacher, tokenizer, tmp_path):
     import json
 
@@ -221,3 +255,48 @@ def test_a_width_and_depth_pruned_student_is_measured_once(teacher, tokenizer, t
         student.model.layers[0].mlp.down_proj.weight,
         teacher.model.layers[1].mlp.down_proj.weight[:, record["ffn_channels"][0]],
     )
+
+
+def test_a_head_pruned_student_keeps_the_groups_its_record_names(tokenizer, tmp_path):
+    import json
+
+    from pipeline.config import load_config
+    from rakd.layout import LAYERS, RunLayout
+    from rakd.stages.warmstart import init_student
+
+    shape = dict(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+    teacher = build_model(preset_config("test-micro", tokenizer, **shape), seed=6).eval()
+    layout = RunLayout(tmp_path)
+    layout.split("train").parent.mkdir(parents=True)
+    rows = [{"id": i, "question": f"{i}+{i + 5}=?", "answer": str(2 * i + 5)} for i in range(4)]
+    layout.split("train").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    prune = ["layers=2", "kept=[0,2]", "kv_heads=1", "calibration=4", "max_new_tokens=6"]
+    cfg = load_config(None, [f"distill.student.prune.{p}" for p in prune]).distill
+    student, _ = init_student(cfg, teacher, tokenizer, torch.device("cpu"), layout, log=lambda line: None)
+    record = json.loads((layout.student_work / LAYERS).read_text())
+    assert len(record["kv_groups"]) == 2 and all(len(g) == 1 and g[0] in (0, 1) for g in record["kv_groups"])
+    config = student.config
+    assert (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads) == (2, 2, 1)
+    assert config.head_dim == 8 and "ffn_channels" not in record
+    group = record["kv_groups"][1][0]  # the student's layer 1 is the teacher's layer 2: its k rows of that group
+    torch.testing.assert_close(
+        student.model.layers[1].self_attn.k_proj.weight,
+        teacher.model.layers[2].self_attn.k_proj.weight[8 * group : 8 * group + 8],
+    )
+
+
+def test_an_option_keyed_only_when_set_leaves_the_keys_of_configs_without_it():
+    from pipeline.cache import stage_keys
+    from pipeline.config import load_config
+    from rakd.keys import work_key
+    from rakd.schema import key_dump
+
+    layers = ["distill.student.prune.layers=1", "distill.student.prune.kept=[0]"]
+    plain = load_config(None, layers)
+    assert "kv_heads" not in key_dump(plain.distill)["student"]["prune"]
+    assert "ffn" in key_dump(plain.distill)["student"]["prune"]  # an option of the first design stays in the key
+    heads = load_config(None, [*layers, "distill.student.prune.kv_heads=1"])
+    assert key_dump(heads.distill)["student"]["prune"]["kv_heads"] == 1
+    assert stage_keys(plain)["distill"] != stage_keys(heads)["distill"]
+    assert work_key(plain.distill) != work_key(heads.distill)
+    assert stage_keys(plain)["teacher"] == stage_keys(heads)["teacher"]

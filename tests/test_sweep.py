@@ -14,14 +14,16 @@ from rakd.schema import ConfigError
 
 
 def test_sizes_name_their_points_and_bad_ones_are_refused():
-    points = sweep_points(["20", "15:1024"])
-    assert [p.name for p in points] == ["l20", "l15-f1024"]
+    points = sweep_points(["20", "15:1024", "15:kv2", "15:1024:kv2"])
+    assert [p.name for p in points] == ["l20", "l15-f1024", "l15-kv2", "l15-f1024-kv2"]
+    assert "distill.student.prune.kv_heads=2" in points[3].overrides
+    assert not any("kv_heads" in o for o in points[1].overrides)  # unset: the config's default, out of the key
     assert "distill.student.prune.layers=15" in points[1].overrides
     assert (
         "distill.student.prune.ffn=1024" in points[1].overrides
         and "distill.student.prune.ffn=null" in points[0].overrides
     )
-    with pytest.raises(ConfigError, match="expected LAYERS or LAYERS:FFN_CHANNELS"):
+    with pytest.raises(ConfigError, match=r"expected LAYERS\[:FFN_CHANNELS\]\[:kvGROUPS\]"):
         sweep_points(["15x"])
     with pytest.raises(ConfigError, match="given twice"):
         sweep_points(["15", "15"])

@@ -16,7 +16,7 @@ from rakd.flops import Ledger, compute_seconds
 from rakd.io import fingerprint
 from rakd.keys import claim_work, marked, read_marker, write_marker
 from rakd.layout import EVAL_WARMSTART, METRICS, RunLayout
-from rakd.schema import GREEDY_READING
+from rakd.schema import GREEDY_READING, key_dump
 
 
 def link_base(base: RunLayout, target: Path, fresh: bool = True) -> None:
@@ -98,7 +98,7 @@ def run_job(distill_cfg, job: Job, base: RunLayout, warmstart: Path, out: Path) 
     from rakd.keys import mark_work
     from rakd.stages.distill import run_distill, warmstart_work_key
 
-    key = fingerprint({"distill": distill_cfg.model_dump(mode="json"), "warmstart": warmstart_key(warmstart)})
+    key = fingerprint({"distill": key_dump(distill_cfg), "warmstart": warmstart_key(warmstart)})
     kept = out / f"{job.name}.json"
     if marked(kept, key):
         return named(read_marker(kept)["row"])

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rakd.models.source import ModelSource
-from rakd.schema import StageConfig
+from rakd.schema import KEYED_WHEN_SET, StageConfig
 from rakd.train.config import LossParams, Method, OptimConfig, Precision, RLConfig, SFTConfig
 
 
@@ -151,6 +151,13 @@ class LayerPrune(StageConfig):
         ge=1,
         description="also width: the feed-forward channels each kept layer keeps, by activation importance on the same "
         "completions (a multiple of 256 keeps llama.cpp's k-quants; null: all)",
+    )
+    kv_heads: int | None = Field(
+        None,
+        ge=1,
+        description="also width: the key-value head groups each kept layer keeps, each with its query heads, by the "
+        "norm of their outputs on the same completions (the head size stays; null: all)",
+        json_schema_extra=KEYED_WHEN_SET,
     )
     calibration: int = Field(64, ge=1, description="train questions whose teacher completions the choice reads")
     max_new_tokens: int = Field(64, ge=1, description="length of those completions")

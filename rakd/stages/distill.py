@@ -35,7 +35,7 @@ from rakd.layout import (
 )
 from rakd.models.load import save_model
 from rakd.models.zoo import count_parameters
-from rakd.schema import ConfigError, Summary
+from rakd.schema import ConfigError, Summary, key_dump
 from rakd.scorers import make_scorer
 from rakd.stages.config import DistillConfig
 from rakd.stages.rl_lr import run_lr_sweep
@@ -181,7 +181,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, log=print) -> DistillRe
 def warmstart_work_key(cfg: DistillConfig) -> str:
     """The key of a finished warm start in `student.work/warmstart/`: what it depends on (the student, the warm
     start's config, its evaluation, the seed, the precision), so a config that changes only RL keeps it."""
-    dump = cfg.model_dump(mode="json")
+    dump = key_dump(cfg)
     return fingerprint({k: dump[k] for k in ("student", "warmstart", "eval", "seed", "precision")})
 
 

@@ -73,18 +73,18 @@ def calibration_rows(teacher, tokenizer, questions: list[str], max_new_tokens: i
 def prune_record(cfg: DistillConfig, teacher, tokenizer, layout: RunLayout, log=print) -> dict:
     """How a `student.prune` student is cut from the teacher: its layers (given, or chosen by measurement on the
     teacher's completions of `calibration` train questions: rakd.models.prune) and, with `ffn`, each kept layer's
-    feed-forward channels by activation importance (rakd.models.width). Written to `student.work/layers.json`
-    once and read back by a resumed stage."""
+    feed-forward channels by activation importance, with `kv_heads` its key-value head groups (rakd.models.width).
+    Written to `student.work/layers.json` once and read back by a resumed stage."""
     from rakd.io import atomic_write_json
     from rakd.models.prune import layer_choice
-    from rakd.models.width import ffn_importance, kept_channels
+    from rakd.models.width import ffn_importance, kept_channels, kept_groups, kv_group_importance
 
     stored = layout.student_work / LAYERS
     if stored.is_file():
         return json.loads(stored.read_text())
     prune = cfg.student.prune
     record = {"chosen": {"rule": "given", "kept": list(prune.kept or [])}, "candidates": []}
-    if prune.kept is None or prune.ffn is not None:
+    if prune.kept is None or prune.ffn is not None or prune.kv_heads is not None:
         questions = [r["question"] for r in distill_records(layout, "train")[: prune.calibration]]
         log(f"[distill] measuring the teacher on {len(questions)} calibration completions to prune it")
         rows = calibration_rows(teacher, tokenizer, questions, prune.max_new_tokens)
@@ -97,6 +97,10 @@ def prune_record(cfg: DistillConfig, teacher, tokenizer, layout: RunLayout, log=
             importance = ffn_importance(teacher, *rows)[record["chosen"]["kept"]]
             record["ffn_channels"] = kept_channels(importance, prune.ffn).tolist()
             log(f"[distill] kept {prune.ffn} of {importance.shape[1]} feed-forward channels a layer by importance")
+        if prune.kv_heads is not None:
+            importance = kv_group_importance(teacher, *rows)[record["chosen"]["kept"]]
+            record["kv_groups"] = kept_groups(importance, prune.kv_heads).tolist()
+            log(f"[distill] kept {prune.kv_heads} of {importance.shape[1]} key-value head groups a layer by importance")
     stored.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(stored, record)
     return record
@@ -106,12 +110,14 @@ def pruned_student(cfg: DistillConfig, teacher, tokenizer, layout: RunLayout, lo
     """A trainable copy of the teacher cut as `prune_record` says."""
     import torch
 
-    from rakd.models.width import prune_ffn
+    from rakd.models.width import prune_ffn, prune_kv_groups
 
     record = prune_record(cfg, teacher, tokenizer, layout, log)
     student = keep_layers(teacher, record["chosen"]["kept"])
     if record.get("ffn_channels"):
         prune_ffn(student, torch.tensor(record["ffn_channels"]))
+    if record.get("kv_groups"):
+        prune_kv_groups(student, torch.tensor(record["kv_groups"]))
     return student
 
 
