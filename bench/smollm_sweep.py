@@ -2,7 +2,7 @@
 tuned teacher, each healed, distilled, exported and validated on the same test problems, then one report with the
 accuracy-latency Pareto front (pipeline.sweep). Resumable: every stage is cached by its key.
 
-    .venv/bin/python bench/smollm_sweep.py [--sizes 20,15,10,15:1024] [--set key=value ...] [--out DIR]
+    .venv/bin/python bench/smollm_sweep.py [--sizes 20,15,10,15:1024:kv2] [--set key=value ...] [--out DIR]
 
 Writes `bench/results/smollm-sweep-<date>/` (or --out): `sweep.json`, `sweep.md`, `accuracy_vs_latency.png`,
 `meta.json`.
@@ -20,7 +20,9 @@ from rakd.models.gguf_file import packaged_gguf
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="20,15,10,15:1024", help="LAYERS or LAYERS:FFN_CHANNELS, comma-separated")
+    parser.add_argument(
+        "--sizes", default="20,15,10,15:1024:kv2", help="LAYERS[:FFN_CHANNELS][:kvGROUPS], comma-separated"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     parser.add_argument("--out", default=None, help="results folder (default bench/results/smollm-sweep-<date>)")
     args = parser.parse_args()

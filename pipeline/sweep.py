@@ -4,7 +4,7 @@ run folder that shares the base run's data, tokenizer and tuned teacher; then on
 the teacher's artefacts on the accuracy-latency plane, the Pareto front drawn, from the same test problems on one
 machine at one thread count.
 
-    rakd-sweep: run_sweep("configs/smollm.yaml", overrides, sweep_points(["20", "15", "10", "15:1024"]), out)
+    rakd-sweep: run_sweep("configs/smollm.yaml", overrides, sweep_points(["20", "15", "10", "15:1024:kv2"]), out)
 
 The first point exports and validates the teacher's artefacts beside its student (as the config says); the others
 validate their own student only, so the teacher is measured once. Every stage is cached by its key, so a killed
