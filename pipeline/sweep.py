@@ -1,8 +1,8 @@
 """A size sweep on one teacher: students of several sizes (the teacher pruned to N layers by measurement, and
-optionally each kept layer's feed-forward channels cut to F, or its key-value head groups to K), each distilled, exported and validated in its own
-run folder that shares the base run's data, tokenizer and tuned teacher; then one report of every student's and
-the teacher's artefacts on the accuracy-latency plane, the Pareto front drawn, from the same test problems on one
-machine at one thread count.
+optionally each kept layer's feed-forward channels cut to F, or its key-value head groups to K), each distilled,
+exported and validated in its own run folder that shares the base run's data, tokenizer and tuned teacher; then one
+report of every student's and the teacher's artefacts on the accuracy-latency and accuracy-size planes, each
+Pareto front drawn, from the same test problems on one machine at one thread count.
 
     rakd-sweep: run_sweep("configs/smollm.yaml", overrides, sweep_points(["20", "15", "10", "15:1024:kv2"]), out)
 
