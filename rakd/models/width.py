@@ -17,31 +17,43 @@ from transformers import PreTrainedModel
 
 
 @torch.no_grad()
-def ffn_importance(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
-    """(layers, intermediate) mean |activation| of every MLP channel at the positions `read` (B, T bool) marks."""
-    layers = model.model.layers
-    sums = torch.zeros(len(layers), model.config.intermediate_size)
+def _input_means(model: PreTrainedModel, modules: list, score, ids, mask, read) -> torch.Tensor:
+    """(layers, width) the mean over the positions `read` (B, T bool) marks of `score` (N, in) -> (N, width) applied
+    to the input of each layer's module in `modules`, from one forward pass."""
+    sums: list[torch.Tensor | None] = [None] * len(modules)
 
     def recorder(index: int):
         def hook(_module, args):
-            sums[index] += args[0][read].abs().float().sum(0).cpu()
+            total = score(args[0][read].float()).sum(0).cpu()
+            sums[index] = total if sums[index] is None else sums[index] + total
 
         return hook
 
-    hooks = [layer.mlp.down_proj.register_forward_pre_hook(recorder(i)) for i, layer in enumerate(layers)]
+    hooks = [module.register_forward_pre_hook(recorder(i)) for i, module in enumerate(modules)]
     try:
         model(input_ids=ids, attention_mask=mask, use_cache=False)
     finally:
         for hook in hooks:
             hook.remove()
-    return sums / max(1, int(read.sum()))
+    return torch.stack(sums) / max(1, int(read.sum()))
+
+
+def _most_important(importance: torch.Tensor, keep: int, what: str) -> torch.Tensor:
+    """(layers, keep) the indices of each layer's `keep` most important `what`, ascending."""
+    if not 1 <= keep <= importance.shape[1]:
+        raise ValueError(f"a layer keeps 1..{importance.shape[1]} {what}, not {keep}")
+    return importance.topk(keep, dim=1).indices.sort(dim=1).values
+
+
+def ffn_importance(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """(layers, intermediate) mean |activation| of every MLP channel at the positions `read` (B, T bool) marks."""
+    downs = [layer.mlp.down_proj for layer in model.model.layers]
+    return _input_means(model, downs, torch.abs, ids, mask, read)
 
 
 def kept_channels(importance: torch.Tensor, keep: int) -> torch.Tensor:
     """(layers, keep) the indices of each layer's `keep` most important channels, ascending."""
-    if not 1 <= keep <= importance.shape[1]:
-        raise ValueError(f"a layer keeps 1..{importance.shape[1]} feed-forward channels, not {keep}")
-    return importance.topk(keep, dim=1).indices.sort(dim=1).values
+    return _most_important(importance, keep, "feed-forward channels")
 
 
 def _rows(old: torch.nn.Linear, rows: torch.Tensor) -> torch.nn.Linear:
@@ -90,37 +102,23 @@ def _head_shape(config) -> tuple[int, int, int]:
     return heads, kv, getattr(config, "head_dim", None) or config.hidden_size // heads
 
 
-@torch.no_grad()
 def kv_group_importance(
     model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, read: torch.Tensor
 ) -> torch.Tensor:
     """(layers, key-value heads) the mean over the positions `read` (B, T bool) marks of the summed L2 norms of each
     group's query-head outputs (the output projection's input, per head)."""
     heads, kv, head_dim = _head_shape(model.config)
-    layers = model.model.layers
-    sums = torch.zeros(len(layers), kv)
 
-    def recorder(index: int):
-        def hook(_module, args):
-            per_head = args[0][read].float().reshape(-1, heads, head_dim).norm(dim=-1)  # (N, heads)
-            sums[index] += per_head.reshape(-1, kv, heads // kv).sum(dim=(0, 2)).cpu()
+    def group_norms(outputs: torch.Tensor) -> torch.Tensor:  # (N, heads x head_dim) -> (N, kv)
+        return outputs.reshape(-1, kv, heads // kv, head_dim).norm(dim=-1).sum(-1)
 
-        return hook
-
-    hooks = [_attention(layer).o_proj.register_forward_pre_hook(recorder(i)) for i, layer in enumerate(layers)]
-    try:
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return sums / max(1, int(read.sum()))
+    outs = [_attention(layer).o_proj for layer in model.model.layers]
+    return _input_means(model, outs, group_norms, ids, mask, read)
 
 
 def kept_groups(importance: torch.Tensor, keep: int) -> torch.Tensor:
     """(layers, keep) the indices of each layer's `keep` most important key-value groups, ascending."""
-    if not 1 <= keep <= importance.shape[1]:
-        raise ValueError(f"a layer keeps 1..{importance.shape[1]} key-value head groups, not {keep}")
-    return importance.topk(keep, dim=1).indices.sort(dim=1).values
+    return _most_important(importance, keep, "key-value head groups")
 
 
 @torch.no_grad()
