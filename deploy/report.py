@@ -190,6 +190,16 @@ def format_report_md(report: ValidationReport) -> str:
     return "\n".join(lines)
 
 
+def draw_front(ax, front: list[ArtefactRecord], cost: str, color: str) -> bool:
+    """The Pareto `front` (as `pareto_front` orders it by `cost`) as a dotted staircase on `ax`, labelled; whether
+    there was one to draw (two points or more)."""
+    if len(front) < 2:
+        return False
+    xs, ys = [getattr(r, cost) for r in front], [100 * r.accuracy for r in front]
+    ax.step(xs, ys, where="post", color=color, linestyle=":", linewidth=1, label="Pareto front")
+    return True
+
+
 def plot_accuracy_vs_latency(report: ValidationReport, path: Path) -> None:
     """Accuracy and mean token KLD against latency, one point per artefact (green: passed its gates); the batched
     reference, which has no latency, as a dashed line of its accuracy."""
@@ -231,17 +241,7 @@ def plot_accuracy_vs_latency(report: ValidationReport, path: Path) -> None:
                 xytext=(5, (4, -11, 15)[turn % 3]),
                 fontsize=8,
             )
-    front = pareto_front(measured)
-    if len(front) > 1:  # the accuracy-latency front: what no other artefact beats on both
-        acc.step(
-            [r.latency_ms_p50 for r in front],
-            [100 * r.accuracy for r in front],
-            where="post",
-            color="tab:blue",
-            linestyle=":",
-            linewidth=1,
-            label="Pareto front",
-        )
+    if draw_front(acc, pareto_front(measured), "latency_ms_p50", "tab:blue"):
         acc.legend(fontsize=8, loc="lower right")
     for ax in (acc, kld):
         ax.set_xlabel(f"latency per problem, p50 (ms, {report.threads} thread(s))")

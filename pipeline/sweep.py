@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.record import ValidationReport
-from deploy.report import pareto_front, validation_rows
+from deploy.report import draw_front, pareto_front, validation_rows
 from pipeline.cache import outputs_current, run_missing, run_stage, stage_keys
 from pipeline.config import load_config
 from pipeline.registry import STAGES
@@ -235,17 +235,7 @@ def plot_sweep(report: ValidationReport, fronts: dict[str, list], path: Path) ->
                 )
                 fmt = _point_and_format(r.label)[1]
                 ax.annotate(fmt, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
-        front = fronts[cost]
-        if len(front) > 1:
-            ax.step(
-                [getattr(r, cost) for r in front],
-                [100 * r.accuracy for r in front],
-                where="post",
-                color="black",
-                linestyle=":",
-                linewidth=1,
-                label="Pareto front",
-            )
+        draw_front(ax, fronts[cost], cost, "black")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("greedy accuracy (%)")
         ax.grid(alpha=0.3)
